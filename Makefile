@@ -1,0 +1,44 @@
+# The project's commands (see README.md). Everything runs from the project's own .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.8
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run up down env test lint bench lock clean
+
+# The venv is rebuilt only when the lock changes; a second `make` reuses it.
+$(VENV)/.installed: requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	@$(VENV)/bin/uv pip sync --quiet --python $(PY) requirements.lock
+	@touch $@
+
+run: $(VENV)/.installed  ## the whole local stack in the foreground; Ctrl-C stops it
+	@$(PY) -m include.devstack run
+
+up: $(VENV)/.installed  ## the same in the background
+	@$(PY) -m include.devstack up
+
+down: $(VENV)/.installed
+	@$(PY) -m include.devstack down
+
+env: $(VENV)/.installed  ## eval "$$(make -s env)" points airflow ... at the running stack
+	@$(PY) -m include.devstack env
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VENV)/bin/pytest
+
+bench: $(VENV)/.installed
+	@set -e; for f in bench/bench_*.py; do $(PY) $$f; done
+
+lock: $(VENV)/.installed  ## re-resolve the whole tree after editing requirements*.txt
+	$(VENV)/bin/uv pip compile --quiet requirements-dev.txt --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --no-annotate --custom-compile-command "make lock" -o requirements.lock
+
+clean: down
+	rm -rf .local

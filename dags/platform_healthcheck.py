@@ -1,0 +1,43 @@
+"""
+### Platform healthcheck
+
+**Owner:** platform team. **Schedule:** every 15 minutes, and on demand.
+
+Reaches every connection the project uses over its real protocol: a query on `app_db`, an S3
+bucket listing and a CloudWatch datapoint on `aws_default`, a customer listing on
+`stripe_default`, an SMTP NOOP on `smtp_default`, a PING on `redis_default`. Each result and its
+latency goes to `healthcheck_results` in the app DB.
+
+**Idempotent:** yes; results are keyed by run and connection, a re-run replaces them.
+
+**When it fails:** the red task names the connection that is down and its error. Fix the
+service or the connection (Admin → Connections, or the `AIRFLOW_CONN_*` variable), then clear
+the failed task.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import dag
+
+from execplatform.operators.healthcheck import ConnectionProbeOperator
+
+PROBED_CONNECTIONS = ("app_db", "aws_default", "stripe_default", "smtp_default", "redis_default")
+
+
+@dag(
+    schedule=timedelta(minutes=15),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["platform", "healthcheck"],
+    default_args={"owner": "platform", "retries": 2, "retry_delay": timedelta(seconds=20)},
+)
+def platform_healthcheck():
+    for conn_id in PROBED_CONNECTIONS:
+        ConnectionProbeOperator(task_id=f"probe_{conn_id}", conn_id=conn_id)
+
+
+platform_healthcheck()

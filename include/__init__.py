@@ -1,0 +1,1 @@
+"""The platform's domain library: importable without Airflow, tested without a scheduler."""

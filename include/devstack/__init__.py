@@ -1,0 +1,1 @@
+"""The hermetic local stack: every server the project needs, started from its own venv on loopback."""

@@ -1,0 +1,1 @@
+"""Airflow-facing adapters of the platform library: hooks, operators, notifiers."""

@@ -1,0 +1,1 @@
+"""Hooks for services that no installed provider covers."""

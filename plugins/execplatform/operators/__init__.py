@@ -1,0 +1,1 @@
+"""Operators that wire the `include` library to Airflow connections."""
