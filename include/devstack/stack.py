@@ -339,6 +339,7 @@ class StackInfo:
     def write(self) -> None:
         path = Path(self.folder) / "stack.json"
         tmp = path.with_suffix(".tmp")
+        tmp.touch(mode=0o600)  # it holds the UI login
         tmp.write_text(json.dumps(self.__dict__, indent=2))
         tmp.replace(path)
 
