@@ -10,6 +10,9 @@ latency goes to `healthcheck_results` in the app DB.
 
 **Idempotent:** yes; results are keyed by run and connection, a re-run replaces them.
 
+**Alerts:** a retry is a *warning* (CloudWatch and the alerts feed: a flapping service shows
+up without paging anyone); a failure after retries is an *error* (email to the owners).
+
 **When it fails:** the red task names the connection that is down and its error. Fix the
 service or the connection (Admin → Connections, or the `AIRFLOW_CONN_*` variable), then clear
 the failed task.
@@ -21,6 +24,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag
 
+from execplatform.notifiers.alert_notifier import alert_callbacks
 from execplatform.operators.healthcheck import ConnectionProbeOperator
 
 PROBED_CONNECTIONS = ("app_db", "aws_default", "stripe_default", "smtp_default", "redis_default")
@@ -33,7 +37,12 @@ PROBED_CONNECTIONS = ("app_db", "aws_default", "stripe_default", "smtp_default",
     max_active_runs=1,
     doc_md=__doc__,
     tags=["platform", "healthcheck"],
-    default_args={"owner": "platform", "retries": 2, "retry_delay": timedelta(seconds=20)},
+    default_args={
+        "owner": "platform",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=20),
+        **alert_callbacks(on_failure="error", on_retry="warning"),
+    },
 )
 def platform_healthcheck():
     for conn_id in PROBED_CONNECTIONS:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import email
+import email.policy
 import time
 import uuid
 from pathlib import Path
@@ -28,8 +30,19 @@ class MaildirHandler:
 
 
 def read_messages(folder: Path) -> list[str]:
-    """Every message the sink has kept, oldest first, as text."""
-    return [p.read_text(errors="replace") for p in sorted(folder.glob("*.eml"))]
+    """Every message the sink has kept, oldest first: its headers and its decoded text parts
+    (bodies are often base64 on the wire; a grep for a secret must see the decoded text)."""
+    texts = []
+    for path in sorted(folder.glob("*.eml")):
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        parts = [
+            part.get_content()
+            for part in message.walk()
+            if not part.is_multipart() and part.get_content_maintype() == "text"
+        ]
+        headers = "".join(f"{k}: {v}\n" for k, v in message.items())
+        texts.append(headers + "\n" + "\n".join(parts))
+    return texts
 
 
 async def serve(host: str, port: int, folder: Path) -> None:

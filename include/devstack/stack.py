@@ -270,6 +270,10 @@ def connections(ports: dict[str, int], secret: dict[str, str]) -> dict[str, dict
     }
 
 
+def sentry_dsn(ports: dict[str, int]) -> str:
+    return f"http://localkey@127.0.0.1:{ports['sentry']}/1"
+
+
 def airflow_env(folder: Path, ports: dict[str, int], secret: dict[str, str]) -> dict[str, str]:
     """Everything an `airflow ...` process needs to act on this stack (what `make env` prints)."""
     home = folder / "airflow"
@@ -279,6 +283,8 @@ def airflow_env(folder: Path, ports: dict[str, int], secret: dict[str, str]) -> 
         "PYTHONPATH": str(ROOT),
         "REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
         "SMTP_SINK_DIR": str(folder / "mail"),
+        "SENTRY_SINK_DIR": str(folder / "sentry"),
+        "ALERT_EMAIL_TO": "platform-oncall@localhost",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -309,6 +315,11 @@ def airflow_env(folder: Path, ports: dict[str, int], secret: dict[str, str]) -> 
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # Sentry through Airflow's own integration, into the local envelope recorder
+        "AIRFLOW__SENTRY__SENTRY_ON": "True",
+        "AIRFLOW__SENTRY__SENTRY_DSN": sentry_dsn(ports),
+        # frame locals are where connection passwords live; never ship them
+        "AIRFLOW__SENTRY__INCLUDE_LOCAL_VARIABLES": "False",
     }
     for conn_id, conn in connections(ports, secret).items():
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
@@ -366,7 +377,7 @@ class LocalStack:
         wanted_api = api_port if api_port is not None else API_PORT_DEFAULT
         self.ports = {
             name: free_port()
-            for name in ("postgres", "redis", "moto", "stripe", "smtp", "worker_logs", "trigger_logs")
+            for name in ("postgres", "redis", "moto", "stripe", "smtp", "sentry", "worker_logs", "trigger_logs")
         }
         self.ports["api"] = free_port(wanted_api or None)
         self.info = StackInfo(os.getpid(), "starting", str(folder), self.ports, with_airflow)
@@ -533,6 +544,15 @@ class LocalStack:
                 [py, "-m", "include.devstack.smtp_sink", "--port", str(p["smtp"]),
                  "--folder", str(self.folder / "mail")],
                 smtp_answers(p["smtp"]),
+                env=self.env,
+            )
+        )  # fmt: skip
+        self.supervisor.start(
+            Service(
+                "sentry",
+                [py, "-m", "include.devstack.sentry_sink", "--port", str(p["sentry"]),
+                 "--folder", str(self.folder / "sentry")],
+                http_answers(f"http://127.0.0.1:{p['sentry']}/"),
                 env=self.env,
             )
         )  # fmt: skip

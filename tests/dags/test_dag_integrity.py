@@ -34,10 +34,17 @@ def test_dag_ids_are_from_the_design(dagbag):
     assert set(dagbag.dags) <= design
 
 
-def test_every_dag_is_documented_tagged_owned_and_retried(dagbag):
+def test_every_dag_is_documented_tagged_owned_retried_and_alerting(dagbag):
+    from execplatform.notifiers.alert_notifier import PlatformAlertNotifier
+
     for dag_id, dag in dagbag.dags.items():
         assert dag.tags, f"{dag_id} has no tags"
         assert dag.doc_md and "Owner" in dag.doc_md, f"{dag_id} has no doc_md naming its owner"
         for task in dag.tasks:
             assert task.owner not in ("", "airflow"), f"{dag_id}.{task.task_id} has no owner"
             assert task.retries >= 2, f"{dag_id}.{task.task_id} retries={task.retries}"
+            callbacks = task.on_failure_callback or []
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            assert any(isinstance(c, PlatformAlertNotifier) for c in callbacks), (
+                f"{dag_id}.{task.task_id} does not alert on failure through PlatformAlertNotifier"
+            )

@@ -174,6 +174,7 @@ CREATE TABLE alerts (
     try_number  integer,
     message     text        NOT NULL,
     occurrences integer     NOT NULL DEFAULT 1 CHECK (occurrences > 0),
+    channel_failures integer NOT NULL DEFAULT 0 CHECK (channel_failures >= 0),
     first_seen  timestamptz NOT NULL DEFAULT now(),
     last_seen   timestamptz NOT NULL DEFAULT now()
 );

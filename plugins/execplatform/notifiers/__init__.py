@@ -1,0 +1,1 @@
+"""Notifiers: the one alert path of the project."""
