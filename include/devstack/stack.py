@@ -29,8 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
-# The demo starts at the schema as it stood before the fix, so db_migrate has work to do.
-APP_SCHEMA_REVISION = "0001"
 API_PORT_DEFAULT = 8080
 
 
@@ -493,13 +491,11 @@ class LocalStack:
                     )
         conn.close()
 
-        from include.migrations import current, upgrade
+        from include.migrations import ensure_baseline
         from include.seed import seed_if_empty
 
-        app_dsn = self.app_dsn()
-        if current(app_dsn) is None:
-            upgrade(app_dsn, APP_SCHEMA_REVISION)
-        seed_if_empty(app_dsn)
+        ensure_baseline(self.app_dsn())
+        seed_if_empty(self.app_dsn())
 
     def app_dsn(self, dbname: str = "app") -> str:
         """A libpq DSN as the `app_db` connection's role, to `dbname`."""

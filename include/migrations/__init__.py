@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
+# The schema as it stood before the ai_model fix: where a new environment starts, so that
+# every later revision goes through the db_migrate DAG (backup, rehearsal, approval).
+BASELINE_REVISION = "0001"
 
 
 def _config(dsn: str):
@@ -43,3 +46,22 @@ def current(dsn: str) -> str | None:
         row = cur.fetchone()
     conn.close()
     return row[0] if row else None
+
+
+def ensure_baseline(dsn: str) -> bool:
+    """Bring a never-migrated database to the baseline; leave a versioned one alone."""
+    if current(dsn) is not None:
+        return False
+    upgrade(dsn, BASELINE_REVISION)
+    return True
+
+
+def dsn_from_connection_json(value: str) -> str:
+    """A libpq DSN from an `AIRFLOW_CONN_*` JSON value (conn_type postgres)."""
+    import json
+
+    from psycopg2.extensions import make_dsn
+
+    conn = json.loads(value)
+    return make_dsn(host=conn.get("host"), port=conn.get("port"), dbname=conn.get("schema"),
+                    user=conn.get("login"), password=conn.get("password"))  # fmt: skip

@@ -60,3 +60,23 @@ def test_offline_sql_is_plain_reviewable_sql():
     sql = out.getvalue()
     assert "CREATE TABLE execution_tasks" in sql
     assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in sql
+
+
+@pytest.mark.stack
+def test_ensure_baseline_from_connection_json_is_idempotent(local_stack, app_dsn):
+    import json
+    import subprocess
+    import sys
+
+    from include.migrations import dsn_from_connection_json, ensure_baseline
+
+    downgrade(app_dsn, "base")
+    params = dict(p.split("=", 1) for p in app_dsn.split())
+    conn_json = json.dumps({"conn_type": "postgres", "host": params["host"], "port": int(params["port"]),
+                            "schema": params["dbname"], "login": params["user"], "password": params["password"]})  # fmt: skip
+    assert ensure_baseline(dsn_from_connection_json(conn_json)) is True
+    # the command compose's airflow-init runs, a second time: a no-op
+    out = subprocess.run([sys.executable, "-m", "include.migrations", "ensure-baseline"],
+                         env={"AIRFLOW_CONN_APP_DB": conn_json, "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert "already at revision 0001" in out.stdout
