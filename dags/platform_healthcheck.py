@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag
 
-from execplatform.notifiers.alert_notifier import alert_callbacks
+from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
 from execplatform.operators.healthcheck import ConnectionProbeOperator
 
 PROBED_CONNECTIONS = ("app_db", "aws_default", "stripe_default", "smtp_default", "redis_default")
@@ -37,6 +37,7 @@ PROBED_CONNECTIONS = ("app_db", "aws_default", "stripe_default", "smtp_default",
     max_active_runs=1,
     doc_md=__doc__,
     tags=["platform", "healthcheck"],
+    **run_metrics_callbacks(),
     default_args={
         "owner": "platform",
         "retries": 2,

@@ -123,6 +123,15 @@ def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env):
     )  # fmt: skip
     assert state == "success"
 
+    # every run's outcome reaches CloudWatch through the DAG-level callback (the dag-processor
+    # runs it): the scheduled first run and this one at least
+    def succeeded_runs() -> float:
+        line = next((ln for ln in sh("make -s metrics", user_env).stdout.splitlines()
+                     if ln.startswith("ExecPlatform/DagRunSucceeded [DagId=platform_healthcheck,")), "")  # fmt: skip
+        return float(line.rsplit("=", 1)[1]) if line else 0.0
+
+    wait_for(lambda: succeeded_runs() >= 2, 120, "DagRunSucceeded datapoints for both runs")
+
     down = sh("make down", user_env)
     assert down.returncode == 0, down.stderr
     assert_all_gone(processes)

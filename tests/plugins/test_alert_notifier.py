@@ -137,3 +137,27 @@ def test_info_alert_is_only_a_log_line(local_stack, capfd):
     )
     assert "backup took longer than usual" in capfd.readouterr().out
     assert alerts_rows(local_stack, dag_id) == [] and mails_about(local_stack, dag_id) == []
+
+
+@pytest.mark.parametrize("state, expected", [("success", 1.0), ("failed", 0.0)])
+def test_run_metrics_publish_outcome_and_duration(local_stack, state, expected):
+    from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
+    from execplatform.notifiers.alert_notifier import RunMetricsNotifier
+    from include.metrics import NAMESPACE, standard_dimensions
+
+    @dataclass
+    class FakeDagRun:
+        dag_id: str
+        state: str
+        start_date: datetime
+        end_date: datetime
+
+    dag_id = f"dag_{uuid.uuid4().hex[:8]}"
+    end = datetime.now(UTC)
+    RunMetricsNotifier().notify({"dag_run": FakeDagRun(dag_id, state, end - timedelta(seconds=42), end)})
+    hook = CloudWatchMetricsHook(aws_conn_id="aws_default")
+    start = end.replace(second=0, microsecond=0) - timedelta(minutes=5)
+    dims = standard_dimensions(dag_id=dag_id)
+    get = lambda name: hook.get_metric_values(NAMESPACE, name, dims, start, end + timedelta(minutes=5))  # noqa: E731
+    assert get("DagRunSucceeded") == [expected]
+    assert get("DagRunDuration") == [42.0]

@@ -191,6 +191,43 @@ class PlatformAlertNotifier(BaseNotifier):
                 self.log.warning("could not count channel failures %s in the alerts table", failed)
 
 
+class RunMetricsNotifier(BaseNotifier):
+    """
+    Publish a DAG run's outcome and duration to CloudWatch: ``DagRunSucceeded`` (1 or 0) and
+    ``DagRunDuration`` (seconds), per DAG. A DAG-level success and failure callback; it logs
+    and swallows its own errors, since the run's state is already decided.
+
+    :param aws_conn_id: the AWS connection for CloudWatch.
+    """
+
+    def __init__(self, aws_conn_id: str = "aws_default") -> None:
+        super().__init__()
+        self.aws_conn_id = aws_conn_id
+
+    def notify(self, context: Context) -> None:
+        from datetime import UTC, datetime
+
+        from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
+        from include.metrics import NAMESPACE, Metric, standard_dimensions
+
+        try:
+            dag_run = context["dag_run"]
+            dims = standard_dimensions(dag_id=dag_run.dag_id)
+            succeeded = dag_run.state == "success"
+            seconds = ((dag_run.end_date or datetime.now(UTC)) - dag_run.start_date).total_seconds()
+            CloudWatchMetricsHook(aws_conn_id=self.aws_conn_id).put_metrics(NAMESPACE, [
+                Metric("DagRunSucceeded", 1.0 if succeeded else 0.0, dimensions=dims),
+                Metric("DagRunDuration", max(seconds, 0.0), unit="Seconds", dimensions=dims),
+            ])  # fmt: skip
+        except Exception:
+            self.log.exception("could not publish the run metrics of %s", context.get("dag_run"))
+
+
+def run_metrics_callbacks() -> dict[str, Any]:
+    """The `@dag(...)` arguments that publish every run's outcome and duration."""
+    return {"on_success_callback": RunMetricsNotifier(), "on_failure_callback": RunMetricsNotifier()}
+
+
 def send_alert(level: str, title: str, **kwargs: Any) -> None:
     """Raise a non-failure alert from inside a running task."""
     from airflow.sdk import get_current_context
