@@ -34,6 +34,19 @@ def test_dag_ids_are_from_the_design(dagbag):
     assert set(dagbag.dags) <= design
 
 
+def _as_list(callbacks) -> list:
+    return callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []
+
+
+def test_every_dag_publishes_its_run_outcome(dagbag):
+    from execplatform.notifiers.alert_notifier import RunMetricsNotifier
+
+    for dag_id, dag in dagbag.dags.items():
+        for outcome in ("on_success_callback", "on_failure_callback"):
+            callbacks = _as_list(getattr(dag, outcome))
+            assert any(isinstance(c, RunMetricsNotifier) for c in callbacks), f"{dag_id} lacks {outcome}"
+
+
 def test_every_dag_is_documented_tagged_owned_retried_and_alerting(dagbag):
     from execplatform.notifiers.alert_notifier import PlatformAlertNotifier
 
@@ -43,8 +56,7 @@ def test_every_dag_is_documented_tagged_owned_retried_and_alerting(dagbag):
         for task in dag.tasks:
             assert task.owner not in ("", "airflow"), f"{dag_id}.{task.task_id} has no owner"
             assert task.retries >= 2, f"{dag_id}.{task.task_id} retries={task.retries}"
-            callbacks = task.on_failure_callback or []
-            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            callbacks = _as_list(task.on_failure_callback)
             assert any(isinstance(c, PlatformAlertNotifier) for c in callbacks), (
                 f"{dag_id}.{task.task_id} does not alert on failure through PlatformAlertNotifier"
             )
