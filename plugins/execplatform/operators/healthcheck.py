@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+    from include.healthcheck import ProbeResult
+
 METRIC_NAMESPACE = "ExecPlatform/Healthcheck"
 
 
@@ -25,21 +27,14 @@ def _probe_postgres(conn_id: str) -> str:
 
 
 def _probe_aws(conn_id: str) -> str:
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+    from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
+    from include.metrics import Metric
+
     buckets = S3Hook(aws_conn_id=conn_id).get_conn().list_buckets()["Buckets"]
-    cloudwatch = AwsBaseHook(aws_conn_id=conn_id, client_type="cloudwatch").get_conn()
-    cloudwatch.put_metric_data(
-        Namespace=METRIC_NAMESPACE,
-        MetricData=[
-            {
-                "MetricName": "ProbeSucceeded",
-                "Dimensions": [{"Name": "ConnId", "Value": conn_id}],
-                "Value": 1,
-                "Unit": "Count",
-            }
-        ],
+    CloudWatchMetricsHook(aws_conn_id=conn_id).put_metrics(
+        METRIC_NAMESPACE, [Metric("ProbeSucceeded", 1.0, dimensions={"ConnId": conn_id})]
     )
     return f"S3 lists {len(buckets)} buckets; CloudWatch accepted a datapoint"
 
@@ -97,20 +92,22 @@ class ConnectionProbeOperator(BaseOperator):
         self.results_conn_id = results_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from include.healthcheck import record, run_probe
+        from include.healthcheck import run_probe
 
         conn_type = BaseHook.get_connection(self.conn_id).conn_type
         if conn_type not in PROBES:
             raise ValueError(f"connection {self.conn_id!r} has conn_type {conn_type!r}; no probe for it")
         result = run_probe(self.conn_id, lambda: PROBES[conn_type](self.conn_id))
         self.log.info("%s: ok=%s latency=%.1f ms %s", self.conn_id, result.ok, result.latency_ms, result.detail)
-        self._record(context["run_id"], result, record)
+        self._record(context["run_id"], result)
         if not result.ok:
             raise ConnectionDownError(f"connection {self.conn_id!r} is down: {result.detail}")
         return {"conn_id": result.conn_id, "latency_ms": round(result.latency_ms, 1)}
 
-    def _record(self, run_id: str, result, record) -> None:
+    def _record(self, run_id: str, result: ProbeResult) -> None:
         from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        from include.healthcheck import record
 
         try:
             with PostgresHook(postgres_conn_id=self.results_conn_id).get_conn() as conn:
