@@ -6,7 +6,9 @@
 Reaches every connection the project uses over its real protocol: a query on `app_db`, an S3
 bucket listing and a CloudWatch datapoint on `aws_default`, a customer listing on
 `stripe_default`, an SMTP NOOP on `smtp_default`, a PING on `redis_default`. Each result and its
-latency goes to `healthcheck_results` in the app DB.
+latency goes to `healthcheck_results` in the app DB; a failed probe also sends a `ProbeFailed`
+datapoint to CloudWatch. `apply_alarms` keeps the CloudWatch alarms equal to `include/alarms.py`
+(an alarm changed by hand is put back within 15 minutes).
 
 **Idempotent:** yes; results are keyed by run and connection, a re-run replaces them.
 
@@ -25,6 +27,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import dag
 
 from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
+from execplatform.operators.cloudwatch import ApplyAlarmsOperator
 from execplatform.operators.healthcheck import ConnectionProbeOperator
 
 PROBED_CONNECTIONS = ("app_db", "aws_default", "stripe_default", "smtp_default", "redis_default")
@@ -48,6 +51,8 @@ PROBED_CONNECTIONS = ("app_db", "aws_default", "stripe_default", "smtp_default",
 def platform_healthcheck():
     for conn_id in PROBED_CONNECTIONS:
         ConnectionProbeOperator(task_id=f"probe_{conn_id}", conn_id=conn_id)
+    # the alarms that watch these probes (and every DAG) stay equal to include/alarms.py
+    ApplyAlarmsOperator(task_id="apply_alarms")
 
 
 platform_healthcheck()

@@ -13,13 +13,13 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 
 import psutil
 import psycopg2
 import pytest
 
 from include.devstack.stack import ROOT, StackInfo
+from tests.airflow_api import api, token_for, wait_for
 
 pytestmark = pytest.mark.airflow_stack
 
@@ -44,29 +44,6 @@ def user_env(stack_folder) -> dict[str, str]:
 def sh(command: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
-
-
-def api(url: str, token: str | None = None, body: dict | None = None) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
-def token_for(login: dict[str, str]) -> str:
-    body = {"username": login["username"], "password": login["password"]}
-    return api(f"{login['url']}/auth/token", body=body)["access_token"]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def descendants(pid: int) -> list[psutil.Process]:

@@ -272,7 +272,9 @@ def sentry_dsn(ports: dict[str, int]) -> str:
     return f"http://localkey@127.0.0.1:{ports['sentry']}/1"
 
 
-def airflow_env(folder: Path, ports: dict[str, int], secret: dict[str, str]) -> dict[str, str]:
+def airflow_env(
+    folder: Path, ports: dict[str, int], secret: dict[str, str], dags_folder: Path = ROOT / "dags"
+) -> dict[str, str]:
     """Everything an `airflow ...` process needs to act on this stack (what `make env` prints)."""
     home = folder / "airflow"
     api = f"http://localhost:{ports['api']}"
@@ -283,7 +285,7 @@ def airflow_env(folder: Path, ports: dict[str, int], secret: dict[str, str]) -> 
         "SMTP_SINK_DIR": str(folder / "mail"),
         "SENTRY_SINK_DIR": str(folder / "sentry"),
         "ALERT_EMAIL_TO": "platform-oncall@localhost",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -336,6 +338,7 @@ class StackInfo:
     folder: str
     ports: dict[str, int]
     with_airflow: bool
+    dags_folder: str = str(ROOT / "dags")
     login: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -361,13 +364,20 @@ class StackInfo:
 
     def env(self) -> dict[str, str]:
         folder = Path(self.folder)
-        return airflow_env(folder, self.ports, load_secrets(folder))
+        return airflow_env(folder, self.ports, load_secrets(folder), Path(self.dags_folder))
 
 
 class LocalStack:
     """The servers of DESIGN §4's local column, optionally with Airflow's four components."""
 
-    def __init__(self, folder: Path, *, with_airflow: bool = True, api_port: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        with_airflow: bool = True,
+        api_port: int | None = None,
+        dags_folder: Path = ROOT / "dags",
+    ) -> None:
         self.folder = folder
         self.with_airflow = with_airflow
         self.secret = load_secrets(folder)
@@ -378,12 +388,13 @@ class LocalStack:
             for name in ("postgres", "redis", "moto", "stripe", "smtp", "sentry", "worker_logs", "trigger_logs")
         }
         self.ports["api"] = free_port(wanted_api or None)
-        self.info = StackInfo(os.getpid(), "starting", str(folder), self.ports, with_airflow)
+        self.dags_folder = dags_folder
+        self.info = StackInfo(os.getpid(), "starting", str(folder), self.ports, with_airflow, str(dags_folder))
 
     @property
     def env(self) -> dict[str, str]:
         env = os.environ.copy()
-        env.update(airflow_env(self.folder, self.ports, self.secret))
+        env.update(airflow_env(self.folder, self.ports, self.secret, self.dags_folder))
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
         return env
 

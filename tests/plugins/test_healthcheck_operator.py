@@ -45,6 +45,18 @@ def test_probe_of_a_down_service_fails_naming_it_and_records_why(local_stack, mo
     ok, _, detail = _rows(run_id)["redis_gone"]
     assert ok is False and "ConnectionError" in detail
 
+    from datetime import UTC, datetime, timedelta
+
+    from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
+    from include.alarms import HEALTHCHECK_NAMESPACE
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    failed = CloudWatchMetricsHook(aws_conn_id="aws_default").get_metric_values(
+        HEALTHCHECK_NAMESPACE, "ProbeFailed", {"ConnId": "redis_gone"}, now - timedelta(minutes=5),
+        now + timedelta(minutes=5),
+    )  # fmt: skip
+    assert sum(failed) == 1.0, "the connection's alarm gets its datapoint"
+
 
 def test_retried_probe_replaces_its_row(local_stack):
     from execplatform.operators.healthcheck import ConnectionProbeOperator

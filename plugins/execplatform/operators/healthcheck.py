@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook, BaseOperator
 
+from include.alarms import HEALTHCHECK_NAMESPACE
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from airflow.sdk import Context
 
     from include.healthcheck import ProbeResult
-
-METRIC_NAMESPACE = "ExecPlatform/Healthcheck"
 
 
 class ConnectionDownError(Exception):
@@ -34,7 +34,7 @@ def _probe_aws(conn_id: str) -> str:
 
     buckets = S3Hook(aws_conn_id=conn_id).get_conn().list_buckets()["Buckets"]
     CloudWatchMetricsHook(aws_conn_id=conn_id).put_metrics(
-        METRIC_NAMESPACE, [Metric("ProbeSucceeded", 1.0, dimensions={"ConnId": conn_id})]
+        HEALTHCHECK_NAMESPACE, [Metric("ProbeSucceeded", 1.0, dimensions={"ConnId": conn_id})]
     )
     return f"S3 lists {len(buckets)} buckets; CloudWatch accepted a datapoint"
 
@@ -82,14 +82,23 @@ class ConnectionProbeOperator(BaseOperator):
 
     :param conn_id: the connection to probe (templated); its conn_type picks the probe.
     :param results_conn_id: the postgres connection of the app DB that keeps the results.
+    :param metrics_conn_id: the AWS connection that receives ``ProbeFailed`` datapoints.
     """
 
     template_fields = ("conn_id",)
 
-    def __init__(self, *, conn_id: str, results_conn_id: str = "app_db", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        results_conn_id: str = "app_db",
+        metrics_conn_id: str = "aws_default",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.conn_id = conn_id
         self.results_conn_id = results_conn_id
+        self.metrics_conn_id = metrics_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         from include.healthcheck import run_probe
@@ -101,8 +110,21 @@ class ConnectionProbeOperator(BaseOperator):
         self.log.info("%s: ok=%s latency=%.1f ms %s", self.conn_id, result.ok, result.latency_ms, result.detail)
         self._record(context["run_id"], result)
         if not result.ok:
+            self._count_failure()
             raise ConnectionDownError(f"connection {self.conn_id!r} is down: {result.detail}")
         return {"conn_id": result.conn_id, "latency_ms": round(result.latency_ms, 1)}
+
+    def _count_failure(self) -> None:
+        """A `ProbeFailed` datapoint for the connection's alarm; AWS may be what is down."""
+        from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
+        from include.metrics import Metric
+
+        try:
+            CloudWatchMetricsHook(aws_conn_id=self.metrics_conn_id).put_metrics(
+                HEALTHCHECK_NAMESPACE, [Metric("ProbeFailed", 1.0, dimensions={"ConnId": self.conn_id})]
+            )
+        except Exception:
+            self.log.exception("could not count the failed probe of %s in CloudWatch", self.conn_id)
 
     def _record(self, run_id: str, result: ProbeResult) -> None:
         from airflow.providers.postgres.hooks.postgres import PostgresHook
