@@ -24,12 +24,20 @@ pytestmark = pytest.mark.airflow_stack
 
 FIXTURE_DAGS = Path(__file__).parent / "fixtures" / "dags"
 DAG_ID = "alerting_fault_probe"
+LOG_GROUP = "airflow-task-logs"
+# Task logs to CloudWatch Logs through Airflow's remote logging, configured as README says
+REMOTE_LOGGING = {
+    "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+    "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": f"cloudwatch://arn:aws:logs:us-east-1:123456789012:log-group:{LOG_GROUP}",
+    "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "aws_default",
+}
 
 
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory):
     # the stack's processes take a user's environment, not this test session's Airflow settings
     saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("AIRFLOW")]}
+    os.environ.update(REMOTE_LOGGING)
     stack = LocalStack(tmp_path_factory.mktemp("fault-stack"), api_port=0, dags_folder=FIXTURE_DAGS)
     try:
         stack.start()
@@ -37,6 +45,8 @@ def fault_stack(tmp_path_factory):
         stack.stop()
         raise
     finally:
+        for key in REMOTE_LOGGING:
+            del os.environ[key]
         os.environ.update(saved)
     yield stack
     stack.stop()
@@ -95,6 +105,16 @@ def test_two_failures_alert_once_on_every_channel_and_leak_no_secret(fault_stack
     logs = [p.read_text() for p in (folder / "airflow" / "logs").rglob("*.log") if f"dag_id={DAG_ID}" in str(p)]
     assert len(logs) == 2 and all("connecting with password ***" in log for log in logs)
 
+    # the same lines reached CloudWatch Logs, masked too
+    import boto3
+
+    cloudwatch_logs = boto3.client("logs", endpoint_url=aws["extra"]["endpoint_url"], region_name="us-east-1",
+                                   aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"])  # fmt: skip
+    remote = "\n".join(
+        e["message"] for e in cloudwatch_logs.filter_log_events(logGroupName=LOG_GROUP)["events"]
+    )
+    assert remote.count("connecting with password ***") == 2
+
     # and no channel carries the secret
-    for text in [*mails, *envelopes, message, *logs]:
+    for text in [*mails, *envelopes, message, *logs, remote]:
         assert secret not in text
