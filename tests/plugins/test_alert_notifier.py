@@ -124,6 +124,10 @@ def test_smtp_down_still_records_the_alert_and_counts_the_channel_failure(local_
     notifier.notify(failure_context(dag_id, "boom"))  # must not raise
 
     assert alerts_rows(local_stack, dag_id) == [("error", 1, 1)]
+    with psycopg2.connect(local_stack.app_dsn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT details->'channels' FROM security_events WHERE event_type = 'alert_channel_failed' "
+                    "AND details->>'subject' LIKE %s", (f"%{dag_id}%",))  # fmt: skip
+        assert cur.fetchall() == [(["email"],)]
     assert "alert channel email failed" in capfd.readouterr().out  # Airflow logs through structlog
     assert task_failed_datapoints(dag_id) == 1.0
 

@@ -57,6 +57,14 @@ def test_probe_of_a_down_service_fails_naming_it_and_records_why(local_stack, mo
     )  # fmt: skip
     assert sum(failed) == 1.0, "the connection's alarm gets its datapoint"
 
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    event = PostgresHook(postgres_conn_id="app_db").get_first(
+        "SELECT event_type, severity, details->>'conn_id' FROM security_events WHERE details->>'run_id' = %s",
+        (run_id,),
+    )
+    assert event == ("connection_failed", "error", "redis_gone")
+
 
 def test_retried_probe_replaces_its_row(local_stack):
     from execplatform.operators.healthcheck import ConnectionProbeOperator

@@ -183,10 +183,13 @@ class PlatformAlertNotifier(BaseNotifier):
                 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
                 from include.alerting import count_channel_failure
+                from include.security_events import log_security_event
 
                 with PostgresHook(postgres_conn_id=self.app_conn_id).get_conn() as conn, conn.cursor() as cur:
                     for _ in failed:
                         count_channel_failure(cur, grouping.alert_id)
+                    log_security_event(cur, "alert_channel_failed", "warning", actor="PlatformAlertNotifier",
+                                       channels=failed, alert_id=grouping.alert_id, subject=alert.subject())  # fmt: skip
             except Exception:
                 self.log.warning("could not count channel failures %s in the alerts table", failed)
 

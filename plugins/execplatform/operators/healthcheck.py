@@ -130,13 +130,21 @@ class ConnectionProbeOperator(BaseOperator):
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
         from include.healthcheck import record
+        from include.security_events import log_security_event
+
+        def connection_failed(cursor) -> None:
+            log_security_event(cursor, "connection_failed", "error", actor=f"{self.dag_id}.{self.task_id}",
+                               conn_id=self.conn_id, run_id=run_id, error=result.detail)  # fmt: skip
 
         try:
             with PostgresHook(postgres_conn_id=self.results_conn_id).get_conn() as conn:
                 with conn.cursor() as cursor:
                     record(cursor, run_id, result)
+                    if not result.ok:
+                        connection_failed(cursor)
         except Exception:
             if result.ok:
                 raise
             # the app DB itself may be what is down; the probe's own failure is the news
             self.log.exception("could not record the failed probe of %s", self.conn_id)
+            connection_failed(None)  # the JSON event line still reaches the task log
