@@ -84,6 +84,16 @@ def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env):
                 c: True for c in ("app_db", "aws_default", "redis_default", "smtp_default", "stripe_default")
             }
 
+    # a verified backup in moto, from the DAG as a user runs it
+    run = sh(airflow + "dags test db_backup", user_env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    with psycopg2.connect(host=app["host"], port=app["port"], dbname=app["schema"],
+                          user=app["login"], password=app["password"]) as conn:  # fmt: skip
+        with conn.cursor() as cur:
+            cur.execute("SELECT status, location, restore_seconds > 0 FROM backups ORDER BY id DESC LIMIT 1")
+            status, location, restored = cur.fetchone()
+    assert (status, restored) == ("verified", True) and location.startswith("s3://execplatform-backups/")
+
     # the documented ways to look at what the DAGs recorded
     rows = sh(".venv/bin/python -m include.devstack psql -tAc 'SELECT count(*) FROM healthcheck_results'", user_env)
     assert rows.returncode == 0 and int(rows.stdout.strip()) >= 5, rows.stderr

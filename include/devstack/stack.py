@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
 API_PORT_DEFAULT = 8080
+BACKUP_BUCKET = "execplatform-backups"
 
 
 class StackError(RuntimeError):
@@ -282,6 +283,7 @@ def airflow_env(
         "AIRFLOW_HOME": str(home),
         "PYTHONPATH": str(ROOT),
         "REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
+        "BACKUP_BUCKET": BACKUP_BUCKET,
         "SMTP_SINK_DIR": str(folder / "mail"),
         "SENTRY_SINK_DIR": str(folder / "sentry"),
         "ALERT_EMAIL_TO": "platform-oncall@localhost",
@@ -489,8 +491,9 @@ class LocalStack:
             for role, key in (("airflow", "airflow_db_password"), ("app", "app_db_password")):
                 cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
                 verb = "ALTER" if cur.fetchone() else "CREATE"
+                # CREATEDB: backup verification restores into scratch databases of its own
                 cur.execute(
-                    sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(role)),
+                    sql.SQL(verb + " ROLE {} LOGIN CREATEDB PASSWORD %s").format(sql.Identifier(role)),
                     (self.secret[key],),
                 )
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (role,))
@@ -537,6 +540,7 @@ class LocalStack:
                 http_answers(f"http://127.0.0.1:{p['moto']}/moto-api/"),
             )
         )
+        self._provision_aws()
         self.supervisor.start(
             Service(
                 "stripe",
@@ -563,6 +567,16 @@ class LocalStack:
                 env=self.env,
             )
         )  # fmt: skip
+
+    def _provision_aws(self) -> None:
+        """What production provisions outside Airflow: the backups bucket."""
+        import boto3
+
+        aws = connections(self.ports, self.secret)["aws_default"]
+        boto3.client(
+            "s3", endpoint_url=aws["extra"]["endpoint_url"], region_name=aws["extra"]["region_name"],
+            aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"],
+        ).create_bucket(Bucket=BACKUP_BUCKET)  # fmt: skip
 
     # airflow ------------------------------------------------------------------------------
 

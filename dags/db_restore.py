@@ -1,0 +1,60 @@
+"""
+### Database restore
+
+**Owner:** platform team. **Schedule:** manual only (Trigger with the form).
+
+Restores a verified backup of the app database from S3: `backup_id` (a catalog id, or `latest`
+for the newest verified backup) into `target_database`. Every file's SHA-256 is checked
+against the catalog **before** anything is restored. An empty target restores into a new
+database `restore_<id>_<run time>`; a named target must not exist yet. Restoring **over the
+live database** requires typing its name in `confirm`.
+
+**Idempotent:** into a new database, a re-run refuses because the target exists (drop it
+first); over the live database, a re-run restores the same backup again.
+
+**Alerts:** a failure is an *error* (email to the owners).
+
+**When it fails:** the log says which: unknown backup id, unverified backup, checksum mismatch
+(file and both checksums), existing target, missing confirmation. Nothing was restored in
+those cases.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag
+
+from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
+from execplatform.operators.backup import RestoreBackupOperator
+
+
+@dag(
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    doc_md=__doc__,
+    tags=["platform", "backup"],
+    params={
+        "backup_id": Param("latest", type="string", description="a backups catalog id, or 'latest'"),
+        "target_database": Param("", type="string", description="empty: a new database restore_<id>_<time>"),
+        "confirm": Param("", type="string", description="type the live database's name to restore over it"),
+    },
+    **run_metrics_callbacks(),
+    default_args={
+        "owner": "platform",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        **alert_callbacks(on_failure="error", on_retry=None),
+    },
+)
+def db_restore():
+    RestoreBackupOperator(
+        task_id="restore_backup",
+        backup_id="{{ params.backup_id }}",
+        target_database="{{ params.target_database }}",
+        confirm="{{ params.confirm }}",
+    )
+
+
+db_restore()
