@@ -196,6 +196,14 @@ def test_restore_refuses_bad_requests_and_restores_into_a_new_database(source):
         folder = fetch_backup(entry, "aws_default", Path(tmp))
         restored_dsn = source["dsn"].replace(f"dbname={live}", f"dbname={target}")
         assert compare(restored_dsn, folder) == []
+        # and the comparison can fail: one changed payload, one changed schema object
+        with psycopg2.connect(restored_dsn) as conn, conn.cursor() as cur:
+            cur.execute("UPDATE execution_tasks SET payload = payload || '{\"x\": 1}' WHERE id = 1")
+            cur.execute("DROP VIEW busy_moods")
+        conn.close()
+        problems = compare(restored_dsn, folder)
+        assert "schema-only dumps of the source and the restore differ" in problems
+        assert any(p.startswith("checksums of execution_tasks") for p in problems)
     drop_database(CONN_ID, target)
 
 
