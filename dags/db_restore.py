@@ -7,7 +7,8 @@ Restores a verified backup of the app database from S3: `backup_id` (a catalog i
 for the newest verified backup) into `target_database`. Every file's SHA-256 is checked
 against the catalog **before** anything is restored. An empty target restores into a new
 database `restore_<id>_<run time>`; a named target must not exist yet. Restoring **over the
-live database** requires typing its name in `confirm`.
+live database** requires typing its name in `confirm`; it also rolls the `backups` catalog,
+which lives in that database, back to the backup's moment.
 
 **Idempotent:** into a new database, a re-run refuses because the target exists (drop it
 first); over the live database, a re-run restores the same backup again.
