@@ -49,7 +49,7 @@ UPDATE execution_tasks
  WHERE id >= %(lo)s AND id < %(lo)s + %(size)s
    AND ai_model IS NULL
    AND payload->>'ai_model' ~ '{AI_MODEL_FORMAT}'
-"""
+"""  # noqa: S608 (interpolates a module constant only)
 
 VALIDATE = "ALTER TABLE execution_tasks VALIDATE CONSTRAINT execution_tasks_ai_model_format"
 
