@@ -47,34 +47,59 @@ def local_stack(tmp_path_factory):
     stack.stop()
 
 
+def _create_database(local_stack, name: str, template: str | None = None) -> None:
+    import psycopg2
+
+    admin = psycopg2.connect(local_stack.superuser_dsn())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}" OWNER app' + (f' TEMPLATE "{template}"' if template else ""))
+    admin.close()
+
+
+def _drop_database(local_stack, name: str) -> None:
+    import psycopg2
+
+    admin = psycopg2.connect(local_stack.superuser_dsn())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()
+
+
 @pytest.fixture(scope="session")
 def app_template(local_stack) -> str:
     """A database at the baseline revision, copied by `app_dsn` (faster than migrating each)."""
-    import psycopg2
-
     from include.migrations import BASELINE_REVISION, upgrade
 
-    name = "app_template"
-    conn = psycopg2.connect(local_stack.superuser_dsn())
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}" OWNER app')
-    conn.close()
-    upgrade(local_stack.app_dsn(name), BASELINE_REVISION)
-    return name
+    _create_database(local_stack, "app_template")
+    upgrade(local_stack.app_dsn("app_template"), BASELINE_REVISION)
+    return "app_template"
+
+
+@pytest.fixture(scope="session")
+def app_head_template(local_stack) -> str:
+    """A database at the newest revision (ai_model present), copied by `app_head_dsn`."""
+    from include.migrations import upgrade
+
+    _create_database(local_stack, "app_head_template")
+    upgrade(local_stack.app_dsn("app_head_template"), "head")
+    return "app_head_template"
 
 
 @pytest.fixture
 def app_dsn(local_stack, app_template) -> str:
     """A fresh, empty app database at the baseline revision, dropped after the test."""
-    import psycopg2
-
     name = f"app_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(local_stack.superuser_dsn())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{app_template}" OWNER app')
+    _create_database(local_stack, name, app_template)
     yield local_stack.app_dsn(name)
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
+    _drop_database(local_stack, name)
+
+
+@pytest.fixture
+def app_head_dsn(local_stack, app_head_template) -> str:
+    """A fresh, empty app database at the newest revision, dropped after the test."""
+    name = f"app_{uuid.uuid4().hex[:12]}"
+    _create_database(local_stack, name, app_head_template)
+    yield local_stack.app_dsn(name)
+    _drop_database(local_stack, name)
