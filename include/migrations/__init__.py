@@ -1,37 +1,165 @@
 """The app database's schema as versioned, reversible Alembic revisions written in plain SQL.
 
-Call these with a libpq DSN; the Airflow side gets one from the `app_db` connection.
+Call these with a libpq DSN; the Airflow side gets one from the `app_db` connection. Every
+session that runs a revision first sets `lock_timeout` and `statement_timeout` (`Settings`),
+and the offline SQL (`--sql`) starts with the same two lines, so what a reviewer and squawk
+read is what runs. Each applied revision's file SHA-256 is recorded in `migration_checksums`;
+`changed_revisions` names any file edited after it was applied.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).parent
 # The schema as it stood before the ai_model fix: where a new environment starts, so that
 # every later revision goes through the db_migrate DAG (backup, rehearsal, approval).
 BASELINE_REVISION = "0001"
+# Extra revision folders (os.pathsep-separated), for rehearsing revisions kept elsewhere.
+EXTRA_VERSIONS_ENV = "MIGRATIONS_EXTRA_VERSIONS"
+
+# The runner's own bookkeeping, next to alembic_version; not part of any revision.
+BOOKKEEPING_TABLES = ("alembic_version", "migration_checksums", "migration_runs")
+BOOKKEEPING_DDL = """
+CREATE TABLE IF NOT EXISTS migration_checksums (
+    revision   text        PRIMARY KEY,
+    sha256     text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS migration_runs (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    dag_run_id      text        NOT NULL,
+    from_revision   text,
+    target_revision text        NOT NULL,
+    backup_id       bigint,
+    status          text        NOT NULL DEFAULT 'planned' CHECK (status IN
+        ('planned', 'rehearsed', 'applying', 'applied', 'completed', 'failed', 'rolled_back')),
+    error           text,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    finished_at     timestamptz,
+    CONSTRAINT migration_runs_dag_run_key UNIQUE (dag_run_id)
+);
+"""
+# A migration run in these states still needs its backup as the way back.
+PENDING_RUN_STATES = ("planned", "rehearsed", "applying", "applied")
 
 
-def _config(dsn: str):
+@dataclass(frozen=True)
+class Settings:
+    """How a migration session behaves; every field is a db_migrate param."""
+
+    lock_timeout_ms: int = 1000
+    statement_timeout_ms: int = 300_000
+    lock_retries: int = 3
+    retry_backoff_s: float = 1.0
+    backfill_batch_size: int = 10_000
+    extra_versions: tuple[str, ...] = field(
+        default_factory=lambda: tuple(p for p in os.environ.get(EXTRA_VERSIONS_ENV, "").split(os.pathsep) if p)
+    )
+
+    def session_sql(self) -> str:
+        return (
+            f"SET lock_timeout = '{int(self.lock_timeout_ms)}ms';\n"
+            f"SET statement_timeout = '{int(self.statement_timeout_ms)}ms'"
+        )
+
+
+@dataclass(frozen=True)
+class Revision:
+    revision: str
+    down_revision: str | None
+    title: str
+    path: str
+    squawk_exceptions: dict[str, str]
+
+
+def _config(dsn: str, settings: Settings | None = None, output: io.StringIO | None = None):
     from alembic.config import Config
 
-    config = Config()
+    settings = settings or Settings()
+    config = Config(output_buffer=output)
     config.set_main_option("script_location", str(HERE))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", os.pathsep.join([str(HERE / "versions"), *settings.extra_versions]))
     config.attributes["dsn"] = dsn
+    config.attributes["settings"] = settings
+    config.attributes["backfill_batch_size"] = settings.backfill_batch_size
     return config
 
 
-def upgrade(dsn: str, revision: str = "head", *, sql: bool = False) -> None:
+def _scripts(settings: Settings | None = None):
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config("", settings))
+
+
+def upgrade(dsn: str, revision: str = "head", *, sql: bool = False, settings: Settings | None = None) -> None:
     from alembic import command
 
-    command.upgrade(_config(dsn), revision, sql=sql)
+    command.upgrade(_config(dsn, settings), revision, sql=sql)
 
 
-def downgrade(dsn: str, revision: str) -> None:
+def downgrade(dsn: str, revision: str, *, settings: Settings | None = None) -> None:
     from alembic import command
 
-    command.downgrade(_config(dsn), revision)
+    command.downgrade(_config(dsn, settings), revision)
+
+
+def stamp(dsn: str, revision: str, *, settings: Settings | None = None) -> None:
+    from alembic import command
+
+    command.stamp(_config(dsn, settings), revision)
+
+
+def offline_sql(revision: str, *, settings: Settings | None = None) -> str:
+    """The exact SQL that upgrading from the revision's parent to it runs."""
+    from alembic import command
+
+    script = _scripts(settings).get_revision(revision)
+    out = io.StringIO()
+    span = f"{script.down_revision}:{revision}" if script.down_revision else revision
+    command.upgrade(_config("", settings, out), span, sql=True)
+    return out.getvalue()
+
+
+def heads(settings: Settings | None = None) -> list[str]:
+    return list(_scripts(settings).get_heads())
+
+
+def _revision(script) -> Revision:
+    module = script.module
+    return Revision(
+        revision=script.revision,
+        down_revision=script.down_revision,
+        title=(script.doc or "").strip().splitlines()[0] if script.doc else script.revision,
+        path=script.path,
+        squawk_exceptions=dict(getattr(module, "squawk_exceptions", {})),
+    )
+
+
+def pending(dsn: str, target: str = "head", *, settings: Settings | None = None) -> list[Revision]:
+    """The revisions an upgrade to `target` would run, oldest first."""
+    scripts = _scripts(settings)
+    start = current(dsn)
+    if target != "head" and start is not None and scripts.get_revision(target) is not None:
+        # a target at or below the current revision has nothing to upgrade
+        ancestors = {s.revision for s in scripts.iterate_revisions(start, "base")}
+        if target in ancestors:
+            return []
+    steps = list(scripts.iterate_revisions(target, start or "base"))
+    return [_revision(s) for s in reversed(steps)]
+
+
+def revision_info(revision: str, *, settings: Settings | None = None) -> Revision:
+    return _revision(_scripts(settings).get_revision(revision))
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def current(dsn: str) -> str | None:
@@ -46,6 +174,36 @@ def current(dsn: str) -> str | None:
         row = cur.fetchone()
     conn.close()
     return row[0] if row else None
+
+
+def changed_revisions(dsn: str, *, settings: Settings | None = None) -> list[str]:
+    """Applied revisions whose file differs from what was applied (or is gone), each named."""
+    import psycopg2
+
+    from alembic.util import CommandError
+
+    scripts = _scripts(settings)
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('public.migration_checksums') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return []
+        cur.execute("SELECT revision, sha256 FROM migration_checksums ORDER BY revision")
+        recorded = cur.fetchall()
+    conn.close()
+    problems = []
+    for revision, applied in recorded:
+        try:
+            script = scripts.get_revision(revision)
+        except CommandError:
+            script = None
+        if script is None:
+            problems.append(f"revision {revision} was applied but its file is gone")
+        elif (now := file_sha256(script.path)) != applied:
+            problems.append(
+                f"revision {revision} ({Path(script.path).name}) changed after it was applied: "
+                f"applied sha256 {applied}, file sha256 {now}"
+            )
+    return problems
 
 
 def ensure_baseline(dsn: str) -> bool:

@@ -1,14 +1,37 @@
-"""Alembic environment: runs revisions on the DSN given by the caller, or prints them (--sql)."""
+"""Alembic environment: runs revisions on the DSN given by the caller, or prints them (--sql).
+
+Each revision runs in its own transaction (a revision may also step outside it, for
+CREATE INDEX CONCURRENTLY), after the session's lock and statement timeouts are set.
+"""
 
 from __future__ import annotations
 
 from alembic import context
 
+from include.migrations import BOOKKEEPING_DDL, Settings, file_sha256
+
 config = context.config
 dsn = config.attributes.get("dsn", "")
+settings: Settings = config.attributes.get("settings") or Settings()
+
+
+def record_checksum(ctx, step, heads, run_args) -> None:
+    """Keep migration_checksums in step with alembic_version, in the revision's transaction."""
+    revision = step.up_revision_id
+    if step.is_upgrade:
+        ctx.connection.exec_driver_sql(
+            "INSERT INTO migration_checksums (revision, sha256) VALUES (%s, %s) "
+            "ON CONFLICT (revision) DO UPDATE SET sha256 = EXCLUDED.sha256, applied_at = now()",
+            (revision, file_sha256(step.up_revision.path)),
+        )
+    else:
+        ctx.connection.exec_driver_sql("DELETE FROM migration_checksums WHERE revision = %s", (revision,))
+
 
 if context.is_offline_mode():
-    context.configure(dialect_name="postgresql", literal_binds=True, transactional_ddl=True)
+    context.configure(dialect_name="postgresql", literal_binds=True, transactional_ddl=True,
+                      transaction_per_migration=True)  # fmt: skip
+    context.execute(settings.session_sql())
     with context.begin_transaction():
         context.run_migrations()
 else:
@@ -18,7 +41,11 @@ else:
 
     engine = create_engine("postgresql+psycopg2://", creator=lambda: psycopg2.connect(dsn), poolclass=NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, transactional_ddl=True)
+        connection.exec_driver_sql(settings.session_sql())  # session-wide: survives each COMMIT
+        connection.exec_driver_sql(BOOKKEEPING_DDL)
+        connection.commit()
+        context.configure(connection=connection, transactional_ddl=True, transaction_per_migration=True,
+                          on_version_apply=record_checksum)  # fmt: skip
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

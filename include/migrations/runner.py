@@ -1,0 +1,199 @@
+"""Applying revisions safely: bounded lock waits, retries with backoff, no half-applied schema.
+
+`apply` upgrades one revision at a time. A lock timeout is retried with exponential backoff
+`Settings.lock_retries` times; then the run stops with `MigrationLocked`, which names the
+sessions that held it up (pid, user, how long their transaction has been open, query). Any
+failure part-way through a revision (revisions may commit steps of their own, e.g. a backfill
+or a concurrent index) is undone by that revision's downgrade, whose steps tolerate a partial
+upgrade, so the schema ends exactly as it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from include.migrations import Settings, current, downgrade, pending, stamp, upgrade
+
+logger = logging.getLogger(__name__)
+
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+class MigrationError(RuntimeError):
+    """A revision could not be applied; the schema was left as it was before it."""
+
+
+@dataclass(frozen=True)
+class Blocker:
+    pid: int
+    user: str
+    state: str
+    transaction_seconds: float
+    query: str
+
+    def __str__(self) -> str:
+        return (f"pid {self.pid} ({self.user}, {self.state}, transaction open {self.transaction_seconds:.1f} s): "
+                f"{self.query}")  # fmt: skip
+
+
+class MigrationLocked(MigrationError):
+    def __init__(self, revision: str, attempts: int, blockers: list[Blocker]):
+        self.revision, self.attempts, self.blockers = revision, attempts, blockers
+        named = "; ".join(str(b) for b in blockers) or "no blocking session is left"
+        super().__init__(f"revision {revision} gave up after {attempts} lock timeouts; blocked by {named}")
+
+
+def _is_lock_timeout(exc: BaseException) -> bool:
+    while exc is not None:
+        if getattr(exc, "pgcode", None) == LOCK_NOT_AVAILABLE:
+            return True
+        exc = exc.__cause__ or getattr(exc, "orig", None)
+    return False
+
+
+def blockers(dsn: str, older_than_s: float = 0.0) -> list[Blocker]:
+    """Other sessions of this database inside a transaction older than `older_than_s`: the
+    only ones that can hold a lock (or, for a concurrent index build, a snapshot) we wait on."""
+    import psycopg2
+
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT pid, coalesce(usename, ''), coalesce(state, ''),
+                   extract(epoch FROM clock_timestamp() - xact_start)::float8, left(query, 200)
+              FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND xact_start IS NOT NULL
+               AND xact_start < clock_timestamp() - make_interval(secs => %s)
+             ORDER BY xact_start
+            """,
+            (older_than_s,),
+        )
+        rows = cur.fetchall()
+    conn.close()
+    return [Blocker(*row) for row in rows]
+
+
+def schema_signature(dsn: str) -> str:
+    """A cheap fingerprint of the public schema's catalog (columns, constraints, indexes)."""
+    import psycopg2
+
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            SELECT md5(coalesce(string_agg(item, E'\n' ORDER BY item), '')) FROM (
+                SELECT format('col %s.%s %s %s', c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
+                              a.attnotnull) AS item
+                  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                 WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+                UNION ALL
+                SELECT format('con %s %s %s', conname, convalidated, pg_get_constraintdef(oid))
+                  FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+                UNION ALL
+                SELECT format('idx %s', pg_get_indexdef(indexrelid))
+                  FROM pg_index JOIN pg_class c ON c.oid = indexrelid
+                 WHERE c.relnamespace = 'public'::regnamespace
+            ) catalog
+            """
+        )
+        signature = cur.fetchone()[0]
+    conn.close()
+    return signature
+
+
+def apply(
+    dsn: str,
+    target: str = "head",
+    settings: Settings | None = None,
+    *,
+    on_retry: Callable[[str, int, Exception], None] | None = None,
+) -> list[str]:
+    """Upgrade to `target` one revision at a time; returns the revisions applied."""
+    settings = settings or Settings()
+    applied = []
+    for revision in pending(dsn, target, settings=settings):
+        _apply_one(dsn, revision.revision, revision.down_revision, settings, on_retry)
+        applied.append(revision.revision)
+    return applied
+
+
+def _apply_one(dsn: str, revision: str, down: str | None, settings: Settings, on_retry) -> None:
+    for attempt in range(1, settings.lock_retries + 2):
+        before = schema_signature(dsn)
+        try:
+            upgrade(dsn, revision, settings=settings)
+            return
+        except Exception as exc:
+            held_up = blockers(dsn, settings.lock_timeout_ms / 1000) if _is_lock_timeout(exc) else None
+            _undo_partial(dsn, revision, down, before, settings)
+            if held_up is None:
+                raise MigrationError(f"revision {revision} failed and was undone: {exc}") from exc
+            if attempt > settings.lock_retries:
+                raise MigrationLocked(revision, attempt, held_up) from exc
+            delay = settings.retry_backoff_s * 2 ** (attempt - 1)
+            logger.warning("revision %s hit the lock timeout (attempt %d); retrying in %.1f s; blockers: %s",
+                           revision, attempt, delay, "; ".join(map(str, held_up)) or "gone")  # fmt: skip
+            if on_retry:
+                on_retry(revision, attempt, exc)
+            time.sleep(delay)
+
+
+def _undo_partial(dsn: str, revision: str, down: str | None, before: str, settings: Settings) -> None:
+    """Run the revision's downgrade over whatever part of it committed; nothing if none did."""
+    if schema_signature(dsn) == before and current(dsn) == down:
+        return
+    logger.warning("revision %s stopped part-way; undoing what it committed", revision)
+    stamp(dsn, revision, settings=settings)
+    downgrade(dsn, down or "base", settings=settings)
+
+
+class RehearsalFailed(MigrationError):
+    """The rehearsal on a clone found a problem: production must not be touched."""
+
+
+def schema_dump(dsn: str) -> str:
+    from include.backup import schema_text, start_schema_dump
+
+    return schema_text(start_schema_dump(dsn))
+
+
+def _diff(a: str, b: str, names: tuple[str, str]) -> str:
+    import difflib
+
+    lines = difflib.unified_diff(a.splitlines(), b.splitlines(), *names, lineterm="", n=1)
+    return "\n".join(list(lines)[:40])
+
+
+def rehearse(dsn: str, target: str = "head", settings: Settings | None = None) -> dict:
+    """On a clone (never production): upgrade, smoke-check, downgrade, upgrade again; the
+    downgrade must give back the original schema and the second upgrade the first one's."""
+    import psycopg2
+
+    from include.migrations.smoke import fingerprint, smoke_check
+
+    settings = settings or Settings()
+    start = current(dsn)
+    original = schema_dump(dsn)
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        before = fingerprint(cur)
+    conn.close()
+    applied = apply(dsn, target, settings)
+    if not applied:
+        return {"from": start, "applied": [], "problems": []}
+    problems = smoke_check(dsn, before, exact=True)
+    upgraded = schema_dump(dsn)
+    downgrade(dsn, start or "base", settings=settings)
+    if (reverted := schema_dump(dsn)) != original:
+        problems.append("the downgrade does not restore the original schema:\n"
+                        + _diff(original, reverted, ("before", "after downgrade")))  # fmt: skip
+    apply(dsn, target, settings)
+    if (again := schema_dump(dsn)) != upgraded:
+        problems.append("upgrade, downgrade, upgrade differs from a straight upgrade:\n"
+                        + _diff(upgraded, again, ("first upgrade", "second upgrade")))  # fmt: skip
+    problems += smoke_check(dsn, before, exact=True)
+    if problems:
+        raise RehearsalFailed(f"rehearsal of {start} -> {target} failed: " + "; ".join(problems))
+    return {"from": start, "applied": applied, "problems": []}
