@@ -179,7 +179,6 @@ def current(dsn: str) -> str | None:
 def changed_revisions(dsn: str, *, settings: Settings | None = None) -> list[str]:
     """Applied revisions whose file differs from what was applied (or is gone), each named."""
     import psycopg2
-
     from alembic.util import CommandError
 
     scripts = _scripts(settings)

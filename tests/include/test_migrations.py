@@ -8,7 +8,7 @@ from contextlib import redirect_stdout
 import psycopg2
 import pytest
 
-from include.migrations import current, downgrade, upgrade
+from include.migrations import BOOKKEEPING_TABLES, current, downgrade, upgrade
 
 BASELINE_TABLES = {
     "execution_tasks", "users", "user_events", "offers", "payments", "model_versions",
@@ -19,7 +19,7 @@ BASELINE_TABLES = {
 def _tables(dsn: str) -> set[str]:
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        return {r[0] for r in cur.fetchall()} - {"alembic_version"}
+        return {r[0] for r in cur.fetchall()} - set(BOOKKEEPING_TABLES)
 
 
 @pytest.mark.stack

@@ -1,0 +1,260 @@
+"""Revisions after the baseline, run the way db_migrate runs them, on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from include.migrations import (
+    Settings,
+    changed_revisions,
+    current,
+    downgrade,
+    heads,
+    offline_sql,
+    pending,
+    upgrade,
+)
+from include.migrations.lint import lint
+from include.migrations.runner import (
+    MigrationError,
+    MigrationLocked,
+    apply,
+    rehearse,
+    schema_dump,
+    schema_signature,
+)
+from include.migrations.smoke import fingerprint, smoke_check, table_filenode
+
+BROKEN = str(Path(__file__).parents[1] / "fixtures" / "migrations" / "broken")
+FAST = Settings(lock_timeout_ms=200, lock_retries=2, retry_backoff_s=0.05)
+
+
+def _query(dsn: str, sql: str, args=()):
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql, args)
+        rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+def _fingerprint(dsn: str):
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        fp = fingerprint(cur)
+    conn.close()
+    return fp
+
+
+def _has_ai_model(dsn: str) -> bool:
+    return bool(_query(dsn, "SELECT 1 FROM information_schema.columns "
+                            "WHERE table_name = 'execution_tasks' AND column_name = 'ai_model'"))  # fmt: skip
+
+
+@pytest.fixture
+def seeded(app_dsn) -> str:
+    from include.seed import seed
+
+    seed(app_dsn, scale=0.05)
+    return app_dsn
+
+
+def test_one_head_and_the_offline_sql_is_what_runs():
+    assert heads() == ["0002"]
+    sql = offline_sql("0002")
+    assert sql.startswith("SET lock_timeout = '1000ms';\nSET statement_timeout =")
+    assert "ADD COLUMN IF NOT EXISTS ai_model text;" in sql
+    assert "NOT VALID" in sql and "VALIDATE CONSTRAINT" in sql
+    assert "CREATE INDEX CONCURRENTLY" in sql
+    # the concurrent index is built outside any transaction
+    assert sql.index("COMMIT;") < sql.index("CREATE INDEX CONCURRENTLY") < sql.index("BEGIN;", sql.index("COMMIT;"))
+
+
+@pytest.mark.stack
+def test_lint_passes_with_the_named_exception_and_blocks_without_it(app_dsn):
+    [revision] = pending(app_dsn)
+    assert revision.revision == "0002" and "ban-drop-constraint" in revision.squawk_exceptions
+    assert lint([revision], pg_major=18) == []
+    findings = lint([dataclasses.replace(revision, squawk_exceptions={})], pg_major=18)
+    assert [f.rule for f in findings] == ["ban-drop-constraint"]
+    assert "revision 0002, line" in str(findings[0])
+
+
+@pytest.mark.stack
+def test_upgrade_from_empty_to_head_then_every_downgrade_step_by_step(app_dsn):
+    downgrade(app_dsn, "base")
+    assert current(app_dsn) is None
+    upgrade(app_dsn, "head")
+    assert current(app_dsn) == "0002" and _has_ai_model(app_dsn)
+    downgrade(app_dsn, "-1")
+    assert current(app_dsn) == "0001" and not _has_ai_model(app_dsn)
+    downgrade(app_dsn, "-1")
+    assert current(app_dsn) is None
+    assert _query(app_dsn, "SELECT count(*) FROM pg_tables WHERE tablename = 'execution_tasks'") == [(0,)]
+
+
+@pytest.mark.stack
+def test_up_down_up_gives_the_schema_of_a_straight_upgrade(seeded, app_head_dsn):
+    original = schema_dump(seeded)
+    assert apply(seeded, settings=FAST) == ["0002"]
+    downgrade(seeded, "0001")
+    assert schema_dump(seeded) == original
+    assert apply(seeded, settings=FAST) == ["0002"]
+    assert schema_dump(seeded) == schema_dump(app_head_dsn)  # app_head_dsn: straight from base
+
+
+@pytest.mark.stack
+def test_backfill_fills_ai_model_from_the_payload_and_skips_malformed_values(seeded):
+    with psycopg2.connect(seeded) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO execution_tasks (task_type, payload) VALUES "
+                    "('idea', '{\"ai_model\": \"NOT a model name!\"}'), ('idea', '{\"ai_model\": 42}')")  # fmt: skip
+    conn.close()
+    expected = _query(seeded, "SELECT count(*) FROM execution_tasks WHERE payload->>'ai_model' ~ '^[a-z0-9]'")[0][0]
+    apply(seeded, settings=dataclasses.replace(FAST, backfill_batch_size=97))  # many small batches
+    assert expected > 0
+    assert _query(seeded, "SELECT count(ai_model) FROM execution_tasks") == [(expected,)]
+    assert _query(seeded, "SELECT count(*) FROM execution_tasks WHERE ai_model IS DISTINCT FROM "
+                          "(payload->>'ai_model') AND ai_model IS NOT NULL") == [(0,)]  # fmt: skip
+    assert _query(seeded, "SELECT convalidated FROM pg_constraint "
+                          "WHERE conname = 'execution_tasks_ai_model_format'") == [(True,)]  # fmt: skip
+    assert _query(seeded, "SELECT indisvalid FROM pg_index "
+                          "WHERE indexrelid = 'execution_tasks_ai_model_idx'::regclass") == [(True,)]  # fmt: skip
+
+
+@pytest.mark.stack
+def test_a_million_rows_keep_their_file(app_dsn):
+    with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
+        cur.execute("""
+            INSERT INTO execution_tasks (task_type, payload, status)
+            SELECT 'implementation',
+                   CASE WHEN g % 3 = 0 THEN jsonb_build_object('ai_model', 'gpt-4.1') ELSE '{}' END, 'succeeded'
+              FROM generate_series(1, 1000000) g
+        """)
+        before = table_filenode(cur)
+    conn.close()
+    apply(app_dsn, settings=dataclasses.replace(FAST, backfill_batch_size=50_000))
+    with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
+        assert table_filenode(cur) == before
+        cur.execute("SELECT count(*), count(ai_model) FROM execution_tasks")
+        assert cur.fetchone() == (1_000_000, 333_333)
+    conn.close()
+
+
+@pytest.mark.stack
+def test_a_concurrent_writer_is_never_blocked_past_the_lock_timeout(seeded):
+    """The writer gives up after 3x the migration's lock timeout: any such wait is an error."""
+    stop, errors, inserted = threading.Event(), [], []
+
+    def writer():
+        conn = psycopg2.connect(seeded)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SET lock_timeout = '3s'")
+            while not stop.is_set():
+                try:
+                    cur.execute("INSERT INTO execution_tasks (task_type, payload) VALUES ('idea', '{}') RETURNING id")
+                    inserted.append(cur.fetchone()[0])
+                except psycopg2.Error as exc:
+                    errors.append(exc)
+        conn.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        apply(seeded, settings=Settings(lock_timeout_ms=1000, backfill_batch_size=500))
+        during = len(inserted)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    assert during > 0 and len(inserted) > during
+    assert current(seeded) == "0002"
+
+
+@pytest.mark.stack
+def test_a_long_transaction_makes_it_retry_then_fail_naming_the_blocker(seeded):
+    signature = schema_signature(seeded)
+    holder = psycopg2.connect(seeded)
+    retries = []
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT count(*) FROM execution_tasks /* reporting job */")
+            pid = holder.get_backend_pid()
+            with pytest.raises(MigrationLocked) as caught:
+                apply(seeded, settings=FAST, on_retry=lambda rev, attempt, exc: retries.append(attempt))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert retries == [1, 2] and caught.value.attempts == 3
+    message = str(caught.value)
+    assert f"pid {pid}" in message and "reporting job" in message and "transaction open" in message
+    assert schema_signature(seeded) == signature and current(seeded) == "0001"
+
+
+@pytest.mark.stack
+def test_0002_stopped_at_its_concurrent_index_is_undone_completely(seeded, caplog):
+    """An old transaction elsewhere makes the index build wait after the column, backfill and
+    validation have committed: the retries give up and the schema is as it was."""
+    original, data = schema_dump(seeded), _fingerprint(seeded)
+    holder = psycopg2.connect(seeded)
+    holder.set_session(isolation_level="REPEATABLE READ")  # its snapshot lives as long as it does
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT count(*) FROM users")  # an open snapshot, no lock on execution_tasks
+            with pytest.raises(MigrationLocked, match="revision 0002"):
+                apply(seeded, settings=FAST)
+    finally:
+        holder.rollback()
+        holder.close()
+    # each of the 3 attempts had committed the column before the index build gave up
+    assert caplog.text.count("revision 0002 stopped part-way; undoing what it committed") == 3
+    assert current(seeded) == "0001" and schema_dump(seeded) == original
+    assert smoke_check_clean(seeded, data)
+
+
+def smoke_check_clean(dsn, before) -> bool:
+    after = _fingerprint(dsn)
+    return after.counts == before.counts and after.checksums == before.checksums
+
+
+@pytest.mark.stack
+def test_a_revision_failing_halfway_leaves_schema_and_data_as_before(seeded):
+    settings = dataclasses.replace(FAST, extra_versions=(BROKEN,))
+    apply(seeded, "0002", settings)
+    original, data = schema_dump(seeded), _fingerprint(seeded)
+    with pytest.raises(MigrationError, match="revision 0099 failed and was undone: .*division by zero"):
+        apply(seeded, "0099", settings)
+    assert current(seeded) == "0002" and schema_dump(seeded) == original
+    assert smoke_check_clean(seeded, data)
+
+
+@pytest.mark.stack
+def test_a_revision_file_changed_after_it_was_applied_is_named(seeded, tmp_path):
+    folder = tmp_path / "versions"
+    folder.mkdir()
+    source = Path(BROKEN, "0099_broken_halfway.py").read_text().replace('    op.execute("SELECT 1 / 0")  # the step that breaks\n', "")
+    (folder / "0099_nickname.py").write_text(source)
+    settings = dataclasses.replace(FAST, extra_versions=(str(folder),))
+    apply(seeded, "0099", settings)
+    assert changed_revisions(seeded, settings=settings) == []
+    (folder / "0099_nickname.py").write_text(source + "\n# edited after it ran\n")
+    [problem] = changed_revisions(seeded, settings=settings)
+    assert problem.startswith("revision 0099 (0099_nickname.py) changed after it was applied: applied sha256 ")
+    downgrade(seeded, "0002", settings=settings)
+    assert changed_revisions(seeded, settings=settings) == []
+
+
+@pytest.mark.stack
+def test_rehearsal_passes_for_0002_and_smoke_checks_catch_lost_rows(seeded):
+    before = _fingerprint(seeded)
+    assert rehearse(seeded, settings=FAST)["applied"] == ["0002"]
+    assert smoke_check(seeded, before, exact=True) == []
+    _query(seeded, "DELETE FROM payments WHERE id IN (SELECT id FROM payments LIMIT 3) RETURNING id")
+    problems = smoke_check(seeded, before, exact=False)
+    assert problems == ["payments: 3 existing rows are gone"]
