@@ -8,8 +8,9 @@ import urllib.error
 import urllib.request
 
 
-def api(url: str, token: str | None = None, body: dict | None = None) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None)
+def api(url: str, token: str | None = None, body: dict | None = None, method: str | None = None) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+                                     method=method)  # fmt: skip
     request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")

@@ -158,6 +158,16 @@ def revision_info(revision: str, *, settings: Settings | None = None) -> Revisio
     return _revision(_scripts(settings).get_revision(revision))
 
 
+def rollback_points(cur) -> frozenset[int]:
+    """Backups that a migration run still in progress names as its way back."""
+    cur.execute("SELECT to_regclass('public.migration_runs') IS NOT NULL")
+    if not cur.fetchone()[0]:
+        return frozenset()
+    cur.execute("SELECT backup_id FROM migration_runs WHERE backup_id IS NOT NULL AND status = ANY(%s)",
+                (list(PENDING_RUN_STATES),))  # fmt: skip
+    return frozenset(r[0] for r in cur.fetchall())
+
+
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

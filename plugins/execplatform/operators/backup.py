@@ -348,14 +348,17 @@ def apply_retention(
     aws_conn_id: str = "aws_default",
 ) -> list[int]:
     """Delete the verified backups that retention does not keep (S3 objects, then the catalog
-    row becomes ``deleted``); returns their ids."""
+    row becomes ``deleted``); returns their ids. A backup that a pending db_migrate run names
+    as its rollback point is always kept."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     from include.backup import plan_retention
+    from include.migrations import rollback_points
 
     with _catalog(postgres_conn_id) as cur:
         cur.execute("SELECT id, verified_at, location FROM backups WHERE status = 'verified'")
         rows = cur.fetchall()
+        protected = protected | rollback_points(cur)
     doomed = plan_retention([(r[0], r[1]) for r in rows], keep_daily=keep_daily, keep_weekly=keep_weekly,
                             protected=protected)  # fmt: skip
     locations = {r[0]: r[2] for r in rows}

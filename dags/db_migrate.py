@@ -1,0 +1,175 @@
+"""
+### Database migration (zero-downtime, reversible)
+
+**Owner:** platform team. **Schedule:** manual only (Trigger DAG w/ config).
+
+Brings the app database (`app_db`) to a target Alembic revision, safely:
+
+1. **plan**: the pending revisions and their exact SQL (in the task log); refuses if an
+   applied revision's file was edited since;
+2. **lint**: squawk for the server's PostgreSQL version; a finding blocks unless the revision
+   names a reviewed exception;
+3. **backup gate**: a verified backup younger than `max_backup_age_hours`, else one is taken
+   and verified now (the same operators as `db_backup`); it becomes the run's rollback point,
+   which backup retention keeps while the run is pending;
+4. **rehearse**: that backup restored into a scratch database; upgrade, smoke checks,
+   downgrade (must give back the original schema), upgrade again (must equal the first);
+5. **approve** in the UI (Required Actions), unless `skip_approval` (non-production and
+   tests only); `dry_run` stops here;
+6. **apply** with `lock_timeout` (default 1 s) and `statement_timeout` on every statement; a
+   lock timeout is retried with backoff, then the run fails naming the blocking session;
+7. **verify**: the column exists, `execution_tasks` kept its file (no rewrite), a task with
+   `ai_model` can be inserted, claimed and completed (rolled back), no existing row is gone;
+8. **roll back** on any failure after apply: downgrade to where the run started, critical alert.
+
+**Idempotent:** re-running applies only what is still pending; every revision step tolerates a
+partial earlier attempt. A revision that fails part-way is undone before the task fails.
+
+**Alerts:** a retry is a *warning*; a failure is *critical* (email and Sentry), naming the
+revision and, for lock timeouts, the blocking session (pid, user, transaction age, query).
+
+**When it fails:** read the failed task's log. Lock timeout: end or wait out the named session
+and trigger again. Rehearsal or lint failure: fix the revision (production was not touched).
+After a rollback the database is at `from_revision` of the run's `migration_runs` row.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Asset, Param, TriggerRule, chain, dag, task
+
+from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
+from execplatform.operators.backup import PostgresBackupOperator, VerifyBackupOperator
+
+APP_DB = "app_db"
+BACKUP_VERIFIED = Asset("app_db_backup_verified")
+MIGRATION_APPLIED = Asset("app_db_migration_applied")
+JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where two branches meet
+
+
+@dag(
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["platform", "migration"],
+    params={
+        "target_revision": Param("head", type="string", minLength=1, description="Alembic revision to reach"),
+        "dry_run": Param(False, type="boolean", description="plan, lint, back up and rehearse; apply nothing"),
+        "skip_approval": Param(False, type="boolean",
+                               description="non-production and tests only: no approval step"),  # fmt: skip
+        "max_backup_age_hours": Param(24, type="number", exclusiveMinimum=0,
+                                      description="a verified backup older than this is not enough"),  # fmt: skip
+        "lock_timeout_ms": Param(1000, type="integer", minimum=1, maximum=10000),
+        "statement_timeout_ms": Param(300000, type="integer", minimum=1000),
+        "lock_retries": Param(3, type="integer", minimum=0, maximum=10),
+        "backfill_batch_size": Param(10000, type="integer", minimum=100),
+    },
+    **run_metrics_callbacks(),
+    default_args={
+        "owner": "platform",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        **alert_callbacks(on_failure="critical", on_retry="warning"),
+    },
+)
+def db_migrate():
+    @task
+    def plan(params=None, run_id=None) -> dict:
+        from execplatform.operators.migrate import plan_migration, settings_from_params
+
+        return plan_migration(APP_DB, run_id, params["target_revision"], settings_from_params(params))
+
+    @task
+    def lint(params=None) -> dict:
+        from execplatform.operators.migrate import lint_migration, settings_from_params
+
+        return lint_migration(APP_DB, params["target_revision"], settings_from_params(params))
+
+    @task.branch
+    def backup_gate(params=None) -> str:
+        from execplatform.operators.migrate import fresh_backup_id
+
+        backup_id = fresh_backup_id(APP_DB, params["max_backup_age_hours"])
+        return "rehearse" if backup_id else "take_backup"
+
+    take_backup = PostgresBackupOperator(
+        task_id="take_backup", postgres_conn_id=APP_DB, bucket=os.environ.get("BACKUP_BUCKET", "execplatform-backups")
+    )
+    verify_backup = VerifyBackupOperator(
+        task_id="verify_backup",
+        backup_id="{{ ti.xcom_pull(task_ids='take_backup')['backup_id'] }}",
+        postgres_conn_id=APP_DB,
+        outlets=[BACKUP_VERIFIED],
+    )
+
+    @task(trigger_rule=JOIN)
+    def rehearse(params=None, run_id=None) -> dict:
+        from execplatform.operators.migrate import rehearse_migration, settings_from_params
+
+        return rehearse_migration(APP_DB, "aws_default", run_id, params["max_backup_age_hours"],
+                                  settings_from_params(params))  # fmt: skip
+
+    @task.branch
+    def decide(params=None) -> str | None:
+        if params["dry_run"]:
+            return None  # everything after is skipped: a dry run ends with the rehearsal
+        return "apply" if params["skip_approval"] else "approve"
+
+    approve = ApprovalOperator(
+        task_id="approve",
+        subject="Apply the migration of {{ params.target_revision }} to app_db?",
+        body="Rehearsal passed on a clone of backup {{ ti.xcom_pull(task_ids='rehearse')['backup_id'] }}: "
+        "{{ ti.xcom_pull(task_ids='rehearse')['applied'] }} applied, downgraded and re-applied. "
+        "The SQL is in the log of the `plan` task.",
+        defaults="Reject",
+        response_timeout=timedelta(hours=24),
+    )
+
+    @task(trigger_rule=JOIN, outlets=[MIGRATION_APPLIED])
+    def apply(params=None, run_id=None) -> dict:
+        from execplatform.operators.migrate import apply_migration, settings_from_params
+
+        return apply_migration(APP_DB, run_id, settings_from_params(params))
+
+    @task
+    def verify(applied: dict, run_id=None) -> dict:
+        from execplatform.operators.migrate import verify_migration
+
+        return verify_migration(APP_DB, run_id, applied)
+
+    @task(trigger_rule=TriggerRule.ONE_FAILED)
+    def roll_back(params=None, run_id=None) -> dict:
+        from execplatform.operators.migrate import roll_back_migration, settings_from_params
+
+        return roll_back_migration(APP_DB, run_id, settings_from_params(params))
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def finish(run_id=None, ti=None) -> str:
+        from execplatform.operators.migrate import finish_migration
+
+        return finish_migration(APP_DB, run_id, verified=bool(ti.xcom_pull(task_ids="verify")))
+
+    @task(trigger_rule=TriggerRule.ONE_FAILED)
+    def watcher() -> None:
+        """Keeps the run failed when a step failed, whatever the clean-up tasks did."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException("a step of db_migrate failed; see the failed task's log")
+
+    planned, linted, gate = plan(), lint(), backup_gate()
+    rehearsed, decision, applied = rehearse(), decide(), apply()
+    verified, rolled_back, finished = verify(applied), roll_back(), finish()
+    chain(planned, linted, gate, take_backup, verify_backup, rehearsed, decision, approve, applied)
+    gate >> rehearsed  # a fresh verified backup exists: no new one
+    decision >> applied  # skip_approval
+    [applied, verified] >> rolled_back >> finished
+    verified >> finished
+    steps = [planned, linted, gate, take_backup, verify_backup, rehearsed, decision, approve, applied, verified]
+    steps >> watcher()
+
+db_migrate()

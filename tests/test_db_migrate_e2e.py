@@ -1,0 +1,133 @@
+"""db_migrate on a running stack (seeded app database at the baseline), the way users run it:
+`airflow dags test` with a conf, and a REST-triggered run approved through the API.
+
+The module's tests run in order on one stack: a broken revision is blocked by its rehearsal;
+`dags test` rehearses and applies 0002; a revision that rewrites the table is rolled back by
+the DAG; then, back at the baseline, a run triggered through the API waits for approval,
+is approved, and applies 0002 under the real scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from include.devstack.smtp_sink import read_messages
+from include.devstack.stack import LocalStack
+from include.migrations import current, downgrade
+from tests.airflow_api import api, exists, token_for, wait_for
+
+pytestmark = pytest.mark.airflow_stack
+
+FIXTURES = Path(__file__).parent / "fixtures" / "migrations"
+DAG_ID = "db_migrate"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("AIRFLOW")]}
+    stack = LocalStack(tmp_path_factory.mktemp("migrate-stack"), api_port=0)
+    try:
+        stack.start()
+    except BaseException:
+        stack.stop()
+        raise
+    finally:
+        os.environ.update(saved)
+    yield stack
+    stack.stop()
+
+
+def dags_test(stack, conf: dict, extra_versions: str | None = None) -> subprocess.CompletedProcess:
+    env = stack.env
+    if extra_versions:
+        env["MIGRATIONS_EXTRA_VERSIONS"] = str(FIXTURES / extra_versions)
+    return subprocess.run(["airflow", "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
+                          env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+
+
+def rows(stack, sql: str) -> list[tuple]:
+    with psycopg2.connect(stack.app_dsn()) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        result = cur.fetchall()
+    conn.close()
+    return result
+
+
+def has_column(stack, table: str, column: str) -> bool:
+    return bool(rows(stack, "SELECT 1 FROM information_schema.columns "
+                            f"WHERE table_name = '{table}' AND column_name = '{column}'"))  # fmt: skip
+
+
+def last_run(stack) -> tuple:
+    return rows(stack, "SELECT status, from_revision, backup_id, error FROM migration_runs ORDER BY id DESC LIMIT 1")[0]
+
+
+def test_a_failing_rehearsal_blocks_production(stack):
+    assert current(stack.app_dsn()) == "0001"
+    run = dags_test(stack, {"target_revision": "0099", "skip_approval": True}, extra_versions="broken")
+    assert run.returncode != 0
+    status, start, backup_id, error = last_run(stack)
+    assert (status, start) == ("failed", "0001") and "division by zero" in error
+    # no verified backup existed: the gate took one, and it is what the rehearsal restored
+    assert rows(stack, f"SELECT status FROM backups WHERE id = {int(backup_id)}") == [("verified",)]
+    assert current(stack.app_dsn()) == "0001"
+    assert not has_column(stack, "execution_tasks", "ai_model") and not has_column(stack, "users", "nickname")
+
+
+def test_dags_test_rehearses_then_applies_0002(stack):
+    filenode = rows(stack, "SELECT pg_relation_filenode('execution_tasks')")
+    run = dags_test(stack, {"skip_approval": True})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert current(stack.app_dsn()) == "0002" and has_column(stack, "execution_tasks", "ai_model")
+    assert rows(stack, "SELECT pg_relation_filenode('execution_tasks')") == filenode
+    status, start, backup_id, _ = last_run(stack)
+    assert (status, start) == ("completed", "0001")
+    # the fresh verified backup of the first run was enough: no second backup was taken
+    assert rows(stack, "SELECT count(*) FROM backups") == [(1,)]
+    assert rows(stack, "SELECT count(*) FROM execution_tasks WHERE ai_model IS NOT NULL")[0][0] > 0
+    assert rows(stack, "SELECT count(*) FROM security_events WHERE event_type = 'migration_applied'") == [(1,)]
+
+
+def test_a_revision_caught_after_apply_is_rolled_back_with_a_critical_alert(stack):
+    run = dags_test(stack, {"target_revision": "0098", "skip_approval": True}, extra_versions="rewrite")
+    assert run.returncode != 0
+    assert last_run(stack)[:2] == ("rolled_back", "0002")
+    assert current(stack.app_dsn()) == "0002"
+    assert rows(stack, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                       "WHERE attrelid = 'execution_tasks'::regclass AND attname = 'priority'") == [("smallint",)]  # fmt: skip
+    assert rows(stack, "SELECT count(*) FROM security_events WHERE event_type = 'migration_rolled_back'") == [(1,)]
+    mails = [m for m in read_messages(stack.folder / "mail") if "rolled app_db back from 0098 to 0002" in m]
+    assert mails, "the rollback's critical alert reached no mailbox"
+
+
+def test_a_run_triggered_in_the_ui_waits_for_approval_then_applies(stack):
+    downgrade(stack.app_dsn(), "0001")
+    login = stack.info.login
+    token = token_for(login)
+    base = f"{login['url']}/api/v2/dags/{DAG_ID}"
+    wait_for(lambda: exists(base, token), 120, f"{DAG_ID} to be parsed")
+    api(base, token, {"is_paused": False}, method="PATCH")
+    run_id = api(f"{base}/dagRuns", token, {"logical_date": None, "dag_run_id": f"ui_{uuid.uuid4().hex[:8]}"})[
+        "dag_run_id"
+    ]
+    approval = f"{base}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
+    state = f"{base}/dagRuns/{run_id}/taskInstances/approve"
+    wait_for(lambda: api(state, token)["state"] == "deferred" and exists(approval, token), 300, "the approval request")
+    assert current(stack.app_dsn()) == "0001"  # rehearsed, nothing applied before approval
+    time.sleep(3)  # PITFALLS: an answer within ~1 s of the request can fail the task
+    api(approval, token, {"chosen_options": ["Approve"], "params_input": {}}, method="PATCH")
+    final = wait_for(
+        lambda: (s := api(f"{base}/dagRuns/{run_id}", token)["state"]) in ("success", "failed") and s,
+        300, f"run {run_id} to finish",
+    )  # fmt: skip
+    assert final == "success"
+    assert current(stack.app_dsn()) == "0002" and has_column(stack, "execution_tasks", "ai_model")
+    assert last_run(stack)[0] == "completed"
