@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS migration_runs (
     target_revision text        NOT NULL,
     backup_id       bigint,
     status          text        NOT NULL DEFAULT 'planned' CHECK (status IN
-        ('planned', 'rehearsed', 'applying', 'applied', 'completed', 'failed', 'rolled_back')),
+        ('planned', 'rehearsed', 'applying', 'applied', 'completed', 'failed', 'rolled_back', 'cancelled')),
     error           text,
     started_at      timestamptz NOT NULL DEFAULT now(),
     finished_at     timestamptz,
