@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run up down env psql metrics test lint bench lock clean
+.PHONY: run up down env psql metrics test test-pg15 lint bench lock clean
 
 # The venv is rebuilt only when the lock changes; a second `make` reuses it.
 $(VENV)/.installed: requirements.lock
@@ -38,6 +38,13 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(VENV)/bin/pytest
+
+# The migration tests again, against another PostgreSQL major version already running at
+# PG15_SERVER (host:port, trust auth for `postgres`); `make test` needs no such server.
+PG15_SERVER ?= 127.0.0.1:5432
+test-pg15: $(VENV)/.installed
+	TEST_PG_SERVER=$(PG15_SERVER) $(VENV)/bin/pytest -p no:cacheprovider \
+	  tests/include/test_migrations.py tests/include/test_migration_runner.py
 
 bench: $(VENV)/.installed
 	@set -e; for f in bench/bench_*.py; do $(PY) $$f; done

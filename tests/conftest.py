@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,59 +48,95 @@ def local_stack(tmp_path_factory):
     stack.stop()
 
 
-def _create_database(local_stack, name: str, template: str | None = None) -> None:
+class ExternalServer:
+    """A PostgreSQL server given by TEST_PG_SERVER (host:port, trust auth for `postgres`), for
+    running the migration tests against a second major version (`make test-pg15`)."""
+
+    def __init__(self, address: str) -> None:
+        import psycopg2
+
+        self.host, _, port = address.partition(":")
+        self.port = int(port or 5432)
+        admin = psycopg2.connect(self.superuser_dsn())
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'app'")
+            if cur.fetchone() is None:
+                cur.execute("CREATE ROLE app LOGIN CREATEDB")
+        admin.close()
+
+    def superuser_dsn(self, dbname: str = "postgres") -> str:
+        return f"host={self.host} port={self.port} dbname={dbname} user=postgres"
+
+    def app_dsn(self, dbname: str) -> str:
+        return f"host={self.host} port={self.port} dbname={dbname} user=app"
+
+
+@pytest.fixture(scope="session")
+def pg_server(request):
+    """Where app databases are made: the local stack's PostgreSQL, or TEST_PG_SERVER's."""
+    address = os.environ.get("TEST_PG_SERVER")
+    return ExternalServer(address) if address else request.getfixturevalue("local_stack")
+
+
+def _create_database(server, name: str, template: str | None = None) -> None:
     import psycopg2
 
-    admin = psycopg2.connect(local_stack.superuser_dsn())
+    admin = psycopg2.connect(server.superuser_dsn())
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}" OWNER app' + (f' TEMPLATE "{template}"' if template else ""))
     admin.close()
 
 
-def _drop_database(local_stack, name: str) -> None:
+def _drop_database(server, name: str) -> None:
     import psycopg2
 
-    admin = psycopg2.connect(local_stack.superuser_dsn())
+    admin = psycopg2.connect(server.superuser_dsn())
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     admin.close()
 
 
-@pytest.fixture(scope="session")
-def app_template(local_stack) -> str:
-    """A database at the baseline revision, copied by `app_dsn` (faster than migrating each)."""
-    from include.migrations import BASELINE_REVISION, upgrade
-
-    _create_database(local_stack, "app_template")
-    upgrade(local_stack.app_dsn("app_template"), BASELINE_REVISION)
-    return "app_template"
-
-
-@pytest.fixture(scope="session")
-def app_head_template(local_stack) -> str:
-    """A database at the newest revision (ai_model present), copied by `app_head_dsn`."""
+def _template(server, revision: str) -> Iterator[str]:
     from include.migrations import upgrade
 
-    _create_database(local_stack, "app_head_template")
-    upgrade(local_stack.app_dsn("app_head_template"), "head")
-    return "app_head_template"
+    name = f"app_template_{revision}_{uuid.uuid4().hex[:8]}"  # unique: a shared server may keep old ones
+    _create_database(server, name)
+    upgrade(server.app_dsn(name), revision)
+    yield name
+    _drop_database(server, name)
+
+
+@pytest.fixture(scope="session")
+def app_template(pg_server) -> Iterator[str]:
+    """A database at the baseline revision, copied by `app_dsn` (faster than migrating each)."""
+    from include.migrations import BASELINE_REVISION
+
+    yield from _template(pg_server, BASELINE_REVISION)
+
+
+@pytest.fixture(scope="session")
+def app_head_template(pg_server) -> Iterator[str]:
+    """A database at the newest revision (ai_model present), copied by `app_head_dsn`."""
+    yield from _template(pg_server, "head")
+
+
+def _fresh(server, template: str) -> Iterator[str]:
+    name = f"app_{uuid.uuid4().hex[:12]}"
+    _create_database(server, name, template)
+    yield server.app_dsn(name)
+    _drop_database(server, name)
 
 
 @pytest.fixture
-def app_dsn(local_stack, app_template) -> str:
-    """A fresh, empty app database at the baseline revision, dropped after the test."""
-    name = f"app_{uuid.uuid4().hex[:12]}"
-    _create_database(local_stack, name, app_template)
-    yield local_stack.app_dsn(name)
-    _drop_database(local_stack, name)
+def app_dsn(pg_server, app_template) -> Iterator[str]:
+    """A fresh app database at the baseline revision (demo tables, no rows), dropped after."""
+    yield from _fresh(pg_server, app_template)
 
 
 @pytest.fixture
-def app_head_dsn(local_stack, app_head_template) -> str:
-    """A fresh, empty app database at the newest revision, dropped after the test."""
-    name = f"app_{uuid.uuid4().hex[:12]}"
-    _create_database(local_stack, name, app_head_template)
-    yield local_stack.app_dsn(name)
-    _drop_database(local_stack, name)
+def app_head_dsn(pg_server, app_head_template) -> Iterator[str]:
+    """A fresh app database at the newest revision, dropped after the test."""
+    yield from _fresh(pg_server, app_head_template)
