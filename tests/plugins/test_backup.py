@@ -228,3 +228,37 @@ def _capture(errors: list, fn) -> None:
         fn()
     except BaseException as exc:
         errors.append(exc)
+
+
+def test_retention_never_deletes_a_pending_migrations_rollback_point(source):
+    """Three verified backups on three days; the oldest is a running db_migrate's way back."""
+    from execplatform.operators.backup import apply_retention
+    from include.migrations import BOOKKEEPING_DDL
+
+    s3 = s3_client()
+    prefix = f"test/{uuid.uuid4().hex}"
+    with psycopg2.connect(source["dsn"]) as conn, conn.cursor() as cur:
+        cur.execute(BOOKKEEPING_DDL)
+        ids = []
+        for days_ago in (3, 2, 1):
+            location = f"s3://{BACKUP_BUCKET}/{prefix}/{days_ago}/"
+            s3.put_object(Bucket=BACKUP_BUCKET, Key=f"{prefix}/{days_ago}/toc.dat", Body=b"x")
+            cur.execute("INSERT INTO backups (database_name, status, verified_at, location) "
+                        "VALUES ('app', 'verified', now() - make_interval(days => %s), %s) RETURNING id",
+                        (days_ago, location))  # fmt: skip
+            ids.append(cur.fetchone()[0])
+        cur.execute("INSERT INTO migration_runs (dag_run_id, from_revision, target_revision, backup_id, status) "
+                    "VALUES ('manual__1', '0001', '0002', %s, 'rehearsed')", (ids[0],))  # fmt: skip
+    conn.close()
+
+    def keys(days_ago: int) -> int:
+        return s3.list_objects_v2(Bucket=BACKUP_BUCKET, Prefix=f"{prefix}/{days_ago}/").get("KeyCount", 0)
+
+    assert apply_retention(keep_daily=1, keep_weekly=0, postgres_conn_id=CONN_ID) == [ids[1]]
+    assert (keys(3), keys(2), keys(1)) == (1, 0, 1)
+    # once the run has completed, its rollback point is an ordinary old backup
+    with psycopg2.connect(source["dsn"]) as conn, conn.cursor() as cur:
+        cur.execute("UPDATE migration_runs SET status = 'completed'")
+    conn.close()
+    assert apply_retention(keep_daily=1, keep_weekly=0, postgres_conn_id=CONN_ID) == [ids[0]]
+    assert catalog(source)[ids[0]][0] == "deleted" and keys(3) == 0
