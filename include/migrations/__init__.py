@@ -154,6 +154,11 @@ def pending(dsn: str, target: str = "head", *, settings: Settings | None = None)
     return [_revision(s) for s in reversed(steps)]
 
 
+def all_revisions(*, settings: Settings | None = None) -> list[Revision]:
+    """Every revision, oldest first."""
+    return [_revision(s) for s in reversed(list(_scripts(settings).walk_revisions()))]
+
+
 def revision_info(revision: str, *, settings: Settings | None = None) -> Revision:
     return _revision(_scripts(settings).get_revision(revision))
 

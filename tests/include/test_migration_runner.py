@@ -259,3 +259,14 @@ def test_rehearsal_passes_for_0002_and_smoke_checks_catch_lost_rows(seeded):
     _query(seeded, "DELETE FROM payments WHERE id IN (SELECT id FROM payments LIMIT 3) RETURNING id")
     problems = smoke_check(seeded, before, exact=False)
     assert problems == ["payments: 3 existing rows are gone"]
+
+
+def test_the_reviewer_commands_print_the_sql_and_lint_every_revision():
+    import subprocess
+    import sys
+
+    sql = subprocess.run([sys.executable, "-m", "include.migrations", "sql", "0002"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert sql == offline_sql("0002") + "\n"
+    linted = subprocess.run([sys.executable, "-m", "include.migrations", "lint"], capture_output=True, text=True)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
