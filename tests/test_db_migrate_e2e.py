@@ -3,8 +3,9 @@
 
 The module's tests run in order on one stack: a broken revision is blocked by its rehearsal;
 `dags test` rehearses and applies 0002; a revision that rewrites the table is rolled back by
-the DAG; then, back at the baseline, a run triggered through the API waits for approval,
-is approved, and applies 0002 under the real scheduler.
+the DAG; then, back at the baseline, a dry run rehearses and applies nothing, and a run
+triggered through the API waits for approval, is approved, and applies 0002 under the real
+scheduler.
 """
 
 from __future__ import annotations
@@ -115,8 +116,16 @@ def test_a_revision_caught_after_apply_is_rolled_back_with_a_critical_alert(stac
     assert mails, "the rollback's critical alert reached no mailbox"
 
 
-def test_a_run_triggered_in_the_ui_waits_for_approval_then_applies(stack):
+def test_a_dry_run_rehearses_and_applies_nothing(stack):
     downgrade(stack.app_dsn(), "0001")
+    run = dags_test(stack, {"dry_run": True})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert last_run(stack)[:2] == ("cancelled", "0001")
+    assert current(stack.app_dsn()) == "0001" and not has_column(stack, "execution_tasks", "ai_model")
+
+
+def test_a_run_triggered_in_the_ui_waits_for_approval_then_applies(stack):
+    assert current(stack.app_dsn()) == "0001"
     login = stack.info.login
     token = token_for(login)
     base = f"{login['url']}/api/v2/dags/{DAG_ID}"
