@@ -205,6 +205,24 @@ class Snapshot:
     checksums: dict[str, str] = field(default_factory=dict)
 
 
+def _content_checksum(cur, name) -> tuple[int, str]:
+    """Row count and an order-independent sum of 64-bit row hashes: one pass, no sort, no 1 GB
+    string. Rows are hashed with their columns' own hash functions (2-3x cheaper than hashing
+    their text); a table with a column type that has none falls back to hashing the text."""
+    from psycopg2 import errors, sql
+
+    cur.execute("SAVEPOINT content_checksum")
+    try:
+        cur.execute(sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended(t, 0)), 0)::text FROM {} t").format(name))
+    except (errors.UndefinedFunction, errors.FeatureNotSupported):
+        cur.execute("ROLLBACK TO SAVEPOINT content_checksum")
+        cur.execute(sql.SQL("SELECT count(*), 'text:' || coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {} t")
+                    .format(name))  # fmt: skip
+    result = cur.fetchone()
+    cur.execute("RELEASE SAVEPOINT content_checksum")
+    return result
+
+
 def snapshot(cur, critical: tuple[str, ...] = CRITICAL_TABLES) -> Snapshot:
     """Counts of every table, content checksums of the critical ones, sequence values."""
     from psycopg2 import sql
@@ -217,10 +235,7 @@ def snapshot(cur, critical: tuple[str, ...] = CRITICAL_TABLES) -> Snapshot:
     for schema, table in cur.fetchall():
         name = sql.Identifier(schema, table)
         if schema == "public" and table in critical:
-            # an order-independent sum of 64-bit row hashes: one pass, no sort, no 1 GB string
-            query = "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {} t"
-            cur.execute(sql.SQL(query).format(name))
-            snap.row_counts[f"{schema}.{table}"], snap.checksums[table] = cur.fetchone()
+            snap.row_counts[f"{schema}.{table}"], snap.checksums[table] = _content_checksum(cur, name)
         else:
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(name))
             snap.row_counts[f"{schema}.{table}"] = cur.fetchone()[0]
