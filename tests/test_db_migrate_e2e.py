@@ -93,6 +93,7 @@ def test_dags_test_rehearses_then_applies_0002(stack):
     filenode = rows(stack, "SELECT pg_relation_filenode('execution_tasks')")
     run = dags_test(stack, {"skip_approval": True})
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "Callback failed" not in run.stdout + run.stderr  # the run-metrics callback works here too
     assert current(stack.app_dsn()) == "0002" and has_column(stack, "execution_tasks", "ai_model")
     assert rows(stack, "SELECT pg_relation_filenode('execution_tasks')") == filenode
     status, start, backup_id, _ = last_run(stack)

@@ -207,6 +207,10 @@ class RunMetricsNotifier(BaseNotifier):
         super().__init__()
         self.aws_conn_id = aws_conn_id
 
+    def render_template_fields(self, context: Context, jinja_env=None) -> None:
+        """Nothing to render; and under `airflow dags test` the DAG in the context is a
+        SerializedDAG without a template environment, which made the default fail."""
+
     def notify(self, context: Context) -> None:
         from datetime import UTC, datetime
 
