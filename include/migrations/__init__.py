@@ -143,8 +143,12 @@ def _revision(script) -> Revision:
 
 def pending(dsn: str, target: str = "head", *, settings: Settings | None = None) -> list[Revision]:
     """The revisions an upgrade to `target` would run, oldest first."""
+    return pending_after(current(dsn), target, settings=settings)
+
+
+def pending_after(start: str | None, target: str = "head", *, settings: Settings | None = None) -> list[Revision]:
+    """The revisions from `start` (None: an empty database) up to `target`, oldest first."""
     scripts = _scripts(settings)
-    start = current(dsn)
     if target != "head" and start is not None and scripts.get_revision(target) is not None:
         # a target at or below the current revision has nothing to upgrade
         ancestors = {s.revision for s in scripts.iterate_revisions(start, "base")}
@@ -182,28 +186,39 @@ def current(dsn: str) -> str | None:
     import psycopg2
 
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL")
-        if not cur.fetchone()[0]:
-            return None
-        cur.execute("SELECT version_num FROM alembic_version")
-        row = cur.fetchone()
+        revision = current_revision(cur)
     conn.close()
+    return revision
+
+
+def current_revision(cur) -> str | None:
+    cur.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL")
+    if not cur.fetchone()[0]:
+        return None
+    cur.execute("SELECT version_num FROM alembic_version")
+    row = cur.fetchone()
     return row[0] if row else None
 
 
 def changed_revisions(dsn: str, *, settings: Settings | None = None) -> list[str]:
     """Applied revisions whose file differs from what was applied (or is gone), each named."""
     import psycopg2
+
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        problems = checksum_problems(cur, settings=settings)
+    conn.close()
+    return problems
+
+
+def checksum_problems(cur, *, settings: Settings | None = None) -> list[str]:
     from alembic.util import CommandError
 
+    cur.execute("SELECT to_regclass('public.migration_checksums') IS NOT NULL")
+    if not cur.fetchone()[0]:
+        return []
+    cur.execute("SELECT revision, sha256 FROM migration_checksums ORDER BY revision")
+    recorded = cur.fetchall()
     scripts = _scripts(settings)
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('public.migration_checksums') IS NOT NULL")
-        if not cur.fetchone()[0]:
-            return []
-        cur.execute("SELECT revision, sha256 FROM migration_checksums ORDER BY revision")
-        recorded = cur.fetchall()
-    conn.close()
     problems = []
     for revision, applied in recorded:
         try:
