@@ -1,11 +1,12 @@
-"""db_migrate on a running stack (seeded app database at the baseline), the way users run it:
-`airflow dags test` with a conf, and a REST-triggered run approved through the API.
+"""The operator's stories on one running stack (seeded app database at the baseline), the way
+users run them: `airflow dags test` with a conf, and REST-triggered runs approved through the API.
 
 The module's tests run in order on one stack: a broken revision is blocked by its rehearsal;
 `dags test` rehearses and applies 0002; a revision that rewrites the table is rolled back by
 the DAG; then, back at the baseline, a dry run rehearses and applies nothing, and a run
 triggered through the API waits for approval, is approved, and applies 0002 under the real
-scheduler.
+scheduler. Last, adversarial_audit passes on the healthy stack and fails, naming the gate, once
+an invariant is broken by hand.
 """
 
 from __future__ import annotations
@@ -47,15 +48,15 @@ def stack(tmp_path_factory):
     stack.stop()
 
 
-def dags_test(stack, conf: dict, extra_versions: str | None = None) -> subprocess.CompletedProcess:
+def dags_test(stack, conf: dict, extra_versions: str | None = None, dag_id: str = DAG_ID) -> subprocess.CompletedProcess:
     env = stack.env
     if extra_versions:
         env["MIGRATIONS_EXTRA_VERSIONS"] = str(FIXTURES / extra_versions)
-    run = subprocess.run(["airflow", "dags", "test", DAG_ID, "--conf", json.dumps(conf)],
+    run = subprocess.run(["airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)],
                          env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     log = stack.folder / f"dags-test-{uuid.uuid4().hex[:6]}.log"  # kept with the stack for inspection
     log.write_text(run.stdout + run.stderr)
-    logging.getLogger(__name__).warning("airflow dags test %s %s: exit %s, output in %s", DAG_ID, conf, run.returncode, log)
+    logging.getLogger(__name__).warning("airflow dags test %s %s: exit %s, output in %s", dag_id, conf, run.returncode, log)
     return run
 
 
@@ -147,3 +148,19 @@ def test_a_run_triggered_in_the_ui_waits_for_approval_then_applies(stack):
     assert final == "success"
     assert current(stack.app_dsn()) == "0002" and has_column(stack, "execution_tasks", "ai_model")
     assert last_run(stack)[0] == "completed"
+
+
+def test_the_audit_passes_on_a_healthy_stack_and_names_a_broken_invariant(stack):
+    run = dags_test(stack, {}, dag_id="adversarial_audit")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert rows(stack, "SELECT status FROM audit_runs ORDER BY id DESC LIMIT 1") == [("passed",)]
+    rows(stack, "INSERT INTO execution_tasks (task_type, status, ai_model) VALUES ('idea', 'dead', 'gpt-4.1') "
+                "RETURNING id")  # a dead task whose error was lost
+    run = dags_test(stack, {}, dag_id="adversarial_audit")
+    assert run.returncode != 0
+    assert rows(stack, "SELECT r.status, f.gate FROM audit_runs r JOIN audit_findings f ON f.audit_run_id = r.id "
+                       "WHERE r.id = (SELECT max(id) FROM audit_runs) AND NOT f.passed") == [
+        ("failed", "queue_dead_without_error")
+    ]  # fmt: skip
+    mails = [m for m in read_messages(stack.folder / "mail") if "failed gates: queue_dead_without_error" in m]
+    assert mails, "no critical alert named the failed gate"

@@ -1,0 +1,93 @@
+"""
+### Adversarial audit (hard gates)
+
+**Owner:** platform team. **Schedule:** daily at 05:00 UTC, and after every verified backup
+and every applied migration (Assets `app_db_backup_verified`, `app_db_migration_applied`).
+
+Each gate is its own task and checks one invariant of the platform, recording its evidence
+(the query, the observed value, the limit) in `audit_findings`:
+
+| gate | fails when |
+| --- | --- |
+| `queue_expired_leases` | a running task's lease expired more than `expired_lease_minutes` ago |
+| `queue_dead_without_error` | a dead task has no error kept |
+| `queue_valid_status` | a task has a status outside the queue's states (checked independently of the table's constraint) |
+| `queue_ai_model_after_migration` | a task created after revision 0002 was applied has no `ai_model` |
+| `backup_fresh_and_restored` | the newest verified backup is older than `backup_max_age_hours`, or its restore was not timed |
+| `migrations_match_files` | an applied revision's file changed since it was applied |
+| `migrations_not_pending_too_long` | a revision has been pending for more than `pending_revision_days` |
+
+A failed gate does not retry (`AirflowFailException`); `report` then fails the run with a
+**critical** alert naming every failed gate.
+
+**Idempotent:** a re-run re-checks and replaces that run's findings.
+
+**When it fails:** the failed gate's log and `audit_findings` hold the evidence. Fix the
+invariant (or, if the limit is wrong, the limit), then clear the failed gate and `report`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import (
+    Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    TriggerRule,
+    dag,
+    task,
+)
+
+from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
+from include.audit import DEFAULT_LIMITS, GATES
+
+APP_DB = "app_db"
+
+
+@dag(
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 5 * * *", timezone="UTC"),
+        assets=Asset("app_db_backup_verified") | Asset("app_db_migration_applied"),
+    ),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["platform", "audit"],
+    params={name: Param(value, type="number", minimum=0, description=f"gate limit {name}")
+            for name, value in DEFAULT_LIMITS.items()},  # fmt: skip
+    **run_metrics_callbacks(),
+    default_args={
+        "owner": "platform",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        **alert_callbacks(on_failure="critical", on_retry="warning"),
+    },
+)
+def adversarial_audit():
+    @task
+    def start(run_id=None) -> int:
+        from execplatform.operators.audit import start
+
+        return start(APP_DB, run_id)
+
+    @task(**alert_callbacks(on_failure="warning"))  # each gate is visible; `report` pages once
+    def check(gate: str, audit_run_id: int, params=None) -> dict:
+        from execplatform.operators.audit import check_gate
+
+        return check_gate(APP_DB, audit_run_id, gate, params)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def report(audit_run_id: int) -> dict:
+        from execplatform.operators.audit import report
+
+        return report(APP_DB, audit_run_id, list(GATES))
+
+    audit_run_id = start()
+    gates = [check.override(task_id=gate)(gate, audit_run_id) for gate in GATES]
+    gates >> report(audit_run_id)
+
+
+adversarial_audit()
