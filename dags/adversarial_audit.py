@@ -16,6 +16,7 @@ Each gate is its own task and checks one invariant of the platform, recording it
 | `backup_fresh_and_restored` | the newest verified backup is older than `backup_max_age_hours`, or its restore was not timed |
 | `migrations_match_files` | an applied revision's file changed since it was applied |
 | `migrations_not_pending_too_long` | a revision has been pending for more than `pending_revision_days` |
+| `security_api_requires_login` | Airflow's REST API (`[api] base_url`) answers a request without a token |
 
 A failed gate does not retry (`AirflowFailException`); `report` then fails the run with a
 **critical** alert naming every failed gate.

@@ -133,11 +133,37 @@ def migrations_not_pending_too_long(cur, limits: Mapping[str, float]) -> Evidenc
     return Evidence(gate, passed, {"pending": pending, "days_waiting": waiting}, f"<= {limit} days", query)
 
 
+# --- security ---------------------------------------------------------------------------------
+
+
+def security_api_requires_login(cur, limits: Mapping[str, float]) -> Evidence:
+    """The Airflow REST API (and the UI behind the same login) refuses a request without a
+    token. The address is Airflow's own `[api] base_url`."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    gate = "security_api_requires_login"
+    base = os.environ.get("AIRFLOW__API__BASE_URL", "").rstrip("/")
+    if not base:
+        return Evidence(gate, False, "AIRFLOW__API__BASE_URL is not set: cannot reach the API", "401", "")
+    url = f"{base}/api/v2/dags"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError as exc:
+        return Evidence(gate, False, f"GET {url} failed: {exc}", "401 or 403", f"GET {url}")
+    return Evidence(gate, status in (401, 403), status, "401 or 403", f"GET {url} without a token")
+
+
 GATES: dict[str, Callable[..., Evidence]] = {
     gate.__name__: gate
     for gate in (
         queue_expired_leases, queue_dead_without_error, queue_valid_status, queue_ai_model_after_migration,
         backup_fresh_and_restored, migrations_match_files, migrations_not_pending_too_long,
+        security_api_requires_login,
     )
 }  # fmt: skip
 

@@ -98,3 +98,28 @@ def test_an_audit_fails_naming_failed_and_missing_gates(app_head_dsn):
     conn.close()
     assert failed == ["backup_fresh_and_restored", "queue_expired_leases"]
     assert status == "failed" and findings == 2
+
+
+@pytest.mark.parametrize(("answer", "passed"), [(401, True), (403, True), (200, False)])
+def test_the_api_refuses_requests_without_a_login(app_head_dsn, monkeypatch, answer, passed):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Api(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(answer if self.path == "/api/v2/dags" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+    try:
+        evidence = gate(app_head_dsn, "security_api_requires_login")
+    finally:
+        server.shutdown()
+    assert (evidence.passed, evidence.observed) == (passed, answer)
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://127.0.0.1:9/")  # nothing listens on the discard port
+    assert not gate(app_head_dsn, "security_api_requires_login").passed
