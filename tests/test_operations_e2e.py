@@ -151,7 +151,10 @@ def test_a_run_triggered_in_the_ui_waits_for_approval_then_applies(stack):
     state = f"{base}/dagRuns/{run_id}/taskInstances/approve"
     wait_for(lambda: api(state, token)["state"] in ("deferred", "awaiting_input") and exists(approval, token), 300, "the approval request")
     assert current(stack.app_dsn()) == "0001"  # rehearsed, nothing applied before approval
-    time.sleep(3)  # PITFALLS: an answer within ~1 s of the request can fail the task
+    # PITFALLS: an answer that arrives before the scheduler has handled the task's pause makes
+    # the resumed task's success report fail (404 on its task instance) and the task retry; on
+    # a loaded 2-core machine 3 s was not always enough
+    time.sleep(10)
     api(approval, token, {"chosen_options": ["Approve"], "params_input": {}}, method="PATCH")
     final = wait_for(
         lambda: (s := api(f"{base}/dagRuns/{run_id}", token)["state"]) in ("success", "failed") and s,
