@@ -74,6 +74,17 @@ class FailOutcome:
     refused: list[int] = field(default_factory=list)  # lease no longer ours
 
 
+def to_jsonb_text(value: Any, what: str) -> str:
+    """`value` as JSON text that PostgreSQL's jsonb accepts, or ValueError naming `what`."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not JSON: {exc}") from None
+    if "\\u0000" in text:  # jsonb refuses NUL characters anywhere
+        raise ValueError(f"{what} contains a NUL character (\\u0000), which jsonb cannot store")
+    return text
+
+
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -174,11 +185,12 @@ class TaskQueue:
 
     def enqueue_many(self, tasks: Sequence[dict]) -> list[int]:
         """Ids in the order of `tasks`; a key seen before (in the table or earlier in the list)
-        returns the id of the row that holds it, and nothing is inserted for it."""
+        returns the id of the row that holds it, and nothing is inserted for it. A payload that
+        jsonb cannot hold raises ValueError naming the task's index, before anything is written."""
         rows = [
-            (t["task_type"], json.dumps(t.get("payload", {})), t.get("ai_model"), t.get("priority", 0),
-             t.get("max_attempts", 5), t.get("idempotency_key"), t.get("available_at"))
-            for t in tasks
+            (t["task_type"], to_jsonb_text(t.get("payload", {}), f"task {i}'s payload"), t.get("ai_model"),
+             t.get("priority", 0), t.get("max_attempts", 5), t.get("idempotency_key"), t.get("available_at"))
+            for i, t in enumerate(tasks)
         ]  # fmt: skip
         if not rows:
             return []
@@ -252,7 +264,8 @@ class TaskQueue:
 
     def complete(self, completions: Sequence[Completion]) -> list[int]:
         """Mark succeeded the rows whose lease is still the caller's; their ids are returned."""
-        rows = [(c.task.id, c.task.lease_token, json.dumps(c.result), int(c.duration_ms)) for c in completions]
+        rows = [(c.task.id, c.task.lease_token, to_jsonb_text(c.result, f"task {c.task.id}'s result"),
+                 int(c.duration_ms)) for c in completions]  # fmt: skip
         if not rows:
             return []
         done = self._run(
@@ -273,7 +286,8 @@ class TaskQueue:
         """Requeue retryable failures with backoff (or mark them dead after their last attempt);
         mark permanent ones failed. Rows whose lease is no longer the caller's are refused."""
         base, cap = self.backoff_base_seconds, self.backoff_cap_seconds
-        rows = [(f.task.id, f.task.lease_token, f.error[:4000], f.retryable, int(f.duration_ms), base, cap)
+        rows = [(f.task.id, f.task.lease_token, f.error[:4000].replace("\x00", "\\x00"), f.retryable,
+                 int(f.duration_ms), base, cap)
                 for f in failures]  # fmt: skip
         if not rows:
             return FailOutcome()

@@ -35,6 +35,12 @@ def test_enqueue_with_an_idempotency_key_never_duplicates(app_head_dsn):
     assert rows(app_head_dsn, "SELECT payload FROM execution_tasks WHERE id = %s", (first,)) == [(PAYLOAD,)]
 
 
+def test_a_payload_jsonb_cannot_hold_is_refused_by_name_before_anything_is_written(app_head_dsn):
+    with TaskQueue(app_head_dsn) as q, pytest.raises(ValueError, match=r"task 1's payload contains a NUL"):
+        q.enqueue_many([{"task_type": "idea", "payload": PAYLOAD}, {"task_type": "idea", "payload": {"a": "x\x00"}}])
+    assert rows(app_head_dsn, "SELECT count(*) FROM execution_tasks") == [(0,)]
+
+
 def test_claims_go_by_priority_then_age_and_never_overlap(app_head_dsn):
     with TaskQueue(app_head_dsn) as q:
         low = q.enqueue_many([{"task_type": "idea", "payload": PAYLOAD} for _ in range(200)])
