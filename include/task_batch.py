@@ -125,20 +125,20 @@ def drain(
     keeper = LeaseKeeper(dsn, queue.owner, lease_seconds)
     try:
         with ThreadPoolExecutor(concurrency, thread_name_prefix="handler") as pool:
-            while True:
-                if time.monotonic() - started >= budget_seconds:
-                    summary.stopped_by = "budget"
-                    break
-                tasks = queue.claim(batch_size, task_types)
-                if not tasks:
-                    break
+            tasks = queue.claim(batch_size, task_types)
+            while tasks:
                 keeper.hold(tasks)
                 if on_batch is not None:
                     on_batch(tasks)
                 outcomes = list(pool.map(lambda t: (t, *run_handler(handlers.get(t.task_type), t, services)), tasks))
-                _settle(queue, outcomes, services, summary)
-                keeper.hold([])
                 summary.batches += 1
+                out_of_budget = time.monotonic() - started >= budget_seconds
+                with queue.transaction():  # settle this batch and claim the next: one commit
+                    _settle(queue, outcomes, services, summary)
+                    tasks = [] if out_of_budget else queue.claim(batch_size, task_types)
+                keeper.hold(tasks)
+                if out_of_budget:
+                    summary.stopped_by = "budget"
     finally:
         keeper.stop()
         queue.close()

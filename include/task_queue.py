@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -125,6 +126,7 @@ class TaskQueue:
         self.backoff_base_seconds = backoff_base_seconds
         self.backoff_cap_seconds = backoff_cap_seconds
         self.conn = psycopg2.connect(dsn)
+        self._in_transaction = False
         self.check_schema()
 
     def check_schema(self) -> None:
@@ -149,13 +151,24 @@ class TaskQueue:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def transaction(self) -> Iterator[TaskQueue]:
+        """Make the calls inside one transaction: one commit, so one WAL flush, for all of them
+        (a drain settles a batch and claims the next in one)."""
+        self._in_transaction = True
+        try:
+            with self.conn:
+                yield self
+        finally:
+            self._in_transaction = False
+
     def _run(self, statement: str, params: Any = None, *, many: Sequence[tuple] | None = None,
              template: str | None = None) -> list[tuple]:  # fmt: skip
-        """One statement in its own transaction; rows returned (if any)."""
+        """One statement in its own transaction (or the caller's); rows returned (if any)."""
         from psycopg2.extras import execute_values
 
         try:
-            with self.conn, self.conn.cursor() as cur:
+            with nullcontext() if self._in_transaction else self.conn, self.conn.cursor() as cur:
                 if many is not None:
                     return execute_values(cur, statement, many, template=template, page_size=len(many) or 1,
                                           fetch=True)  # fmt: skip
