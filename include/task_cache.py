@@ -178,7 +178,7 @@ class TaskCache:
         prefix = f"tc:{namespace}"
         ttl = self.ttl_for(namespace)
         deadline = time.monotonic() + self.wait_seconds
-        pause = 0.005
+        pause = 0.002
         while True:
             version, raw = self._read(keys=[self._version_key(namespace)],
                                       args=[prefix, digest, ttl, self.max_age_seconds])  # fmt: skip
@@ -199,7 +199,7 @@ class TaskCache:
             if time.monotonic() > deadline:  # the holder is stuck: answer without waiting on it
                 return compute(), False
             time.sleep(pause)
-            pause = min(pause * 2, 0.1)
+            pause = min(pause * 2, 0.02)  # a waiter learns of the answer within 20 ms
 
     # -- invalidating --------------------------------------------------------------------------
 
