@@ -16,7 +16,8 @@ class TaskExecutorHook(BaseHook):
 
     The connection's host is the base URL (scheme included; a port, when set, is appended);
     its extra may set ``timeout_seconds`` (default 30) and ``retries`` (default 3, for
-    timeouts, 5xx and 429). A login/password, when set, is sent as HTTP basic auth.
+    timeouts, 5xx and 429). A login and password are sent as HTTP basic auth, a password alone as
+    a bearer token; neither is ever logged.
 
     :param task_executor_conn_id: the connection id.
     """
@@ -42,4 +43,6 @@ class TaskExecutorHook(BaseHook):
                                 retries=int(extra.get("retries", 3)))  # fmt: skip
         if conn.login:
             client.http.auth = (conn.login, conn.password or "")
+        elif conn.password:  # a token alone (TASK_EXECUTOR_TOKEN in docker-compose.yaml)
+            client.http.headers["Authorization"] = f"Bearer {conn.password}"
         return client
