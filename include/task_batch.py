@@ -9,6 +9,7 @@ worker that is gone loses its rows (to the reaper).
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -20,6 +21,8 @@ from typing import Any
 
 from include.task_handlers import HANDLERS, Handler, PermanentError, Services
 from include.task_queue import ClaimedTask, Completion, Failure, TaskQueue, to_jsonb_text
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_PARALLELISM = 4  # mapped task instances per run
@@ -93,10 +96,15 @@ class LeaseKeeper:
         while not self._stop.wait(self.interval):
             with self._mutex:
                 tasks = list(self.tasks)
-            if tasks:
+            if not tasks:
+                continue
+            try:
                 kept = set(self.queue.heartbeat(tasks))
-                with self._mutex:
-                    self.lost |= {t.id for t in tasks} - kept
+            except Exception:  # a missed beat is retried at the next; the lease still has 2/3 left
+                logger.warning("heartbeat of %d leases failed", len(tasks), exc_info=True)
+                continue
+            with self._mutex:
+                self.lost |= {t.id for t in tasks} - kept
 
     def stop(self) -> None:
         self._stop.set()

@@ -34,6 +34,12 @@ DEFAULT_BACKOFF_BASE_SECONDS = 5.0
 DEFAULT_BACKOFF_CAP_SECONDS = 600.0
 
 
+SCHEMA_BEHIND = (
+    "execution_tasks.ai_model does not exist in the app database: the schema is behind the code; "
+    "apply revision 0002 (the db_migrate DAG) before running task batches"
+)
+
+
 class SchemaBehindError(RuntimeError):
     """The app database lacks a column the queue needs: a migration is pending."""
 
@@ -94,10 +100,7 @@ def _schema_guard(exc: Exception) -> None:
     import psycopg2.errors
 
     if isinstance(exc, psycopg2.errors.UndefinedColumn) and "ai_model" in str(exc):
-        raise SchemaBehindError(
-            "execution_tasks.ai_model does not exist in the app database: the schema is behind "
-            "the code; apply revision 0002 (the db_migrate DAG) before running task batches"
-        ) from exc
+        raise SchemaBehindError(SCHEMA_BEHIND) from exc
 
 
 class TaskQueue:
@@ -137,10 +140,7 @@ class TaskQueue:
         )
         if not rows:
             self.close()
-            raise SchemaBehindError(
-                "execution_tasks.ai_model does not exist in the app database: the schema is behind "
-                "the code; apply revision 0002 (the db_migrate DAG) before running task batches"
-            )
+            raise SchemaBehindError(SCHEMA_BEHIND)
 
     def close(self) -> None:
         self.conn.close()
