@@ -51,6 +51,9 @@ def answer(task_type: str, ai_model: str, version: str, task_input) -> dict:
 class Handler(BaseHTTPRequestHandler):
     state: ExecutorState
     protocol_version = "HTTP/1.1"  # keep-alive: clients reuse their connections
+    # headers and body go out as two writes: with Nagle on, the second waits for the client's
+    # delayed ACK (about 40 ms a request)
+    disable_nagle_algorithm = True
 
     def log_message(self, *args) -> None:  # one line per request would drown the stack's log
         pass
