@@ -105,8 +105,9 @@ def test_before_the_migration_the_run_fails_naming_the_column_and_alerts(local_s
     monkeypatch.setenv("AIRFLOW_CONN_APP_DB", json.dumps(conn))
     run = task_batch_dag.test()
     assert run.state == "failed"
-    [ti] = [ti for ti in run.get_task_instances() if ti.task_id == "measure_backlog"]
-    assert ti.state == "failed" and ti.try_number == 1  # a hard failure: not retried
+    tis = {ti.task_id: ti for ti in run.get_task_instances()}
+    for task_id in ("measure_backlog", "reap_expired_leases", "publish_metrics"):
+        assert (tis[task_id].state, tis[task_id].try_number) == ("failed", 1), task_id  # hard: no retry
     alerts = query(app_dsn, "SELECT level, message FROM alerts WHERE task_id = 'measure_backlog'")
     assert alerts and alerts[0][0] == "error" and "execution_tasks.ai_model does not exist" in alerts[0][1]
 

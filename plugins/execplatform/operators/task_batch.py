@@ -19,12 +19,14 @@ if TYPE_CHECKING:
 
 
 def _fail_hard_when_schema_is_behind(error: Exception) -> None:
+    """A missing column or table (a pending migration) fails the task now: a retry cannot fix it."""
+    import psycopg2.errors
     from airflow.sdk.exceptions import AirflowFailException
 
     from include.task_queue import SchemaBehindError
 
-    if isinstance(error, SchemaBehindError):  # a retry cannot add the column: fail now, alert
-        raise AirflowFailException(str(error)) from error
+    if isinstance(error, SchemaBehindError | psycopg2.errors.UndefinedColumn | psycopg2.errors.UndefinedTable):
+        raise AirflowFailException(f"{error}".strip()) from error
 
 
 def measure_backlog(task_types: Sequence[str] | None = None, app_conn_id: str = "app_db") -> dict[str, dict]:
@@ -42,8 +44,12 @@ def measure_backlog(task_types: Sequence[str] | None = None, app_conn_id: str = 
 def reap_expired_leases(app_conn_id: str = "app_db") -> dict[str, int]:
     from include.task_queue import TaskQueue
 
-    with TaskQueue(libpq_dsn(app_conn_id), owner="task_batch-reaper") as queue:
-        return queue.reap()
+    try:
+        with TaskQueue(libpq_dsn(app_conn_id), owner="task_batch-reaper") as queue:
+            return queue.reap()
+    except Exception as exc:
+        _fail_hard_when_schema_is_behind(exc)
+        raise
 
 
 def redis_cache(redis_conn_id: str = "redis_default", **options: Any) -> TaskCache:
@@ -179,6 +185,9 @@ def publish_task_metrics(
             record_type_metrics(cur, run_id, stats, merge_summaries(drains))
             report = bottleneck_report(cur, since, now)
             record_bottleneck_report(cur, run_id, since, now, report)
+    except Exception as exc:
+        _fail_hard_when_schema_is_behind(exc)  # task_batch_metrics arrives with revision 0003
+        raise
     finally:
         conn.close()
     namespaces: dict[str, dict[str, float]] = {}
