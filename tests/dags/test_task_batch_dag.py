@@ -77,7 +77,10 @@ def enqueue(dsn: str, n: int, *, bad_every: int = 0) -> None:
         q.enqueue_many(tasks)
 
 
-def test_task_batch_drains_a_seeded_queue_and_reports_per_type(local_stack, app_db, executor, task_batch_dag):
+def test_task_batch_drains_a_seeded_queue_and_reports_per_type(local_stack, app_db, executor, task_batch_dag,
+                                                                monkeypatch):  # fmt: skip
+    environment = f"test-{os.getpid()}-{time.monotonic_ns()}"  # this run's own metric series
+    monkeypatch.setenv("PLATFORM_ENVIRONMENT", environment)
     enqueue(app_db, 400, bad_every=50)
     run = task_batch_dag.test(run_conf={"batch_size": 40, "parallelism": 3, "concurrency": 8})
     assert run.state == "success"
@@ -96,6 +99,20 @@ def test_task_batch_drains_a_seeded_queue_and_reports_per_type(local_stack, app_
     # repeated inputs were answered from the cache: 8 distinct (type, model) answers
     hits = query(app_db, "SELECT sum(cache_hits) FROM task_batch_metrics WHERE run_id = %s", (run.run_id,))[0][0]
     assert hits >= 392 - 8 * 3  # at most one miss per distinct input and drain
+
+    from datetime import UTC, datetime, timedelta
+
+    from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
+    from include.metrics import NAMESPACE
+
+    now = datetime.now(UTC)
+    published = {
+        task_type: sum(CloudWatchMetricsHook(aws_conn_id="aws_default").get_metric_values(
+            NAMESPACE, "ExecutionTasks", {"DagId": "task_batch", "TaskType": task_type, "Environment": environment},
+            now - timedelta(minutes=10), now + timedelta(minutes=5)))
+        for task_type in VALID
+    }  # fmt: skip
+    assert published == {t: float(n) for t, n in per_type.items()}
 
 
 def test_before_the_migration_the_run_fails_naming_the_column_and_alerts(local_stack, app_dsn, monkeypatch,
