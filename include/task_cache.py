@@ -179,15 +179,26 @@ class TaskCache:
         ttl = self.ttl_for(namespace)
         deadline = time.monotonic() + self.wait_seconds
         pause = 0.002
-        while True:
+        def read() -> tuple[str, bytes | None]:
             version, raw = self._read(keys=[self._version_key(namespace)],
                                       args=[prefix, digest, ttl, self.max_age_seconds])  # fmt: skip
-            version = version.decode() if isinstance(version, bytes) else str(version)
+            return (version.decode() if isinstance(version, bytes) else str(version)), raw
+
+        while True:
+            version, raw = read()
             if raw:
                 return json.loads(raw), True
             entry_key = self._entry_key(namespace, version, digest)
             lock_key, token = self._lock_key(entry_key), uuid.uuid4().hex
             if self.redis.set(lock_key, token, nx=True, px=int(self.lock_seconds * 1000)):
+                # the previous holder may have stored the entry and let go between our read and
+                # our lock: look again before computing
+                again, raw = read()
+                if raw or again != version:
+                    self._release(keys=[lock_key], args=[token])
+                    if raw:
+                        return json.loads(raw), True
+                    continue
                 try:
                     value = compute()
                 except BaseException:
