@@ -31,8 +31,6 @@ VENV_BIN = Path(sys.executable).parent
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
 API_PORT_DEFAULT = 8080
 BACKUP_BUCKET = "execplatform-backups"
-REDIS_MAXMEMORY = os.environ.get("STACK_REDIS_MAXMEMORY", "256mb")
-EXECUTOR_LATENCY_MS = os.environ.get("STACK_EXECUTOR_LATENCY_MS", "50")
 
 
 class StackError(RuntimeError):
@@ -540,7 +538,8 @@ class LocalStack:
                 [REDIS_SERVER_PATH, "--bind", "127.0.0.1", "--port", str(p["redis"]),
                  "--save", "", "--appendonly", "no", "--dir", str(redis_dir),
                  # the task cache's bound: the least frequently used entries go first
-                 "--maxmemory", REDIS_MAXMEMORY, "--maxmemory-policy", "allkeys-lfu"],
+                 "--maxmemory", os.environ.get("STACK_REDIS_MAXMEMORY", "256mb"),
+                 "--maxmemory-policy", "allkeys-lfu"],
                 redis_answers(p["redis"]),
             )
         )  # fmt: skip
@@ -582,7 +581,7 @@ class LocalStack:
             Service(
                 "executor",
                 [py, "-m", "include.devstack.executor_server", "--port", str(p["executor"]),
-                 "--latency-ms", EXECUTOR_LATENCY_MS],
+                 "--latency-ms", os.environ.get("STACK_EXECUTOR_LATENCY_MS", "50")],
                 http_answers(f"http://127.0.0.1:{p['executor']}/health"),
                 env=self.env,
             )
