@@ -189,3 +189,34 @@ def test_fuzzed_payloads_never_crash_a_batch(app_head_dsn, executor, batch):
         assert status in ("succeeded", "failed"), (task_type, status, error)
         if status == "failed":
             assert error.startswith("PermanentError: ") and ("payload" in error or "ai_model" in error), error
+
+
+def test_the_demo_story_seeded_backlog_fails_before_the_migration_and_drains_after(app_dsn, executor):
+    from include.migrations import upgrade
+    from include.seed import seed
+    from include.task_queue import SchemaBehindError
+
+    url, admin = executor
+    seed(app_dsn, scale=0.02)
+    with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(*) FILTER (WHERE payload ? 'ai_model') FROM execution_tasks "
+                    "WHERE status = 'queued'")
+        queued, with_model = cur.fetchone()
+    conn.close()
+    assert queued > 0 and with_model > 0
+    client = ExecutorClient(url, retries=0)
+    with pytest.raises(SchemaBehindError):
+        drain(app_dsn, services=Services(executor=client))
+    upgrade(app_dsn, "head")  # what db_migrate applies: 0002 backfills ai_model from the payload
+    summary = drain(app_dsn, services=Services(executor=client), batch_size=50)
+    client.close()
+    assert sum(t.succeeded for t in summary.by_type.values()) == queued
+    assert sum(t.failed + t.dead + t.retried for t in summary.by_type.values()) == 0
+    with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM execution_tasks WHERE status IN ('queued', 'running')")
+        assert cur.fetchone() == (0,)
+        # the executor answered in the name of each task's model
+        cur.execute("SELECT count(DISTINCT result->'output'->>'summary') FROM execution_tasks "
+                    "WHERE ai_model IS NOT NULL AND finished_at > now() - interval '5 minutes'")
+        assert cur.fetchone()[0] > 1
+    conn.close()
