@@ -63,3 +63,22 @@ def test_the_report_gives_percentiles_and_where_the_time_went(app_head_dsn):
     assert top["cache_hit_share"] == pytest.approx(500 / 15_500, abs=1e-3) and top["cache_hits"] == 2
     names = {m.name for m in type_metrics(stats, report)}
     assert {"ExecutionDurationP95", "QueueWaitP95", "ExecutionTaskFailures", "BottleneckQueuedShare"} <= names
+
+
+@pytest.mark.stack
+def test_revision_0003_adds_the_measurement_tables_and_its_downgrade_removes_them(app_dsn):
+    from include.migrations import current, downgrade, upgrade
+
+    def tables() -> set[str]:
+        with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'task_b%'")
+            names = {name for (name,) in cur.fetchall()}
+        conn.close()
+        return names
+
+    upgrade(app_dsn, "0003")
+    assert tables() == {"task_batch_metrics", "task_bottleneck_reports"}
+    downgrade(app_dsn, "0002")
+    assert (current(app_dsn), tables()) == ("0002", set())
+    upgrade(app_dsn, "0003")
+    assert tables() == {"task_batch_metrics", "task_bottleneck_reports"}
