@@ -266,6 +266,11 @@ def connections(ports: dict[str, int], secret: dict[str, str]) -> dict[str, dict
             "port": ports["redis"],
             "extra": {"db": 0},
         },
+        "task_executor": {
+            "conn_type": "http",
+            "host": f"http://127.0.0.1:{ports['executor']}",
+            "extra": {"timeout_seconds": 30, "retries": 3},
+        },
     }
 
 
@@ -387,7 +392,8 @@ class LocalStack:
         wanted_api = api_port if api_port is not None else API_PORT_DEFAULT
         self.ports = {
             name: free_port()
-            for name in ("postgres", "redis", "moto", "stripe", "smtp", "sentry", "worker_logs", "trigger_logs")
+            for name in ("postgres", "redis", "moto", "stripe", "smtp", "sentry", "worker_logs", "trigger_logs",
+                         "executor")
         }
         self.ports["api"] = free_port(wanted_api or None)
         self.dags_folder = dags_folder
@@ -530,7 +536,10 @@ class LocalStack:
             Service(
                 "redis",
                 [REDIS_SERVER_PATH, "--bind", "127.0.0.1", "--port", str(p["redis"]),
-                 "--save", "", "--appendonly", "no", "--dir", str(redis_dir)],
+                 "--save", "", "--appendonly", "no", "--dir", str(redis_dir),
+                 # the task cache's bound: the least frequently used entries go first
+                 "--maxmemory", os.environ.get("STACK_REDIS_MAXMEMORY", "256mb"),
+                 "--maxmemory-policy", "allkeys-lfu"],
                 redis_answers(p["redis"]),
             )
         )  # fmt: skip
@@ -565,6 +574,15 @@ class LocalStack:
                 [py, "-m", "include.devstack.sentry_sink", "--port", str(p["sentry"]),
                  "--folder", str(self.folder / "sentry")],
                 http_answers(f"http://127.0.0.1:{p['sentry']}/"),
+                env=self.env,
+            )
+        )  # fmt: skip
+        self.supervisor.start(
+            Service(
+                "executor",
+                [py, "-m", "include.devstack.executor_server", "--port", str(p["executor"]),
+                 "--latency-ms", os.environ.get("STACK_EXECUTOR_LATENCY_MS", "50")],
+                http_answers(f"http://127.0.0.1:{p['executor']}/health"),
                 env=self.env,
             )
         )  # fmt: skip

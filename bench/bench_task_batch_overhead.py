@@ -1,0 +1,185 @@
+"""Airflow's overhead: the task_batch DAG run by the scheduler against the queue library direct.
+
+BENCH_OVERHEAD_TASKS execution tasks (default 20000; the issue's full size is 200000) whose
+handler waits BENCH_OVERHEAD_LATENCY_MS (default 5) on the reference executor (I/O-bound), with
+distinct inputs (every call a cache miss on both sides), drained:
+
+- peer: `include.task_batch.drain` in BENCH_OVERHEAD_PARALLELISM processes (default 4), each
+  with BENCH_OVERHEAD_CONCURRENCY handler threads (default 16) and BENCH_OVERHEAD_BATCH claims
+  (default 200), through the same executor client and Redis cache as the DAG;
+- ours: `task_batch` triggered through the REST API of a full local stack (scheduler,
+  LocalExecutor) with the same parallelism, concurrency and batch size, timed from the trigger
+  to the run's success as the API reports it.
+
+BENCH_OVERHEAD_ROUNDS (default 2) interleaved rounds, medians; the DAG's schedule is set to
+yearly so that only the benchmark's runs happen. Goal: ratio (DAG / direct wall time) <= 1.3. Prints `task_batch_overhead: ratio=X (ours/peer)`.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+TASKS = int(os.environ.get("BENCH_OVERHEAD_TASKS", "20000"))
+LATENCY_MS = os.environ.get("BENCH_OVERHEAD_LATENCY_MS", "5")
+PARALLELISM = int(os.environ.get("BENCH_OVERHEAD_PARALLELISM", "4"))
+CONCURRENCY = int(os.environ.get("BENCH_OVERHEAD_CONCURRENCY", "16"))
+BATCH = int(os.environ.get("BENCH_OVERHEAD_BATCH", "200"))
+ROUNDS = int(os.environ.get("BENCH_OVERHEAD_ROUNDS", "2"))
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def api(url: str, token: str | None = None, body: dict | None = None) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def query(dsn: str, sql: str):
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+def refill(dsn: str) -> None:
+    from include.task_queue import TaskQueue
+
+    query(dsn, "TRUNCATE execution_tasks")
+    with TaskQueue(dsn) as q:
+        for lo in range(0, TASKS, 5000):
+            q.enqueue_many([
+                {"task_type": "idea", "ai_model": "gpt-4.1",
+                 "payload": {"prompt": f"Suggest ideas #{i}", "repo": "r", "inputs": {"count": 3}}}
+                for i in range(lo, min(TASKS, lo + 5000))
+            ])  # fmt: skip
+    query(dsn, "VACUUM ANALYZE execution_tasks")
+
+
+def succeeded(dsn: str) -> int:
+    return query(dsn, "SELECT count(*) FROM execution_tasks WHERE status = 'succeeded'")[0][0]
+
+
+def direct_worker(dsn: str, executor_url: str, redis_port: int, start) -> None:
+    import redis
+
+    from include.task_batch import drain
+    from include.task_cache import TaskCache
+    from include.task_handlers import ExecutorClient, Services
+
+    executor = ExecutorClient(executor_url, max_connections=CONCURRENCY)
+    cache = TaskCache(redis.Redis(host="127.0.0.1", port=redis_port))
+    start.wait()
+    drain(dsn, services=Services(executor=executor, cache=cache), batch_size=BATCH, concurrency=CONCURRENCY,
+          budget_seconds=3600)  # fmt: skip
+    executor.close()
+
+
+def run_direct(stack) -> float:
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    args = (stack.app_dsn(), f"http://127.0.0.1:{stack.ports['executor']}", stack.ports["redis"], start)
+    procs = [ctx.Process(target=direct_worker, args=args) for _ in range(PARALLELISM)]
+    for p in procs:
+        p.start()
+    time.sleep(3)  # imports and connections, before the clock
+    began = time.perf_counter()
+    start.set()
+    for p in procs:
+        p.join()
+    return time.perf_counter() - began
+
+
+def token_and_runs(stack) -> tuple[str, str]:
+    login = stack.info.login
+    api_url = f"http://127.0.0.1:{stack.ports['api']}"
+    token = api(f"{api_url}/auth/token", body={"username": login["username"], "password": login["password"]})[
+        "access_token"]
+    return token, f"{api_url}/api/v2/dags/task_batch/dagRuns"
+
+
+def wait_until_idle(stack) -> None:
+    """The DAG parsed, and no run of it in flight (neither side may share the machine with one)."""
+    token, runs = token_and_runs(stack)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if api(f"{runs}?state=running&state=queued", token)["total_entries"] == 0:
+                return
+        except urllib.error.HTTPError:
+            pass
+        time.sleep(1)
+    raise SystemExit("task_batch never became idle")
+
+
+def run_dag(stack) -> float:
+    token, runs = token_and_runs(stack)
+    conf = {"batch_size": BATCH, "parallelism": PARALLELISM, "concurrency": CONCURRENCY, "budget_seconds": 3600}
+    began = time.perf_counter()
+    run = api(runs, token, {"logical_date": None, "conf": conf})
+    while True:
+        state = api(f"{runs}/{run['dag_run_id']}", token)["state"]
+        if state in ("success", "failed"):
+            break
+        time.sleep(0.2)
+    seconds = time.perf_counter() - began
+    if state != "success":
+        raise SystemExit(f"task_batch run {run['dag_run_id']} ended {state}; see {stack.folder}/logs")
+    return seconds
+
+
+def main() -> None:
+    from include.devstack.stack import LocalStack
+    from include.migrations import upgrade
+
+    os.environ["SEED_SCALE"] = "0.001"
+    os.environ["TASK_BATCH_SCHEDULE"] = "0 0 1 1 *"  # no scheduled run during the benchmark: manual ones only
+    os.environ["STACK_EXECUTOR_LATENCY_MS"] = LATENCY_MS
+    with tempfile.TemporaryDirectory(prefix="bench_overhead_") as tmp:
+        stack = LocalStack(Path(tmp) / "stack", with_airflow=True, api_port=0)
+        try:
+            t = time.perf_counter()
+            stack.start()
+            log(f"stack up in {time.perf_counter() - t:.0f}s")
+            dsn = stack.app_dsn()
+            upgrade(dsn, "head")
+            directs, dags = [], []
+            for i in range(ROUNDS):
+                sides = [("direct", run_direct, directs), ("dag", run_dag, dags)]
+                for name, run, times in sides if i % 2 == 0 else sides[::-1]:
+                    wait_until_idle(stack)
+                    refill(dsn)
+                    times.append(run(stack))
+                    if succeeded(dsn) != TASKS:
+                        raise SystemExit(f"{name} left {TASKS - succeeded(dsn)} tasks")
+                    log(f"round {i} {name}: {TASKS} tasks in {times[-1]:.1f}s")
+            direct, dag = statistics.median(directs), statistics.median(dags)
+            print(f"task_batch_overhead: ratio={dag / direct:.2f} (ours/peer: DAG via scheduler / library direct) "
+                  f"dag={dag:.1f}s direct={direct:.1f}s tasks={TASKS} latency_ms={LATENCY_MS} "
+                  f"parallelism={PARALLELISM} concurrency={CONCURRENCY} batch={BATCH} goal<=1.30 rounds={ROUNDS}", flush=True)  # fmt: skip
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The task cache on and off: executor calls with a Zipf popularity, through the real handler.
+
+BENCH_CACHE_CALLS executor calls (default 20000) over BENCH_CACHE_INPUTS distinct inputs
+(default 1000) drawn with Zipf popularity (exponent BENCH_CACHE_ZIPF, default 1.0, seeded), on
+BENCH_CACHE_CONCURRENCY threads (default 64), against the stack's reference executor answering
+after BENCH_CACHE_LATENCY_MS (default 50). Each call is `include.task_handlers.execute_on_executor`
+(validation, model version, cache lookup, HTTP), with the Redis cache and without it.
+
+The floor is the share of distinct inputs among the calls: each must miss once, so the cached
+run cannot take less than that share of the uncached run's time. Goal: the time ratio
+(cached/uncached) at most 1.5x the floor; the miss share against the floor is printed too
+(what the cache itself controls: 1.0 means every input missed exactly once). Prints `task_cache: ratio=X (ours/peer) ...` where
+ours is the cached run and the peer the uncached one, with the hit ratio and the floor.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+CALLS = int(os.environ.get("BENCH_CACHE_CALLS", "20000"))
+INPUTS = int(os.environ.get("BENCH_CACHE_INPUTS", "1000"))
+ZIPF = float(os.environ.get("BENCH_CACHE_ZIPF", "1.0"))
+CONCURRENCY = int(os.environ.get("BENCH_CACHE_CONCURRENCY", "64"))
+LATENCY_MS = os.environ.get("BENCH_CACHE_LATENCY_MS", "50")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def workload() -> list:
+    from include.task_queue import ClaimedTask
+
+    rng = random.Random(6)
+    weights = [1 / (k**ZIPF) for k in range(1, INPUTS + 1)]
+    picks = rng.choices(range(INPUTS), weights=weights, k=CALLS)
+    return [
+        ClaimedTask(i, "idea", {"prompt": f"Suggest ideas #{n}", "repo": "r", "inputs": {"count": 3}}, "gpt-4.1",
+                    1, 5, "", 0.0)
+        for i, n in enumerate(picks)
+    ]  # fmt: skip
+
+
+def run(tasks: list, services) -> float:
+    from include.task_handlers import execute_on_executor
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        results = list(pool.map(lambda t: execute_on_executor(t, services), tasks))
+    seconds = time.perf_counter() - started
+    assert len(results) == len(tasks) and all(r["output"]["digest"] for r in results)
+    return seconds
+
+
+def main() -> None:
+    import redis
+
+    from include.devstack.stack import LocalStack
+    from include.task_cache import TaskCache
+    from include.task_handlers import ExecutorClient, Services
+
+    os.environ.setdefault("SEED_SCALE", "0.01")
+    os.environ["STACK_EXECUTOR_LATENCY_MS"] = LATENCY_MS
+    tasks = workload()
+    distinct = len({t.payload["prompt"] for t in tasks})
+    floor = distinct / len(tasks)
+    with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
+        stack = LocalStack(Path(tmp) / "stack", with_airflow=False, api_port=0)
+        try:
+            stack.start()
+            url = f"http://127.0.0.1:{stack.ports['executor']}"
+            client = redis.Redis(host="127.0.0.1", port=stack.ports["redis"], max_connections=CONCURRENCY * 2)
+            executor = ExecutorClient(url, max_connections=CONCURRENCY)
+            executor.model_version("gpt-4.1")  # both runs start with the version known
+            uncached = run(tasks, Services(executor=executor))
+            log(f"uncached: {len(tasks)} calls in {uncached:.1f}s")
+            client.flushdb()
+            cache = TaskCache(client)
+            cached = run(tasks, Services(executor=executor, cache=cache))
+            stats = cache.report()["executor:gpt-4.1"]
+            log(f"cached: {len(tasks)} calls in {cached:.1f}s, {stats}")
+            executor.close()
+            ratio = cached / uncached
+            print(
+                f"task_cache: ratio={ratio:.3f} (ours/peer: cached/uncached wall time) cached={cached:.1f}s "
+                f"uncached={uncached:.1f}s hit_ratio={stats['hit_ratio']:.3f} floor={floor:.3f} "
+                f"ratio/floor={ratio / floor:.2f} miss_share/floor={(1 - stats['hit_ratio']) / floor:.2f} goal<=1.50 calls={CALLS} distinct={distinct} inputs={INPUTS} "
+                f"zipf={ZIPF} latency_ms={LATENCY_MS} concurrency={CONCURRENCY}",
+                flush=True,
+            )
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()

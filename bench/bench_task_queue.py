@@ -1,0 +1,202 @@
+"""Queue throughput: our execution-task queue against pgqueuer (asyncpg driver), same database.
+
+Both sides drain BENCH_QUEUE_JOBS no-op jobs (default 20000) with BENCH_QUEUE_WORKERS worker
+processes each (default 4), claiming BENCH_QUEUE_BATCH at a time (default 100; the peer's
+dequeue batch is BENCH_QUEUE_PEER_BATCH, by default the same):
+
+- ours: `include.task_batch.drain` per process: leased `SKIP LOCKED` claims, heartbeat thread,
+  handlers on a thread pool, token-checked set-based completion (every safety property on);
+- peer: pgqueuer's `QueueManager.run(mode=drain)` per process on an asyncpg connection, its
+  jobs enqueued with `Queries.enqueue`, the handler an empty coroutine.
+
+Jobs are enqueued before the clock starts; the clock runs from a start barrier that all
+worker processes wait at (imports and connections done) until the last one finishes.
+BENCH_QUEUE_ROUNDS (default 3) interleaved rounds, medians. Goal: ratio >= 5.0 of our jobs per
+second to theirs. Prints `task_queue: ratio=X (ours/peer) ...`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+JOBS = int(os.environ.get("BENCH_QUEUE_JOBS", "20000"))
+WORKERS = int(os.environ.get("BENCH_QUEUE_WORKERS", "4"))
+BATCH = int(os.environ.get("BENCH_QUEUE_BATCH", "100"))
+# the peer's dequeue batch: ours by default (like for like); 10 is pgqueuer's own default
+PEER_BATCH = int(os.environ.get("BENCH_QUEUE_PEER_BATCH", str(BATCH)))
+ROUNDS = int(os.environ.get("BENCH_QUEUE_ROUNDS", "3"))
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def query(dsn: str, sql: str, params=None):
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+# -- ours -------------------------------------------------------------------------------------
+
+
+def noop(task, services):
+    return None
+
+
+def our_worker(dsn: str, start, done) -> None:
+    from include.task_batch import drain
+    from include.task_handlers import REQUIRED_INPUTS, Services
+
+    start.wait()
+    summary = drain(dsn, services=Services(), handlers=dict.fromkeys(REQUIRED_INPUTS, noop), batch_size=BATCH,
+                    concurrency=4)  # fmt: skip
+    done.put(sum(t.succeeded for t in summary.by_type.values()))
+
+
+def our_enqueue(dsn: str) -> None:
+    from include.task_queue import TaskQueue
+
+    query(dsn, "TRUNCATE execution_tasks")
+    with TaskQueue(dsn) as q:
+        for lo in range(0, JOBS, 5000):
+            q.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(lo, min(JOBS, lo + 5000))])
+    query(dsn, "VACUUM ANALYZE execution_tasks")
+
+
+# -- peer -------------------------------------------------------------------------------------
+
+
+def as_url(dsn: str) -> str:
+    """asyncpg takes URLs only: the same libpq key=value DSN as one."""
+    from urllib.parse import quote
+
+    p = dict(part.split("=", 1) for part in dsn.split())
+    return f"postgresql://{quote(p['user'])}:{quote(p['password'], safe='')}@{p['host']}:{p['port']}/{p['dbname']}"
+
+
+def peer_worker(dsn: str, start, done) -> None:
+    import asyncpg
+    from pgqueuer.adapters.drivers.asyncpg import AsyncpgDriver
+    from pgqueuer.qm import QueueManager
+    from pgqueuer.queries import Queries
+    from pgqueuer.types import QueueExecutionMode
+
+    count = 0
+
+    async def run() -> None:
+        nonlocal count
+        conn = await asyncpg.connect(as_url(dsn))
+        qm = QueueManager(Queries(AsyncpgDriver(conn)))
+
+        @qm.entrypoint("idea")
+        async def idea(job) -> None:
+            nonlocal count
+            count += 1
+
+        start.wait()
+        await qm.run(batch_size=PEER_BATCH, mode=QueueExecutionMode.drain, dequeue_timeout=timedelta(seconds=1))
+        await conn.close()
+
+    asyncio.run(run())
+    done.put(count)
+
+
+def peer_enqueue(dsn: str) -> None:
+    import asyncpg
+    from pgqueuer.adapters.drivers.asyncpg import AsyncpgDriver
+    from pgqueuer.queries import Queries
+
+    async def run() -> None:
+        conn = await asyncpg.connect(as_url(dsn))
+        queries = Queries(AsyncpgDriver(conn))
+        await queries.clear_queue()
+        for lo in range(0, JOBS, 5000):
+            n = min(JOBS, lo + 5000) - lo
+            await queries.enqueue(["idea"] * n, [str(i).encode() for i in range(lo, lo + n)], [0] * n)
+        await conn.close()
+
+    asyncio.run(run())
+    query(dsn, "VACUUM ANALYZE pgqueuer")
+
+
+def peer_install(dsn: str) -> None:
+    import asyncpg
+    from pgqueuer.adapters.drivers.asyncpg import AsyncpgDriver
+    from pgqueuer.queries import Queries
+
+    async def run() -> None:
+        conn = await asyncpg.connect(as_url(dsn))
+        await Queries(AsyncpgDriver(conn)).install()
+        await conn.close()
+
+    asyncio.run(run())
+
+
+# -- the race ---------------------------------------------------------------------------------
+
+
+def timed(worker, dsn: str) -> tuple[float, int]:
+    ctx = mp.get_context("spawn")
+    start, done = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(dsn, start, done)) for _ in range(WORKERS)]
+    for p in procs:
+        p.start()
+    time.sleep(3)  # imports and connections, before the clock
+    began = time.perf_counter()
+    start.set()
+    counts = [done.get(timeout=600) for _ in procs]
+    seconds = time.perf_counter() - began
+    for p in procs:
+        p.join()
+    return seconds, sum(counts)
+
+
+def main() -> None:
+    from include.devstack.stack import LocalStack
+
+    os.environ.setdefault("SEED_SCALE", "0.01")
+    with tempfile.TemporaryDirectory(prefix="bench_queue_") as tmp:
+        stack = LocalStack(Path(tmp) / "stack", with_airflow=False, api_port=0)
+        try:
+            stack.start()
+            from include.migrations import upgrade
+
+            dsn = stack.app_dsn()
+            upgrade(dsn, "head")
+            peer_install(dsn)
+            ours, peers = [], []
+            for i in range(ROUNDS):
+                sides = [("ours", our_enqueue, our_worker, ours), ("peer", peer_enqueue, peer_worker, peers)]
+                for name, enqueue, worker, times in sides if i % 2 == 0 else sides[::-1]:
+                    enqueue(dsn)
+                    seconds, count = timed(worker, dsn)
+                    if count != JOBS:
+                        raise SystemExit(f"{name} processed {count} of {JOBS} jobs")
+                    times.append(seconds)
+                    log(f"round {i} {name}: {JOBS} jobs in {seconds:.2f}s = {JOBS / seconds:.0f}/s")
+            o, p = statistics.median(ours), statistics.median(peers)
+            print(f"task_queue: ratio={p / o:.2f} (ours/peer, jobs per second) ours={JOBS / o:.0f}/s "
+                  f"peer={JOBS / p:.0f}/s jobs={JOBS} workers={WORKERS} batch={BATCH} peer_batch={PEER_BATCH} goal>=5.00 rounds={ROUNDS}",
+                  flush=True)  # fmt: skip
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""
+### Task batch: drain the execution-task queue in parallel
+
+**Owner:** platform team. **Schedule:** `$TASK_BATCH_SCHEDULE` (a cron expression or preset;
+default every 5 minutes), and on demand with the parameter form.
+
+1. **measure_backlog**: ready tasks per type in `execution_tasks` (`app_db`).
+2. **plan_batches**: K = min(`parallelism`, ceil(backlog / `batch_size`)) parallel drains.
+3. **drain** (mapped K times): each claims `batch_size` tasks at a time with leases
+   (`FOR UPDATE SKIP LOCKED`) and runs their handlers on `concurrency` threads against the AI
+   executor (`task_executor`), through the Redis cache (`redis_default`), until the queue is
+   empty or `budget_seconds` is spent. One Airflow task instance runs many execution tasks.
+4. **reap_expired_leases**: tasks held by a worker that died go back to the queue.
+5. **publish_metrics**: per task type, count, failures, p50/p95 duration and queue wait of the
+   tasks finished in this run, into `task_batch_metrics` and CloudWatch; and the **bottleneck
+   report** (avg/p50/p95 per type over `report_window_hours`, share of time queued, executing and
+   answered from the cache) into `task_bottleneck_reports`, CloudWatch and this task's output.
+
+**Idempotent:** yes. A task completes only with its current lease token, so a retried or
+overlapping drain never completes a task twice; metrics rows are upserted per run and type.
+
+**Alerts:** a retry is a *warning*, a failure an *error* (email). A Redis outage sends one
+*error* alert per drain and the tasks run uncached. Before revision 0002 is applied
+(`execution_tasks.ai_model` missing) the run fails at once, without retries, naming the column.
+
+**When it fails:** read the failing task's log. *Schema behind*: run `db_migrate`. Failed or
+dead execution tasks keep their error in `execution_tasks.error` (a malformed payload names its
+field); fix the payload and enqueue it again. Clear the run to re-run it: it is safe.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, TriggerRule, dag, task
+
+from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
+from execplatform.operators.task_batch import DrainQueueOperator
+
+TASK_TYPES = ["implementation", "self_improvement", "idea", "idea_implementation"]
+
+
+@dag(
+    # from the environment, not a Variable: parsing must not query the metadata database
+    schedule=os.environ.get("TASK_BATCH_SCHEDULE", "*/5 * * * *"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=30),
+    doc_md=__doc__,
+    tags=["platform", "tasks"],
+    render_template_as_native_obj=True,
+    params={
+        "task_types": Param([], type="array", items={"type": "string", "enum": TASK_TYPES},
+                            description="task types to run; empty for all"),
+        "batch_size": Param(100, type="integer", minimum=1, maximum=5000, description="tasks claimed per batch"),
+        "parallelism": Param(4, type="integer", minimum=1, maximum=32, description="parallel drains (mapped tasks)"),
+        "concurrency": Param(16, type="integer", minimum=1, maximum=256, description="handler threads per drain"),
+        "budget_seconds": Param(240, type="integer", minimum=1, description="time budget of each drain"),
+        "report_window_hours": Param(24, type="number", exclusiveMinimum=0, description="bottleneck report window"),
+    },  # fmt: skip
+    **run_metrics_callbacks(),
+    default_args={
+        "owner": "platform",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        **alert_callbacks(on_failure="error", on_retry="warning"),
+    },
+)
+def task_batch():
+    @task
+    def measure_backlog(params=None) -> dict:
+        from execplatform.operators.task_batch import measure_backlog
+
+        return measure_backlog(params["task_types"])
+
+    @task
+    def plan_batches(backlog: dict, params=None) -> list[int]:
+        from include.task_batch import plan_batches
+
+        ready = sum(b["ready"] for b in backlog.values())
+        return list(range(plan_batches(ready, params["batch_size"], params["parallelism"])))
+
+    drained = DrainQueueOperator.partial(
+        task_id="drain",
+        task_types="{{ params.task_types }}",
+        batch_size="{{ params.batch_size }}",
+        concurrency="{{ params.concurrency }}",
+        budget_seconds="{{ params.budget_seconds }}",
+    ).expand(drain_index=plan_batches(measure_backlog()))
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def reap_expired_leases() -> dict:
+        from execplatform.operators.task_batch import reap_expired_leases
+
+        return reap_expired_leases()
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def publish_metrics(params=None, dag_run=None, ti=None) -> dict:
+        """Runs whatever happened upstream: a failed drain's tasks must still be counted."""
+        from execplatform.operators.task_batch import publish_task_metrics
+
+        planned = ti.xcom_pull(task_ids="plan_batches") or []
+        drains = ti.xcom_pull(task_ids="drain", map_indexes=planned) if planned else []
+        drains = drains if isinstance(drains, list) else [drains]  # one drain: a single value
+        return publish_task_metrics(dag_run.run_id, dag_run.start_date, drains,
+                                    window_hours=params["report_window_hours"])
+
+    drained >> reap_expired_leases() >> publish_metrics()
+
+
+task_batch()

@@ -1,0 +1,343 @@
+"""Draining the queue in batches, and measuring it: per-type metrics and the bottleneck report.
+
+One drain (one Airflow task instance) claims a batch, runs its handlers concurrently in
+threads (they are I/O-bound: HTTP to the executor, Redis), completes the successes in one
+statement and the failures in another, and goes on until the queue is empty or its time
+budget is spent. A heartbeat thread extends the leases of the batch in flight, so only a
+worker that is gone loses its rows (to the reaper).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from include.task_handlers import HANDLERS, Handler, PermanentError, Services
+from include.task_queue import ClaimedTask, Completion, Failure, TaskQueue, to_jsonb_text
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 100
+DEFAULT_PARALLELISM = 4  # mapped task instances per run
+DEFAULT_CONCURRENCY = 16  # handler threads per task instance
+DEFAULT_BUDGET_SECONDS = 240.0
+
+
+def plan_batches(ready: int, batch_size: int, parallelism: int) -> int:
+    """How many drains to run in parallel: enough for the backlog, at most `parallelism`, and
+    at least one (a drain on an empty queue just reports zero)."""
+    if batch_size < 1 or parallelism < 1:
+        raise ValueError(f"batch_size ({batch_size}) and parallelism ({parallelism}) must be >= 1")
+    return max(1, min(parallelism, math.ceil(ready / batch_size)))
+
+
+@dataclass
+class TypeTally:
+    tasks: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    failed: int = 0
+    dead: int = 0
+    refused: int = 0  # results dropped because the lease had moved on
+    cache_hits: int = 0
+    exec_ms: float = 0.0
+    cache_hit_ms: float = 0.0
+    queue_wait_ms: float = 0.0
+
+
+@dataclass
+class DrainSummary:
+    batches: int = 0
+    seconds: float = 0.0
+    stopped_by: str = "empty"  # empty | budget
+    errors: list[str] = field(default_factory=list)  # a sample of failure messages
+    by_type: dict[str, TypeTally] = field(default_factory=lambda: defaultdict(TypeTally))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "seconds": round(self.seconds, 3), "stopped_by": self.stopped_by,
+                "errors": self.errors[:20], "by_type": {t: vars(v) for t, v in sorted(self.by_type.items())}}  # fmt: skip
+
+
+def run_handler(handler: Handler | None, task: ClaimedTask, services: Services) -> tuple[Any, Exception | None, float]:
+    started = time.perf_counter()
+    try:
+        if handler is None:
+            raise PermanentError(f"task_type {task.task_type!r} has no handler; known: {sorted(HANDLERS)}")
+        return handler(task, services), None, (time.perf_counter() - started) * 1000
+    except Exception as exc:  # the contract: any exception is a failure of this task only
+        return None, exc, (time.perf_counter() - started) * 1000
+
+
+class LeaseKeeper:
+    """Extends the leases of the batch in flight every third of the lease, on its own connection."""
+
+    def __init__(self, dsn: str, owner: str, lease_seconds: float) -> None:
+        self.queue = TaskQueue(dsn, owner=owner, lease_seconds=lease_seconds)
+        self.interval = lease_seconds / 3
+        self.tasks: list[ClaimedTask] = []
+        self.lost: set[int] = set()
+        self._stop = threading.Event()
+        self._mutex = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+        self._thread.start()
+
+    def hold(self, tasks: Sequence[ClaimedTask]) -> None:
+        with self._mutex:
+            self.tasks = list(tasks)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._mutex:
+                tasks = list(self.tasks)
+            if not tasks:
+                continue
+            try:
+                kept = set(self.queue.heartbeat(tasks))
+            except Exception:  # a missed beat is retried at the next; the lease still has 2/3 left
+                logger.warning("heartbeat of %d leases failed", len(tasks), exc_info=True)
+                continue
+            with self._mutex:
+                self.lost |= {t.id for t in tasks} - kept
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.queue.close()
+
+
+def drain(
+    dsn: str,
+    *,
+    services: Services,
+    handlers: Mapping[str, Handler] = HANDLERS,
+    task_types: Sequence[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+    owner: str | None = None,
+    lease_seconds: float = 300.0,
+    backoff_base_seconds: float = 5.0,
+    on_batch: Callable[[list[ClaimedTask]], None] | None = None,
+) -> DrainSummary:
+    """Claim and run batches until the queue has nothing ready or `budget_seconds` is spent."""
+    summary = DrainSummary()
+    started = time.monotonic()
+    queue = TaskQueue(dsn, owner=owner, lease_seconds=lease_seconds, backoff_base_seconds=backoff_base_seconds)
+    keeper = LeaseKeeper(dsn, queue.owner, lease_seconds)
+    try:
+        with ThreadPoolExecutor(concurrency, thread_name_prefix="handler") as pool:
+            tasks = queue.claim(batch_size, task_types)
+            while tasks:
+                keeper.hold(tasks)
+                if on_batch is not None:
+                    on_batch(tasks)
+                outcomes = list(pool.map(lambda t: (t, *run_handler(handlers.get(t.task_type), t, services)), tasks))
+                summary.batches += 1
+                out_of_budget = time.monotonic() - started >= budget_seconds
+                with queue.transaction():  # settle this batch and claim the next: one commit
+                    _settle(queue, outcomes, services, summary)
+                    tasks = [] if out_of_budget else queue.claim(batch_size, task_types)
+                keeper.hold(tasks)
+                if out_of_budget:
+                    summary.stopped_by = "budget"
+    finally:
+        keeper.stop()
+        queue.close()
+        summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _settle(queue: TaskQueue, outcomes: list, services: Services, summary: DrainSummary) -> None:
+    outcomes = [_storable(outcome) for outcome in outcomes]
+    done = [Completion(t, result, round(ms)) for t, result, exc, ms in outcomes if exc is None]
+    failures = [
+        Failure(t, f"{type(exc).__name__}: {exc}", retryable=not isinstance(exc, PermanentError), duration_ms=round(ms))
+        for t, _, exc, ms in outcomes if exc is not None
+    ]  # fmt: skip
+    completed = set(queue.complete(done))
+    failed = queue.fail(failures)
+    for task, _, exc, ms in outcomes:
+        tally = summary.by_type[task.task_type]
+        tally.tasks += 1
+        tally.exec_ms += ms
+        tally.queue_wait_ms += task.queue_wait_ms
+        if task.id in services.cache_hits:
+            tally.cache_hits += 1
+            tally.cache_hit_ms += ms
+        if exc is None:
+            tally.succeeded += task.id in completed
+            tally.refused += task.id not in completed
+    for ids, attr in ((failed.requeued, "retried"), (failed.failed, "failed"), (failed.dead, "dead"),
+                      (failed.refused, "refused")):  # fmt: skip
+        for task, _, exc, _ in outcomes:
+            if exc is not None and task.id in ids:
+                setattr(summary.by_type[task.task_type], attr, getattr(summary.by_type[task.task_type], attr) + 1)
+    for task, _, exc, _ in outcomes:
+        if exc is not None and len(summary.errors) < 20:
+            summary.errors.append(f"task {task.id} ({task.task_type}): {type(exc).__name__}: {exc}"[:500])
+
+
+def _storable(outcome: tuple) -> tuple:
+    """A result the table cannot hold fails its task (permanently), not the whole batch."""
+    task, result, exc, ms = outcome
+    if exc is None:
+        try:
+            to_jsonb_text(result, "the handler's result")
+        except ValueError as bad:
+            return task, None, PermanentError(str(bad)), ms
+    return outcome
+
+
+def merge_summaries(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per-type totals across the drains of one run (their `as_dict()` forms)."""
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for summary in summaries:
+        for task_type, tally in (summary or {}).get("by_type", {}).items():
+            for key, value in tally.items():
+                totals[task_type][key] += value
+    return {t: dict(v) for t, v in sorted(totals.items())}
+
+
+# -- measurement ------------------------------------------------------------------------------
+
+TYPE_STATS_SQL = """
+SELECT task_type,
+       count(*) AS tasks,
+       count(*) FILTER (WHERE status IN ('failed', 'dead')) AS failures,
+       coalesce(avg(duration_ms), 0) AS avg_ms,
+       coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), 0) AS p50_ms,
+       coalesce(percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms), 0) AS p95_ms,
+       coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY wait_ms), 0) AS queue_wait_p50_ms,
+       coalesce(percentile_cont(0.95) WITHIN GROUP (ORDER BY wait_ms), 0) AS queue_wait_p95_ms,
+       coalesce(sum(wait_ms), 0) AS queue_wait_ms_sum,
+       coalesce(sum(duration_ms), 0) AS exec_ms_sum
+FROM (SELECT task_type, status, duration_ms,
+             greatest(extract(epoch FROM started_at - available_at) * 1000, 0) AS wait_ms
+      FROM execution_tasks
+      WHERE status IN ('succeeded', 'failed', 'dead') AND finished_at >= %(since)s
+        AND finished_at <= %(until)s) finished
+GROUP BY task_type ORDER BY task_type
+"""
+
+TYPE_STAT_COLUMNS = ("tasks", "failures", "avg_ms", "p50_ms", "p95_ms", "queue_wait_p50_ms",
+                     "queue_wait_p95_ms", "queue_wait_ms_sum", "exec_ms_sum")  # fmt: skip
+
+
+def type_stats(cursor, since, until) -> dict[str, dict[str, float]]:
+    """Per task type, over the tasks finished in [since, until]: count, failures, duration and
+    queue-wait percentiles (milliseconds)."""
+    cursor.execute(TYPE_STATS_SQL, {"since": since, "until": until})
+    return {row[0]: {c: float(v) for c, v in zip(TYPE_STAT_COLUMNS, row[1:], strict=True)} for row in cursor.fetchall()}
+
+
+def record_type_metrics(cursor, run_id: str, stats: Mapping[str, Mapping[str, float]],
+                        drained: Mapping[str, Mapping[str, float]]) -> None:  # fmt: skip
+    """Upsert one `task_batch_metrics` row per type for the run (a re-run overwrites its rows)."""
+    for task_type, s in stats.items():
+        d = drained.get(task_type, {})
+        cursor.execute(
+            """
+            INSERT INTO task_batch_metrics (run_id, task_type, tasks, failures, retries, avg_ms, p50_ms, p95_ms,
+                queue_wait_p50_ms, queue_wait_p95_ms, queue_wait_ms_sum, exec_ms_sum, cache_hits, cache_hit_ms_sum)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (run_id, task_type) DO UPDATE SET
+                measured_at = now(), tasks = EXCLUDED.tasks, failures = EXCLUDED.failures,
+                retries = EXCLUDED.retries, avg_ms = EXCLUDED.avg_ms, p50_ms = EXCLUDED.p50_ms,
+                p95_ms = EXCLUDED.p95_ms, queue_wait_p50_ms = EXCLUDED.queue_wait_p50_ms,
+                queue_wait_p95_ms = EXCLUDED.queue_wait_p95_ms, queue_wait_ms_sum = EXCLUDED.queue_wait_ms_sum,
+                exec_ms_sum = EXCLUDED.exec_ms_sum, cache_hits = EXCLUDED.cache_hits,
+                cache_hit_ms_sum = EXCLUDED.cache_hit_ms_sum
+            """,
+            (run_id, task_type, int(s["tasks"]), int(s["failures"]), int(d.get("retried", 0)), s["avg_ms"],
+             s["p50_ms"], s["p95_ms"], s["queue_wait_p50_ms"], s["queue_wait_p95_ms"], s["queue_wait_ms_sum"],
+             s["exec_ms_sum"], int(d.get("cache_hits", 0)), float(d.get("cache_hit_ms", 0.0))),
+        )  # fmt: skip
+
+
+def bottleneck_report(cursor, since, until) -> list[dict[str, Any]]:
+    """Per task type over the window, slowest average first: avg/p50/p95 duration and the share
+    of its time spent waiting in queue, executing, and (within executing) answered by cache hits."""
+    stats = type_stats(cursor, since, until)
+    cursor.execute(
+        "SELECT task_type, sum(cache_hit_ms_sum), sum(cache_hits) FROM task_batch_metrics"
+        " WHERE measured_at >= %s AND measured_at <= %s GROUP BY task_type",
+        (since, until),
+    )
+    cached = {t: (float(ms or 0), int(n or 0)) for t, ms, n in cursor.fetchall()}
+    report = []
+    for task_type, s in stats.items():
+        wait, execute = s["queue_wait_ms_sum"], s["exec_ms_sum"]
+        hit_ms, hits = cached.get(task_type, (0.0, 0))
+        total = wait + execute
+        report.append({
+            "task_type": task_type, "tasks": int(s["tasks"]), "failures": int(s["failures"]),
+            "avg_ms": round(s["avg_ms"], 1), "p50_ms": round(s["p50_ms"], 1), "p95_ms": round(s["p95_ms"], 1),
+            "queued_share": round(wait / total, 4) if total else 0.0,
+            "executing_share": round(execute / total, 4) if total else 0.0,
+            "cache_hit_share": round(min(hit_ms, execute) / total, 4) if total else 0.0,
+            "cache_hits": hits,
+        })  # fmt: skip
+    return sorted(report, key=lambda r: r["avg_ms"], reverse=True)
+
+
+def record_bottleneck_report(cursor, run_id: str, since, until, report: Sequence[Mapping[str, Any]]) -> None:
+    cursor.execute("DELETE FROM task_bottleneck_reports WHERE run_id = %s", (run_id,))
+    for r in report:
+        cursor.execute(
+            """
+            INSERT INTO task_bottleneck_reports (run_id, window_start, window_end, task_type, tasks, failures,
+                avg_ms, p50_ms, p95_ms, queued_share, executing_share, cache_hit_share)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            """,
+            (run_id, since, until, r["task_type"], r["tasks"], r["failures"], r["avg_ms"], r["p50_ms"],
+             r["p95_ms"], r["queued_share"], r["executing_share"], r["cache_hit_share"]),
+        )  # fmt: skip
+
+
+def type_metrics(stats: Mapping[str, Mapping[str, float]], report: Sequence[Mapping[str, Any]],
+                 dag_id: str = "task_batch") -> list:  # fmt: skip
+    """CloudWatch datapoints per task type: the run's figures and the window's bottleneck shares."""
+    from include.metrics import Metric, standard_dimensions
+
+    metrics = []
+    for task_type, s in stats.items():
+        dims = standard_dimensions(dag_id=dag_id, task_type=task_type)
+        metrics += [
+            Metric("ExecutionTasks", s["tasks"], dimensions=dims),
+            Metric("ExecutionTaskFailures", s["failures"], dimensions=dims),
+            Metric("ExecutionDurationP50", s["p50_ms"], unit="Milliseconds", dimensions=dims),
+            Metric("ExecutionDurationP95", s["p95_ms"], unit="Milliseconds", dimensions=dims),
+            Metric("QueueWaitP50", s["queue_wait_p50_ms"], unit="Milliseconds", dimensions=dims),
+            Metric("QueueWaitP95", s["queue_wait_p95_ms"], unit="Milliseconds", dimensions=dims),
+        ]
+    for r in report:
+        dims = standard_dimensions(dag_id=dag_id, task_type=r["task_type"])
+        metrics += [
+            Metric("BottleneckAvgDuration", r["avg_ms"], unit="Milliseconds", dimensions=dims),
+            Metric("BottleneckQueuedShare", r["queued_share"] * 100, unit="Percent", dimensions=dims),
+            Metric("BottleneckExecutingShare", r["executing_share"] * 100, unit="Percent", dimensions=dims),
+            Metric("BottleneckCacheHitShare", r["cache_hit_share"] * 100, unit="Percent", dimensions=dims),
+        ]
+    return metrics
+
+
+def cache_metrics(report: Mapping[str, Mapping[str, float]], dag_id: str = "task_batch") -> list:
+    """Hit ratio and counts per cache namespace."""
+    from include.metrics import Metric, standard_dimensions
+
+    metrics = []
+    for namespace, s in report.items():
+        dims = {**standard_dimensions(dag_id=dag_id), "CacheNamespace": namespace}
+        metrics += [
+            Metric("CacheHits", s["hits"], dimensions=dims),
+            Metric("CacheMisses", s["misses"], dimensions=dims),
+            Metric("CacheHitRatio", s["hit_ratio"] * 100, unit="Percent", dimensions=dims),
+        ]
+    return metrics

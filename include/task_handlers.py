@@ -1,0 +1,222 @@
+"""Handlers per task type, registered in one place (`HANDLERS`), and the HTTP executor client.
+
+The contract of a handler: ``handler(task, services) -> result``
+
+- input: the claimed row (:class:`include.task_queue.ClaimedTask`: id, task_type, payload,
+  ai_model, attempts...) and the batch's shared :class:`Services` (executor client, cache);
+- output: a JSON-serialisable result, stored in ``execution_tasks.result``;
+- errors: raise :class:`RetryableError` for what may pass (timeouts, HTTP 5xx, 429) and
+  :class:`PermanentError` for what will not (a malformed payload, HTTP 4xx). Any other
+  exception counts as retryable: after ``max_attempts`` the task goes ``dead`` with it.
+
+Every platform task type runs on the external AI executor named by the task's ``ai_model``;
+the payload is validated before any call, and a malformed one fails permanently with a
+message naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from include.task_queue import ClaimedTask
+
+DEFAULT_AI_MODEL = "default"  # rows enqueued before ai_model existed run on the executor's default
+AI_MODEL_FORMAT = re.compile(r"^[a-z0-9][a-z0-9._:/-]{0,63}$")  # as revision 0002's CHECK
+MAX_PROMPT_CHARS = 20_000
+
+
+class RetryableError(Exception):
+    """The attempt failed for a reason that may pass: try again later."""
+
+
+class PermanentError(Exception):
+    """The task can never succeed as it is: do not retry."""
+
+
+# -- payload validation -------------------------------------------------------------------
+
+_STR, _INT, _NUM, _LIST_OF_STR = "a string", "an integer", "a number", "a list of strings"
+
+
+def _is(kind: str, value: Any) -> bool:
+    if kind == _STR:
+        return isinstance(value, str) and value.strip() != ""
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _NUM:
+        return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+
+
+# the `inputs` each task type needs (as the platform writes them: see include/seed.py)
+REQUIRED_INPUTS: dict[str, dict[str, str]] = {
+    "implementation": {"branch": _STR, "files": _LIST_OF_STR},
+    "self_improvement": {"branch": _STR, "baseline_run": _STR},
+    "idea": {"count": _INT},
+    "idea_implementation": {"idea_id": _INT, "branch": _STR},
+}
+OPTIONAL_INPUTS: dict[str, str] = {
+    "max_tokens": _INT, "temperature": _NUM, "budget_minutes": _INT, "timebox_hours": _INT, "audience": _STR,
+}  # fmt: skip
+
+
+def validate_payload(task_type: str, payload: Any) -> dict:
+    """The normalised executor input, or PermanentError naming the first field that is wrong."""
+    if task_type not in REQUIRED_INPUTS:
+        raise PermanentError(f"task_type {task_type!r} has no handler; known: {sorted(REQUIRED_INPUTS)}")
+    if not isinstance(payload, Mapping):
+        raise PermanentError(f"payload must be a JSON object, got {type(payload).__name__}")
+    for name in ("prompt", "repo"):
+        if not _is(_STR, payload.get(name)):
+            raise PermanentError(f"payload.{name} must be a non-empty string, got {payload.get(name)!r:.80}")
+    if len(payload["prompt"]) > MAX_PROMPT_CHARS:
+        raise PermanentError(f"payload.prompt has {len(payload['prompt'])} characters, over {MAX_PROMPT_CHARS}")
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, Mapping):
+        raise PermanentError(f"payload.inputs must be an object, got {type(inputs).__name__}")
+    for name, kind in REQUIRED_INPUTS[task_type].items():
+        if not _is(kind, inputs.get(name)):
+            raise PermanentError(f"payload.inputs.{name} must be {kind}, got {inputs.get(name)!r:.80}")
+    for name, kind in OPTIONAL_INPUTS.items():
+        if name in inputs and not _is(kind, inputs[name]):
+            raise PermanentError(f"payload.inputs.{name} must be {kind}, got {inputs[name]!r:.80}")
+    # normalised: what determines the answer, in a canonical order (the cache key hashes it)
+    return {
+        "prompt": " ".join(payload["prompt"].split()),
+        "repo": payload["repo"].strip(),
+        "inputs": {k: inputs[k] for k in sorted(inputs)},
+    }
+
+
+def resolve_ai_model(task: ClaimedTask) -> str:
+    model = task.ai_model or DEFAULT_AI_MODEL
+    if not AI_MODEL_FORMAT.match(model):
+        raise PermanentError(f"ai_model {model!r:.80} does not match {AI_MODEL_FORMAT.pattern}")
+    return model
+
+
+def input_digest(task_input: Any) -> str:
+    canonical = json.dumps(task_input, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# -- the HTTP executor ----------------------------------------------------------------------
+
+
+class ExecutorClient:
+    """The AI executor's HTTP API, with timeouts and retries of transient failures.
+
+    Timeouts, connection errors, HTTP 5xx and 429 are retried up to `retries` times with
+    exponential backoff, then raised as RetryableError (the queue retries the task later);
+    any other 4xx is a PermanentError carrying the response body.
+
+    :param base_url: the `task_executor` connection's host (scheme included).
+    """
+
+    def __init__(self, base_url: str, *, timeout_seconds: float = 30.0, retries: int = 3,
+                 backoff_seconds: float = 0.2, max_connections: int = 64) -> None:  # fmt: skip
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff_seconds = backoff_seconds
+        self.http = httpx.Client(
+            base_url=self.base_url, timeout=timeout_seconds,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )  # fmt: skip
+        self._versions: dict[str, str] = {}
+        self._versions_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TimeoutException as exc:
+                problem = f"executor timed out on {method} {path}: {type(exc).__name__}"
+            except httpx.TransportError as exc:
+                problem = f"executor unreachable on {method} {path}: {type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 400:
+                    return response.json()
+                text = response.text[:500]
+                problem = f"executor answered HTTP {response.status_code} on {method} {path}: {text}"
+                if response.status_code < 500 and response.status_code != 429:
+                    raise PermanentError(problem)
+            if attempt < self.retries:
+                time.sleep(self.backoff_seconds * 2**attempt)
+        raise RetryableError(f"{problem} (after {self.retries + 1} tries)")
+
+    def model_version(self, ai_model: str) -> str:
+        """The model's current version, asked once per client (one client serves one batch)."""
+        with self._versions_lock:
+            if ai_model in self._versions:
+                return self._versions[ai_model]
+        version = str(self._request("GET", f"/v1/models/{ai_model}")["version"])
+        with self._versions_lock:
+            self._versions[ai_model] = version
+        return version
+
+    def execute(self, task_type: str, ai_model: str, task_input: dict) -> dict:
+        return self._request("POST", "/v1/execute", json={"task_type": task_type, "ai_model": ai_model,
+                                                          "input": task_input})  # fmt: skip
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Services:
+    """What handlers of one batch share: the executor client and the cache (None: uncached)."""
+
+    executor: ExecutorClient | None = None
+    cache: Any = None  # include.task_cache.TaskCache
+    cache_hits: set[int] = field(default_factory=set)  # ids of tasks answered from the cache
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note_cache_hit(self, task_id: int) -> None:
+        with self._lock:
+            self.cache_hits.add(task_id)
+
+
+def execute_on_executor(task: ClaimedTask, services: Services) -> dict:
+    """Validate, then ask the executor named by ai_model, through the cache when there is one."""
+    task_input = validate_payload(task.task_type, task.payload)
+    ai_model = resolve_ai_model(task)
+    if services.executor is None:
+        raise PermanentError("no task executor is configured (connection task_executor)")
+    executor = services.executor
+    version = executor.model_version(ai_model)
+
+    def compute() -> dict:
+        return executor.execute(task.task_type, ai_model, task_input)
+
+    if services.cache is None:
+        return compute()
+    result, hit = services.cache.get_or_compute(
+        f"executor:{ai_model}", {"task_type": task.task_type, "model_version": version,
+                                 "input": input_digest(task_input)}, compute)  # fmt: skip
+    if hit:
+        services.note_cache_hit(task.id)
+    return result
+
+
+Handler = Callable[[ClaimedTask, Services], Any]
+
+HANDLERS: dict[str, Handler] = {
+    "implementation": execute_on_executor,
+    "self_improvement": execute_on_executor,
+    "idea": execute_on_executor,
+    "idea_implementation": execute_on_executor,
+}

@@ -1,0 +1,369 @@
+"""The execution-task queue over `execution_tasks`: leased claims, token-checked completion, retries.
+
+Every state change is one set-based statement:
+
+- ``claim`` takes up to N ready rows (``status='queued' AND available_at <= now()``) ordered by
+  priority, then age, with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never wait on or
+  take each other's rows; each claimed row gets a lease (owner, a fresh token, an expiry) and
+  its attempt is counted.
+- ``heartbeat`` extends the leases a worker still holds.
+- ``complete`` and ``fail`` change only rows whose lease token is the caller's: once a lease has
+  expired and the reaper has requeued the row, the old worker's late result is refused.
+- ``fail`` requeues a retryable failure with exponential backoff until ``max_attempts``, then
+  marks it ``dead`` with the last error; a permanent failure goes to ``failed`` at once.
+- ``reap`` returns rows whose lease expired to the queue (or to ``dead`` when that attempt was
+  their last), so a killed worker loses nothing.
+
+The queue reads and writes ``execution_tasks.ai_model`` (revision 0002): against an older schema
+every call raises :class:`SchemaBehindError` naming the missing column.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+DEFAULT_LEASE_SECONDS = 300.0
+DEFAULT_BACKOFF_BASE_SECONDS = 5.0
+DEFAULT_BACKOFF_CAP_SECONDS = 600.0
+
+
+SCHEMA_BEHIND = (
+    "execution_tasks.ai_model does not exist in the app database: the schema is behind the code; "
+    "apply revision 0002 (the db_migrate DAG) before running task batches"
+)
+
+
+class SchemaBehindError(RuntimeError):
+    """The app database lacks a column the queue needs: a migration is pending."""
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """One leased row: what a handler gets, and what completing it needs (id and token)."""
+
+    id: int
+    task_type: str
+    payload: Any
+    ai_model: str | None
+    attempts: int
+    max_attempts: int
+    lease_token: str
+    queue_wait_ms: float  # from becoming available to this claim
+
+
+@dataclass(frozen=True)
+class Completion:
+    task: ClaimedTask
+    result: Any
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class Failure:
+    task: ClaimedTask
+    error: str
+    retryable: bool
+    duration_ms: int = 0
+
+
+@dataclass(frozen=True)
+class FailOutcome:
+    requeued: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)  # permanent
+    dead: list[int] = field(default_factory=list)  # attempts exhausted
+    refused: list[int] = field(default_factory=list)  # lease no longer ours
+
+
+def to_jsonb_text(value: Any, what: str) -> str:
+    """`value` as JSON text that PostgreSQL's jsonb accepts, or ValueError naming `what`."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not JSON: {exc}") from None
+    if "\\u0000" in text:  # jsonb refuses NUL characters anywhere
+        raise ValueError(f"{what} contains a NUL character (\\u0000), which jsonb cannot store")
+    return text
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _schema_guard(exc: Exception) -> None:
+    import psycopg2.errors
+
+    if isinstance(exc, psycopg2.errors.UndefinedColumn) and "ai_model" in str(exc):
+        raise SchemaBehindError(SCHEMA_BEHIND) from exc
+
+
+class TaskQueue:
+    """A worker's handle on the queue: one psycopg2 connection, one owner name.
+
+    :param dsn: libpq DSN of the app database.
+    :param owner: the lease owner recorded on claimed rows (host:pid by default).
+    :param lease_seconds: how long a claim (or heartbeat) holds a row.
+    :param backoff_base_seconds: the first retry's delay; each further attempt doubles it,
+        up to ``backoff_cap_seconds``.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        owner: str | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        backoff_base_seconds: float = DEFAULT_BACKOFF_BASE_SECONDS,
+        backoff_cap_seconds: float = DEFAULT_BACKOFF_CAP_SECONDS,
+    ) -> None:
+        import psycopg2
+
+        self.owner = owner or default_owner()
+        self.lease_seconds = lease_seconds
+        self.backoff_base_seconds = backoff_base_seconds
+        self.backoff_cap_seconds = backoff_cap_seconds
+        self.conn = psycopg2.connect(dsn)
+        self._in_transaction = False
+        self.check_schema()
+
+    def check_schema(self) -> None:
+        """Raise SchemaBehindError unless `execution_tasks.ai_model` exists."""
+        rows = self._run(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+            " AND table_name = 'execution_tasks' AND column_name = 'ai_model'"
+        )
+        if not rows:
+            self.close()
+            raise SchemaBehindError(SCHEMA_BEHIND)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> TaskQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[TaskQueue]:
+        """Make the calls inside one transaction: one commit, so one WAL flush, for all of them
+        (a drain settles a batch and claims the next in one)."""
+        self._in_transaction = True
+        try:
+            with self.conn:
+                yield self
+        finally:
+            self._in_transaction = False
+
+    def _run(self, statement: str, params: Any = None, *, many: Sequence[tuple] | None = None,
+             template: str | None = None) -> list[tuple]:  # fmt: skip
+        """One statement in its own transaction (or the caller's); rows returned (if any)."""
+        from psycopg2.extras import execute_values
+
+        try:
+            with nullcontext() if self._in_transaction else self.conn, self.conn.cursor() as cur:
+                if many is not None:
+                    return execute_values(cur, statement, many, template=template, page_size=len(many) or 1,
+                                          fetch=True)  # fmt: skip
+                cur.execute(statement, params)
+                return cur.fetchall() if cur.description else []
+        except Exception as exc:
+            _schema_guard(exc)
+            raise
+
+    # -- producing ---------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        task_type: str,
+        payload: Any,
+        *,
+        ai_model: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 5,
+        idempotency_key: str | None = None,
+        available_at: datetime | None = None,
+    ) -> int:
+        """The new row's id; with an idempotency key already used, the existing row's id."""
+        return self.enqueue_many([dict(task_type=task_type, payload=payload, ai_model=ai_model,
+                                       priority=priority, max_attempts=max_attempts,
+                                       idempotency_key=idempotency_key, available_at=available_at)])[0]  # fmt: skip
+
+    def enqueue_many(self, tasks: Sequence[dict]) -> list[int]:
+        """Ids in the order of `tasks`; a key seen before (in the table or earlier in the list)
+        returns the id of the row that holds it, and nothing is inserted for it. A payload that
+        jsonb cannot hold raises ValueError naming the task's index, before anything is written."""
+        rows = [
+            (t["task_type"], to_jsonb_text(t.get("payload", {}), f"task {i}'s payload"), t.get("ai_model"),
+             t.get("priority", 0), t.get("max_attempts", 5), t.get("idempotency_key"), t.get("available_at"))
+            for i, t in enumerate(tasks)
+        ]  # fmt: skip
+        if not rows:
+            return []
+        inserted = self._run(
+            """
+            INSERT INTO execution_tasks
+                (task_type, payload, ai_model, priority, max_attempts, idempotency_key, available_at)
+            SELECT v.task_type, v.payload::jsonb, v.ai_model, v.priority::smallint, v.max_attempts::int,
+                   v.idempotency_key, coalesce(v.available_at::timestamptz, now())
+            FROM (VALUES %s) AS v(task_type, payload, ai_model, priority, max_attempts, idempotency_key,
+                                  available_at)
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING id, idempotency_key
+            """,
+            many=rows,
+        )
+        ids_by_key = {key: i for i, key in inserted if key is not None}
+        missing = [t.get("idempotency_key") for t in tasks
+                   if t.get("idempotency_key") and t["idempotency_key"] not in ids_by_key]  # fmt: skip
+        if missing:
+            found = self._run("SELECT idempotency_key, id FROM execution_tasks WHERE idempotency_key = ANY(%s)",
+                              (missing,))  # fmt: skip
+            ids_by_key.update(dict(found))
+        unkeyed = iter([i for i, key in inserted if key is None])
+        return [ids_by_key[t["idempotency_key"]] if t.get("idempotency_key") else next(unkeyed) for t in tasks]
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    def claim(self, limit: int, task_types: Sequence[str] | None = None) -> list[ClaimedTask]:
+        """Lease up to `limit` ready rows, highest priority first, then oldest."""
+        rows = self._run(
+            """
+            WITH ready AS (
+                SELECT id FROM execution_tasks
+                WHERE status = 'queued' AND available_at <= now()
+                  AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s::text[]))
+                ORDER BY priority DESC, available_at, id
+                LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE execution_tasks t
+               SET status = 'running', lease_owner = %(owner)s, lease_token = gen_random_uuid(),
+                   lease_expires_at = now() + make_interval(secs => %(lease)s),
+                   attempts = t.attempts + 1, started_at = now(), updated_at = now()
+              FROM ready WHERE t.id = ready.id
+            RETURNING t.id, t.task_type, t.payload, t.ai_model, t.attempts, t.max_attempts,
+                      t.lease_token::text, extract(epoch FROM now() - t.available_at) * 1000
+            """,
+            {"types": list(task_types) if task_types else None, "limit": limit, "owner": self.owner,
+             "lease": self.lease_seconds},
+        )  # fmt: skip
+        tasks = [ClaimedTask(*row[:7], max(float(row[7]), 0.0)) for row in rows]
+        return sorted(tasks, key=lambda t: t.id)
+
+    def heartbeat(self, tasks: Iterable[ClaimedTask]) -> list[int]:
+        """Extend the leases still ours; the ids returned are those (the rest were lost)."""
+        pairs = [(t.id, t.lease_token, self.lease_seconds) for t in tasks]
+        if not pairs:
+            return []
+        rows = self._run(
+            """
+            UPDATE execution_tasks t
+               SET lease_expires_at = now() + make_interval(secs => v.lease::float8), updated_at = now()
+              FROM (VALUES %s) AS v(id, token, lease)
+             WHERE t.id = v.id AND t.lease_token = v.token::uuid AND t.status = 'running'
+            RETURNING t.id
+            """,
+            many=pairs,
+        )
+        return sorted(r[0] for r in rows)
+
+    def complete(self, completions: Sequence[Completion]) -> list[int]:
+        """Mark succeeded the rows whose lease is still the caller's; their ids are returned."""
+        rows = [(c.task.id, c.task.lease_token, to_jsonb_text(c.result, f"task {c.task.id}'s result"),
+                 int(c.duration_ms)) for c in completions]  # fmt: skip
+        if not rows:
+            return []
+        done = self._run(
+            """
+            UPDATE execution_tasks t
+               SET status = 'succeeded', result = v.result::jsonb, error = NULL,
+                   duration_ms = v.duration_ms::int, finished_at = now(), updated_at = now(),
+                   lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+              FROM (VALUES %s) AS v(id, token, result, duration_ms)
+             WHERE t.id = v.id AND t.lease_token = v.token::uuid AND t.status = 'running'
+            RETURNING t.id
+            """,
+            many=rows,
+        )
+        return sorted(r[0] for r in done)
+
+    def fail(self, failures: Sequence[Failure]) -> FailOutcome:
+        """Requeue retryable failures with backoff (or mark them dead after their last attempt);
+        mark permanent ones failed. Rows whose lease is no longer the caller's are refused."""
+        base, cap = self.backoff_base_seconds, self.backoff_cap_seconds
+        rows = [(f.task.id, f.task.lease_token, f.error[:4000].replace("\x00", "\\x00"), f.retryable,
+                 int(f.duration_ms), base, cap)
+                for f in failures]  # fmt: skip
+        if not rows:
+            return FailOutcome()
+        changed = self._run(
+            """
+            UPDATE execution_tasks t
+               SET status = CASE WHEN NOT v.retryable THEN 'failed'
+                                 WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'queued' END,
+                   available_at = CASE WHEN v.retryable AND t.attempts < t.max_attempts
+                       THEN now() + make_interval(secs => least(v.cap::float8, v.base::float8 * power(2, t.attempts - 1)))
+                       ELSE t.available_at END,
+                   error = CASE WHEN v.retryable AND t.attempts >= t.max_attempts
+                       THEN format('gave up after %%s attempts: %%s', t.attempts, v.error) ELSE v.error END,
+                   duration_ms = v.duration_ms::int,
+                   finished_at = CASE WHEN v.retryable AND t.attempts < t.max_attempts THEN NULL ELSE now() END,
+                   updated_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+              FROM (VALUES %s) AS v(id, token, error, retryable, duration_ms, base, cap)
+             WHERE t.id = v.id AND t.lease_token = v.token::uuid AND t.status = 'running'
+            RETURNING t.id, t.status
+            """,
+            many=rows,
+        )
+        outcome = FailOutcome()
+        by_status = {"queued": outcome.requeued, "failed": outcome.failed, "dead": outcome.dead}
+        for task_id, status in changed:
+            by_status[status].append(task_id)
+        seen = {task_id for task_id, _ in changed}
+        outcome.refused.extend(f.task.id for f in failures if f.task.id not in seen)
+        return outcome
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def reap(self) -> dict[str, int]:
+        """Return rows whose lease has expired to the queue; a row on its last attempt goes dead."""
+        rows = self._run(  # no parameters: the % of format() is sent as it is
+            """
+            WITH expired AS (
+                SELECT id FROM execution_tasks
+                WHERE status = 'running' AND lease_expires_at < now()
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE execution_tasks t
+               SET status = CASE WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'queued' END,
+                   error = format('lease of %s expired during attempt %s', t.lease_owner, t.attempts),
+                   finished_at = CASE WHEN t.attempts >= t.max_attempts THEN now() END,
+                   available_at = now(), updated_at = now(),
+                   lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+              FROM expired WHERE t.id = expired.id
+            RETURNING t.status
+            """
+        )
+        return {"requeued": sum(s == "queued" for s, in rows), "dead": sum(s == "dead" for s, in rows)}
+
+    def backlog(self, task_types: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+        """Per task type: ready rows, and the age in seconds of the oldest one."""
+        rows = self._run(
+            """
+            SELECT task_type, count(*), extract(epoch FROM now() - min(available_at))
+            FROM execution_tasks
+            WHERE status = 'queued' AND available_at <= now()
+              AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s::text[]))
+            GROUP BY task_type ORDER BY task_type
+            """,
+            {"types": list(task_types) if task_types else None},
+        )
+        return {t: {"ready": int(n), "oldest_seconds": float(age)} for t, n, age in rows}

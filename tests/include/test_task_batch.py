@@ -1,0 +1,84 @@
+"""Planning and measuring task batches: plan sizes, per-type figures and the bottleneck report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg2
+import pytest
+
+from include.task_batch import (
+    bottleneck_report,
+    plan_batches,
+    record_type_metrics,
+    type_metrics,
+    type_stats,
+)
+
+
+@pytest.mark.parametrize(("ready", "batch", "parallelism", "planned"), [
+    (0, 100, 4, 1), (1, 100, 4, 1), (100, 100, 4, 1), (101, 100, 4, 2), (10_000, 100, 4, 4), (250, 50, 8, 5),
+])  # fmt: skip
+def test_plan_batches(ready, batch, parallelism, planned):
+    assert plan_batches(ready, batch, parallelism) == planned
+
+
+def test_plan_batches_refuses_nonsense():
+    with pytest.raises(ValueError, match="batch_size"):
+        plan_batches(10, 0, 4)
+
+
+@pytest.mark.stack
+def test_the_report_gives_percentiles_and_where_the_time_went(app_head_dsn):
+    now = datetime.now(UTC)
+    conn = psycopg2.connect(app_head_dsn)
+    with conn, conn.cursor() as cur:
+        # implementation: 10 tasks of 100..1000 ms, each queued 1 s; idea: 4 tasks of 10 ms, queued 0
+        for i in range(1, 11):
+            cur.execute(
+                "INSERT INTO execution_tasks (task_type, status, available_at, started_at, finished_at, duration_ms)"
+                " VALUES ('implementation', 'succeeded', %s, %s, %s, %s)",
+                (now - timedelta(seconds=5), now - timedelta(seconds=4), now - timedelta(seconds=1), i * 100),
+            )
+        for status in ("succeeded", "succeeded", "failed", "dead"):
+            cur.execute(
+                "INSERT INTO execution_tasks (task_type, status, available_at, started_at, finished_at, duration_ms)"
+                " VALUES ('idea', %s, %s, %s, %s, 10)",
+                (status, now - timedelta(seconds=2), now - timedelta(seconds=2), now - timedelta(seconds=1)),
+            )
+        cur.execute("INSERT INTO execution_tasks (task_type, status) VALUES ('idea', 'queued')")  # not finished
+        stats = type_stats(cur, now - timedelta(minutes=1), now)
+        record_type_metrics(cur, "run-1", stats, {"implementation": {"cache_hits": 2, "cache_hit_ms": 500.0}})
+        report = bottleneck_report(cur, now - timedelta(minutes=1), now + timedelta(seconds=1))
+    conn.close()
+    impl, idea = stats["implementation"], stats["idea"]
+    assert (impl["tasks"], impl["failures"], impl["p50_ms"], impl["avg_ms"]) == (10, 0, 550, 550)
+    assert impl["p95_ms"] == pytest.approx(955)
+    assert impl["queue_wait_p50_ms"] == pytest.approx(1000, abs=1)
+    assert (idea["tasks"], idea["failures"], idea["queue_wait_p95_ms"]) == (4, 2, 0)
+    assert [r["task_type"] for r in report] == ["implementation", "idea"]  # slowest first
+    top = report[0]
+    assert top["queued_share"] == pytest.approx(10_000 / 15_500, abs=1e-3)  # 10 s queued, 5.5 s executing
+    assert top["executing_share"] == pytest.approx(5_500 / 15_500, abs=1e-3)
+    assert top["cache_hit_share"] == pytest.approx(500 / 15_500, abs=1e-3) and top["cache_hits"] == 2
+    names = {m.name for m in type_metrics(stats, report)}
+    assert {"ExecutionDurationP95", "QueueWaitP95", "ExecutionTaskFailures", "BottleneckQueuedShare"} <= names
+
+
+@pytest.mark.stack
+def test_revision_0003_adds_the_measurement_tables_and_its_downgrade_removes_them(app_dsn):
+    from include.migrations import current, downgrade, upgrade
+
+    def tables() -> set[str]:
+        with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'task_b%'")
+            names = {name for (name,) in cur.fetchall()}
+        conn.close()
+        return names
+
+    upgrade(app_dsn, "0003")
+    assert tables() == {"task_batch_metrics", "task_bottleneck_reports"}
+    downgrade(app_dsn, "0002")
+    assert (current(app_dsn), tables()) == ("0002", set())
+    upgrade(app_dsn, "0003")
+    assert tables() == {"task_batch_metrics", "task_bottleneck_reports"}

@@ -1,0 +1,192 @@
+"""The Redis cache against a real Redis: read-through, sliding TTL, invalidation, stampedes, outages."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from include.devstack.stack import free_port
+from include.task_cache import TaskCache, key_digest
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def client(local_stack):
+    r = redis.Redis(host="127.0.0.1", port=local_stack.ports["redis"])
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def counting(value):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return value
+
+    return compute, calls
+
+
+def test_read_through_counts_hits_and_misses_per_namespace(client, ns):
+    cache = TaskCache(client)
+    compute, calls = counting({"answer": 42})
+    assert cache.get_or_compute(ns, {"input": "a"}, compute) == ({"answer": 42}, False)
+    assert cache.get_or_compute(ns, {"input": "a"}, compute) == ({"answer": 42}, True)
+    assert cache.get_or_compute(ns, {"input": "b"}, compute) == ({"answer": 42}, False)
+    assert len(calls) == 2
+    report = cache.report()[ns]
+    assert (report["hits"], report["misses"], report["errors"]) == (1, 2, 0)
+    assert report["hit_ratio"] == pytest.approx(1 / 3)
+
+
+def test_ttl_is_per_namespace_and_slides_with_hits_up_to_the_cap(client, ns):
+    cache = TaskCache(client, ttl_seconds={ns: 100}, default_ttl_seconds=7, max_age_seconds=150)
+    compute, _ = counting(1)
+    cache.get_or_compute(ns, {"k": 1}, compute)
+    cache.get_or_compute("other-" + ns, {"k": 1}, compute)
+    key = f"tc:{ns}:v0:{key_digest({'k': 1})}"
+    assert 95 <= client.ttl(key) <= 100
+    assert client.ttl(f"tc:other-{ns}:v0:{key_digest({'k': 1})}") <= 7
+    client.expire(key, 10)  # time passed...
+    cache.get_or_compute(ns, {"k": 1}, compute)
+    assert client.ttl(key) >= 95  # ...and a hit extended it again
+    now = int(client.time()[0])
+    client.hset(key, "created", now - 120)  # created two minutes ago: 30 s left of the cap
+    assert cache.get_or_compute(ns, {"k": 1}, compute)[1] is True
+    assert 25 <= client.ttl(key) <= 30
+    client.hset(key, "created", now - 151)  # past the cap: a miss, never served
+    assert cache.get_or_compute(ns, {"k": 1}, compute)[1] is False
+
+
+def test_bumping_a_namespace_invalidates_all_its_entries_and_only_them(client, ns):
+    cache = TaskCache(client)
+    for i in range(3):
+        cache.get_or_compute(ns, {"i": i}, lambda: "old")
+    cache.get_or_compute("keep-" + ns, {"i": 0}, lambda: "kept")
+    assert cache.bump(ns) == 1
+    assert [cache.get_or_compute(ns, {"i": i}, lambda: "new") for i in range(3)] == [("new", False)] * 3
+    assert cache.get_or_compute("keep-" + ns, {"i": 0}, lambda: "other") == ("kept", True)
+
+
+def test_an_invalidation_during_a_computation_keeps_its_stale_answer_out(client, ns):
+    cache = TaskCache(client)
+    cache.get_or_compute(ns, {"k": 1}, lambda: "v1")
+    cache.invalidate(ns, {"k": 1})
+
+    def compute_then_get_invalidated():
+        cache.invalidate(ns, {"k": 1})  # the source changed while we computed
+        return "computed-before-the-change"
+
+    assert cache.get_or_compute(ns, {"k": 1}, compute_then_get_invalidated)[1] is False
+    assert cache.get_or_compute(ns, {"k": 1}, lambda: "v2") == ("v2", False)
+
+    def compute_then_namespace_bumped():
+        cache.bump(ns)
+        return "stale"
+
+    cache.invalidate(ns, {"k": 1})
+    cache.get_or_compute(ns, {"k": 1}, compute_then_namespace_bumped)
+    assert cache.get_or_compute(ns, {"k": 1}, lambda: "v3") == ("v3", False)
+
+
+def test_under_concurrent_invalidations_no_hit_is_older_than_the_last_invalidation_before_it(client, ns):
+    cache = TaskCache(client, wait_seconds=5)
+    truth = itertools.count(1)
+    generation = [0]  # the source of truth's version: changed, then the cache is invalidated
+    invalidated = [0]  # the newest version whose invalidation has completed
+    violations, hits = [], []
+
+    def compute(key):
+        def run():
+            seen = generation[0]
+            time.sleep(random.uniform(0, 0.003))
+            return {"gen": seen, "key": key}
+        return run
+
+    def reader(seed):
+        rng = random.Random(seed)
+        for _ in range(300):
+            key = rng.randrange(4)
+            before = invalidated[0]
+            value, hit = cache.get_or_compute(ns, {"key": key}, compute(key))
+            if hit:
+                hits.append(1)
+                if value["gen"] < before:
+                    violations.append((key, value, before))
+
+    def invalidator():
+        rng = random.Random(99)
+        for _ in range(150):
+            time.sleep(rng.uniform(0, 0.004))
+            generation[0] = next(truth)
+            if rng.random() < 0.5:
+                cache.bump(ns)
+            else:
+                for key in range(4):
+                    cache.invalidate(ns, {"key": key})
+            invalidated[0] = generation[0]
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(6)] + [threading.Thread(target=invalidator)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert hits, "no hits at all: the test exercised nothing"
+    assert violations == []
+
+
+def test_a_stampede_on_one_key_computes_it_once(client, ns):
+    cache = TaskCache(client)
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.3)
+        return "expensive"
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: cache.get_or_compute(ns, {"hot": True}, slow), range(16)))
+    assert len(calls) == 1
+    assert {value for value, _ in results} == {"expensive"}
+    assert sum(hit for _, hit in results) == 15
+
+
+def test_a_failed_computation_releases_its_lock_for_the_next_caller(client, ns):
+    cache = TaskCache(client)
+
+    def boom():
+        raise RuntimeError("executor down")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_compute(ns, {"k": 1}, boom)
+    assert cache.get_or_compute(ns, {"k": 1}, lambda: "ok") == ("ok", False)
+
+
+def test_with_redis_unreachable_calls_run_uncached_and_the_outage_is_reported_once(ns):
+    fired = []
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    cache = TaskCache(dead, on_unavailable=fired.append)
+    compute, calls = counting("fresh")
+    assert [cache.get_or_compute(ns, {"i": i}, compute) for i in range(5)] == [("fresh", False)] * 5
+    assert len(calls) == 5
+    assert len(fired) == 1 and isinstance(fired[0], redis.ConnectionError)
+    assert cache.report()[ns]["errors"] == 1
+
+
+def test_the_stack_runs_redis_with_a_memory_cap_and_lfu_eviction(client):
+    config = client.config_get("maxmemory*")
+    assert config["maxmemory-policy"] == "allkeys-lfu"
+    assert int(config["maxmemory"]) > 0

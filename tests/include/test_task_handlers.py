@@ -1,0 +1,222 @@
+"""Handlers against the real reference executor (HTTP): validation, retries, permanent failures."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import httpx
+import psycopg2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from include.task_batch import drain
+from include.task_handlers import (
+    ExecutorClient,
+    PermanentError,
+    RetryableError,
+    Services,
+    validate_payload,
+)
+from include.task_queue import TaskQueue
+
+pytestmark = pytest.mark.stack
+
+VALID = {
+    "implementation": {"prompt": "Implement x", "repo": "r", "inputs": {"branch": "main", "files": ["a.py"]}},
+    "self_improvement": {"prompt": "Reduce y", "repo": "r", "inputs": {"branch": "main", "baseline_run": "run-1"}},
+    "idea": {"prompt": "Suggest", "repo": "r", "inputs": {"count": 3, "audience": "product"}},
+    "idea_implementation": {"prompt": "Build", "repo": "r", "inputs": {"idea_id": 7, "branch": "dev"}},
+}
+
+
+@pytest.fixture
+def executor(local_stack):
+    """The stack's executor, answering at once and without faults; reset afterwards."""
+    url = json.loads(os.environ["AIRFLOW_CONN_TASK_EXECUTOR"])["host"]
+    admin = httpx.Client(base_url=url)
+    admin.post("/admin/reset")
+    admin.post("/admin/faults", json={"latency_ms": 0, "slow_ms": 1000})
+    yield url, admin
+    admin.post("/admin/reset")
+    admin.post("/admin/faults", json={"latency_ms": 50})
+    admin.close()
+
+
+def executions(admin) -> int:
+    return admin.get("/admin/stats").json()["executions"]
+
+
+def statuses(dsn: str) -> list[tuple]:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT task_type, status, attempts, error FROM execution_tasks ORDER BY id")
+        result = cur.fetchall()
+    conn.close()
+    return result
+
+
+def test_5xx_and_timeouts_are_retried_with_backoff_and_then_answered(executor):
+    url, admin = executor
+    client = ExecutorClient(url, timeout_seconds=0.3, retries=3, backoff_seconds=0.01)
+    admin.post("/admin/faults", json={"fail_next": [503, "slow", 502]})
+    result = client.execute("idea", "gpt-4.1", {"x": 1})
+    assert result["output"]["digest"] and result["model_version"] == "1"
+    assert admin.get("/admin/stats").json()["requests"] == 4  # 503, timed out, 502, answered
+    admin.post("/admin/faults", json={"fail_next": [500, 500, 500, 500]})
+    with pytest.raises(RetryableError, match=r"HTTP 500 .*after 4 tries"):
+        client.execute("idea", "gpt-4.1", {"x": 1})
+    client.close()
+
+
+def test_a_4xx_is_a_permanent_failure_carrying_the_response_and_is_not_retried(executor):
+    url, admin = executor
+    client = ExecutorClient(url, retries=3, backoff_seconds=0.01)
+    admin.post("/admin/faults", json={"fail_next": [400, 503]})
+    with pytest.raises(PermanentError, match=r"HTTP 400 .*injected fault: HTTP 400"):
+        client.execute("idea", "gpt-4.1", {"x": 1})
+    stats = admin.get("/admin/stats").json()
+    assert (stats["requests"], stats["pending_faults"]) == (1, 1)  # one request, the 503 never asked for
+    client.close()
+
+
+def test_the_answer_is_deterministic_and_follows_the_model_version(executor):
+    url, admin = executor
+    client = ExecutorClient(url)
+    first = client.execute("idea", "gpt-4.1", {"x": 1})
+    assert client.execute("idea", "gpt-4.1", {"x": 1}) == first
+    admin.post("/admin/faults", json={"model_versions": {"gpt-4.1": "2"}})
+    assert ExecutorClient(url).model_version("gpt-4.1") == "2"
+    assert client.execute("idea", "gpt-4.1", {"x": 1}) != first
+
+
+@pytest.mark.parametrize(("task_type", "mutate", "field"), [
+    ("implementation", lambda p: p["inputs"].pop("files"), "payload.inputs.files"),
+    ("implementation", lambda p: p["inputs"].update(files=[]), "payload.inputs.files"),
+    ("idea", lambda p: p["inputs"].update(count="3"), "payload.inputs.count"),
+    ("idea", lambda p: p.update(prompt="  "), "payload.prompt"),
+    ("self_improvement", lambda p: p.update(inputs=[1]), "payload.inputs"),
+    ("idea_implementation", lambda p: p["inputs"].update(temperature=True), "payload.inputs.temperature"),
+])  # fmt: skip
+def test_validation_names_the_field(task_type, mutate, field):
+    payload = json.loads(json.dumps(VALID[task_type]))
+    mutate(payload)
+    with pytest.raises(PermanentError, match=field.replace(".", r"\.")):
+        validate_payload(task_type, payload)
+
+
+def test_a_batch_retries_5xx_fails_4xx_with_the_response_and_rejects_bad_payloads_before_any_call(
+    app_head_dsn, executor
+):
+    url, admin = executor
+    with TaskQueue(app_head_dsn) as q:
+        for task_type, payload in VALID.items():
+            q.enqueue(task_type, payload, ai_model="gpt-4.1")
+        q.enqueue("idea", {"prompt": "x", "repo": "r", "inputs": {}}, ai_model="gpt-4.1")
+    # the first call made answers 503 (retried inside the client), the next 422 (permanent)
+    admin.post("/admin/faults", json={"fail_next": [503, 422]})
+    client = ExecutorClient(url, retries=1, backoff_seconds=0.01)
+    summary = drain(app_head_dsn, services=Services(executor=client), concurrency=1, backoff_base_seconds=0)
+    client.close()
+    rows = statuses(app_head_dsn)
+    assert [r[1] for r in rows].count("succeeded") == 3
+    [rejected] = [r for r in rows if r[1] == "failed" and "HTTP 422" in (r[3] or "")]
+    assert "injected fault: HTTP 422" in rejected[3] and rejected[2] == 1
+    assert rows[-1][1:] == ("failed", 1, "PermanentError: payload.inputs.count must be an integer, got None")
+    assert executions(admin) == 3  # the malformed task never reached the executor
+    assert sum(t.failed for t in summary.by_type.values()) == 2
+
+
+def test_a_poison_task_goes_dead_after_its_attempts_and_the_rest_completes(app_head_dsn):
+    def handler(task, services):
+        if task.payload.get("poison"):
+            raise ValueError(f"poison pill in task {task.id}")
+        return {"ok": task.id}
+
+    with TaskQueue(app_head_dsn) as q:
+        ids = q.enqueue_many([{"task_type": "idea", "payload": {"poison": i == 7}, "max_attempts": 3}
+                              for i in range(30)])  # fmt: skip
+    summary = drain(app_head_dsn, services=Services(), handlers={"idea": handler}, batch_size=8,
+                    backoff_base_seconds=0)  # fmt: skip
+    rows = statuses(app_head_dsn)
+    poison = rows[ids.index(ids[7])]
+    assert poison[1:] == ("dead", 3, f"gave up after 3 attempts: ValueError: poison pill in task {ids[7]}")
+    assert [r[1] for r in rows].count("succeeded") == 29
+    assert summary.by_type["idea"].retried == 2 and summary.by_type["idea"].dead == 1
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+payloads = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"prompt": json_values, "repo": json_values, "inputs": json_values}),
+    st.fixed_dictionaries({"prompt": st.text(min_size=1), "repo": st.text(min_size=1),
+                           "inputs": st.dictionaries(st.sampled_from(["branch", "files", "count", "idea_id",
+                                                                      "baseline_run", "max_tokens"]), json_values)}),
+)  # fmt: skip
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(batch=st.lists(st.tuples(st.sampled_from(sorted(VALID)), payloads,
+                                st.sampled_from([None, "gpt-4.1", "BAD MODEL"])), min_size=1, max_size=12))
+def test_fuzzed_payloads_never_crash_a_batch(app_head_dsn, executor, batch):
+    url, _ = executor
+    with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
+        cur.execute("TRUNCATE execution_tasks")
+    conn.close()
+    with TaskQueue(app_head_dsn) as q:
+        for task_type, payload, model in batch:
+            try:
+                task_id = q.enqueue(task_type, payload)
+            except ValueError as exc:  # what jsonb cannot hold is refused at the door, by name
+                assert "task 0's payload" in str(exc)
+                continue
+            # ai_model is written directly: the column's own CHECK refuses malformed names at enqueue
+            with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
+                cur.execute("ALTER TABLE execution_tasks DROP CONSTRAINT IF EXISTS execution_tasks_ai_model_format")
+                cur.execute("UPDATE execution_tasks SET ai_model = %s WHERE id = %s", (model, task_id))
+            conn.close()
+        q.enqueue(*next(iter(VALID.items())))
+    client = ExecutorClient(url, retries=0)
+    drain(app_head_dsn, services=Services(executor=client), backoff_base_seconds=0)
+    client.close()
+    rows = statuses(app_head_dsn)
+    assert rows[-1][1] == "succeeded"  # the valid task after them went through
+    for task_type, status, _, error in rows:
+        assert status in ("succeeded", "failed"), (task_type, status, error)
+        if status == "failed":
+            assert error.startswith("PermanentError: ") and ("payload" in error or "ai_model" in error), error
+
+
+def test_the_demo_story_seeded_backlog_fails_before_the_migration_and_drains_after(app_dsn, executor):
+    from include.migrations import upgrade
+    from include.seed import seed
+    from include.task_queue import SchemaBehindError
+
+    url, admin = executor
+    seed(app_dsn, scale=0.02)
+    with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(*) FILTER (WHERE payload ? 'ai_model') FROM execution_tasks "
+                    "WHERE status = 'queued'")
+        queued, with_model = cur.fetchone()
+    conn.close()
+    assert queued > 0 and with_model > 0
+    client = ExecutorClient(url, retries=0)
+    with pytest.raises(SchemaBehindError):
+        drain(app_dsn, services=Services(executor=client))
+    upgrade(app_dsn, "head")  # what db_migrate applies: 0002 backfills ai_model from the payload
+    summary = drain(app_dsn, services=Services(executor=client), batch_size=50)
+    client.close()
+    assert sum(t.succeeded for t in summary.by_type.values()) == queued
+    assert sum(t.failed + t.dead + t.retried for t in summary.by_type.values()) == 0
+    with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM execution_tasks WHERE status IN ('queued', 'running')")
+        assert cur.fetchone() == (0,)
+        # the executor answered in the name of each task's model
+        cur.execute("SELECT count(DISTINCT result->'output'->>'summary') FROM execution_tasks "
+                    "WHERE ai_model IS NOT NULL AND finished_at > now() - interval '5 minutes'")
+        assert cur.fetchone()[0] > 1
+    conn.close()

@@ -1,0 +1,131 @@
+"""The queue's semantics against the real PostgreSQL: leases, tokens, retries, reaping, idempotency."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg2
+import pytest
+
+from include.task_queue import Completion, Failure, SchemaBehindError, TaskQueue
+
+pytestmark = pytest.mark.stack
+
+PAYLOAD = {"prompt": "p", "repo": "r", "inputs": {"count": 3}}
+
+
+def rows(dsn: str, sql: str, params=()) -> list[tuple]:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        result = cur.fetchall()
+    conn.close()
+    return result
+
+
+def test_enqueue_with_an_idempotency_key_never_duplicates(app_head_dsn):
+    with TaskQueue(app_head_dsn) as q:
+        first = q.enqueue("idea", PAYLOAD, ai_model="gpt-4.1", idempotency_key="k-1")
+        again = q.enqueue("idea", {"other": True}, idempotency_key="k-1")
+        ids = q.enqueue_many([{"task_type": "idea", "payload": PAYLOAD, "idempotency_key": k}
+                              for k in ("k-2", "k-1", "k-2", None, None)])
+    assert again == first
+    assert ids[1] == first and ids[0] == ids[2] and len(set(ids)) == 4
+    assert rows(app_head_dsn, "SELECT count(*), count(ai_model) FROM execution_tasks") == [(4, 1)]
+    assert rows(app_head_dsn, "SELECT payload FROM execution_tasks WHERE id = %s", (first,)) == [(PAYLOAD,)]
+
+
+def test_a_payload_jsonb_cannot_hold_is_refused_by_name_before_anything_is_written(app_head_dsn):
+    with TaskQueue(app_head_dsn) as q, pytest.raises(ValueError, match=r"task 1's payload contains a NUL"):
+        q.enqueue_many([{"task_type": "idea", "payload": PAYLOAD}, {"task_type": "idea", "payload": {"a": "x\x00"}}])
+    assert rows(app_head_dsn, "SELECT count(*) FROM execution_tasks") == [(0,)]
+
+
+def test_claims_go_by_priority_then_age_and_never_overlap(app_head_dsn):
+    with TaskQueue(app_head_dsn) as q:
+        low = q.enqueue_many([{"task_type": "idea", "payload": PAYLOAD} for _ in range(200)])
+        high = q.enqueue("implementation", PAYLOAD, priority=5)
+        assert [t.id for t in q.claim(2)] == sorted([high, low[0]])
+    queues = [TaskQueue(app_head_dsn, owner=f"w{i}") for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        claimed = list(pool.map(lambda q: [t.id for batch in iter(lambda: q.claim(7), []) for t in batch], queues))
+    for q in queues:
+        q.close()
+    every = [i for ids in claimed for i in ids]
+    assert len(every) == len(set(every)) == 199  # all the rest, each by exactly one worker
+    owners = rows(app_head_dsn, "SELECT count(DISTINCT lease_owner) FROM execution_tasks WHERE id <> ALL(%s)",
+                  ([high, low[0]],))
+    assert owners[0][0] >= 2
+
+
+def test_a_stale_workers_late_completion_is_refused(app_head_dsn):
+    stale = TaskQueue(app_head_dsn, owner="stale", lease_seconds=0.2)
+    fresh = TaskQueue(app_head_dsn, owner="fresh")
+    stale.enqueue_many([{"task_type": "idea", "payload": PAYLOAD} for _ in range(3)])
+    old = stale.claim(10)
+    time.sleep(0.3)
+    assert stale.heartbeat(old) == [t.id for t in old]  # expired but not reaped: still the holder
+    time.sleep(0.3)
+    assert fresh.reap() == {"requeued": 3, "dead": 0}
+    assert stale.heartbeat(old) == []
+    new = fresh.claim(10)
+    assert [t.id for t in new] == [t.id for t in old] and all(t.attempts == 2 for t in new)
+    assert stale.complete([Completion(t, {"by": "stale"}, 1) for t in old]) == []
+    assert stale.fail([Failure(t, "late", retryable=True) for t in old]).refused == [t.id for t in old]
+    assert fresh.complete([Completion(t, {"by": "fresh"}, 1) for t in new]) == [t.id for t in new]
+    assert rows(app_head_dsn, "SELECT DISTINCT status, result->>'by', lease_token FROM execution_tasks") == [
+        ("succeeded", "fresh", None)]
+    stale.close()
+    fresh.close()
+
+
+def test_retries_back_off_exponentially_then_the_task_is_dead_with_its_last_error(app_head_dsn):
+    with TaskQueue(app_head_dsn, backoff_base_seconds=10, backoff_cap_seconds=25) as q:
+        task_id = q.enqueue("idea", PAYLOAD, max_attempts=3)
+        delays = []
+        for attempt in (1, 2):
+            [task] = q.claim(1)
+            assert task.attempts == attempt
+            assert q.fail([Failure(task, f"boom {attempt}", retryable=True)]).requeued == [task_id]
+            (delay,) = rows(app_head_dsn, "SELECT extract(epoch FROM available_at - now()) FROM execution_tasks")[0]
+            delays.append(float(delay))
+            assert q.claim(1) == []  # not ready before its backoff
+            rows(app_head_dsn, "UPDATE execution_tasks SET available_at = now() RETURNING id")
+        [task] = q.claim(1)
+        assert q.fail([Failure(task, "boom 3", retryable=True)]).dead == [task_id]
+    assert 9 < delays[0] <= 10 and 19 < delays[1] <= 20
+    assert rows(app_head_dsn, "SELECT status, attempts, error FROM execution_tasks") == [
+        ("dead", 3, "gave up after 3 attempts: boom 3")]
+
+
+def test_a_permanent_failure_is_not_retried(app_head_dsn):
+    with TaskQueue(app_head_dsn) as q:
+        q.enqueue("idea", PAYLOAD)
+        [task] = q.claim(1)
+        assert q.fail([Failure(task, "payload.inputs.count must be an integer", retryable=False)]).failed == [task.id]
+    assert rows(app_head_dsn, "SELECT status, attempts, error FROM execution_tasks") == [
+        ("failed", 1, "payload.inputs.count must be an integer")]
+
+
+def test_the_reaper_sends_an_expired_last_attempt_to_dead(app_head_dsn):
+    with TaskQueue(app_head_dsn, lease_seconds=0.1) as q:
+        q.enqueue("idea", PAYLOAD, max_attempts=1)
+        q.enqueue("idea", PAYLOAD, max_attempts=2)
+        q.claim(2)
+        time.sleep(0.2)
+        assert q.reap() == {"requeued": 1, "dead": 1}
+        assert q.reap() == {"requeued": 0, "dead": 0}
+    assert rows(app_head_dsn, "SELECT status, error LIKE 'lease of %% expired during attempt 1' FROM execution_tasks"
+                " ORDER BY id") == [("dead", True), ("queued", True)]
+
+
+def test_backlog_counts_ready_rows_per_type(app_head_dsn):
+    with TaskQueue(app_head_dsn) as q:
+        q.enqueue_many([{"task_type": t, "payload": PAYLOAD} for t in ("idea", "idea", "implementation")])
+        assert {t: b["ready"] for t, b in q.backlog().items()} == {"idea": 2, "implementation": 1}
+        assert list(q.backlog(["implementation"])) == ["implementation"]
+
+
+def test_against_the_baseline_schema_the_queue_fails_naming_the_missing_column(app_dsn):
+    with pytest.raises(SchemaBehindError, match=r"execution_tasks\.ai_model does not exist.*0002"):
+        TaskQueue(app_dsn)
