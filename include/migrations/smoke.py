@@ -2,8 +2,9 @@
 
 `fingerprint` records, before a migration, what must survive it: row counts of the critical
 tables and content checksums over the columns that existed then. `smoke_check` runs after
-it: a task carrying `ai_model` is written and read back, the task-batch queue's own queries
-run, and the fingerprint is compared. Everything it writes is rolled back.
+it: a task carrying `ai_model` goes through the task-batch queue's own enqueue, claim and
+completion (include.task_queue), and the fingerprint is compared. Everything it writes is
+rolled back.
 
 On an isolated clone nothing else writes, so counts and checksums must match exactly
 (`exact=True`). In production live writers add and update rows during the migration, so
@@ -76,17 +77,15 @@ def smoke_check(dsn: str, before: Fingerprint, *, exact: bool) -> list[str]:
     import psycopg2
 
     problems = []
+    try:
+        problems += _enqueue_claim_complete(dsn)
+    except Exception as exc:  # any failure of the queue on the new schema is the finding
+        problems.append(f"the task queue failed on the migrated schema: {type(exc).__name__}: {exc}")
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            try:
-                problems += _write_and_claim(cur)
-            except psycopg2.Error as exc:
-                problems.append(f"smoke insert/claim of a task with ai_model failed: {exc.pgerror or exc}")
-            finally:
-                conn.rollback()
             after = fingerprint(cur, before)
-            conn.rollback()
+        conn.rollback()
     finally:
         conn.close()
     for table in SMOKE_TABLES:
@@ -99,34 +98,28 @@ def smoke_check(dsn: str, before: Fingerprint, *, exact: bool) -> list[str]:
     return problems
 
 
-def _write_and_claim(cur) -> list[str]:
-    """A task with ai_model goes through insert, claim and completion the way task_batch does."""
-    cur.execute(
-        "INSERT INTO execution_tasks (task_type, payload, ai_model, priority) "
-        "VALUES ('implementation', jsonb_build_object('prompt', 'smoke check', 'ai_model', %s), %s, 32767) "
-        "RETURNING id",
-        (SMOKE_MODEL, SMOKE_MODEL),
-    )
-    task_id = cur.fetchone()[0]
-    cur.execute(
-        """
-        UPDATE execution_tasks t
-           SET status = 'running', lease_owner = 'smoke-check', lease_token = gen_random_uuid(),
-               lease_expires_at = now() + interval '1 minute', attempts = attempts + 1, started_at = now()
-          FROM (SELECT id FROM execution_tasks WHERE status = 'queued' AND available_at <= now()
-                 ORDER BY priority DESC, available_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) ready
-         WHERE t.id = ready.id
-        RETURNING t.id, t.ai_model, t.lease_token
-        """
-    )
-    claimed = cur.fetchone()
-    if claimed is None or claimed[0] != task_id or claimed[1] != SMOKE_MODEL:
-        return [f"the claim query returned {claimed!r}, expected the smoke task {task_id} with ai_model {SMOKE_MODEL}"]
-    cur.execute(
-        "UPDATE execution_tasks SET status = 'succeeded', result = '{}'::jsonb, finished_at = now(), "
-        "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL WHERE id = %s AND lease_token = %s",
-        (task_id, claimed[2]),
-    )
-    if cur.rowcount != 1:
-        return [f"completing the smoke task {task_id} with its lease token updated {cur.rowcount} rows"]
-    return []
+class _RolledBack(Exception):
+    """Ends the smoke transaction: nothing it wrote survives."""
+
+
+def _enqueue_claim_complete(dsn: str) -> list[str]:
+    """A task with ai_model goes through the task-batch queue's own enqueue, claim and
+    completion, in one transaction that is then rolled back."""
+    from include.task_queue import Completion, TaskQueue
+
+    problems: list[str] = []
+    with TaskQueue(dsn, owner="smoke-check") as queue:
+        try:
+            with queue.transaction():
+                task_id = queue.enqueue("implementation", {"prompt": "smoke check", "ai_model": SMOKE_MODEL},
+                                        ai_model=SMOKE_MODEL, priority=32767)  # fmt: skip
+                claimed = queue.claim(1)
+                if [(t.id, t.ai_model) for t in claimed] != [(task_id, SMOKE_MODEL)]:
+                    problems.append(f"the claim returned {[(t.id, t.ai_model) for t in claimed]}, "
+                                    f"expected the smoke task {task_id} with ai_model {SMOKE_MODEL}")  # fmt: skip
+                elif queue.complete([Completion(claimed[0], {"ok": True}, 0)]) != [task_id]:
+                    problems.append(f"completing the smoke task {task_id} with its lease token was refused")
+                raise _RolledBack
+        except _RolledBack:
+            pass
+    return problems
