@@ -1,12 +1,13 @@
 """The operator's stories on one running stack (seeded app database at the baseline), the way
 users run them: `airflow dags test` with a conf, and REST-triggered runs approved through the API.
 
-The module's tests run in order on one stack: a broken revision is blocked by its rehearsal;
+The module's tests run in order on one stack (DESIGN §2's story): task_batch fails on the
+baseline schema and alerts; a broken revision is blocked by its rehearsal;
 `dags test` rehearses and applies 0002; a revision that rewrites the table is rolled back by
 the DAG; then, back at the baseline, a dry run rehearses and applies nothing, and a run
 triggered through the API waits for approval, is approved, and applies 0002 under the real
-scheduler. Last, adversarial_audit passes on the healthy stack and fails, naming the gate, once
-an invariant is broken by hand.
+scheduler, after which task_batch drains the queue. Last, adversarial_audit passes on the
+healthy stack and fails, naming the gate, once an invariant is broken by hand.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def stack(tmp_path_factory):
         os.environ.update(saved)
     # `airflow dags test` and a scheduler acting on the same run can deadlock on its dag_run row
     # (seen once in Airflow 3.3.2): the scheduler leaves runs of paused DAGs alone
-    for dag_id in (DAG_ID, "adversarial_audit"):
+    for dag_id in (DAG_ID, "adversarial_audit", "task_batch"):
         set_paused(stack, dag_id, True)
     yield stack
     stack.stop()
@@ -87,6 +88,16 @@ def has_column(stack, table: str, column: str) -> bool:
 
 def last_run(stack) -> tuple:
     return rows(stack, "SELECT status, from_revision, backup_id, error FROM migration_runs ORDER BY id DESC LIMIT 1")[0]
+
+
+def test_before_the_migration_task_batch_fails_and_alerts(stack):
+    queued = rows(stack, "SELECT count(*) FROM execution_tasks WHERE status = 'queued'")
+    run = dags_test(stack, {}, dag_id="task_batch")
+    assert run.returncode != 0
+    assert rows(stack, "SELECT count(*) FROM execution_tasks WHERE status = 'queued'") == queued
+    levels = rows(stack, "SELECT level FROM alerts WHERE dag_id = 'task_batch' "
+                         "AND message LIKE '%execution_tasks.ai_model does not exist%'")  # fmt: skip
+    assert levels and set(levels) == {("error",)}
 
 
 def test_a_failing_rehearsal_blocks_production(stack):
@@ -163,6 +174,14 @@ def test_a_run_triggered_in_the_ui_waits_for_approval_then_applies(stack):
     assert final == "success"
     assert current(stack.app_dsn()) == heads()[0] and has_column(stack, "execution_tasks", "ai_model")
     assert last_run(stack)[0] == "completed"
+
+
+def test_after_the_migration_task_batch_drains_the_queue(stack):
+    assert rows(stack, "SELECT count(*) FROM execution_tasks WHERE status = 'queued'")[0][0] > 0
+    run = dags_test(stack, {}, dag_id="task_batch")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert rows(stack, "SELECT count(*) FROM execution_tasks WHERE status IN ('queued', 'running')") == [(0,)]
+    assert rows(stack, "SELECT count(*) FROM task_bottleneck_reports")[0][0] >= 1
 
 
 def test_the_audit_passes_on_a_healthy_stack_and_names_a_broken_invariant(stack):
