@@ -52,6 +52,28 @@ def migrations(cur) -> Panel:
           FROM migration_runs ORDER BY id DESC LIMIT 10""", note)  # fmt: skip
 
 
+def queue(cur) -> Panel:
+    """Backlog by type and state; the newest bottleneck report's figures once task_batch has run."""
+    backlog = _panel(cur, "Task queue", """
+        SELECT task_type, count(*) FILTER (WHERE status = 'queued') AS queued,
+               count(*) FILTER (WHERE status = 'running') AS running,
+               count(*) FILTER (WHERE status = 'dead') AS dead,
+               round(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'queued')) / 60)
+                   AS oldest_queued_minutes
+          FROM execution_tasks GROUP BY task_type ORDER BY task_type""")  # fmt: skip
+    if not _exists(cur, "task_bottleneck_reports"):
+        backlog.note = "no bottleneck report yet: revision 0003 is not applied"
+        return backlog
+    cur.execute("""
+        SELECT task_type, round(p50_ms::numeric, 1), round(p95_ms::numeric, 1), round(cache_hit_share::numeric, 3)
+          FROM task_bottleneck_reports
+         WHERE run_id = (SELECT run_id FROM task_bottleneck_reports ORDER BY created_at DESC LIMIT 1)""")
+    report = {row[0]: row[1:] for row in cur.fetchall()}
+    backlog.columns += ["p50_ms", "p95_ms", "cache_hit_share"]
+    backlog.rows = [(*row, *report.get(row[0], (None, None, None))) for row in backlog.rows]
+    return backlog
+
+
 def audits(cur) -> Panel:
     return _panel(cur, "Audits", """
         SELECT r.id, r.dag_run_id, r.status, r.finished_at,
@@ -66,7 +88,7 @@ def alerts(cur) -> Panel:
           FROM alerts ORDER BY last_seen DESC LIMIT 20""")  # fmt: skip
 
 
-PANELS = (backups, migrations, audits, alerts)
+PANELS = (backups, migrations, queue, audits, alerts)
 
 
 def all_panels(cur) -> list[Panel]:
