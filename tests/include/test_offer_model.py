@@ -11,9 +11,11 @@ import pytest
 from include.devstack.stack import MODEL_BUCKET
 from include.offers import jobs, registry
 from include.offers import model as m
-from tests.include.offers_fixtures import cursor, offers_dsn, s3, snapshot_uri  # noqa: F401
+from tests.include import offers_fixtures
+from tests.include.offers_fixtures import cursor, snapshot_uri
 
 pytestmark = pytest.mark.stack
+offers_dsn, s3 = offers_fixtures.offers_dsn, offers_fixtures.s3  # the shared fixtures
 NOW = datetime(2026, 7, 1, tzinfo=UTC)
 
 
