@@ -29,9 +29,10 @@ class StripeHook(BaseHook):
     conn_type = "stripe"
     hook_name = "Stripe"
 
-    # Network retries, set explicitly rather than left to library defaults: the client retries
-    # connection errors, timeouts and 5xx answers itself (stripe-python backs off between them);
-    # this hook adds retries for 429, which the client does not retry without a server hint.
+    # Network retries, set explicitly rather than left to library defaults: for reads the client
+    # retries connection errors, timeouts and 5xx itself (with backoff), and this hook adds 429,
+    # which the client does not retry without a server hint. Creates are retried by `ensure`
+    # only, which looks for the object before each new attempt.
     max_network_retries = 3
     timeout_seconds = 10.0
     rate_limit_retries = 4
@@ -77,13 +78,14 @@ class StripeHook(BaseHook):
         """The Stripe object `kind` ("products", "coupons") with id `object_id`: fetched when it
         exists, else created with `params` and an idempotency key derived from the id.
 
-        Returns (object, created). A create whose answer was lost (timeout, 5xx) and that is
-        retried meets the object it made (409): it is fetched, never made twice.
+        Returns (object, created). After any failed create (5xx, 429, timeout: the object may
+        have been made and only the answer lost) the next attempt fetches before creating
+        again, and a 409 means it exists: an object is never made twice.
         """
         import stripe
 
-        client = self.get_conn()
-        service = getattr(client.v1, kind)
+        service = getattr(self.get_conn().v1, kind)
+        options = {"idempotency_key": f"{kind}-{object_id}", "max_network_retries": 0}
 
         def fetch() -> Any | None:
             try:
@@ -93,20 +95,20 @@ class StripeHook(BaseHook):
                     return None
                 raise
 
-        existing = self._with_retries(fetch)
-        if existing is not None:
-            return existing, False
-        options = {"idempotency_key": f"{kind}-{object_id}"}
-        try:
-            return self._with_retries(lambda: service.create({**params, "id": object_id}, options)), True
-        except stripe.StripeError as error:
-            if error.http_status != 409:
-                raise
-        # another attempt (ours, whose answer was lost, or a parallel run) made it first
-        found = self._with_retries(fetch)
-        if found is None:
-            raise LookupError(f"Stripe {kind} {object_id!r} answered 409 on create but cannot be fetched")
-        return found, False
+        for attempt in range(self.rate_limit_retries + 1):
+            existing = self._with_retries(fetch)
+            if existing is not None:
+                return existing, False
+            try:
+                return service.create({**params, "id": object_id}, options), True
+            except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as error:
+                if isinstance(error, stripe.APIError) and (error.http_status or 500) < 500 and error.http_status != 409:
+                    raise
+                self.log.warning("creating Stripe %s %s failed (%s), attempt %d; fetching first",
+                                 kind, object_id, type(error).__name__, attempt + 1)  # fmt: skip
+                if error.http_status != 409:
+                    time.sleep(self.rate_limit_backoff_seconds * 2**attempt)
+        raise RuntimeError(f"Stripe {kind} {object_id!r}: not created after {self.rate_limit_retries + 1} attempts")
 
     def iter_charges(self, created_after: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
         """Every charge created after `created_after` (unix seconds), page by page."""
