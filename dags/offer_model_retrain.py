@@ -195,8 +195,9 @@ def offer_model_retrain():
     evaluated = evaluate(extracted, trained)
     decided = promote_or_keep(evaluated)
     assigned = assign_offers()
-    choose_mode() >> [extracted, rollback_champion() >> assigned]
-    decided >> assigned >> publish
+    rolled_back = rollback_champion()
+    choose_mode() >> [extracted, rolled_back]
+    [decided, rolled_back] >> assigned >> publish
     [decided, publish] >> report()
 
 

@@ -230,17 +230,23 @@ def assign_offers(cur, s3, *, holdout_share: float, budget_cents: float) -> dict
     treated_per_segment = treated["segment"].value_counts()
     roi_per_user = {c.segment: c.expected_roi_cents / treated_per_segment[c.segment] for c in choices}
     codes = dict(_rows(cur, "SELECT id, code FROM offers").itertuples(index=False))
-    inserted = 0
-    for user_id, segment, held in zip(users["user_id"], users["segment"], holdout, strict=True):
-        offer_id = None if held or segment not in offer_of else offer_of[segment]
-        cur.execute(
-            "INSERT INTO offer_assignments (model_version_id, user_id, segment, offer_id, holdout,"
-            " expected_roi_cents, assigned_at) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (model_version_id, user_id) DO NOTHING",
-            (current.id, int(user_id), segment, offer_id, offer_id is None,
-             None if offer_id is None else roi_per_user[segment], as_of),
-        )  # fmt: skip
-        inserted += cur.rowcount
+    from psycopg2.extras import execute_values
+
+    rows = [
+        (current.id, int(user_id), segment, None if held else offer_of[segment], bool(held),
+         None if held else float(roi_per_user[segment]), as_of)
+        for user_id, segment, held in zip(users["user_id"], users["segment"], holdout, strict=True)
+    ]  # fmt: skip
+    inserted = execute_values(
+        cur,
+        "INSERT INTO offer_assignments (model_version_id, user_id, segment, offer_id, holdout,"
+        " expected_roi_cents, assigned_at) VALUES %s ON CONFLICT (model_version_id, user_id) DO NOTHING"
+        " RETURNING 1",
+        rows,
+        page_size=5000,
+        fetch=True,
+    )
+    inserted = len(inserted)
     for c in choices:
         coupon = coupon_id(current.id, c.segment, codes[c.offer_id])
         cur.execute(
@@ -467,7 +473,7 @@ def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
                         FILTER (WHERE p.offer_id = a.offer_id), 0)::float8 AS discount_cost
         FROM offer_assignments a
         LEFT JOIN offers o ON o.id = a.offer_id
-        LEFT JOIN payments p ON p.user_id = a.user_id AND p.created_at >= a.assigned_at
+        LEFT JOIN payments p ON p.user_id = a.user_id AND p.created_at > a.assigned_at
                             AND p.status = 'succeeded'
         WHERE a.model_version_id = %s
         GROUP BY a.user_id, a.segment, a.holdout, a.offer_id, o.discount_pct
