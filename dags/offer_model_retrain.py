@@ -150,6 +150,7 @@ def offer_model_retrain():
 
         from execplatform.operators.offers import app_cursor, report_refused_artifact, s3_client
         from include.offers import jobs, registry
+        from include.offers.model import MODEL_NAME
 
         try:
             with app_cursor() as cur:
@@ -158,7 +159,8 @@ def offer_model_retrain():
         except LookupError as missing:  # no champion yet: nothing to offer, nothing to publish
             raise AirflowSkipException(str(missing)) from None
         except registry.ArtifactRefused as refused:
-            report_refused_artifact(-1, str(refused))
+            with app_cursor() as cur:
+                report_refused_artifact(registry.champion(cur, MODEL_NAME).id, str(refused))
             raise AirflowFailException(f"champion artifact refused: {refused}") from None
 
     publish = PublishOffersOperator(

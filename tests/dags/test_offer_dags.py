@@ -154,3 +154,34 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
         assert registry.champion(cur, MODEL_NAME).id == first.id
         cur.execute("SELECT status FROM model_versions WHERE id = %s", (second.id,))
         assert cur.fetchone()[0] == "rejected"
+
+
+def test_a_tampered_champion_is_refused_alerted_and_stays(dagbag, offers_dsn, s3):
+    _run(dagbag, "offer_model_retrain")
+    with cursor(offers_dsn) as cur:
+        champion = registry.champion(cur, MODEL_NAME)
+    data = bytearray(registry.get_object(s3, champion.artifact_uri))
+    data[-100] ^= 0xFF
+    registry.put_object(s3, champion.artifact_uri, bytes(data))
+    with cursor(offers_dsn) as cur:  # new feedback, so the retrain makes a new challenger
+        cur.execute("""INSERT INTO user_events (user_id, offer_id, event_type, channel, occurred_at)
+                       SELECT user_id, offer_id, event_type, channel, occurred_at + interval '1 second'
+                       FROM user_events WHERE event_type = 'impression' ORDER BY id DESC LIMIT 50""")
+
+    run = dagbag.get_dag("offer_model_retrain").test()
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    # nothing is offered from a model that cannot be verified: the run fails at assign_offers
+    assert run.state == "failed" and states["promote_or_keep"] == "success", states
+    assert states["assign_offers"] == "failed" and states["publish_offers"] == "upstream_failed"
+    with cursor(offers_dsn) as cur:
+        assert registry.champion(cur, MODEL_NAME).id == champion.id
+        cur.execute("SELECT status, metrics->>'decision' FROM model_versions WHERE id <> %s", (champion.id,))
+        status, decision = cur.fetchone()
+        cur.execute("SELECT task_id, level FROM alerts WHERE message LIKE '%%artifact refused%%'")
+        alerts = set(cur.fetchall())
+        cur.execute("SELECT count(*) FROM security_events WHERE event_type = 'input_refused'")
+        refusals = cur.fetchone()[0]
+    assert status == "rejected" and decision.startswith("champion artifact refused")
+    # the champion's refusal alerts from evaluate (critical), then assign_offers fails and alerts
+    assert {("evaluate", "critical"), ("assign_offers", "critical")} <= alerts
+    assert refusals >= 1
