@@ -171,3 +171,31 @@ def test_the_stripe_key_never_reaches_the_task_log(offers_dsn, caplog):
     with caplog.at_level("DEBUG"):
         PublishOffersOperator(task_id="publish", model_version_id=version_id).execute({})
     assert secret not in caplog.text
+
+
+def test_payment_sync_pages_through_stripe_and_a_rerun_changes_nothing(offers_dsn):
+    from execplatform.hooks.stripe_hook import StripeHook
+    from execplatform.operators.offers import SyncStripePaymentsOperator
+
+    client = StripeHook().get_conn()
+    made = []
+    for user_id in range(1, 8):
+        method = client.v1.payment_methods.create({
+            "type": "card", "card": {"number": "4242424242424242", "exp_month": 1, "exp_year": 2031, "cvc": "321"},
+        })  # fmt: skip
+        made.append(client.v1.charges.create({"amount": 1500, "currency": "usd", "source": method.id,
+                                              "metadata": {"user_id": str(user_id)}}).id)  # fmt: skip
+    listed = list(StripeHook().iter_charges(1_500_000_001, page_size=3))
+    ids = [c["id"] for c in listed]
+    assert len(ids) == len(set(ids)) and set(made) <= set(ids)  # every page, no charge twice
+
+    operator = SyncStripePaymentsOperator(task_id="sync", page_size=3)
+    first = operator.execute({})
+    second = operator.execute({})
+    assert first["listed"] >= 7 and first["inserted"] >= 7
+    assert second["inserted"] == second["updated"] == 0 and second["unchanged"] >= 7
+    with cursor(offers_dsn) as cur:
+        cur.execute("SELECT count(*) FROM payments WHERE stripe_payment_id = ANY(%s)", (made,))
+        assert cur.fetchone()[0] == 7
+        cur.execute("SELECT position FROM sync_cursors WHERE name = 'stripe_charges_created'")
+        assert cur.fetchone()[0] >= 1_500_000_001
