@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from include.devstack.stack import MODEL_BUCKET
+from include.metrics import NAMESPACE
 from include.offers import registry
 from include.offers.model import MODEL_NAME
 from tests.include import offers_fixtures
@@ -41,6 +42,19 @@ def _run(dagbag, dag_id: str, **conf) -> dict[str, str]:
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "success", states
     return states
+
+
+def _cloudwatch():
+    import json
+    import os
+
+    import boto3
+
+    aws = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
+    return boto3.client(
+        "cloudwatch", endpoint_url=aws["extra"]["endpoint_url"], region_name=aws["extra"]["region_name"],
+        aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"],
+    )  # fmt: skip
 
 
 def _pay(client, user_id: int, amount: int, coupon: str | None = None) -> str:
@@ -117,6 +131,12 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
         assert cost == round(attributed[segment] * discount / (100 - discount))
         assert attributed_roi == revenue - cost
         assert low <= incremental <= high and gap == pytest.approx(attributed_roi - incremental)
+    # both ROI figures and their gap per segment reached CloudWatch (moto)
+    cloudwatch = _cloudwatch()
+    for name in ("OfferRoiAttributedCents", "OfferRoiIncrementalCents", "OfferRoiGapCents"):
+        listed = cloudwatch.list_metrics(Namespace=NAMESPACE, MetricName=name)["Metrics"]
+        segments = {d["Value"] for m in listed for d in m["Dimensions"] if d["Name"] == "Segment"}
+        assert segments == set(published), name
     # a re-run lists the same charges (overlap) and changes nothing
     _run(dagbag, "roi_sync")
     with cursor(offers_dsn) as cur:
