@@ -224,7 +224,7 @@ def assign_offers(cur, s3, *, holdout_share: float, budget_cents: float) -> dict
     users, as_of = user_features(cur)
     holdout = in_holdout(users["user_id"], holdout_share, salt=f"mv{current.id}")
     treated = users[~holdout]
-    scores = score_offers(lambda f: m.predict(pipeline, f), treated, candidate_offers(cur))
+    scores = score_offers(lambda u, o: m.predict_each_offer(pipeline, u, o), treated, candidate_offers(cur))
     choices = choose_within_budget(scores, budget_cents)
     offer_of = {c.segment: c.offer_id for c in choices}
     treated_per_segment = treated["segment"].value_counts()

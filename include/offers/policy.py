@@ -58,16 +58,15 @@ class SegmentChoice:
 def score_offers(predict, users: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFrame:
     """Expected ROI and discount cost per (segment, offer), summed over the segment's users.
 
-    `predict(frame)` gives P(redeem) for user features joined with one offer's columns.
+    `predict(users, offers)` gives P(redeem) of every user (rows) for every offer (columns).
     """
+    p = predict(users, offers)  # users x offers
+    value = offer_value_cents(offers["product"], offers["discount_pct"])
+    cost = discount_cost_cents(offers["product"], offers["discount_pct"])
     rows = []
-    for o in offers.itertuples():
-        p = predict(users.assign(product=o.product, discount_pct=float(o.discount_pct)))
-        value = offer_value_cents([o.product], [o.discount_pct])[0]
-        cost = discount_cost_cents([o.product], [o.discount_pct])[0]
-        frame = pd.DataFrame({"segment": users["segment"], "roi": p * value, "cost": p * cost})
-        for segment, part in frame.groupby("segment"):
-            rows.append((segment, o.id, part["roi"].sum(), part["cost"].sum()))
+    for segment, index in users.groupby("segment").indices.items():
+        expected = p[index].sum(axis=0)
+        rows += [(segment, int(o), r, c) for o, r, c in zip(offers["id"], expected * value, expected * cost, strict=True)]
     return pd.DataFrame(rows, columns=["segment", "offer_id", "roi", "cost"])
 
 
