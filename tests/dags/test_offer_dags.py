@@ -101,13 +101,13 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
                 FROM offer_assignments a WHERE model_version_id = %s) x
             WHERE n <= 2 ORDER BY segment, holdout, user_id""", (first.id,))  # fmt: skip
         buyers = cur.fetchall()
-    attributed = dict.fromkeys(published, 0)
+    attributed, paid = dict.fromkeys(published, 0), []
     for segment, user_id, held in buyers:
         if held:
-            _pay(client, user_id, 1_000)
+            paid.append(_pay(client, user_id, 1_000))
         else:
             coupon, discount, _ = published[segment]
-            _pay(client, user_id, 2_000, coupon)
+            paid.append(_pay(client, user_id, 2_000, coupon))
             attributed[segment] += 2_000
     bad = [_pay(client, 99_999_999, 500), _pay(client, buyers[0][1], 500, "no-such-coupon")]
 
@@ -116,15 +116,17 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
     with cursor(offers_dsn) as cur:
         cur.execute("SELECT source_key, reason FROM offer_quarantine WHERE source = 'stripe_charges' ORDER BY source_key")
         quarantined = dict(cur.fetchall())
+        cur.execute("SELECT count(*) FROM payments WHERE stripe_payment_id = ANY(%s)", (paid,))
+        ours = cur.fetchone()[0]
         cur.execute("SELECT count(*) FROM payments WHERE stripe_payment_id LIKE 'ch_%%'")
-        synced = cur.fetchone()[0]
+        synced = cur.fetchone()[0]  # localstripe lives for the session: other tests' charges too
         cur.execute("SELECT segment, attributed_revenue_cents, discount_cost_cents, attributed_roi_cents,"
                     " incremental_roi_cents, incremental_ci_low_cents, incremental_ci_high_cents, roi_gap_cents"
                     " FROM offer_roi WHERE model_version_id = %s", (first.id,))  # fmt: skip
         roi = {r[0]: r[1:] for r in cur.fetchall()}
-    assert set(quarantined) == set(bad)
+    assert set(bad) <= set(quarantined)
     assert any("unknown user" in r for r in quarantined.values()) and any("unknown offer coupon" in r for r in quarantined.values())
-    assert synced == len(buyers)
+    assert ours == len(buyers)
     for segment, (revenue, cost, attributed_roi, incremental, low, high, gap) in roi.items():
         discount = published[segment][1]
         assert revenue == attributed[segment]
@@ -143,7 +145,7 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
         cur.execute("SELECT count(*) FROM payments WHERE stripe_payment_id LIKE 'ch_%%'")
         assert cur.fetchone()[0] == synced
         cur.execute("SELECT count(*) FROM offer_quarantine WHERE source = 'stripe_charges'")
-        assert cur.fetchone()[0] == 2
+        assert cur.fetchone()[0] == len(quarantined)
 
     # 4. offer_feedback: posteriors per segment x offer, allocation shares sum to 1, Asset signalled
     states = _run(dagbag, "offer_feedback", retrain_after_redemptions=1)
