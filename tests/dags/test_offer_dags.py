@@ -24,12 +24,18 @@ DAGS = Path(__file__).resolve().parents[2] / "dags"
 
 
 @pytest.fixture(scope="module")
-def dagbag():
-    """The project's DAGs, with the test session's own Airflow metadata database migrated."""
-    from airflow.dag_processing.dagbag import DagBag
+def airflow_db():
+    """The test session's own Airflow metadata database, migrated."""
     from airflow.utils.db import initdb
 
     initdb()
+
+
+@pytest.fixture
+def dagbag(airflow_db):
+    """The project's DAGs, parsed afresh: `dag.test(run_conf=...)` leaves its conf in the params."""
+    from airflow.dag_processing.dagbag import DagBag
+
     return DagBag(dag_folder=str(DAGS))
 
 
