@@ -31,6 +31,7 @@ VENV_BIN = Path(sys.executable).parent
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
 API_PORT_DEFAULT = 8080
 BACKUP_BUCKET = "execplatform-backups"
+MODEL_BUCKET = "execplatform-models"
 
 
 class StackError(RuntimeError):
@@ -289,6 +290,7 @@ def airflow_env(
         "PYTHONPATH": str(ROOT),
         "REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
         "BACKUP_BUCKET": BACKUP_BUCKET,
+        "MODEL_BUCKET": MODEL_BUCKET,
         "SMTP_SINK_DIR": str(folder / "mail"),
         "SENTRY_SINK_DIR": str(folder / "sentry"),
         "ALERT_EMAIL_TO": "platform-oncall@localhost",
@@ -588,14 +590,16 @@ class LocalStack:
         )  # fmt: skip
 
     def _provision_aws(self) -> None:
-        """What production provisions outside Airflow: the backups bucket."""
+        """What production provisions outside Airflow: the backups and model buckets."""
         import boto3
 
         aws = connections(self.ports, self.secret)["aws_default"]
-        boto3.client(
+        s3 = boto3.client(
             "s3", endpoint_url=aws["extra"]["endpoint_url"], region_name=aws["extra"]["region_name"],
             aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"],
-        ).create_bucket(Bucket=BACKUP_BUCKET)  # fmt: skip
+        )  # fmt: skip
+        s3.create_bucket(Bucket=BACKUP_BUCKET)
+        s3.create_bucket(Bucket=MODEL_BUCKET)  # offer model artifacts and their reports
 
     # airflow ------------------------------------------------------------------------------
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:
     import stripe
+
+T = TypeVar("T")
 
 
 class StripeHook(BaseHook):
@@ -25,6 +29,15 @@ class StripeHook(BaseHook):
     conn_type = "stripe"
     hook_name = "Stripe"
 
+    # Network retries, set explicitly rather than left to library defaults: for reads the client
+    # retries connection errors, timeouts and 5xx itself (with backoff), and this hook adds 429,
+    # which the client does not retry without a server hint. Creates are retried by `ensure`
+    # only, which looks for the object before each new attempt.
+    max_network_retries = 3
+    timeout_seconds = 10.0
+    rate_limit_retries = 4
+    rate_limit_backoff_seconds = 0.5
+
     def __init__(self, stripe_conn_id: str = default_conn_name) -> None:
         super().__init__()
         self.stripe_conn_id = stripe_conn_id
@@ -39,5 +52,75 @@ class StripeHook(BaseHook):
         if conn.port:
             base = f"{base}:{conn.port}"
         return stripe.StripeClient(
-            api_key=conn.password, base_addresses={"api": base}, max_network_retries=2
+            api_key=conn.password,
+            base_addresses={"api": base},
+            max_network_retries=self.max_network_retries,
+            http_client=stripe.RequestsClient(timeout=self.timeout_seconds),
         )
+
+    def _with_retries(self, call: Callable[[], T]) -> T:
+        """`call()`, retried with backoff on 429 and on errors the client gave up on."""
+        import stripe
+
+        for attempt in range(self.rate_limit_retries + 1):
+            try:
+                return call()
+            except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as error:
+                transient = not isinstance(error, stripe.APIError) or (error.http_status or 500) >= 500
+                if not transient or attempt == self.rate_limit_retries:
+                    raise
+                # the message only: it never carries the key (the hook sends it in a header)
+                self.log.warning("Stripe call failed (%s), retry %d", type(error).__name__, attempt + 1)
+                time.sleep(self.rate_limit_backoff_seconds * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def ensure(self, kind: str, object_id: str, params: dict[str, Any]) -> tuple[Any, bool]:
+        """The Stripe object `kind` ("products", "coupons") with id `object_id`: fetched when it
+        exists, else created with `params` and an idempotency key derived from the id.
+
+        Returns (object, created). After any failed create (5xx, 429, timeout: the object may
+        have been made and only the answer lost) the next attempt fetches before creating
+        again, and a 409 means it exists: an object is never made twice.
+        """
+        import stripe
+
+        service = getattr(self.get_conn().v1, kind)
+        options = {"idempotency_key": f"{kind}-{object_id}", "max_network_retries": 0}
+
+        def fetch() -> Any | None:
+            try:
+                return service.retrieve(object_id)
+            except stripe.InvalidRequestError as error:
+                if error.http_status == 404:
+                    return None
+                raise
+
+        for attempt in range(self.rate_limit_retries + 1):
+            existing = self._with_retries(fetch)
+            if existing is not None:
+                return existing, False
+            try:
+                return service.create({**params, "id": object_id}, options), True
+            except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as error:
+                if isinstance(error, stripe.APIError) and (error.http_status or 500) < 500 and error.http_status != 409:
+                    raise
+                self.log.warning("creating Stripe %s %s failed (%s), attempt %d; fetching first",
+                                 kind, object_id, type(error).__name__, attempt + 1)  # fmt: skip
+                if error.http_status != 409:
+                    time.sleep(self.rate_limit_backoff_seconds * 2**attempt)
+        raise RuntimeError(f"Stripe {kind} {object_id!r}: not created after {self.rate_limit_retries + 1} attempts")
+
+    def iter_charges(self, created_after: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every charge created after `created_after` (unix seconds), page by page."""
+        client = self.get_conn()
+        starting_after = None
+        while True:
+            params: dict[str, Any] = {"created": {"gt": created_after}, "limit": page_size}
+            if starting_after:
+                params["starting_after"] = starting_after
+            page = self._with_retries(lambda params=params: client.v1.charges.list(params))
+            for charge in page.data:
+                yield charge.to_dict()
+            if not page.has_more or not page.data:
+                return
+            starting_after = page.data[-1].id

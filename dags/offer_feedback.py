@@ -1,0 +1,76 @@
+"""
+### Offer feedback (Thompson-sampling bandit)
+
+**Owner:** growth data team. **Schedule:** hourly.
+
+Folds new offer impressions and redemptions (from `user_events`, after a cursor on the event
+id) into Beta posteriors per segment x offer (`offer_bandit_arms`), then re-allocates each
+segment's traffic by Thompson sampling, so allocation shifts between retrains. Guardrails:
+every arm keeps at least `min_exploration / arms` of its segment, and when the expected
+discount per impression exceeds `budget_per_impression_cents`, traffic moves to the cheapest
+arm until it fits (the budget wins over exploration). Future-dated events are quarantined.
+
+When `retrain_after_redemptions` new redemptions have arrived since the last retrain, the
+Asset `offer_feedback_enough` is updated, which triggers `offer_model_retrain`.
+
+**Idempotent:** the cursor moves in the same transaction as the posteriors; a re-run with no
+new events changes nothing (the sampling seed is the cursor position).
+
+**When it fails:** the log names the step; fix the cause and clear the run. Nothing is counted
+twice, since a failed transaction leaves the cursor where it was.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, Param, dag, task
+
+from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
+
+OFFER_FEEDBACK = Asset("offer_feedback_enough")
+
+
+@dag(
+    schedule="@hourly",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["offers", "ml"],
+    params={
+        "min_exploration": Param(0.1, type="number", minimum=0, maximum=1, description="traffic share spread evenly over every arm"),
+        "budget_per_impression_cents": Param(300, type="number", minimum=0, description="expected discount per impression"),
+        "retrain_after_redemptions": Param(500, type="integer", minimum=1, description="new redemptions that trigger a retrain"),
+    },
+    **run_metrics_callbacks(),
+    default_args={
+        "owner": "growth-data",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        **alert_callbacks(on_failure="error", on_retry="warning"),
+    },
+)
+def offer_feedback():
+    @task
+    def update_bandit(params=None) -> dict:
+        from execplatform.operators.offers import app_cursor
+        from include.offers import jobs
+
+        with app_cursor() as cur:
+            return jobs.update_bandit(cur, min_exploration=params["min_exploration"],
+                                      budget_per_impression_cents=params["budget_per_impression_cents"])  # fmt: skip
+
+    @task(outlets=[OFFER_FEEDBACK])
+    def signal_enough_feedback(update: dict, params=None) -> int:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        new = update["redemptions_since_retrain"]
+        if new < params["retrain_after_redemptions"]:
+            raise AirflowSkipException(f"{new} redemptions since the last retrain; waiting for more")
+        return new
+
+    signal_enough_feedback(update_bandit())
+
+
+offer_feedback()

@@ -1,0 +1,523 @@
+"""The steps of offer_model_retrain, offer_feedback and roi_sync, on a DB cursor and an S3 client.
+
+Each step is idempotent: a retry or re-run converges to the same rows (UPSERTs on natural keys,
+deterministic version numbers, holdouts and coupon ids, cursors moved in the same transaction
+as the rows they cover).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from include.offers import model as m
+from include.offers import registry
+from include.offers.plots import line_plot_png, report_markdown
+from include.offers.policy import (
+    USER_FEATURES_SQL,
+    choose_within_budget,
+    discount_cost_cents,
+    in_holdout,
+    score_offers,
+    thompson_shares,
+)
+from include.offers.roi import SegmentRoi, payment_row, segment_roi
+
+FEEDBACK_CURSOR = "offer_feedback_event_id"
+FEEDBACK_MARK = "offer_feedback_redemptions_at_retrain"
+CHARGES_CURSOR = "stripe_charges_created"
+# Charges are listed from a little before the cursor: Stripe's `created` has one-second
+# resolution, so a charge made in the cursor's own second could otherwise be missed. Upserts
+# make the overlap harmless.
+CHARGES_OVERLAP_SECONDS = 60
+
+
+def _rows(cur, sql: str, params: Any = None) -> pd.DataFrame:
+    cur.execute(sql, params)
+    return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
+
+
+def quarantine(cur, source: str, items: Iterable[tuple[str, str, dict]]) -> int:
+    """Keep refused rows with their reason; the same row refused again is stored once."""
+    added = 0
+    for key, reason, row in items:
+        cur.execute(
+            "INSERT INTO offer_quarantine (source, source_key, reason, row_data) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (source, source_key) DO NOTHING",
+            (source, key, reason, json.dumps(row, default=str)),
+        )
+        added += cur.rowcount
+    return added
+
+
+def get_cursor(cur, name: str, default: int = 0) -> int:
+    cur.execute("SELECT position FROM sync_cursors WHERE name = %s", (name,))
+    row = cur.fetchone()
+    return row[0] if row else default
+
+
+def set_cursor(cur, name: str, position: int) -> None:
+    cur.execute(
+        "INSERT INTO sync_cursors (name, position) VALUES (%s, %s)"
+        " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+        (name, position),
+    )
+
+
+def candidate_offers(cur) -> pd.DataFrame:
+    """Active offers with a discount (a 0% coupon is no offer)."""
+    return _rows(
+        cur,
+        "SELECT id, code, product, discount_pct::float8 AS discount_pct FROM offers"
+        " WHERE status = 'active' AND discount_pct > 0 ORDER BY id",
+    )
+
+
+def all_offers(cur) -> pd.DataFrame:
+    """Every offer the impressions drew from (uniformly): what policy evaluation weighs by."""
+    return _rows(cur, "SELECT id, code, product, discount_pct::float8 AS discount_pct FROM offers ORDER BY id")
+
+
+# --- offer_model_retrain ---------------------------------------------------------------------------
+
+
+def extract(cur, s3, snapshot_uri: str, now: datetime) -> dict[str, Any]:
+    """Training rows into a CSV snapshot in S3; impossible rows quarantined and counted."""
+    frame = _rows(cur, m.TRAINING_ROWS_SQL)
+    reasons = m.quarantine_reasons(frame, now)
+    bad = frame[reasons.notna()]
+    quarantine(
+        cur,
+        "training_rows",
+        ((str(r.impression_id), reasons[i], r._asdict()) for i, r in zip(bad.index, bad.itertuples(index=False), strict=True)),
+    )
+    good = frame[reasons.isna()].reset_index(drop=True)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz:
+        gz.write(good.to_csv(index=False).encode())
+    registry.put_object(s3, snapshot_uri, buffer.getvalue(), "application/gzip")
+    return {
+        "snapshot_uri": snapshot_uri,
+        "rows": len(good),
+        "quarantined": len(bad),
+        "quarantine_reasons": dict(Counter(reasons.dropna())),
+        "data_fingerprint": m.data_fingerprint(good),
+    }
+
+
+def read_snapshot(s3, snapshot_uri: str) -> pd.DataFrame:
+    frame = pd.read_csv(io.BytesIO(gzip.decompress(registry.get_object(s3, snapshot_uri))))
+    frame["occurred_at"] = pd.to_datetime(frame["occurred_at"], utc=True, format="ISO8601")
+    frame["redeemed"] = frame["redeemed"].astype(bool)
+    return frame
+
+
+def train(cur, s3, *, snapshot_uri: str, bucket: str, valid_days: float) -> dict[str, Any]:
+    """Fit the pipeline on the past of the snapshot; upload it; register it as a candidate.
+
+    Same data and same code give the same version number (a retry updates its own row).
+    """
+    frame = read_snapshot(s3, snapshot_uri)
+    split = m.time_split(frame, valid_days)
+    pipeline = m.fit(m.build_pipeline(), split.train)
+    fingerprint, code = m.data_fingerprint(frame), m.code_version()
+    cur.execute(
+        "SELECT version FROM model_versions WHERE model_name = %s AND data_fingerprint = %s"
+        " AND code_version = %s ORDER BY version DESC LIMIT 1",
+        (m.MODEL_NAME, fingerprint, code),
+    )
+    row = cur.fetchone()
+    version = row[0] if row else registry.next_version(cur, m.MODEL_NAME)
+    data = registry.dump_model(pipeline)
+    uri = registry.version_prefix(bucket, m.MODEL_NAME, version) + "model.skops"
+    registry.put_object(s3, uri, data)
+    registered = registry.register(
+        cur,
+        m.MODEL_NAME,
+        version=version,
+        artifact_uri=uri,
+        artifact_sha256=registry.sha256_bytes(data),
+        metrics={"train_rows": len(split.train), "valid_from": split.valid_from.isoformat()},
+        trained_from=split.train_from,
+        trained_to=split.valid_from,
+        data_fingerprint=fingerprint,
+        code_version=code,
+    )
+    return {"version_id": registered.id, "version": version, "valid_from": split.valid_from.isoformat()}
+
+
+def evaluate(cur, s3, *, snapshot_uri: str, version_id: int, valid_from: str) -> dict[str, Any]:
+    """Challenger and champion scored on the same holdout (the snapshot's recent window).
+
+    A challenger whose artifact does not verify raises ArtifactRefused. A champion whose
+    artifact does not verify is reported in `champion_refused`: it stays champion (only a
+    person should replace it), and no challenger is promoted over a model we cannot read.
+    """
+    frame = read_snapshot(s3, snapshot_uri)
+    valid = frame[frame["occurred_at"] >= pd.Timestamp(valid_from)]
+    offers = all_offers(cur)
+    challenger = registry.get(cur, version_id)
+    metrics = m.evaluate(registry.fetch_model(s3, challenger), valid, offers)
+    cur.execute(
+        "UPDATE model_versions SET metrics = metrics || %s::jsonb WHERE id = %s",
+        (json.dumps(metrics), version_id),
+    )
+    result: dict[str, Any] = {"version_id": version_id, "challenger": _summary(metrics), "champion": None}
+    current = registry.champion(cur, m.MODEL_NAME)
+    if current is not None and current.id != version_id:
+        try:
+            champion_metrics = m.evaluate(registry.fetch_model(s3, current), valid, offers)
+            result["champion"] = {"version_id": current.id, **_summary(champion_metrics)}
+        except registry.ArtifactRefused as refused:
+            result["champion_refused"] = {"version_id": current.id, "reason": str(refused)}
+    return result
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("auc", "log_loss", "brier", "prediction_std", "rows", "policy_roi_cents_per_impression")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def promote_or_keep(cur, evaluation: dict[str, Any], gates: registry.Gates) -> dict[str, Any]:
+    version_id = evaluation["version_id"]
+    if evaluation.get("champion_refused"):
+        promoted, reason = False, "champion artifact refused: " + evaluation["champion_refused"]["reason"]
+    else:
+        promoted, reason = registry.decide(evaluation["challenger"], evaluation["champion"], gates)
+    if promoted:
+        registry.promote(cur, m.MODEL_NAME, version_id)
+    else:
+        registry.reject(cur, version_id)
+    cur.execute(
+        "UPDATE model_versions SET metrics = metrics || %s::jsonb WHERE id = %s",
+        (json.dumps({"decision": reason, "promoted": promoted}), version_id),
+    )
+    champion = registry.champion(cur, m.MODEL_NAME)
+    return {"promoted": promoted, "reason": reason, "champion_id": champion.id if champion else None}
+
+
+def user_features(cur, as_of: datetime | None = None) -> tuple[pd.DataFrame, datetime]:
+    """Every user's current features; `as_of` defaults to the newest event (demo data is old)."""
+    if as_of is None:
+        cur.execute("SELECT coalesce(max(occurred_at), now()) FROM user_events WHERE occurred_at <= now()")
+        as_of = cur.fetchone()[0]
+    return _rows(cur, USER_FEATURES_SQL, {"as_of": as_of}), as_of
+
+
+def assign_offers(cur, s3, *, holdout_share: float, budget_cents: float) -> dict[str, Any]:
+    """The champion's offer per segment within the budget, a holdout per segment, recorded.
+
+    Rows are keyed by (model version, user) and the holdout is a hash salted with the version,
+    so a re-run writes nothing new.
+    """
+    current = registry.champion(cur, m.MODEL_NAME)
+    if current is None:
+        raise LookupError(f"{m.MODEL_NAME!r} has no champion: train and promote one first")
+    pipeline = registry.fetch_model(s3, current)
+    users, as_of = user_features(cur)
+    holdout = in_holdout(users["user_id"], holdout_share, salt=f"mv{current.id}")
+    treated = users[~holdout]
+    scores = score_offers(lambda u, o: m.predict_each_offer(pipeline, u, o), treated, candidate_offers(cur))
+    choices = choose_within_budget(scores, budget_cents)
+    offer_of = {c.segment: c.offer_id for c in choices}
+    treated_per_segment = treated["segment"].value_counts()
+    roi_per_user = {c.segment: c.expected_roi_cents / treated_per_segment[c.segment] for c in choices}
+    codes = dict(_rows(cur, "SELECT id, code FROM offers").itertuples(index=False))
+    from psycopg2.extras import execute_values
+
+    rows = [
+        (current.id, int(user_id), segment, None if held else offer_of[segment], bool(held),
+         None if held else float(roi_per_user[segment]), as_of)
+        for user_id, segment, held in zip(users["user_id"], users["segment"], holdout, strict=True)
+    ]  # fmt: skip
+    inserted = execute_values(
+        cur,
+        "INSERT INTO offer_assignments (model_version_id, user_id, segment, offer_id, holdout,"
+        " expected_roi_cents, assigned_at) VALUES %s ON CONFLICT (model_version_id, user_id) DO NOTHING"
+        " RETURNING 1",
+        rows,
+        page_size=5000,
+        fetch=True,
+    )
+    inserted = len(inserted)
+    for c in choices:
+        coupon = coupon_id(current.id, c.segment, codes[c.offer_id])
+        cur.execute(
+            "INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id,"
+            " stripe_coupon_id) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (model_version_id, segment) DO NOTHING",
+            (current.id, c.segment, c.offer_id, f"prod_{coupon}", coupon),
+        )
+    return {
+        "model_version_id": current.id,
+        "as_of": as_of.isoformat(),
+        "users": len(users),
+        "holdout_users": int(holdout.sum()),
+        "assignments_inserted": inserted,
+        "offers": {c.segment: codes[c.offer_id] for c in choices},
+        "expected_discount_cents": float(sum(c.expected_discount_cents for c in choices)),
+    }
+
+
+def coupon_id(model_version_id: int, segment: str, offer_code: str) -> str:
+    """The deterministic Stripe id of an offer: the same offer set always maps to the same ids."""
+    return f"mv{model_version_id}-{segment}-{offer_code}".lower()
+
+
+def publications(cur, model_version_id: int) -> list[dict[str, Any]]:
+    frame = _rows(
+        cur,
+        """
+        SELECT p.segment, p.stripe_product_id, p.stripe_coupon_id, o.id AS offer_id, o.code,
+               o.product, o.discount_pct::float8 AS discount_pct
+        FROM offer_publications p JOIN offers o ON o.id = p.offer_id
+        WHERE p.model_version_id = %s ORDER BY p.segment
+        """,
+        (model_version_id,),
+    )
+    return frame.to_dict("records")
+
+
+def mark_published(cur, model_version_id: int, segment: str) -> None:
+    cur.execute(
+        "UPDATE offer_publications SET published_at = coalesce(published_at, now())"
+        " WHERE model_version_id = %s AND segment = %s",
+        (model_version_id, segment),
+    )
+
+
+def write_report(cur, s3, *, version_id: int) -> dict[str, str]:
+    """ROC and calibration PNGs and a metrics table, stored next to the version's artifact."""
+    version = registry.get(cur, version_id)
+    metrics = version.metrics
+    prefix = version.artifact_uri.rsplit("/", 1)[0] + "/"
+    calibration = metrics["calibration"]
+    files = {
+        "roc.png": (line_plot_png(metrics["roc"]["x"], metrics["roc"]["y"]), "image/png"),
+        "calibration.png": (line_plot_png(calibration["predicted"], calibration["observed"]), "image/png"),
+        "report.md": (
+            report_markdown(version.version, metrics, metrics.get("decision", "")).encode(),
+            "text/markdown",
+        ),
+    }
+    for name, (data, content_type) in files.items():
+        registry.put_object(s3, prefix + name, data, content_type)
+    # the feedback that triggered this retrain is now used: count afresh from here
+    cur.execute("SELECT coalesce(sum(redemptions), 0) FROM offer_bandit_arms")
+    set_cursor(cur, FEEDBACK_MARK, int(cur.fetchone()[0]))
+    return {name: prefix + name for name in files}
+
+
+# --- offer_feedback -----------------------------------------------------------------------------------
+
+
+def update_bandit(
+    cur, *, min_exploration: float, budget_per_impression_cents: float | None, now: datetime | None = None
+) -> dict[str, Any]:
+    """Fold new impressions and redemptions into the Beta posteriors, then re-allocate.
+
+    Reads user_events after the cursor (by id), quarantines future-dated ones, and moves the
+    cursor in the same transaction, so a re-run adds nothing twice.
+    """
+    now = now or datetime.now(UTC)
+    start = get_cursor(cur, FEEDBACK_CURSOR)
+    events = _rows(
+        cur,
+        """
+        SELECT e.id, e.offer_id, e.event_type, e.occurred_at, u.segment
+        FROM user_events e JOIN users u ON u.id = e.user_id
+        WHERE e.id > %s AND e.offer_id IS NOT NULL AND e.event_type IN ('impression', 'redemption')
+        ORDER BY e.id
+        """,
+        (start,),
+    )
+    future = events[events["occurred_at"] > pd.Timestamp(now)] if len(events) else events
+    quarantined = quarantine(
+        cur, "feedback_events",
+        ((str(r.id), "future timestamp", r._asdict()) for r in future.itertuples(index=False)),
+    )  # fmt: skip
+    events = events.drop(future.index)
+    offers = candidate_offers(cur)
+    cur.execute("SELECT DISTINCT segment FROM users ORDER BY segment")
+    segments = [r[0] for r in cur.fetchall()]
+    counts = (
+        events.assign(imp=events["event_type"] == "impression", red=events["event_type"] == "redemption")
+        .groupby(["segment", "offer_id"])[["imp", "red"]].sum()
+        if len(events) else pd.DataFrame(columns=["imp", "red"])
+    )  # fmt: skip
+    for segment in segments:
+        for offer_id in offers["id"]:
+            imp, red = (counts.loc[(segment, offer_id)] if (segment, offer_id) in counts.index else (0, 0))
+            cur.execute(
+                """
+                INSERT INTO offer_bandit_arms (segment, offer_id, alpha, beta, impressions, redemptions)
+                VALUES (%(s)s, %(o)s, 1 + %(r)s, 1 + greatest(%(i)s - %(r)s, 0), %(i)s, %(r)s)
+                ON CONFLICT (segment, offer_id) DO UPDATE SET
+                    impressions = offer_bandit_arms.impressions + %(i)s,
+                    redemptions = offer_bandit_arms.redemptions + %(r)s,
+                    alpha = 1 + offer_bandit_arms.redemptions + %(r)s,
+                    beta = 1 + greatest(offer_bandit_arms.impressions + %(i)s
+                                        - offer_bandit_arms.redemptions - %(r)s, 0),
+                    updated_at = now()
+                """,
+                {"s": segment, "o": int(offer_id), "i": int(imp), "r": int(red)},
+            )
+    end = int(events["id"].max()) if len(events) else start
+    if len(future):
+        end = max(end, int(future["id"].max()))
+    shares = allocate(cur, offers, min_exploration=min_exploration,
+                      budget_per_impression_cents=budget_per_impression_cents, seed=end)  # fmt: skip
+    set_cursor(cur, FEEDBACK_CURSOR, end)
+    cur.execute("SELECT coalesce(sum(redemptions), 0) FROM offer_bandit_arms")
+    total = int(cur.fetchone()[0])
+    return {
+        "events": len(events),
+        "impressions": int(counts["imp"].sum()) if len(counts) else 0,
+        "redemptions": int(counts["red"].sum()) if len(counts) else 0,
+        "quarantined": quarantined,
+        "cursor": end,
+        "redemptions_since_retrain": total - get_cursor(cur, FEEDBACK_MARK),
+        "top_offer_share": shares,
+    }
+
+
+def allocate(cur, offers: pd.DataFrame, *, min_exploration: float,
+             budget_per_impression_cents: float | None, seed: int) -> dict[str, float]:  # fmt: skip
+    """Thompson-sampling shares per segment, stored on the arms; returns each segment's top share."""
+    arms = _rows(cur, "SELECT segment, offer_id, alpha, beta FROM offer_bandit_arms ORDER BY segment, offer_id")
+    arms = arms.merge(offers.rename(columns={"id": "offer_id"}), on="offer_id")
+    arms["value_cents"] = m.offer_value_cents(arms["product"], arms["discount_pct"])
+    arms["cost_cents"] = discount_cost_cents(arms["product"], arms["discount_pct"])
+    top = {}
+    for i, (segment, part) in enumerate(arms.groupby("segment")):
+        shares = thompson_shares(part, min_exploration=min_exploration,
+                                 budget_per_impression_cents=budget_per_impression_cents, seed=seed + i)  # fmt: skip
+        for offer_id, share in zip(part["offer_id"], shares, strict=True):
+            cur.execute(
+                "UPDATE offer_bandit_arms SET share = %s WHERE segment = %s AND offer_id = %s",
+                (float(share), segment, int(offer_id)),
+            )
+        top[segment] = float(shares.max())
+    return top
+
+
+# --- roi_sync ---------------------------------------------------------------------------------------
+
+
+def sync_payments(cur, charges: Iterable[dict[str, Any]], *, now: datetime | None = None) -> dict[str, int]:
+    """Upsert listed Stripe charges into `payments`; quarantine the impossible ones.
+
+    Returns reconciliation counts: listed = inserted + updated + unchanged + quarantined.
+    The caller lists from `charges_since(cur)` and the cursor moves to the newest charge seen.
+    """
+    now = now or datetime.now(UTC)
+    cur.execute("SELECT id FROM users")
+    known_users = {r[0] for r in cur.fetchall()}
+    cur.execute("SELECT stripe_coupon_id, offer_id FROM offer_publications")
+    coupon_offers = dict(cur.fetchall())
+    counts = Counter(listed=0, inserted=0, updated=0, unchanged=0, quarantined=0)
+    newest = get_cursor(cur, CHARGES_CURSOR)
+    for charge in charges:
+        counts["listed"] += 1
+        newest = max(newest, int(charge["created"]))
+        row, reason = payment_row(charge, known_users=known_users, coupon_offers=coupon_offers, now=now)
+        if row is None:
+            quarantine(cur, "stripe_charges", [(charge["id"], reason, charge)])
+            counts["quarantined"] += 1
+            continue
+        cur.execute(
+            """
+            INSERT INTO payments (stripe_payment_id, user_id, offer_id, amount_cents, currency, status, created_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (stripe_payment_id) DO UPDATE SET
+                user_id = EXCLUDED.user_id, offer_id = EXCLUDED.offer_id,
+                amount_cents = EXCLUDED.amount_cents, currency = EXCLUDED.currency,
+                status = EXCLUDED.status, created_at = EXCLUDED.created_at
+            WHERE (payments.user_id, payments.offer_id, payments.amount_cents, payments.currency,
+                   payments.status, payments.created_at)
+                  IS DISTINCT FROM (EXCLUDED.user_id, EXCLUDED.offer_id, EXCLUDED.amount_cents,
+                   EXCLUDED.currency, EXCLUDED.status, EXCLUDED.created_at)
+            RETURNING (xmax = 0)
+            """,
+            (row.stripe_payment_id, row.user_id, row.offer_id, row.amount_cents, row.currency,
+             row.status, row.created_at),
+        )  # fmt: skip
+        result = cur.fetchone()
+        counts["unchanged" if result is None else "inserted" if result[0] else "updated"] += 1
+    set_cursor(cur, CHARGES_CURSOR, newest)
+    return dict(counts)
+
+
+def charges_since(cur) -> int:
+    """Where the next Stripe listing starts (unix seconds, exclusive)."""
+    # localstripe (and sane data) has nothing before 2017; its list refuses earlier bounds
+    return max(get_cursor(cur, CHARGES_CURSOR) - CHARGES_OVERLAP_SECONDS, 1_500_000_001)
+
+
+def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
+    """Attributed and incremental ROI per segment of one assignment, stored in `offer_roi`."""
+    frame = _rows(
+        cur,
+        """
+        SELECT a.user_id, a.segment, a.holdout, a.offer_id, o.discount_pct::float8 AS discount_pct,
+               coalesce(sum(p.amount_cents), 0)::float8 AS revenue,
+               coalesce(sum(p.amount_cents) FILTER (WHERE p.offer_id = a.offer_id), 0)::float8
+                   AS attributed,
+               coalesce(sum(p.amount_cents * o.discount_pct / (100 - o.discount_pct))
+                        FILTER (WHERE p.offer_id = a.offer_id), 0)::float8 AS discount_cost
+        FROM offer_assignments a
+        LEFT JOIN offers o ON o.id = a.offer_id
+        LEFT JOIN payments p ON p.user_id = a.user_id AND p.created_at > a.assigned_at
+                            AND p.status = 'succeeded'
+        WHERE a.model_version_id = %s
+        GROUP BY a.user_id, a.segment, a.holdout, a.offer_id, o.discount_pct
+        """,
+        (model_version_id,),
+    )
+    results = []
+    for segment, part in frame.groupby("segment"):
+        treated, held = part[~part["holdout"]], part[part["holdout"]]
+        roi = segment_roi(
+            segment,
+            treated["revenue"].tolist(),
+            held["revenue"].tolist(),
+            int(round(treated["attributed"].sum())),
+            int(round(treated["discount_cost"].sum())),
+        )
+        results.append(roi)
+        cur.execute(
+            """
+            INSERT INTO offer_roi (model_version_id, segment, treated_users, holdout_users,
+                attributed_revenue_cents, discount_cost_cents, attributed_roi_cents,
+                incremental_roi_cents, incremental_ci_low_cents, incremental_ci_high_cents,
+                roi_gap_cents)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (model_version_id, segment) DO UPDATE SET
+                treated_users = EXCLUDED.treated_users, holdout_users = EXCLUDED.holdout_users,
+                attributed_revenue_cents = EXCLUDED.attributed_revenue_cents,
+                discount_cost_cents = EXCLUDED.discount_cost_cents,
+                attributed_roi_cents = EXCLUDED.attributed_roi_cents,
+                incremental_roi_cents = EXCLUDED.incremental_roi_cents,
+                incremental_ci_low_cents = EXCLUDED.incremental_ci_low_cents,
+                incremental_ci_high_cents = EXCLUDED.incremental_ci_high_cents,
+                roi_gap_cents = EXCLUDED.roi_gap_cents, computed_at = now()
+            """,
+            (model_version_id, segment, roi.treated_users, roi.holdout_users,
+             roi.attributed_revenue_cents, roi.discount_cost_cents, roi.attributed_roi_cents,
+             roi.incremental_roi_cents, roi.incremental_ci_low_cents, roi.incremental_ci_high_cents,
+             roi.gap_cents),
+        )  # fmt: skip
+    return results
+
+
+def latest_assignment(cur) -> int | None:
+    """The model version whose offers are live: the newest one with assignments."""
+    cur.execute("SELECT max(model_version_id) FROM offer_assignments")
+    return cur.fetchone()[0]
+

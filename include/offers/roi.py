@@ -1,0 +1,120 @@
+"""Stripe payments into rows, their attribution to offers, and ROI two ways.
+
+Attributed ROI counts every redeemed offer's revenue; it overstates the effect, because some of
+those users would have bought anyway. Incremental ROI compares revenue per treated user with
+revenue per holdout user (who got no offer) of the same segment; the gap between the two is a
+trust-inflation indicator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+STRIPE_STATUS = {"succeeded": "succeeded", "failed": "failed", "pending": None}
+Z_95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class PaymentRow:
+    stripe_payment_id: str
+    user_id: int
+    offer_id: int | None
+    amount_cents: int
+    currency: str
+    status: str
+    created_at: datetime
+
+
+def payment_row(
+    charge: dict[str, Any], *, known_users: set[int], coupon_offers: dict[str, int], now: datetime
+) -> tuple[PaymentRow | None, str | None]:
+    """A Stripe charge as a `payments` row, or the reason it is quarantined.
+
+    Charges carry `metadata.user_id` (the app user) and, when an offer was redeemed,
+    `metadata.coupon` (the Stripe coupon id of the offer).
+    """
+    metadata = charge.get("metadata") or {}
+    amount = charge.get("amount")
+    created = datetime.fromtimestamp(int(charge["created"]), UTC)
+    amount_refunded = charge.get("amount_refunded") or 0
+    if not isinstance(amount, int) or amount < 0:
+        return None, f"negative or missing amount {amount!r}"
+    if created > now:
+        return None, f"future timestamp {created.isoformat()}"
+    try:
+        user_id = int(metadata["user_id"])
+    except (KeyError, TypeError, ValueError):
+        return None, f"no app user in metadata.user_id ({metadata.get('user_id')!r})"
+    if user_id not in known_users:
+        return None, f"unknown user id {user_id}"
+    coupon = metadata.get("coupon")
+    offer_id = None
+    if coupon:
+        if coupon not in coupon_offers:
+            return None, f"unknown offer coupon {coupon!r}"
+        offer_id = coupon_offers[coupon]
+    status = "refunded" if amount_refunded and amount_refunded >= amount else STRIPE_STATUS.get(charge.get("status"))
+    if status is None:
+        return None, f"status {charge.get('status')!r} is not final"
+    return (
+        PaymentRow(
+            charge["id"], user_id, offer_id, amount, (charge.get("currency") or "usd")[:3], status, created
+        ),
+        None,
+    )
+
+
+@dataclass(frozen=True)
+class SegmentRoi:
+    segment: str
+    treated_users: int
+    holdout_users: int
+    attributed_revenue_cents: int
+    discount_cost_cents: int
+    attributed_roi_cents: float
+    incremental_roi_cents: float | None
+    incremental_ci_low_cents: float | None
+    incremental_ci_high_cents: float | None
+
+    @property
+    def gap_cents(self) -> float | None:
+        """How much attribution overstates the incremental ROI."""
+        if self.incremental_roi_cents is None:
+            return None
+        return self.attributed_roi_cents - self.incremental_roi_cents
+
+
+def _mean_var(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, var
+
+
+def segment_roi(
+    segment: str,
+    treated_revenue: list[float],
+    holdout_revenue: list[float],
+    attributed_revenue_cents: int,
+    discount_cost_cents: int,
+) -> SegmentRoi:
+    """ROI of one segment; revenue lists hold one total per user (zeros included).
+
+    Incremental revenue = (mean treated - mean holdout) x treated users, with a 95% normal
+    (Welch) interval; the discount cost is subtracted from both bounds.
+    """
+    attributed = attributed_revenue_cents - discount_cost_cents
+    n_t, n_h = len(treated_revenue), len(holdout_revenue)
+    if n_t < 2 or n_h < 2:
+        return SegmentRoi(segment, n_t, n_h, attributed_revenue_cents, discount_cost_cents,
+                          attributed, None, None, None)  # fmt: skip
+    mean_t, var_t = _mean_var(treated_revenue)
+    mean_h, var_h = _mean_var(holdout_revenue)
+    lift = (mean_t - mean_h) * n_t
+    half = Z_95 * math.sqrt(var_t / n_t + var_h / n_h) * n_t
+    incremental = lift - discount_cost_cents
+    return SegmentRoi(segment, n_t, n_h, attributed_revenue_cents, discount_cost_cents, attributed,
+                      incremental, incremental - half, incremental + half)  # fmt: skip

@@ -1,0 +1,215 @@
+"""The three offer DAGs end to end with `dag.test()` against PostgreSQL, moto S3 and localstripe.
+
+retrain (train, promote, assign, publish to Stripe, report) → customers pay in Stripe →
+roi_sync (payments, quarantine, attributed vs incremental ROI) → offer_feedback (posteriors,
+Asset) → a second model promoted → rollback through the DAG param.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from include.devstack.stack import MODEL_BUCKET
+from include.metrics import NAMESPACE
+from include.offers import registry
+from include.offers.model import MODEL_NAME
+from tests.include import offers_fixtures
+from tests.include.offers_fixtures import cursor
+
+pytestmark = pytest.mark.stack
+offers_dsn, s3 = offers_fixtures.offers_dsn, offers_fixtures.s3  # the shared fixtures
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+
+@pytest.fixture(scope="module")
+def airflow_db():
+    """The test session's own Airflow metadata database, migrated."""
+    from airflow.utils.db import initdb
+
+    initdb()
+
+
+@pytest.fixture
+def dagbag(airflow_db):
+    """The project's DAGs, parsed afresh: `dag.test(run_conf=...)` leaves its conf in the params."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def _run(dagbag, dag_id: str, **conf) -> dict[str, str]:
+    """Run a DAG in-process; returns each task's final state."""
+    from airflow.models.serialized_dag import SerializedDagModel  # noqa: F401 (registers models)
+
+    dag = dagbag.get_dag(dag_id)
+    run = dag.test(run_conf=conf or None)
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    return states
+
+
+def _cloudwatch():
+    import json
+    import os
+
+    import boto3
+
+    aws = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
+    return boto3.client(
+        "cloudwatch", endpoint_url=aws["extra"]["endpoint_url"], region_name=aws["extra"]["region_name"],
+        aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"],
+    )  # fmt: skip
+
+
+def _pay(client, user_id: int, amount: int, coupon: str | None = None) -> str:
+    method = client.v1.payment_methods.create({
+        "type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+    })  # fmt: skip
+    metadata = {"user_id": str(user_id), **({"coupon": coupon} if coupon else {})}
+    charge = client.v1.charges.create({"amount": amount, "currency": "usd", "source": method.id, "metadata": metadata})
+    return charge.id
+
+
+def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
+    from execplatform.hooks.stripe_hook import StripeHook
+
+    # 1. retrain: first model becomes champion, offers assigned with a holdout and published
+    states = _run(dagbag, "offer_model_retrain")
+    assert states["rollback_champion"] == "skipped" and states["publish_offers"] == "success"
+    with cursor(offers_dsn) as cur:
+        first = registry.champion(cur, MODEL_NAME)
+        cur.execute("SELECT count(*) FILTER (WHERE holdout), count(*) FROM offer_assignments WHERE model_version_id = %s",
+                    (first.id,))  # fmt: skip
+        holdout, total = cur.fetchone()
+        cur.execute("SELECT p.segment, p.stripe_coupon_id, o.discount_pct::float8, o.product FROM offer_publications p"
+                    " JOIN offers o ON o.id = p.offer_id WHERE p.model_version_id = %s AND p.published_at IS NOT NULL",
+                    (first.id,))  # fmt: skip
+        published = {r[0]: r[1:] for r in cur.fetchall()}
+    assert first is not None and 0.05 * total < holdout < 0.15 * total
+    assert set(published) == {"new", "casual", "regular", "vip"}
+    client = StripeHook().get_conn()
+    for _segment, (coupon, discount, _product) in published.items():
+        stripe_coupon = client.v1.coupons.retrieve(coupon)
+        assert stripe_coupon.percent_off == discount
+        assert stripe_coupon.metadata["model_version_id"] == str(first.id)
+    report_keys = {o["Key"] for o in s3.list_objects_v2(Bucket=MODEL_BUCKET, Prefix=f"{MODEL_NAME}/v0001/")["Contents"]}
+    assert {f"{MODEL_NAME}/v0001/{n}" for n in ("model.skops", "roc.png", "calibration.png", "report.md")} <= report_keys
+    png = registry.get_object(s3, f"s3://{MODEL_BUCKET}/{MODEL_NAME}/v0001/roc.png")
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+
+    # 2. customers pay: two treated users of each segment redeem; two holdout users buy anyway
+    with cursor(offers_dsn) as cur:
+        cur.execute("""
+            SELECT segment, user_id, holdout FROM (
+                SELECT a.*, row_number() OVER (PARTITION BY segment, holdout ORDER BY user_id) AS n
+                FROM offer_assignments a WHERE model_version_id = %s) x
+            WHERE n <= 2 ORDER BY segment, holdout, user_id""", (first.id,))  # fmt: skip
+        buyers = cur.fetchall()
+    attributed, paid = dict.fromkeys(published, 0), []
+    for segment, user_id, held in buyers:
+        if held:
+            paid.append(_pay(client, user_id, 1_000))
+        else:
+            coupon, discount, _ = published[segment]
+            paid.append(_pay(client, user_id, 2_000, coupon))
+            attributed[segment] += 2_000
+    bad = [_pay(client, 99_999_999, 500), _pay(client, buyers[0][1], 500, "no-such-coupon")]
+
+    # 3. roi_sync: payments in, the two impossible ones quarantined, ROI per segment stored
+    _run(dagbag, "roi_sync")
+    with cursor(offers_dsn) as cur:
+        cur.execute("SELECT source_key, reason FROM offer_quarantine WHERE source = 'stripe_charges' ORDER BY source_key")
+        quarantined = dict(cur.fetchall())
+        cur.execute("SELECT count(*) FROM payments WHERE stripe_payment_id = ANY(%s)", (paid,))
+        ours = cur.fetchone()[0]
+        cur.execute("SELECT count(*) FROM payments WHERE stripe_payment_id LIKE 'ch_%%'")
+        synced = cur.fetchone()[0]  # localstripe lives for the session: other tests' charges too
+        cur.execute("SELECT segment, attributed_revenue_cents, discount_cost_cents, attributed_roi_cents,"
+                    " incremental_roi_cents, incremental_ci_low_cents, incremental_ci_high_cents, roi_gap_cents"
+                    " FROM offer_roi WHERE model_version_id = %s", (first.id,))  # fmt: skip
+        roi = {r[0]: r[1:] for r in cur.fetchall()}
+    assert set(bad) <= set(quarantined)
+    assert any("unknown user" in r for r in quarantined.values()) and any("unknown offer coupon" in r for r in quarantined.values())
+    assert ours == len(buyers)
+    for segment, (revenue, cost, attributed_roi, incremental, low, high, gap) in roi.items():
+        discount = published[segment][1]
+        assert revenue == attributed[segment]
+        assert cost == round(attributed[segment] * discount / (100 - discount))
+        assert attributed_roi == revenue - cost
+        assert low <= incremental <= high and gap == pytest.approx(attributed_roi - incremental)
+    # both ROI figures and their gap per segment reached CloudWatch (moto)
+    cloudwatch = _cloudwatch()
+    for name in ("OfferRoiAttributedCents", "OfferRoiIncrementalCents", "OfferRoiGapCents"):
+        listed = cloudwatch.list_metrics(Namespace=NAMESPACE, MetricName=name)["Metrics"]
+        segments = {d["Value"] for m in listed for d in m["Dimensions"] if d["Name"] == "Segment"}
+        assert segments == set(published), name
+    # a re-run lists the same charges (overlap) and changes nothing
+    _run(dagbag, "roi_sync")
+    with cursor(offers_dsn) as cur:
+        cur.execute("SELECT count(*) FROM payments WHERE stripe_payment_id LIKE 'ch_%%'")
+        assert cur.fetchone()[0] == synced
+        cur.execute("SELECT count(*) FROM offer_quarantine WHERE source = 'stripe_charges'")
+        assert cur.fetchone()[0] == len(quarantined)
+
+    # 4. offer_feedback: posteriors per segment x offer, allocation shares sum to 1, Asset signalled
+    states = _run(dagbag, "offer_feedback", retrain_after_redemptions=1)
+    assert states["signal_enough_feedback"] == "success"
+    with cursor(offers_dsn) as cur:
+        cur.execute("SELECT segment, sum(share), min(share), sum(impressions), sum(redemptions) FROM offer_bandit_arms GROUP BY segment")
+        arms = cur.fetchall()
+        cur.execute("SELECT count(*) FROM user_events WHERE event_type = 'redemption' AND offer_id IN"
+                    " (SELECT id FROM offers WHERE discount_pct > 0)")  # fmt: skip
+        redemptions = cur.fetchone()[0]
+    assert len(arms) == 4 and all(s == pytest.approx(1.0) and low > 0 for _, s, low, _, _ in arms)
+    assert sum(r for *_, r in arms) == redemptions
+    states = _run(dagbag, "offer_feedback", retrain_after_redemptions=10**9)  # nothing new: no signal
+    assert states["signal_enough_feedback"] == "skipped"
+
+    # 5. new data, a second champion (margin lowered), then the rollback param restores the first
+    with cursor(offers_dsn) as cur:
+        cur.execute("""INSERT INTO user_events (user_id, offer_id, event_type, channel, occurred_at)
+                       SELECT user_id, offer_id, event_type, channel, occurred_at + interval '1 second'
+                       FROM user_events WHERE event_type = 'impression' ORDER BY id DESC LIMIT 50""")
+    _run(dagbag, "offer_model_retrain", margin_auc=-1.0)
+    with cursor(offers_dsn) as cur:
+        second = registry.champion(cur, MODEL_NAME)
+    assert second.id != first.id
+    states = _run(dagbag, "offer_model_retrain", rollback=True)
+    assert states["extract"] == "skipped" and states["report"] == "skipped"
+    with cursor(offers_dsn) as cur:
+        assert registry.champion(cur, MODEL_NAME).id == first.id
+        cur.execute("SELECT status FROM model_versions WHERE id = %s", (second.id,))
+        assert cur.fetchone()[0] == "rejected"
+
+
+def test_a_tampered_champion_is_refused_alerted_and_stays(dagbag, offers_dsn, s3):
+    _run(dagbag, "offer_model_retrain")
+    with cursor(offers_dsn) as cur:
+        champion = registry.champion(cur, MODEL_NAME)
+    data = bytearray(registry.get_object(s3, champion.artifact_uri))
+    data[-100] ^= 0xFF
+    registry.put_object(s3, champion.artifact_uri, bytes(data))
+    with cursor(offers_dsn) as cur:  # new feedback, so the retrain makes a new challenger
+        cur.execute("""INSERT INTO user_events (user_id, offer_id, event_type, channel, occurred_at)
+                       SELECT user_id, offer_id, event_type, channel, occurred_at + interval '1 second'
+                       FROM user_events WHERE event_type = 'impression' ORDER BY id DESC LIMIT 50""")
+
+    run = dagbag.get_dag("offer_model_retrain").test()
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    # nothing is offered from a model that cannot be verified: the run fails at assign_offers
+    assert run.state == "failed" and states["promote_or_keep"] == "success", states
+    assert states["assign_offers"] == "failed" and states["publish_offers"] == "upstream_failed"
+    with cursor(offers_dsn) as cur:
+        assert registry.champion(cur, MODEL_NAME).id == champion.id
+        cur.execute("SELECT status, metrics->>'decision' FROM model_versions WHERE id <> %s", (champion.id,))
+        status, decision = cur.fetchone()
+        cur.execute("SELECT task_id, level FROM alerts WHERE message LIKE '%%artifact refused%%'")
+        alerts = set(cur.fetchall())
+        cur.execute("SELECT count(*) FROM security_events WHERE event_type = 'input_refused'")
+        refusals = cur.fetchone()[0]
+    assert status == "rejected" and decision.startswith("champion artifact refused")
+    # the champion's refusal alerts from evaluate (critical), then assign_offers fails and alerts
+    assert {("evaluate", "critical"), ("assign_offers", "critical")} <= alerts
+    assert refusals >= 1

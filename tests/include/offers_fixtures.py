@@ -1,0 +1,55 @@
+"""Fixtures shared by the offer tests: a seeded app database, an S3 client on moto, a cursor."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+
+import psycopg2
+import pytest
+from psycopg2.extensions import parse_dsn
+
+from include.devstack.stack import MODEL_BUCKET
+
+SEED_SCALE = 0.05  # ~5k impressions: enough for a model that beats chance by a clear margin
+
+
+@pytest.fixture
+def offers_dsn(app_head_dsn, monkeypatch):
+    """A seeded app database at head, also reachable as connection `app_db`."""
+    from include.seed import seed
+
+    seed(app_head_dsn, scale=SEED_SCALE)
+    parts = parse_dsn(app_head_dsn)
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", json.dumps({
+        "conn_type": "postgres", "host": parts["host"], "port": int(parts["port"]),
+        "schema": parts["dbname"], "login": parts["user"], "password": parts.get("password", ""),
+    }))  # fmt: skip
+    return app_head_dsn
+
+
+@pytest.fixture
+def s3(local_stack):
+    import boto3
+
+    aws = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
+    return boto3.client(
+        "s3", endpoint_url=aws["extra"]["endpoint_url"], region_name=aws["extra"]["region_name"],
+        aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"],
+    )  # fmt: skip
+
+
+@contextmanager
+def cursor(dsn: str):
+    """One committed transaction."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            yield cur
+    finally:
+        conn.close()
+
+
+def snapshot_uri(name: str) -> str:
+    return f"s3://{MODEL_BUCKET}/tests/{name}/training.csv.gz"
