@@ -174,21 +174,34 @@ class Supervisor:
         return next((s for s in self.services if s.proc and s.proc.poll() is not None), None)
 
     def stop_all(self, grace: float = 30.0) -> None:
-        for service in reversed(self.services):
-            stop_process_group(service.proc, service.stop_signal, grace)
+        """Signal every service's process group at once (newest first), then give them one
+        shared grace before SIGKILL: stopping them one after another let each Airflow component
+        spend its own grace waiting for tasks in flight, minutes in all."""
+        services = list(reversed(self.services))
+        for service in services:
+            signal_group(service.proc, service.stop_signal)
+        deadline = time.monotonic() + grace
+        for service in services:
+            kill_group_after(service.proc, max(0.0, deadline - time.monotonic()))
         self.services.clear()
 
 
-def stop_process_group(proc: subprocess.Popen | None, sig: int, grace: float) -> None:
-    """Signal the child's whole session (its own children too), then SIGKILL what is left."""
+def signal_group(proc: subprocess.Popen | None, sig: int) -> None:
+    """Signal the child's whole session (its own children too)."""
     if proc is None:
         return
     try:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def kill_group_after(proc: subprocess.Popen | None, seconds: float) -> None:
+    """Wait up to `seconds` for the child, then SIGKILL whatever is left of its session."""
+    if proc is None:
+        return
     try:
-        proc.wait(grace)
+        proc.wait(seconds)
     except subprocess.TimeoutExpired:
         pass
     try:
