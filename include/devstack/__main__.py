@@ -39,6 +39,9 @@ def run(folder: Path, with_airflow: bool) -> int:
     if existing and existing.alive():
         print(f"A stack already runs from {folder} (pid {existing.pid}); `make down` first.", file=sys.stderr)
         return 1
+    # explicitly: a process started in the background by a script inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler, so Ctrl-C would stop nothing
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     stack = LocalStack(folder, with_airflow=with_airflow, api_port=_api_port())
     code = 0
