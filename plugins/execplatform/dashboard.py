@@ -44,10 +44,10 @@ def create_app(conn_id: str = "app_db") -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def overview() -> str:
-        from execplatform.operators.backup import _catalog
+        from execplatform.operators.backup import app_cursor
         from include.dashboard import all_panels
 
-        with _catalog(conn_id) as cur:
+        with app_cursor(conn_id) as cur:
             return render(all_panels(cur))
 
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from execplatform.operators.backup import _catalog
+from execplatform.operators.backup import app_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 def start(conn_id: str, run_id: str) -> int:
     from include.audit import start_audit
 
-    with _catalog(conn_id) as cur:
+    with app_cursor(conn_id) as cur:
         return start_audit(cur, run_id)
 
 
@@ -23,7 +23,7 @@ def check_gate(conn_id: str, audit_run_id: int, gate: str, limits: dict[str, Any
 
     from include.audit import DEFAULT_LIMITS, GATES, record
 
-    with _catalog(conn_id) as cur:
+    with app_cursor(conn_id) as cur:
         evidence = GATES[gate](cur, {**DEFAULT_LIMITS, **{k: v for k, v in limits.items() if k in DEFAULT_LIMITS}})
         record(cur, audit_run_id, evidence)
     logger.info("%s\nquery: %s", evidence, evidence.query)
@@ -38,7 +38,7 @@ def report(conn_id: str, audit_run_id: int, gates: list[str]) -> dict[str, Any]:
 
     from include.audit import finish_audit
 
-    with _catalog(conn_id) as cur:
+    with app_cursor(conn_id) as cur:
         failed = finish_audit(cur, audit_run_id, gates)
         cur.execute("SELECT gate, passed, observed, threshold FROM audit_findings WHERE audit_run_id = %s "
                     "ORDER BY gate", (audit_run_id,))  # fmt: skip

@@ -28,8 +28,9 @@ def libpq_dsn(conn_id: str, dbname: str | None = None) -> str:
 
 
 @contextmanager
-def _catalog(conn_id: str) -> Iterator:
-    """A cursor on the database that keeps the backups catalog; committed and closed on exit."""
+def app_cursor(conn_id: str) -> Iterator:
+    """A cursor on a postgres connection's database (the app DB: catalog, runs, audits);
+    committed and closed on exit. The one way the adapters reach the app database."""
     import psycopg2
 
     conn = psycopg2.connect(libpq_dsn(conn_id))
@@ -106,7 +107,7 @@ class PostgresBackupOperator(BaseOperator):
 
         dsn = libpq_dsn(self.postgres_conn_id)
         database = BaseHook.get_connection(self.postgres_conn_id).schema
-        with _catalog(self.postgres_conn_id) as cur:
+        with app_cursor(self.postgres_conn_id) as cur:
             backup_id = catalog_start(cur, database)
         work_dir = Path(self.work_dir or tempfile.gettempdir()) / "execplatform-backups"
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,7 @@ class PostgresBackupOperator(BaseOperator):
         try:
             result = dump(dsn, folder, jobs=self.jobs)
             self._upload(folder, location)
-            with _catalog(self.postgres_conn_id) as cur:
+            with app_cursor(self.postgres_conn_id) as cur:
                 catalog_uploaded(cur, backup_id, result, location)
         except BaseException as exc:
             self._mark_failed(backup_id, f"{type(exc).__name__}: {exc}", catalog_failed)
@@ -148,7 +149,7 @@ class PostgresBackupOperator(BaseOperator):
 
     def _mark_failed(self, backup_id: int, error: str, catalog_failed) -> None:
         try:
-            with _catalog(self.postgres_conn_id) as cur:
+            with app_cursor(self.postgres_conn_id) as cur:
                 catalog_failed(cur, backup_id, error)
         except Exception:
             self.log.exception("could not mark backup %s failed in the catalog", backup_id)
@@ -199,7 +200,7 @@ class VerifyBackupOperator(BaseOperator):
         )
 
         backup_id = int(self.backup_id)
-        with _catalog(self.postgres_conn_id) as cur:
+        with app_cursor(self.postgres_conn_id) as cur:
             entry = catalog_get(cur, backup_id)
         scratch = f"verify_{backup_id}_{uuid.uuid4().hex[:8]}"
         with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
@@ -218,13 +219,13 @@ class VerifyBackupOperator(BaseOperator):
             message = f"backup {backup_id} failed verification: " + "; ".join(problems)
             self._fail(backup_id, message, catalog_failed)
             raise AirflowFailException(message)
-        with _catalog(self.postgres_conn_id) as cur:
+        with app_cursor(self.postgres_conn_id) as cur:
             catalog_verified(cur, backup_id, seconds)
         self.log.info("backup %s verified: restored into %s in %.2f s", backup_id, scratch, seconds)
         return {"backup_id": backup_id, "restore_seconds": round(seconds, 3), "verified": 1}
 
     def _fail(self, backup_id: int, message: str, catalog_failed) -> None:
-        with _catalog(self.postgres_conn_id) as cur:
+        with app_cursor(self.postgres_conn_id) as cur:
             catalog_failed(cur, backup_id, message)
 
 
@@ -298,7 +299,7 @@ class RestoreBackupOperator(BaseOperator):
         if requested != "latest" and not requested.isdigit():
             raise AirflowFailException(f"backup_id {requested!r} is neither a catalog id nor 'latest'")
         try:
-            with _catalog(self.postgres_conn_id) as cur:
+            with app_cursor(self.postgres_conn_id) as cur:
                 entry = _verified(cur, None if requested == "latest" else int(requested))
         except BackupError as exc:
             raise AirflowFailException(str(exc)) from exc
@@ -334,7 +335,7 @@ def _verified(cur, backup_id: int | None) -> CatalogEntry:
 
 
 def _database_exists(conn_id: str, name: str) -> bool:
-    with _catalog(conn_id) as cur:
+    with app_cursor(conn_id) as cur:
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
         return cur.fetchone() is not None
 
@@ -355,7 +356,7 @@ def apply_retention(
     from include.backup import plan_retention
     from include.migrations import rollback_points
 
-    with _catalog(postgres_conn_id) as cur:
+    with app_cursor(postgres_conn_id) as cur:
         cur.execute("SELECT id, verified_at, location FROM backups WHERE status = 'verified'")
         rows = cur.fetchall()
         protected = protected | rollback_points(cur)
@@ -368,6 +369,6 @@ def apply_retention(
         keys = s3.list_keys(bucket_name=bucket, prefix=prefix)
         if keys:
             s3.delete_objects(bucket=bucket, keys=keys)
-        with _catalog(postgres_conn_id) as cur:
+        with app_cursor(postgres_conn_id) as cur:
             cur.execute("UPDATE backups SET status = 'deleted' WHERE id = %s AND status = 'verified'", (backup_id,))
     return doomed

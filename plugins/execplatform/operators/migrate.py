@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from execplatform.operators.backup import (
-    _catalog,
+    app_cursor,
     create_database,
     drop_database,
     fetch_backup,
@@ -46,11 +46,8 @@ def _fail(message: str) -> None:
 
 
 def _set_status(conn_id: str, run_id: str, status: str, error: str | None = None, **fields: Any) -> None:
-    from include.migrations import BOOKKEEPING_DDL
-
     assignments = "".join(f", {name} = %({name})s" for name in fields)  # names are this module's own
-    with _catalog(conn_id) as cur:
-        cur.execute(BOOKKEEPING_DDL)
+    with app_cursor(conn_id) as cur:  # the row exists: plan created the table and inserted it
         cur.execute(
             f"UPDATE migration_runs SET status = %(status)s, error = coalesce(%(error)s, error), "  # noqa: S608
             f"finished_at = CASE WHEN %(status)s IN ('completed', 'failed', 'rolled_back', 'cancelled') "
@@ -60,7 +57,7 @@ def _set_status(conn_id: str, run_id: str, status: str, error: str | None = None
 
 
 def _run_row(conn_id: str, run_id: str) -> dict[str, Any]:
-    with _catalog(conn_id) as cur:
+    with app_cursor(conn_id) as cur:
         cur.execute("SELECT from_revision, target_revision, backup_id, status FROM migration_runs "
                     "WHERE dag_run_id = %s", (run_id,))  # fmt: skip
         row = cur.fetchone()
@@ -87,7 +84,7 @@ def plan_migration(conn_id: str, run_id: str, target: str, settings: Settings) -
         logger.info("pending revision %s (%s):\n%s", rev.revision, rev.title, offline_sql(rev.revision, settings=settings))
     if not revisions:
         raise AirflowSkipException(f"the database is at {start}; nothing to apply for target {target!r}")
-    with _catalog(conn_id) as cur:
+    with app_cursor(conn_id) as cur:
         cur.execute(BOOKKEEPING_DDL)
         cur.execute(
             "INSERT INTO migration_runs (dag_run_id, from_revision, target_revision) VALUES (%s, %s, %s) "
@@ -103,7 +100,7 @@ def lint_migration(conn_id: str, target: str, settings: Settings) -> dict[str, A
     from include.migrations import pending
     from include.migrations.lint import lint
 
-    with _catalog(conn_id) as cur:
+    with app_cursor(conn_id) as cur:
         cur.execute("SELECT current_setting('server_version_num')::int / 10000")
         major = cur.fetchone()[0]
     revisions = pending(libpq_dsn(conn_id), target, settings=settings)
@@ -117,7 +114,7 @@ def lint_migration(conn_id: str, target: str, settings: Settings) -> dict[str, A
 
 def fresh_backup_id(conn_id: str, max_age_hours: float) -> int | None:
     """The newest verified backup if it is younger than `max_age_hours`, else None."""
-    with _catalog(conn_id) as cur:
+    with app_cursor(conn_id) as cur:
         cur.execute("SELECT id FROM backups WHERE status = 'verified' AND verified_at > %s "
                     "ORDER BY verified_at DESC, id DESC LIMIT 1",
                     (datetime.now(UTC) - timedelta(hours=max_age_hours),))  # fmt: skip
@@ -135,7 +132,7 @@ def rehearse_migration(conn_id: str, aws_conn_id: str, run_id: str, max_age_hour
     if backup_id is None:
         _fail(f"no verified backup younger than {max_age_hours} h: the backup gate did not produce one")
     _set_status(conn_id, run_id, "planned", backup_id=backup_id)  # the rollback point, protected from retention
-    with _catalog(conn_id) as cur:
+    with app_cursor(conn_id) as cur:
         entry = catalog_get(cur, backup_id)
     scratch = f"rehearse_{backup_id}_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="rehearse-") as tmp:
@@ -180,7 +177,7 @@ def apply_migration(conn_id: str, run_id: str, settings: Settings) -> dict[str, 
         _set_status(conn_id, run_id, "failed", error=str(exc))
         _fail(str(exc))
     _set_status(conn_id, run_id, "applied")
-    with _catalog(conn_id) as cur:
+    with app_cursor(conn_id) as cur:
         log_security_event(cur, "migration_applied", "warning", actor=f"db_migrate/{run_id}",
                            revisions=applied, from_revision=run["from_revision"])  # fmt: skip
     return {"applied": applied, "filenode": filenode, "before": before.to_dict()}
@@ -228,7 +225,7 @@ def roll_back_migration(conn_id: str, run_id: str, settings: Settings) -> dict[s
     reached = current(dsn)
     downgrade(dsn, run["from_revision"] or "base", settings=settings)
     _set_status(conn_id, run_id, "rolled_back")
-    with _catalog(conn_id) as cur:
+    with app_cursor(conn_id) as cur:
         log_security_event(cur, "migration_rolled_back", "critical", actor=f"db_migrate/{run_id}",
                            from_revision=reached, to_revision=run["from_revision"])  # fmt: skip
     send_alert("critical", f"db_migrate rolled {conn_id} back from {reached} to {run['from_revision']}")
@@ -239,7 +236,7 @@ def finish_migration(conn_id: str, run_id: str, verified: bool) -> str:
     """Close the run's row: completed when applied and verified, cancelled when nothing was
     applied (dry run, rejected, blocked before production), else failed; this releases the
     backup it held as its rollback point."""
-    with _catalog(conn_id) as cur:
+    with app_cursor(conn_id) as cur:
         cur.execute("SELECT status FROM migration_runs WHERE dag_run_id = %s", (run_id,))
         row = cur.fetchone()
     if row is None:
