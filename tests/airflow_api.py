@@ -33,8 +33,9 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def exists(url: str, token: str) -> bool:
+    """False for "not yet": an error status, or a server too busy to answer this poll in time."""
     try:
         api(url, token)
-    except urllib.error.HTTPError:
+    except (urllib.error.URLError, TimeoutError):
         return False
     return True
