@@ -48,6 +48,7 @@ def _readers(token: str, task_id: str, started: datetime, conn_id: str, aws_conn
 
 def audit_alarms(
     conn_id: str = "app_db",
+    audit_run_id: int | None = None,
     *,
     deadline_seconds: float = 60,
     aws_conn_id: str = "aws_default",
@@ -69,6 +70,14 @@ def audit_alarms(
     deliveries = wait_for_delivery(_readers(token, task_id, started, conn_id, aws_conn_id), deadline_seconds)
     logger.info("alarm audit %s:\n%s", token, "\n".join(map(str, deliveries)))
     missing = [d for d in deliveries if d.seconds is None]
+    if audit_run_id is not None:
+        from execplatform.operators.backup import app_cursor
+        from include.audit import Evidence, record
+
+        with app_cursor(conn_id) as cur:
+            record(cur, audit_run_id, Evidence(
+                "alarm_delivery", not missing, {d.channel: d.seconds for d in deliveries},
+                f"every channel within {deadline_seconds} s", f"synthetic critical failure {token}"))
     if missing:
         raise AirflowFailException(
             f"alarm audit {token}: channel(s) {', '.join(d.channel for d in missing)} did not deliver the synthetic "
