@@ -32,21 +32,30 @@ class Digest:
         return [gate for gate, passed, *_ in self.gates if not passed]
 
 
+def _exists(cur, table: str) -> bool:
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",))
+    return cur.fetchone()[0]
+
+
 def gather(cur, day: date, audit_run_id: int | None, *, change_days: int = 7) -> Digest:
+    """What the schema has yet: indicators and ROI are left empty before their revisions."""
     digest = Digest(day, audit_run_id)
     if audit_run_id is not None:
         cur.execute("SELECT gate, passed, observed, threshold FROM audit_findings WHERE audit_run_id = %s "
                     "ORDER BY gate", (audit_run_id,))  # fmt: skip
         digest.gates = cur.fetchall()
-    cur.execute("SELECT indicator, dimension, day, direction, reference_mean FROM indicator_changes "
-                "WHERE day > %s - %s ORDER BY day DESC, indicator, dimension", (day, change_days))  # fmt: skip
-    digest.changes = cur.fetchall()
-    cur.execute("SELECT segment, attributed_roi_cents, incremental_roi_cents FROM offer_roi "
-                "WHERE model_version_id = (SELECT max(model_version_id) FROM offer_assignments) ORDER BY segment")
-    digest.roi = cur.fetchall()
     cur.execute("SELECT extract(epoch FROM now() - max(verified_at)) / 3600 FROM backups WHERE status = 'verified'")
     age = cur.fetchone()[0]
     digest.backup_age_hours = None if age is None else round(float(age), 2)
+    if _exists(cur, "offer_roi"):
+        cur.execute("SELECT segment, attributed_roi_cents, incremental_roi_cents FROM offer_roi WHERE "
+                    "model_version_id = (SELECT max(model_version_id) FROM offer_assignments) ORDER BY segment")
+        digest.roi = cur.fetchall()
+    if not _exists(cur, "indicator_values"):
+        return digest
+    cur.execute("SELECT indicator, dimension, day, direction, reference_mean FROM indicator_changes "
+                "WHERE day > %s - %s ORDER BY day DESC, indicator, dimension", (day, change_days))  # fmt: skip
+    digest.changes = cur.fetchall()
     cur.execute("SELECT indicator, dimension, value FROM indicator_values WHERE day = %s ORDER BY 1, 2", (day,))
     digest.values = cur.fetchall()
     return digest
@@ -97,7 +106,9 @@ def plot_series(points: list[tuple[date, float]], change_days: list[date], title
 
 def write_plots(cur, folder: Path, *, days: int = 120) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths: list[Path] = []
+    if not _exists(cur, "indicator_values"):
+        return paths
     for (indicator, dimension), (points, change_days) in series_with_changes(cur, days=days).items():
         title = f"{indicator}[{dimension}]" if dimension else indicator
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", title)

@@ -272,6 +272,11 @@ def compute(cur, day: date, champion: Champion | None = None) -> list[Value]:
 # --- storage and trend changes ----------------------------------------------------------------------
 
 
+def ready(cur) -> bool:
+    """Whether revision 0005 (the indicator tables) is applied."""
+    return _exists(cur, "indicator_values") and _exists(cur, "indicator_changes")
+
+
 def store(cur, day: date, values: Iterable[Value]) -> int:
     """Upsert the day's values; returns how many rows were inserted or changed."""
     changed = 0

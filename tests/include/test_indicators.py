@@ -3,6 +3,7 @@ trend change alerted through the platform's alert path while every value is insi
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -137,3 +138,21 @@ def test_the_champion_is_scored_on_the_days_impressions_and_each_feature_gets_a_
     assert {d for i, d in rows if i == "feature_psi"} == set(FEATURES)
     assert all(t is not None and v >= 0 for (i, _), (v, t) in rows.items() if i.endswith("_psi"))
     assert ("prediction_psi", "") in rows and result["values"] == len(rows)
+
+
+def test_before_revision_0005_the_indicator_step_skips_and_the_digest_still_gathers(app_dsn, monkeypatch):
+    from psycopg2.extensions import parse_dsn
+
+    from execplatform.operators.indicators import record_indicators
+    from include.digest import gather
+
+    parts = parse_dsn(app_dsn)
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", json.dumps({
+        "conn_type": "postgres", "host": parts["host"], "port": int(parts["port"]),
+        "schema": parts["dbname"], "login": parts["user"], "password": parts.get("password", ""),
+    }))  # fmt: skip
+    today = datetime.now(UTC).date()
+    assert record_indicators("app_db", today, alert=lambda level, title: None)["skipped"] == "revision 0005 not applied"
+    with cursor(app_dsn) as cur:
+        digest = gather(cur, today, None)
+    assert (digest.values, digest.changes, digest.roi, digest.backup_age_hours) == ([], [], [], None)

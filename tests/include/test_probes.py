@@ -86,3 +86,12 @@ def test_the_proof_sees_a_changed_row_and_a_marked_row(app_head_dsn):
 def test_an_entry_point_that_lets_bad_input_through_is_reported_broken():
     result = probes._refusal("lenient", "f", lambda: 1, (ValueError,))
     assert (result.outcome, result.held) == ("ACCEPTED", False) and str(result).startswith("BROKEN")
+
+
+def test_entry_points_not_migrated_in_yet_are_skipped_not_failed(app_dsn):
+    """At the baseline (no ai_model, no offer tables) the queue and payment probes cannot run."""
+    assert probes.applicable(app_dsn) == {"queue": False, "offers": False}
+    results = probes.run_all(app_dsn, "baseline")
+    assert results and all(r.held for r in results)
+    assert {r.entry_point for r in results} == {"task_handlers.validate_payload", "task_handlers.resolve_ai_model",
+                                                "offers.model.quarantine_reasons"}

@@ -46,6 +46,9 @@ def record_indicators(
     if alert is None:
         from execplatform.notifiers.alert_notifier import send_alert as alert
     with app_cursor(conn_id) as cur:
+        if not indicators.ready(cur):
+            logger.warning("no indicator_values table: revision 0005 is not applied; indicators skipped")
+            return {"day": day.isoformat(), "skipped": "revision 0005 not applied"}
         champion = load_champion(cur, aws_conn_id)
         changed = 0
         for offset in range(days - 1, -1, -1):

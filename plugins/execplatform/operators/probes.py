@@ -31,7 +31,10 @@ def run_probes(conn_id: str, audit_run_id: int | None, dag_params: Any = None, d
     marker = f"probe{uuid.uuid4().hex[:12]}"
     schema_before = schema_dump(dsn)
     with probes.sandbox(dsn, current(dsn)) as sandbox_dsn:
+        skipped = [group for group, present in probes.applicable(sandbox_dsn).items() if not present]
         results = probes.run_all(sandbox_dsn, marker)
+    if skipped:
+        logger.warning("probes skipped, their schema is not migrated in yet: %s", ", ".join(skipped))
     results += probes.param_probes(dict(dag_params.items()) if dag_params else {}, dag_id)
     schema_changed = schema_dump(dsn) != schema_before
     with app_cursor(conn_id) as cur:
@@ -40,7 +43,7 @@ def run_probes(conn_id: str, audit_run_id: int | None, dag_params: Any = None, d
         problems = broken + (["production schema changed"] if schema_changed else []) + \
             [f"{n} row(s) of {t} carry the probe marker" for t, n in leaked.items()]
         observed = {"probes": len(results), "broken": broken, "schema_changed": schema_changed, "leaked": leaked,
-                    "outcomes": {r.probe: r.outcome for r in results}}
+                    "skipped": skipped, "outcomes": {r.probe: r.outcome for r in results}}
         if audit_run_id is not None:
             record(cur, audit_run_id, Evidence(GATE, not problems, observed, "every probe held; production unchanged",
                                                f"{len(results)} probes in a scratch database, marker {marker}"))
