@@ -25,6 +25,20 @@ A failed gate does not retry (`AirflowFailException`); `report` then fails the r
 
 **When it fails:** the failed gate's log and `audit_findings` hold the evidence. Fix the
 invariant (or, if the limit is wrong, the limit), then clear the failed gate and `report`.
+
+**After the gates** (each runs whatever the gates' outcome):
+
+- `leading_indicators`: the last complete day's indicators (and the 6 days before, to fill a
+  gap) into `indicator_values`; a warning alert for every new CUSUM trend change (kept in
+  `indicator_changes`, alerted once) and every PSI over its sample-size threshold.
+- `adversarial_probes`: hostile input through the real entry points in a scratch database
+  (dropped after); fails if any probe is accepted, production's schema dump changed, or a probe
+  value is found in production. Evidence in `audit_findings` (gate `adversarial_probes`).
+- `alarm_delivery`: a synthetic critical failure must reach the alerts table, CloudWatch, email
+  and Sentry within 120 s; fails naming each channel that did not (gate `alarm_delivery`).
+- `daily_digest`: gates, trend changes, ROI, backup freshness and a PNG per indicator (under
+  `$AUDIT_REPORT_DIR`, default `$AIRFLOW_HOME/audit_reports/<day>`) mailed through `smtp_default`
+  to the Variable `audit_digest_recipients` (comma-separated), else `$AUDIT_DIGEST_TO`.
 """
 
 from __future__ import annotations
@@ -89,6 +103,47 @@ def adversarial_audit():
     audit_run_id = start()
     gates = [check.override(task_id=gate)(gate, audit_run_id) for gate in GATES]
     gates >> report(audit_run_id)
+
+    # after the gates: leading indicators, probes, the alarms themselves, then the digest
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def leading_indicators() -> dict:
+        from execplatform.operators.indicators import record_indicators
+
+        return record_indicators(APP_DB, _audited_day(), days=INDICATOR_DAYS)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def adversarial_probes(audit_run_id: int, dag=None) -> dict:
+        from execplatform.operators.probes import run_probes
+
+        return run_probes(APP_DB, audit_run_id, dag.params, dag.dag_id)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def alarm_delivery(audit_run_id: int) -> dict:
+        from execplatform.operators.alarm_audit import audit_alarms
+
+        return audit_alarms(APP_DB, audit_run_id, deadline_seconds=ALARM_DEADLINE_SECONDS)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def daily_digest(audit_run_id: int) -> dict:
+        from execplatform.operators.audit_report import send_digest
+
+        return send_digest(APP_DB, _audited_day(), audit_run_id)
+
+    after_gates = [leading_indicators(), adversarial_probes(audit_run_id), alarm_delivery(audit_run_id)]
+    for step in after_gates:
+        gates >> step
+    after_gates >> daily_digest(audit_run_id)
+
+
+INDICATOR_DAYS = 7  # a day missed by a skipped run fills in on the next
+ALARM_DEADLINE_SECONDS = 120
+
+
+def _audited_day():
+    """Indicators cover the last complete UTC day."""
+    from datetime import UTC
+
+    return (datetime.now(UTC) - timedelta(days=1)).date()
 
 
 adversarial_audit()
