@@ -57,13 +57,14 @@ from airflow.sdk import (
 
 from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
 from include.audit import DEFAULT_LIMITS, GATES
+from include.schedules import schedule_for
 
 APP_DB = "app_db"
 
 
 @dag(
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 5 * * *", timezone="UTC"),
+        timetable=CronTriggerTimetable(schedule_for("adversarial_audit", "0 5 * * *"), timezone="UTC"),
         assets=Asset("app_db_backup_verified") | Asset("app_db_migration_applied"),
     ),
     start_date=datetime(2026, 1, 1),

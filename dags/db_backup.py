@@ -32,12 +32,13 @@ from airflow.sdk import Asset, Param, TriggerRule, dag, task
 
 from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
 from execplatform.operators.backup import PostgresBackupOperator, VerifyBackupOperator
+from include.schedules import schedule_for
 
 BACKUP_VERIFIED = Asset("app_db_backup_verified")
 
 
 @dag(
-    schedule="@daily",
+    schedule=schedule_for("db_backup", "@daily"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

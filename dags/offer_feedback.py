@@ -27,12 +27,13 @@ from datetime import datetime, timedelta
 from airflow.sdk import Asset, Param, dag, task
 
 from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
+from include.schedules import schedule_for
 
 OFFER_FEEDBACK = Asset("offer_feedback_enough")
 
 
 @dag(
-    schedule="@hourly",
+    schedule=schedule_for("offer_feedback", "@hourly"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

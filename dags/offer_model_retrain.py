@@ -50,13 +50,14 @@ from airflow.sdk import (
 
 from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
 from execplatform.operators.offers import PublishOffersOperator
+from include.schedules import schedule_for
 
 OFFER_FEEDBACK = Asset("offer_feedback_enough")
 
 
 @dag(
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC"), assets=OFFER_FEEDBACK
+        timetable=CronTriggerTimetable(schedule_for("offer_model_retrain", "0 3 * * 1"), timezone="UTC"), assets=OFFER_FEEDBACK
     ),
     start_date=datetime(2026, 1, 1),
     catchup=False,

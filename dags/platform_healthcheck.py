@@ -29,12 +29,13 @@ from airflow.sdk import dag
 from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
 from execplatform.operators.cloudwatch import ApplyAlarmsOperator
 from execplatform.operators.healthcheck import ConnectionProbeOperator
+from include.schedules import schedule_for
 
 PROBED_CONNECTIONS = ("app_db", "aws_default", "stripe_default", "smtp_default", "redis_default")
 
 
 @dag(
-    schedule=timedelta(minutes=15),
+    schedule=schedule_for("platform_healthcheck", timedelta(minutes=15)),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -29,10 +29,11 @@ from airflow.sdk import dag, task
 
 from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
 from execplatform.operators.offers import SyncStripePaymentsOperator
+from include.schedules import schedule_for
 
 
 @dag(
-    schedule="@hourly",
+    schedule=schedule_for("roi_sync", "@hourly"),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -37,13 +37,14 @@ from airflow.sdk import Param, TriggerRule, dag, task
 
 from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
 from execplatform.operators.task_batch import DrainQueueOperator
+from include.schedules import schedule_for
 
 TASK_TYPES = ["implementation", "self_improvement", "idea", "idea_implementation"]
 
 
 @dag(
     # from the environment, not a Variable: parsing must not query the metadata database
-    schedule=os.environ.get("TASK_BATCH_SCHEDULE", "*/5 * * * *"),
+    schedule=schedule_for("task_batch", os.environ.get("TASK_BATCH_SCHEDULE", "*/5 * * * *")),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

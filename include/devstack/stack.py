@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from include.devstack.worker_name import WORKER_NAME_VAR
+
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
@@ -102,6 +104,19 @@ def smtp_answers(port: int) -> Callable[[], bool]:
                 return smtp.noop()[0] == 250
         except OSError:
             return False
+
+    return probe
+
+
+def log_says(path: Path, text: str) -> Callable[[], bool]:
+    """For a server that answers no probe of its own (a Celery worker): its log says it is up,
+    after what the log held already (the log of a previous start is appended to)."""
+    start = path.stat().st_size if path.exists() else 0
+
+    def probe() -> bool:
+        with open(path, "rb") as log:
+            log.seek(start)
+            return text.encode() in log.read()
 
     return probe
 
@@ -293,7 +308,8 @@ def sentry_dsn(ports: dict[str, int]) -> str:
 
 
 def airflow_env(
-    folder: Path, ports: dict[str, int], secret: dict[str, str], dags_folder: Path = ROOT / "dags"
+    folder: Path, ports: dict[str, int], secret: dict[str, str], dags_folder: Path = ROOT / "dags",
+    celery_workers: int = 0,
 ) -> dict[str, str]:
     """Everything an `airflow ...` process needs to act on this stack (what `make env` prints)."""
     home = folder / "airflow"
@@ -343,9 +359,29 @@ def airflow_env(
         # frame locals are where connection passwords live; never ship them
         "AIRFLOW__SENTRY__INCLUDE_LOCAL_VARIABLES": "False",
     }
+    if celery_workers:
+        env.update(celery_env(ports, secret))
     for conn_id, conn in connections(ports, secret).items():
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
     return env
+
+
+CELERY_BROKER_DB = 1  # the task cache (REDIS_URL, redis_default) keeps db 0
+CELERY_WORKER_CONCURRENCY = 2
+
+
+def celery_env(ports: dict[str, int], secret: dict[str, str]) -> dict[str, str]:
+    """CeleryExecutor on the stack's Redis (its own db) with results in the metadata database."""
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{ports['redis']}/{CELERY_BROKER_DB}",
+        "AIRFLOW__CELERY__RESULT_BACKEND": (
+            f"db+postgresql://airflow:{secret['airflow_db_password']}@127.0.0.1:{ports['postgres']}/airflow"
+        ),
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(CELERY_WORKER_CONCURRENCY),
+        # several workers share this machine: each task instance records its worker's own name
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "include.devstack.worker_name.hostname",
+    }
 
 
 # --- the stack ----------------------------------------------------------------------------
@@ -361,6 +397,7 @@ class StackInfo:
     ports: dict[str, int]
     with_airflow: bool
     dags_folder: str = str(ROOT / "dags")
+    celery_workers: int = 0
     login: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -386,11 +423,16 @@ class StackInfo:
 
     def env(self) -> dict[str, str]:
         folder = Path(self.folder)
-        return airflow_env(folder, self.ports, load_secrets(folder), Path(self.dags_folder))
+        return airflow_env(folder, self.ports, load_secrets(folder), Path(self.dags_folder), self.celery_workers)
 
 
 class LocalStack:
-    """The servers of DESIGN §4's local column, optionally with Airflow's four components."""
+    """The servers of DESIGN §4's local column, optionally with Airflow's four components.
+
+    With `celery_workers` (default: `$STACK_CELERY_WORKERS`, else 0) Airflow runs the
+    CeleryExecutor instead of the LocalExecutor, with that many `airflow celery worker`s.
+    `extra_env` is given to every process last, over the stack's own settings (tests use it).
+    """
 
     def __init__(
         self,
@@ -399,6 +441,8 @@ class LocalStack:
         with_airflow: bool = True,
         api_port: int | None = None,
         dags_folder: Path = ROOT / "dags",
+        celery_workers: int | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.folder = folder
         self.with_airflow = with_airflow
@@ -412,13 +456,21 @@ class LocalStack:
         }
         self.ports["api"] = free_port(wanted_api or None)
         self.dags_folder = dags_folder
-        self.info = StackInfo(os.getpid(), "starting", str(folder), self.ports, with_airflow, str(dags_folder))
+        if celery_workers is None:
+            celery_workers = int(os.environ.get("STACK_CELERY_WORKERS", "0"))
+        self.celery_workers = celery_workers
+        self.extra_env = extra_env or {}
+        for n in range(1, celery_workers + 1):  # each worker serves its task logs on its own port
+            self.ports[f"worker_logs_{n}"] = free_port()
+        self.info = StackInfo(os.getpid(), "starting", str(folder), self.ports, with_airflow, str(dags_folder),
+                              celery_workers=celery_workers)  # fmt: skip
 
     @property
     def env(self) -> dict[str, str]:
         env = os.environ.copy()
-        env.update(airflow_env(self.folder, self.ports, self.secret, self.dags_folder))
+        env.update(airflow_env(self.folder, self.ports, self.secret, self.dags_folder, self.celery_workers))
         env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+        env.update(self.extra_env)
         return env
 
     def superuser_dsn(self, dbname: str = "postgres") -> str:
@@ -630,9 +682,25 @@ class LocalStack:
         )
         for component in ("scheduler", "dag-processor", "triggerer"):
             self.supervisor.start(Service(component, [airflow, component], always_ready, env))
+        for n in range(1, self.celery_workers + 1):
+            self._start_celery_worker(n, env)
         wait_until_healthy(api, self.supervisor)
         passwords = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
         self.info.login = {"url": f"http://localhost:{self.ports['api']}", **login_from(passwords)}
+
+    def _start_celery_worker(self, n: int, env: dict[str, str]) -> None:
+        name = f"celery-worker-{n}"
+        worker_env = {**env, WORKER_NAME_VAR: name,
+                      "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.ports[f"worker_logs_{n}"])}  # fmt: skip
+        self.supervisor.start(
+            Service(
+                name,
+                [str(VENV_BIN / "airflow"), "celery", "worker", "--celery-hostname", f"{name}@%h",
+                 "--concurrency", str(CELERY_WORKER_CONCURRENCY)],
+                log_says(self.supervisor.logs / f"{name}.log", " ready."),
+                worker_env,
+            )
+        )  # fmt: skip
 
 
 def login_from(passwords_file: Path) -> dict[str, str]:
