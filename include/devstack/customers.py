@@ -31,6 +31,7 @@ def app_dsn(conn: dict) -> str:
 
 def play_once(seed: int) -> dict:
     import psycopg2
+    import psycopg2.errors
 
     from include.offers.simulator import simulate
 
@@ -39,6 +40,8 @@ def play_once(seed: int) -> dict:
     try:
         with conn, conn.cursor() as cur:
             return simulate(cur, client, seed=seed)
+    except psycopg2.errors.UndefinedTable:
+        return {"status": "waiting", "reason": "no offer tables yet: run db_migrate (revision 0004)"}
     finally:
         conn.close()
 
