@@ -7,6 +7,7 @@ Asset) → a second model promoted → rollback through the DAG param.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -311,6 +312,8 @@ def test_the_offer_story_with_simulated_customers(dagbag, offers_dsn, own_stripe
     assert sum(r[3] for r in roi) == played["redeemed_revenue_cents"]
     for _segment, *_, attributed_roi, incremental, low, high, gap in roi:
         assert low < incremental < high and gap == pytest.approx(attributed_roi - incremental)
+    sys.stdout.write(f"simulated: {played}\nROI (segment, treated, holdout, attributed revenue, attributed ROI,"
+                     f" incremental ROI, CI low, CI high, gap):\n" + "\n".join(map(str, roi)) + "\n")  # pytest -rP
 
     # offer_feedback: the bandit gains exactly the customers' impressions and redemptions
     _run(dagbag, "offer_feedback")
