@@ -22,11 +22,12 @@ twice, since a failed transaction leaves the cursor where it was.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import Asset, Param, dag, task
 
-from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
+from execplatform.notifiers.alert_notifier import run_metrics_callbacks
+from execplatform.operators.offers import offer_default_args
 from include.schedules import schedule_for
 
 OFFER_FEEDBACK = Asset("offer_feedback_enough")
@@ -45,20 +46,15 @@ OFFER_FEEDBACK = Asset("offer_feedback_enough")
         "retrain_after_redemptions": Param(500, type="integer", minimum=1, description="new redemptions that trigger a retrain"),
     },
     **run_metrics_callbacks(),
-    default_args={
-        "owner": "growth-data",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        **alert_callbacks(on_failure="error", on_retry="warning"),
-    },
+    default_args=offer_default_args(),
 )
 def offer_feedback():
     @task
     def update_bandit(params=None) -> dict:
-        from execplatform.operators.offers import app_cursor
+        from execplatform.operators.offers import APP_DB, app_cursor
         from include.offers import jobs
 
-        with app_cursor() as cur:
+        with app_cursor(APP_DB) as cur:
             return jobs.update_bandit(cur, min_exploration=params["min_exploration"],
                                       budget_per_impression_cents=params["budget_per_impression_cents"])  # fmt: skip
 

@@ -36,7 +36,7 @@ error names the object id. Fix the cause and clear the failed task; re-runs chan
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import (
     Asset,
@@ -48,8 +48,8 @@ from airflow.sdk import (
     task,
 )
 
-from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
-from execplatform.operators.offers import PublishOffersOperator
+from execplatform.notifiers.alert_notifier import run_metrics_callbacks
+from execplatform.operators.offers import PublishOffersOperator, offer_default_args
 from include.schedules import schedule_for
 
 OFFER_FEEDBACK = Asset("offer_feedback_enough")
@@ -72,12 +72,7 @@ OFFER_FEEDBACK = Asset("offer_feedback_enough")
         "discount_budget_cents": Param(50_000_000, type="number", minimum=0, description="expected discount paid over all offers"),
     },
     **run_metrics_callbacks(),
-    default_args={
-        "owner": "growth-data",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        **alert_callbacks(on_failure="error", on_retry="warning"),
-    },
+    default_args=offer_default_args(),
 )
 def offer_model_retrain():
     @task.branch
@@ -86,12 +81,12 @@ def offer_model_retrain():
 
     @task
     def rollback_champion() -> dict:
-        from execplatform.operators.offers import app_cursor
+        from execplatform.operators.offers import APP_DB, app_cursor
         from include.offers import registry
         from include.offers.model import MODEL_NAME
         from include.security_events import log_security_event
 
-        with app_cursor() as cur:
+        with app_cursor(APP_DB) as cur:
             retired, restored = registry.rollback(cur, MODEL_NAME)
             log_security_event(cur, "rollback", "warning", object="model_version",
                                retired=retired.id, restored=restored.id)  # fmt: skip
@@ -101,21 +96,21 @@ def offer_model_retrain():
     def extract(run_id=None) -> dict:
         from datetime import UTC
 
-        from execplatform.operators.offers import app_cursor, model_bucket, s3_client
+        from execplatform.operators.offers import APP_DB, app_cursor, model_bucket, s3_client
         from include.offers import jobs
         from include.offers.model import MODEL_NAME
 
         safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
         uri = f"s3://{model_bucket()}/{MODEL_NAME}/runs/{safe_run}/training.csv.gz"
-        with app_cursor() as cur:
+        with app_cursor(APP_DB) as cur:
             return jobs.extract(cur, s3_client(), uri, datetime.now(UTC))
 
     @task
     def train(extracted: dict, params=None) -> dict:
-        from execplatform.operators.offers import app_cursor, model_bucket, s3_client
+        from execplatform.operators.offers import APP_DB, app_cursor, model_bucket, s3_client
         from include.offers import jobs
 
-        with app_cursor() as cur:
+        with app_cursor(APP_DB) as cur:
             return jobs.train(cur, s3_client(), snapshot_uri=extracted["snapshot_uri"],
                               bucket=model_bucket(), valid_days=params["valid_days"])  # fmt: skip
 
@@ -123,11 +118,16 @@ def offer_model_retrain():
     def evaluate(extracted: dict, trained: dict) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from execplatform.operators.offers import app_cursor, report_refused_artifact, s3_client
+        from execplatform.operators.offers import (
+            APP_DB,
+            app_cursor,
+            report_refused_artifact,
+            s3_client,
+        )
         from include.offers import jobs, registry
 
         try:
-            with app_cursor() as cur:
+            with app_cursor(APP_DB) as cur:
                 result = jobs.evaluate(cur, s3_client(), snapshot_uri=extracted["snapshot_uri"],
                                        version_id=trained["version_id"], valid_from=trained["valid_from"])  # fmt: skip
         except registry.ArtifactRefused as refused:
@@ -139,28 +139,33 @@ def offer_model_retrain():
 
     @task
     def promote_or_keep(evaluation: dict, params=None) -> dict:
-        from execplatform.operators.offers import app_cursor
+        from execplatform.operators.offers import APP_DB, app_cursor
         from include.offers import jobs, registry
 
-        with app_cursor() as cur:
+        with app_cursor(APP_DB) as cur:
             return jobs.promote_or_keep(cur, evaluation, registry.Gates(margin_auc=params["margin_auc"]))
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def assign_offers(params=None) -> dict:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-        from execplatform.operators.offers import app_cursor, report_refused_artifact, s3_client
+        from execplatform.operators.offers import (
+            APP_DB,
+            app_cursor,
+            report_refused_artifact,
+            s3_client,
+        )
         from include.offers import jobs, registry
         from include.offers.model import MODEL_NAME
 
         try:
-            with app_cursor() as cur:
+            with app_cursor(APP_DB) as cur:
                 return jobs.assign_offers(cur, s3_client(), holdout_share=params["holdout_share"],
                                           budget_cents=params["discount_budget_cents"])  # fmt: skip
         except LookupError as missing:  # no champion yet: nothing to offer, nothing to publish
             raise AirflowSkipException(str(missing)) from None
         except registry.ArtifactRefused as refused:
-            with app_cursor() as cur:
+            with app_cursor(APP_DB) as cur:
                 report_refused_artifact(registry.champion(cur, MODEL_NAME).id, str(refused))
             raise AirflowFailException(f"champion artifact refused: {refused}") from None
 
@@ -174,7 +179,7 @@ def offer_model_retrain():
         from airflow.sdk.exceptions import AirflowSkipException
 
         from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
-        from execplatform.operators.offers import app_cursor, s3_client
+        from execplatform.operators.offers import APP_DB, app_cursor, s3_client
         from include.metrics import NAMESPACE, Metric, standard_dimensions
         from include.offers import jobs
 
@@ -182,7 +187,7 @@ def offer_model_retrain():
         if not evaluation:
             raise AirflowSkipException("no model was trained in this run (rollback)")
         decision = ti.xcom_pull(task_ids="promote_or_keep") or {}
-        with app_cursor() as cur:
+        with app_cursor(APP_DB) as cur:
             files = jobs.write_report(cur, s3_client(), version_id=evaluation["version_id"])
         dims = standard_dimensions()
         challenger = evaluation["challenger"]

@@ -23,12 +23,12 @@ the same transaction as the rows.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import dag, task
 
-from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
-from execplatform.operators.offers import SyncStripePaymentsOperator
+from execplatform.notifiers.alert_notifier import run_metrics_callbacks
+from execplatform.operators.offers import SyncStripePaymentsOperator, offer_default_args
 from include.schedules import schedule_for
 
 
@@ -40,12 +40,7 @@ from include.schedules import schedule_for
     doc_md=__doc__,
     tags=["offers", "stripe"],
     **run_metrics_callbacks(),
-    default_args={
-        "owner": "growth-data",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        **alert_callbacks(on_failure="error", on_retry="warning"),
-    },
+    default_args=offer_default_args(),
 )
 def roi_sync():
     synced = SyncStripePaymentsOperator(task_id="sync_payments")
@@ -54,10 +49,10 @@ def roi_sync():
     def compute_roi() -> list[dict]:
         from dataclasses import asdict
 
-        from execplatform.operators.offers import app_cursor
+        from execplatform.operators.offers import APP_DB, app_cursor
         from include.offers import jobs
 
-        with app_cursor() as cur:
+        with app_cursor(APP_DB) as cur:
             version_id = jobs.latest_assignment(cur)
             if version_id is None:
                 return []

@@ -320,3 +320,9 @@ def test_airflow_services_are_built_from_the_dockerfile(
 ) -> None:
     for name in AIRFLOW_SERVICES:
         assert services[name].get("build") in (".", {"context": "."}), name
+
+
+def test_buckets_are_named_as_on_the_local_stack(common_env: dict[str, str]) -> None:
+    from include.devstack.stack import BACKUP_BUCKET, MODEL_BUCKET
+
+    assert (common_env["BACKUP_BUCKET"], common_env["MODEL_BUCKET"]) == (BACKUP_BUCKET, MODEL_BUCKET)

@@ -486,6 +486,7 @@ class LocalStack:
         self._start_servers()
         if self.with_airflow:
             self._start_airflow()
+            self._start_customers()
         self.info.state = "ready"
         self.info.write()
 
@@ -665,6 +666,13 @@ class LocalStack:
         )  # fmt: skip
         s3.create_bucket(Bucket=BACKUP_BUCKET)
         s3.create_bucket(Bucket=MODEL_BUCKET)  # offer model artifacts and their reports
+
+    def _start_customers(self) -> None:
+        """Demo customers who pay for the offers the DAGs publish (include/offers/simulator.py)."""
+        self.supervisor.start(
+            Service("customers", [sys.executable, "-m", "include.devstack.customers", "--seed", "7"],
+                    always_ready, env=self.env)
+        )  # fmt: skip
 
     # airflow ------------------------------------------------------------------------------
 

@@ -299,8 +299,16 @@ def write_report(cur, s3, *, version_id: int) -> dict[str, str]:
     prefix = version.artifact_uri.rsplit("/", 1)[0] + "/"
     calibration = metrics["calibration"]
     files = {
-        "roc.png": (line_plot_png(metrics["roc"]["x"], metrics["roc"]["y"]), "image/png"),
-        "calibration.png": (line_plot_png(calibration["predicted"], calibration["observed"]), "image/png"),
+        "roc.png": (
+            line_plot_png(metrics["roc"]["x"], metrics["roc"]["y"], title=f"ROC v{version.version} (AUC {metrics['auc']:.3f})",
+                          xlabel="False positive rate", ylabel="True positive rate"),
+            "image/png",
+        ),
+        "calibration.png": (
+            line_plot_png(calibration["predicted"], calibration["observed"], title=f"Calibration v{version.version}",
+                          xlabel="Predicted probability", ylabel="Observed redemption rate"),
+            "image/png",
+        ),  # fmt: skip
         "report.md": (
             report_markdown(version.version, metrics, metrics.get("decision", "")).encode(),
             "text/markdown",

@@ -7,6 +7,7 @@ Asset) → a second model promoted → rollback through the DAG param.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,119 @@ def test_a_tampered_champion_is_refused_alerted_and_stays(dagbag, offers_dsn, s3
     # the champion's refusal alerts from evaluate (critical), then assign_offers fails and alerts
     assert {("evaluate", "critical"), ("assign_offers", "critical")} <= alerts
     assert refusals >= 1
+
+
+@pytest.fixture
+def own_stripe(tmp_path, monkeypatch):
+    """A localstripe of this test's own (the session's is shared by every test): every object
+    in it is this test's, so counts can be exact. `stripe_default` points at it."""
+    import json
+    import os
+    import sys
+
+    import stripe
+
+    from include.devstack.stack import Service, Supervisor, free_port, http_answers
+
+    port, supervisor = free_port(), Supervisor(tmp_path / "logs")
+    supervisor.start(Service("stripe", [sys.executable, "-m", "include.devstack.stripe_server", "--port", str(port)],
+                             http_answers(f"http://127.0.0.1:{port}/v1/customers")))  # fmt: skip
+    conn = {**json.loads(os.environ["AIRFLOW_CONN_STRIPE_DEFAULT"]), "host": f"http://127.0.0.1:{port}"}
+    monkeypatch.setenv("AIRFLOW_CONN_STRIPE_DEFAULT", json.dumps(conn))
+    yield stripe.StripeClient(api_key=conn["password"], base_addresses={"api": conn["host"]})
+    supervisor.stop_all(grace=5)
+
+
+def _all(listing) -> list[dict]:
+    return [o.to_dict() for o in listing({"limit": 100}).auto_paging_iter()]
+
+
+def test_the_offer_story_with_simulated_customers(dagbag, offers_dsn, own_stripe):
+    """retrain publishes each offer once → the demo customers pay in localstripe → roi_sync
+    reconciles with Stripe and stores attributed and incremental ROI → offer_feedback learns
+    from the customers' redemptions. The local stack's `customers` service runs the same code."""
+    from include.offers import jobs, simulator
+
+    client = own_stripe
+    _run(dagbag, "offer_model_retrain")
+    with cursor(offers_dsn) as cur:
+        version = jobs.latest_assignment(cur)
+        cur.execute("SELECT stripe_coupon_id, stripe_product_id FROM offer_publications WHERE model_version_id = %s",
+                    (version,))  # fmt: skip
+        coupons, products = zip(*cur.fetchall(), strict=True)
+    # every published offer exists exactly once in Stripe, and nothing else does
+    assert sorted(c["id"] for c in _all(client.v1.coupons.list)) == sorted(coupons)
+    assert sorted(p["id"] for p in _all(client.v1.products.list)) == sorted(products)
+
+    _run(dagbag, "offer_feedback")  # the seed's history first, so what follows is the customers'
+    with cursor(offers_dsn) as cur:
+        cur.execute("SELECT max(id) FROM user_events")
+        events_from = cur.fetchone()[0]  # what follows is the customers'
+        cur.execute("SELECT segment, offer_id, impressions, redemptions FROM offer_bandit_arms")
+        arms_before = {(s, o): (i, r) for s, o, i, r in cur.fetchall()}
+
+    with cursor(offers_dsn) as cur:
+        played = simulator.simulate(cur, client, seed=7)
+    assert played["status"] == "simulated" and played["model_version_id"] == version
+    assert played["charges_created"] == played["payments"] > 0 and played["charges_existing"] == 0
+    assert played["redemptions"] > 0 and played["holdout_purchases"] > 0
+    charges = _all(client.v1.charges.list)
+    assert len(charges) == played["payments"]
+    redeemed = [c for c in charges if "coupon" in c["metadata"]]
+    assert sum(c["amount"] for c in redeemed) == played["redeemed_revenue_cents"]
+    assert {c["metadata"]["coupon"] for c in redeemed} <= set(coupons) and len(redeemed) == played["redemptions"]
+    assert all(c["customer"] and c["status"] == "succeeded" for c in charges)
+
+    # a re-run changes nothing; with its mark and events lost, the same customers (same seed)
+    # are found in Stripe, not charged again
+    with cursor(offers_dsn) as cur:
+        assert simulator.simulate(cur, client, seed=7)["status"] == "done"
+        cur.execute("DELETE FROM sync_cursors WHERE name = %s", (simulator.marker(version),))
+        cur.execute("DELETE FROM user_events WHERE id > %s", (events_from,))
+    with cursor(offers_dsn) as cur:
+        again = simulator.simulate(cur, client, seed=7)
+    assert again["charges_created"] == 0 and again["charges_existing"] == played["payments"]
+    assert {k: v for k, v in again.items() if not k.startswith("charges")} == {
+        k: v for k, v in played.items() if not k.startswith("charges")}
+    assert len(_all(client.v1.charges.list)) == played["payments"]
+
+    # roi_sync: every Stripe charge becomes one payment; ROI both ways with an interval
+    _run(dagbag, "roi_sync")
+    with cursor(offers_dsn) as cur:
+        cur.execute("SELECT count(*), count(offer_id), coalesce(sum(amount_cents) FILTER (WHERE offer_id IS NOT NULL), 0)"
+                    " FROM payments WHERE stripe_payment_id LIKE 'ch_%%'")  # fmt: skip
+        synced, attributed_payments, attributed_cents = cur.fetchone()
+        cur.execute("SELECT count(*) FROM offer_quarantine WHERE source = 'stripe_charges'")
+        quarantined = cur.fetchone()[0]
+        cur.execute("SELECT segment, treated_users, holdout_users, attributed_revenue_cents, attributed_roi_cents,"
+                    " incremental_roi_cents, incremental_ci_low_cents, incremental_ci_high_cents, roi_gap_cents"
+                    " FROM offer_roi WHERE model_version_id = %s", (version,))  # fmt: skip
+        roi = cur.fetchall()
+        cur.execute("SELECT count(*) FILTER (WHERE NOT holdout), count(*) FILTER (WHERE holdout)"
+                    " FROM offer_assignments WHERE model_version_id = %s", (version,))  # fmt: skip
+        treated_users, holdout_users = cur.fetchone()
+    assert (synced, quarantined) == (played["payments"], 0)
+    assert (attributed_payments, attributed_cents) == (played["redemptions"], played["redeemed_revenue_cents"])
+    assert len(roi) == 4
+    assert sum(r[1] for r in roi) == treated_users and sum(r[2] for r in roi) == holdout_users
+    assert sum(r[3] for r in roi) == played["redeemed_revenue_cents"]
+    for _segment, *_, attributed_roi, incremental, low, high, gap in roi:
+        assert low < incremental < high and gap == pytest.approx(attributed_roi - incremental)
+    sys.stdout.write(f"simulated: {played}\nROI (segment, treated, holdout, attributed revenue, attributed ROI,"
+                     f" incremental ROI, CI low, CI high, gap):\n" + "\n".join(map(str, roi)) + "\n")  # pytest -rP
+
+    # offer_feedback: the bandit gains exactly the customers' impressions and redemptions
+    _run(dagbag, "offer_feedback")
+    with cursor(offers_dsn) as cur:
+        cur.execute("SELECT u.segment, e.offer_id, count(*) FILTER (WHERE e.event_type = 'impression'),"
+                    " count(*) FILTER (WHERE e.event_type = 'redemption') FROM user_events e"
+                    " JOIN users u ON u.id = e.user_id WHERE e.id > %s AND e.offer_id IS NOT NULL"
+                    " GROUP BY 1, 2", (events_from,))  # fmt: skip
+        played_arms = {(s, o): (i, r) for s, o, i, r in cur.fetchall()}
+        cur.execute("SELECT segment, offer_id, impressions, redemptions FROM offer_bandit_arms")
+        arms_after = {(s, o): (i, r) for s, o, i, r in cur.fetchall()}
+    assert sum(r for _, r in played_arms.values()) == played["redemptions"]
+    assert sum(i for i, _ in played_arms.values()) == played["shown"]
+    for arm, (imp, red) in arms_after.items():
+        before, new = arms_before[arm], played_arms.get(arm, (0, 0))
+        assert (imp - before[0], red - before[1]) == new, arm

@@ -3,33 +3,33 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from execplatform.operators.backup import app_cursor
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+APP_DB = "app_db"
+
+
+def offer_default_args() -> dict[str, Any]:
+    """The task defaults every offer DAG shares: owner, retries, alerts on failure and retry."""
+    from execplatform.notifiers.alert_notifier import alert_callbacks
+
+    return {
+        "owner": "growth-data",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        **alert_callbacks(on_failure="error", on_retry="warning"),
+    }
 
 
 def model_bucket() -> str:
     return os.environ.get("MODEL_BUCKET", "execplatform-models")
-
-
-@contextmanager
-def app_cursor(conn_id: str = "app_db") -> Iterator:
-    """A cursor on the app database; one transaction, committed on a clean exit."""
-    import psycopg2
-
-    from execplatform.operators.backup import libpq_dsn
-
-    conn = psycopg2.connect(libpq_dsn(conn_id))
-    try:
-        with conn, conn.cursor() as cur:
-            yield cur
-    finally:
-        conn.close()
 
 
 def s3_client(aws_conn_id: str = "aws_default"):
@@ -43,7 +43,7 @@ def report_refused_artifact(version_id: int, reason: str) -> None:
     from execplatform.notifiers.alert_notifier import send_alert
     from include.security_events import log_security_event
 
-    with app_cursor() as cur:
+    with app_cursor(APP_DB) as cur:
         log_security_event(cur, "input_refused", "critical", object="model_version",
                            version_id=version_id, reason=reason)  # fmt: skip
     send_alert("critical", f"offer model version {version_id} artifact refused: {reason}")
@@ -69,7 +69,7 @@ class PublishOffersOperator(BaseOperator):
         *,
         model_version_id: int | str,
         stripe_conn_id: str = "stripe_default",
-        app_conn_id: str = "app_db",
+        app_conn_id: str = APP_DB,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -127,7 +127,7 @@ class SyncStripePaymentsOperator(BaseOperator):
         self,
         *,
         stripe_conn_id: str = "stripe_default",
-        app_conn_id: str = "app_db",
+        app_conn_id: str = APP_DB,
         page_size: int = 100,
         **kwargs: Any,
     ) -> None:
