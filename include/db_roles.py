@@ -55,3 +55,32 @@ def grant_worker_privileges(owner_cur) -> list[str]:
         )
         granted.append(table)
     return granted
+
+
+def main() -> int:
+    """`python -m include.db_roles`: provision the role and its grants on the app database of
+    $AIRFLOW_CONN_APP_DB, whose login must be able to create roles (docker compose: the app
+    database's superuser; the local stack provisions it itself)."""
+    import os
+    import sys
+
+    import psycopg2
+
+    from include.migrations import dsn_from_connection_json
+
+    if not os.environ.get("AIRFLOW_CONN_APP_DB"):
+        print("AIRFLOW_CONN_APP_DB is not set: no app database", file=sys.stderr)  # noqa: T201 (command line)
+        return 2
+    conn = psycopg2.connect(dsn_from_connection_json(os.environ["AIRFLOW_CONN_APP_DB"]))
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            ensure_worker_role(cur, member=cur.fetchone()[0])
+            print(f"{WORKER_ROLE}: granted on {', '.join(grant_worker_privileges(cur)) or 'no table yet'}")  # noqa: T201
+    finally:
+        conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

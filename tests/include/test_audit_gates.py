@@ -354,6 +354,21 @@ def test_a_worker_role_that_can_read_payments_or_create_tables_fails(worker_role
     assert execute(worker_role, "SELECT to_regclass('public.audit_worker_probe')") == [(None,)]  # rolled back
 
 
+def test_the_compose_init_step_provisions_the_role_and_its_grants(app_head_dsn, pg_server, monkeypatch, capsys):
+    from include.db_roles import main
+
+    parts = parse_dsn(pg_server.superuser_dsn(parse_dsn(app_head_dsn)["dbname"]))  # compose: app is the superuser
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", json.dumps({
+        "conn_type": "postgres", "host": parts["host"], "port": int(parts["port"]), "schema": parts["dbname"],
+        "login": parts["user"], "password": parts.get("password", ""),
+    }))  # fmt: skip
+    assert main() == 0 and main() == 0  # idempotent
+    assert "app_worker: granted on execution_tasks" in capsys.readouterr().out
+    assert execute(app_head_dsn, "SELECT has_table_privilege('app_worker', 'execution_tasks', 'UPDATE'), "
+                                 "has_table_privilege('app_worker', 'payments', 'SELECT')") == [(True, False)]  # fmt: skip
+    assert gate(app_head_dsn, "security_worker_role_is_dml_only", None).passed
+
+
 def _stripe_key() -> str:
     return json.loads(os.environ["AIRFLOW_CONN_STRIPE_DEFAULT"])["password"]
 
