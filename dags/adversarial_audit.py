@@ -1,8 +1,9 @@
 """
 ### Adversarial audit (hard gates)
 
-**Owner:** platform team. **Schedule:** daily at 05:00 UTC, and after every verified backup
-and every applied migration (Assets `app_db_backup_verified`, `app_db_migration_applied`).
+**Owner:** platform team. **Schedule:** daily at 05:00 UTC, and after every verified backup,
+every applied migration and every new offer-model champion (Assets `app_db_backup_verified`,
+`app_db_migration_applied`, `offer_model_promoted`).
 
 Each gate is its own task and checks one invariant of the platform, recording its evidence
 (the query, the observed value, the limit) in `audit_findings`:
@@ -14,9 +15,16 @@ Each gate is its own task and checks one invariant of the platform, recording it
 | `queue_valid_status` | a task has a status outside the queue's states (checked independently of the table's constraint) |
 | `queue_ai_model_after_migration` | a task created after revision 0002 was applied has no `ai_model` |
 | `backup_fresh_and_restored` | the newest verified backup is older than `backup_max_age_hours`, or its restore was not timed |
+| `backup_restores_now` | the newest verified backup, fetched now, fails its catalog SHA-256s, or its critical tables restored into a scratch database (dropped after) differ in rows or checksum from what the dump recorded, or it takes over `backup_restore_max_minutes` |
 | `migrations_match_files` | an applied revision's file changed since it was applied |
 | `migrations_not_pending_too_long` | a revision has been pending for more than `pending_revision_days` |
+| `model_champion_artifacts_verify` | offer-model versions exist but no champion, or the champion's or the previous champion's artifact fails its SHA-256 or the skops allowlist (not applicable before any training) |
+| `model_auc_on_fresh_data` | the champion's AUC on the last `model_fresh_days` of impressions it never trained on is below `model_min_auc`, or there are fewer than `model_fresh_min_rows` such rows (not applicable before any training) |
+| `stripe_offers_published_once` | a published offer's product or coupon is missing in Stripe, there twice, or differs from the offer (metadata, discount) |
+| `stripe_payments_reconcile` | over `payments_reconcile_days`, a charge the sync passed is neither in `payments` nor quarantined, differs from its ledger row, or a ledger row is not in Stripe |
 | `security_api_requires_login` | Airflow's REST API (`[api] base_url`) answers a request without a token |
+| `security_worker_role_is_dml_only` | the workers' role `app_worker` holds a privilege beyond its DML grants, can create or alter tables, or can read any other table (tried for real, rolled back) |
+| `security_no_secrets_in_task_logs` | a secret of the project's connections or Airflow's settings appears in a task log of the last `log_scan_hours` (the evidence names the source and file, never the value) |
 
 A failed gate does not retry (`AirflowFailException`); `report` then fails the run with a
 **critical** alert naming every failed gate.
@@ -65,7 +73,7 @@ APP_DB = "app_db"
 @dag(
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable(schedule_for("adversarial_audit", "0 5 * * *"), timezone="UTC"),
-        assets=Asset("app_db_backup_verified") | Asset("app_db_migration_applied"),
+        assets=Asset("app_db_backup_verified") | Asset("app_db_migration_applied") | Asset("offer_model_promoted"),
     ),
     start_date=datetime(2026, 1, 1),
     catchup=False,

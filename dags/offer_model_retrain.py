@@ -40,6 +40,7 @@ from datetime import datetime
 
 from airflow.sdk import (
     Asset,
+    AssetAlias,
     AssetOrTimeSchedule,
     CronTriggerTimetable,
     Param,
@@ -53,6 +54,9 @@ from execplatform.operators.offers import PublishOffersOperator, offer_default_a
 from include.schedules import schedule_for
 
 OFFER_FEEDBACK = Asset("offer_feedback_enough")
+# a new champion (promoted or rolled back to) triggers adversarial_audit; through an alias, so a
+# run that keeps the champion emits nothing
+MODEL_PROMOTED, MODEL_PROMOTION = Asset("offer_model_promoted"), AssetAlias("offer_model_promotion")
 
 
 @dag(
@@ -79,7 +83,7 @@ def offer_model_retrain():
     def choose_mode(params=None) -> str:
         return "rollback_champion" if params["rollback"] else "extract"
 
-    @task
+    @task(outlets=[MODEL_PROMOTED])
     def rollback_champion() -> dict:
         from execplatform.operators.offers import APP_DB, app_cursor
         from include.offers import registry
@@ -137,13 +141,16 @@ def offer_model_retrain():
             report_refused_artifact(**result["champion_refused"])
         return result
 
-    @task
-    def promote_or_keep(evaluation: dict, params=None) -> dict:
+    @task(outlets=[MODEL_PROMOTION])
+    def promote_or_keep(evaluation: dict, params=None, outlet_events=None) -> dict:
         from execplatform.operators.offers import APP_DB, app_cursor
         from include.offers import jobs, registry
 
         with app_cursor(APP_DB) as cur:
-            return jobs.promote_or_keep(cur, evaluation, registry.Gates(margin_auc=params["margin_auc"]))
+            decision = jobs.promote_or_keep(cur, evaluation, registry.Gates(margin_auc=params["margin_auc"]))
+        if decision["promoted"]:
+            outlet_events[MODEL_PROMOTION].add(MODEL_PROMOTED)
+        return decision
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def assign_offers(params=None) -> dict:

@@ -165,12 +165,14 @@ def check_manifest(folder: Path, manifest: dict[str, str]) -> None:
 # --- restore and comparison -----------------------------------------------------------------
 
 
-def restore(dsn: str, folder: Path, *, jobs: int = 2, clean: bool = False) -> float:
+def restore(dsn: str, folder: Path, *, jobs: int = 2, clean: bool = False, tables: tuple[str, ...] = ()) -> float:
     """Restore a directory-format dump into the database of `dsn` (empty, unless `clean`, which
-    drops each object before recreating it); returns seconds."""
+    drops each object before recreating it); returns seconds. `tables` restores only those
+    tables (definition and rows, no indexes or constraints): a sample that proves the data."""
     argv = [pg_bin("pg_restore"), f"-j{jobs}", "--no-owner", "--no-privileges", "--exit-on-error", "--no-password"]
     if clean:
         argv += ["--clean", "--if-exists"]
+    argv += [f"--table={table}" for table in tables]
     start = time.perf_counter()
     run_client([*argv, "-d", _libpq_env(dsn)["PGDATABASE"], str(folder)], dsn, "pg_restore")
     return time.perf_counter() - start

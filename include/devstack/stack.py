@@ -578,6 +578,9 @@ class LocalStack:
                             sql.Identifier(role), sql.Identifier(role)
                         )
                     )
+            from include.db_roles import ensure_worker_role
+
+            ensure_worker_role(cur, member="app")
         conn.close()
 
         from include.migrations import ensure_baseline
@@ -585,6 +588,20 @@ class LocalStack:
 
         ensure_baseline(self.app_dsn())
         seed_if_empty(self.app_dsn())
+        self._grant_worker_privileges()
+
+    def _grant_worker_privileges(self) -> None:
+        """On every start, so tables a migration added since get the workers' grants too."""
+        import psycopg2
+
+        from include.db_roles import grant_worker_privileges
+
+        conn = psycopg2.connect(self.app_dsn())
+        try:
+            with conn, conn.cursor() as cur:
+                grant_worker_privileges(cur)
+        finally:
+            conn.close()
 
     def app_dsn(self, dbname: str = "app") -> str:
         """A libpq DSN as the `app_db` connection's role, to `dbname`."""

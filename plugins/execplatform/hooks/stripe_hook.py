@@ -112,15 +112,20 @@ class StripeHook(BaseHook):
 
     def iter_charges(self, created_after: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
         """Every charge created after `created_after` (unix seconds), page by page."""
-        client = self.get_conn()
+        return self.iter_objects("charges", {"created": {"gt": created_after}}, page_size)
+
+    def iter_objects(self, kind: str, params: dict[str, Any] | None = None, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every Stripe object of `kind` ("charges", "coupons", "products") matching `params`,
+        page by page."""
+        service = getattr(self.get_conn().v1, kind)
         starting_after = None
         while True:
-            params: dict[str, Any] = {"created": {"gt": created_after}, "limit": page_size}
+            query: dict[str, Any] = {**(params or {}), "limit": page_size}
             if starting_after:
-                params["starting_after"] = starting_after
-            page = self._with_retries(lambda params=params: client.v1.charges.list(params))
-            for charge in page.data:
-                yield charge.to_dict()
+                query["starting_after"] = starting_after
+            page = self._with_retries(lambda query=query: service.list(query))
+            for obj in page.data:
+                yield obj.to_dict()
             if not page.has_more or not page.data:
                 return
             starting_after = page.data[-1].id

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from execplatform.operators.backup import app_cursor
@@ -17,6 +21,81 @@ def start(conn_id: str, run_id: str) -> int:
         return start_audit(cur, run_id)
 
 
+# extra fields that hold secrets (the words Airflow's secrets masker hides by default)
+SENSITIVE_EXTRA_WORDS = ("password", "passwd", "passphrase", "secret", "token", "api_key", "apikey",
+                         "private_key", "authorization")  # fmt: skip
+
+
+class AirflowServices:
+    """`include.audit.Services` from Airflow connections: S3 through the Amazon provider's
+    hook, Stripe through `StripeHook`, scratch databases on the app database's server."""
+
+    def __init__(self, app_conn_id: str = "app_db", aws_conn_id: str = "aws_default",
+                 stripe_conn_id: str = "stripe_default", log_folder: str | None = None) -> None:  # fmt: skip
+        self.app_conn_id = app_conn_id
+        self.aws_conn_id = aws_conn_id
+        self.stripe_conn_id = stripe_conn_id
+        self.log_folder = log_folder
+
+    def s3(self):
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
+
+    def stripe_objects(self, kind: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        from execplatform.hooks.stripe_hook import StripeHook
+
+        return StripeHook(stripe_conn_id=self.stripe_conn_id).iter_objects(kind, params)
+
+    @contextmanager
+    def fetched_backup(self, entry) -> Iterator[Path]:
+        import tempfile
+
+        from execplatform.operators.backup import fetch_backup
+
+        with tempfile.TemporaryDirectory(prefix="audit-restore-") as tmp:
+            yield fetch_backup(entry, self.aws_conn_id, Path(tmp))
+
+    @contextmanager
+    def scratch_database(self, name: str) -> Iterator[str]:
+        from execplatform.operators.backup import create_database, drop_database, libpq_dsn
+
+        database = f"{name}_{uuid.uuid4().hex[:8]}"
+        create_database(self.app_conn_id, database)
+        try:
+            yield libpq_dsn(self.app_conn_id, database)
+        finally:
+            drop_database(self.app_conn_id, database)
+
+    def secrets(self) -> dict[str, str]:
+        from airflow.configuration import conf
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        from include.audit import SECRET_CONNECTIONS, SECRET_SETTINGS
+
+        found = {}
+        for conn_id in SECRET_CONNECTIONS:
+            try:
+                conn = BaseHook.get_connection(conn_id)
+            except AirflowNotFoundException:
+                continue  # a deployment without that service
+            if conn.password:
+                found[f"connection {conn_id} password"] = conn.password
+            for key, value in (conn.extra_dejson or {}).items():
+                if isinstance(value, str) and value and any(word in key.lower() for word in SENSITIVE_EXTRA_WORDS):
+                    found[f"connection {conn_id} extra {key}"] = value
+        for section, key in SECRET_SETTINGS:
+            if value := conf.get(section, key, fallback=None):
+                found[f"setting [{section}] {key}"] = value
+        return found
+
+    def task_log_folder(self) -> Path:
+        from airflow.configuration import conf
+
+        return Path(self.log_folder or conf.get("logging", "base_log_folder")).expanduser()
+
+
 def check_gate(conn_id: str, audit_run_id: int, gate: str, limits: dict[str, Any]) -> dict[str, Any]:
     """Run one gate; its evidence is recorded whatever the verdict, and a failure is hard."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -24,7 +103,8 @@ def check_gate(conn_id: str, audit_run_id: int, gate: str, limits: dict[str, Any
     from include.audit import DEFAULT_LIMITS, GATES, record
 
     with app_cursor(conn_id) as cur:
-        evidence = GATES[gate](cur, {**DEFAULT_LIMITS, **{k: v for k, v in limits.items() if k in DEFAULT_LIMITS}})
+        limits = {**DEFAULT_LIMITS, **{k: v for k, v in limits.items() if k in DEFAULT_LIMITS}}
+        evidence = GATES[gate](cur, limits, AirflowServices(app_conn_id=conn_id))
         record(cur, audit_run_id, evidence)
     logger.info("%s\nquery: %s", evidence, evidence.query)
     if not evidence.passed:
