@@ -138,7 +138,10 @@ def run_dag(stack) -> float:
     began = time.perf_counter()
     run = api(runs, token, {"logical_date": None, "conf": conf})
     while True:
-        state = api(f"{runs}/{run['dag_run_id']}", token)["state"]
+        try:
+            state = api(f"{runs}/{run['dag_run_id']}", token)["state"]
+        except (urllib.error.URLError, TimeoutError):  # slow to answer, not an end: ask again
+            state = "unknown"
         if state in ("success", "failed"):
             break
         time.sleep(0.2)
