@@ -120,13 +120,13 @@ def token_and_runs(stack) -> tuple[str, str]:
 
 def wait_until_idle(stack) -> None:
     """The DAG parsed, and no run of it in flight (neither side may share the machine with one)."""
-    token, runs = token_and_runs(stack)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        try:
+        try:  # a loaded machine's api-server may answer slowly at first: ask again
+            token, runs = token_and_runs(stack)
             if api(f"{runs}?state=running&state=queued", token)["total_entries"] == 0:
                 return
-        except urllib.error.HTTPError:
+        except (urllib.error.URLError, TimeoutError):
             pass
         time.sleep(1)
     raise SystemExit("task_batch never became idle")
@@ -138,7 +138,10 @@ def run_dag(stack) -> float:
     began = time.perf_counter()
     run = api(runs, token, {"logical_date": None, "conf": conf})
     while True:
-        state = api(f"{runs}/{run['dag_run_id']}", token)["state"]
+        try:
+            state = api(f"{runs}/{run['dag_run_id']}", token)["state"]
+        except (urllib.error.URLError, TimeoutError):  # slow to answer, not an end: ask again
+            state = "unknown"
         if state in ("success", "failed"):
             break
         time.sleep(0.2)

@@ -5,7 +5,9 @@ processes each (default 4), claiming BENCH_QUEUE_BATCH at a time (default 100; t
 dequeue batch is BENCH_QUEUE_PEER_BATCH, by default the same):
 
 - ours: `include.task_batch.drain` per process: leased `SKIP LOCKED` claims, heartbeat thread,
-  handlers on a thread pool, token-checked set-based completion (every safety property on);
+  handlers on a thread pool, token-checked set-based completion (every safety property on), one
+  statement per batch (settle the batch run and claim the next), on a connection opened before
+  the clock like the peer's;
 - peer: pgqueuer's `QueueManager.run(mode=drain)` per process on an asyncpg connection, its
   jobs enqueued with `Queries.enqueue`, the handler an empty coroutine.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -62,10 +65,12 @@ def noop(task, services):
 def our_worker(dsn: str, start, done) -> None:
     from include.task_batch import drain
     from include.task_handlers import REQUIRED_INPUTS, Services
+    from include.task_queue import TaskQueue
 
-    start.wait()
-    summary = drain(dsn, services=Services(), handlers=dict.fromkeys(REQUIRED_INPUTS, noop), batch_size=BATCH,
-                    concurrency=4)  # fmt: skip
+    with TaskQueue(dsn) as queue:  # connected before the clock, like the peer's connection
+        start.wait()
+        summary = drain(dsn, services=Services(), handlers=dict.fromkeys(REQUIRED_INPUTS, noop), batch_size=BATCH,
+                        concurrency=4, queue=queue)  # fmt: skip
     done.put(sum(t.succeeded for t in summary.by_type.values()))
 
 
@@ -151,6 +156,13 @@ def peer_install(dsn: str) -> None:
 # -- the race ---------------------------------------------------------------------------------
 
 
+def server_counters(dsn: str) -> tuple[int, int]:
+    """(commits, WAL bytes) of the database so far (workers' counters are flushed when they exit)."""
+    [(commits, wal)] = query(dsn, "SELECT xact_commit, (SELECT wal_bytes FROM pg_stat_wal)::bigint"
+                                  " FROM pg_stat_database WHERE datname = current_database()")  # fmt: skip
+    return commits, wal
+
+
 def timed(worker, dsn: str) -> tuple[float, int]:
     ctx = mp.get_context("spawn")
     start, done = ctx.Event(), ctx.Queue()
@@ -185,11 +197,16 @@ def main() -> None:
                 sides = [("ours", our_enqueue, our_worker, ours), ("peer", peer_enqueue, peer_worker, peers)]
                 for name, enqueue, worker, times in sides if i % 2 == 0 else sides[::-1]:
                     enqueue(dsn)
+                    before, cpu = server_counters(dsn), resource.getrusage(resource.RUSAGE_CHILDREN)
                     seconds, count = timed(worker, dsn)
                     if count != JOBS:
                         raise SystemExit(f"{name} processed {count} of {JOBS} jobs")
                     times.append(seconds)
-                    log(f"round {i} {name}: {JOBS} jobs in {seconds:.2f}s = {JOBS / seconds:.0f}/s")
+                    (commits, wal), after = server_counters(dsn), resource.getrusage(resource.RUSAGE_CHILDREN)
+                    worker_cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+                    log(f"round {i} {name}: {JOBS} jobs in {seconds:.2f}s = {JOBS / seconds:.0f}/s; per 100 jobs: "
+                        f"{(commits - before[0] - 1) / JOBS * 100:.1f} commits, {(wal - before[1]) / JOBS / 10:.0f} kB WAL,"
+                        f" {worker_cpu / JOBS * 1e5:.0f} ms worker CPU (imports included)")  # fmt: skip
             o, p = statistics.median(ours), statistics.median(peers)
             print(f"task_queue: ratio={p / o:.2f} (ours/peer, jobs per second) ours={JOBS / o:.0f}/s "
                   f"peer={JOBS / p:.0f}/s jobs={JOBS} workers={WORKERS} batch={BATCH} peer_batch={PEER_BATCH} goal>=5.00 rounds={ROUNDS}",

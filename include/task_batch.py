@@ -1,10 +1,11 @@
 """Draining the queue in batches, and measuring it: per-type metrics and the bottleneck report.
 
 One drain (one Airflow task instance) claims a batch, runs its handlers concurrently in
-threads (they are I/O-bound: HTTP to the executor, Redis), completes the successes in one
-statement and the failures in another, and goes on until the queue is empty or its time
-budget is spent. A heartbeat thread extends the leases of the batch in flight, so only a
-worker that is gone loses its rows (to the reaper).
+threads (they are I/O-bound: HTTP to the executor, Redis), then settles that batch and claims
+the next in ONE statement (one round trip, one commit: ``TaskQueue.settle_and_claim``), and goes
+on until the queue is empty or its time budget is spent. A heartbeat thread extends the leases
+of the batch in flight, so only a worker that is gone loses its rows (to the reaper); it opens
+its connection only when a beat is due, so a short drain costs one connection.
 """
 
 from __future__ import annotations
@@ -76,12 +77,14 @@ def run_handler(handler: Handler | None, task: ClaimedTask, services: Services) 
 
 
 class LeaseKeeper:
-    """Extends the leases of the batch in flight every third of the lease, on its own connection."""
+    """Extends the leases of the batch in flight every third of the lease, on its own connection
+    (opened at the first beat)."""
 
     def __init__(self, dsn: str, owner: str, lease_seconds: float) -> None:
-        self.queue = TaskQueue(dsn, owner=owner, lease_seconds=lease_seconds)
+        self.dsn, self.owner, self.lease_seconds = dsn, owner, lease_seconds
+        self.queue: TaskQueue | None = None
         self.interval = lease_seconds / 3
-        self.tasks: list[ClaimedTask] = []
+        self.tasks: Sequence[ClaimedTask] = ()
         self.lost: set[int] = set()
         self._stop = threading.Event()
         self._mutex = threading.Lock()
@@ -90,15 +93,17 @@ class LeaseKeeper:
 
     def hold(self, tasks: Sequence[ClaimedTask]) -> None:
         with self._mutex:
-            self.tasks = list(tasks)
+            self.tasks = tasks  # the caller never changes a batch it handed over
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             with self._mutex:
-                tasks = list(self.tasks)
+                tasks = self.tasks
             if not tasks:
                 continue
             try:
+                if self.queue is None:
+                    self.queue = TaskQueue(self.dsn, owner=self.owner, lease_seconds=self.lease_seconds)
                 kept = set(self.queue.heartbeat(tasks))
             except Exception:  # a missed beat is retried at the next; the lease still has 2/3 left
                 logger.warning("heartbeat of %d leases failed", len(tasks), exc_info=True)
@@ -109,7 +114,29 @@ class LeaseKeeper:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        self.queue.close()
+        if self.queue is not None:
+            self.queue.close()
+
+
+def run_batch(pool: ThreadPoolExecutor, concurrency: int, handlers: Mapping[str, Handler],
+              tasks: Sequence[ClaimedTask], services: Services) -> list[tuple]:  # fmt: skip
+    """(task, result, exception, ms) per task, in order: at most `concurrency` threads each take
+    the next task until none is left (one hand-off per thread, not one per task)."""
+    outcomes: list[tuple] = [None] * len(tasks)  # type: ignore[list-item]
+    pending = iter(enumerate(tasks))
+    taking = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with taking:
+                i, task = next(pending, (None, None))
+            if task is None:
+                return
+            outcomes[i] = (task, *run_handler(handlers.get(task.task_type), task, services))
+
+    for future in [pool.submit(work) for _ in range(min(concurrency, len(tasks)))]:
+        future.result()
+    return outcomes
 
 
 def drain(
@@ -125,12 +152,18 @@ def drain(
     lease_seconds: float = 300.0,
     backoff_base_seconds: float = 5.0,
     on_batch: Callable[[list[ClaimedTask]], None] | None = None,
+    queue: TaskQueue | None = None,
 ) -> DrainSummary:
-    """Claim and run batches until the queue has nothing ready or `budget_seconds` is spent."""
+    """Claim and run batches until the queue has nothing ready or `budget_seconds` is spent.
+
+    One statement per batch: the first claims, each later one settles the batch just run and
+    claims the next. `queue` (optional) is an open TaskQueue to use (and leave open)."""
     summary = DrainSummary()
     started = time.monotonic()
-    queue = TaskQueue(dsn, owner=owner, lease_seconds=lease_seconds, backoff_base_seconds=backoff_base_seconds)
-    keeper = LeaseKeeper(dsn, queue.owner, lease_seconds)
+    own_queue = queue is None
+    if queue is None:
+        queue = TaskQueue(dsn, owner=owner, lease_seconds=lease_seconds, backoff_base_seconds=backoff_base_seconds)
+    keeper = LeaseKeeper(dsn, queue.owner, queue.lease_seconds)
     try:
         with ThreadPoolExecutor(concurrency, thread_name_prefix="handler") as pool:
             tasks = queue.claim(batch_size, task_types)
@@ -138,32 +171,41 @@ def drain(
                 keeper.hold(tasks)
                 if on_batch is not None:
                     on_batch(tasks)
-                outcomes = list(pool.map(lambda t: (t, *run_handler(handlers.get(t.task_type), t, services)), tasks))
+                outcomes = run_batch(pool, concurrency, handlers, tasks, services)
                 summary.batches += 1
                 out_of_budget = time.monotonic() - started >= budget_seconds
-                with queue.transaction():  # settle this batch and claim the next: one commit
-                    _settle(queue, outcomes, services, summary)
-                    tasks = [] if out_of_budget else queue.claim(batch_size, task_types)
+                tasks = _settle(queue, outcomes, services, summary, 0 if out_of_budget else batch_size, task_types)
                 keeper.hold(tasks)
                 if out_of_budget:
                     summary.stopped_by = "budget"
     finally:
         keeper.stop()
-        queue.close()
+        if own_queue:
+            queue.close()
         summary.seconds = time.monotonic() - started
     return summary
 
 
-def _settle(queue: TaskQueue, outcomes: list, services: Services, summary: DrainSummary) -> None:
-    outcomes = [_storable(outcome) for outcome in outcomes]
-    done = [Completion(t, result, round(ms)) for t, result, exc, ms in outcomes if exc is None]
-    failures = [
-        Failure(t, f"{type(exc).__name__}: {exc}", retryable=not isinstance(exc, PermanentError), duration_ms=round(ms))
-        for t, _, exc, ms in outcomes if exc is not None
-    ]  # fmt: skip
-    completed = set(queue.complete(done))
-    failed = queue.fail(failures)
-    for task, _, exc, ms in outcomes:
+def _settle(queue: TaskQueue, outcomes: list, services: Services, summary: DrainSummary, next_batch: int,
+            task_types: Sequence[str] | None) -> list[ClaimedTask]:  # fmt: skip
+    """Record the batch's outcomes and claim up to `next_batch` more, in one statement."""
+    done, failures = [], []
+    for task, result, exc, ms in outcomes:
+        if exc is None:
+            try:  # a result the table cannot hold fails its task (permanently), not the whole batch
+                done.append(Completion(task, result, round(ms), to_jsonb_text(result, "the handler's result")))
+                continue
+            except ValueError as bad:
+                exc = PermanentError(str(bad))
+        failures.append(Failure(task, f"{type(exc).__name__}: {exc}", retryable=not isinstance(exc, PermanentError),
+                                duration_ms=round(ms)))  # fmt: skip
+        if len(summary.errors) < 20:
+            summary.errors.append(f"task {task.id} ({task.task_type}): {type(exc).__name__}: {exc}"[:500])
+    completed, failed, claimed = queue.settle_and_claim(done, failures, next_batch, task_types)
+    if failed.requeued and next_batch and not claimed:  # the claim did not see this step's requeues:
+        claimed = queue.claim(next_batch, task_types)  # look once more (a retry may be ready at once)
+    completed = set(completed)
+    for task, _, _, ms in outcomes:
         tally = summary.by_type[task.task_type]
         tally.tasks += 1
         tally.exec_ms += ms
@@ -171,28 +213,16 @@ def _settle(queue: TaskQueue, outcomes: list, services: Services, summary: Drain
         if task.id in services.cache_hits:
             tally.cache_hits += 1
             tally.cache_hit_ms += ms
-        if exc is None:
-            tally.succeeded += task.id in completed
-            tally.refused += task.id not in completed
-    for ids, attr in ((failed.requeued, "retried"), (failed.failed, "failed"), (failed.dead, "dead"),
-                      (failed.refused, "refused")):  # fmt: skip
-        for task, _, exc, _ in outcomes:
-            if exc is not None and task.id in ids:
-                setattr(summary.by_type[task.task_type], attr, getattr(summary.by_type[task.task_type], attr) + 1)
-    for task, _, exc, _ in outcomes:
-        if exc is not None and len(summary.errors) < 20:
-            summary.errors.append(f"task {task.id} ({task.task_type}): {type(exc).__name__}: {exc}"[:500])
-
-
-def _storable(outcome: tuple) -> tuple:
-    """A result the table cannot hold fails its task (permanently), not the whole batch."""
-    task, result, exc, ms = outcome
-    if exc is None:
-        try:
-            to_jsonb_text(result, "the handler's result")
-        except ValueError as bad:
-            return task, None, PermanentError(str(bad)), ms
-    return outcome
+    for c in done:
+        tally = summary.by_type[c.task.task_type]
+        tally.succeeded += c.task.id in completed
+        tally.refused += c.task.id not in completed
+    attr_of = {i: attr for ids, attr in ((failed.requeued, "retried"), (failed.failed, "failed"),
+                                         (failed.dead, "dead"), (failed.refused, "refused")) for i in ids}  # fmt: skip
+    for f in failures:
+        tally = summary.by_type[f.task.task_type]
+        setattr(tally, attr_of[f.task.id], getattr(tally, attr_of[f.task.id]) + 1)
+    return claimed
 
 
 def merge_summaries(summaries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:

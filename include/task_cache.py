@@ -9,9 +9,14 @@ namespace names the ai_model). Entries are hashes ``{value, created}``.
   are never read again and age out); :meth:`TaskCache.invalidate` deletes one key and its
   in-flight computation's right to write, so a computation that started before an
   invalidation never stores its (possibly stale) answer.
-- Stampede protection: one computation per key at a time (``SET NX`` lock with a token); the
-  others wait for its entry, and compute themselves only if the holder disappears or they
-  wait too long.
+- Stampede protection: one computation per key at a time (``SET NX`` lock with a token, taken
+  by the same script that found the entry missing); the others wait for its entry (in this
+  process, woken the moment it is stored), and compute themselves only if the holder
+  disappears or they wait too long.
+- Group reads: lookups made at the same time by the threads of a process share ONE round trip
+  (one script call reads many keys): the first caller sends what is pending, and whoever
+  arrives meanwhile goes in the next round trip, sent by the first of them. Every lookup is still
+  a read of Redis made after the call began, so no hit outlives an invalidation done before it.
 - Redis down: the call computes uncached, the failure is counted (``errors``) and the
   ``on_unavailable`` callback fires once; the cache object then stays uncached for its life
   (one batch), so a dead server costs one failed round trip, not one per task. The cache
@@ -37,18 +42,32 @@ DEFAULT_TTL_SECONDS = 3600
 DEFAULT_MAX_AGE_SECONDS = 24 * 3600
 LOCK_SECONDS = 60.0
 WAIT_SECONDS = 30.0
+MAX_LOOKUPS = 256  # per round trip
 
-# KEYS: [version key]; ARGV: [prefix, digest, ttl, max_age] -> {version, value or false}
-_READ = """
-local version = redis.call('GET', KEYS[1]) or '0'
-local key = ARGV[1] .. ':v' .. version .. ':' .. ARGV[2]
-local entry = redis.call('HMGET', key, 'value', 'created')
-if not entry[1] then return {version, false} end
+# KEYS: one version key per lookup; ARGV: [max_age, lock ms, then per lookup: prefix, digest,
+# ttl, lock token ('' for none)] -> per lookup {version, value or false, 1 if the lock was taken}.
+# A hit slides the entry's TTL (never past max_age from its creation); a miss with a token
+# takes the key's lock in the same step, so no other caller can slip in between.
+_READ_MANY = """
 local now = tonumber(redis.call('TIME')[1])
-local left = tonumber(ARGV[4]) - (now - tonumber(entry[2]))
-if left <= 0 then redis.call('DEL', key) return {version, false} end
-redis.call('EXPIRE', key, math.max(1, math.min(tonumber(ARGV[3]), left)))
-return {version, entry[1]}
+local max_age, lock_ms = tonumber(ARGV[1]), ARGV[2]
+local out = {}
+for i = 1, #KEYS do
+  local b = 2 + (i - 1) * 4
+  local ttl, token = tonumber(ARGV[b + 3]), ARGV[b + 4]
+  local version = redis.call('GET', KEYS[i]) or '0'
+  local key = ARGV[b + 1] .. ':v' .. version .. ':' .. ARGV[b + 2]
+  local entry = redis.call('HMGET', key, 'value', 'created')
+  local value, locked = false, 0
+  if entry[1] then
+    local left = max_age - (now - tonumber(entry[2]))
+    if left <= 0 then redis.call('DEL', key)
+    else redis.call('EXPIRE', key, math.max(1, math.min(ttl, left))) value = entry[1] end
+  end
+  if not value and token ~= '' and redis.call('SET', key .. ':lock', token, 'NX', 'PX', lock_ms) then locked = 1 end
+  out[i] = {version, value, locked}
+end
+return out
 """
 
 # KEYS: [version key, entry key, lock key]; ARGV: [version read, lock token, value, ttl]
@@ -68,6 +87,18 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class _Lookup:
+    """One pending read: what to send, and where its answer goes."""
+
+    __slots__ = ("version_key", "args", "ready", "result", "error")
+
+    def __init__(self, version_key: str, args: tuple) -> None:
+        self.version_key, self.args = version_key, args
+        self.ready = threading.Event()
+        self.result: list | None = None
+        self.error: Exception | None = None
 
 
 def key_digest(parts: Mapping[str, Any]) -> str:
@@ -125,7 +156,10 @@ class TaskCache:
         self.unavailable: Exception | None = None
         self.stats: dict[str, NamespaceStats] = defaultdict(NamespaceStats)
         self._lock = threading.Lock()
-        self._read = redis_client.register_script(_READ)
+        self._read_many = redis_client.register_script(_READ_MANY)
+        self._pending: list[_Lookup] = []  # lookups waiting for the next round trip
+        self._sending = False  # a round trip is on its way (its sender hands over to the next)
+        self._computing: dict[str, threading.Event] = {}  # entry keys computed in this process
         self._write = redis_client.register_script(_WRITE)
         self._release = redis_client.register_script(_RELEASE)
 
@@ -175,42 +209,80 @@ class TaskCache:
         return value, hit
 
     def _get_or_compute(self, namespace: str, digest: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
-        prefix = f"tc:{namespace}"
-        ttl = self.ttl_for(namespace)
         deadline = time.monotonic() + self.wait_seconds
         pause = 0.002
-        def read() -> tuple[str, bytes | None]:
-            version, raw = self._read(keys=[self._version_key(namespace)],
-                                      args=[prefix, digest, ttl, self.max_age_seconds])  # fmt: skip
-            return (version.decode() if isinstance(version, bytes) else str(version)), raw
-
         while True:
-            version, raw = read()
+            token = uuid.uuid4().hex
+            version, raw, locked = self._lookup(namespace, digest, token)
             if raw:
                 return json.loads(raw), True
             entry_key = self._entry_key(namespace, version, digest)
-            lock_key, token = self._lock_key(entry_key), uuid.uuid4().hex
-            if self.redis.set(lock_key, token, nx=True, px=int(self.lock_seconds * 1000)):
-                # the previous holder may have stored the entry and let go between our read and
-                # our lock: look again before computing
-                again, raw = read()
-                if raw or again != version:
-                    self._release(keys=[lock_key], args=[token])
-                    if raw:
-                        return json.loads(raw), True
-                    continue
+            lock_key = self._lock_key(entry_key)
+            if locked:
+                done = threading.Event()
+                with self._lock:
+                    self._computing[entry_key] = done
                 try:
                     value = compute()
                 except BaseException:
                     self._release(keys=[lock_key], args=[token])
                     raise
-                self._write(keys=[self._version_key(namespace), entry_key, lock_key],
-                            args=[version, token, json.dumps(value), ttl])  # fmt: skip
+                else:
+                    self._write(keys=[self._version_key(namespace), entry_key, lock_key],
+                                args=[version, token, json.dumps(value), self.ttl_for(namespace)])  # fmt: skip
+                finally:
+                    with self._lock:
+                        self._computing.pop(entry_key, None)
+                    done.set()
                 return value, False
             if time.monotonic() > deadline:  # the holder is stuck: answer without waiting on it
                 return compute(), False
-            time.sleep(pause)
-            pause = min(pause * 2, 0.02)  # a waiter learns of the answer within 20 ms
+            with self._lock:
+                here = self._computing.get(entry_key)
+            if here is not None:  # computed by a thread of ours: woken when it is stored
+                here.wait(max(0.0, deadline - time.monotonic()))
+            else:  # by another process: look again soon
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
+
+    def _lookup(self, namespace: str, digest: str, token: str) -> tuple[str, bytes | None, bool]:
+        """(version, raw value or None, lock taken): this lookup goes to Redis with whatever
+        other lookups are pending at that moment, in one script call."""
+        lookup = _Lookup(self._version_key(namespace), (f"tc:{namespace}", digest, self.ttl_for(namespace), token))
+        with self._lock:
+            self._pending.append(lookup)
+            send, self._sending = not self._sending, True
+        if not send:
+            lookup.ready.wait()
+            send = lookup.result is None and lookup.error is None  # the previous sender handed over
+        if send:
+            self._send_pending()
+        if lookup.error is not None:
+            raise lookup.error
+        version, raw, locked = lookup.result  # type: ignore[misc]
+        return (version.decode() if isinstance(version, bytes) else str(version)), raw, bool(locked)
+
+    def _send_pending(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending[:MAX_LOOKUPS], self._pending[MAX_LOOKUPS:]
+        try:
+            args: list[Any] = [self.max_age_seconds, int(self.lock_seconds * 1000)]
+            for lookup in batch:
+                args += lookup.args
+            results = self._read_many(keys=[lookup.version_key for lookup in batch], args=args)
+            for lookup, result in zip(batch, results, strict=True):
+                lookup.result = result
+        except Exception as exc:  # every lookup of the round trip fails with it
+            for lookup in batch:
+                lookup.error = exc
+        finally:
+            with self._lock:  # the next round trip is sent by the first lookup still waiting
+                if self._pending:
+                    self._pending[0].ready.set()
+                else:
+                    self._sending = False
+            for lookup in batch:
+                lookup.ready.set()
 
     # -- invalidating --------------------------------------------------------------------------
 

@@ -13,6 +13,12 @@ Every state change is one set-based statement:
   marks it ``dead`` with the last error; a permanent failure goes to ``failed`` at once.
 - ``reap`` returns rows whose lease expired to the queue (or to ``dead`` when that attempt was
   their last), so a killed worker loses nothing.
+- ``settle_and_claim`` does a worker's whole step in ONE statement (one round trip, one commit):
+  it completes and fails the batch just run (token-checked) and claims the next one. ``claim``,
+  ``complete`` and ``fail`` are that statement with the other parts empty.
+
+The connection runs in autocommit: each statement is its own transaction, so a step costs no
+``BEGIN``/``COMMIT`` round trips (:meth:`TaskQueue.transaction` groups calls when wanted).
 
 The queue reads and writes ``execution_tasks.ai_model`` (revision 0002): against an older schema
 every call raises :class:`SchemaBehindError` naming the missing column.
@@ -63,6 +69,7 @@ class Completion:
     task: ClaimedTask
     result: Any
     duration_ms: int
+    result_text: str | None = None  # `result` as JSON text, when the caller has made it already
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,55 @@ class FailOutcome:
     failed: list[int] = field(default_factory=list)  # permanent
     dead: list[int] = field(default_factory=list)  # attempts exhausted
     refused: list[int] = field(default_factory=list)  # lease no longer ours
+
+
+# One worker step: settle the batch just run (token-checked) and claim the next, one statement.
+# Rows out: ('s', id) completed; ('f', id, new status) failed; ('c', id, type, payload, ...) claimed.
+SETTLE_AND_CLAIM = """
+WITH succeeded AS (
+    UPDATE execution_tasks t
+       SET status = 'succeeded', result = c.result::jsonb, error = NULL, duration_ms = c.ms,
+           finished_at = now(), updated_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+      FROM unnest(%(c_ids)s::bigint[], %(c_tokens)s::uuid[], %(c_results)s::text[], %(c_ms)s::int[])
+           AS c(id, token, result, ms)
+     WHERE t.id = c.id AND t.lease_token = c.token AND t.status = 'running'
+    RETURNING t.id
+), failed AS (
+    UPDATE execution_tasks t
+       SET status = CASE WHEN NOT f.retryable THEN 'failed'
+                         WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'queued' END,
+           available_at = CASE WHEN f.retryable AND t.attempts < t.max_attempts
+               THEN now() + make_interval(secs => least(%(cap)s::float8, %(base)s::float8 * power(2, t.attempts - 1)))
+               ELSE t.available_at END,
+           error = CASE WHEN f.retryable AND t.attempts >= t.max_attempts
+               THEN format('gave up after %%s attempts: %%s', t.attempts, f.error) ELSE f.error END,
+           duration_ms = f.ms,
+           finished_at = CASE WHEN f.retryable AND t.attempts < t.max_attempts THEN NULL ELSE now() END,
+           updated_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+      FROM unnest(%(f_ids)s::bigint[], %(f_tokens)s::uuid[], %(f_errors)s::text[], %(f_retryable)s::bool[],
+                  %(f_ms)s::int[]) AS f(id, token, error, retryable, ms)
+     WHERE t.id = f.id AND t.lease_token = f.token AND t.status = 'running'
+    RETURNING t.id, t.status
+), ready AS (
+    SELECT id FROM execution_tasks
+    WHERE status = 'queued' AND available_at <= now()
+      AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s::text[]))
+    ORDER BY priority DESC, available_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE execution_tasks t
+       SET status = 'running', lease_owner = %(owner)s, lease_token = gen_random_uuid(),
+           lease_expires_at = now() + make_interval(secs => %(lease)s),
+           attempts = t.attempts + 1, started_at = now(), updated_at = now()
+      FROM ready WHERE t.id = ready.id
+    RETURNING t.id, t.task_type, t.payload, t.ai_model, t.attempts, t.max_attempts, t.lease_token,
+              extract(epoch FROM now() - t.available_at) * 1000 AS wait_ms
+)
+SELECT 'c', id, task_type, payload, ai_model, attempts, max_attempts, lease_token::text, wait_ms FROM claimed
+UNION ALL SELECT 's', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM succeeded
+UNION ALL SELECT 'f', id, status, NULL, NULL, NULL, NULL, NULL, NULL FROM failed
+"""
 
 
 def to_jsonb_text(value: Any, what: str) -> str:
@@ -129,6 +185,8 @@ class TaskQueue:
         self.backoff_base_seconds = backoff_base_seconds
         self.backoff_cap_seconds = backoff_cap_seconds
         self.conn = psycopg2.connect(dsn)
+        self.conn.autocommit = True
+        self.statements = 0  # statements sent (each one round trip; one commit outside transaction())
         self._in_transaction = False
         self.check_schema()
 
@@ -156,10 +214,12 @@ class TaskQueue:
         """Make the calls inside one transaction: one commit, so one WAL flush, for all of them
         (a drain settles a batch and claims the next in one)."""
         self._in_transaction = True
+        self.conn.autocommit = False
         try:
             with self.conn:
                 yield self
         finally:
+            self.conn.autocommit = True
             self._in_transaction = False
 
     def _run(self, statement: str, params: Any = None, *, many: Sequence[tuple] | None = None,
@@ -167,6 +227,7 @@ class TaskQueue:
         """One statement in its own transaction (or the caller's); rows returned (if any)."""
         from psycopg2.extras import execute_values
 
+        self.statements += 1
         try:
             with nullcontext() if self._in_transaction else self.conn, self.conn.cursor() as cur:
                 if many is not None:
@@ -234,29 +295,7 @@ class TaskQueue:
 
     def claim(self, limit: int, task_types: Sequence[str] | None = None) -> list[ClaimedTask]:
         """Lease up to `limit` ready rows, highest priority first, then oldest."""
-        rows = self._run(
-            """
-            WITH ready AS (
-                SELECT id FROM execution_tasks
-                WHERE status = 'queued' AND available_at <= now()
-                  AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s::text[]))
-                ORDER BY priority DESC, available_at, id
-                LIMIT %(limit)s
-                FOR UPDATE SKIP LOCKED
-            )
-            UPDATE execution_tasks t
-               SET status = 'running', lease_owner = %(owner)s, lease_token = gen_random_uuid(),
-                   lease_expires_at = now() + make_interval(secs => %(lease)s),
-                   attempts = t.attempts + 1, started_at = now(), updated_at = now()
-              FROM ready WHERE t.id = ready.id
-            RETURNING t.id, t.task_type, t.payload, t.ai_model, t.attempts, t.max_attempts,
-                      t.lease_token::text, extract(epoch FROM now() - t.available_at) * 1000
-            """,
-            {"types": list(task_types) if task_types else None, "limit": limit, "owner": self.owner,
-             "lease": self.lease_seconds},
-        )  # fmt: skip
-        tasks = [ClaimedTask(*row[:7], max(float(row[7]), 0.0)) for row in rows]
-        return sorted(tasks, key=lambda t: t.id)
+        return self.settle_and_claim((), (), limit, task_types)[2]
 
     def heartbeat(self, tasks: Iterable[ClaimedTask]) -> list[int]:
         """Extend the leases still ours; the ids returned are those (the rest were lost)."""
@@ -277,59 +316,52 @@ class TaskQueue:
 
     def complete(self, completions: Sequence[Completion]) -> list[int]:
         """Mark succeeded the rows whose lease is still the caller's; their ids are returned."""
-        rows = [(c.task.id, c.task.lease_token, to_jsonb_text(c.result, f"task {c.task.id}'s result"),
-                 int(c.duration_ms)) for c in completions]  # fmt: skip
-        if not rows:
-            return []
-        done = self._run(
-            """
-            UPDATE execution_tasks t
-               SET status = 'succeeded', result = v.result::jsonb, error = NULL,
-                   duration_ms = v.duration_ms::int, finished_at = now(), updated_at = now(),
-                   lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-              FROM (VALUES %s) AS v(id, token, result, duration_ms)
-             WHERE t.id = v.id AND t.lease_token = v.token::uuid AND t.status = 'running'
-            RETURNING t.id
-            """,
-            many=rows,
-        )
-        return sorted(r[0] for r in done)
+        return self.settle_and_claim(completions, (), 0)[0]
 
     def fail(self, failures: Sequence[Failure]) -> FailOutcome:
         """Requeue retryable failures with backoff (or mark them dead after their last attempt);
         mark permanent ones failed. Rows whose lease is no longer the caller's are refused."""
-        base, cap = self.backoff_base_seconds, self.backoff_cap_seconds
-        rows = [(f.task.id, f.task.lease_token, f.error[:4000].replace("\x00", "\\x00"), f.retryable,
-                 int(f.duration_ms), base, cap)
-                for f in failures]  # fmt: skip
-        if not rows:
-            return FailOutcome()
-        changed = self._run(
-            """
-            UPDATE execution_tasks t
-               SET status = CASE WHEN NOT v.retryable THEN 'failed'
-                                 WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'queued' END,
-                   available_at = CASE WHEN v.retryable AND t.attempts < t.max_attempts
-                       THEN now() + make_interval(secs => least(v.cap::float8, v.base::float8 * power(2, t.attempts - 1)))
-                       ELSE t.available_at END,
-                   error = CASE WHEN v.retryable AND t.attempts >= t.max_attempts
-                       THEN format('gave up after %%s attempts: %%s', t.attempts, v.error) ELSE v.error END,
-                   duration_ms = v.duration_ms::int,
-                   finished_at = CASE WHEN v.retryable AND t.attempts < t.max_attempts THEN NULL ELSE now() END,
-                   updated_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
-              FROM (VALUES %s) AS v(id, token, error, retryable, duration_ms, base, cap)
-             WHERE t.id = v.id AND t.lease_token = v.token::uuid AND t.status = 'running'
-            RETURNING t.id, t.status
-            """,
-            many=rows,
-        )
-        outcome = FailOutcome()
+        return self.settle_and_claim((), failures, 0)[1]
+
+    def settle_and_claim(
+        self,
+        completions: Sequence[Completion],
+        failures: Sequence[Failure],
+        limit: int,
+        task_types: Sequence[str] | None = None,
+    ) -> tuple[list[int], FailOutcome, list[ClaimedTask]]:
+        """Complete `completions`, fail `failures` and lease up to `limit` ready rows, in one
+        statement: (ids completed, what became of the failures, the new claims sorted by id).
+
+        All parts see one snapshot: the rows settled here are still `running` to the claim, so a
+        failure requeued now is claimed by a later step (after its backoff), never by this one."""
+        results = [to_jsonb_text(c.result, f"task {c.task.id}'s result") if c.result_text is None else c.result_text
+                   for c in completions]  # fmt: skip
+        params = {
+            "c_ids": [c.task.id for c in completions], "c_tokens": [c.task.lease_token for c in completions],
+            "c_results": results, "c_ms": [int(c.duration_ms) for c in completions],
+            "f_ids": [f.task.id for f in failures], "f_tokens": [f.task.lease_token for f in failures],
+            "f_errors": [f.error[:4000].replace("\x00", "\\x00") for f in failures],
+            "f_retryable": [f.retryable for f in failures], "f_ms": [int(f.duration_ms) for f in failures],
+            "base": self.backoff_base_seconds, "cap": self.backoff_cap_seconds,
+            "types": list(task_types) if task_types else None, "limit": max(int(limit), 0), "owner": self.owner,
+            "lease": self.lease_seconds,
+        }  # fmt: skip
+        completed, outcome, claimed = [], FailOutcome(), []
         by_status = {"queued": outcome.requeued, "failed": outcome.failed, "dead": outcome.dead}
-        for task_id, status in changed:
-            by_status[status].append(task_id)
-        seen = {task_id for task_id, _ in changed}
-        outcome.refused.extend(f.task.id for f in failures if f.task.id not in seen)
-        return outcome
+        for kind, task_id, *rest in self._run(SETTLE_AND_CLAIM, params):
+            if kind == "c":
+                claimed.append(ClaimedTask(task_id, *rest[:6], max(float(rest[6]), 0.0)))
+            elif kind == "s":
+                completed.append(task_id)
+            else:
+                by_status[rest[0]].append(task_id)
+        failed = {*outcome.requeued, *outcome.failed, *outcome.dead}
+        outcome.refused.extend(f.task.id for f in failures if f.task.id not in failed)
+        for ids in (completed, outcome.requeued, outcome.failed, outcome.dead):
+            ids.sort()
+        claimed.sort(key=lambda t: t.id)
+        return completed, outcome, claimed
 
     # -- housekeeping ------------------------------------------------------------------------
 

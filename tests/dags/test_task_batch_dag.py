@@ -90,6 +90,10 @@ def test_task_batch_drains_a_seeded_queue_and_reports_per_type(local_stack, app_
     assert [e for (e,) in failed] and all("payload.inputs." in e for (e,) in failed)
     drains = {ti.map_index for ti in run.get_task_instances() if ti.task_id == "drain"}
     assert drains == {0, 1, 2}
+    # three stages (each task instance costs start-up seconds): plan, the drains, reap-and-publish
+    assert sorted(t.task_id for t in task_batch_dag.tasks) == ["drain", "measure_backlog", "publish_metrics"]
+    [publish] = [ti for ti in run.get_task_instances() if ti.task_id == "publish_metrics"]
+    assert publish.xcom_pull(task_ids="publish_metrics")["reaped"] == {"requeued": 0, "dead": 0}
     per_type = dict(query(app_db, "SELECT task_type, tasks FROM task_batch_metrics WHERE run_id = %s", (run.run_id,)))
     assert sum(per_type.values()) == 400 and set(per_type) == set(VALID)
     report = query(app_db, "SELECT task_type, p50_ms, p95_ms, queued_share + executing_share FROM "
@@ -123,7 +127,7 @@ def test_before_the_migration_the_run_fails_naming_the_column_and_alerts(local_s
     run = task_batch_dag.test()
     assert run.state == "failed"
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
-    for task_id in ("measure_backlog", "reap_expired_leases", "publish_metrics"):
+    for task_id in ("measure_backlog", "publish_metrics"):  # publish_metrics reaps first
         assert (tis[task_id].state, tis[task_id].try_number) == ("failed", 1), task_id  # hard: no retry
     alerts = query(app_dsn, "SELECT level, message FROM alerts WHERE task_id = 'measure_backlog'")
     assert alerts and alerts[0][0] == "error" and "execution_tasks.ai_model does not exist" in alerts[0][1]

@@ -82,3 +82,29 @@ def test_revision_0003_adds_the_measurement_tables_and_its_downgrade_removes_the
     assert (current(app_dsn), tables()) == ("0002", set())
     upgrade(app_dsn, "0003")
     assert tables() == {"task_batch_metrics", "task_bottleneck_reports"}
+
+
+@pytest.mark.stack
+def test_a_drain_makes_one_statement_and_one_transaction_per_batch(app_head_dsn):
+    from include.task_batch import drain
+    from include.task_handlers import Services
+    from include.task_queue import TaskQueue
+
+    with TaskQueue(app_head_dsn) as queue:
+        queue.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(25)])
+        sent = queue.statements
+        summary = drain(app_head_dsn, services=Services(), handlers={"idea": lambda task, s: {"n": task.payload["n"]}},
+                        batch_size=10, queue=queue)  # fmt: skip
+        statements = queue.statements - sent
+    assert (summary.batches, summary.by_type["idea"].succeeded) == (3, 25)
+    assert statements == 1 + 3  # the first claim, then per batch: settle it and claim the next
+    with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
+        # each batch was completed by one transaction (its rows share the xmin of that write) ...
+        cur.execute("SELECT count(DISTINCT xmin::text), count(DISTINCT finished_at), count(DISTINCT started_at)"
+                    " FROM execution_tasks WHERE status = 'succeeded' AND result IS NOT NULL")  # fmt: skip
+        assert cur.fetchone() == (3, 3, 3)
+        # ... the same transaction that claimed the next batch (now() is the transaction's start)
+        cur.execute("SELECT count(*) FROM (SELECT DISTINCT started_at FROM execution_tasks) s"
+                    " JOIN (SELECT DISTINCT finished_at FROM execution_tasks) f ON s.started_at = f.finished_at")
+        assert cur.fetchone() == (2,)
+    conn.close()

@@ -164,6 +164,23 @@ def test_a_stampede_on_one_key_computes_it_once(client, ns):
     assert sum(hit for _, hit in results) == 15
 
 
+def test_lookups_made_meanwhile_share_one_round_trip(client, ns):
+    cache = TaskCache(client)
+    for i in range(32):
+        cache.get_or_compute(ns, {"i": i}, lambda i=i: {"v": i})
+
+    def script_calls() -> int:
+        stats = client.info("commandstats")
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+    before = script_calls()
+    client.execute_command("CLIENT", "PAUSE", 500, "ALL")  # Redis holds the first round trip...
+    with ThreadPoolExecutor(32) as pool:  # ...while the other 31 lookups arrive
+        results = list(pool.map(lambda i: cache.get_or_compute(ns, {"i": i}, lambda: "never"), range(32)))
+    assert results == [({"v": i}, True) for i in range(32)]
+    assert script_calls() - before == 2  # 32 hits: the first alone, the 31 that queued behind it together
+
+
 def test_a_failed_computation_releases_its_lock_for_the_next_caller(client, ns):
     cache = TaskCache(client)
 
