@@ -63,6 +63,7 @@ class MigratedStack(LocalStack):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    ensure_chromium()  # before the stack's minute of start-up, so a missing browser fails fast
     saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("AIRFLOW")]}
     stack = MigratedStack(tmp_path_factory.mktemp("browser-stack"), api_port=0)
     try:
@@ -90,7 +91,6 @@ def shots(request):
 
 @pytest.fixture(scope="module")
 def browser(shots):
-    ensure_chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -132,7 +132,7 @@ def dag_runs(stack, dag_id: str, query: str = "") -> list[dict]:
         return []
 
 
-def wait_for_success(stack, dag_id: str, timeout: float = 900) -> dict:
+def wait_for_success(stack, dag_id: str, timeout: float = 1800) -> dict:
     """A successful run of `dag_id` (its scheduled first run, or a later one); fails fast when
     every run so far has failed."""
 
@@ -196,9 +196,10 @@ def test_db_restore_triggered_from_its_form_restores_into_a_new_database(stack, 
     run = wait_for(lambda: next(iter(dag_runs(stack, "db_restore")), None), 60, "the triggered run")
     assert run["conf"]["target_database"] == target
     browser.get(f"{login['url']}/dags/db_restore/runs/{run['dag_run_id']}")
-    until(browser, EC.presence_of_element_located((By.XPATH, "//*[normalize-space()='success']")),
-          "the run to show success", timeout=900)  # fmt: skip
+    state = "//*[not(*) and translate(normalize-space(), 'SUCES', 'suces')='success']"  # the run's state badge
+    until(browser, EC.presence_of_element_located((By.XPATH, state)), "the run to show success", timeout=1800)
     shot(browser, shots, "db_restore-run-success")
+    assert api(f"{login['url']}/api/v2/dags/db_restore/dagRuns/{run['dag_run_id']}", token_for(login))["state"] == "success"
 
     restored = {r[0] for r in app_rows(stack, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'", target)}
     assert {"execution_tasks", "backups", "model_versions", "offer_roi"} <= restored
