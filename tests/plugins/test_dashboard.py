@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import uuid
 from datetime import date
 from decimal import Decimal
 
@@ -121,3 +124,44 @@ def test_only_a_same_origin_request_may_trigger_an_action(headers, allowed):
              "root_path": "", "query_string": b"", "headers": [(k.encode(), v.encode()) for k, v in
                                                                 [("host", "localhost:8080"), *headers.items()]]}  # fmt: skip
     assert same_origin(Request(scope)) is allowed
+
+
+def test_the_models_page_shows_the_plots_stored_in_s3_behind_the_login(local_stack, app_head_dsn, monkeypatch):
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.testclient import TestClient
+    from psycopg2.extensions import parse_dsn
+
+    from execplatform.dashboard import create_app
+    from execplatform.operators.offers import s3_client
+    from include.devstack.stack import MODEL_BUCKET
+    from include.offers import registry
+    from include.offers.plots import line_plot_png
+
+    conn = json.loads(os.environ["AIRFLOW_CONN_APP_DB"])
+    monkeypatch.setenv("AIRFLOW_CONN_DASHBOARD_TEST", json.dumps({**conn, "schema": parse_dsn(app_head_dsn)["dbname"]}))
+    prefix = f"s3://{MODEL_BUCKET}/offer_model_{uuid.uuid4().hex[:6]}"
+    with psycopg2.connect(app_head_dsn) as db, db.cursor() as cur:
+        cur.execute("""
+            INSERT INTO model_versions (model_name, version, status, artifact_uri)
+                VALUES ('offer_model', 1, 'champion', %s), ('offer_model', 2, 'rejected', %s) RETURNING id""",
+                    (f"{prefix}/v0001/model.skops", f"{prefix}/v0002/model.skops"))  # fmt: skip
+        plotted, unplotted = (row[0] for row in cur.fetchall())
+    db.close()
+    roc = line_plot_png([0, 0.2, 1], [0, 0.7, 1])
+    registry.put_object(s3_client(), f"{prefix}/v0001/roc.png", roc, "image/png")
+    registry.put_object(s3_client(), f"{prefix}/v0001/calibration.png", line_plot_png([0, 1], [0, 1]), "image/png")
+
+    app = create_app(conn_id="dashboard_test")
+    client = TestClient(app)
+    assert client.get("/models").status_code == 401, "no login, no page"
+    app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="ops", role="viewer")
+    page = client.get("/models").text
+    assert f"src='models/{plotted}/roc.png'" in page and f"src='models/{plotted}/calibration.png'" in page
+    assert f"models/{unplotted}/" not in page, "a version without a stored report shows no broken image"
+    assert "champion: offer_model v1" in page and "id='rollback'" in page and "method='post'" in page
+    png = client.get(f"/models/{plotted}/roc.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content == roc
+    assert client.get(f"/models/{unplotted}/roc.png").status_code == 404
+    assert client.get(f"/models/{plotted}/model.png").status_code == 404, "only the plots are served"
+    assert all(client.get(f"/{page}").status_code == 200 for page in ("", "offers", "audits"))
