@@ -196,8 +196,11 @@ def test_db_restore_triggered_from_its_form_restores_into_a_new_database(stack, 
     run = wait_for(lambda: next(iter(dag_runs(stack, "db_restore")), None), 60, "the triggered run")
     assert run["conf"]["target_database"] == target
     browser.get(f"{login['url']}/dags/db_restore/runs/{run['dag_run_id']}")
-    state = "//*[contains(@class, 'badge') and normalize-space()='Success']"  # the run's state badge
-    until(browser, EC.presence_of_element_located((By.XPATH, state)), "the run to show success", timeout=1800)
+    # the page has a state badge for the run and one per task: all Success, none Running or Queued
+    badges = "//*[contains(@class, 'badge') and normalize-space()='{}']"
+    until(browser, lambda b: b.find_elements(By.XPATH, badges.format("Success"))
+          and not any(b.find_elements(By.XPATH, badges.format(s)) for s in ("Running", "Queued", "Failed")),
+          "the run to show success", timeout=1800)  # fmt: skip
     shot(browser, shots, "db_restore-run-success")
     assert api(f"{login['url']}/api/v2/dags/db_restore/dagRuns/{run['dag_run_id']}", token_for(login))["state"] == "success"
 
