@@ -111,7 +111,7 @@ def _plot_uri(version, plot: str) -> str:
 def create_app(conn_id: str = "app_db") -> FastAPI:
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.core_api.security import (
-        GetUserDep,
+        get_user,
         requires_access_dag,
         requires_authenticated,
     )
@@ -173,7 +173,8 @@ def create_app(conn_id: str = "app_db") -> FastAPI:
         "/models/rollback",
         dependencies=[Depends(requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id=ROLLBACK_DAG))],
     )
-    def rollback(request: Request, user: GetUserDep) -> RedirectResponse:
+    # a default, not an annotation: this module's annotations are strings FastAPI cannot resolve here
+    def rollback(request: Request, user=Depends(get_user)) -> RedirectResponse:  # noqa: B008
         from airflow.api.common.trigger_dag import trigger_dag
         from airflow.utils.types import DagRunTriggeredByType
 
