@@ -38,8 +38,9 @@ from execplatform.operators.backup import RestoreBackupOperator
     tags=["platform", "backup"],
     params={
         "backup_id": Param("latest", type="string", description="a backups catalog id, or 'latest'"),
-        "target_database": Param("", type="string", description="empty: a new database restore_<id>_<time>"),
-        "confirm": Param("", type="string", description="type the live database's name to restore over it"),
+        # null allowed: the trigger form treats a param whose type has no "null" as required
+        "target_database": Param(None, type=["null", "string"], description="empty: a new database restore_<id>_<time>"),
+        "confirm": Param(None, type=["null", "string"], description="type the live database's name to restore over it"),
     },
     **run_metrics_callbacks(),
     default_args={
@@ -53,8 +54,8 @@ def db_restore():
     RestoreBackupOperator(
         task_id="restore_backup",
         backup_id="{{ params.backup_id }}",
-        target_database="{{ params.target_database }}",
-        confirm="{{ params.confirm }}",
+        target_database="{{ params.target_database or '' }}",
+        confirm="{{ params.confirm or '' }}",
     )
 
 

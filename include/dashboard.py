@@ -1,8 +1,8 @@
 """What the ops dashboard shows, read from the app database: one query per panel.
 
 Each panel is a title, column names and rows, so the page, a test or a script can render it
-the same way. Panels for the queue, models and offers are added by the capabilities that
-fill their tables.
+the same way. Panels are grouped into pages (PAGES); a panel whose tables a later revision
+creates says so instead of failing while that revision is pending.
 """
 
 from __future__ import annotations
@@ -88,8 +88,90 @@ def alerts(cur) -> Panel:
           FROM alerts ORDER BY last_seen DESC LIMIT 20""")  # fmt: skip
 
 
-PANELS = (backups, migrations, queue, audits, alerts)
+def _pending(title: str, table: str, what: str) -> Panel:
+    return Panel(title, ["state"], [], f"no {what} yet: table {table} does not exist (its revision is pending)")
+
+
+def indicators(cur) -> Panel:
+    """Each leading indicator's newest value and the newest trend change signalled on it."""
+    if not _exists(cur, "indicator_values"):
+        return _pending("Leading indicators", "indicator_values", "indicators")
+    changes = _exists(cur, "indicator_changes")
+    change_join = """
+        LEFT JOIN LATERAL (SELECT c.day, c.direction FROM indicator_changes c
+                            WHERE c.indicator = v.indicator AND c.dimension = v.dimension
+                            ORDER BY c.day DESC LIMIT 1) c ON true""" if changes else ""
+    change_columns = "c.day AS last_change_day, c.direction AS change_direction" if changes else \
+        "NULL AS last_change_day, NULL AS change_direction"
+    return _panel(cur, "Leading indicators", f"""
+        SELECT DISTINCT ON (v.indicator, v.dimension) v.indicator, v.dimension, v.day,
+               round(v.value::numeric, 4) AS value, v.threshold, {change_columns}
+          FROM indicator_values v {change_join}
+         ORDER BY v.indicator, v.dimension, v.day DESC""",  # noqa: S608 (fixed fragments)
+        "trend changes are CUSUM change points on the daily series")  # fmt: skip
+
+
+def models(cur) -> Panel:
+    """Model versions with their holdout metrics; the champion is the one in production."""
+    cur.execute("SELECT model_name, version FROM model_versions WHERE status = 'champion' ORDER BY model_name")
+    champions = ", ".join(f"{name} v{version}" for name, version in cur.fetchall()) or "none"
+    return _panel(cur, "Model versions", """
+        SELECT id, model_name, version, status, round((metrics->>'auc')::numeric, 4) AS auc,
+               round((metrics->>'log_loss')::numeric, 4) AS log_loss, round((metrics->>'brier')::numeric, 4) AS brier,
+               trained_to, promoted_at, left(coalesce(metrics->>'decision', ''), 120) AS decision
+          FROM model_versions ORDER BY id DESC LIMIT 10""", f"champion: {champions}")  # fmt: skip
+
+
+def offers(cur) -> Panel:
+    if not _exists(cur, "offer_publications"):
+        return _pending("Published offers", "offer_publications", "published offers")
+    return _panel(cur, "Published offers", """
+        SELECT p.model_version_id, p.segment, o.code, o.product, o.discount_pct, p.stripe_coupon_id, p.published_at,
+               (SELECT count(*) FROM offer_assignments a
+                 WHERE a.model_version_id = p.model_version_id AND a.offer_id = p.offer_id
+                   AND a.segment = p.segment) AS assigned_users
+          FROM offer_publications p JOIN offers o ON o.id = p.offer_id
+         ORDER BY p.model_version_id DESC, p.segment LIMIT 30""")  # fmt: skip
+
+
+def roi(cur) -> Panel:
+    if not _exists(cur, "offer_roi"):
+        return _pending("Offer ROI", "offer_roi", "ROI")
+    return _panel(cur, "Offer ROI", """
+        SELECT model_version_id, segment, treated_users, holdout_users,
+               round(attributed_revenue_cents / 100.0, 2) AS attributed_revenue,
+               round(discount_cost_cents / 100.0, 2) AS discount_cost,
+               round((attributed_roi_cents / 100.0)::numeric, 2) AS attributed_roi,
+               round((incremental_roi_cents / 100.0)::numeric, 2) AS incremental_roi,
+               round((incremental_ci_low_cents / 100.0)::numeric, 2) AS ci_low,
+               round((incremental_ci_high_cents / 100.0)::numeric, 2) AS ci_high,
+               round((roi_gap_cents / 100.0)::numeric, 2) AS attribution_gap, computed_at
+          FROM offer_roi ORDER BY model_version_id DESC, segment LIMIT 30""",
+        "in dollars; the gap is how much attribution overstates the incremental effect")  # fmt: skip
+
+
+def offer_feedback(cur) -> Panel:
+    if not _exists(cur, "offer_bandit_arms"):
+        return _pending("Offer feedback", "offer_bandit_arms", "feedback")
+    return _panel(cur, "Offer feedback", """
+        SELECT a.segment, o.code, a.impressions, a.redemptions,
+               round((a.alpha / (a.alpha + a.beta))::numeric, 4) AS posterior_mean, round(a.share::numeric, 3) AS share,
+               a.updated_at
+          FROM offer_bandit_arms a JOIN offers o ON o.id = a.offer_id ORDER BY a.segment, o.code""")  # fmt: skip
+
+
+# page name -> its panels, in the order the dashboard shows them
+PAGES = {
+    "overview": (backups, migrations, queue, alerts),
+    "models": (models,),
+    "offers": (offers, roi, offer_feedback),
+    "audits": (audits, indicators),
+}
+
+
+def page_panels(cur, page: str) -> list[Panel]:
+    return [panel(cur) for panel in PAGES[page]]
 
 
 def all_panels(cur) -> list[Panel]:
-    return [panel(cur) for panel in PANELS]
+    return [panel(cur) for panels in PAGES.values() for panel in panels]
