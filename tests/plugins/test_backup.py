@@ -262,3 +262,27 @@ def test_retention_never_deletes_a_pending_migrations_rollback_point(source):
     conn.close()
     assert apply_retention(keep_daily=1, keep_weekly=0, postgres_conn_id=CONN_ID) == [ids[0]]
     assert catalog(source)[ids[0]][0] == "deleted" and keys(3) == 0
+
+
+def test_a_scratch_database_is_dropped_even_with_a_session_left_in_it(source):
+    """A plain DROP first (it asks an autovacuum worker, a superuser's process that FORCE may
+    not end, to stop); FORCE only when our own sessions are still in the database."""
+    from execplatform.operators.backup import create_database, drop_database
+
+    def databases() -> set[str]:
+        with psycopg2.connect(source["dsn"]) as conn, conn.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database")
+            names = {row[0] for row in cur.fetchall()}
+        conn.close()
+        return names
+
+    quiet, busy = (f"scratch_{uuid.uuid4().hex[:8]}" for _ in range(2))
+    create_database(CONN_ID, quiet)
+    drop_database(CONN_ID, quiet)
+    create_database(CONN_ID, busy)
+    left = psycopg2.connect(source["dsn"].replace(f"dbname={parse_dsn(source['dsn'])['dbname']}", f"dbname={busy}"))
+    drop_database(CONN_ID, busy)
+    assert {quiet, busy}.isdisjoint(databases())
+    with pytest.raises(psycopg2.OperationalError):  # the left session was ended by FORCE
+        left.cursor().execute("SELECT 1")
+    left.close()

@@ -234,7 +234,16 @@ def create_database(conn_id: str, name: str) -> None:
 
 
 def drop_database(conn_id: str, name: str) -> None:
-    _admin(conn_id, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+    """Drop `name`; sessions of our own left in it are ended (FORCE) only when a plain DROP finds
+    it in use. Not FORCE first: an autovacuum worker busy on a freshly restored database is a
+    superuser's process that FORCE may not terminate ("permission denied to terminate process"),
+    while a plain DROP asks it to stop and waits."""
+    import psycopg2.errors
+
+    try:
+        _admin(conn_id, "DROP DATABASE IF EXISTS {}", name)
+    except psycopg2.errors.ObjectInUse:
+        _admin(conn_id, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
 
 
 def _admin(conn_id: str, statement: str, name: str) -> None:
