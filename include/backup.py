@@ -184,6 +184,37 @@ def restore(dsn: str, folder: Path, *, jobs: int = 2, clean: bool = False, table
 _VOLATILE_DUMP_LINE = re.compile(r"^(\\restrict|\\unrestrict) |^ALTER TABLE ONLY .* SET \(pg_attver=\d+\);$")
 
 
+def create_database(dsn: str, name: str) -> None:
+    """CREATE DATABASE `name` through the connection `dsn` (its role needs CREATEDB)."""
+    _admin(dsn, "CREATE DATABASE {}", name)
+
+
+def drop_database(dsn: str, name: str) -> None:
+    """Drop `name`; sessions of our own left in it are ended (FORCE) only when a plain DROP finds
+    it in use. Not FORCE first: an autovacuum worker busy on a freshly restored database is a
+    superuser's process that FORCE may not terminate ("permission denied to terminate process"),
+    while a plain DROP asks it to stop and waits."""
+    import psycopg2.errors
+
+    try:
+        _admin(dsn, "DROP DATABASE IF EXISTS {}", name)
+    except psycopg2.errors.ObjectInUse:
+        _admin(dsn, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+def _admin(dsn: str, statement: str, name: str) -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True  # CREATE/DROP DATABASE refuse to run in a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL(statement).format(sql.Identifier(name)))
+    finally:
+        conn.close()
+
+
 def start_schema_dump(dsn: str, snapshot_id: str | None = None) -> subprocess.Popen:
     """A schema-only dump, without owners or grants; `schema_text` collects it."""
     argv = [pg_bin("pg_dump"), "-s", "--no-owner", "--no-privileges", "--no-password"]

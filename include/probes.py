@@ -58,30 +58,19 @@ class ProbeResult:
 def sandbox(app_dsn: str, revision: str) -> Iterator[str]:
     """A scratch database at `revision`, created through the app's own connection (its role has
     CREATEDB: backup verification restores the same way), dropped on exit whatever happened."""
-    import psycopg2
-    from psycopg2 import sql
     from psycopg2.extensions import make_dsn, parse_dsn
 
+    from include.backup import create_database, drop_database
     from include.migrations import upgrade
 
     name = f"probe_sandbox_{uuid.uuid4().hex[:12]}"
-
-    def admin(statement: str) -> None:
-        conn = psycopg2.connect(app_dsn)
-        conn.autocommit = True  # CREATE/DROP DATABASE refuse to run in a transaction
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql.SQL(statement).format(sql.Identifier(name)))
-        finally:
-            conn.close()
-
-    admin("CREATE DATABASE {}")
+    create_database(app_dsn, name)
     try:
         dsn = make_dsn(**{**parse_dsn(app_dsn), "dbname": name})
         upgrade(dsn, revision)
         yield dsn
     finally:
-        admin("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        drop_database(app_dsn, name)
 
 
 # --- production's state: the proof that nothing outside the sandbox changed ---------------------------

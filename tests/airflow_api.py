@@ -1,11 +1,15 @@
-"""Talking to a running Airflow as a user's script would: REST API v2 with a bearer token."""
+"""Talking to a running Airflow as a user's script would (REST API v2 with a bearer token), and
+running a whole local stack for a test module."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def api(url: str, token: str | None = None, body: dict | None = None, method: str | None = None) -> dict:
@@ -39,3 +43,33 @@ def exists(url: str, token: str) -> bool:
     except (urllib.error.URLError, TimeoutError):
         return False
     return True
+
+
+@contextmanager
+def running(stack, env: dict[str, str] | None = None) -> Iterator:
+    """Start `stack` (a LocalStack) as a user would, without this test session's AIRFLOW* settings
+    but with `env`, and stop it on leaving; a failed start stops what it started."""
+    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("AIRFLOW")]}
+    os.environ.update(env or {})
+    try:
+        stack.start()
+    except BaseException:
+        stack.stop()
+        raise
+    finally:
+        for key in env or {}:
+            del os.environ[key]
+        os.environ.update(saved)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def postgres_connection(dsn: str) -> str:
+    """What an AIRFLOW_CONN_* variable holds for a postgres connection to the libpq DSN `dsn`."""
+    from psycopg2.extensions import parse_dsn
+
+    p = parse_dsn(dsn)
+    return json.dumps({"conn_type": "postgres", "host": p["host"], "port": int(p["port"]), "schema": p["dbname"],
+                       "login": p["user"], "password": p.get("password", "")})  # fmt: skip

@@ -7,7 +7,6 @@ connection's password and fails with the password in its error, alerting at leve
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from include.devstack.sentry_sink import read_envelopes
 from include.devstack.smtp_sink import read_messages
 from include.devstack.stack import LocalStack
-from tests.airflow_api import api, exists, token_for, wait_for
+from tests.airflow_api import api, exists, running, token_for, wait_for
 
 pytestmark = pytest.mark.airflow_stack
 
@@ -35,21 +34,9 @@ REMOTE_LOGGING = {
 
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory):
-    # the stack's processes take a user's environment, not this test session's Airflow settings
-    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("AIRFLOW")]}
-    os.environ.update(REMOTE_LOGGING)
     stack = LocalStack(tmp_path_factory.mktemp("fault-stack"), api_port=0, dags_folder=FIXTURE_DAGS)
-    try:
-        stack.start()
-    except BaseException:
-        stack.stop()
-        raise
-    finally:
-        for key in REMOTE_LOGGING:
-            del os.environ[key]
-        os.environ.update(saved)
-    yield stack
-    stack.stop()
+    with running(stack, REMOTE_LOGGING):
+        yield stack
 
 
 def test_two_failures_alert_once_on_every_channel_and_leak_no_secret(fault_stack, monkeypatch):

@@ -27,7 +27,7 @@ import pytest
 
 from include.devstack.stack import LocalStack
 from include.migrations import upgrade
-from tests.airflow_api import api, token_for, wait_for
+from tests.airflow_api import api, running, token_for, wait_for
 
 pytestmark = pytest.mark.airflow_stack
 
@@ -64,17 +64,8 @@ class MigratedStack(LocalStack):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     ensure_chromium()  # before the stack's minute of start-up, so a missing browser fails fast
-    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("AIRFLOW")]}
-    stack = MigratedStack(tmp_path_factory.mktemp("browser-stack"), api_port=0)
-    try:
-        stack.start()
-    except BaseException:
-        stack.stop()
-        raise
-    finally:
-        os.environ.update(saved)
-    yield stack
-    stack.stop()
+    with running(MigratedStack(tmp_path_factory.mktemp("browser-stack"), api_port=0)) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import urllib.request
 import uuid
@@ -28,7 +27,7 @@ import pytest
 from include.devstack.stack import LocalStack
 from include.migrations import upgrade
 from include.schedules import OVERRIDES_VAR
-from tests.airflow_api import api, exists, token_for, wait_for
+from tests.airflow_api import api, exists, running, token_for, wait_for
 from tests.dags.test_task_batch_dag import VALID
 
 pytestmark = pytest.mark.airflow_stack
@@ -48,7 +47,6 @@ AFTER = {"adversarial_audit": "db_backup"}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("AIRFLOW")]}
     stack = LocalStack(
         tmp_path_factory.mktemp("celery-stack"), api_port=0, celery_workers=len(WORKERS),
         extra_env={
@@ -58,16 +56,9 @@ def stack(tmp_path_factory):
         },
     )  # fmt: skip
     stack.started_at = datetime.now(UTC)
-    try:
-        stack.start()
-    except BaseException:
-        stack.stop()
-        raise
-    finally:
-        os.environ.update(saved)
-    upgrade(stack.app_dsn(), "head")  # as after db_migrate: task_batch and the audit need it
-    yield stack
-    stack.stop()
+    with running(stack):
+        upgrade(stack.app_dsn(), "head")  # as after db_migrate: task_batch and the audit need it
+        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import time
 import uuid
@@ -26,7 +25,7 @@ import pytest
 from include.devstack.smtp_sink import read_messages
 from include.devstack.stack import LocalStack
 from include.migrations import current, downgrade, heads
-from tests.airflow_api import api, exists, token_for, wait_for
+from tests.airflow_api import api, exists, running, token_for, wait_for
 
 pytestmark = pytest.mark.airflow_stack
 
@@ -36,21 +35,12 @@ DAG_ID = "db_migrate"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    saved = {k: os.environ.pop(k) for k in [k for k in os.environ if k.startswith("AIRFLOW")]}
-    stack = LocalStack(tmp_path_factory.mktemp("migrate-stack"), api_port=0)
-    try:
-        stack.start()
-    except BaseException:
-        stack.stop()
-        raise
-    finally:
-        os.environ.update(saved)
-    # `airflow dags test` and a scheduler acting on the same run can deadlock on its dag_run row
-    # (seen once in Airflow 3.3.2): the scheduler leaves runs of paused DAGs alone
-    for dag_id in (DAG_ID, "adversarial_audit", "task_batch"):
-        set_paused(stack, dag_id, True)
-    yield stack
-    stack.stop()
+    with running(LocalStack(tmp_path_factory.mktemp("migrate-stack"), api_port=0)) as stack:
+        # `airflow dags test` and a scheduler acting on the same run can deadlock on its dag_run
+        # row (seen once in Airflow 3.3.2): the scheduler leaves runs of paused DAGs alone
+        for dag_id in (DAG_ID, "adversarial_audit", "task_batch"):
+            set_paused(stack, dag_id, True)
+        yield stack
 
 
 def set_paused(stack, dag_id: str, paused: bool) -> None:

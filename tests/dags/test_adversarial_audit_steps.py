@@ -4,13 +4,12 @@ digest goes out."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from psycopg2.extensions import parse_dsn
 
 from include.devstack.smtp_sink import read_messages
+from tests.airflow_api import postgres_connection
 from tests.include.offers_fixtures import cursor
 
 pytestmark = pytest.mark.stack
@@ -32,11 +31,7 @@ def app_db(app_head_dsn, local_stack, monkeypatch):
                     "SELECT 'idea', s, date_trunc('day', now()) - interval '12 hours', 1000, "
                     "CASE WHEN s = 'dead' THEN 'boom' END, 'm1' "
                     "FROM unnest(ARRAY['dead', 'succeeded', 'succeeded', 'succeeded']) AS s")  # fmt: skip
-    parts = parse_dsn(app_head_dsn)
-    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", json.dumps({
-        "conn_type": "postgres", "host": parts["host"], "port": int(parts["port"]),
-        "schema": parts["dbname"], "login": parts["user"], "password": parts.get("password", ""),
-    }))  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_head_dsn))
     monkeypatch.setenv("SMTP_SINK_DIR", str(local_stack.folder / "mail"))
     monkeypatch.setenv("SENTRY_SINK_DIR", str(local_stack.folder / "sentry"))
     monkeypatch.setenv("AIRFLOW_VAR_AUDIT_DIGEST_RECIPIENTS", "board@example.com")

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 
 import psycopg2
 import pytest
-from psycopg2.extensions import parse_dsn
 
 from include.devstack.stack import MODEL_BUCKET
+from tests.airflow_api import postgres_connection
 
 SEED_SCALE = 0.05  # ~5k impressions: enough for a model that beats chance by a clear margin
 
@@ -21,11 +21,7 @@ def offers_dsn(app_head_dsn, monkeypatch):
     from include.seed import seed
 
     seed(app_head_dsn, scale=SEED_SCALE)
-    parts = parse_dsn(app_head_dsn)
-    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", json.dumps({
-        "conn_type": "postgres", "host": parts["host"], "port": int(parts["port"]),
-        "schema": parts["dbname"], "login": parts["user"], "password": parts.get("password", ""),
-    }))  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_head_dsn))
     return app_head_dsn
 
 

@@ -19,6 +19,7 @@ from include.audit import DEFAULT_LIMITS, GATES, NO_MODEL_YET
 from include.devstack.stack import BACKUP_BUCKET, MODEL_BUCKET
 from include.offers import jobs, registry
 from include.offers import model as m
+from tests.airflow_api import postgres_connection
 from tests.include import offers_fixtures
 from tests.include.offers_fixtures import cursor, snapshot_uri
 
@@ -55,11 +56,7 @@ def verified_backup(app_head_dsn, monkeypatch, tmp_path, local_stack) -> dict:
     from include.seed import seed
 
     seed(app_head_dsn, scale=0.01)
-    parts = parse_dsn(app_head_dsn)
-    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", json.dumps({
-        "conn_type": "postgres", "host": parts["host"], "port": int(parts["port"]), "schema": parts["dbname"],
-        "login": parts["user"], "password": parts.get("password", ""),
-    }))  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_head_dsn))
     done = PostgresBackupOperator(task_id="dump", bucket=BACKUP_BUCKET, prefix=f"test/{uuid.uuid4().hex}",
                                   work_dir=str(tmp_path / "work")).execute({})  # fmt: skip
     VerifyBackupOperator(task_id="verify", backup_id=done["backup_id"]).execute({})
@@ -357,11 +354,8 @@ def test_a_worker_role_that_can_read_payments_or_create_tables_fails(worker_role
 def test_the_compose_init_step_provisions_the_role_and_its_grants(app_head_dsn, pg_server, monkeypatch, capsys):
     from include.db_roles import main
 
-    parts = parse_dsn(pg_server.superuser_dsn(parse_dsn(app_head_dsn)["dbname"]))  # compose: app is the superuser
-    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", json.dumps({
-        "conn_type": "postgres", "host": parts["host"], "port": int(parts["port"]), "schema": parts["dbname"],
-        "login": parts["user"], "password": parts.get("password", ""),
-    }))  # fmt: skip
+    superuser = pg_server.superuser_dsn(parse_dsn(app_head_dsn)["dbname"])  # compose: app is the superuser
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(superuser))
     assert main() == 0 and main() == 0  # idempotent
     assert "app_worker: granted on execution_tasks" in capsys.readouterr().out
     assert execute(app_head_dsn, "SELECT has_table_privilege('app_worker', 'execution_tasks', 'UPDATE'), "

@@ -3,7 +3,6 @@ trend change alerted through the platform's alert path while every value is insi
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -13,6 +12,7 @@ import psycopg2.extras
 import pytest
 
 from include import indicators
+from tests.airflow_api import postgres_connection
 from tests.include import offers_fixtures
 from tests.include.offers_fixtures import cursor
 
@@ -141,16 +141,11 @@ def test_the_champion_is_scored_on_the_days_impressions_and_each_feature_gets_a_
 
 
 def test_before_revision_0005_the_indicator_step_skips_and_the_digest_still_gathers(app_dsn, monkeypatch):
-    from psycopg2.extensions import parse_dsn
 
     from execplatform.operators.indicators import record_indicators
     from include.digest import gather
 
-    parts = parse_dsn(app_dsn)
-    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", json.dumps({
-        "conn_type": "postgres", "host": parts["host"], "port": int(parts["port"]),
-        "schema": parts["dbname"], "login": parts["user"], "password": parts.get("password", ""),
-    }))  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_dsn))
     today = datetime.now(UTC).date()
     assert record_indicators("app_db", today, alert=lambda level, title: None)["skipped"] == "revision 0005 not applied"
     with cursor(app_dsn) as cur:

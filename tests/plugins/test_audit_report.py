@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import email
 import email.policy
-import json
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from psycopg2.extensions import parse_dsn
 
 from include import indicators
+from tests.airflow_api import postgres_connection
 from tests.include.offers_fixtures import cursor
 
 pytestmark = pytest.mark.stack
@@ -21,11 +20,7 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture
 def app_db(app_head_dsn, monkeypatch):
-    parts = parse_dsn(app_head_dsn)
-    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", json.dumps({
-        "conn_type": "postgres", "host": parts["host"], "port": int(parts["port"]),
-        "schema": parts["dbname"], "login": parts["user"], "password": parts.get("password", ""),
-    }))  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_head_dsn))
     return app_head_dsn
 
 

@@ -15,6 +15,7 @@ import pytest
 from psycopg2.extensions import parse_dsn
 
 from include.devstack.stack import BACKUP_BUCKET
+from tests.airflow_api import postgres_connection
 
 pytestmark = pytest.mark.stack
 
@@ -39,11 +40,7 @@ def source(app_dsn, monkeypatch, tmp_path):
             CREATE TRIGGER moods_touch BEFORE INSERT ON moods FOR EACH ROW EXECUTE FUNCTION touch();
         """)
     conn.close()
-    p = parse_dsn(app_dsn)
-    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps({
-        "conn_type": "postgres", "host": p["host"], "port": int(p["port"]), "schema": p["dbname"],
-        "login": p["user"], "password": p["password"],
-    }))  # fmt: skip
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", postgres_connection(app_dsn))
     return {"dsn": app_dsn, "work_dir": str(tmp_path / "work")}
 
 

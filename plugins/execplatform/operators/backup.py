@@ -230,33 +230,15 @@ class VerifyBackupOperator(BaseOperator):
 
 
 def create_database(conn_id: str, name: str) -> None:
-    _admin(conn_id, "CREATE DATABASE {}", name)
+    from include.backup import create_database
+
+    create_database(libpq_dsn(conn_id), name)
 
 
 def drop_database(conn_id: str, name: str) -> None:
-    """Drop `name`; sessions of our own left in it are ended (FORCE) only when a plain DROP finds
-    it in use. Not FORCE first: an autovacuum worker busy on a freshly restored database is a
-    superuser's process that FORCE may not terminate ("permission denied to terminate process"),
-    while a plain DROP asks it to stop and waits."""
-    import psycopg2.errors
+    from include.backup import drop_database
 
-    try:
-        _admin(conn_id, "DROP DATABASE IF EXISTS {}", name)
-    except psycopg2.errors.ObjectInUse:
-        _admin(conn_id, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
-
-
-def _admin(conn_id: str, statement: str, name: str) -> None:
-    import psycopg2
-    from psycopg2 import sql
-
-    conn = psycopg2.connect(libpq_dsn(conn_id))
-    conn.autocommit = True  # CREATE/DROP DATABASE refuse to run in a transaction
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL(statement).format(sql.Identifier(name)))
-    finally:
-        conn.close()
+    drop_database(libpq_dsn(conn_id), name)
 
 
 _DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
