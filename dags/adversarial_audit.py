@@ -68,6 +68,15 @@ from include.audit import DEFAULT_LIMITS, GATES
 from include.schedules import schedule_for
 
 APP_DB = "app_db"
+INDICATOR_DAYS = 7  # a day missed by a skipped run fills in on the next
+ALARM_DEADLINE_SECONDS = 120
+
+
+def _audited_day():
+    """Indicators cover the last complete UTC day."""
+    from datetime import UTC
+
+    return (datetime.now(UTC) - timedelta(days=1)).date()
 
 
 @dag(
@@ -142,17 +151,6 @@ def adversarial_audit():
     for step in after_gates:
         gates >> step
     after_gates >> daily_digest(audit_run_id)
-
-
-INDICATOR_DAYS = 7  # a day missed by a skipped run fills in on the next
-ALARM_DEADLINE_SECONDS = 120
-
-
-def _audited_day():
-    """Indicators cover the last complete UTC day."""
-    from datetime import UTC
-
-    return (datetime.now(UTC) - timedelta(days=1)).date()
 
 
 adversarial_audit()
