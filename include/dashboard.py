@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from include.migrations import table_exists
+
 
 @dataclass
 class Panel:
@@ -22,11 +24,6 @@ class Panel:
 def _panel(cur, title: str, query: str, note: str = "") -> Panel:
     cur.execute(query)
     return Panel(title, [d[0] for d in cur.description], cur.fetchall(), note)
-
-
-def _exists(cur, table: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",))
-    return cur.fetchone()[0]
 
 
 def backups(cur) -> Panel:
@@ -44,7 +41,7 @@ def migrations(cur) -> Panel:
     revision = current_revision(cur)
     pending = [r.revision for r in pending_after(revision)]
     note = f"applied: {revision or 'none'}; pending: {', '.join(pending) or 'none'}"
-    if not _exists(cur, "migration_runs"):
+    if not table_exists(cur, "migration_runs"):
         return Panel("Migrations", ["run"], [], note)
     return _panel(cur, "Migrations", """
         SELECT id, dag_run_id, from_revision, target_revision, backup_id, status, started_at, finished_at,
@@ -61,7 +58,7 @@ def queue(cur) -> Panel:
                round(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'queued')) / 60)
                    AS oldest_queued_minutes
           FROM execution_tasks GROUP BY task_type ORDER BY task_type""")  # fmt: skip
-    if not _exists(cur, "task_bottleneck_reports"):
+    if not table_exists(cur, "task_bottleneck_reports"):
         backlog.note = "no bottleneck report yet: revision 0003 is not applied"
         return backlog
     cur.execute("""
@@ -94,9 +91,9 @@ def _pending(title: str, table: str, what: str) -> Panel:
 
 def indicators(cur) -> Panel:
     """Each leading indicator's newest value and the newest trend change signalled on it."""
-    if not _exists(cur, "indicator_values"):
+    if not table_exists(cur, "indicator_values"):
         return _pending("Leading indicators", "indicator_values", "indicators")
-    changes = _exists(cur, "indicator_changes")
+    changes = table_exists(cur, "indicator_changes")
     change_join = """
         LEFT JOIN LATERAL (SELECT c.day, c.direction FROM indicator_changes c
                             WHERE c.indicator = v.indicator AND c.dimension = v.dimension
@@ -123,7 +120,7 @@ def models(cur) -> Panel:
 
 
 def offers(cur) -> Panel:
-    if not _exists(cur, "offer_publications"):
+    if not table_exists(cur, "offer_publications"):
         return _pending("Published offers", "offer_publications", "published offers")
     return _panel(cur, "Published offers", """
         SELECT p.model_version_id, p.segment, o.code, o.product, o.discount_pct, p.stripe_coupon_id, p.published_at,
@@ -135,7 +132,7 @@ def offers(cur) -> Panel:
 
 
 def roi(cur) -> Panel:
-    if not _exists(cur, "offer_roi"):
+    if not table_exists(cur, "offer_roi"):
         return _pending("Offer ROI", "offer_roi", "ROI")
     return _panel(cur, "Offer ROI", """
         SELECT model_version_id, segment, treated_users, holdout_users,
@@ -151,7 +148,7 @@ def roi(cur) -> Panel:
 
 
 def offer_feedback(cur) -> Panel:
-    if not _exists(cur, "offer_bandit_arms"):
+    if not table_exists(cur, "offer_bandit_arms"):
         return _pending("Offer feedback", "offer_bandit_arms", "feedback")
     return _panel(cur, "Offer feedback", """
         SELECT a.segment, o.code, a.impressions, a.redemptions,

@@ -16,6 +16,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from include.migrations import table_exists
+
 
 @dataclass
 class Digest:
@@ -32,11 +34,6 @@ class Digest:
         return [gate for gate, passed, *_ in self.gates if not passed]
 
 
-def _exists(cur, table: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",))
-    return cur.fetchone()[0]
-
-
 def gather(cur, day: date, audit_run_id: int | None, *, change_days: int = 7) -> Digest:
     """What the schema has yet: indicators and ROI are left empty before their revisions."""
     digest = Digest(day, audit_run_id)
@@ -47,11 +44,11 @@ def gather(cur, day: date, audit_run_id: int | None, *, change_days: int = 7) ->
     cur.execute("SELECT extract(epoch FROM now() - max(verified_at)) / 3600 FROM backups WHERE status = 'verified'")
     age = cur.fetchone()[0]
     digest.backup_age_hours = None if age is None else round(float(age), 2)
-    if _exists(cur, "offer_roi"):
+    if table_exists(cur, "offer_roi"):
         cur.execute("SELECT segment, attributed_roi_cents, incremental_roi_cents FROM offer_roi WHERE "
                     "model_version_id = (SELECT max(model_version_id) FROM offer_assignments) ORDER BY segment")
         digest.roi = cur.fetchall()
-    if not _exists(cur, "indicator_values"):
+    if not table_exists(cur, "indicator_values"):
         return digest
     cur.execute("SELECT indicator, dimension, day, direction, reference_mean FROM indicator_changes "
                 "WHERE day > %s - %s ORDER BY day DESC, indicator, dimension", (day, change_days))  # fmt: skip
@@ -107,7 +104,7 @@ def plot_series(points: list[tuple[date, float]], change_days: list[date], title
 def write_plots(cur, folder: Path, *, days: int = 120) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    if not _exists(cur, "indicator_values"):
+    if not table_exists(cur, "indicator_values"):
         return paths
     for (indicator, dimension), (points, change_days) in series_with_changes(cur, days=days).items():
         title = f"{indicator}[{dimension}]" if dimension else indicator

@@ -32,6 +32,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from include.changepoint import cusum
+from include.migrations import table_exists
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,6 @@ def _bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-def _exists(cur, table: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",))
-    return cur.fetchone()[0]
-
-
 def _ratio(indicator: str, numerator, denominator) -> list[Value]:
     return [Value(indicator, float(numerator) / denominator, sample_size=int(denominator))] if denominator else []
 
@@ -101,7 +97,7 @@ def queue_age(cur, day: date) -> list[Value]:
 
 
 def cache_hit_ratio(cur, day: date) -> list[Value]:
-    if not _exists(cur, "task_batch_metrics"):
+    if not table_exists(cur, "task_batch_metrics"):
         return []
     cur.execute("SELECT coalesce(sum(cache_hits), 0), coalesce(sum(tasks), 0) FROM task_batch_metrics "
                 "WHERE measured_at >= %s AND measured_at < %s", _bounds(day))  # fmt: skip
@@ -168,7 +164,7 @@ def trust_redemptions_unpaid(cur, day: date) -> list[Value]:
 def trust_roi_gap(cur, day: date) -> list[Value]:
     """The ROI of the live assignment as it stood at the end of `day` (a later recomputation
     leaves that day's stored value as it was)."""
-    if not _exists(cur, "offer_roi"):
+    if not table_exists(cur, "offer_roi"):
         return []
     cur.execute(
         """
@@ -274,7 +270,7 @@ def compute(cur, day: date, champion: Champion | None = None) -> list[Value]:
 
 def ready(cur) -> bool:
     """Whether revision 0005 (the indicator tables) is applied."""
-    return _exists(cur, "indicator_values") and _exists(cur, "indicator_changes")
+    return table_exists(cur, "indicator_values") and table_exists(cur, "indicator_changes")
 
 
 def store(cur, day: date, values: Iterable[Value]) -> int:

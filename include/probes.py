@@ -113,10 +113,11 @@ def marker_hits(cur, marker: str) -> dict[str, int]:
     """Rows of production carrying the probes' marker (there must be none)."""
     from psycopg2 import sql
 
+    from include.migrations import table_exists
+
     hits = {}
     for table, columns in MARKED_COLUMNS.items():
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",))
-        if not cur.fetchone()[0]:
+        if not table_exists(cur, table):
             continue
         where = sql.SQL(" OR ").join(sql.SQL(c + " LIKE %(m)s") for c in columns)
         cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE ").format(sql.Identifier(table)) + where,

@@ -167,10 +167,15 @@ def revision_info(revision: str, *, settings: Settings | None = None) -> Revisio
     return _revision(_scripts(settings).get_revision(revision))
 
 
+def table_exists(cur, table: str) -> bool:
+    """Whether the public schema has `table` yet (its revision may still be pending)."""
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",))
+    return cur.fetchone()[0]
+
+
 def rollback_points(cur) -> frozenset[int]:
     """Backups that a migration run still in progress names as its way back."""
-    cur.execute("SELECT to_regclass('public.migration_runs') IS NOT NULL")
-    if not cur.fetchone()[0]:
+    if not table_exists(cur, "migration_runs"):
         return frozenset()
     cur.execute("SELECT backup_id FROM migration_runs WHERE backup_id IS NOT NULL AND status = ANY(%s)",
                 (list(PENDING_RUN_STATES),))  # fmt: skip
@@ -192,8 +197,7 @@ def current(dsn: str) -> str | None:
 
 
 def current_revision(cur) -> str | None:
-    cur.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL")
-    if not cur.fetchone()[0]:
+    if not table_exists(cur, "alembic_version"):
         return None
     cur.execute("SELECT version_num FROM alembic_version")
     row = cur.fetchone()
