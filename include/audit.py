@@ -72,10 +72,10 @@ def _scalar(cur, query: str, params: Mapping | tuple = ()) -> Any:
     return cur.fetchone()[0]
 
 
-def _count_is_zero(gate: str, query: str, params: Mapping | tuple = ()) -> Callable[[Any], Evidence]:
+def _count_is_zero(gate: str, query: str, params: Mapping | tuple = (), limit: Any = 0) -> Callable[[Any], Evidence]:
     def check(cur) -> Evidence:
         observed = _scalar(cur, query, params)
-        return Evidence(gate, observed == 0, observed, 0, query)
+        return Evidence(gate, observed == 0, observed, limit, query)
 
     return check
 
@@ -86,7 +86,9 @@ def _count_is_zero(gate: str, query: str, params: Mapping | tuple = ()) -> Calla
 def queue_expired_leases(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
     query = ("SELECT count(*) FROM execution_tasks WHERE status = 'running' "
              "AND lease_expires_at < now() - %(minutes)s * interval '1 minute'")  # fmt: skip
-    return _count_is_zero("queue_expired_leases", query, {"minutes": limits["expired_lease_minutes"]})(cur)
+    minutes = limits["expired_lease_minutes"]
+    return _count_is_zero("queue_expired_leases", query, {"minutes": minutes},
+                          f"0 with a lease expired over {minutes:g} min")(cur)  # fmt: skip
 
 
 def queue_dead_without_error(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:

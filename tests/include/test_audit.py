@@ -32,6 +32,7 @@ def test_expired_leases(app_head_dsn):
     stale = TASK + "VALUES ('idea', 'running', 'w2', gen_random_uuid(), now() - interval '20 minutes', NULL, 'm')"
     evidence = gate(app_head_dsn, "queue_expired_leases", stale)
     assert not evidence.passed and evidence.observed == 1 and "lease_expires_at" in evidence.query
+    assert evidence.limit == "0 with a lease expired over 15 min"  # the limit, as configured
 
 
 def test_dead_tasks_keep_their_error(app_head_dsn):
