@@ -29,7 +29,7 @@ def app_db(app_head_dsn, local_stack, monkeypatch):
     with cursor(app_head_dsn) as cur:  # yesterday, the day the audit covers: one failure in four
         cur.execute("INSERT INTO execution_tasks (task_type, status, finished_at, duration_ms, error, ai_model) "
                     "SELECT 'idea', s, date_trunc('day', now()) - interval '12 hours', 1000, "
-                    "CASE WHEN s = 'dead' THEN 'boom' END, 'm1' "
+                    "CASE WHEN s = 'dead' THEN 'boom' END, 'gpt-4.1' "
                     "FROM unnest(ARRAY['dead', 'succeeded', 'succeeded', 'succeeded']) AS s")  # fmt: skip
     monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_head_dsn))
     monkeypatch.setenv("SMTP_SINK_DIR", str(local_stack.folder / "mail"))
