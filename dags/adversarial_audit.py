@@ -131,9 +131,11 @@ def adversarial_audit():
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def adversarial_probes(audit_run_id: int, dag=None) -> dict:
+        from pathlib import Path
+
         from execplatform.operators.probes import run_probes
 
-        return run_probes(APP_DB, audit_run_id, dag.params, dag.dag_id)
+        return run_probes(APP_DB, audit_run_id, dags_folder=Path(dag.fileloc).parent)  # every DAG's params
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def alarm_delivery(audit_run_id: int) -> dict:
