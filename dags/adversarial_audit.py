@@ -40,8 +40,10 @@ invariant (or, if the limit is wrong, the limit), then clear the failed gate and
   gap) into `indicator_values`; a warning alert for every new CUSUM trend change (kept in
   `indicator_changes`, alerted once) and every PSI over its sample-size threshold.
 - `adversarial_probes`: hostile input through the real entry points in a scratch database
-  (dropped after); fails if any probe is accepted, production's schema dump changed, or a probe
-  value is found in production. Evidence in `audit_findings` (gate `adversarial_probes`).
+  (dropped after), an unknown `ai_model` to the `task_executor` connection's executor, and
+  hostile values to every param of every DAG in this folder; fails if any probe is accepted or
+  could not run, production's schema dump changed, or a probe value is found in production.
+  Evidence in `audit_findings` (gate `adversarial_probes`).
 - `alarm_delivery`: a synthetic critical failure must reach the alerts table, CloudWatch, email
   and Sentry within 120 s; fails naming each channel that did not (gate `alarm_delivery`).
 - `daily_digest`: gates, trend changes, ROI, backup freshness and a PNG per indicator (under
@@ -131,9 +133,11 @@ def adversarial_audit():
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def adversarial_probes(audit_run_id: int, dag=None) -> dict:
+        from pathlib import Path
+
         from execplatform.operators.probes import run_probes
 
-        return run_probes(APP_DB, audit_run_id, dag.params, dag.dag_id)
+        return run_probes(APP_DB, audit_run_id, dags_folder=Path(dag.fileloc).parent)  # every DAG's params
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def alarm_delivery(audit_run_id: int) -> dict:

@@ -58,7 +58,9 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where two branches meet
     doc_md=__doc__,
     tags=["platform", "migration"],
     params={
-        "target_revision": Param("head", type="string", minLength=1, description="Alembic revision to reach"),
+        # the project's revision ids are hex digits (0002); tests/include/test_probes.py holds every file to it
+        "target_revision": Param("head", type="string", pattern=r"^(head|[0-9a-f]{4,32})$",
+                                 description="Alembic revision to reach: its id (e.g. 0002) or head"),
         "dry_run": Param(False, type="boolean", description="plan, lint, back up and rehearse; apply nothing"),
         "skip_approval": Param(False, type="boolean",
                                description="non-production and tests only: no approval step"),  # fmt: skip

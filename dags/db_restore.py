@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag
 
 from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
-from execplatform.operators.backup import RestoreBackupOperator
+from execplatform.operators.backup import DATABASE_NAME, RestoreBackupOperator
 
 
 @dag(
@@ -36,12 +36,17 @@ from execplatform.operators.backup import RestoreBackupOperator
     catchup=False,
     doc_md=__doc__,
     tags=["platform", "backup"],
+    # each param refuses at the trigger what the restore could not use (the adversarial probes check it)
     params={
-        "backup_id": Param("latest", type="string", description="a backups catalog id, or 'latest'"),
-        # null allowed: the trigger form treats a param whose type has no "null" as required
-        "target_database": Param(None, type=["null", "string"], description="empty: a new database restore_<id>_<time>"),
-        "confirm": Param(None, type=["null", "string"], description="type the live database's name to restore over it"),
-    },
+        "backup_id": Param("latest", type="string", pattern=r"^(latest|[0-9]{1,18})$",
+                           description="a backups catalog id, or 'latest'"),
+        # null allowed: the trigger form treats a param whose type has no "null" as required;
+        # the empty string too, as an empty field
+        "target_database": Param(None, type=["null", "string"], pattern=f"^({DATABASE_NAME})?$",
+                                 description="a lower-case database name; empty: a new database restore_<id>_<time>"),
+        "confirm": Param(None, type=["null", "string"], pattern=f"^({DATABASE_NAME})?$",
+                         description="type the live database's name to restore over it"),
+    },  # fmt: skip
     **run_metrics_callbacks(),
     default_args={
         "owner": "platform",

@@ -71,7 +71,8 @@ MODEL_PROMOTED, MODEL_PROMOTION = Asset("offer_model_promoted"), AssetAlias("off
     params={
         "rollback": Param(False, type="boolean", description="roll the champion back one step instead of training"),
         "valid_days": Param(21, type="number", minimum=1, description="most recent days held out for validation"),
-        "margin_auc": Param(0.002, type="number", description="AUC a challenger must gain over the champion"),
+        "margin_auc": Param(0.002, type="number", minimum=-1, maximum=1,
+                            description="AUC a challenger must gain over the champion (negative: may lose)"),
         "holdout_share": Param(0.1, type="number", minimum=0.01, maximum=0.5, description="share of each segment given no offer"),
         "discount_budget_cents": Param(50_000_000, type="number", minimum=0, description="expected discount paid over all offers"),
     },

@@ -9,7 +9,16 @@ entry point did with it:
 - `quarantined`: the row was kept aside with its reason (`offer_quarantine`);
 - `inert`: free text that is legitimate data (a prompt may quote SQL) was stored verbatim and
   changed nothing else: the probe checks the stored value and that every table still exists;
-- `ACCEPTED`: none of the above; the probe fails.
+- `ACCEPTED`: none of the above; the probe fails;
+- `UNCHECKED`: the probe could not reach its entry point (no executor connection, the
+  executor unreachable, a DAG file that does not import); it fails like ACCEPTED, since nothing
+  shows that the bad input would be refused.
+
+The groups, each a function below: `queue_probes` (TaskQueue.enqueue), `handler_probes`
+(payload validation, ai_model format), `executor_probes` (a well-formed ai_model the task
+executor does not serve), `offer_probes` (Stripe charges into the ROI ledger),
+`training_probes` (offer-model training rows) and `param_probes` (every param of every DAG
+in the dags folder, against its Param schema).
 
 Every value a probe sends carries the run's marker, so the audit can also search production
 for it afterwards (`marker_hits`): a probe that leaked out of the sandbox would be found.
@@ -19,11 +28,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from include.task_handlers import ExecutorClient
 
 INJECTIONS = (
     "'; DROP TABLE execution_tasks; --",
@@ -34,13 +47,15 @@ INJECTIONS = (
     "'); COPY users TO PROGRAM 'id'; --",
 )
 OVERSIZED_CHARS = 5_000_000  # a 5 MB prompt: 250 times the handlers' limit
+# what every DAG param is sent: each injection, wrong JSON types, a huge negative number
+HOSTILE_PARAM_VALUES = (*INJECTIONS, [INJECTIONS[1]], {"$gt": ""}, -(10**12))
 
 
 @dataclass(frozen=True)
 class ProbeResult:
     probe: str
     entry_point: str
-    outcome: str  # refused | quarantined | inert | ACCEPTED
+    outcome: str  # refused | quarantined | inert | ACCEPTED | UNCHECKED
     reason: str
 
     @property
@@ -299,15 +314,62 @@ def training_probes(marker: str) -> list[ProbeResult]:
             for name, reason in zip(names, quarantine_reasons(rows, now).tolist(), strict=True)]  # fmt: skip
 
 
-def param_probes(params: dict[str, Any], dag_id: str) -> list[ProbeResult]:
-    """A DAG's params (airflow Param objects): hostile values must fail the param's schema. A
-    free string param (no enum, no pattern) cannot refuse SQL and is reported as `inert` only if
-    the DAG treats it as data; here it is reported ACCEPTED so that it is looked at."""
-    results = []
-    for name, param in params.items():
-        for i, value in enumerate((INJECTIONS[0], [INJECTIONS[1]], {"$gt": ""}, -(10**12))):
-            results.append(_param_probe(f"param_{dag_id}.{name}_{i}", param, value))
+def executor_probes(executor: ExecutorClient | None, marker: str) -> list[ProbeResult]:
+    """include.task_handlers.execute_on_executor against the configured task executor, which is
+    the authority on which models exist: a well-formed ai_model it does not serve must be refused
+    naming the model, before anything runs. `executor` None (no `task_executor` connection) or an
+    unreachable executor is UNCHECKED: nothing shows the model would be refused."""
+    from include.task_handlers import PermanentError, RetryableError, Services, execute_on_executor
+    from include.task_queue import ClaimedTask
+
+    probe, entry_point = "executor_unknown_ai_model", "task_handlers.execute_on_executor"
+    if executor is None:
+        return [ProbeResult(probe, entry_point, "UNCHECKED", "no task executor is configured (connection "
+                            "task_executor): nothing can say whether an unknown ai_model is refused")]  # fmt: skip
+    model = f"gpt-9-nonexistent-{marker}"
+    task = ClaimedTask(0, "idea", _payload(marker), model, 1, 5, "", 0.0)
+    try:
+        outcome = execute_on_executor(task, Services(executor=executor))
+    except PermanentError as exc:
+        reason = f"PermanentError: {exc}"
+        if f"unknown ai_model {model!r}" in str(exc):
+            return [ProbeResult(probe, entry_point, "refused", reason)]
+        return [ProbeResult(probe, entry_point, "UNCHECKED", f"refused, but not as an unknown model: {reason}")]
+    except RetryableError as exc:
+        return [ProbeResult(probe, entry_point, "UNCHECKED", f"RetryableError: {exc}")]
+    return [ProbeResult(probe, entry_point, "ACCEPTED", f"ai_model {model!r} accepted, returned {outcome!r:.120}")]
+
+
+def dag_params(dags_folder: str | Path) -> tuple[dict[str, Mapping[str, Any]], dict[str, str]]:
+    """Every DAG's params (airflow Param objects by name) in `dags_folder`, parsed the way the
+    dag-processor parses it (DagBag), and the files that failed to import, with their error.
+    Called in the probe step, never at parse time."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(dags_folder), load_op_links=False)
+    params = {dag_id: dict(dag.params.items()) for dag_id, dag in sorted(bag.dags.items())}
+    return params, {str(path): str(error) for path, error in bag.import_errors.items()}
+
+
+def param_probes(dags: Mapping[str, Mapping[str, Any]], unparsed: Mapping[str, str] | None = None,
+                 ) -> list[ProbeResult]:  # fmt: skip
+    """Every param of every DAG gets each of HOSTILE_PARAM_VALUES, which its Param schema must
+    refuse (a trigger with it never starts a run). A param that takes one (a free string without
+    `pattern` or `enum`, a number without a `minimum`) is ACCEPTED and fails the gate. A DAG file
+    that does not import cannot be probed: UNCHECKED."""
+    results = [ProbeResult(f"param_file_{Path(path).name}", "airflow DagBag", "UNCHECKED",
+                           "the DAG file does not import, its params are not probed: " + _last_line(error))
+               for path, error in sorted((unparsed or {}).items())]  # fmt: skip
+    for dag_id, params in dags.items():
+        for name, param in params.items():
+            for i, value in enumerate(HOSTILE_PARAM_VALUES):
+                results.append(_param_probe(f"param_{dag_id}.{name}_{i}", param, value))
     return results
+
+
+def _last_line(error: str) -> str:
+    """The exception line of a traceback."""
+    return (error.strip().splitlines() or [""])[-1][:200]
 
 
 def _param_probe(probe: str, param: Any, value: Any) -> ProbeResult:
@@ -335,10 +397,13 @@ def applicable(dsn: str) -> dict[str, bool]:
     return {"queue": queue, "offers": offers}
 
 
-def run_all(sandbox_dsn: str, marker: str) -> list[ProbeResult]:
+def run_all(sandbox_dsn: str, marker: str, executor: ExecutorClient | None) -> list[ProbeResult]:
+    """Every probe group that sends input through an entry point (the params are probed apart:
+    `param_probes`). `executor`: a client of the `task_executor` connection, None when there is none."""
     present = applicable(sandbox_dsn)
     results = queue_probes(sandbox_dsn, marker) if present["queue"] else []
     results += handler_probes(marker)
+    results += executor_probes(executor, marker)
     results += offer_probes(sandbox_dsn, marker) if present["offers"] else []
     return results + training_probes(marker)
 

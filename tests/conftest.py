@@ -48,6 +48,22 @@ def local_stack(tmp_path_factory):
     stack.stop()
 
 
+@pytest.fixture
+def executor(local_stack):
+    """(url, admin client) of the stack's task executor, answering at once and without faults;
+    reset afterwards (faults, counts, and its model catalog)."""
+    import httpx
+
+    url = json.loads(os.environ["AIRFLOW_CONN_TASK_EXECUTOR"])["host"]
+    admin = httpx.Client(base_url=url)
+    admin.post("/admin/reset")
+    admin.post("/admin/faults", json={"latency_ms": 0, "slow_ms": 1000})
+    yield url, admin
+    admin.post("/admin/reset")
+    admin.post("/admin/faults", json={"latency_ms": 50})
+    admin.close()
+
+
 class ExternalServer:
     """A PostgreSQL server given by TEST_PG_SERVER (host:port, trust auth for `postgres`), for
     running the migration tests against a second major version (`make test-pg15`)."""

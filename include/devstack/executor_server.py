@@ -3,13 +3,20 @@
     POST /v1/execute   {"task_type", "ai_model", "input"}  ->  200 {"output", "model_version"}
     GET  /v1/models/<ai_model>                            ->  200 {"ai_model", "version"}
 
+The executor is the authority on which models exist: its catalog is ``--models``
+(comma-separated; default the models the seed's tasks name, include.seed.AI_MODELS, and the
+handlers' DEFAULT_AI_MODEL). Any other model gets 404 {"error": "unknown ai_model '...'"} on
+both routes, and nothing is executed.
+
 The answer depends only on the task type, the model, its version and the input, after
 ``--latency-ms`` (default 50). Faults for tests and demos, through the admin endpoints:
 
     POST /admin/faults  {"latency_ms": 50, "fail_next": [503, 400, "slow", ...],
-                         "slow_ms": 5000, "model_versions": {"gpt-4.1": "2"}}
-    GET  /admin/stats   ->  {"executions", "requests", "pending_faults", "by_digest"}
-    POST /admin/reset
+                         "slow_ms": 5000, "model_versions": {"gpt-4.1": "2"},
+                         "models": ["gpt-5"]}   # models are added to the catalog
+    GET  /admin/stats   ->  {"executions", "requests", "pending_faults", "by_digest",
+                             "models", "refused_models"}
+    POST /admin/reset       (faults, versions, counts, and the catalog back to --models)
 
 Each entry of ``fail_next`` answers one request: an HTTP status, or ``"slow"`` (sleeps
 ``slow_ms`` before answering normally, to provoke client timeouts).
@@ -23,18 +30,40 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+
+def default_models() -> tuple[str, ...]:
+    """The models the platform's tasks name: the seed's, and what a task without one runs on."""
+    from include.seed import AI_MODELS
+    from include.task_handlers import DEFAULT_AI_MODEL
+
+    return (DEFAULT_AI_MODEL, *AI_MODELS)
 
 
 class ExecutorState:
-    def __init__(self, latency_ms: float) -> None:
+    def __init__(self, latency_ms: float, models: Iterable[str] | None = None) -> None:
         self.lock = threading.Lock()
         self.latency_ms = latency_ms
         self.slow_ms = 5000.0
         self.fail_next: list = []
+        self.catalog = frozenset(default_models() if models is None else models)  # what a reset returns to
+        self.models = set(self.catalog)
         self.model_versions: dict[str, str] = {}
         self.by_digest: Counter[str] = Counter()
+        self.refused_models: Counter[str] = Counter()  # unknown models asked for, on either route
         self.requests = 0  # calls of /v1/execute, faults included
+
+    def unknown(self, model: str) -> dict | None:
+        """The 404 body for a model outside the catalog (counted), else None."""
+        with self.lock:
+            if model in self.models:
+                return None
+            self.refused_models[model] += 1
+            known = sorted(self.models)
+        return {"error": f"unknown ai_model {model!r}; this executor serves {known}"}
 
     def next_fault(self):
         with self.lock:
@@ -73,12 +102,16 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         state = self.state
         if self.path.startswith("/v1/models/"):
-            model = self.path.removeprefix("/v1/models/")
+            model = unquote(urlsplit(self.path).path.removeprefix("/v1/models/"))
+            if refusal := state.unknown(model):
+                self._send(404, refusal)
+                return
             self._send(200, {"ai_model": model, "version": state.model_versions.get(model, "1")})
         elif self.path == "/admin/stats":
             with state.lock:
                 self._send(200, {"executions": sum(state.by_digest.values()), "requests": state.requests,
-                                 "pending_faults": len(state.fail_next), "by_digest": dict(state.by_digest)})
+                                 "pending_faults": len(state.fail_next), "by_digest": dict(state.by_digest),
+                                 "models": sorted(state.models), "refused_models": dict(state.refused_models)})
         elif self.path == "/health":
             self._send(200, {"ok": True})
         else:
@@ -97,11 +130,13 @@ class Handler(BaseHTTPRequestHandler):
                 state.slow_ms = float(body.get("slow_ms", state.slow_ms))
                 state.fail_next = list(body.get("fail_next", state.fail_next))
                 state.model_versions.update(body.get("model_versions", {}))
+                state.models.update(body.get("models", []))
             self._send(200, {"ok": True})
         elif self.path == "/admin/reset":
             with state.lock:
-                state.fail_next, state.model_versions = [], {}
+                state.fail_next, state.model_versions, state.models = [], {}, set(state.catalog)
                 state.by_digest.clear()
+                state.refused_models.clear()
                 state.requests = 0
             self._send(200, {"ok": True})
         elif self.path == "/v1/execute":
@@ -120,6 +155,9 @@ class Handler(BaseHTTPRequestHandler):
         if missing:
             self._send(422, {"error": f"missing fields: {missing}"})
             return
+        if refusal := state.unknown(body["ai_model"]):
+            self._send(404, refusal)
+            return
         version = state.model_versions.get(body["ai_model"], "1")
         result = answer(body["task_type"], body["ai_model"], version, body["input"])
         with state.lock:
@@ -127,8 +165,9 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, result)
 
 
-def serve(port: int, latency_ms: float, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    handler = type("BoundHandler", (Handler,), {"state": ExecutorState(latency_ms)})
+def serve(port: int, latency_ms: float, host: str = "127.0.0.1",
+          models: Iterable[str] | None = None) -> ThreadingHTTPServer:  # fmt: skip
+    handler = type("BoundHandler", (Handler,), {"state": ExecutorState(latency_ms, models)})
     return ExecutorHTTPServer((host, port), handler)
 
 
@@ -142,9 +181,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--models", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+                        help="comma-separated catalog of models served (default: %(default)s)",
+                        default=",".join(default_models()))  # fmt: skip
     args = parser.parse_args()
-    server = serve(args.port, args.latency_ms, args.host)
-    print(f"task executor on {args.host}:{args.port}, latency {args.latency_ms} ms", flush=True)
+    server = serve(args.port, args.latency_ms, args.host, args.models)
+    print(f"task executor on {args.host}:{args.port}, latency {args.latency_ms} ms, models {args.models}",
+          flush=True)  # fmt: skip
     server.serve_forever()
 
 

@@ -27,17 +27,17 @@ TASK = "INSERT INTO execution_tasks (task_type, status, lease_owner, lease_token
 
 
 def test_expired_leases(app_head_dsn):
-    fresh = TASK + "VALUES ('idea', 'running', 'w1', gen_random_uuid(), now() + interval '1 minute', NULL, 'm')"
+    fresh = TASK + "VALUES ('idea', 'running', 'w1', gen_random_uuid(), now() + interval '1 minute', NULL, 'gpt-4.1')"
     assert gate(app_head_dsn, "queue_expired_leases", fresh).passed
-    stale = TASK + "VALUES ('idea', 'running', 'w2', gen_random_uuid(), now() - interval '20 minutes', NULL, 'm')"
+    stale = TASK + "VALUES ('idea', 'running', 'w2', gen_random_uuid(), now() - interval '20 minutes', NULL, 'gpt-4.1')"
     evidence = gate(app_head_dsn, "queue_expired_leases", stale)
     assert not evidence.passed and evidence.observed == 1 and "lease_expires_at" in evidence.query
     assert evidence.limit == "0 with a lease expired over 15 min"  # the limit, as configured
 
 
 def test_dead_tasks_keep_their_error(app_head_dsn):
-    assert gate(app_head_dsn, "queue_dead_without_error", TASK + "VALUES ('idea', 'dead', NULL, NULL, NULL, 'HTTP 400', 'm')").passed
-    evidence = gate(app_head_dsn, "queue_dead_without_error", TASK + "VALUES ('idea', 'dead', NULL, NULL, NULL, ' ', 'm')")
+    assert gate(app_head_dsn, "queue_dead_without_error", TASK + "VALUES ('idea', 'dead', NULL, NULL, NULL, 'HTTP 400', 'gpt-4.1')").passed
+    evidence = gate(app_head_dsn, "queue_dead_without_error", TASK + "VALUES ('idea', 'dead', NULL, NULL, NULL, ' ', 'gpt-4.1')")
     assert not evidence.passed and evidence.observed == 1
 
 

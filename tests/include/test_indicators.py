@@ -26,7 +26,7 @@ def test_an_input_that_does_not_exist_is_absent_not_zero(app_head_dsn):
     with cursor(app_head_dsn) as cur:
         assert indicators.compute(cur, today) == []
         cur.execute("INSERT INTO execution_tasks (task_type, status, finished_at, duration_ms, error, ai_model) "
-                    "VALUES ('idea', 'dead', now(), 1200, 'boom', 'm1')")  # fmt: skip
+                    "VALUES ('idea', 'dead', now(), 1200, 'boom', 'gpt-4.1')")  # fmt: skip
         values = indicators.compute(cur, today)
     assert {(v.indicator, v.dimension, v.value, v.sample_size) for v in values} == {
         ("task_failure_rate", "", 1.0, 1), ("task_p95_duration_ms", "idea", 1200.0, 1),
@@ -60,7 +60,7 @@ def test_a_succeeded_task_with_a_malformed_result_or_payload_is_not_confirmed(ap
         for payload, result in ((good, '{"output": {"x": 1}}'), (good, "null"), ({"prompt": 5}, '{"o": 1}'),
                                 (good, "[]")):  # fmt: skip
             cur.execute("INSERT INTO execution_tasks (task_type, status, finished_at, payload, result, ai_model) "
-                        "VALUES ('idea', 'succeeded', now(), %s, %s, 'm1')",
+                        "VALUES ('idea', 'succeeded', now(), %s, %s, 'gpt-4.1')",
                         (psycopg2.extras.Json(payload), result))  # fmt: skip
         [value] = indicators.trust_tasks_unconfirmed(cur, datetime.now(UTC).date())
     assert (value.value, value.sample_size) == (0.75, 4)

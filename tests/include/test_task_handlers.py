@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 
-import httpx
 import psycopg2
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,19 +27,6 @@ VALID = {
     "idea": {"prompt": "Suggest", "repo": "r", "inputs": {"count": 3, "audience": "product"}},
     "idea_implementation": {"prompt": "Build", "repo": "r", "inputs": {"idea_id": 7, "branch": "dev"}},
 }
-
-
-@pytest.fixture
-def executor(local_stack):
-    """The stack's executor, answering at once and without faults; reset afterwards."""
-    url = json.loads(os.environ["AIRFLOW_CONN_TASK_EXECUTOR"])["host"]
-    admin = httpx.Client(base_url=url)
-    admin.post("/admin/reset")
-    admin.post("/admin/faults", json={"latency_ms": 0, "slow_ms": 1000})
-    yield url, admin
-    admin.post("/admin/reset")
-    admin.post("/admin/faults", json={"latency_ms": 50})
-    admin.close()
 
 
 MALFORMED = {"prompt": "x", "repo": "r", "inputs": {}}  # inputs.count is missing
@@ -91,6 +76,43 @@ def test_the_answer_is_deterministic_and_follows_the_model_version(executor):
     admin.post("/admin/faults", json={"model_versions": {"gpt-4.1": "2"}})
     assert ExecutorClient(url).model_version("gpt-4.1") == "2"
     assert client.execute("idea", "gpt-4.1", {"x": 1}) != first
+
+
+def test_the_executor_refuses_a_well_formed_model_outside_its_catalog_on_both_routes(executor):
+    url, admin = executor
+    client = ExecutorClient(url, retries=0)
+    assert client.model_version("claude-sonnet-4") == "1" and client.model_version("default") == "1"
+    for call in (lambda: client.model_version("gpt-9-nonexistent"),
+                 lambda: client.execute("idea", "gpt-9-nonexistent", {"x": 1})):  # fmt: skip
+        with pytest.raises(PermanentError, match=r"HTTP 404 .*unknown ai_model 'gpt-9-nonexistent'"):
+            call()
+    stats = admin.get("/admin/stats").json()
+    assert stats["refused_models"] == {"gpt-9-nonexistent": 2} and stats["executions"] == 0
+    # the catalog is configurable: a model added through the admin endpoint is served, until a reset
+    admin.post("/admin/faults", json={"models": ["gpt-9-nonexistent"]})
+    assert client.execute("idea", "gpt-9-nonexistent", {"x": 1})["model_version"] == "1"
+    admin.post("/admin/reset")
+    with pytest.raises(PermanentError, match="unknown ai_model"):
+        ExecutorClient(url, retries=0).model_version("gpt-9-nonexistent")
+    client.close()
+
+
+def test_a_task_naming_an_unknown_model_fails_permanently_naming_it_and_nothing_executes(app_head_dsn, executor):
+    url, admin = executor
+    with TaskQueue(app_head_dsn) as q:
+        q.enqueue("idea", VALID["idea"], ai_model="gpt-9-nonexistent", max_attempts=3)
+        q.enqueue("idea", VALID["idea"], ai_model="gpt-4o-mini")
+    client = ExecutorClient(url, retries=0)
+    drain(app_head_dsn, services=Services(executor=client), concurrency=1, backoff_base_seconds=0)
+    client.close()
+    unknown, known = statuses(app_head_dsn)
+    assert unknown[1:3] == ("failed", 1), unknown  # permanent: one attempt of three, no retry
+    assert unknown[3].startswith("PermanentError: executor answered HTTP 404 on GET /v1/models/gpt-9-nonexistent")
+    assert "unknown ai_model 'gpt-9-nonexistent'" in unknown[3]
+    assert known[1] == "succeeded"
+    stats = admin.get("/admin/stats").json()
+    assert stats["refused_models"] == {"gpt-9-nonexistent": 1}
+    assert stats["requests"] == stats["executions"] == 1  # only the known model's task was executed
 
 
 @pytest.mark.parametrize(("task_type", "mutate", "field"), [
@@ -172,7 +194,7 @@ payloads = st.one_of(
 
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(batch=st.lists(st.tuples(st.sampled_from(sorted(VALID)), payloads,
-                                st.sampled_from([None, "gpt-4.1", "BAD MODEL"])), min_size=1, max_size=12))
+                                st.sampled_from([None, "gpt-4.1", "BAD MODEL", "gpt-9-nonexistent"])), min_size=1, max_size=12))
 def test_fuzzed_payloads_never_crash_a_batch(app_head_dsn, executor, batch):
     url, _ = executor
     with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:

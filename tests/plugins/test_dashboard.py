@@ -48,7 +48,7 @@ def test_the_queue_panel_shows_the_newest_bottleneck_report(app_head_dsn):
 
     with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
         cur.execute("""
-            INSERT INTO execution_tasks (task_type, status, ai_model) VALUES ('implementation', 'queued', 'm');
+            INSERT INTO execution_tasks (task_type, status, ai_model) VALUES ('implementation', 'queued', 'gpt-4.1');
             INSERT INTO task_bottleneck_reports (run_id, created_at, window_start, window_end, task_type, tasks,
                 failures, avg_ms, p50_ms, p95_ms, queued_share, executing_share, cache_hit_share)
             VALUES ('old', now() - interval '1 hour', now() - interval '2 hours', now(), 'implementation',

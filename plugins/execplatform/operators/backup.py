@@ -241,7 +241,8 @@ def drop_database(conn_id: str, name: str) -> None:
     drop_database(libpq_dsn(conn_id), name)
 
 
-_DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# a plain lower-case PostgreSQL identifier (no quoting needed); db_restore's params use it too
+DATABASE_NAME = r"[a-z_][a-z0-9_]{0,62}"
 
 
 class RestoreBackupOperator(BaseOperator):
@@ -295,7 +296,7 @@ class RestoreBackupOperator(BaseOperator):
         except BackupError as exc:
             raise AirflowFailException(str(exc)) from exc
         target = (self.target_database or "").strip() or f"restore_{entry.id}_{context['ts_nodash'].lower()}"
-        if not _DATABASE_NAME.match(target):
+        if not re.fullmatch(DATABASE_NAME, target):
             raise AirflowFailException(f"target_database {target!r} is not a plain lower-case database name")
         over_live = target == live
         if over_live and self.confirm != live:

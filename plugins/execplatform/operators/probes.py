@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from contextlib import closing, nullcontext
+from pathlib import Path
 
 from execplatform.operators.backup import app_cursor, libpq_dsn
 
@@ -14,9 +15,13 @@ logger = logging.getLogger(__name__)
 GATE = "adversarial_probes"
 
 
-def run_probes(conn_id: str, audit_run_id: int | None, dag_params: Any = None, dag_id: str = "adversarial_audit"):
+def run_probes(conn_id: str, audit_run_id: int | None, dags_folder: str | Path,
+               executor_conn_id: str = "task_executor"):  # fmt: skip
     """Every probe must be refused, quarantined or inert, and production's schema dump unchanged
     and free of the probes' marker; the evidence goes to audit_findings as gate `adversarial_probes`.
+
+    The executor probe asks the `executor_conn_id` connection's executor (built as task_batch
+    builds it); the param probes cover every DAG in `dags_folder` (the audit DAG's own folder).
 
     Production's rows are not checksummed here: live writers change them during the run. The
     tests prove the row checksums on a quiet database; here the marker search stands in."""
@@ -30,12 +35,13 @@ def run_probes(conn_id: str, audit_run_id: int | None, dag_params: Any = None, d
     dsn = libpq_dsn(conn_id)
     marker = f"probe{uuid.uuid4().hex[:12]}"
     schema_before = schema_dump(dsn)
-    with probes.sandbox(dsn, current(dsn)) as sandbox_dsn:
+    executor = _executor(executor_conn_id)
+    with closing(executor) if executor else nullcontext(), probes.sandbox(dsn, current(dsn)) as sandbox_dsn:
         skipped = [group for group, present in probes.applicable(sandbox_dsn).items() if not present]
-        results = probes.run_all(sandbox_dsn, marker)
+        results = probes.run_all(sandbox_dsn, marker, executor)
     if skipped:
         logger.warning("probes skipped, their schema is not migrated in yet: %s", ", ".join(skipped))
-    results += probes.param_probes(dict(dag_params.items()) if dag_params else {}, dag_id)
+    results += probes.param_probes(*probes.dag_params(dags_folder))
     schema_changed = schema_dump(dsn) != schema_before
     with app_cursor(conn_id) as cur:
         leaked = probes.marker_hits(cur, marker)
@@ -51,3 +57,17 @@ def run_probes(conn_id: str, audit_run_id: int | None, dag_params: Any = None, d
     if problems:
         raise AirflowFailException(f"adversarial probes failed: {'; '.join(problems)}")
     return {"probes": len(results), "outcomes": sorted({r.outcome for r in results})}
+
+
+def _executor(conn_id: str):
+    """The task executor's client, as task_batch builds it; None when the connection is not defined
+    (the executor probe then reports itself UNCHECKED)."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from execplatform.hooks.task_executor_hook import TaskExecutorHook
+
+    try:
+        return TaskExecutorHook(conn_id).get_conn()
+    except AirflowNotFoundException:
+        logger.warning("connection %s is not defined: the unknown-ai_model probe cannot run", conn_id)
+        return None
