@@ -26,8 +26,10 @@ Each gate is its own task and checks one invariant of the platform, recording it
 | `security_worker_role_is_dml_only` | the workers' role `app_worker` holds a privilege beyond its DML grants, can create or alter tables, or can read any other table (tried for real, rolled back) |
 | `security_no_secrets_in_task_logs` | a secret of the project's connections or Airflow's settings appears in a task log of the last `log_scan_hours` (the evidence names the source and file, never the value) |
 
-A failed gate does not retry (`AirflowFailException`); `report` then fails the run with a
-**critical** alert naming every failed gate.
+A failed gate does not retry (`AirflowFailException`). `report` runs last, after the steps
+below: it fails the run with a **critical** alert naming every failed gate (the probes' and the
+alarms' included) and every step that did not finish. It is the run's only leaf, since Airflow
+derives a run's state from its leaves.
 
 **Idempotent:** a re-run re-checks and replaces that run's findings.
 
@@ -72,6 +74,8 @@ from include.schedules import schedule_for
 APP_DB = "app_db"
 INDICATOR_DAYS = 7  # a day missed by a skipped run fills in on the next
 ALARM_DEADLINE_SECONDS = 120
+STEPS = ("leading_indicators", "adversarial_probes", "alarm_delivery", "daily_digest")  # after the gates
+STEP_GATES = ("adversarial_probes", "alarm_delivery")  # steps that record a gate's finding
 
 
 def _audited_day():
@@ -115,16 +119,18 @@ def adversarial_audit():
         return check_gate(APP_DB, audit_run_id, gate, params)
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
-    def report(audit_run_id: int) -> dict:
+    def report(audit_run_id: int, ti=None) -> dict:
+        """The verdict, last and the run's only leaf (Airflow derives a run's state from its
+        leaves): every gate's finding, the probes' and the alarms' included, and every step done."""
         from execplatform.operators.audit import report
 
-        return report(APP_DB, audit_run_id, list(GATES))
+        unfinished = [step for step in STEPS if ti.xcom_pull(task_ids=step) is None]
+        return report(APP_DB, audit_run_id, [*GATES, *STEP_GATES], unfinished)
 
     audit_run_id = start()
     gates = [check.override(task_id=gate)(gate, audit_run_id) for gate in GATES]
-    gates >> report(audit_run_id)
 
-    # after the gates: leading indicators, probes, the alarms themselves, then the digest
+    # after the gates: leading indicators, probes, the alarms themselves, the digest, the verdict
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def leading_indicators() -> dict:
         from execplatform.operators.indicators import record_indicators
@@ -154,7 +160,7 @@ def adversarial_audit():
     after_gates = [leading_indicators(), adversarial_probes(audit_run_id), alarm_delivery(audit_run_id)]
     for step in after_gates:
         gates >> step
-    after_gates >> daily_digest(audit_run_id)
+    after_gates >> daily_digest(audit_run_id) >> report(audit_run_id)
 
 
 adversarial_audit()

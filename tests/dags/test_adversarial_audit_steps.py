@@ -71,3 +71,13 @@ def test_without_an_executor_connection_the_probes_get_no_client():
     from execplatform.operators.probes import _executor
 
     assert _executor("no_such_executor_connection") is None
+
+
+def test_the_verdict_comes_last_and_is_the_only_leaf():
+    """Airflow derives a run's state from its leaves: a failed probe or alarm gate, or a step that
+    did not finish, fails the run only if `report` waits for it and nothing runs after it."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(DAGS / "adversarial_audit.py")).get_dag("adversarial_audit")
+    assert [t.task_id for t in dag.leaves] == ["report"]
+    assert set(STEPS) <= dag.get_task("report").get_flat_relative_ids(upstream=True)

@@ -101,3 +101,29 @@ def test_recipients_come_from_the_param_then_the_variable_then_the_environment(m
     monkeypatch.setenv("AIRFLOW_VAR_AUDIT_DIGEST_RECIPIENTS", "board@example.com, cto@example.com")
     assert recipients() == ["board@example.com", "cto@example.com"]
     assert recipients(["param@example.com"]) == ["param@example.com"]
+
+
+def test_the_verdict_names_a_failed_step_gate_and_a_step_that_did_not_finish(app_db):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from execplatform.operators.audit import report
+
+    with cursor(app_db) as cur:
+        cur.execute("INSERT INTO audit_runs (dag_run_id) VALUES ('verdict-test') RETURNING id")
+        audit_run_id = cur.fetchone()[0]
+        for gate, passed in (("queue_valid_status", True), ("adversarial_probes", False), ("alarm_delivery", True)):
+            cur.execute("INSERT INTO audit_findings (audit_run_id, gate, passed) VALUES (%s, %s, %s)",
+                        (audit_run_id, gate, passed))  # fmt: skip
+    gates = ["queue_valid_status", "adversarial_probes", "alarm_delivery"]
+    with pytest.raises(AirflowFailException) as failed:
+        report("app_db", audit_run_id, gates, ["leading_indicators"])
+    assert str(failed.value) == (f"adversarial audit {audit_run_id} failed gates: adversarial_probes; "
+                                 "steps that did not finish: leading_indicators")  # fmt: skip
+    with cursor(app_db) as cur:
+        cur.execute("UPDATE audit_findings SET passed = true WHERE audit_run_id = %s", (audit_run_id,))
+    with pytest.raises(AirflowFailException, match="steps that did not finish: leading_indicators$"):
+        report("app_db", audit_run_id, gates, ["leading_indicators"])
+    assert report("app_db", audit_run_id, gates, [])["gates"] == 3
+    with cursor(app_db) as cur:
+        cur.execute("SELECT status FROM audit_runs WHERE id = %s", (audit_run_id,))
+        assert cur.fetchone() == ("passed",)

@@ -112,8 +112,9 @@ def check_gate(conn_id: str, audit_run_id: int, gate: str, limits: dict[str, Any
     return {"gate": gate, "observed": evidence.observed}
 
 
-def report(conn_id: str, audit_run_id: int, gates: list[str]) -> dict[str, Any]:
-    """The audit's table in the log; fails naming every failed gate (critical alert)."""
+def report(conn_id: str, audit_run_id: int, gates: list[str], unfinished: list[str] = ()) -> dict[str, Any]:
+    """The audit's table in the log; fails naming every failed gate and every step that did not
+    finish (critical alert)."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from include.audit import finish_audit
@@ -126,6 +127,8 @@ def report(conn_id: str, audit_run_id: int, gates: list[str]) -> dict[str, Any]:
     table = "\n".join(f"{'PASS' if ok else 'FAIL'}  {gate:<36} observed={observed} limit={limit}"
                       for gate, ok, observed, limit in rows)  # fmt: skip
     logger.info("audit %s:\n%s", audit_run_id, table)
-    if failed:
-        raise AirflowFailException(f"adversarial audit {audit_run_id} failed gates: {', '.join(failed)}")
+    problems = [f"failed gates: {', '.join(failed)}"] if failed else []
+    problems += [f"steps that did not finish: {', '.join(unfinished)}"] if unfinished else []
+    if problems:
+        raise AirflowFailException(f"adversarial audit {audit_run_id} {'; '.join(problems)}")
     return {"audit_run_id": audit_run_id, "gates": len(rows)}
