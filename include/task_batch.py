@@ -126,7 +126,8 @@ def answer_from_cache(cache_keys: Mapping[str, CacheKey], tasks: Sequence[Claime
                       services: Services) -> dict[int, tuple]:  # fmt: skip
     """{index in `tasks`: (task, cached result, None, ms)} for the tasks whose answer is cached,
     read in one round trip for the batch. A task whose key cannot be made (a bad payload) is
-    left to its handler, which fails it with the clear error."""
+    left to its handler, which fails it with the clear error; so are all the tasks after a key
+    that failed for another reason (the executor unreachable)."""
     if services.cache is None:
         return {}
     started = time.perf_counter()
@@ -136,8 +137,10 @@ def answer_from_cache(cache_keys: Mapping[str, CacheKey], tasks: Sequence[Claime
         if key_of is not None:
             try:
                 keyed.append((i, key_of(task, services)))
-            except Exception:  # noqa: S112 - the handler raises it again, as the task's failure
+            except PermanentError:  # this task's payload: its handler fails it with the same error
                 continue
+            except Exception:  # the executor unreachable (no model version): asking again for every
+                break  # task would retry serially here; the handlers fail them, concurrently
     found = services.cache.get_many([key for _, key in keyed])
     hits = {i: value for (i, _), (hit, value) in zip(keyed, found, strict=True) if hit}
     ms = (time.perf_counter() - started) * 1000 / len(hits) if hits else 0.0

@@ -277,3 +277,32 @@ def test_a_batch_answers_its_cached_tasks_from_one_read_without_running_their_ha
 def script_calls(client) -> int:
     stats = client.info("commandstats")
     return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+
+def test_with_the_executor_unreachable_a_batch_asks_for_the_model_version_once_before_its_handlers(local_stack):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+
+    from include.devstack.stack import free_port
+    from include.task_batch import run_batch
+    from include.task_cache import TaskCache
+    from include.task_handlers import HANDLERS
+    from include.task_queue import ClaimedTask
+
+    asked = []
+
+    class Counting(ExecutorClient):
+        def model_version(self, ai_model: str) -> str:
+            asked.append(ai_model)
+            return super().model_version(ai_model)
+
+    client = Counting(f"http://127.0.0.1:{free_port()}", retries=0, timeout_seconds=1)
+    r = redis.Redis(host="127.0.0.1", port=local_stack.ports["redis"])
+    tasks = [ClaimedTask(i, "idea", VALID["idea"], "gpt-4.1", 1, 5, "", 0.0) for i in range(6)]
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = run_batch(pool, 2, HANDLERS, tasks, Services(executor=client, cache=TaskCache(r)))
+    assert all(isinstance(exc, RetryableError) and "unreachable" in str(exc) for _, _, exc, _ in outcomes)
+    assert len(asked) == 1 + len(tasks)  # the batch's read gave up at the first; each handler asked once
+    client.close()
+    r.close()
