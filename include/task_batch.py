@@ -6,6 +6,10 @@ the next in ONE statement (one round trip, one commit: ``TaskQueue.settle_and_cl
 on until the queue is empty or its time budget is spent. A heartbeat thread extends the leases
 of the batch in flight, so only a worker that is gone loses its rows (to the reaper); it opens
 its connection only when a beat is due, so a short drain costs one connection.
+
+With a cache, a batch first reads the cached answers of all its tasks in one round trip
+(``TaskCache.get_many``, keys from ``CACHE_KEYS``): hits are settled without running their
+handler, and only the misses go to the handler threads.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from include.task_handlers import HANDLERS, Handler, PermanentError, Services
+from include.task_handlers import CACHE_KEYS, HANDLERS, CacheKey, Handler, PermanentError, Services
 from include.task_queue import ClaimedTask, Completion, Failure, TaskQueue, to_jsonb_text
 
 logger = logging.getLogger(__name__)
@@ -118,12 +122,47 @@ class LeaseKeeper:
             self.queue.close()
 
 
+def answer_from_cache(cache_keys: Mapping[str, CacheKey], tasks: Sequence[ClaimedTask],
+                      services: Services) -> dict[int, tuple]:  # fmt: skip
+    """{index in `tasks`: (task, cached result, None, ms)} for the tasks whose answer is cached,
+    read in one round trip for the batch. A task whose key cannot be made (a bad payload) is
+    left to its handler, which fails it with the clear error; so are all the tasks after a key
+    that failed for another reason (the executor unreachable)."""
+    if services.cache is None:
+        return {}
+    started = time.perf_counter()
+    keyed: list[tuple[int, tuple[str, Mapping[str, Any]]]] = []
+    for i, task in enumerate(tasks):
+        key_of = cache_keys.get(task.task_type)
+        if key_of is not None:
+            try:
+                keyed.append((i, key_of(task, services)))
+            except PermanentError:  # this task's payload: its handler fails it with the same error
+                continue
+            except Exception:  # the executor unreachable (no model version): asking again for every
+                break  # task would retry serially here; the handlers fail them, concurrently
+    found = services.cache.get_many([key for _, key in keyed])
+    hits = {i: value for (i, _), (hit, value) in zip(keyed, found, strict=True) if hit}
+    ms = (time.perf_counter() - started) * 1000 / len(hits) if hits else 0.0
+    for i in hits:
+        services.note_cache_hit(tasks[i].id)
+    return {i: (tasks[i], value, None, ms) for i, value in hits.items()}
+
+
 def run_batch(pool: ThreadPoolExecutor, concurrency: int, handlers: Mapping[str, Handler],
-              tasks: Sequence[ClaimedTask], services: Services) -> list[tuple]:  # fmt: skip
-    """(task, result, exception, ms) per task, in order: at most `concurrency` threads each take
-    the next task until none is left (one hand-off per thread, not one per task)."""
+              tasks: Sequence[ClaimedTask], services: Services,
+              cache_keys: Mapping[str, CacheKey] | None = None) -> list[tuple]:  # fmt: skip
+    """(task, result, exception, ms) per task, in order: the cached answers first (one round
+    trip), then at most `concurrency` threads each take the next task left until none is left
+    (one hand-off per thread, not one per task). `cache_keys` default: CACHE_KEYS for the task
+    types whose handler is the registered one."""
+    if cache_keys is None:
+        cache_keys = {t: key for t, key in CACHE_KEYS.items() if handlers.get(t) is HANDLERS.get(t)}
     outcomes: list[tuple] = [None] * len(tasks)  # type: ignore[list-item]
-    pending = iter(enumerate(tasks))
+    for i, outcome in answer_from_cache(cache_keys, tasks, services).items():
+        outcomes[i] = outcome
+    pending = iter([(i, task) for i, task in enumerate(tasks) if outcomes[i] is None])
+    left = sum(outcome is None for outcome in outcomes)
     taking = threading.Lock()
 
     def work() -> None:
@@ -134,7 +173,7 @@ def run_batch(pool: ThreadPoolExecutor, concurrency: int, handlers: Mapping[str,
                 return
             outcomes[i] = (task, *run_handler(handlers.get(task.task_type), task, services))
 
-    for future in [pool.submit(work) for _ in range(min(concurrency, len(tasks)))]:
+    for future in [pool.submit(work) for _ in range(min(concurrency, left))]:
         future.result()
     return outcomes
 

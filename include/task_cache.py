@@ -17,6 +17,11 @@ namespace names the ai_model). Entries are hashes ``{value, created}``.
   (one script call reads many keys): the first caller sends what is pending, and whoever
   arrives meanwhile goes in the next round trip, sent by the first of them. Every lookup is still
   a read of Redis made after the call began, so no hit outlives an invalidation done before it.
+- Batch reads: :meth:`TaskCache.get_many` reads the entries of a whole batch of calls known in
+  advance (a claimed batch of tasks) in one script call, from one thread: the hits are answered
+  without a thread hand-off each (on this kind of machine a cross-thread wake-up costs more than
+  the hit itself); the misses then go through :meth:`get_or_compute` as usual. Nothing is kept
+  in process memory: each answer is a read of Redis made after the caller asked.
 - Redis down: the call computes uncached, the failure is counted (``errors``) and the
   ``on_unavailable`` callback fires once; the cache object then stays uncached for its life
   (one batch), so a dead server costs one failed round trip, not one per task. The cache
@@ -34,7 +39,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +47,8 @@ DEFAULT_TTL_SECONDS = 3600
 DEFAULT_MAX_AGE_SECONDS = 24 * 3600
 LOCK_SECONDS = 60.0
 WAIT_SECONDS = 30.0
-MAX_LOOKUPS = 256  # per round trip
+MAX_LOOKUPS = 256  # per round trip of get_or_compute's group reads
+MAX_BATCH_LOOKUPS = 1000  # per script call of get_many (Redis runs a script alone: keep it short)
 
 # KEYS: one version key per lookup; ARGV: [max_age, lock ms, then per lookup: prefix, digest,
 # ttl, lock token ('' for none)] -> per lookup {version, value or false, 1 if the lock was taken}.
@@ -68,6 +74,32 @@ for i = 1, #KEYS do
   out[i] = {version, value, locked}
 end
 return out
+"""
+
+# get_many's read, for lookups grouped by namespace: KEYS: one version key per namespace; ARGV:
+# [max_age, then per namespace: prefix, ttl, its digests concatenated (64 hex each)] -> ONE JSON
+# text, an array with per lookup `[value]` for a hit and `0` for a miss (values are JSON texts:
+# one json.loads reads the whole batch). Hits slide as in _READ_MANY; no lock is taken.
+_READ_BATCH = """
+local now = tonumber(redis.call('TIME')[1])
+local max_age = tonumber(ARGV[1])
+local out = {}
+for g = 1, #KEYS do
+  local prefix, ttl, digests = ARGV[g * 3 - 1], tonumber(ARGV[g * 3]), ARGV[g * 3 + 1]
+  local version = redis.call('GET', KEYS[g]) or '0'
+  for s = 1, #digests, 64 do
+    local key = prefix .. ':v' .. version .. ':' .. string.sub(digests, s, s + 63)
+    local entry = redis.call('HMGET', key, 'value', 'created')
+    local found = '0'
+    if entry[1] then
+      local left = max_age - (now - tonumber(entry[2]))
+      if left <= 0 then redis.call('DEL', key)
+      else redis.call('EXPIRE', key, math.max(1, math.min(ttl, left))) found = '[' .. entry[1] .. ']' end
+    end
+    out[#out + 1] = found
+  end
+end
+return '[' .. table.concat(out, ',') .. ']'
 """
 
 # KEYS: [version key, entry key, lock key]; ARGV: [version read, lock token, value, ttl]
@@ -157,6 +189,7 @@ class TaskCache:
         self.stats: dict[str, NamespaceStats] = defaultdict(NamespaceStats)
         self._lock = threading.Lock()
         self._read_many = redis_client.register_script(_READ_MANY)
+        self._read_batch = redis_client.register_script(_READ_BATCH)
         self._pending: list[_Lookup] = []  # lookups waiting for the next round trip
         self._sending = False  # a round trip is on its way (its sender hands over to the next)
         self._computing: dict[str, threading.Event] = {}  # entry keys computed in this process
@@ -283,6 +316,43 @@ class TaskCache:
                     self._sending = False
             for lookup in batch:
                 lookup.ready.set()
+
+    def get_many(self, lookups: Sequence[tuple[str, Mapping[str, Any]]]) -> list[tuple[bool, Any]]:
+        """(found, value) per (namespace, parts), read in one script call per MAX_BATCH_LOOKUPS.
+
+        Hits slide their TTL and are counted (each with an equal share of the round trip's
+        time); misses are not counted here: the caller computes them through
+        :meth:`get_or_compute`, which counts them and protects them from stampedes. With Redis
+        down nothing is found (the outage noted as in get_or_compute); this never raises for it."""
+        import redis
+
+        if not lookups or self.unavailable is not None:
+            return [(False, None)] * len(lookups)
+        started = time.perf_counter()
+        found: list[tuple[bool, Any]] = [(False, None)] * len(lookups)
+        try:
+            for first in range(0, len(lookups), MAX_BATCH_LOOKUPS):
+                by_namespace: dict[str, list[int]] = defaultdict(list)
+                for i in range(first, min(first + MAX_BATCH_LOOKUPS, len(lookups))):
+                    by_namespace[lookups[i][0]].append(i)
+                args: list[Any] = [self.max_age_seconds]
+                for namespace, indexes in by_namespace.items():
+                    digests = "".join(key_digest(lookups[i][1]) for i in indexes)
+                    args += (f"tc:{namespace}", self.ttl_for(namespace), digests)
+                answers = json.loads(self._read_batch(keys=[self._version_key(ns) for ns in by_namespace], args=args))
+                order = [i for indexes in by_namespace.values() for i in indexes]
+                for i, answer in zip(order, answers, strict=True):
+                    if answer != 0:
+                        found[i] = (True, answer[0])
+        except redis.RedisError as exc:
+            self._note_unavailable(lookups[0][0], exc)
+            return [(False, None)] * len(lookups)
+        hits = sum(hit for hit, _ in found)
+        share = (time.perf_counter() - started) / hits if hits else 0.0
+        for (namespace, _), (hit, _) in zip(lookups, found, strict=True):
+            if hit:
+                self._count(namespace, True, share)
+        return found
 
     # -- invalidating --------------------------------------------------------------------------
 

@@ -190,23 +190,34 @@ class Services:
             self.cache_hits.add(task_id)
 
 
-def execute_on_executor(task: ClaimedTask, services: Services) -> dict:
-    """Validate, then ask the executor named by ai_model, through the cache when there is one."""
+def _executor_call(task: ClaimedTask, services: Services) -> tuple[str, dict, str, dict[str, str]]:
+    """(ai_model, normalised input, cache namespace, cache key parts) of an executor task, after
+    validating it (PermanentError naming what is wrong)."""
     task_input = validate_payload(task.task_type, task.payload)
     ai_model = resolve_ai_model(task)
     if services.executor is None:
         raise PermanentError("no task executor is configured (connection task_executor)")
+    version = services.executor.model_version(ai_model)
+    parts = {"task_type": task.task_type, "model_version": version, "input": input_digest(task_input)}
+    return ai_model, task_input, f"executor:{ai_model}", parts
+
+
+def executor_cache_key(task: ClaimedTask, services: Services) -> tuple[str, dict[str, str]]:
+    """(namespace, key parts) under which execute_on_executor caches this task's answer."""
+    return _executor_call(task, services)[2:]
+
+
+def execute_on_executor(task: ClaimedTask, services: Services) -> dict:
+    """Validate, then ask the executor named by ai_model, through the cache when there is one."""
+    ai_model, task_input, namespace, parts = _executor_call(task, services)
     executor = services.executor
-    version = executor.model_version(ai_model)
 
     def compute() -> dict:
         return executor.execute(task.task_type, ai_model, task_input)
 
     if services.cache is None:
         return compute()
-    result, hit = services.cache.get_or_compute(
-        f"executor:{ai_model}", {"task_type": task.task_type, "model_version": version,
-                                 "input": input_digest(task_input)}, compute)  # fmt: skip
+    result, hit = services.cache.get_or_compute(namespace, parts, compute)
     if hit:
         services.note_cache_hit(task.id)
     return result
@@ -220,3 +231,10 @@ HANDLERS: dict[str, Handler] = {
     "idea": execute_on_executor,
     "idea_implementation": execute_on_executor,
 }
+
+# Per task type whose handler caches its answer: the (namespace, key parts) it caches under.
+# A batch reads these for all its tasks in one round trip before running any handler
+# (include.task_batch.run_batch); a key function that raises leaves the task to its handler.
+CacheKey = Callable[[ClaimedTask, Services], tuple[str, Mapping[str, Any]]]
+CACHE_KEYS: dict[str, CacheKey] = {task_type: executor_cache_key for task_type, handler in HANDLERS.items()
+                                   if handler is execute_on_executor}  # fmt: skip

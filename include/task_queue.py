@@ -276,7 +276,7 @@ class TaskQueue:
                    v.idempotency_key, coalesce(v.available_at::timestamptz, now())
             FROM (VALUES %s) AS v(task_type, payload, ai_model, priority, max_attempts, idempotency_key,
                                   available_at)
-            ON CONFLICT (idempotency_key) DO NOTHING
+            ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING id, idempotency_key
             """,
             many=rows,

@@ -273,3 +273,45 @@ def test_the_reviewer_commands_print_the_sql_and_lint_every_revision():
     assert sql == offline_sql("0002") + "\n"
     linted = subprocess.run([sys.executable, "-m", "include.migrations", "lint"], capture_output=True, text=True)
     assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+@pytest.mark.stack
+def test_0006_leaves_keyless_and_unfinished_rows_out_of_the_queue_indexes_and_keys_stay_unique(app_dsn):
+    from include.task_queue import Completion, TaskQueue
+
+    def index_entries() -> dict[str, int]:  # exact after a VACUUM: it counts every index's tuples
+        conn = psycopg2.connect(app_dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("VACUUM execution_tasks")
+            cur.execute("SELECT c.relname, c.reltuples::int FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                        " WHERE i.indrelid = 'execution_tasks'::regclass")  # fmt: skip
+            entries = dict(cur.fetchall())
+        conn.close()
+        return entries
+
+    upgrade(app_dsn, "0005")
+    with TaskQueue(app_dsn) as q:  # enqueueing with a key works before the revision...
+        first = q.enqueue("idea", {"n": 0}, idempotency_key="k1")
+        assert q.enqueue("idea", {"n": 1}, idempotency_key="k1") == first
+        q.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(10)])
+        q.complete([Completion(t, {}, 1) for t in q.claim(4)])
+    before = index_entries()
+    assert (before["execution_tasks_idempotency_key_key"], before["execution_tasks_type_finished_idx"]) == (11, 11)
+    upgrade(app_dsn, "0006")
+    after = index_entries()
+    assert "execution_tasks_idempotency_key_key" not in after and "execution_tasks_type_finished_idx" not in after
+    # only the keyed row, and only the finished rows, have entries
+    assert (after["execution_tasks_idempotency_key_idx"], after["execution_tasks_type_finished_at_idx"]) == (1, 4)
+    with TaskQueue(app_dsn) as q:  # ... and after it
+        assert q.enqueue("idea", {"n": 2}, idempotency_key="k1") == first
+        assert q.enqueue("idea", {"n": 3}, idempotency_key="k2") != first
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        _query(app_dsn, "INSERT INTO execution_tasks (task_type, payload, idempotency_key)"
+                        " VALUES ('idea', '{}', 'k2') RETURNING id")  # fmt: skip
+    downgrade(app_dsn, "0005")
+    assert _query(app_dsn, "SELECT contype FROM pg_constraint"
+                           " WHERE conname = 'execution_tasks_idempotency_key_key'") == [("u",)]  # fmt: skip
+    restored = index_entries()
+    assert (restored["execution_tasks_idempotency_key_key"], restored["execution_tasks_type_finished_idx"]) == (12, 12)
+    assert "execution_tasks_idempotency_key_idx" not in restored

@@ -40,6 +40,11 @@ def counting(value):
     return compute, calls
 
 
+def script_calls(client) -> int:
+    stats = client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+
 def test_read_through_counts_hits_and_misses_per_namespace(client, ns):
     cache = TaskCache(client)
     compute, calls = counting({"answer": 42})
@@ -169,16 +174,12 @@ def test_lookups_made_meanwhile_share_one_round_trip(client, ns):
     for i in range(32):
         cache.get_or_compute(ns, {"i": i}, lambda i=i: {"v": i})
 
-    def script_calls() -> int:
-        stats = client.info("commandstats")
-        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
-
-    before = script_calls()
+    before = script_calls(client)
     client.execute_command("CLIENT", "PAUSE", 500, "ALL")  # Redis holds the first round trip...
     with ThreadPoolExecutor(32) as pool:  # ...while the other 31 lookups arrive
         results = list(pool.map(lambda i: cache.get_or_compute(ns, {"i": i}, lambda: "never"), range(32)))
     assert results == [({"v": i}, True) for i in range(32)]
-    assert script_calls() - before == 2  # 32 hits: the first alone, the 31 that queued behind it together
+    assert script_calls(client) - before == 2  # 32 hits: the first alone, the 31 that queued behind it together
 
 
 def test_a_failed_computation_releases_its_lock_for_the_next_caller(client, ns):
@@ -207,3 +208,36 @@ def test_the_stack_runs_redis_with_a_memory_cap_and_lfu_eviction(client):
     config = client.config_get("maxmemory*")
     assert config["maxmemory-policy"] == "allkeys-lfu"
     assert int(config["maxmemory"]) > 0
+
+
+def test_get_many_reads_a_batch_in_one_round_trip_and_never_across_an_invalidation(client, ns):
+    cache = TaskCache(client, ttl_seconds={ns: 100})
+    for i in range(5):
+        cache.get_or_compute(ns, {"i": i}, lambda i=i: {"v": i})
+    key = f"tc:{ns}:v0:{key_digest({'i': 0})}"
+    client.expire(key, 10)
+    cache.get_many([(ns, {"i": 99})])  # the script's first call loads it (a NOSCRIPT reply, then EVALSHA again)
+    before = script_calls(client)
+    found = cache.get_many([(ns, {"i": i}) for i in range(8)])
+    assert script_calls(client) - before == 1
+    assert found == [(True, {"v": i}) for i in range(5)] + [(False, None)] * 3
+    assert client.ttl(key) >= 95  # a hit slides its entry, as get_or_compute's do
+    report = cache.report()[ns]
+    assert (report["hits"], report["misses"]) == (5, 5)  # the 3 misses are the caller's to compute and count
+    cache.get_or_compute(ns, {"none": 1}, lambda: None)  # a cached None is a hit, not a miss
+    assert cache.get_many([(ns, {"none": 1}), ("other-" + ns, {"i": 0}), (ns, {"i": 2})]) == [
+        (True, None), (False, None), (True, {"v": 2})]  # fmt: skip
+    cache.invalidate(ns, {"i": 1})
+    assert [hit for hit, _ in cache.get_many([(ns, {"i": i}) for i in range(5)])] == [True, False, True, True, True]
+    cache.bump(ns)
+    assert cache.get_many([(ns, {"i": i}) for i in range(5)]) == [(False, None)] * 5
+    assert cache.get_many([]) == []
+
+
+def test_get_many_with_redis_unreachable_finds_nothing_and_reports_the_outage_once(ns):
+    fired = []
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    cache = TaskCache(dead, on_unavailable=fired.append)
+    assert cache.get_many([(ns, {"i": i}) for i in range(3)]) == [(False, None)] * 3
+    assert cache.get_or_compute(ns, {"i": 0}, lambda: "fresh") == ("fresh", False)
+    assert len(fired) == 1 and cache.report()[ns]["errors"] == 1

@@ -253,3 +253,78 @@ def test_the_demo_story_seeded_backlog_fails_before_the_migration_and_drains_aft
                     "WHERE ai_model IS NOT NULL AND finished_at > now() - interval '5 minutes'")
         assert cur.fetchone()[0] > 1
     conn.close()
+
+
+def test_a_batch_answers_its_cached_tasks_from_one_read_without_running_their_handlers(local_stack, executor):
+    from concurrent.futures import ThreadPoolExecutor
+    from uuid import uuid4
+
+    import redis
+
+    from include.task_batch import run_batch
+    from include.task_cache import TaskCache
+    from include.task_handlers import HANDLERS
+    from include.task_queue import ClaimedTask
+
+    url, admin = executor
+    run = uuid4().hex[:8]  # inputs no earlier test has cached
+    tasks = [ClaimedTask(i, t, {**p, "prompt": f"{p['prompt']} {run} {i}"}, "gpt-4.1", 1, 5, "", 0.0)
+             for i, (t, p) in enumerate(list(VALID.items()) * 3)]  # fmt: skip
+    tasks.append(ClaimedTask(len(tasks), "idea", MALFORMED, "gpt-4.1", 1, 5, "", 0.0))
+    r = redis.Redis(host="127.0.0.1", port=local_stack.ports["redis"])
+    cache, client = TaskCache(r), ExecutorClient(url)
+
+    def batch() -> tuple[list[tuple], set[int], int, int]:
+        services = Services(executor=client, cache=cache)
+        scripts, ran = script_calls(r), executions(admin)
+        with ThreadPoolExecutor(4) as pool:
+            outcomes = run_batch(pool, 4, HANDLERS, tasks, services)
+        return outcomes, services.cache_hits, script_calls(r) - scripts, executions(admin) - ran
+
+    first, hits, _, ran = batch()
+    assert (hits, ran) == (set(), 12)
+    second, hits, scripts, ran = batch()
+    assert hits == set(range(12)) and ran == 0
+    assert scripts == 1  # the batch's one read; no handler ran, so no lookup of its own
+    assert [o[1] for o in second[:12]] == [o[1] for o in first[:12]]
+    for outcomes in (first, second):  # the malformed task fails, clearly, in both
+        assert "payload.inputs.count" in str(outcomes[12][2]) and isinstance(outcomes[12][2], PermanentError)
+    cache.bump("executor:gpt-4.1")  # invalidated: the next batch asks the executor again
+    _, hits, _, ran = batch()
+    assert (hits, ran) == (set(), 12)
+    client.close()
+    r.close()
+
+
+def script_calls(client) -> int:
+    stats = client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+
+def test_with_the_executor_unreachable_a_batch_asks_for_the_model_version_once_before_its_handlers(local_stack):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+
+    from include.devstack.stack import free_port
+    from include.task_batch import run_batch
+    from include.task_cache import TaskCache
+    from include.task_handlers import HANDLERS
+    from include.task_queue import ClaimedTask
+
+    asked = []
+
+    class Counting(ExecutorClient):
+        def model_version(self, ai_model: str) -> str:
+            asked.append(ai_model)
+            return super().model_version(ai_model)
+
+    client = Counting(f"http://127.0.0.1:{free_port()}", retries=0, timeout_seconds=1)
+    r = redis.Redis(host="127.0.0.1", port=local_stack.ports["redis"])
+    tasks = [ClaimedTask(i, "idea", VALID["idea"], "gpt-4.1", 1, 5, "", 0.0) for i in range(6)]
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = run_batch(pool, 2, HANDLERS, tasks, Services(executor=client, cache=TaskCache(r)))
+    assert all(isinstance(exc, RetryableError) and "unreachable" in str(exc) for _, _, exc, _ in outcomes)
+    assert len(asked) == 1 + len(tasks)  # the batch's read gave up at the first; each handler asked once
+    client.close()
+    r.close()
