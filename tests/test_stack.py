@@ -77,3 +77,24 @@ def test_redis_round_trip(local_stack):
     key = f"stack-test:{uuid.uuid4().hex}"
     client.set(key, "value", ex=60)
     assert client.get(key) == b"value"
+
+
+def test_a_port_is_handed_out_once_per_process(monkeypatch):
+    """The kernel may give back a just-closed port again: two services of one stack once got the
+    same one. `free_port` remembers what it handed out and asks again."""
+    import socket
+
+    from include.devstack import stack
+
+    handed: list[int] = []
+    real_socket = socket.socket
+
+    class Repeating(real_socket):  # the kernel's answer, twice over: 41001, 41001, then others
+        def getsockname(self):
+            handed.append(port := (41001 if len(handed) < 2 else real_socket.getsockname(self)[1]))
+            return ("127.0.0.1", port)
+
+    monkeypatch.setattr(stack.socket, "socket", Repeating)
+    monkeypatch.setattr(stack, "_HANDED_OUT", set())
+    first, second = stack.free_port(), stack.free_port()
+    assert first == 41001 and second != 41001 and handed[:2] == [41001, 41001]

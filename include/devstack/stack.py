@@ -44,15 +44,22 @@ def state_dir() -> Path:
     return Path(os.environ.get("STACK_STATE_DIR", ROOT / ".local")).resolve()
 
 
+_HANDED_OUT: set[int] = set()  # a port the kernel gave back once may come back again before anyone binds it
+
+
 def free_port(preferred: int | None = None) -> int:
-    """`preferred` when nothing listens there, else a port the kernel picks."""
-    for candidate in ([preferred] if preferred else []) + [0]:
+    """`preferred` when nothing listens there, else a port the kernel picks; never one this
+    process handed out before (seen: a stack's Sentry sink and Redis given the same port)."""
+    for candidate in ([preferred] if preferred else []) + [0] * 20:
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", candidate))
             except OSError:
                 continue
-            return sock.getsockname()[1]
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
     raise StackError("no free TCP port on 127.0.0.1")
 
 
