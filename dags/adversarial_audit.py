@@ -18,8 +18,8 @@ Each gate is its own task and checks one invariant of the platform, recording it
 | `backup_restores_now` | the newest verified backup, fetched now, fails its catalog SHA-256s, or its critical tables restored into a scratch database (dropped after) differ in rows or checksum from what the dump recorded, or it takes over `backup_restore_max_minutes` |
 | `migrations_match_files` | an applied revision's file changed since it was applied |
 | `migrations_not_pending_too_long` | a revision has been pending for more than `pending_revision_days` |
-| `model_champion_artifacts_verify` | offer-model versions exist but no champion, or the champion's or the previous champion's artifact fails its SHA-256 or the skops allowlist (not applicable before any training) |
-| `model_auc_on_fresh_data` | the champion's AUC on the last `model_fresh_days` of impressions it never trained on is below `model_min_auc`, or there are fewer than `model_fresh_min_rows` such rows (not applicable before any training) |
+| `model_champion_artifacts_verify` | a version was promoted once but no champion is left, or the champion's or the previous champion's artifact fails its SHA-256 or the skops allowlist (not applicable before the first promotion) |
+| `model_auc_on_fresh_data` | the champion's AUC on the last `model_fresh_days` of impressions it never trained on is below `model_min_auc`, or there are fewer than `model_fresh_min_rows` such rows (not applicable before the first promotion) |
 | `stripe_offers_published_once` | a published offer's product or coupon is missing in Stripe, there twice, or differs from the offer (metadata, discount) |
 | `stripe_payments_reconcile` | over `payments_reconcile_days`, a charge the sync passed is neither in `payments` nor quarantined, differs from its ledger row, or a ledger row is not in Stripe |
 | `security_api_requires_login` | Airflow's REST API (`[api] base_url`) answers a request without a token |

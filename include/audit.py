@@ -225,19 +225,22 @@ def migrations_not_pending_too_long(cur, limits: Mapping[str, float], services: 
 # --- model ------------------------------------------------------------------------------------
 
 
-def _model_versions(cur) -> int:
+def _promoted_versions(cur) -> int:
+    """Versions that were champion once: before the first promotion (the first training still
+    running, say) there is no model in production to vouch for."""
     from include.offers.model import MODEL_NAME
 
-    return _scalar(cur, "SELECT count(*) FROM model_versions WHERE model_name = %s", (MODEL_NAME,))
+    return _scalar(cur, "SELECT count(*) FROM model_versions WHERE model_name = %s AND promoted_at IS NOT NULL",
+                   (MODEL_NAME,))  # fmt: skip
 
 
-NO_MODEL_YET = "not applicable: no offer model version was ever trained"
+NO_MODEL_YET = "not applicable: no offer model version was ever promoted"
 
 
 def model_champion_artifacts_verify(cur, limits: Mapping[str, float], services: Services) -> Evidence:
-    """A champion exists once any version was trained; its artifact and the previous champion's
+    """A champion exists once any version was promoted; its artifact and the previous champion's
     (the one a rollback restores) download, match their registered SHA-256 and load under the
-    skops allowlist. Passes as not applicable while no version was ever trained."""
+    skops allowlist. Passes as not applicable while no version was ever promoted."""
     from include.offers import registry
     from include.offers.model import MODEL_NAME
 
@@ -245,11 +248,11 @@ def model_champion_artifacts_verify(cur, limits: Mapping[str, float], services: 
     limit = "a champion; both artifacts verify"
     query = ("model_versions: the champion and the most recently promoted retired version; "
              "artifacts from S3 checked by SHA-256 and the skops type allowlist")  # fmt: skip
-    if _model_versions(cur) == 0:
+    if _promoted_versions(cur) == 0:
         return Evidence(gate, True, NO_MODEL_YET, limit, query)
     champion = registry.champion(cur, MODEL_NAME)
     if champion is None:
-        return Evidence(gate, False, f"no champion of {MODEL_NAME}, though versions were trained", limit, query)
+        return Evidence(gate, False, f"no champion of {MODEL_NAME}, though one was promoted before", limit, query)
     # the version registry.rollback would restore
     cur.execute("SELECT id FROM model_versions WHERE model_name = %s AND id <> %s AND promoted_at IS NOT NULL "
                 "AND status = 'retired' ORDER BY promoted_at DESC, id DESC LIMIT 1", (MODEL_NAME, champion.id))  # fmt: skip
@@ -274,7 +277,7 @@ def model_auc_on_fresh_data(cur, limits: Mapping[str, float], services: Services
     """The champion's ROC AUC on fresh impressions (the last `model_fresh_days` before the
     newest one, and none it trained on) is at least `model_min_auc`. Too few fresh rows (or
     one class only) fail: the model cannot then be vouched for. Not applicable while no
-    version was ever trained."""
+    version was ever promoted."""
     from datetime import UTC, datetime
 
     import pandas as pd
@@ -289,7 +292,7 @@ def model_auc_on_fresh_data(cur, limits: Mapping[str, float], services: Services
     query = (f"SELECT * FROM ({m.TRAINING_ROWS_SQL}) fresh WHERE occurred_at >= greatest(%(trained_to)s, "  # noqa: S608 (module constant)
              "(SELECT max(occurred_at) FROM user_events WHERE event_type = 'impression' AND occurred_at <= now())"
              " - %(days)s * interval '1 day')")  # fmt: skip
-    if _model_versions(cur) == 0:
+    if _promoted_versions(cur) == 0:
         return Evidence(gate, True, NO_MODEL_YET, limit, query)
     champion = registry.champion(cur, m.MODEL_NAME)
     if champion is None:

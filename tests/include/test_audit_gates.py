@@ -175,6 +175,10 @@ def test_the_champion_and_its_predecessor_verify_and_score_on_fresh_data(app_hea
     for name in ("model_champion_artifacts_verify", "model_auc_on_fresh_data"):
         before = gate(app_head_dsn, name, services)
         assert before.passed and before.observed == NO_MODEL_YET  # no model trained: nothing to vouch for yet
+    # the first training under way (CI saw an audit run meanwhile): a candidate, never a champion yet
+    execute(app_head_dsn, "INSERT INTO model_versions (model_name, version) VALUES ('offer_redemption', 1)")
+    for name in ("model_champion_artifacts_verify", "model_auc_on_fresh_data"):
+        assert gate(app_head_dsn, name, services).observed == NO_MODEL_YET
 
     first = execute(trained_dsn, "SELECT id FROM model_versions WHERE status = 'champion'")[0][0]
     second = _promote_a_copy(trained_dsn, services.s3())
