@@ -22,6 +22,11 @@ def api(url: str, token: str | None = None, body: dict | None = None, method: st
         return json.load(response)
 
 
+def dag_url(stack, dag_id: str) -> str:
+    """The REST API v2 address of `dag_id` on a running LocalStack."""
+    return f"{stack.info.login['url']}/api/v2/dags/{dag_id}"
+
+
 def token_for(login: dict[str, str]) -> str:
     body = {"username": login["username"], "password": login["password"]}
     return api(f"{login['url']}/auth/token", body=body)["access_token"]

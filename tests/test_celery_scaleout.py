@@ -27,7 +27,7 @@ import pytest
 from include.devstack.stack import LocalStack
 from include.migrations import upgrade
 from include.schedules import OVERRIDES_VAR
-from tests.airflow_api import api, exists, running, token_for, wait_for
+from tests.airflow_api import api, dag_url, exists, running, token_for, wait_for
 from tests.dags.test_task_batch_dag import VALID
 
 pytestmark = pytest.mark.airflow_stack
@@ -64,10 +64,6 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def token(stack) -> str:
     return token_for(stack.info.login)
-
-
-def dag_url(stack, dag_id: str) -> str:
-    return f"{stack.info.login['url']}/api/v2/dags/{dag_id}"
 
 
 def set_paused(stack, token: str, dag_id: str, paused: bool) -> None:

@@ -30,7 +30,7 @@ from include.devstack.smtp_sink import read_messages
 from include.devstack.stack import BACKUP_BUCKET, LocalStack, connections
 from include.migrations import current, downgrade, heads
 from include.schedules import OVERRIDES_VAR
-from tests.airflow_api import api, exists, running, token_for, wait_for
+from tests.airflow_api import api, dag_url, exists, running, token_for, wait_for
 
 pytestmark = pytest.mark.airflow_stack
 
@@ -54,9 +54,8 @@ def stack(tmp_path_factory):
 
 
 def set_paused(stack, dag_id: str, paused: bool) -> None:
-    login = stack.info.login
-    token = token_for(login)
-    url = f"{login['url']}/api/v2/dags/{dag_id}"
+    token = token_for(stack.info.login)
+    url = dag_url(stack, dag_id)
     wait_for(lambda: exists(url, token), 180, f"{dag_id} to be parsed")
     api(url, token, {"is_paused": paused}, method="PATCH")
 
@@ -220,10 +219,6 @@ REST_CONFS: dict[str, dict] = {
 WAVES = (("platform_healthcheck", "db_backup", "task_batch", "offer_model_retrain"),
          ("db_restore", "offer_feedback", "roi_sync", "adversarial_audit"))  # fmt: skip
 REST_TASKS = {"idea": 40, "implementation": 10}
-
-
-def dag_url(stack, dag_id: str) -> str:
-    return f"{stack.info.login['url']}/api/v2/dags/{dag_id}"
 
 
 def trigger(stack, token: str, dag_id: str, conf: dict) -> str:
