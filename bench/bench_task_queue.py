@@ -10,9 +10,9 @@ printed, each saying which it is:
 - `peer_same_batch`: pgqueuer with our batch size (like for like). The goal is read on this one.
 
 - ours: `include.task_batch.drain` per process: leased `SKIP LOCKED` claims, heartbeat thread,
-  handlers on a thread pool, token-checked set-based completion (every safety property on), one
-  statement per batch (settle the batch run and claim the next), on a connection opened before
-  the clock like the peer's;
+  handler threads, token-checked set-based completion (every safety property on), one statement
+  per step (settle what has finished and claim as many), on a connection opened before the clock
+  like the peer's;
 - peer: pgqueuer's `QueueManager.run(mode=drain)` per process on an asyncpg connection, its
   jobs enqueued with `Queries.enqueue`, the handler an empty coroutine.
 

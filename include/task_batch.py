@@ -1,14 +1,16 @@
 """Draining the queue in batches, and measuring it: per-type metrics and the bottleneck report.
 
-One drain (one Airflow task instance) claims a batch, runs its handlers concurrently in
-threads (they are I/O-bound: HTTP to the executor, Redis), then settles that batch and claims
-the next in ONE statement (one round trip, one commit: ``TaskQueue.settle_and_claim``), and goes
-on until the queue is empty or its time budget is spent. A heartbeat thread extends the leases
-of the batch in flight, so only a worker that is gone loses its rows (to the reaper); it opens
+One drain (one Airflow task instance) claims a batch and runs its handlers concurrently in
+threads (they are I/O-bound: HTTP to the executor, Redis). As soon as the batch's last tasks
+are running (no task waits for a thread), it settles what has finished and claims the next
+tasks in ONE statement (one round trip, one commit: ``TaskQueue.settle_and_claim``) while those
+last tasks go on, so a slow task never holds up the batches after it; and so on until the
+queue is empty or its time budget is spent. A heartbeat thread extends the leases
+of the tasks in flight, so only a worker that is gone loses its rows (to the reaper); it opens
 its connection only when a beat is due, so a short drain costs one connection.
 
-With a cache, a batch first reads the cached answers of all its tasks in one round trip
-(``TaskCache.get_many``, keys from ``CACHE_KEYS``): hits are settled without running their
+With a cache, each claimed batch first reads the cached answers of all its tasks in one round
+trip (``TaskCache.get_many``, keys from ``CACHE_KEYS``): hits are settled without running their
 handler, and only the misses go to the handler threads.
 """
 
@@ -18,9 +20,8 @@ import logging
 import math
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ DEFAULT_BATCH_SIZE = 100
 DEFAULT_PARALLELISM = 4  # mapped task instances per run
 DEFAULT_CONCURRENCY = 16  # handler threads per task instance
 DEFAULT_BUDGET_SECONDS = 240.0
+SETTLE_WITHIN_SECONDS = 1.0  # at the end of the queue, a finished task's result waits at most this long
 
 
 def plan_batches(ready: int, batch_size: int, parallelism: int) -> int:
@@ -81,7 +83,7 @@ def run_handler(handler: Handler | None, task: ClaimedTask, services: Services) 
 
 
 class LeaseKeeper:
-    """Extends the leases of the batch in flight every third of the lease, on its own connection
+    """Extends the leases of the tasks in flight every third of the lease, on its own connection
     (opened at the first beat)."""
 
     def __init__(self, dsn: str, owner: str, lease_seconds: float) -> None:
@@ -149,33 +151,104 @@ def answer_from_cache(cache_keys: Mapping[str, CacheKey], tasks: Sequence[Claime
     return {i: (tasks[i], value, None, ms) for i, value in hits.items()}
 
 
-def run_batch(pool: ThreadPoolExecutor, concurrency: int, handlers: Mapping[str, Handler],
-              tasks: Sequence[ClaimedTask], services: Services,
-              cache_keys: Mapping[str, CacheKey] | None = None) -> list[tuple]:  # fmt: skip
-    """(task, result, exception, ms) per task, in order: the cached answers first (one round
-    trip), then at most `concurrency` threads each take the next task left until none is left
-    (one hand-off per thread, not one per task). `cache_keys` default: CACHE_KEYS for the task
-    types whose handler is the registered one."""
-    if cache_keys is None:
-        cache_keys = {t: key for t, key in CACHE_KEYS.items() if handlers.get(t) is HANDLERS.get(t)}
-    outcomes: list[tuple] = [None] * len(tasks)  # type: ignore[list-item]
-    for i, outcome in answer_from_cache(cache_keys, tasks, services).items():
-        outcomes[i] = outcome
-    pending = iter([(i, task) for i, task in enumerate(tasks) if outcomes[i] is None])
-    left = sum(outcome is None for outcome in outcomes)
-    taking = threading.Lock()
+class HandlerRunner:
+    """Runs the handlers of claimed tasks on `concurrency` threads, as a stream: tasks are added
+    a batch at a time (their cached answers read first, in one round trip, and finished at
+    once) and their outcomes taken as they finish, so the tasks still running never hold up the
+    claim of the next batch. Outcomes are (task, result, exception, ms)."""
 
-    def work() -> None:
+    def __init__(self, concurrency: int, handlers: Mapping[str, Handler], services: Services,
+                 cache_keys: Mapping[str, CacheKey] | None = None) -> None:  # fmt: skip
+        if cache_keys is None:  # the registered key functions, for the types whose handler is the registered one
+            cache_keys = {t: key for t, key in CACHE_KEYS.items() if handlers.get(t) is HANDLERS.get(t)}
+        self.concurrency, self.handlers, self.services, self.cache_keys = concurrency, handlers, services, cache_keys
+        self.held: dict[int, ClaimedTask] = {}  # added and not yet taken (their leases are ours to keep)
+        self._pending: deque[ClaimedTask] = deque()
+        self._finished: list[tuple] = []
+        self._running = 0  # added and not finished: pending or in a handler
+        self._closed = False
+        lock = threading.Lock()
+        self._work_ready, self._progress = threading.Condition(lock), threading.Condition(lock)
+        self._threads = [threading.Thread(target=self._work, name=f"handler-{i}", daemon=True)
+                         for i in range(concurrency)]  # fmt: skip
+        for thread in self._threads:
+            thread.start()
+
+    def __enter__(self) -> HandlerRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the threads once the handlers running now return; tasks not started are dropped
+        (their leases expire and the reaper requeues them)."""
+        with self._work_ready:
+            self._closed = True
+            self._pending.clear()
+            self._work_ready.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def add(self, tasks: Sequence[ClaimedTask]) -> None:
+        hits = answer_from_cache(self.cache_keys, tasks, self.services)
+        with self._work_ready:
+            for i, task in enumerate(tasks):
+                self.held[task.id] = task
+                if i in hits:
+                    self._finished.append(hits[i])
+                else:
+                    self._pending.append(task)
+                    self._running += 1
+            self._work_ready.notify(len(self._pending))
+
+    def _work(self) -> None:
         while True:
-            with taking:
-                i, task = next(pending, (None, None))
-            if task is None:
-                return
-            outcomes[i] = (task, *run_handler(handlers.get(task.task_type), task, services))
+            with self._work_ready:
+                self._work_ready.wait_for(lambda: self._pending or self._closed)
+                if not self._pending:
+                    return
+                task = self._pending.popleft()
+            outcome = (task, *run_handler(self.handlers.get(task.task_type), task, self.services))
+            with self._progress:
+                self._finished.append(outcome)
+                self._running -= 1
+                self._progress.notify()
 
-    for future in [pool.submit(work) for _ in range(min(concurrency, left))]:
-        future.result()
-    return outcomes
+    def take(self, batch_size: int, more: bool) -> tuple[list[tuple], int]:
+        """(outcomes to settle, how many tasks to claim with them) once a settle is due.
+
+        With `more` (the queue may hold more): as soon as no more tasks run than there are
+        threads (none waits for one) and half the batch's room is free, so the next batch is
+        claimed while the last tasks still run. Otherwise once every task added has finished,
+        or SETTLE_WITHIN_SECONDS after a task finished while others still run (a long task
+        does not keep the results of the short ones unrecorded)."""
+        running_at_most = min(self.concurrency, batch_size // 2) if more else 0
+        deadline = None
+        with self._progress:
+            while self._running > running_at_most:
+                if more or not self._finished:
+                    self._progress.wait()
+                    continue
+                deadline = deadline or time.monotonic() + SETTLE_WITHIN_SECONDS
+                if time.monotonic() >= deadline:
+                    break
+                self._progress.wait(deadline - time.monotonic())
+            finished, self._finished = self._finished, []
+            room = max(batch_size - self._running, 0)
+        for task, *_ in finished:
+            del self.held[task.id]
+        return finished, room
+
+
+def run_batch(tasks: Sequence[ClaimedTask], services: Services, handlers: Mapping[str, Handler] = HANDLERS,
+              concurrency: int = DEFAULT_CONCURRENCY) -> list[tuple]:  # fmt: skip
+    """The outcomes of one batch, in the order of `tasks`."""
+    with HandlerRunner(concurrency, handlers, services) as runner:
+        runner.add(tasks)
+        finished, _ = runner.take(len(tasks), more=False)
+    order = {task.id: i for i, task in enumerate(tasks)}
+    return sorted(finished, key=lambda outcome: order[outcome[0].id])
 
 
 def drain(
@@ -195,8 +268,9 @@ def drain(
 ) -> DrainSummary:
     """Claim and run batches until the queue has nothing ready or `budget_seconds` is spent.
 
-    One statement per batch: the first claims, each later one settles the batch just run and
-    claims the next. `queue` (optional) is an open TaskQueue to use (and leave open)."""
+    One statement per step: the first claims, each later one settles what has finished and
+    claims as many as the batch has room for, while the tasks still running go on. `queue`
+    (optional) is an open TaskQueue to use (and leave open)."""
     summary = DrainSummary()
     started = time.monotonic()
     own_queue = queue is None
@@ -204,19 +278,20 @@ def drain(
         queue = TaskQueue(dsn, owner=owner, lease_seconds=lease_seconds, backoff_base_seconds=backoff_base_seconds)
     keeper = LeaseKeeper(dsn, queue.owner, queue.lease_seconds)
     try:
-        with ThreadPoolExecutor(concurrency, thread_name_prefix="handler") as pool:
-            tasks = queue.claim(batch_size, task_types)
-            while tasks:
-                keeper.hold(tasks)
-                if on_batch is not None:
-                    on_batch(tasks)
-                outcomes = run_batch(pool, concurrency, handlers, tasks, services)
-                summary.batches += 1
+        with HandlerRunner(concurrency, handlers, services) as runner:
+            tasks, out_of_budget = queue.claim(batch_size, task_types), False
+            while tasks or runner.held:
+                if tasks:
+                    if on_batch is not None:
+                        on_batch(tasks)
+                    runner.add(tasks)
+                    summary.batches += 1
+                keeper.hold(list(runner.held.values()))
+                outcomes, room = runner.take(batch_size, more=bool(tasks) and not out_of_budget)
                 out_of_budget = time.monotonic() - started >= budget_seconds
-                tasks = _settle(queue, outcomes, services, summary, 0 if out_of_budget else batch_size, task_types)
-                keeper.hold(tasks)
-                if out_of_budget:
-                    summary.stopped_by = "budget"
+                tasks = _settle(queue, outcomes, services, summary, 0 if out_of_budget else room, task_types)
+            if out_of_budget:
+                summary.stopped_by = "budget"
     finally:
         keeper.stop()
         if own_queue:

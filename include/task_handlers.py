@@ -234,7 +234,7 @@ HANDLERS: dict[str, Handler] = {
 
 # Per task type whose handler caches its answer: the (namespace, key parts) it caches under.
 # A batch reads these for all its tasks in one round trip before running any handler
-# (include.task_batch.run_batch); a key function that raises leaves the task to its handler.
+# (include.task_batch.HandlerRunner.add); a key function that raises leaves the task to its handler.
 CacheKey = Callable[[ClaimedTask, Services], tuple[str, Mapping[str, Any]]]
 CACHE_KEYS: dict[str, CacheKey] = {task_type: executor_cache_key for task_type, handler in HANDLERS.items()
                                    if handler is execute_on_executor}  # fmt: skip

@@ -256,14 +256,12 @@ def test_the_demo_story_seeded_backlog_fails_before_the_migration_and_drains_aft
 
 
 def test_a_batch_answers_its_cached_tasks_from_one_read_without_running_their_handlers(local_stack, executor):
-    from concurrent.futures import ThreadPoolExecutor
     from uuid import uuid4
 
     import redis
 
     from include.task_batch import run_batch
     from include.task_cache import TaskCache
-    from include.task_handlers import HANDLERS
     from include.task_queue import ClaimedTask
 
     url, admin = executor
@@ -277,8 +275,7 @@ def test_a_batch_answers_its_cached_tasks_from_one_read_without_running_their_ha
     def batch() -> tuple[list[tuple], set[int], int, int]:
         services = Services(executor=client, cache=cache)
         scripts, ran = script_calls(r), executions(admin)
-        with ThreadPoolExecutor(4) as pool:
-            outcomes = run_batch(pool, 4, HANDLERS, tasks, services)
+        outcomes = run_batch(tasks, services, concurrency=4)
         return outcomes, services.cache_hits, script_calls(r) - scripts, executions(admin) - ran
 
     first, hits, _, ran = batch()
@@ -302,14 +299,11 @@ def script_calls(client) -> int:
 
 
 def test_with_the_executor_unreachable_a_batch_asks_for_the_model_version_once_before_its_handlers(local_stack):
-    from concurrent.futures import ThreadPoolExecutor
-
     import redis
 
     from include.devstack.stack import free_port
     from include.task_batch import run_batch
     from include.task_cache import TaskCache
-    from include.task_handlers import HANDLERS
     from include.task_queue import ClaimedTask
 
     asked = []
@@ -322,8 +316,7 @@ def test_with_the_executor_unreachable_a_batch_asks_for_the_model_version_once_b
     client = Counting(f"http://127.0.0.1:{free_port()}", retries=0, timeout_seconds=1)
     r = redis.Redis(host="127.0.0.1", port=local_stack.ports["redis"])
     tasks = [ClaimedTask(i, "idea", VALID["idea"], "gpt-4.1", 1, 5, "", 0.0) for i in range(6)]
-    with ThreadPoolExecutor(2) as pool:
-        outcomes = run_batch(pool, 2, HANDLERS, tasks, Services(executor=client, cache=TaskCache(r)))
+    outcomes = run_batch(tasks, Services(executor=client, cache=TaskCache(r)), concurrency=2)
     assert all(isinstance(exc, RetryableError) and "unreachable" in str(exc) for _, _, exc, _ in outcomes)
     assert len(asked) == 1 + len(tasks)  # the batch's read gave up at the first; each handler asked once
     client.close()
