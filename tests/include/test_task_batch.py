@@ -150,3 +150,27 @@ def test_a_slow_task_does_not_hold_up_the_batches_after_it(app_head_dsn):
     # run and completed while it ran (else its wait failed it), and then it completed too
     assert (summary.by_type["idea"].succeeded, summary.errors) == (40, [])
     assert summary.batches >= 4
+
+
+@pytest.mark.stack
+def test_a_drain_out_of_budget_finishes_what_it_holds_and_leaves_the_rest_queued(app_head_dsn):
+    from include.task_batch import drain
+    from include.task_handlers import Services
+    from include.task_queue import TaskQueue
+
+    def handler(task, services):
+        time.sleep(0.02)
+        return {"n": task.payload["n"]}
+
+    with TaskQueue(app_head_dsn) as queue:
+        queue.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(500)])
+    summary = drain(app_head_dsn, services=Services(), handlers={"idea": handler}, batch_size=10, concurrency=2,
+                    budget_seconds=0.5)  # fmt: skip
+    assert summary.stopped_by == "budget"
+    with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status, count(*) FROM execution_tasks GROUP BY status")
+        counts = dict(cur.fetchall())
+    conn.close()
+    # every task it claimed was run and recorded (none left running on a lease), the rest wait
+    assert counts.get("running", 0) == 0 and counts["queued"] > 0
+    assert counts["succeeded"] == summary.by_type["idea"].succeeded and counts["succeeded"] + counts["queued"] == 500
