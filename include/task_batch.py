@@ -302,7 +302,7 @@ def drain(
 
 def _settle(queue: TaskQueue, outcomes: list, services: Services, summary: DrainSummary, next_batch: int,
             task_types: Sequence[str] | None) -> list[ClaimedTask]:  # fmt: skip
-    """Record the batch's outcomes and claim up to `next_batch` more, in one statement."""
+    """Record the finished outcomes and claim up to `next_batch` more, in one statement."""
     done, failures = [], []
     for task, result, exc, ms in outcomes:
         if exc is None:
