@@ -336,6 +336,10 @@ def airflow_env(
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         # the default (32) would start idle workers that a 2-core machine cannot carry
         "AIRFLOW__CORE__PARALLELISM": "8",
+        # tasks run side by side, so one OpenMP/BLAS thread each: a pool of one thread per core in
+        # every task process oversubscribes the cores. The offer model's fit on the seeded data
+        # took 9 s that way on a busy 2-core machine, and 0.5 s with one thread
+        "OMP_NUM_THREADS": "1",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__FERNET_KEY": secret["fernet_key"],
         "AIRFLOW__CORE__AUTH_MANAGER": (
