@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import psycopg2
@@ -41,6 +42,26 @@ def user_env(stack_folder) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def background(stack_folder, user_env):
+    """Starts a shell command that runs while the test goes on, its output in the stack folder;
+    whatever still runs when the test ends is killed with its children."""
+    started: list[subprocess.Popen] = []
+
+    def start(command: str) -> tuple[subprocess.Popen, Path]:
+        log = stack_folder / f"background-{len(started)}.log"
+        with open(log, "w") as out:
+            started.append(subprocess.Popen(["bash", "-c", command], cwd=ROOT, env=user_env, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+        return started[-1], log
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def sh(command: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
@@ -56,7 +77,7 @@ def assert_all_gone(processes: list[psutil.Process]) -> None:
     assert alive == [], f"left behind: {[(p.pid, p.name()) for p in alive]}"
 
 
-def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env):
+def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env, background):
     up = sh("make up", user_env)
     assert up.returncode == 0, up.stdout + up.stderr
     assert "Login:" in up.stdout
@@ -84,15 +105,15 @@ def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env):
                 c: True for c in ("app_db", "aws_default", "redis_default", "smtp_default", "stripe_default")
             }
 
-    # a verified backup in moto, from the DAG as a user runs it
-    run = sh(airflow + "dags test db_backup", user_env)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    with psycopg2.connect(host=app["host"], port=app["port"], dbname=app["schema"],
-                          user=app["login"], password=app["password"]) as conn:  # fmt: skip
-        with conn.cursor() as cur:
-            cur.execute("SELECT status, location, restore_seconds > 0 FROM backups ORDER BY id DESC LIMIT 1")
-            status, location, restored = cur.fetchone()
-    assert (status, restored) == ("verified", True) and location.startswith("s3://execplatform-backups/")
+    # `dags test db_backup`, the longest command, runs while the commands below do: it shares no
+    # DAG with them (a `dags test` and the scheduler on one DAG's runs can deadlock). It starts
+    # once db_backup's first scheduled run (started with the stack) has ended, so that neither
+    # run's retention deletes the other's backup: the newest backup, checked below, is its own
+    token = token_for(info.login)
+    backup_runs = f"{info.login['url']}/api/v2/dags/db_backup/dagRuns"
+    wait_for(lambda: (runs := api(backup_runs, token)["dag_runs"]) and all(r["state"] in ("success", "failed") for r in runs),
+             300, "db_backup's scheduled run to end")  # fmt: skip
+    backup, backup_log = background(airflow + "dags test db_backup")
 
     # the documented ways to look at what the DAGs recorded
     rows = sh(".venv/bin/python -m include.devstack psql -tAc 'SELECT count(*) FROM healthcheck_results'", user_env)
@@ -101,7 +122,6 @@ def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env):
     assert "ExecPlatform/Healthcheck/ProbeSucceeded [ConnId=aws_default]" in metrics.stdout, metrics.stderr
 
     # the real scheduler and executor: trigger through REST API v2 and follow the run
-    token = token_for(info.login)
     base = f"{info.login['url']}/api/v2/dags/platform_healthcheck/dagRuns"
     run_id = api(base, token, {"logical_date": None, "conf": {"reason": "e2e"}})["dag_run_id"]
     state = wait_for(
@@ -109,6 +129,15 @@ def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env):
         240, f"run {run_id} to finish",
     )  # fmt: skip
     assert state == "success"
+
+    # a verified backup in moto, from the DAG as a user runs it
+    assert backup.wait(300) == 0, backup_log.read_text()[-3000:]
+    with psycopg2.connect(host=app["host"], port=app["port"], dbname=app["schema"],
+                          user=app["login"], password=app["password"]) as conn:  # fmt: skip
+        with conn.cursor() as cur:
+            cur.execute("SELECT status, location, restore_seconds > 0 FROM backups ORDER BY id DESC LIMIT 1")
+            status, location, restored = cur.fetchone()
+    assert (status, restored) == ("verified", True) and location.startswith("s3://execplatform-backups/")
 
     # every run's outcome reaches CloudWatch through the DAG-level callback (the dag-processor
     # runs it): the scheduled first run and this one at least
