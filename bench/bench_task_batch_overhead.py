@@ -2,7 +2,8 @@
 
 BENCH_OVERHEAD_TASKS execution tasks (default 20000; the issue's full size is 200000) whose
 handler waits BENCH_OVERHEAD_LATENCY_MS (default 5) on the reference executor (I/O-bound), with
-distinct inputs (every call a cache miss on both sides), drained:
+distinct inputs and the cache emptied before each run (every call a cache miss on both sides),
+drained:
 
 - peer: `include.task_batch.drain` in BENCH_OVERHEAD_PARALLELISM processes (default 4), each
   with BENCH_OVERHEAD_CONCURRENCY handler threads (default 16) and BENCH_OVERHEAD_BATCH claims
@@ -62,9 +63,14 @@ def query(dsn: str, sql: str):
         conn.close()
 
 
-def refill(dsn: str) -> None:
+def refill(dsn: str, redis_port: int) -> None:
+    """The same tasks for every run, and an empty cache: each run's calls all miss (else the
+    side that runs second would be answered from the first side's cache)."""
+    import redis
+
     from include.task_queue import TaskQueue
 
+    redis.Redis(host="127.0.0.1", port=redis_port).flushdb()
     query(dsn, "TRUNCATE execution_tasks")
     with TaskQueue(dsn) as q:
         for lo in range(0, TASKS, 5000):
@@ -74,6 +80,11 @@ def refill(dsn: str) -> None:
                 for i in range(lo, min(TASKS, lo + 5000))
             ])  # fmt: skip
     query(dsn, "VACUUM ANALYZE execution_tasks")
+
+
+def executions(stack) -> int:
+    """Calls the reference executor has answered so far."""
+    return api(f"http://127.0.0.1:{stack.ports['executor']}/admin/stats")["executions"]
 
 
 def succeeded(dsn: str) -> int:
@@ -171,8 +182,11 @@ def main() -> None:
                 sides = [("direct", run_direct, directs), ("dag", run_dag, dags)]
                 for name, run, times in sides if i % 2 == 0 else sides[::-1]:
                     wait_until_idle(stack)
-                    refill(dsn)
+                    refill(dsn, stack.ports["redis"])
+                    calls = executions(stack)
                     times.append(run(stack))
+                    if executions(stack) - calls != TASKS:
+                        raise SystemExit(f"{name}: {executions(stack) - calls} executor calls for {TASKS} tasks")
                     if succeeded(dsn) != TASKS:
                         raise SystemExit(f"{name} left {TASKS - succeeded(dsn)} tasks")
                     log(f"round {i} {name}: {TASKS} tasks in {times[-1]:.1f}s")
