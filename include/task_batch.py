@@ -157,11 +157,10 @@ class HandlerRunner:
     once) and their outcomes taken as they finish, so the tasks still running never hold up the
     claim of the next batch. Outcomes are (task, result, exception, ms)."""
 
-    def __init__(self, concurrency: int, handlers: Mapping[str, Handler], services: Services,
-                 cache_keys: Mapping[str, CacheKey] | None = None) -> None:  # fmt: skip
-        if cache_keys is None:  # the registered key functions, for the types whose handler is the registered one
-            cache_keys = {t: key for t, key in CACHE_KEYS.items() if handlers.get(t) is HANDLERS.get(t)}
-        self.concurrency, self.handlers, self.services, self.cache_keys = concurrency, handlers, services, cache_keys
+    def __init__(self, concurrency: int, handlers: Mapping[str, Handler], services: Services) -> None:
+        self.concurrency, self.handlers, self.services = concurrency, handlers, services
+        # the registered key functions, for the types whose handler is the registered one
+        self.cache_keys = {t: key for t, key in CACHE_KEYS.items() if handlers.get(t) is HANDLERS.get(t)}
         self.held: dict[int, ClaimedTask] = {}  # added and not yet taken (their leases are ours to keep)
         self._pending: deque[ClaimedTask] = deque()
         self._finished: list[tuple] = []

@@ -443,11 +443,9 @@ def browser(shots):
     driver.quit()
 
 
-def dag_runs(stack, dag_id: str, query: str = "") -> list[dict]:
-    login = stack.info.login
-    url = f"{login['url']}/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after{query}"
+def dag_runs(stack, dag_id: str) -> list[dict]:
     try:
-        return api(url, token_for(login))["dag_runs"]
+        return api(f"{dag_url(stack, dag_id)}/dagRuns?order_by=-run_after", token_for(stack.info.login))["dag_runs"]
     except urllib.error.HTTPError:  # not parsed yet
         return []
 
@@ -515,7 +513,7 @@ def test_db_restore_triggered_from_its_form_restores_into_a_new_database(stack, 
           and not any(b.find_elements(By.XPATH, badges.format(s)) for s in ("Running", "Queued", "Failed")),
           "the run to show success", timeout=1800)  # fmt: skip
     shot(browser, shots, "db_restore-run-success")
-    assert api(f"{login['url']}/api/v2/dags/db_restore/dagRuns/{run['dag_run_id']}", token_for(login))["state"] == "success"
+    assert api(f"{dag_url(stack, 'db_restore')}/dagRuns/{run['dag_run_id']}", token_for(login))["state"] == "success"
 
     public_tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
     restored = {r[0] for r in rows(stack, public_tables, dbname=target)}
