@@ -2,21 +2,52 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 
-def test_the_client_follows_the_connection(monkeypatch):
+@pytest.fixture
+def echo_server():
+    """An HTTP server that answers every GET with the request's path and Authorization header."""
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body = json.dumps({"path": self.path, "authorization": self.headers.get("Authorization"),
+                               "version": "7"}).encode()  # fmt: skip
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+@pytest.mark.parametrize(("login", "password", "expected"), [
+    (None, "s3cret-token", "Bearer s3cret-token"),
+    ("svc", "s3cret", "Basic " + base64.b64encode(b"svc:s3cret").decode()),
+    (None, None, None),
+])  # fmt: skip
+def test_the_client_follows_the_connection(monkeypatch, echo_server, login, password, expected):
     from execplatform.hooks.task_executor_hook import TaskExecutorHook
 
     monkeypatch.setenv("AIRFLOW_CONN_EXEC_TOKEN", json.dumps({
-        "conn_type": "http", "host": "http://executor.internal", "port": 8000, "password": "s3cret-token",
+        "conn_type": "http", "host": "http://127.0.0.1", "port": echo_server, "login": login, "password": password,
         "extra": {"timeout_seconds": 7, "retries": 1}}))  # fmt: skip
     client = TaskExecutorHook("exec_token").get_conn()
-    assert client.base_url == "http://executor.internal:8000"
-    assert client.retries == 1 and client.http.timeout.read == 7
-    assert client.http.headers["Authorization"] == "Bearer s3cret-token"
+    assert client.base_url == f"http://127.0.0.1:{echo_server}"
+    assert (client.retries, client.timeout_seconds) == (1, 7)
+    seen = client._request("GET", "/v1/models/gpt-4.1")
+    assert seen["path"] == "/v1/models/gpt-4.1" and seen["authorization"] == expected
     client.close()
 
 

@@ -39,10 +39,8 @@ class TaskExecutorHook(BaseHook):
         if conn.port:
             base = f"{base.rstrip('/')}:{conn.port}"
         extra = conn.extra_dejson
-        client = ExecutorClient(base, timeout_seconds=float(extra.get("timeout_seconds", 30)),
-                                retries=int(extra.get("retries", 3)))  # fmt: skip
-        if conn.login:
-            client.http.auth = (conn.login, conn.password or "")
-        elif conn.password:  # a token alone (TASK_EXECUTOR_TOKEN in docker-compose.yaml)
-            client.http.headers["Authorization"] = f"Bearer {conn.password}"
-        return client
+        return ExecutorClient(
+            base, timeout_seconds=float(extra.get("timeout_seconds", 30)), retries=int(extra.get("retries", 3)),
+            basic_auth=(conn.login, conn.password or "") if conn.login else None,
+            token=None if conn.login else conn.password or None,  # a token alone: TASK_EXECUTOR_TOKEN in compose
+        )  # fmt: skip
