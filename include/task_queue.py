@@ -137,10 +137,13 @@ UNION ALL SELECT 'f', id, status, NULL, NULL, NULL, NULL, NULL, NULL FROM failed
 """
 
 
+_JSONB_ENCODER = json.JSONEncoder(allow_nan=False)  # one encoder for every call: dumps() builds one each time
+
+
 def to_jsonb_text(value: Any, what: str) -> str:
     """`value` as JSON text that PostgreSQL's jsonb accepts, or ValueError naming `what`."""
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = _JSONB_ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} is not JSON: {exc}") from None
     if "\\u0000" in text:  # jsonb refuses NUL characters anywhere
