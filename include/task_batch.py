@@ -124,27 +124,38 @@ class LeaseKeeper:
             self.queue.close()
 
 
-def answer_from_cache(cache_keys: Mapping[str, CacheKey], tasks: Sequence[ClaimedTask],
-                      services: Services) -> dict[int, tuple]:  # fmt: skip
-    """{index in `tasks`: (task, cached result, None, ms)} for the tasks whose answer is cached,
-    read in one round trip for the batch. A task whose key cannot be made (a bad payload) is
-    left to its handler, which fails it with the clear error; so are all the tasks after a key
-    that failed for another reason (the executor unreachable)."""
+def cache_lookups(cache_keys: Mapping[str, CacheKey], tasks: Sequence[ClaimedTask],
+                  services: Services) -> dict[int, tuple[str, Mapping[str, Any]]]:  # fmt: skip
+    """{index in `tasks`: (namespace, key parts)} for the tasks whose answer may be cached. A task
+    whose key cannot be made (a bad payload) is left out, for its handler to fail with the clear
+    error; so are all the tasks after a key that failed for another reason (the executor
+    unreachable: asking again for every task would retry serially here; the handlers fail them,
+    concurrently)."""
     if services.cache is None:
         return {}
-    started = time.perf_counter()
-    keyed: list[tuple[int, tuple[str, Mapping[str, Any]]]] = []
+    keys: dict[int, tuple[str, Mapping[str, Any]]] = {}
     for i, task in enumerate(tasks):
         key_of = cache_keys.get(task.task_type)
         if key_of is not None:
             try:
-                keyed.append((i, key_of(task, services)))
-            except PermanentError:  # this task's payload: its handler fails it with the same error
+                keys[i] = key_of(task, services)
+            except PermanentError:
                 continue
-            except Exception:  # the executor unreachable (no model version): asking again for every
-                break  # task would retry serially here; the handlers fail them, concurrently
-    found = services.cache.get_many([key for _, key in keyed])
-    hits = {i: value for (i, _), (hit, value) in zip(keyed, found, strict=True) if hit}
+            except Exception:
+                break
+    return keys
+
+
+def answer_from_cache(lookups: Mapping[int, tuple[str, Mapping[str, Any]]], tasks: Sequence[ClaimedTask],
+                      services: Services, reserve: bool = False) -> dict[int, tuple]:  # fmt: skip
+    """{index in `tasks`: (task, cached result, None, ms)} for the `lookups` whose answer is
+    cached, read in one round trip (with `reserve`, which also takes the locks of the misses
+    for their handlers: see TaskCache.get_many)."""
+    if not lookups:
+        return {}
+    started = time.perf_counter()
+    found = services.cache.get_many(list(lookups.values()), reserve=reserve)
+    hits = {i: value for i, (hit, value) in zip(lookups, found, strict=True) if hit}
     ms = (time.perf_counter() - started) * 1000 / len(hits) if hits else 0.0
     for i in hits:
         services.note_cache_hit(tasks[i].id)
@@ -153,18 +164,27 @@ def answer_from_cache(cache_keys: Mapping[str, CacheKey], tasks: Sequence[Claime
 
 class HandlerRunner:
     """Runs the handlers of claimed tasks on `concurrency` threads, as a stream: tasks are added
-    a batch at a time (their cached answers read first, in one round trip, and finished at
-    once) and their outcomes taken as they finish, so the tasks still running never hold up the
-    claim of the next batch. Outcomes are (task, result, exception, ms)."""
+    a batch at a time and their outcomes taken as they finish, so the tasks still running never
+    hold up the claim of the next batch. Outcomes are (task, result, exception, ms).
+
+    With a cache, a batch's cached answers are read first, in one round trip, and finished at
+    once; the same round trip takes the locks of the missing answers for the handlers that will
+    compute them (no lookup of their own). A task whose answer is being computed for another
+    task held here (the same key, from this batch or an earlier one) waits without a thread.
+    When that computation ends, its waiters take its answer if the cache stored it (no
+    invalidation came between the reservation and the store, so none crosses one); otherwise
+    one thread reads the entry for them, and those it does not answer run their own handler."""
 
     def __init__(self, concurrency: int, handlers: Mapping[str, Handler], services: Services) -> None:
         self.concurrency, self.handlers, self.services = concurrency, handlers, services
         # the registered key functions, for the types whose handler is the registered one
         self.cache_keys = {t: key for t, key in CACHE_KEYS.items() if handlers.get(t) is HANDLERS.get(t)}
         self.held: dict[int, ClaimedTask] = {}  # added and not yet taken (their leases are ours to keep)
-        self._pending: deque[ClaimedTask] = deque()
+        self._pending: deque[ClaimedTask] = deque()  # waiting for a thread
+        self._computing: dict[tuple, list[ClaimedTask]] = {}  # cache key -> its waiters, while a task computes it
+        self._key_of: dict[int, tuple] = {}  # task id -> cache key, for the tasks computing one
         self._finished: list[tuple] = []
-        self._running = 0  # added and not finished: pending or in a handler
+        self._running = 0  # added and not finished: pending, in a handler, or waiting for a key
         self._closed = False
         lock = threading.Lock()
         self._work_ready, self._progress = threading.Condition(lock), threading.Condition(lock)
@@ -188,45 +208,109 @@ class HandlerRunner:
             self._work_ready.notify_all()
         for thread in self._threads:
             thread.join()
+        if self.services.cache is not None:
+            self.services.cache.release_reservations()
 
     def add(self, tasks: Sequence[ClaimedTask]) -> None:
-        hits = answer_from_cache(self.cache_keys, tasks, self.services)
+        lookups = cache_lookups(self.cache_keys, tasks, self.services)
+        hits = answer_from_cache(lookups, tasks, self.services, reserve=True)
         with self._work_ready:
             for i, task in enumerate(tasks):
                 self.held[task.id] = task
                 if i in hits:
                     self._finished.append(hits[i])
-                else:
-                    self._pending.append(task)
-                    self._running += 1
+                    continue
+                self._running += 1
+                if i in lookups:
+                    namespace, parts = lookups[i]
+                    key = (namespace, *sorted(parts.items()))
+                    if key in self._computing:
+                        self._computing[key].append(task)
+                        continue
+                    self._computing[key], self._key_of[task.id] = [], key
+                self._pending.append(task)
             self._work_ready.notify(len(self._pending))
 
     def _work(self) -> None:
+        outcome = None  # of this thread's last task, to record
         while True:
             with self._work_ready:
-                self._work_ready.wait_for(lambda: self._pending or self._closed)
-                if not self._pending:
-                    return
-                task = self._pending.popleft()
-            outcome = (task, *run_handler(self.handlers.get(task.task_type), task, self.services))
-            with self._progress:
-                self._finished.append(outcome)
-                self._running -= 1
-                self._progress.notify()
+                waiters = self._record(outcome) if outcome is not None else None
+                if waiters is None:
+                    self._work_ready.wait_for(lambda: self._pending or self._closed)
+                    if not self._pending:
+                        return
+                    task = self._pending.popleft()
+                    if len(self._pending) == self.concurrency - 1:  # take() may be due now
+                        self._progress.notify()
+            if waiters is not None:
+                self._answer_waiters(*waiters)
+                outcome = None
+            else:
+                outcome = (task, *run_handler(self.handlers.get(task.task_type), task, self.services))
+
+    def _record(self, outcome: tuple) -> tuple | None:
+        """Record a finished task (call with the lock). If it computed a key others wait for:
+        they take its answer when the cache stored it (TaskCache.serve_waiters), run their own
+        handler when it failed, and otherwise this returns (key, waiters) to read the entry."""
+        task, result, error, _ = outcome
+        self._finished.append(outcome)
+        self._running -= 1
+        self._progress.notify()
+        key = self._key_of.pop(task.id, None)
+        if key is None:
+            return None
+        waiters = self._computing.pop(key)
+        if error is None and self.services.cache.serve_waiters(key[0], dict(key[1:]), len(waiters)):
+            for waiter in waiters:
+                self.services.note_cache_hit(waiter.id)
+                self._finished.append((waiter, result, None, 0.0))
+            self._running -= len(waiters)
+            return None
+        if not waiters:
+            return None
+        if error is not None:  # each waiter runs its own handler
+            self._pending.extend(waiters)
+            self._work_ready.notify(len(waiters))
+            return None
+        return key, waiters
+
+    def _answer_waiters(self, key: tuple, waiters: list[ClaimedTask]) -> None:
+        """Finish the waiters answered by the entry just stored; the others run their handler."""
+        namespace, *parts = key
+        hits = answer_from_cache(dict.fromkeys(range(len(waiters)), (namespace, dict(parts))), waiters,
+                                 self.services)  # fmt: skip
+        with self._work_ready:
+            for i, task in enumerate(waiters):
+                if i in hits:
+                    self._finished.append(hits[i])
+                    self._running -= 1
+                else:
+                    self._pending.append(task)
+            self._work_ready.notify(len(waiters) - len(hits))
+            self._progress.notify()
 
     def take(self, batch_size: int, more: bool) -> tuple[list[tuple], int]:
         """(outcomes to settle, how many tasks to claim with them) once a settle is due.
 
-        With `more` (the queue may hold more): as soon as no more tasks run than there are
-        threads (none waits for one) and half the batch's room is free, so the next batch is
-        claimed while the last tasks still run. Otherwise once every task added has finished,
-        or SETTLE_WITHIN_SECONDS after a task finished while others still run (a long task
-        does not keep the results of the short ones unrecorded)."""
-        running_at_most = min(self.concurrency, batch_size // 2) if more else 0
+        With `more` (the queue may hold more): as soon as fewer tasks wait for a thread than
+        there are threads (the threads would run dry within a round) and half a batch fits under
+        the cap of tasks held (`batch_size` + `concurrency`), so the next batch arrives while
+        the threads are still busy. Otherwise once every task added has finished, or
+        SETTLE_WITHIN_SECONDS after a task finished while others still run (a long task does not
+        keep the results of the short ones unrecorded)."""
+        cap = batch_size + self.concurrency
         deadline = None
         with self._progress:
-            while self._running > running_at_most:
-                if more or not self._finished:
+            while True:
+                if more:
+                    if len(self._pending) < self.concurrency and self._running <= cap - max(1, batch_size // 2):
+                        break
+                    self._progress.wait()
+                    continue
+                if not self._running:
+                    break
+                if not self._finished:
                     self._progress.wait()
                     continue
                 deadline = deadline or time.monotonic() + SETTLE_WITHIN_SECONDS
@@ -234,7 +318,7 @@ class HandlerRunner:
                     break
                 self._progress.wait(deadline - time.monotonic())
             finished, self._finished = self._finished, []
-            room = max(batch_size - self._running, 0)
+            room = min(batch_size, cap - self._running)
         for task, *_ in finished:
             del self.held[task.id]
         return finished, room

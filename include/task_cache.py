@@ -20,8 +20,11 @@ namespace names the ai_model). Entries are hashes ``{value, created}``.
 - Batch reads: :meth:`TaskCache.get_many` reads the entries of a whole batch of calls known in
   advance (a claimed batch of tasks) in one script call, from one thread: the hits are answered
   without a thread hand-off each (on this kind of machine a cross-thread wake-up costs more than
-  the hit itself); the misses then go through :meth:`get_or_compute` as usual. Nothing is kept
-  in process memory: each answer is a read of Redis made after the caller asked.
+  the hit itself); the misses then go through :meth:`get_or_compute` as usual. With
+  ``reserve=True`` the same call takes the lock of each missing entry, so the
+  :meth:`get_or_compute` that follows computes at once, without a lookup of its own
+  (:meth:`release_reservations` frees the locks of the computations that never came). Nothing is
+  kept in process memory: each answer is a read of Redis made after the caller asked.
 - Redis down: the call computes uncached, the failure is counted (``errors``) and the
   ``on_unavailable`` callback fires once; the cache object then stays uncached for its life
   (one batch), so a dead server costs one failed round trip, not one per task. The cache
@@ -77,16 +80,19 @@ return out
 """
 
 # get_many's read, for lookups grouped by namespace: KEYS: one version key per namespace; ARGV:
-# [max_age, then per namespace: prefix, ttl, its digests concatenated (64 hex each)] -> ONE JSON
-# text, an array with per lookup `[value]` for a hit and `0` for a miss (values are JSON texts:
-# one json.loads reads the whole batch). Hits slide as in _READ_MANY; no lock is taken.
+# [max_age, lock ms, lock token ('' for none), then per namespace: prefix, ttl, its digests
+# concatenated (64 hex each)] -> ONE JSON text, an array: the version read per namespace, then
+# per lookup `[value]` for a hit, `1` for a miss whose lock this call took (with the token),
+# `0` for another miss (values are JSON texts: one json.loads reads the whole batch). Hits
+# slide as in _READ_MANY.
 _READ_BATCH = """
 local now = tonumber(redis.call('TIME')[1])
-local max_age = tonumber(ARGV[1])
-local out = {}
+local max_age, lock_ms, token = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local versions, out = {}, {}
 for g = 1, #KEYS do
-  local prefix, ttl, digests = ARGV[g * 3 - 1], tonumber(ARGV[g * 3]), ARGV[g * 3 + 1]
+  local prefix, ttl, digests = ARGV[g * 3 + 1], tonumber(ARGV[g * 3 + 2]), ARGV[g * 3 + 3]
   local version = redis.call('GET', KEYS[g]) or '0'
+  versions[g] = version
   for s = 1, #digests, 64 do
     local key = prefix .. ':v' .. version .. ':' .. string.sub(digests, s, s + 63)
     local entry = redis.call('HMGET', key, 'value', 'created')
@@ -96,10 +102,13 @@ for g = 1, #KEYS do
       if left <= 0 then redis.call('DEL', key)
       else redis.call('EXPIRE', key, math.max(1, math.min(ttl, left))) found = '[' .. entry[1] .. ']' end
     end
+    if found == '0' and token ~= '' and redis.call('SET', key .. ':lock', token, 'NX', 'PX', lock_ms) then
+      found = '1'
+    end
     out[#out + 1] = found
   end
 end
-return '[' .. table.concat(out, ',') .. ']'
+return '[' .. table.concat(versions, ',') .. ',' .. table.concat(out, ',') .. ']'
 """
 
 # KEYS: [version key, entry key, lock key]; ARGV: [version read, lock token, value, ttl]
@@ -133,9 +142,11 @@ class _Lookup:
         self.error: Exception | None = None
 
 
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def key_digest(parts: Mapping[str, Any]) -> str:
-    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(_CANONICAL_JSON.encode(parts).encode()).hexdigest()
 
 
 @dataclass
@@ -193,6 +204,9 @@ class TaskCache:
         self._pending: list[_Lookup] = []  # lookups waiting for the next round trip
         self._sending = False  # a round trip is on its way (its sender hands over to the next)
         self._computing: dict[str, threading.Event] = {}  # entry keys computed in this process
+        # (namespace, digest) -> (version, lock token, lock expiry): locks get_many took for a compute to come
+        self._reserved: dict[tuple[str, str], tuple[str, str, float]] = {}
+        self._stored: set[tuple[str, str]] = set()  # reserved computations whose answer was stored
         self._write = redis_client.register_script(_WRITE)
         self._release = redis_client.register_script(_RELEASE)
 
@@ -234,19 +248,29 @@ class TaskCache:
             value, hit = compute_once(), False
         else:
             try:
-                value, hit = self._get_or_compute(namespace, key_digest(parts), compute_once)
+                digest = key_digest(parts)
+                with self._lock:
+                    reserved = self._reserved.pop((namespace, digest), None)
+                if reserved is not None and reserved[2] < time.monotonic():
+                    reserved = None  # its lock has expired: look again
+                value, hit = self._get_or_compute(namespace, digest, compute_once, reserved and reserved[:2])
             except redis.RedisError as exc:
                 self._note_unavailable(namespace, exc)
                 value, hit = compute_once(), False
         self._count(namespace, hit, time.perf_counter() - started)
         return value, hit
 
-    def _get_or_compute(self, namespace: str, digest: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
+    def _get_or_compute(self, namespace: str, digest: str, compute: Callable[[], Any],
+                        reserved: tuple[str, str] | None = None) -> tuple[Any, bool]:  # fmt: skip
         deadline = time.monotonic() + self.wait_seconds
         pause = 0.002
+        reserved_for_us = reserved is not None
         while True:
-            token = uuid.uuid4().hex
-            version, raw, locked = self._lookup(namespace, digest, token)
+            if reserved is not None:  # get_many found it missing and took its lock for us
+                (version, token), raw, locked, reserved = reserved, None, True, None
+            else:
+                token = uuid.uuid4().hex
+                version, raw, locked = self._lookup(namespace, digest, token)
             if raw:
                 return json.loads(raw), True
             entry_key = self._entry_key(namespace, version, digest)
@@ -261,8 +285,11 @@ class TaskCache:
                     self._release(keys=[lock_key], args=[token])
                     raise
                 else:
-                    self._write(keys=[self._version_key(namespace), entry_key, lock_key],
-                                args=[version, token, json.dumps(value), self.ttl_for(namespace)])  # fmt: skip
+                    stored = self._write(keys=[self._version_key(namespace), entry_key, lock_key],
+                                         args=[version, token, json.dumps(value), self.ttl_for(namespace)])  # fmt: skip
+                    if stored and reserved_for_us:
+                        with self._lock:
+                            self._stored.add((namespace, digest))
                 finally:
                     with self._lock:
                         self._computing.pop(entry_key, None)
@@ -317,12 +344,15 @@ class TaskCache:
             for lookup in batch:
                 lookup.ready.set()
 
-    def get_many(self, lookups: Sequence[tuple[str, Mapping[str, Any]]]) -> list[tuple[bool, Any]]:
+    def get_many(self, lookups: Sequence[tuple[str, Mapping[str, Any]]],
+                 reserve: bool = False) -> list[tuple[bool, Any]]:  # fmt: skip
         """(found, value) per (namespace, parts), read in one script call per MAX_BATCH_LOOKUPS.
 
         Hits slide their TTL and are counted (each with an equal share of the round trip's
         time); misses are not counted here: the caller computes them through
-        :meth:`get_or_compute`, which counts them and protects them from stampedes. With Redis
+        :meth:`get_or_compute`, which counts them and protects them from stampedes. With
+        `reserve`, the lock of each missing entry no one else computes is taken for that
+        get_or_compute (release the unused ones with :meth:`release_reservations`). With Redis
         down nothing is found (the outage noted as in get_or_compute); this never raises for it."""
         import redis
 
@@ -330,19 +360,27 @@ class TaskCache:
             return [(False, None)] * len(lookups)
         started = time.perf_counter()
         found: list[tuple[bool, Any]] = [(False, None)] * len(lookups)
+        token = uuid.uuid4().hex if reserve else ""
         try:
             for first in range(0, len(lookups), MAX_BATCH_LOOKUPS):
                 by_namespace: dict[str, list[int]] = defaultdict(list)
+                digests: dict[int, str] = {}
                 for i in range(first, min(first + MAX_BATCH_LOOKUPS, len(lookups))):
                     by_namespace[lookups[i][0]].append(i)
-                args: list[Any] = [self.max_age_seconds]
+                    digests[i] = key_digest(lookups[i][1])
+                args: list[Any] = [self.max_age_seconds, int(self.lock_seconds * 1000), token]
                 for namespace, indexes in by_namespace.items():
-                    digests = "".join(key_digest(lookups[i][1]) for i in indexes)
-                    args += (f"tc:{namespace}", self.ttl_for(namespace), digests)
+                    args += (f"tc:{namespace}", self.ttl_for(namespace), "".join(digests[i] for i in indexes))
+                locked_until = time.monotonic() + self.lock_seconds
                 answers = json.loads(self._read_batch(keys=[self._version_key(ns) for ns in by_namespace], args=args))
+                versions = dict(zip(by_namespace, answers, strict=False))
                 order = [i for indexes in by_namespace.values() for i in indexes]
-                for i, answer in zip(order, answers, strict=True):
-                    if answer != 0:
+                for i, answer in zip(order, answers[len(by_namespace):], strict=True):
+                    if answer == 1:
+                        namespace = lookups[i][0]
+                        with self._lock:
+                            self._reserved[namespace, digests[i]] = (str(versions[namespace]), token, locked_until)
+                    elif answer != 0:
                         found[i] = (True, answer[0])
         except redis.RedisError as exc:
             self._note_unavailable(lookups[0][0], exc)
@@ -353,6 +391,39 @@ class TaskCache:
             if hit:
                 self._count(namespace, True, share)
         return found
+
+    def serve_waiters(self, namespace: str, parts: Mapping[str, Any], waiters: int) -> bool:
+        """Whether the computation of `parts` that :meth:`get_many` reserved stored its answer,
+        which proves no invalidation came between the reservation and the store. If so, the
+        `waiters` callers that asked for it meanwhile may take that answer: they are counted as
+        hits. If not, they must read the entry (or compute) themselves. Call it once per
+        reserved computation that ended (it forgets the computation)."""
+        key = (namespace, key_digest(parts))
+        with self._lock:
+            if key not in self._stored:
+                return False
+            self._stored.discard(key)
+            self.stats[namespace].hits += waiters
+        return True
+
+    def release_reservations(self) -> int:
+        """Free the locks get_many took for computations that never came; how many."""
+        import redis
+
+        with self._lock:
+            reserved, self._reserved = self._reserved, {}
+            self._stored.clear()
+        if not reserved:
+            return 0
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for (namespace, digest), (version, token, _) in reserved.items():
+                    self._release(keys=[self._lock_key(self._entry_key(namespace, version, digest))], args=[token],
+                                  client=pipe)  # fmt: skip
+                pipe.execute()
+        except redis.RedisError as exc:  # the locks expire on their own
+            self._note_unavailable(next(iter(reserved))[0], exc)
+        return len(reserved)
 
     # -- invalidating --------------------------------------------------------------------------
 

@@ -64,7 +64,9 @@ def task_batch_dag():
     return DagBag(dag_folder=str(DAGS_DIR / "task_batch.py")).dags["task_batch"]
 
 
-def enqueue(dsn: str, n: int, *, bad_every: int = 0) -> None:
+def enqueue(dsn: str, n: int, *, bad_every: int = 0, distinct: bool = False) -> None:
+    """`n` tasks of every type, a malformed one every `bad_every`; with `distinct`, no two alike
+    (each is a cache miss) instead of a few inputs repeated."""
     from include.task_queue import TaskQueue
 
     types = sorted(VALID)
@@ -72,6 +74,8 @@ def enqueue(dsn: str, n: int, *, bad_every: int = 0) -> None:
     for i in range(n):
         task_type = types[i % len(types)]
         payload = {"prompt": "x", "repo": "r", "inputs": {}} if bad_every and i % bad_every == 0 else VALID[task_type]
+        if distinct:
+            payload = {**payload, "prompt": f"{payload['prompt']} #{i}"}
         tasks.append({"task_type": task_type, "payload": payload, "ai_model": ["gpt-4.1", None][i % 2]})
     with TaskQueue(dsn) as q:
         q.enqueue_many(tasks)
@@ -150,7 +154,7 @@ def test_redis_stopped_mid_run_the_batch_completes_uncached_and_one_alert_fires(
             time.sleep(0.05)
         monkeypatch.setenv("AIRFLOW_CONN_REDIS_DEFAULT", json.dumps({"conn_type": "redis", "host": "127.0.0.1",
                                                                      "port": port}))  # fmt: skip
-        enqueue(app_db, 300)
+        enqueue(app_db, 300, distinct=True)  # every task calls the executor: the drain outlives Redis
         executor.post("/admin/faults", json={"latency_ms": 20})
 
         def stop_redis_after_some_tasks():

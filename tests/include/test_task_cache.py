@@ -234,6 +234,38 @@ def test_get_many_reads_a_batch_in_one_round_trip_and_never_across_an_invalidati
     assert cache.get_many([]) == []
 
 
+def test_get_many_can_reserve_its_misses_for_the_computations_that_follow(client, ns):
+    cache = TaskCache(client)
+    cache.get_or_compute(ns, {"i": 0}, lambda: "zero")
+    lock = {i: f"tc:{ns}:v0:{key_digest({'i': i})}:lock" for i in range(3)}
+    assert cache.get_many([(ns, {"i": i}) for i in range(3)], reserve=True) == [(True, "zero"), (False, None),
+                                                                                (False, None)]  # fmt: skip
+    assert not client.exists(lock[0]) and client.exists(lock[1]) and client.exists(lock[2])
+    other = TaskCache(client)  # another drain's read neither finds nor reserves what is being computed
+    assert other.get_many([(ns, {"i": 1})], reserve=True) == [(False, None)] and not other._reserved
+    before = script_calls(client)
+    assert cache.get_or_compute(ns, {"i": 1}, lambda: "one") == ("one", False)
+    assert script_calls(client) - before == 1  # the write alone: the read above took the lock
+    assert not client.exists(lock[1]) and other.get_many([(ns, {"i": 1})]) == [(True, "one")]
+    assert cache.serve_waiters(ns, {"i": 1}, 2) is True  # stored: two waiters take it, as hits
+    assert cache.serve_waiters(ns, {"i": 1}, 2) is False  # once
+    assert cache.report()[ns]["hits"] == 1 + 2
+    assert cache.release_reservations() == 1 and not client.exists(lock[2])  # {"i": 2} never computed
+
+
+def test_a_reserved_computation_invalidated_before_it_stores_serves_no_waiter(client, ns):
+    cache = TaskCache(client)
+    cache.get_many([(ns, {"i": 1})], reserve=True)
+
+    def compute_while_someone_invalidates():
+        cache.bump(ns)
+        return "stale"
+
+    assert cache.get_or_compute(ns, {"i": 1}, compute_while_someone_invalidates) == ("stale", False)
+    assert cache.serve_waiters(ns, {"i": 1}, 3) is False  # not stored: the waiters must read or compute
+    assert cache.get_many([(ns, {"i": 1})]) == [(False, None)]
+
+
 def test_get_many_with_redis_unreachable_finds_nothing_and_reports_the_outage_once(ns):
     fired = []
     dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)

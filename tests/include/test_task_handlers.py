@@ -293,6 +293,75 @@ def test_a_batch_answers_its_cached_tasks_from_one_read_without_running_their_ha
     r.close()
 
 
+def test_tasks_sharing_an_input_make_one_call_and_their_batch_one_read_and_one_write_per_input(local_stack,
+                                                                                              executor):  # fmt: skip
+    from uuid import uuid4
+
+    import redis
+
+    from include.task_batch import run_batch
+    from include.task_cache import TaskCache
+    from include.task_queue import ClaimedTask
+
+    url, admin = executor
+    run = uuid4().hex[:8]
+    tasks = [ClaimedTask(i, "idea", {**VALID["idea"], "prompt": f"Suggest {run} {i % 3}"}, "gpt-4.1", 1, 5, "", 0.0)
+             for i in range(12)]  # fmt: skip: 3 inputs, each 4 times
+    r = redis.Redis(host="127.0.0.1", port=local_stack.ports["redis"])
+    cache, client = TaskCache(r), ExecutorClient(url)
+    services = Services(executor=client, cache=cache)
+    warm_up = ClaimedTask(99, "idea", {**VALID["idea"], "prompt": f"Suggest {run} warm-up"}, "gpt-4.1", 1, 5, "", 0.0)
+    run_batch([warm_up], Services(executor=client, cache=cache))  # Redis loads the scripts at their first call
+    scripts, ran = script_calls(r), executions(admin)
+    outcomes = run_batch(tasks, services, concurrency=2)
+    assert executions(admin) - ran == 3 and all(exc is None for _, _, exc, _ in outcomes)
+    # one read (which also locks the 3 missing entries) and 3 writes: no lookup per task, none per waiter
+    assert script_calls(r) - scripts == 1 + 3
+    assert services.cache_hits == set(range(3, 12))  # the 9 tasks that waited took their input's answer
+    assert [o[1] for o in outcomes] == [o[1] for o in outcomes[:3]] * 4
+    assert len({str(o[1]) for o in outcomes[:3]}) == 3
+    report = cache.report()["executor:gpt-4.1"]
+    assert (report["hits"], report["misses"]) == (9, 3 + 1)  # (and the warm-up's miss)
+    client.close()
+    r.close()
+
+
+def test_tasks_waiting_for_an_answer_invalidated_while_computed_ask_again(local_stack, executor):
+    from uuid import uuid4
+
+    import redis
+
+    from include.task_batch import run_batch
+    from include.task_cache import TaskCache
+    from include.task_queue import ClaimedTask
+
+    url, admin = executor
+    r = redis.Redis(host="127.0.0.1", port=local_stack.ports["redis"])
+    cache = TaskCache(r)
+
+    class InvalidatedDuringTheFirstCall(ExecutorClient):
+        calls = 0
+
+        def execute(self, *args):
+            type(self).calls += 1
+            if self.calls == 1:
+                cache.bump("executor:gpt-4.1")  # an operator invalidates the model's answers meanwhile
+            return super().execute(*args)
+
+    client = InvalidatedDuringTheFirstCall(url)
+    payload = {**VALID["idea"], "prompt": f"Suggest {uuid4().hex}"}
+    tasks = [ClaimedTask(i, "idea", payload, "gpt-4.1", 1, 5, "", 0.0) for i in range(4)]
+    services = Services(executor=client, cache=cache)
+    ran = executions(admin)
+    outcomes = run_batch(tasks, services, concurrency=2)
+    assert all(exc is None for _, _, exc, _ in outcomes)
+    # the first answer was not stored (computed across the invalidation): the 3 waiters did not
+    # take it; one asked the executor again, and the other two were answered by that new entry
+    assert executions(admin) - ran == 2 and len(services.cache_hits) == 2
+    client.close()
+    r.close()
+
+
 def script_calls(client) -> int:
     stats = client.info("commandstats")
     return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
