@@ -113,14 +113,10 @@ class DrainQueueOperator(BaseOperator):
         self.redis_conn_id = redis_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        import logging
-
         from execplatform.hooks.task_executor_hook import TaskExecutorHook
         from include.task_batch import drain
         from include.task_handlers import Services
 
-        # httpx logs every request at INFO: one line per execution task would flood the task log
-        logging.getLogger("httpx").setLevel(logging.WARNING)
         cache = redis_cache(self.redis_conn_id, ttl_seconds=self.cache_ttl_seconds) if self.use_cache else None
         alerted: list[bool] = []
 
