@@ -1,17 +1,19 @@
 """Draining the queue in batches, and measuring it: per-type metrics and the bottleneck report.
 
 One drain (one Airflow task instance) claims a batch and runs its handlers concurrently in
-threads (they are I/O-bound: HTTP to the executor, Redis). As soon as the batch's last tasks
-are running (no task waits for a thread), it settles what has finished and claims the next
-tasks in ONE statement (one round trip, one commit: ``TaskQueue.settle_and_claim``) while those
-last tasks go on, so a slow task never holds up the batches after it; and so on until the
-queue is empty or its time budget is spent. A heartbeat thread extends the leases
+threads (they are I/O-bound: HTTP to the executor, Redis). As soon as fewer tasks wait for a
+thread than there are threads, it settles what has finished and claims the next tasks in ONE
+statement (one round trip, one commit: ``TaskQueue.settle_and_claim``) while the threads are
+still busy, so they never run dry and a slow task never holds up the batches after it; and so
+on until the queue is empty or its time budget is spent. It holds at most `batch_size` +
+`concurrency` tasks at a time. A heartbeat thread extends the leases
 of the tasks in flight, so only a worker that is gone loses its rows (to the reaper); it opens
 its connection only when a beat is due, so a short drain costs one connection.
 
 With a cache, each claimed batch first reads the cached answers of all its tasks in one round
 trip (``TaskCache.get_many``, keys from ``CACHE_KEYS``): hits are settled without running their
-handler, and only the misses go to the handler threads.
+handler, and only the misses go to the handler threads, one per distinct input (see
+``HandlerRunner``).
 """
 
 from __future__ import annotations
