@@ -36,6 +36,7 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from queue import Empty
 
 JOBS = int(os.environ.get("BENCH_QUEUE_JOBS", "100000"))
 WORKERS = int(os.environ.get("BENCH_QUEUE_WORKERS", "4"))
@@ -185,7 +186,17 @@ def timed(worker, dsn: str, *extra) -> tuple[float, int]:
     time.sleep(3)  # imports and connections, before the clock
     began = time.perf_counter()
     start.set()
-    counts = [done.get(timeout=600) for _ in procs]
+    counts: list[int] = []
+    while len(counts) < len(procs):
+        try:
+            counts.append(done.get(timeout=1))
+        except Empty:  # a worker that died or hangs must fail the run now, naming the side
+            crashed = any(p.exitcode not in (None, 0) for p in procs)
+            if crashed or time.perf_counter() - began > 600:
+                for p in procs:
+                    p.kill()
+                raise SystemExit(f"{worker.__name__}: {len(counts)} of {len(procs)} workers reported; exit codes "
+                                 f"{[p.exitcode for p in procs]} (a worker's traceback is above)") from None  # fmt: skip
     seconds = time.perf_counter() - began
     for p in procs:
         p.join()
