@@ -13,10 +13,11 @@ namespace names the ai_model). Entries are hashes ``{value, created}``.
   by the same script that found the entry missing); the others wait for its entry (in this
   process, woken the moment it is stored), and compute themselves only if the holder
   disappears or they wait too long.
-- Group reads: lookups made at the same time by the threads of a process share ONE round trip
-  (one script call reads many keys): the first caller sends what is pending, and whoever
-  arrives meanwhile goes in the next round trip, sent by the first of them. Every lookup is still
-  a read of Redis made after the call began, so no hit outlives an invalidation done before it.
+- Group reads and writes: lookups made at the same time by the threads of a process share ONE
+  round trip (one script call reads many keys): the first caller sends what is pending, and
+  whoever arrives meanwhile goes in the next round trip, sent by the first of them; so do the
+  writes of computed answers. Every lookup is still a read of Redis made after the call began,
+  so no hit outlives an invalidation done before it.
 - Batch reads: :meth:`TaskCache.get_many` reads the entries of a whole batch of calls known in
   advance (a claimed batch of tasks) in one script call, from one thread: the hits are answered
   without a thread hand-off each (on this kind of machine a cross-thread wake-up costs more than
@@ -111,16 +112,25 @@ end
 return '[' .. table.concat(versions, ',') .. ',' .. table.concat(out, ',') .. ']'
 """
 
-# KEYS: [version key, entry key, lock key]; ARGV: [version read, lock token, value, ttl]
-# stores only while the namespace is at the version read and the caller still holds the lock
-_WRITE = """
-if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then redis.call('DEL', KEYS[3]) return 0 end
-if redis.call('GET', KEYS[3]) ~= ARGV[2] then return 0 end
+# KEYS: per write [version key, entry key, lock key]; ARGV: per write [version read, lock token,
+# value, ttl] -> per write 1 if stored. A write stores only while the namespace is at the version
+# read and the writer still holds the lock.
+_WRITE_MANY = """
 local now = redis.call('TIME')[1]
-redis.call('HSET', KEYS[2], 'value', ARGV[3], 'created', now)
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
-redis.call('DEL', KEYS[3])
-return 1
+local out = {}
+for i = 1, #KEYS / 3 do
+  local version_key, entry_key, lock_key = KEYS[i * 3 - 2], KEYS[i * 3 - 1], KEYS[i * 3]
+  local version, token, value, ttl = ARGV[i * 4 - 3], ARGV[i * 4 - 2], ARGV[i * 4 - 1], ARGV[i * 4]
+  out[i] = 0
+  if (redis.call('GET', version_key) or '0') ~= version then redis.call('DEL', lock_key)
+  elseif redis.call('GET', lock_key) == token then
+    redis.call('HSET', entry_key, 'value', value, 'created', now)
+    redis.call('EXPIRE', entry_key, tonumber(ttl))
+    redis.call('DEL', lock_key)
+    out[i] = 1
+  end
+end
+return out
 """
 
 # KEYS: [lock key]; ARGV: [token]
@@ -130,16 +140,61 @@ return 0
 """
 
 
-class _Lookup:
-    """One pending read: what to send, and where its answer goes."""
+class _Call:
+    """One pending call of a group: what to send, and where its answer goes."""
 
-    __slots__ = ("version_key", "args", "ready", "result", "error")
+    __slots__ = ("item", "ready", "result", "error")
 
-    def __init__(self, version_key: str, args: tuple) -> None:
-        self.version_key, self.args = version_key, args
+    def __init__(self, item: tuple) -> None:
+        self.item = item
         self.ready = threading.Event()
-        self.result: list | None = None
+        self.result: Any = _Call
         self.error: Exception | None = None
+
+
+class _Grouped:
+    """Calls made at the same time by the threads of a process share ONE script call: the first
+    caller sends what is pending, and whoever arrives meanwhile goes in the next script call,
+    sent by the first of them. `send(items)` makes one script call and returns one result per
+    item; if it raises, every call of that round trip raises it."""
+
+    def __init__(self, send: Callable[[list[tuple]], Sequence[Any]], limit: int) -> None:
+        self._send, self._limit = send, limit
+        self._lock = threading.Lock()
+        self._pending: list[_Call] = []
+        self._sending = False  # a round trip is on its way (its sender hands over to the next)
+
+    def __call__(self, *item: Any) -> Any:
+        call = _Call(item)
+        with self._lock:
+            self._pending.append(call)
+            send, self._sending = not self._sending, True
+        if not send:
+            call.ready.wait()
+            send = call.result is _Call and call.error is None  # the previous sender handed over
+        if send:
+            self._send_pending()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _send_pending(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending[:self._limit], self._pending[self._limit:]
+        try:
+            for call, result in zip(batch, self._send([call.item for call in batch]), strict=True):
+                call.result = result
+        except Exception as exc:
+            for call in batch:
+                call.error = exc
+        finally:
+            with self._lock:  # the next round trip is sent by the first call still waiting
+                if self._pending:
+                    self._pending[0].ready.set()
+                else:
+                    self._sending = False
+            for call in batch:
+                call.ready.set()
 
 
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
@@ -201,13 +256,13 @@ class TaskCache:
         self._lock = threading.Lock()
         self._read_many = redis_client.register_script(_READ_MANY)
         self._read_batch = redis_client.register_script(_READ_BATCH)
-        self._pending: list[_Lookup] = []  # lookups waiting for the next round trip
-        self._sending = False  # a round trip is on its way (its sender hands over to the next)
+        self._lookups = _Grouped(self._send_lookups, MAX_LOOKUPS)
+        self._writes = _Grouped(self._send_writes, MAX_LOOKUPS)
         self._computing: dict[str, threading.Event] = {}  # entry keys computed in this process
         # (namespace, digest) -> (version, lock token, lock expiry): locks get_many took for a compute to come
         self._reserved: dict[tuple[str, str], tuple[str, str, float]] = {}
         self._stored: set[tuple[str, str]] = set()  # reserved computations whose answer was stored
-        self._write = redis_client.register_script(_WRITE)
+        self._write_many = redis_client.register_script(_WRITE_MANY)
         self._release = redis_client.register_script(_RELEASE)
 
     # -- keys ----------------------------------------------------------------------------------
@@ -285,8 +340,8 @@ class TaskCache:
                     self._release(keys=[lock_key], args=[token])
                     raise
                 else:
-                    stored = self._write(keys=[self._version_key(namespace), entry_key, lock_key],
-                                         args=[version, token, json.dumps(value), self.ttl_for(namespace)])  # fmt: skip
+                    stored = self._writes((self._version_key(namespace), entry_key, lock_key),
+                                          (version, token, json.dumps(value), self.ttl_for(namespace)))  # fmt: skip
                     if stored and reserved_for_us:
                         with self._lock:
                             self._stored.add((namespace, digest))
@@ -308,41 +363,20 @@ class TaskCache:
     def _lookup(self, namespace: str, digest: str, token: str) -> tuple[str, bytes | None, bool]:
         """(version, raw value or None, lock taken): this lookup goes to Redis with whatever
         other lookups are pending at that moment, in one script call."""
-        lookup = _Lookup(self._version_key(namespace), (f"tc:{namespace}", digest, self.ttl_for(namespace), token))
-        with self._lock:
-            self._pending.append(lookup)
-            send, self._sending = not self._sending, True
-        if not send:
-            lookup.ready.wait()
-            send = lookup.result is None and lookup.error is None  # the previous sender handed over
-        if send:
-            self._send_pending()
-        if lookup.error is not None:
-            raise lookup.error
-        version, raw, locked = lookup.result  # type: ignore[misc]
+        version, raw, locked = self._lookups(self._version_key(namespace),
+                                             (f"tc:{namespace}", digest, self.ttl_for(namespace), token))  # fmt: skip
         return (version.decode() if isinstance(version, bytes) else str(version)), raw, bool(locked)
 
-    def _send_pending(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending[:MAX_LOOKUPS], self._pending[MAX_LOOKUPS:]
-        try:
-            args: list[Any] = [self.max_age_seconds, int(self.lock_seconds * 1000)]
-            for lookup in batch:
-                args += lookup.args
-            results = self._read_many(keys=[lookup.version_key for lookup in batch], args=args)
-            for lookup, result in zip(batch, results, strict=True):
-                lookup.result = result
-        except Exception as exc:  # every lookup of the round trip fails with it
-            for lookup in batch:
-                lookup.error = exc
-        finally:
-            with self._lock:  # the next round trip is sent by the first lookup still waiting
-                if self._pending:
-                    self._pending[0].ready.set()
-                else:
-                    self._sending = False
-            for lookup in batch:
-                lookup.ready.set()
+    def _send_lookups(self, lookups: list[tuple]) -> list:
+        args: list[Any] = [self.max_age_seconds, int(self.lock_seconds * 1000)]
+        for _, lookup_args in lookups:
+            args += lookup_args
+        return self._read_many(keys=[version_key for version_key, _ in lookups], args=args)
+
+    def _send_writes(self, writes: list[tuple]) -> list:
+        """Writes (keys, args) pending at the same moment, in one script call (as lookups)."""
+        return self._write_many(keys=[k for keys, _ in writes for k in keys],
+                                args=[a for _, args in writes for a in args])  # fmt: skip
 
     def get_many(self, lookups: Sequence[tuple[str, Mapping[str, Any]]],
                  reserve: bool = False) -> list[tuple[bool, Any]]:  # fmt: skip

@@ -182,6 +182,25 @@ def test_lookups_made_meanwhile_share_one_round_trip(client, ns):
     assert script_calls(client) - before == 2  # 32 hits: the first alone, the 31 that queued behind it together
 
 
+def test_writes_made_meanwhile_share_one_round_trip(client, ns):
+    cache = TaskCache(client)
+    started, go = threading.Barrier(32), threading.Barrier(32)
+    before_writes = []
+
+    def compute(i):
+        if started.wait() == 0:  # one thread, once all 32 computations run (their lookups done)
+            before_writes.append(script_calls(client))
+            client.execute_command("CLIENT", "PAUSE", 500, "ALL")  # Redis holds the first write...
+        go.wait()  # ...while the other 31 arrive
+        return {"v": i}
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(lambda i: cache.get_or_compute(ns, {"w": i}, lambda: compute(i)), range(32)))
+    assert results == [({"v": i}, False) for i in range(32)]
+    assert script_calls(client) - before_writes[0] == 2  # the first alone, the 31 that queued behind it together
+    assert cache.get_many([(ns, {"w": i}) for i in range(32)]) == [(True, {"v": i}) for i in range(32)]
+
+
 def test_a_failed_computation_releases_its_lock_for_the_next_caller(client, ns):
     cache = TaskCache(client)
 

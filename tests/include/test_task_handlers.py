@@ -293,8 +293,7 @@ def test_a_batch_answers_its_cached_tasks_from_one_read_without_running_their_ha
     r.close()
 
 
-def test_tasks_sharing_an_input_make_one_call_and_their_batch_one_read_and_one_write_per_input(local_stack,
-                                                                                              executor):  # fmt: skip
+def test_tasks_sharing_an_input_make_one_call_and_their_batch_one_read_and_its_writes(local_stack, executor):
     from uuid import uuid4
 
     import redis
@@ -315,8 +314,9 @@ def test_tasks_sharing_an_input_make_one_call_and_their_batch_one_read_and_one_w
     scripts, ran = script_calls(r), executions(admin)
     outcomes = run_batch(tasks, services, concurrency=2)
     assert executions(admin) - ran == 3 and all(exc is None for _, _, exc, _ in outcomes)
-    # one read (which also locks the 3 missing entries) and 3 writes: no lookup per task, none per waiter
-    assert script_calls(r) - scripts == 1 + 3
+    # one read (which also locks the 3 missing entries) and the 3 writes (in 1 to 3 script calls:
+    # writes made at the same time share one): no lookup per task, none per waiter
+    assert 1 + 1 <= script_calls(r) - scripts <= 1 + 3
     assert services.cache_hits == set(range(3, 12))  # the 9 tasks that waited took their input's answer
     assert [o[1] for o in outcomes] == [o[1] for o in outcomes[:3]] * 4
     assert len({str(o[1]) for o in outcomes[:3]}) == 3
