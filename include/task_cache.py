@@ -148,7 +148,7 @@ class _Call:
     def __init__(self, item: tuple) -> None:
         self.item = item
         self.ready = threading.Event()
-        self.result: Any = _Call
+        self.result: Any = _Call  # not answered yet (no answer is this class)
         self.error: Exception | None = None
 
 
