@@ -122,22 +122,22 @@ def run_direct(stack) -> float:
     return time.perf_counter() - began
 
 
-def token_and_runs(stack) -> tuple[str, str]:
+def token_and_dags(stack) -> tuple[str, str]:
+    """A bearer token, and the REST API's /dags URL."""
     login = stack.info.login
     api_url = f"http://127.0.0.1:{stack.ports['api']}"
     token = api(f"{api_url}/auth/token", body={"username": login["username"], "password": login["password"]})[
         "access_token"]
-    return token, f"{api_url}/api/v2/dags/task_batch/dagRuns"
+    return token, f"{api_url}/api/v2/dags"
 
 
 def pause_other_dags(stack) -> list[str]:
     """Pause every DAG but task_batch: their scheduled runs would share the 2 cores with one side
     or the other at random (what they cost is theirs, not task_batch's overhead)."""
-    token, runs = token_and_runs(stack)
-    dags_url = runs.removesuffix("/task_batch/dagRuns")
-    others = [d["dag_id"] for d in api(f"{dags_url}?limit=100", token)["dags"] if d["dag_id"] != "task_batch"]
+    token, dags = token_and_dags(stack)
+    others = [d["dag_id"] for d in api(f"{dags}?limit=100", token)["dags"] if d["dag_id"] != "task_batch"]
     for dag_id in others:
-        api(f"{dags_url}/{dag_id}", token, {"is_paused": True}, method="PATCH")
+        api(f"{dags}/{dag_id}", token, {"is_paused": True}, method="PATCH")
     return others
 
 
@@ -146,7 +146,8 @@ def wait_until_idle(stack) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:  # a loaded machine's api-server may answer slowly at first: ask again
-            token, runs = token_and_runs(stack)
+            token, dags = token_and_dags(stack)
+            runs = f"{dags}/task_batch/dagRuns"
             if api(f"{runs}?state=running&state=queued", token)["total_entries"] == 0:
                 return
         except (urllib.error.URLError, TimeoutError):
@@ -156,7 +157,8 @@ def wait_until_idle(stack) -> None:
 
 
 def run_dag(stack) -> float:
-    token, runs = token_and_runs(stack)
+    token, dags = token_and_dags(stack)
+    runs = f"{dags}/task_batch/dagRuns"
     conf = {"batch_size": BATCH, "parallelism": PARALLELISM, "concurrency": CONCURRENCY, "budget_seconds": 3600}
     began = time.perf_counter()
     run = api(runs, token, {"logical_date": None, "conf": conf})

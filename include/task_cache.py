@@ -51,7 +51,7 @@ DEFAULT_TTL_SECONDS = 3600
 DEFAULT_MAX_AGE_SECONDS = 24 * 3600
 LOCK_SECONDS = 60.0
 WAIT_SECONDS = 30.0
-MAX_LOOKUPS = 256  # per round trip of get_or_compute's group reads
+MAX_GROUPED = 256  # lookups, or writes, per round trip of get_or_compute's grouped calls
 MAX_BATCH_LOOKUPS = 1000  # per script call of get_many (Redis runs a script alone: keep it short)
 
 # KEYS: one version key per lookup; ARGV: [max_age, lock ms, then per lookup: prefix, digest,
@@ -256,8 +256,8 @@ class TaskCache:
         self._lock = threading.Lock()
         self._read_many = redis_client.register_script(_READ_MANY)
         self._read_batch = redis_client.register_script(_READ_BATCH)
-        self._lookups = _Grouped(self._send_lookups, MAX_LOOKUPS)
-        self._writes = _Grouped(self._send_writes, MAX_LOOKUPS)
+        self._lookups = _Grouped(self._send_lookups, MAX_GROUPED)
+        self._writes = _Grouped(self._send_writes, MAX_GROUPED)
         self._computing: dict[str, threading.Event] = {}  # entry keys computed in this process
         # (namespace, digest) -> (version, lock token, lock expiry): locks get_many took for a compute to come
         self._reserved: dict[tuple[str, str], tuple[str, str, float]] = {}

@@ -161,12 +161,11 @@ class ExecutorClient:
             try:
                 response = self._pool.urlopen(method, self._prefix + path, body=data, headers=self._headers,
                                               redirect=False, assert_same_host=False)  # fmt: skip
-            except urllib3.exceptions.TimeoutError as exc:  # (NewConnectionError is one too: refused)
-                problem = (f"executor unreachable on {method} {path}: {type(exc).__name__}: {exc}"
-                           if isinstance(exc, urllib3.exceptions.NewConnectionError)
-                           else f"executor timed out on {method} {path}: {type(exc).__name__}")  # fmt: skip
-            except urllib3.exceptions.HTTPError as exc:
-                problem = f"executor unreachable on {method} {path}: {type(exc).__name__}: {exc}"
+            except urllib3.exceptions.HTTPError as exc:  # timed out, refused, reset...
+                timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
+                    exc, urllib3.exceptions.NewConnectionError)  # (a refusal is a TimeoutError subclass)
+                problem = (f"executor timed out on {method} {path}: {type(exc).__name__}" if timed_out
+                           else f"executor unreachable on {method} {path}: {type(exc).__name__}: {exc}")  # fmt: skip
             else:
                 text = response.data.decode(errors="replace")
                 if 200 <= response.status < 300:
