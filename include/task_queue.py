@@ -18,7 +18,8 @@ Every state change is one set-based statement:
   ``complete`` and ``fail`` are that statement with the other parts empty.
 
 The connection runs in autocommit: each statement is its own transaction, so a step costs no
-``BEGIN``/``COMMIT`` round trips (:meth:`TaskQueue.transaction` groups calls when wanted).
+``BEGIN``/``COMMIT`` round trips (:meth:`TaskQueue.transaction` groups calls when wanted). A
+statement rolled back to end a deadlock is sent again (see DEADLOCK_RETRIES).
 
 The queue reads and writes ``execution_tasks.ai_model`` (revision 0002): against an older schema
 every call raises :class:`SchemaBehindError` naming the missing column.
@@ -27,10 +28,11 @@ every call raises :class:`SchemaBehindError` naming the missing column.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -38,6 +40,14 @@ from typing import Any
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_BACKOFF_BASE_SECONDS = 5.0
 DEFAULT_BACKOFF_CAP_SECONDS = 600.0
+# A claim and another worker's settle can wait on each other. SKIP LOCKED skips the rows locked
+# now, but a claim whose snapshot still sees a row as queued after another worker claimed it
+# locks the row's newest version to recheck it, and keeps that lock until its statement ends; and
+# where it follows a row's update chain it waits, SKIP LOCKED or not. PostgreSQL ends such a cycle
+# after deadlock_timeout by rolling one statement back; that statement is sent again.
+DEADLOCK_RETRIES = 3
+
+logger = logging.getLogger(__name__)
 
 
 SCHEMA_BEHIND = (
@@ -90,6 +100,9 @@ class FailOutcome:
 
 # One worker step: settle the batch just run (token-checked) and claim the next, one statement.
 # Rows out: ('s', id) completed; ('f', id, new status) failed; ('c', id, type, payload, ...) claimed.
+# A row is settled by id and lease token alone: a token exists only while its row runs (each claim
+# sets a fresh one; settling and reaping clear it). A test of status there would let the planner
+# read the whole lease index (every running row) at every step instead of the rows settled.
 SETTLE_AND_CLAIM = """
 WITH succeeded AS (
     UPDATE execution_tasks t
@@ -97,7 +110,7 @@ WITH succeeded AS (
            finished_at = now(), updated_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
       FROM unnest(%(c_ids)s::bigint[], %(c_tokens)s::uuid[], %(c_results)s::text[], %(c_ms)s::int[])
            AS c(id, token, result, ms)
-     WHERE t.id = c.id AND t.lease_token = c.token AND t.status = 'running'
+     WHERE t.id = c.id AND t.lease_token = c.token
     RETURNING t.id
 ), failed AS (
     UPDATE execution_tasks t
@@ -113,7 +126,7 @@ WITH succeeded AS (
            updated_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
       FROM unnest(%(f_ids)s::bigint[], %(f_tokens)s::uuid[], %(f_errors)s::text[], %(f_retryable)s::bool[],
                   %(f_ms)s::int[]) AS f(id, token, error, retryable, ms)
-     WHERE t.id = f.id AND t.lease_token = f.token AND t.status = 'running'
+     WHERE t.id = f.id AND t.lease_token = f.token
     RETURNING t.id, t.status
 ), ready AS (
     SELECT id FROM execution_tasks
@@ -228,19 +241,29 @@ class TaskQueue:
     def _run(self, statement: str, params: Any = None, *, many: Sequence[tuple] | None = None,
              template: str | None = None) -> list[tuple]:  # fmt: skip
         """One statement in its own transaction (or the caller's); rows returned (if any)."""
+        import psycopg2.errors
         from psycopg2.extras import execute_values
 
-        self.statements += 1
-        try:
-            with nullcontext() if self._in_transaction else self.conn, self.conn.cursor() as cur:
-                if many is not None:
-                    return execute_values(cur, statement, many, template=template, page_size=len(many) or 1,
-                                          fetch=True)  # fmt: skip
-                cur.execute(statement, params)
-                return cur.fetchall() if cur.description else []
-        except Exception as exc:
-            _schema_guard(exc)
-            raise
+        retries = 0
+        while True:
+            self.statements += 1
+            try:
+                with self.conn.cursor() as cur:  # not `with conn`: psycopg2 2.9 sends BEGIN then, autocommit or not
+                    if many is not None:
+                        return execute_values(cur, statement, many, template=template, page_size=len(many) or 1,
+                                              fetch=True)  # fmt: skip
+                    cur.execute(statement, params)
+                    return cur.fetchall() if cur.description else []
+            except psycopg2.errors.DeadlockDetected:
+                # the statement rolled back whole (every queue statement is one), so it can be sent
+                # again; inside the caller's transaction the whole transaction is lost: theirs to retry
+                if self._in_transaction or retries == DEADLOCK_RETRIES:
+                    raise
+                retries += 1
+                logger.warning("the queue statement was chosen to end a deadlock and rolled back; sending it again")
+            except Exception as exc:
+                _schema_guard(exc)
+                raise
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -310,7 +333,7 @@ class TaskQueue:
             UPDATE execution_tasks t
                SET lease_expires_at = now() + make_interval(secs => v.lease::float8), updated_at = now()
               FROM (VALUES %s) AS v(id, token, lease)
-             WHERE t.id = v.id AND t.lease_token = v.token::uuid AND t.status = 'running'
+             WHERE t.id = v.id AND t.lease_token = v.token::uuid
             RETURNING t.id
             """,
             many=pairs,

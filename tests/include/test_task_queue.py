@@ -129,3 +129,33 @@ def test_backlog_counts_ready_rows_per_type(app_head_dsn):
 def test_against_the_baseline_schema_the_queue_fails_naming_the_missing_column(app_dsn):
     with pytest.raises(SchemaBehindError, match=r"execution_tasks\.ai_model does not exist.*0002"):
         TaskQueue(app_dsn)
+
+
+def test_a_step_rolled_back_to_end_a_deadlock_is_sent_again(app_head_dsn, caplog):
+    """A claim that rechecks a row's newer version keeps its lock on it until its statement ends,
+    and can wait on the settle it blocks: PostgreSQL rolls one statement back. Here another
+    session plays that claim: it holds the lock on a row the worker settles, then waits on a row
+    the worker's step has updated. The worker's step, waiting first, is the one rolled back, and
+    is sent again once the other session is done."""
+    with TaskQueue(app_head_dsn, owner="a") as q, psycopg2.connect(app_head_dsn) as other:
+        q.enqueue_many([{"task_type": "idea", "payload": PAYLOAD} for _ in range(4)])
+        first, second = q.claim(2)
+        with other.cursor() as cur:
+            cur.execute("SET lock_timeout = '10s'")  # a wait that is not a deadlock fails the test, not hangs it
+            cur.execute("SELECT id FROM execution_tasks WHERE id = %s FOR UPDATE", (second.id,))
+        sent = q.statements
+        with ThreadPoolExecutor(1) as pool:
+            step = pool.submit(q.settle_and_claim, [Completion(first, 1, 1), Completion(second, 2, 1)], (), 2)
+            while not rows(app_head_dsn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+                           (q.conn.info.backend_pid,)):
+                assert not step.done(), step.result()
+                time.sleep(0.01)
+            with other.cursor() as cur:  # waits on the worker's step, which waits on this session
+                cur.execute("UPDATE execution_tasks SET updated_at = now() WHERE id = %s", (first.id,))
+            other.commit()
+            completed, _, claimed = step.result(timeout=30)
+    assert completed == [first.id, second.id] and len(claimed) == 2
+    assert q.statements - sent == 2  # rolled back once, then sent again
+    assert "chosen to end a deadlock" in caplog.text
+    assert rows(app_head_dsn, "SELECT status, count(*) FROM execution_tasks GROUP BY 1 ORDER BY 1") == [
+        ("running", 2), ("succeeded", 2)]
