@@ -159,3 +159,29 @@ def test_a_step_rolled_back_to_end_a_deadlock_is_sent_again(app_head_dsn, caplog
     assert "chosen to end a deadlock" in caplog.text
     assert rows(app_head_dsn, "SELECT status, count(*) FROM execution_tasks GROUP BY 1 ORDER BY 1") == [
         ("running", 2), ("succeeded", 2)]
+
+
+def test_a_step_reads_only_the_rows_it_settles_not_every_running_one(app_head_dsn):
+    """Settling goes by primary key and lease token. With a test of status too, and statistics
+    taken while nothing ran, the planner read the whole lease index (every running row) for the
+    completions and again for the failures, at every step."""
+
+    def lease_index_reads() -> int:  # a backend publishes its counters when it exits
+        time.sleep(0.3)
+        return rows(app_head_dsn, "SELECT idx_tup_read FROM pg_stat_user_indexes"
+                                  " WHERE indexrelname = 'execution_tasks_lease_idx'")[0][0]  # fmt: skip
+
+    with TaskQueue(app_head_dsn) as q:
+        q.enqueue_many([{"task_type": "idea", "payload": PAYLOAD} for _ in range(300)])
+        q.conn.cursor().execute("ANALYZE execution_tasks")  # statistics from an idle moment: none running
+    with TaskQueue(app_head_dsn, owner="busy") as others:
+        others.claim(290)  # held by another worker all along
+    with TaskQueue(app_head_dsn, owner="me") as q:
+        mine = q.claim(10)
+    before = lease_index_reads()
+    with TaskQueue(app_head_dsn, owner="me") as q:
+        completed, outcome, _ = q.settle_and_claim([Completion(t, 1, 1) for t in mine[:5]],
+                                                   [Failure(t, "x", retryable=False) for t in mine[5:]], 0)  # fmt: skip
+        assert q.heartbeat(mine) == []  # settled: no lease left to extend
+    assert len(completed) == 5 and len(outcome.failed) == 5
+    assert lease_index_reads() == before
