@@ -9,10 +9,11 @@ printed, each saying which it is:
   batch (BENCH_QUEUE_PEER_DEFAULT_BATCH, 10 in pgqueuer 1.6);
 - `peer_same_batch`: pgqueuer with our batch size (like for like). The goal is read on this one.
 
-- ours: `include.task_batch.drain` per process: leased `SKIP LOCKED` claims, heartbeat thread,
-  handler threads, token-checked set-based completion (every safety property on), one statement
-  per step (settle what has finished and claim as many), on a connection opened before the clock
-  like the peer's;
+- ours: rows as the platform writes them (an `ai_model` on each, so its format CHECK and its
+  index are part of the work), drained by `include.task_batch.drain` per process: leased
+  `SKIP LOCKED` claims, heartbeat thread, handler threads, token-checked set-based completion
+  (every safety property on), one statement per step (settle what has finished and claim as
+  many), on a connection opened before the clock like the peer's;
 - peer: pgqueuer's `QueueManager.run(mode=drain)` per process on an asyncpg connection, its
   jobs enqueued with `Queries.enqueue`, the handler an empty coroutine.
 
@@ -87,7 +88,8 @@ def our_enqueue(dsn: str) -> None:
     query(dsn, "TRUNCATE execution_tasks")
     with TaskQueue(dsn) as q:
         for lo in range(0, JOBS, 5000):
-            q.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(lo, min(JOBS, lo + 5000))])
+            q.enqueue_many([{"task_type": "idea", "ai_model": "gpt-4.1", "payload": {"n": i}}
+                            for i in range(lo, min(JOBS, lo + 5000))])  # fmt: skip
     query(dsn, "VACUUM ANALYZE execution_tasks")
 
 

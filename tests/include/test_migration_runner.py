@@ -275,20 +275,25 @@ def test_the_reviewer_commands_print_the_sql_and_lint_every_revision():
     assert linted.returncode == 0, linted.stdout + linted.stderr
 
 
+def queue_index_entries(dsn: str) -> dict[str, int]:
+    """Entries per index of execution_tasks: exact after a VACUUM (it counts every index's tuples)."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("VACUUM execution_tasks")
+        cur.execute("SELECT c.relname, c.reltuples::int FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                    " WHERE i.indrelid = 'execution_tasks'::regclass")  # fmt: skip
+        entries = dict(cur.fetchall())
+    conn.close()
+    return entries
+
+
 @pytest.mark.stack
 def test_0006_leaves_keyless_and_unfinished_rows_out_of_the_queue_indexes_and_keys_stay_unique(app_dsn):
     from include.task_queue import Completion, TaskQueue
 
-    def index_entries() -> dict[str, int]:  # exact after a VACUUM: it counts every index's tuples
-        conn = psycopg2.connect(app_dsn)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("VACUUM execution_tasks")
-            cur.execute("SELECT c.relname, c.reltuples::int FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                        " WHERE i.indrelid = 'execution_tasks'::regclass")  # fmt: skip
-            entries = dict(cur.fetchall())
-        conn.close()
-        return entries
+    def index_entries() -> dict[str, int]:
+        return queue_index_entries(app_dsn)
 
     upgrade(app_dsn, "0005")
     with TaskQueue(app_dsn) as q:  # enqueueing with a key works before the revision...
@@ -315,3 +320,27 @@ def test_0006_leaves_keyless_and_unfinished_rows_out_of_the_queue_indexes_and_ke
     restored = index_entries()
     assert (restored["execution_tasks_idempotency_key_key"], restored["execution_tasks_type_finished_idx"]) == (12, 12)
     assert "execution_tasks_idempotency_key_idx" not in restored
+
+
+@pytest.mark.stack
+def test_0007_leaves_unfinished_rows_out_of_the_ai_model_index(app_dsn):
+    from include.task_queue import Completion, TaskQueue
+
+    upgrade(app_dsn, "0006")
+    with TaskQueue(app_dsn) as q:
+        q.enqueue_many([{"task_type": "idea", "payload": {"n": i}, "ai_model": "gpt-4.1"} for i in range(10)])
+        claimed = q.claim(4)
+        q.complete([Completion(t, {}, 1) for t in claimed[:2]])  # 2 finished, 2 running, 6 queued
+    assert queue_index_entries(app_dsn)["execution_tasks_ai_model_idx"] == 10
+    upgrade(app_dsn, "0007")
+    after = queue_index_entries(app_dsn)
+    assert "execution_tasks_ai_model_idx" not in after and after["execution_tasks_ai_model_finished_idx"] == 2
+    with TaskQueue(app_dsn) as q:  # a claim adds no entry, a completion one
+        q.complete([Completion(t, {}, 1) for t in q.claim(3)[:1]])
+    assert queue_index_entries(app_dsn)["execution_tasks_ai_model_finished_idx"] == 3
+    plan = _query(app_dsn, "SET enable_seqscan = off; EXPLAIN SELECT count(*) FROM execution_tasks"
+                           " WHERE ai_model = 'gpt-4.1' AND finished_at > now() - interval '1 day'")  # fmt: skip
+    assert "execution_tasks_ai_model_finished_idx" in str(plan)  # still serves a report by model over a window
+    downgrade(app_dsn, "0006")
+    restored = queue_index_entries(app_dsn)
+    assert "execution_tasks_ai_model_finished_idx" not in restored and restored["execution_tasks_ai_model_idx"] == 10
