@@ -292,19 +292,16 @@ def queue_index_entries(dsn: str) -> dict[str, int]:
 def test_0006_leaves_keyless_and_unfinished_rows_out_of_the_queue_indexes_and_keys_stay_unique(app_dsn):
     from include.task_queue import Completion, TaskQueue
 
-    def index_entries() -> dict[str, int]:
-        return queue_index_entries(app_dsn)
-
     upgrade(app_dsn, "0005")
     with TaskQueue(app_dsn) as q:  # enqueueing with a key works before the revision...
         first = q.enqueue("idea", {"n": 0}, idempotency_key="k1")
         assert q.enqueue("idea", {"n": 1}, idempotency_key="k1") == first
         q.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(10)])
         q.complete([Completion(t, {}, 1) for t in q.claim(4)])
-    before = index_entries()
+    before = queue_index_entries(app_dsn)
     assert (before["execution_tasks_idempotency_key_key"], before["execution_tasks_type_finished_idx"]) == (11, 11)
     upgrade(app_dsn, "0006")
-    after = index_entries()
+    after = queue_index_entries(app_dsn)
     assert "execution_tasks_idempotency_key_key" not in after and "execution_tasks_type_finished_idx" not in after
     # only the keyed row, and only the finished rows, have entries
     assert (after["execution_tasks_idempotency_key_idx"], after["execution_tasks_type_finished_at_idx"]) == (1, 4)
@@ -317,7 +314,7 @@ def test_0006_leaves_keyless_and_unfinished_rows_out_of_the_queue_indexes_and_ke
     downgrade(app_dsn, "0005")
     assert _query(app_dsn, "SELECT contype FROM pg_constraint"
                            " WHERE conname = 'execution_tasks_idempotency_key_key'") == [("u",)]  # fmt: skip
-    restored = index_entries()
+    restored = queue_index_entries(app_dsn)
     assert (restored["execution_tasks_idempotency_key_key"], restored["execution_tasks_type_finished_idx"]) == (12, 12)
     assert "execution_tasks_idempotency_key_idx" not in restored
 

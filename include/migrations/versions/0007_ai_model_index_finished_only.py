@@ -43,17 +43,18 @@ END $$
 """
 
 
-def upgrade() -> None:
+def replace_index(build: str, where: str, drop: str) -> None:
+    """Build index `build` on (ai_model, finished_at) WHERE `where`, then drop index `drop`."""
     with op.get_context().autocommit_block():
-        op.execute(drop_if_invalid(NEW_IDX))
-        op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {NEW_IDX} ON execution_tasks (ai_model, finished_at)"
-                   " WHERE ai_model IS NOT NULL AND finished_at IS NOT NULL")  # fmt: skip
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {OLD_IDX}")
+        op.execute(drop_if_invalid(build))
+        op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {build} ON execution_tasks (ai_model, finished_at)"
+                   f" WHERE {where}")  # fmt: skip
+        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {drop}")
+
+
+def upgrade() -> None:
+    replace_index(NEW_IDX, "ai_model IS NOT NULL AND finished_at IS NOT NULL", OLD_IDX)
 
 
 def downgrade() -> None:
-    with op.get_context().autocommit_block():
-        op.execute(drop_if_invalid(OLD_IDX))
-        op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {OLD_IDX} ON execution_tasks (ai_model, finished_at)"
-                   " WHERE ai_model IS NOT NULL")  # fmt: skip
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {NEW_IDX}")
+    replace_index(OLD_IDX, "ai_model IS NOT NULL", NEW_IDX)
