@@ -28,7 +28,7 @@ from typing import Any
 from include.task_queue import ClaimedTask
 
 DEFAULT_AI_MODEL = "default"  # rows enqueued before ai_model existed run on the executor's default
-AI_MODEL_FORMAT = re.compile(r"^[a-z0-9][a-z0-9._:/-]{0,63}$")  # as revision 0002's CHECK
+AI_MODEL_FORMAT = re.compile(r"^[a-z0-9][a-z0-9._:/-]{0,63}$")  # what the CHECK enforces (0002; 0008 rewrote it)
 MAX_PROMPT_CHARS = 20_000
 
 
@@ -97,7 +97,7 @@ def validate_payload(task_type: str, payload: Any) -> dict:
 
 def resolve_ai_model(task: ClaimedTask) -> str:
     model = task.ai_model or DEFAULT_AI_MODEL
-    if not AI_MODEL_FORMAT.match(model):
+    if not AI_MODEL_FORMAT.fullmatch(model):  # match() let a trailing newline through ($ matches before it)
         raise PermanentError(f"ai_model {model!r:.80} does not match {AI_MODEL_FORMAT.pattern}")
     return model
 

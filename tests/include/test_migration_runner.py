@@ -341,3 +341,46 @@ def test_0007_leaves_unfinished_rows_out_of_the_ai_model_index(app_dsn):
     downgrade(app_dsn, "0006")
     restored = queue_index_entries(app_dsn)
     assert "execution_tasks_ai_model_finished_idx" not in restored and restored["execution_tasks_ai_model_idx"] == 10
+
+
+@pytest.mark.stack
+def test_0008_keeps_the_ai_model_format_and_its_name_on_both_sides(app_dsn):
+    from include.task_handlers import AI_MODEL_FORMAT
+
+    values = ["gpt-4.1", "a", "a" * 64, "a" * 65, "org/model:v2_b.1", "GPT-4", "-gpt", "", "gpt 4", "gpt-é",
+              "gpt\n", "9" + "x" * 63, "x" * 63 + "!"]  # fmt: skip
+    conn = psycopg2.connect(app_dsn)
+    conn.autocommit = True
+
+    def accepted() -> list[bool]:
+        verdicts = []
+        for value in values:
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO execution_tasks (task_type, ai_model) VALUES ('idea', %s)", (value,))
+                verdicts.append(True)
+            except psycopg2.errors.CheckViolation as exc:
+                assert "execution_tasks_ai_model_format" in str(exc)
+                verdicts.append(False)
+        return verdicts
+
+    def definition() -> list[tuple]:
+        return _query(app_dsn, "SELECT conname, convalidated, pg_get_constraintdef(oid) FROM pg_constraint"
+                               " WHERE conname LIKE 'execution_tasks_ai_model_format%%'")  # fmt: skip
+
+    expected = [bool(AI_MODEL_FORMAT.fullmatch(v)) for v in values]
+    assert expected.count(True) == 5  # the list holds both verdicts
+    upgrade(app_dsn, "0007")
+    assert accepted() == expected and "{0,63}" in definition()[0][2]
+    with conn.cursor() as cur:  # as if a run had stopped after its first step: the next run converges
+        cur.execute("ALTER TABLE execution_tasks ADD CONSTRAINT execution_tasks_ai_model_format_next"
+                    " CHECK (ai_model ~ '^[a-z0-9][a-z0-9._:/-]*$' AND char_length(ai_model) <= 64) NOT VALID")
+    upgrade(app_dsn, "0008")
+    [(name, valid, check)] = definition()
+    assert (name, valid) == ("execution_tasks_ai_model_format", True) and "char_length" in check
+    assert accepted() == expected
+    downgrade(app_dsn, "0007")
+    [(name, valid, check)] = definition()
+    assert (name, valid) == ("execution_tasks_ai_model_format", True) and "{0,63}" in check
+    assert accepted() == expected
+    conn.close()
