@@ -140,7 +140,9 @@ def test_a_million_rows_keep_their_file(app_dsn):
         """)
         before = table_filenode(cur)
     conn.close()
-    apply(app_dsn, "0002", dataclasses.replace(FAST, backfill_batch_size=50_000))
+    # a lock timeout above deadlock_timeout (1 s): PostgreSQL then cancels an autovacuum that the
+    # million inserts started for a migration statement waiting on it; at 200 ms the runner gave up first
+    apply(app_dsn, "0002", dataclasses.replace(FAST, backfill_batch_size=50_000, lock_timeout_ms=2000))
     with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
         assert table_filenode(cur) == before
         cur.execute("SELECT count(*), count(ai_model) FROM execution_tasks")

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg2
 import pytest
 
-from include.task_queue import Completion, Failure, SchemaBehindError, TaskQueue
+from include.task_queue import DEADLOCK_RETRIES, Completion, Failure, SchemaBehindError, TaskQueue
 
 pytestmark = pytest.mark.stack
 
@@ -155,8 +155,10 @@ def test_a_step_rolled_back_to_end_a_deadlock_is_sent_again(app_head_dsn, caplog
             other.commit()
             completed, _, claimed = step.result(timeout=30)
     assert completed == [first.id, second.id] and len(claimed) == 2
-    assert q.statements - sent == 2  # rolled back once, then sent again
-    assert "chosen to end a deadlock" in caplog.text
+    # rolled back, then sent again; once more if the resend took its row lock back before the other
+    # session's waiting update woke up (the same cycle again), at most DEADLOCK_RETRIES times
+    retried = q.statements - sent - 1
+    assert 1 <= retried <= DEADLOCK_RETRIES and caplog.text.count("chosen to end a deadlock") == retried
     assert rows(app_head_dsn, "SELECT status, count(*) FROM execution_tasks GROUP BY 1 ORDER BY 1") == [
         ("running", 2), ("succeeded", 2)]
 
