@@ -389,10 +389,14 @@ def _settle(queue: TaskQueue, outcomes: list, services: Services, summary: Drain
             task_types: Sequence[str] | None) -> list[ClaimedTask]:  # fmt: skip
     """Record the finished outcomes and claim up to `next_batch` more, in one statement."""
     done, failures = [], []
+    texts: dict[int, str] = {}  # a result shared by several tasks (one cached answer, say) is encoded once
     for task, result, exc, ms in outcomes:
         if exc is None:
             try:  # a result the table cannot hold fails its task (permanently), not the whole batch
-                done.append(Completion(task, result, round(ms), to_jsonb_text(result, "the handler's result")))
+                text = texts.get(id(result))
+                if text is None:
+                    text = texts[id(result)] = to_jsonb_text(result, "the handler's result")
+                done.append(Completion(task, result, round(ms), text))
                 continue
             except ValueError as bad:
                 exc = PermanentError(str(bad))

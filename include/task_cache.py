@@ -19,7 +19,8 @@ namespace names the ai_model). Entries are hashes ``{value, created}``.
   writes of computed answers. Every lookup is still a read of Redis made after the call began,
   so no hit outlives an invalidation done before it.
 - Batch reads: :meth:`TaskCache.get_many` reads the entries of a whole batch of calls known in
-  advance (a claimed batch of tasks) in one script call, from one thread: the hits are answered
+  advance (a claimed batch of tasks) in one script call, each distinct key once (a batch repeats
+  its popular inputs), from one thread: the hits are answered
   without a thread hand-off each (on this kind of machine a cross-thread wake-up costs more than
   the hit itself); the misses then go through :meth:`get_or_compute` as usual. With
   ``reserve=True`` the same call takes the lock of each missing entry, so the
@@ -380,7 +381,9 @@ class TaskCache:
 
     def get_many(self, lookups: Sequence[tuple[str, Mapping[str, Any]]],
                  reserve: bool = False) -> list[tuple[bool, Any]]:  # fmt: skip
-        """(found, value) per (namespace, parts), read in one script call per MAX_BATCH_LOOKUPS.
+        """(found, value) per (namespace, parts), read in one script call per MAX_BATCH_LOOKUPS
+        distinct keys. Lookups of the same key share one read and one value (a batch repeats its
+        popular inputs): treat the values as read-only.
 
         Hits slide their TTL and are counted (each with an equal share of the round trip's
         time); misses are not counted here: the caller computes them through
@@ -394,36 +397,41 @@ class TaskCache:
             return [(False, None)] * len(lookups)
         started = time.perf_counter()
         found: list[tuple[bool, Any]] = [(False, None)] * len(lookups)
+        slots: dict[tuple[str, str], list[int]] = defaultdict(list)  # (namespace, digest) -> its lookups
+        for i, (namespace, parts) in enumerate(lookups):
+            slots[namespace, key_digest(parts)].append(i)
+        keys = list(slots)
         token = uuid.uuid4().hex if reserve else ""
+        reserved: dict[tuple[str, str], tuple[str, str, float]] = {}
+        hits: dict[str, int] = defaultdict(int)
         try:
-            for first in range(0, len(lookups), MAX_BATCH_LOOKUPS):
-                by_namespace: dict[str, list[int]] = defaultdict(list)
-                digests: dict[int, str] = {}
-                for i in range(first, min(first + MAX_BATCH_LOOKUPS, len(lookups))):
-                    by_namespace[lookups[i][0]].append(i)
-                    digests[i] = key_digest(lookups[i][1])
+            for first in range(0, len(keys), MAX_BATCH_LOOKUPS):
+                by_namespace: dict[str, list[str]] = defaultdict(list)
+                for namespace, digest in keys[first:first + MAX_BATCH_LOOKUPS]:
+                    by_namespace[namespace].append(digest)
                 args: list[Any] = [self.max_age_seconds, int(self.lock_seconds * 1000), token]
-                for namespace, indexes in by_namespace.items():
-                    args += (f"tc:{namespace}", self.ttl_for(namespace), "".join(digests[i] for i in indexes))
+                for namespace, digests in by_namespace.items():
+                    args += (f"tc:{namespace}", self.ttl_for(namespace), "".join(digests))
                 locked_until = time.monotonic() + self.lock_seconds
                 answers = json.loads(self._read_batch(keys=[self._version_key(ns) for ns in by_namespace], args=args))
                 versions = dict(zip(by_namespace, answers, strict=False))
-                order = [i for indexes in by_namespace.values() for i in indexes]
-                for i, answer in zip(order, answers[len(by_namespace):], strict=True):
+                order = [(ns, digest) for ns, digests in by_namespace.items() for digest in digests]
+                for key, answer in zip(order, answers[len(by_namespace):], strict=True):
                     if answer == 1:
-                        namespace = lookups[i][0]
-                        with self._lock:
-                            self._reserved[namespace, digests[i]] = (str(versions[namespace]), token, locked_until)
+                        reserved[key] = (str(versions[key[0]]), token, locked_until)
                     elif answer != 0:
-                        found[i] = (True, answer[0])
+                        for i in slots[key]:
+                            found[i] = (True, answer[0])
+                        hits[key[0]] += len(slots[key])
         except redis.RedisError as exc:
             self._note_unavailable(lookups[0][0], exc)
             return [(False, None)] * len(lookups)
-        hits = sum(hit for hit, _ in found)
-        share = (time.perf_counter() - started) / hits if hits else 0.0
-        for (namespace, _), (hit, _) in zip(lookups, found, strict=True):
-            if hit:
-                self._count(namespace, True, share)
+        share = (time.perf_counter() - started) / max(1, sum(hits.values()))
+        with self._lock:
+            self._reserved.update(reserved)
+            for namespace, n in hits.items():
+                self.stats[namespace].hits += n
+                self.stats[namespace].hit_seconds += share * n
         return found
 
     def serve_waiters(self, namespace: str, parts: Mapping[str, Any], waiters: int) -> bool:

@@ -115,6 +115,33 @@ def test_a_drain_settles_and_claims_in_one_statement_and_one_transaction_per_ste
     conn.close()
 
 
+def test_a_step_encodes_a_result_shared_by_its_tasks_once(app_head_dsn, monkeypatch):
+    """One cached answer serves many tasks of a batch: each step encodes it once for all of them."""
+    import include.task_batch as task_batch
+    from include.task_handlers import Services
+    from include.task_queue import TaskQueue
+
+    shared, encoded = {"answer": "cached"}, []
+
+    def counting(value, what):
+        encoded.append(value)
+        return to_jsonb_text(value, what)
+
+    to_jsonb_text = task_batch.to_jsonb_text
+    monkeypatch.setattr(task_batch, "to_jsonb_text", counting)
+    with TaskQueue(app_head_dsn) as queue:
+        queue.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(30)])
+        summary = task_batch.drain(app_head_dsn, services=Services(), handlers={"idea": lambda task, s: shared},
+                                   batch_size=10, queue=queue)  # fmt: skip
+    assert summary.by_type["idea"].succeeded == 30
+    with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(DISTINCT finished_at), count(*) FILTER (WHERE result = %s::jsonb)"
+                    " FROM execution_tasks WHERE status = 'succeeded'", ('{"answer": "cached"}',))  # fmt: skip
+        steps, stored = cur.fetchone()
+    conn.close()
+    assert stored == 30 and len(encoded) == steps < 30
+
+
 @pytest.mark.stack
 def test_a_slow_task_does_not_hold_up_the_batches_after_it(app_head_dsn):
     from include.task_batch import drain

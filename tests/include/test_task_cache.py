@@ -272,6 +272,19 @@ def test_get_many_can_reserve_its_misses_for_the_computations_that_follow(client
     assert cache.release_reservations() == 1 and not client.exists(lock[2])  # {"i": 2} never computed
 
 
+def test_get_many_reads_a_repeated_key_once_and_answers_every_lookup_of_it(client, ns):
+    cache = TaskCache(client)
+    cache.get_or_compute(ns, {"i": 0}, lambda: {"v": 0})
+    hot, cold = (ns, {"i": 0}), (ns, {"i": 1})
+    found = cache.get_many([hot, cold, hot, cold, hot], reserve=True)
+    assert found == [(True, {"v": 0}), (False, None)] * 2 + [(True, {"v": 0})]
+    assert found[0][1] is found[2][1] is found[4][1]  # one read, one value
+    assert cache.report()[ns]["hits"] == 3
+    assert list(cache._reserved) == [(ns, key_digest({"i": 1}))]  # one computation to come for the cold key
+    assert cache.get_or_compute(ns, {"i": 1}, lambda: {"v": 1}) == ({"v": 1}, False)
+    assert cache.release_reservations() == 0
+
+
 def test_a_reserved_computation_invalidated_before_it_stores_serves_no_waiter(client, ns):
     cache = TaskCache(client)
     cache.get_many([(ns, {"i": 1})], reserve=True)
