@@ -16,7 +16,10 @@ message naming the field.
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
+import http.client
 import json
 import re
 import threading
@@ -24,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from include.task_queue import ClaimedTask
 
@@ -119,9 +123,11 @@ class ExecutorClient:
     exponential backoff, then raised as RetryableError (the queue retries the task later);
     any other answer outside 2xx is a PermanentError carrying the response body.
 
-    Thread-safe: one client serves a drain's handler threads over a pool of `max_connections`
-    keep-alive connections (a thread waits for a free one). urllib3, not httpx: at 64 threads
-    httpx's pool scans every connection for every request, and a call cost 2-3x the CPU.
+    Thread-safe: one client serves a drain's handler threads over up to `max_connections`
+    keep-alive connections (a thread waits for a free one). The standard library's http.client,
+    not urllib3 or httpx: it sends a request's headers and body in one write (urllib3 sends them
+    apart), and at 64 threads a call cost about 40% less CPU than through urllib3 (httpx's pool
+    scans every connection for every request: 2-3x urllib3's CPU).
 
     :param base_url: the `task_executor` connection's host (scheme included; a path is a prefix).
     :param basic_auth: (login, password) sent as HTTP basic auth; `token` as a bearer token.
@@ -131,51 +137,70 @@ class ExecutorClient:
     def __init__(self, base_url: str, *, timeout_seconds: float = 30.0, retries: int = 3,
                  backoff_seconds: float = 0.2, max_connections: int = 64,
                  basic_auth: tuple[str, str] | None = None, token: str | None = None) -> None:  # fmt: skip
-        import urllib3
-
         self.base_url = base_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
         self.retries = retries
         self.backoff_seconds = backoff_seconds
-        self._prefix = urllib3.util.parse_url(self.base_url).path or ""
-        self._pool = urllib3.connection_from_url(
-            self.base_url, maxsize=max_connections, block=True, retries=False,
-            timeout=urllib3.Timeout(connect=timeout_seconds, read=timeout_seconds),
-        )  # fmt: skip
+        url = urlsplit(self.base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"the executor's URL must be http(s)://host[:port][/prefix]; its scheme is {url.scheme!r}")
+        connection = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        self._connect = functools.partial(connection, url.hostname, url.port, timeout=timeout_seconds)
+        self._prefix = url.path
+        self._idle: list[http.client.HTTPConnection] = []  # kept alive for the next request
+        self._idle_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_connections)
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if basic_auth is not None:
-            self._headers.update(urllib3.util.make_headers(basic_auth=":".join(basic_auth)))
+            self._headers["Authorization"] = "Basic " + base64.b64encode(":".join(basic_auth).encode()).decode()
         elif token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._versions: dict[str, str] = {}
         self._versions_lock = threading.Lock()
 
     def close(self) -> None:
-        self._pool.close()
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    def _exchange(self, method: str, path: str, data: bytes | None) -> tuple[int, str]:
+        """(status, body) of one request, on a kept-alive connection when one is free."""
+        with self._slots:
+            with self._idle_lock:
+                connection = self._idle.pop() if self._idle else None
+            connection = connection or self._connect()
+            try:
+                connection.request(method, self._prefix + path, body=data, headers=self._headers)
+                response = connection.getresponse()
+                body = response.read().decode(errors="replace")
+            except BaseException:
+                connection.close()  # in an unknown state (a late answer may still come on it)
+                raise
+            if response.will_close:
+                connection.close()
+            else:
+                with self._idle_lock:
+                    self._idle.append(connection)
+            return response.status, body
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
-        import urllib3
-
         data = None if body is None else json.dumps(body).encode()
         for attempt in range(self.retries + 1):
             try:
-                response = self._pool.urlopen(method, self._prefix + path, body=data, headers=self._headers,
-                                              redirect=False, assert_same_host=False)  # fmt: skip
-            except urllib3.exceptions.HTTPError as exc:  # timed out, refused, reset...
-                timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
-                    exc, urllib3.exceptions.NewConnectionError)  # (a refusal is a TimeoutError subclass)
-                problem = (f"executor timed out on {method} {path}: {type(exc).__name__}" if timed_out
+                status, text = self._exchange(method, path, data)
+            except (OSError, http.client.HTTPException) as exc:  # timed out, refused, reset...
+                problem = (f"executor timed out on {method} {path}: {type(exc).__name__}" if isinstance(exc, TimeoutError)
                            else f"executor unreachable on {method} {path}: {type(exc).__name__}: {exc}")  # fmt: skip
             else:
-                text = response.data.decode(errors="replace")
-                if 200 <= response.status < 300:
+                if 200 <= status < 300:
                     try:
                         return json.loads(text)
                     except ValueError:
-                        raise RetryableError(f"executor answered HTTP {response.status} on {method} {path} "
+                        raise RetryableError(f"executor answered HTTP {status} on {method} {path} "
                                              f"with a body that is not JSON: {text[:200]!r}") from None  # fmt: skip
-                problem = f"executor answered HTTP {response.status} on {method} {path}: {text[:500]}"
-                if response.status < 500 and response.status != 429:
+                problem = f"executor answered HTTP {status} on {method} {path}: {text[:500]}"
+                if status < 500 and status != 429:
                     raise PermanentError(problem)
             if attempt < self.retries:
                 time.sleep(self.backoff_seconds * 2**attempt)

@@ -59,3 +59,55 @@ def test_the_stack_connection_reaches_the_reference_executor(local_stack):
     assert client.model_version("gpt-4.1") == "1"
     assert client.execute("idea", "gpt-4.1", {"q": 1})["output"]["digest"]
     client.close()
+
+
+def test_the_client_keeps_its_connections_alive_and_follows_a_server_that_closes_them():
+    """Requests reuse a kept-alive connection; a server that answers `Connection: close` gets a new
+    one for the next request; the URL's path is a prefix of every request's."""
+    from include.task_handlers import ExecutorClient
+
+    connections, paths = [], []
+
+    class Echo(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            connections.append(self.client_address)
+            super().setup()
+
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            paths.append(self.path)
+            body = json.dumps({"version": "1"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            if self.path.endswith("/close"):
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = ExecutorClient(f"http://127.0.0.1:{server.server_address[1]}/api/", retries=0)
+    try:
+        for _ in range(5):
+            assert client._request("GET", "/v1/models/m") == {"version": "1"}
+        assert len(connections) == 1
+        assert client._request("GET", "/v1/models/close") == {"version": "1"}
+        assert client._request("GET", "/v1/models/m") == {"version": "1"}
+        assert len(connections) == 2
+        assert set(paths) == {"/api/v1/models/m", "/api/v1/models/close"}
+    finally:
+        client.close()
+        server.shutdown()
+
+
+def test_the_client_refuses_a_url_that_is_not_http_without_repeating_it():
+    from include.task_handlers import ExecutorClient
+
+    with pytest.raises(ValueError, match="scheme is 'ftp'") as caught:
+        ExecutorClient("ftp://svc:s3cret@executor")
+    assert "s3cret" not in str(caught.value)
