@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from include.task_cache import key_digest
 from include.task_handlers import CACHE_KEYS, HANDLERS, CacheKey, Handler, PermanentError, Services
 from include.task_queue import ClaimedTask, Completion, Failure, TaskQueue, to_jsonb_text
 
@@ -183,8 +184,9 @@ class HandlerRunner:
         self.cache_keys = {t: key for t, key in CACHE_KEYS.items() if handlers.get(t) is HANDLERS.get(t)}
         self.held: dict[int, ClaimedTask] = {}  # added and not yet taken (their leases are ours to keep)
         self._pending: deque[ClaimedTask] = deque()  # waiting for a thread
-        self._computing: dict[tuple, list[ClaimedTask]] = {}  # cache key -> its waiters, while a task computes it
-        self._key_of: dict[int, tuple] = {}  # task id -> cache key, for the tasks computing one
+        # (namespace, key digest) -> (key parts, waiters), while a task computes that answer
+        self._computing: dict[tuple[str, str], tuple[Mapping[str, Any], list[ClaimedTask]]] = {}
+        self._key_of: dict[int, tuple[str, str]] = {}  # task id -> its key, for the tasks computing one
         self._finished: list[tuple] = []
         self._running = 0  # added and not finished: pending, in a handler, or waiting for a key
         self._closed = False
@@ -225,11 +227,11 @@ class HandlerRunner:
                 self._running += 1
                 if i in lookups:
                     namespace, parts = lookups[i]
-                    key = (namespace, *sorted(parts.items()))
+                    key = (namespace, key_digest(parts))
                     if key in self._computing:
-                        self._computing[key].append(task)
+                        self._computing[key][1].append(task)
                         continue
-                    self._computing[key], self._key_of[task.id] = [], key
+                    self._computing[key], self._key_of[task.id] = (parts, []), key
                 self._pending.append(task)
             self._work_ready.notify(len(self._pending))
 
@@ -254,7 +256,7 @@ class HandlerRunner:
     def _record(self, outcome: tuple) -> tuple | None:
         """Record a finished task (call with the lock). If it computed a key others wait for:
         they take its answer when the cache stored it (TaskCache.serve_waiters), run their own
-        handler when it failed, and otherwise this returns (key, waiters) to read the entry."""
+        handler when it failed, and otherwise this returns (namespace, parts, waiters) to read the entry."""
         task, result, error, _ = outcome
         self._finished.append(outcome)
         self._running -= 1
@@ -262,8 +264,9 @@ class HandlerRunner:
         key = self._key_of.pop(task.id, None)
         if key is None:
             return None
-        waiters = self._computing.pop(key)
-        if error is None and self.services.cache.serve_waiters(key[0], dict(key[1:]), len(waiters)):
+        namespace = key[0]
+        parts, waiters = self._computing.pop(key)
+        if error is None and self.services.cache.serve_waiters(namespace, parts, len(waiters)):
             for waiter in waiters:
                 self.services.note_cache_hit(waiter.id)
                 self._finished.append((waiter, result, None, 0.0))
@@ -275,13 +278,11 @@ class HandlerRunner:
             self._pending.extend(waiters)
             self._work_ready.notify(len(waiters))
             return None
-        return key, waiters
+        return namespace, parts, waiters
 
-    def _answer_waiters(self, key: tuple, waiters: list[ClaimedTask]) -> None:
+    def _answer_waiters(self, namespace: str, parts: Mapping[str, Any], waiters: list[ClaimedTask]) -> None:
         """Finish the waiters answered by the entry just stored; the others run their handler."""
-        namespace, *parts = key
-        hits = answer_from_cache(dict.fromkeys(range(len(waiters)), (namespace, dict(parts))), waiters,
-                                 self.services)  # fmt: skip
+        hits = answer_from_cache(dict.fromkeys(range(len(waiters)), (namespace, parts)), waiters, self.services)
         with self._work_ready:
             for i, task in enumerate(waiters):
                 if i in hits:

@@ -1,7 +1,7 @@
 """A Redis read-through cache for expensive, deterministic lookups (executor calls first).
 
 Keys: ``tc:<namespace>:v<namespace version>:<sha256 of the key parts>``, where the parts are
-what determines the answer (for the executor: task type, model version, input digest; the
+what determines the answer (for the executor: task type, model version, normalised input; the
 namespace names the ai_model). Entries are hashes ``{value, created}``.
 
 - TTL per namespace; every hit extends it again (sliding), never past ``max_age`` from creation.

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import http.client
 import json
 import re
@@ -75,7 +74,7 @@ def validate_payload(task_type: str, payload: Any) -> dict:
     """The normalised executor input, or PermanentError naming the first field that is wrong."""
     if task_type not in REQUIRED_INPUTS:
         raise PermanentError(f"task_type {task_type!r} has no handler; known: {sorted(REQUIRED_INPUTS)}")
-    if not isinstance(payload, Mapping):
+    if not isinstance(payload, dict):
         raise PermanentError(f"payload must be a JSON object, got {type(payload).__name__}")
     for name in ("prompt", "repo"):
         if not _is(_STR, payload.get(name)):
@@ -83,7 +82,7 @@ def validate_payload(task_type: str, payload: Any) -> dict:
     if len(payload["prompt"]) > MAX_PROMPT_CHARS:
         raise PermanentError(f"payload.prompt has {len(payload['prompt'])} characters, over {MAX_PROMPT_CHARS}")
     inputs = payload.get("inputs")
-    if not isinstance(inputs, Mapping):
+    if not isinstance(inputs, dict):
         raise PermanentError(f"payload.inputs must be an object, got {type(inputs).__name__}")
     for name, kind in REQUIRED_INPUTS[task_type].items():
         if not _is(kind, inputs.get(name)):
@@ -104,13 +103,6 @@ def resolve_ai_model(task: ClaimedTask) -> str:
     if not AI_MODEL_FORMAT.fullmatch(model):  # match() let a trailing newline through ($ matches before it)
         raise PermanentError(f"ai_model {model!r:.80} does not match {AI_MODEL_FORMAT.pattern}")
     return model
-
-
-_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def input_digest(task_input: Any) -> str:
-    return hashlib.sha256(_CANONICAL_JSON.encode(task_input).encode()).hexdigest()
 
 
 # -- the HTTP executor ----------------------------------------------------------------------
@@ -245,7 +237,7 @@ def _executor_call(task: ClaimedTask, services: Services) -> tuple[str, dict, st
     if services.executor is None:
         raise PermanentError("no task executor is configured (connection task_executor)")
     version = services.executor.model_version(ai_model)
-    parts = {"task_type": task.task_type, "model_version": version, "input": input_digest(task_input)}
+    parts = {"task_type": task.task_type, "model_version": version, "input": task_input}  # the cache hashes them
     return ai_model, task_input, f"executor:{ai_model}", parts
 
 
