@@ -21,6 +21,7 @@ import functools
 import http.client
 import json
 import re
+import select
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -108,6 +109,16 @@ def resolve_ai_model(task: ClaimedTask) -> str:
 # -- the HTTP executor ----------------------------------------------------------------------
 
 
+def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle kept-alive connection was closed by the server: an idle socket that is
+    readable has reached its end (or holds bytes no request asked for): either way, not reusable."""
+    if connection.sock is None:
+        return True
+    poller = select.poll()
+    poller.register(connection.sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class ExecutorClient:
     """The AI executor's HTTP API, with timeouts and retries of transient failures.
 
@@ -161,6 +172,9 @@ class ExecutorClient:
         with self._slots:
             with self._idle_lock:
                 connection = self._idle.pop() if self._idle else None
+            if connection is not None and _closed_by_peer(connection):
+                connection.close()  # the server ended it while it was idle (its keep-alive timeout)
+                connection = None
             connection = connection or self._connect()
             try:
                 connection.request(method, self._prefix + path, body=data, headers=self._headers)

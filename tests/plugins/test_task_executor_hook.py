@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -62,14 +63,16 @@ def test_the_stack_connection_reaches_the_reference_executor(local_stack):
 
 
 def test_the_client_keeps_its_connections_alive_and_follows_a_server_that_closes_them():
-    """Requests reuse a kept-alive connection; a server that answers `Connection: close` gets a new
-    one for the next request; the URL's path is a prefix of every request's."""
+    """Requests reuse a kept-alive connection; after a server answers `Connection: close`, or ends
+    a connection left idle, the next request opens a new one (with no retry spent: `retries=0`);
+    the URL's path is a prefix of every request's."""
     from include.task_handlers import ExecutorClient
 
     connections, paths = [], []
 
     class Echo(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 0.3  # the server ends a connection idle this long
 
         def setup(self):
             connections.append(self.client_address)
@@ -99,6 +102,9 @@ def test_the_client_keeps_its_connections_alive_and_follows_a_server_that_closes
         assert client._request("GET", "/v1/models/close") == {"version": "1"}
         assert client._request("GET", "/v1/models/m") == {"version": "1"}
         assert len(connections) == 2
+        time.sleep(0.6)  # the server closes the idle connection: the next request opens another
+        assert client._request("GET", "/v1/models/m") == {"version": "1"}
+        assert len(connections) == 3
         assert set(paths) == {"/api/v1/models/m", "/api/v1/models/close"}
     finally:
         client.close()
