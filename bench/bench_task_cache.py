@@ -9,6 +9,7 @@ handler is `include.task_handlers.execute_on_executor` (validation, model versio
 HTTP); with the Redis cache (each claimed batch first reads the cached answers of all its tasks
 in one round trip) and without it. The drain's queue is a list here (`ListQueue`: claims hand
 out the next tasks, settling records the outcomes): the database is not what this measures.
+Each task carries its own payload object and the payload's text, as TaskQueue's claims do.
 
 The floor is the share of distinct inputs among the calls: each must miss once, so the cached
 run cannot take less than that share of the uncached run's time. Goal: the time ratio
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
 import os
 import random
 import statistics
@@ -49,11 +51,11 @@ def workload() -> list:
     rng = random.Random(6)
     weights = [1 / (k**ZIPF) for k in range(1, INPUTS + 1)]
     picks = rng.choices(range(INPUTS), weights=weights, k=CALLS)
-    return [
-        ClaimedTask(i, "idea", {"prompt": f"Suggest ideas #{n}", "repo": "r", "inputs": {"count": 3}}, "gpt-4.1",
-                    1, 5, "", 0.0)
-        for i, n in enumerate(picks)
-    ]  # fmt: skip
+    tasks = []
+    for i, n in enumerate(picks):  # each task its own payload object, and its text as the queue gives it
+        payload = {"prompt": f"Suggest ideas #{n}", "repo": "r", "inputs": {"count": 3}}
+        tasks.append(ClaimedTask(i, "idea", payload, "gpt-4.1", 1, 5, "", 0.0, json.dumps(payload, sort_keys=True)))
+    return tasks
 
 
 class ListQueue:

@@ -133,19 +133,28 @@ def cache_lookups(cache_keys: Mapping[str, CacheKey], tasks: Sequence[ClaimedTas
     whose key cannot be made (a bad payload) is left out, for its handler to fail with the clear
     error; so are all the tasks after a key that failed for another reason (the executor
     unreachable: asking again for every task would retry serially here; the handlers fail them,
-    concurrently)."""
+    concurrently). Tasks of one type, model and payload text share one key (the same object):
+    a batch repeats its popular inputs, and making a key is most of a cache hit's cost."""
     if services.cache is None:
         return {}
     keys: dict[int, tuple[str, Mapping[str, Any]]] = {}
+    made: dict[tuple, tuple[str, Mapping[str, Any]]] = {}
     for i, task in enumerate(tasks):
         key_of = cache_keys.get(task.task_type)
-        if key_of is not None:
-            try:
-                keys[i] = key_of(task, services)
-            except PermanentError:
-                continue
-            except Exception:
-                break
+        if key_of is None:
+            continue
+        same = (task.task_type, task.ai_model, task.payload_text)
+        if task.payload_text is not None and same in made:
+            keys[i] = made[same]
+            continue
+        try:
+            keys[i] = key_of(task, services)
+        except PermanentError:
+            continue
+        except Exception:
+            break
+        if task.payload_text is not None:
+            made[same] = keys[i]
     return keys
 
 

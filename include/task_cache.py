@@ -398,8 +398,12 @@ class TaskCache:
         started = time.perf_counter()
         found: list[tuple[bool, Any]] = [(False, None)] * len(lookups)
         slots: dict[tuple[str, str], list[int]] = defaultdict(list)  # (namespace, digest) -> its lookups
+        digests: dict[int, str] = {}  # id(parts) -> digest: lookups may share their parts object
         for i, (namespace, parts) in enumerate(lookups):
-            slots[namespace, key_digest(parts)].append(i)
+            digest = digests.get(id(parts))
+            if digest is None:
+                digest = digests[id(parts)] = key_digest(parts)
+            slots[namespace, digest].append(i)
         keys = list(slots)
         token = uuid.uuid4().hex if reserve else ""
         reserved: dict[tuple[str, str], tuple[str, str, float]] = {}

@@ -72,6 +72,7 @@ class ClaimedTask:
     max_attempts: int
     lease_token: str
     queue_wait_ms: float  # from becoming available to this claim
+    payload_text: str | None = None  # the payload as jsonb prints it: equal payloads, equal texts
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ WITH succeeded AS (
     RETURNING t.id, t.task_type, t.payload, t.ai_model, t.attempts, t.max_attempts, t.lease_token,
               extract(epoch FROM now() - t.available_at) * 1000 AS wait_ms
 )
-SELECT 'c', id, task_type, payload, ai_model, attempts, max_attempts, lease_token::text, wait_ms FROM claimed
+SELECT 'c', id, task_type, payload::text, ai_model, attempts, max_attempts, lease_token::text, wait_ms FROM claimed
 UNION ALL SELECT 's', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM succeeded
 UNION ALL SELECT 'f', id, status, NULL, NULL, NULL, NULL, NULL, NULL FROM failed
 """
@@ -386,7 +387,9 @@ class TaskQueue:
         by_status = {"queued": outcome.requeued, "failed": outcome.failed, "dead": outcome.dead}
         for kind, task_id, *rest in self._run(SETTLE_AND_CLAIM, params):
             if kind == "c":
-                claimed.append(ClaimedTask(task_id, *rest[:6], max(float(rest[6]), 0.0)))
+                task_type, payload, *more = rest
+                claimed.append(ClaimedTask(task_id, task_type, json.loads(payload), *more[:4], max(float(more[4]), 0.0),
+                                           payload))  # fmt: skip
             elif kind == "s":
                 completed.append(task_id)
             else:

@@ -201,3 +201,27 @@ def test_a_drain_out_of_budget_finishes_what_it_holds_and_leaves_the_rest_queued
     # every task it claimed was run and recorded (none left running on a lease), the rest wait
     assert counts.get("running", 0) == 0 and counts["queued"] > 0
     assert counts["succeeded"] == summary.by_type["idea"].succeeded and counts["succeeded"] + counts["queued"] == 500
+
+
+def test_tasks_of_one_type_model_and_payload_text_share_one_cache_key():
+    from include.task_batch import cache_lookups
+    from include.task_handlers import PermanentError, Services
+    from include.task_queue import ClaimedTask
+
+    made = []
+
+    def key_of(task, services):
+        made.append(task.id)
+        if "bad" in task.payload:
+            raise PermanentError("payload.bad is bad")
+        return f"executor:{task.ai_model}", {"p": task.payload["p"]}
+
+    def task(i, payload, model="m", text=True):
+        return ClaimedTask(i, "idea", payload, model, 1, 5, "", 0.0, str(payload) if text else None)
+
+    tasks = [task(0, {"p": 1}), task(1, {"p": 1}), task(2, {"p": 1}, model="other"), task(3, {"p": 2}),
+             task(4, {"p": 1}, text=False), task(5, {"p": 1}, text=False), task(6, {"bad": 1}), task(7, {"bad": 1})]
+    keys = cache_lookups({"idea": key_of}, tasks, Services(cache=object()))
+    assert made == [0, 2, 3, 4, 5, 6, 7]  # a task whose payload text is unknown, or whose key failed, makes its own
+    assert keys[1] is keys[0] and keys[2] == ("executor:other", {"p": 1}) and keys[3] == ("executor:m", {"p": 2})
+    assert set(keys) == {0, 1, 2, 3, 4, 5}  # the bad payloads are left to their handler's clear failure

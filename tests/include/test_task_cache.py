@@ -272,11 +272,16 @@ def test_get_many_can_reserve_its_misses_for_the_computations_that_follow(client
     assert cache.release_reservations() == 1 and not client.exists(lock[2])  # {"i": 2} never computed
 
 
-def test_get_many_reads_a_repeated_key_once_and_answers_every_lookup_of_it(client, ns):
+def test_get_many_reads_a_repeated_key_once_and_answers_every_lookup_of_it(client, ns, monkeypatch):
+    import include.task_cache
+
     cache = TaskCache(client)
     cache.get_or_compute(ns, {"i": 0}, lambda: {"v": 0})
     hot, cold = (ns, {"i": 0}), (ns, {"i": 1})
+    digested = []
+    monkeypatch.setattr(include.task_cache, "key_digest", lambda parts: digested.append(parts) or key_digest(parts))
     found = cache.get_many([hot, cold, hot, cold, hot], reserve=True)
+    assert digested == [{"i": 0}, {"i": 1}]  # lookups sharing their parts object: one digest
     assert found == [(True, {"v": 0}), (False, None)] * 2 + [(True, {"v": 0})]
     assert found[0][1] is found[2][1] is found[4][1]  # one read, one value
     assert cache.report()[ns]["hits"] == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -39,6 +40,17 @@ def test_a_payload_jsonb_cannot_hold_is_refused_by_name_before_anything_is_writt
     with TaskQueue(app_head_dsn) as q, pytest.raises(ValueError, match=r"task 1's payload contains a NUL"):
         q.enqueue_many([{"task_type": "idea", "payload": PAYLOAD}, {"task_type": "idea", "payload": {"a": "x\x00"}}])
     assert rows(app_head_dsn, "SELECT count(*) FROM execution_tasks") == [(0,)]
+
+
+def test_a_claimed_task_carries_its_payload_and_the_payload_text_equal_payloads_share(app_head_dsn):
+    with TaskQueue(app_head_dsn) as q:
+        q.enqueue_many([{"task_type": "idea", "payload": {"prompt": "p", "inputs": {"a": 1, "b": [2.5, None]}}},
+                        {"task_type": "idea", "payload": {"inputs": {"b": [2.5, None], "a": 1}, "prompt": "p"}},
+                        {"task_type": "idea", "payload": {"prompt": "p", "inputs": {"a": 2}}}])  # fmt: skip
+        first, second, third = sorted(q.claim(3), key=lambda t: t.id)
+    assert first.payload == second.payload == {"prompt": "p", "inputs": {"a": 1, "b": [2.5, None]}}
+    assert first.payload_text == second.payload_text != third.payload_text  # jsonb's text is canonical
+    assert [json.loads(t.payload_text) for t in (first, third)] == [first.payload, third.payload]
 
 
 def test_claims_go_by_priority_then_age_and_never_overlap(app_head_dsn):
