@@ -398,11 +398,11 @@ class TaskCache:
         started = time.perf_counter()
         found: list[tuple[bool, Any]] = [(False, None)] * len(lookups)
         slots: dict[tuple[str, str], list[int]] = defaultdict(list)  # (namespace, digest) -> its lookups
-        digests: dict[int, str] = {}  # id(parts) -> digest: lookups may share their parts object
+        digest_of: dict[int, str] = {}  # id(parts) -> digest: lookups may share their parts object
         for i, (namespace, parts) in enumerate(lookups):
-            digest = digests.get(id(parts))
+            digest = digest_of.get(id(parts))
             if digest is None:
-                digest = digests[id(parts)] = key_digest(parts)
+                digest = digest_of[id(parts)] = key_digest(parts)
             slots[namespace, digest].append(i)
         keys = list(slots)
         token = uuid.uuid4().hex if reserve else ""
