@@ -138,13 +138,13 @@ def cache_lookups(cache_keys: Mapping[str, CacheKey], tasks: Sequence[ClaimedTas
     if services.cache is None:
         return {}
     keys: dict[int, tuple[str, Mapping[str, Any]]] = {}
-    made: dict[tuple, tuple[str, Mapping[str, Any]]] = {}
+    made: dict[tuple | None, tuple[str, Mapping[str, Any]]] = {}  # never holds None
     for i, task in enumerate(tasks):
         key_of = cache_keys.get(task.task_type)
         if key_of is None:
             continue
-        same = (task.task_type, task.ai_model, task.payload_text)
-        if task.payload_text is not None and same in made:
+        same = None if task.payload_text is None else (task.task_type, task.ai_model, task.payload_text)
+        if same in made:
             keys[i] = made[same]
             continue
         try:
@@ -153,7 +153,7 @@ def cache_lookups(cache_keys: Mapping[str, CacheKey], tasks: Sequence[ClaimedTas
             continue
         except Exception:
             break
-        if task.payload_text is not None:
+        if same is not None:
             made[same] = keys[i]
     return keys
 

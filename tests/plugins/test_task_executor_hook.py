@@ -6,31 +6,49 @@ import base64
 import json
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+
+class Quiet(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def reply(self, payload, close: bool = False) -> None:
+        """200 with `payload` as JSON; `close` ends the connection after it."""
+        body = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]):
+    """A threaded HTTP server on a free port (yielded) for the block's duration."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
 
 
 @pytest.fixture
 def echo_server():
     """An HTTP server that answers every GET with the request's path and Authorization header."""
 
-    class Echo(BaseHTTPRequestHandler):
+    class Echo(Quiet):
         def do_GET(self):  # noqa: N802 (http.server's name)
-            body = json.dumps({"path": self.path, "authorization": self.headers.get("Authorization"),
-                               "version": "7"}).encode()  # fmt: skip
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply({"path": self.path, "authorization": self.headers.get("Authorization"), "version": "7"})
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
+    with serving(Echo) as port:
+        yield port
 
 
 @pytest.mark.parametrize(("login", "password", "expected"), [
@@ -70,7 +88,7 @@ def test_the_client_keeps_its_connections_alive_and_follows_a_server_that_closes
 
     connections, paths = [], []
 
-    class Echo(BaseHTTPRequestHandler):
+    class Echo(Quiet):
         protocol_version = "HTTP/1.1"
         timeout = 0.3  # the server ends a connection idle this long
 
@@ -80,22 +98,10 @@ def test_the_client_keeps_its_connections_alive_and_follows_a_server_that_closes
 
         def do_GET(self):  # noqa: N802 (http.server's name)
             paths.append(self.path)
-            body = json.dumps({"version": "1"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            if self.path.endswith("/close"):
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply({"version": "1"}, close=self.path.endswith("/close"))
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    client = ExecutorClient(f"http://127.0.0.1:{server.server_address[1]}/api/", retries=0)
-    try:
+    with serving(Echo) as port:
+        client = ExecutorClient(f"http://127.0.0.1:{port}/api/", retries=0)
         for _ in range(5):
             assert client._request("GET", "/v1/models/m") == {"version": "1"}
         assert len(connections) == 1
@@ -106,9 +112,7 @@ def test_the_client_keeps_its_connections_alive_and_follows_a_server_that_closes
         assert client._request("GET", "/v1/models/m") == {"version": "1"}
         assert len(connections) == 3
         assert set(paths) == {"/api/v1/models/m", "/api/v1/models/close"}
-    finally:
         client.close()
-        server.shutdown()
 
 
 def test_the_client_refuses_a_url_that_is_not_http_without_repeating_it():
