@@ -14,9 +14,12 @@ The answer depends only on the task type, the model, its version and the input, 
     POST /admin/faults  {"latency_ms": 50, "fail_next": [503, 400, "slow", ...],
                          "slow_ms": 5000, "model_versions": {"gpt-4.1": "2"},
                          "models": ["gpt-5"]}   # models are added to the catalog
-    GET  /admin/stats   ->  {"executions", "requests", "pending_faults", "by_digest",
-                             "models", "refused_models"}
+    GET  /admin/stats   ->  {"executions", "requests", "in_flight", "pending_faults",
+                             "by_digest", "models", "refused_models"}
     POST /admin/reset       (faults, versions, counts, and the catalog back to --models)
+
+A reset first waits for the executions in flight (a "slow" one a client gave up on still
+counts when it ends), so nothing started before a reset is counted after it.
 
 Each entry of ``fail_next`` answers one request: an HTTP status, or ``"slow"`` (sleeps
 ``slow_ms`` before answering normally, to provoke client timeouts).
@@ -55,6 +58,8 @@ class ExecutorState:
         self.by_digest: Counter[str] = Counter()
         self.refused_models: Counter[str] = Counter()  # unknown models asked for, on either route
         self.requests = 0  # calls of /v1/execute, faults included
+        self.in_flight = 0  # calls of /v1/execute not yet answered
+        self.idle = threading.Condition(self.lock)  # notified when in_flight falls to 0
 
     def unknown(self, model: str) -> dict | None:
         """The 404 body for a model outside the catalog (counted), else None."""
@@ -68,7 +73,22 @@ class ExecutorState:
     def next_fault(self):
         with self.lock:
             self.requests += 1
+            self.in_flight += 1
             return self.fail_next.pop(0) if self.fail_next else None
+
+    def answered(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.notify_all()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.idle.wait_for(lambda: not self.in_flight, timeout=self.slow_ms / 1000 + 5)
+            self.fail_next, self.model_versions, self.models = [], {}, set(self.catalog)
+            self.by_digest.clear()
+            self.refused_models.clear()
+            self.requests = 0
 
 
 def answer(task_type: str, ai_model: str, version: str, task_input) -> dict:
@@ -110,7 +130,7 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/admin/stats":
             with state.lock:
                 self._send(200, {"executions": sum(state.by_digest.values()), "requests": state.requests,
-                                 "pending_faults": len(state.fail_next), "by_digest": dict(state.by_digest),
+                                 "in_flight": state.in_flight, "pending_faults": len(state.fail_next), "by_digest": dict(state.by_digest),
                                  "models": sorted(state.models), "refused_models": dict(state.refused_models)})
         elif self.path == "/health":
             self._send(200, {"ok": True})
@@ -133,14 +153,13 @@ class Handler(BaseHTTPRequestHandler):
                 state.models.update(body.get("models", []))
             self._send(200, {"ok": True})
         elif self.path == "/admin/reset":
-            with state.lock:
-                state.fail_next, state.model_versions, state.models = [], {}, set(state.catalog)
-                state.by_digest.clear()
-                state.refused_models.clear()
-                state.requests = 0
+            state.reset()
             self._send(200, {"ok": True})
         elif self.path == "/v1/execute":
-            self._execute(body)
+            try:
+                self._execute(body)
+            finally:
+                state.answered()
         else:
             self._send(404, {"error": f"no route {self.path}"})
 

@@ -57,6 +57,18 @@ def test_5xx_and_timeouts_are_retried_with_backoff_and_then_answered(executor):
     client.close()
 
 
+def test_a_reset_waits_for_an_execution_a_client_gave_up_on(executor):
+    """Otherwise the abandoned execution lands after the reset and is counted in the next test."""
+    url, admin = executor
+    admin.post("/admin/faults", json={"fail_next": ["slow"], "slow_ms": 1000})
+    with pytest.raises(RetryableError, match="timed out"):
+        ExecutorClient(url, timeout_seconds=0.05, retries=0).execute("idea", "gpt-4.1", {"x": 1})
+    assert admin.get("/admin/stats").json()["in_flight"] == 1  # the server still sleeps on it
+    admin.post("/admin/reset")
+    stats = admin.get("/admin/stats").json()
+    assert (stats["in_flight"], stats["requests"], stats["executions"]) == (0, 0, 0)
+
+
 def test_a_4xx_is_a_permanent_failure_carrying_the_response_and_is_not_retried(executor):
     url, admin = executor
     client = ExecutorClient(url, retries=3, backoff_seconds=0.01)
