@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,16 +57,25 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def dump_model(pipeline) -> bytes:
-    import skops.io as sio
+def skops_io():
+    """skops.io, imported without a flood of warnings. On import it looks for each of about 290
+    scipy ufuncs in every loaded module, and in a task process those include Airflow's
+    deprecated-module shims, which answer every lookup with a FutureWarning: over a thousand
+    lines in the task's log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.")
+        import skops.io
 
-    return sio.dumps(pipeline)
+    return skops.io
+
+
+def dump_model(pipeline) -> bytes:
+    return skops_io().dumps(pipeline)
 
 
 def load_model(data: bytes, expected_sha256: str):
     """The pipeline in `data`, after checking its hash and that it holds only allowed types."""
-    import skops.io as sio
-
+    sio = skops_io()
     actual = sha256_bytes(data)
     if actual != expected_sha256.strip():
         raise ArtifactRefused(f"artifact SHA-256 {actual} differs from the registry's {expected_sha256}")

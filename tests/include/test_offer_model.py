@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -114,6 +118,29 @@ def test_an_artifact_with_unexpected_types_is_refused_even_with_a_matching_hash(
     data = sio.dumps(Sneaky())
     with pytest.raises(registry.ArtifactRefused, match="outside the allowlist"):
         registry.load_model(data, registry.sha256_bytes(data))
+
+
+QUIET_SKOPS = """
+import json, warnings
+import airflow.models, airflow.utils.timezone  # loaded first, as in a task process
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from include.offers.registry import dump_model, load_model, sha256_bytes
+    data = dump_model(LogisticRegression().fit(np.eye(2), [0, 1]))
+    load_model(data, sha256_bytes(data))
+print(json.dumps([f"{w.category.__name__}: {w.message}" for w in caught]))
+"""
+
+
+def test_saving_and_loading_a_model_in_a_process_with_airflow_warns_nothing():
+    """skops looks up ~290 scipy ufuncs in every loaded module on import, and each lookup in
+    one of Airflow's deprecated-module shims warned: over a thousand lines in a task's log."""
+    done = subprocess.run([sys.executable, "-c", QUIET_SKOPS], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).parents[2])  # the project root, for `include`
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
 
 
 def test_a_worse_challenger_is_not_promoted_and_rollback_restores_the_old_predictions(offers_dsn, s3):
