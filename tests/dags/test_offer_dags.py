@@ -16,6 +16,7 @@ from include.devstack.stack import MODEL_BUCKET
 from include.metrics import NAMESPACE
 from include.offers import registry
 from include.offers.model import MODEL_NAME
+from tests.airflow_api import postgres_connection
 from tests.include import offers_fixtures
 from tests.include.offers_fixtures import cursor
 
@@ -330,3 +331,20 @@ def test_the_offer_story_with_simulated_customers(dagbag, offers_dsn, own_stripe
     for arm, (imp, red) in arms_after.items():
         before, new = arms_before[arm], played_arms.get(arm, (0, 0))
         assert (imp - before[0], red - before[1]) == new, arm
+
+
+def test_before_the_migrations_an_offer_dag_fails_at_once_naming_the_missing_table(dagbag, app_dsn, monkeypatch):
+    """On the baseline schema (as `make run` starts) roi_sync's first read meets a table that
+    revision 0004 creates: the task fails on its first try with one alert that names the table
+    and the remedy, instead of retrying into a warning per try."""
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_dsn))
+    run = dagbag.get_dag("roi_sync").test()
+    assert run.state == "failed"
+    ti = {ti.task_id: ti for ti in run.get_task_instances()}["sync_payments"]
+    assert (ti.state, ti.try_number) == ("failed", 1)
+    with cursor(app_dsn) as cur:
+        cur.execute("SELECT level, message FROM alerts WHERE task_id = 'sync_payments'")
+        alerts = cur.fetchall()
+    assert [level for level, _ in alerts] == ["error"], alerts
+    assert "schema is behind the code" in alerts[0][1] and 'relation "sync_cursors" does not exist' in alerts[0][1]
+    assert "db_migrate" in alerts[0][1]

@@ -10,23 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from execplatform.operators.backup import libpq_dsn
+from execplatform.operators.backup import app_cursor, fail_hard_when_schema_is_behind, libpq_dsn
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from include.task_cache import TaskCache
-
-
-def _fail_hard_when_schema_is_behind(error: Exception) -> None:
-    """A missing column or table (a pending migration) fails the task now: a retry cannot fix it."""
-    import psycopg2.errors
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from include.task_queue import SchemaBehindError
-
-    if isinstance(error, SchemaBehindError | psycopg2.errors.UndefinedColumn | psycopg2.errors.UndefinedTable):
-        raise AirflowFailException(f"{error}".strip()) from error
 
 
 def measure_backlog(task_types: Sequence[str] | None = None, app_conn_id: str = "app_db") -> dict[str, dict]:
@@ -37,7 +26,7 @@ def measure_backlog(task_types: Sequence[str] | None = None, app_conn_id: str = 
         with TaskQueue(libpq_dsn(app_conn_id)) as queue:
             return queue.backlog(task_types or None)
     except Exception as exc:
-        _fail_hard_when_schema_is_behind(exc)
+        fail_hard_when_schema_is_behind(exc)
         raise
 
 
@@ -48,7 +37,7 @@ def reap_expired_leases(app_conn_id: str = "app_db") -> dict[str, int]:
         with TaskQueue(libpq_dsn(app_conn_id), owner="task_batch-reaper") as queue:
             return queue.reap()
     except Exception as exc:
-        _fail_hard_when_schema_is_behind(exc)
+        fail_hard_when_schema_is_behind(exc)
         raise
 
 
@@ -136,7 +125,7 @@ class DrainQueueOperator(BaseOperator):
                     owner=owner, on_batch=alert_once_if_cache_down,
                 )  # fmt: skip
             except Exception as exc:
-                _fail_hard_when_schema_is_behind(exc)
+                fail_hard_when_schema_is_behind(exc)
                 raise
         alert_once_if_cache_down()
         result = {**summary.as_dict(), "cache": cache.report() if cache else {}, "cache_available": not alerted}
@@ -161,7 +150,6 @@ def publish_task_metrics(
 ) -> dict[str, Any]:
     """Per-type metrics of the tasks finished since the run started, and the bottleneck report
     over the last `window_hours`: into the tables and CloudWatch. Returns both (the task output)."""
-    import psycopg2
 
     from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
     from include.metrics import NAMESPACE
@@ -178,18 +166,11 @@ def publish_task_metrics(
     drains = [d for d in (drains or []) if d]
     now = datetime.now(UTC)
     since = now - timedelta(hours=window_hours)
-    conn = psycopg2.connect(libpq_dsn(app_conn_id))
-    try:
-        with conn, conn.cursor() as cur:
-            stats = type_stats(cur, run_started, now)
-            record_type_metrics(cur, run_id, stats, merge_summaries(drains))
-            report = bottleneck_report(cur, since, now)
-            record_bottleneck_report(cur, run_id, since, now, report)
-    except Exception as exc:
-        _fail_hard_when_schema_is_behind(exc)  # task_batch_metrics arrives with revision 0003
-        raise
-    finally:
-        conn.close()
+    with app_cursor(app_conn_id) as cur:  # task_batch_metrics arrives with revision 0003
+        stats = type_stats(cur, run_started, now)
+        record_type_metrics(cur, run_id, stats, merge_summaries(drains))
+        report = bottleneck_report(cur, since, now)
+        record_bottleneck_report(cur, run_id, since, now, report)
     namespaces: dict[str, dict[str, float]] = {}
     for d in drains:
         for namespace, s in (d.get("cache") or {}).items():
