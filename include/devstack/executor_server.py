@@ -130,8 +130,9 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/admin/stats":
             with state.lock:
                 self._send(200, {"executions": sum(state.by_digest.values()), "requests": state.requests,
-                                 "in_flight": state.in_flight, "pending_faults": len(state.fail_next), "by_digest": dict(state.by_digest),
-                                 "models": sorted(state.models), "refused_models": dict(state.refused_models)})
+                                 "in_flight": state.in_flight, "pending_faults": len(state.fail_next),
+                                 "by_digest": dict(state.by_digest), "models": sorted(state.models),
+                                 "refused_models": dict(state.refused_models)})
         elif self.path == "/health":
             self._send(200, {"ok": True})
         else:
