@@ -33,7 +33,8 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -73,14 +74,20 @@ class ExecutorState:
     def next_fault(self):
         with self.lock:
             self.requests += 1
-            self.in_flight += 1
             return self.fail_next.pop(0) if self.fail_next else None
 
-    def answered(self) -> None:
+    @contextmanager
+    def executing(self) -> Iterator[None]:
+        """Counts one /v1/execute call in flight until it is answered (or its client is gone)."""
         with self.lock:
-            self.in_flight -= 1
-            if not self.in_flight:
-                self.idle.notify_all()
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+                if not self.in_flight:
+                    self.idle.notify_all()
 
     def reset(self) -> None:
         with self.lock:
@@ -157,10 +164,8 @@ class Handler(BaseHTTPRequestHandler):
             state.reset()
             self._send(200, {"ok": True})
         elif self.path == "/v1/execute":
-            try:
+            with state.executing():
                 self._execute(body)
-            finally:
-                state.answered()
         else:
             self._send(404, {"error": f"no route {self.path}"})
 

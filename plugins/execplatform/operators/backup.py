@@ -27,18 +27,21 @@ def libpq_dsn(conn_id: str, dbname: str | None = None) -> str:
     return make_dsn(host=c.host, port=c.port, dbname=dbname or c.schema, user=c.login, password=c.password)
 
 
-def fail_hard_when_schema_is_behind(error: BaseException) -> None:
-    """If `error` says the app database lacks a table or column the code uses (a migration is
-    pending), fail the task now, naming what is missing: a retry cannot fix it, and each retry
-    would alert again. Otherwise return."""
+@contextmanager
+def failing_hard_when_schema_is_behind() -> Iterator[None]:
+    """Around work on the app database: a missing table or column the code uses (a migration is
+    pending) fails the task now, naming what is missing. A retry cannot fix it, and each retry
+    would alert again. Any other error passes through unchanged."""
     import psycopg2.errors
     from airflow.sdk.exceptions import AirflowFailException
 
     from include.task_queue import SchemaBehindError
 
-    if isinstance(error, SchemaBehindError):  # its message names the revision
+    try:
+        yield
+    except SchemaBehindError as error:  # its message names the revision
         raise AirflowFailException(str(error)) from error
-    if isinstance(error, psycopg2.errors.UndefinedTable | psycopg2.errors.UndefinedColumn):
+    except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn) as error:
         missing = str(error).strip().splitlines()[0]
         raise AirflowFailException(f"the app database's schema is behind the code ({missing}): "
                                    "apply the pending revisions with the db_migrate DAG") from error  # fmt: skip
@@ -48,16 +51,13 @@ def fail_hard_when_schema_is_behind(error: BaseException) -> None:
 def app_cursor(conn_id: str) -> Iterator:
     """A cursor on a postgres connection's database (the app DB: catalog, runs, audits);
     committed and closed on exit. The one way the adapters reach the app database. A missing
-    table or column fails the task without retries (`fail_hard_when_schema_is_behind`)."""
+    table or column fails the task without retries (`failing_hard_when_schema_is_behind`)."""
     import psycopg2
 
     conn = psycopg2.connect(libpq_dsn(conn_id))
     try:
-        with conn, conn.cursor() as cur:
+        with failing_hard_when_schema_is_behind(), conn, conn.cursor() as cur:
             yield cur
-    except psycopg2.Error as exc:
-        fail_hard_when_schema_is_behind(exc)
-        raise
     finally:
         conn.close()
 

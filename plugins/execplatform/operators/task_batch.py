@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from execplatform.operators.backup import app_cursor, fail_hard_when_schema_is_behind, libpq_dsn
+from execplatform.operators.backup import app_cursor, failing_hard_when_schema_is_behind, libpq_dsn
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -22,23 +22,16 @@ def measure_backlog(task_types: Sequence[str] | None = None, app_conn_id: str = 
     """Ready tasks per type (and the oldest one's age)."""
     from include.task_queue import TaskQueue
 
-    try:
-        with TaskQueue(libpq_dsn(app_conn_id)) as queue:
-            return queue.backlog(task_types or None)
-    except Exception as exc:
-        fail_hard_when_schema_is_behind(exc)
-        raise
+    with failing_hard_when_schema_is_behind(), TaskQueue(libpq_dsn(app_conn_id)) as queue:
+        return queue.backlog(task_types or None)
 
 
 def reap_expired_leases(app_conn_id: str = "app_db") -> dict[str, int]:
     from include.task_queue import TaskQueue
 
-    try:
-        with TaskQueue(libpq_dsn(app_conn_id), owner="task_batch-reaper") as queue:
-            return queue.reap()
-    except Exception as exc:
-        fail_hard_when_schema_is_behind(exc)
-        raise
+    with (failing_hard_when_schema_is_behind(),
+          TaskQueue(libpq_dsn(app_conn_id), owner="task_batch-reaper") as queue):  # fmt: skip
+        return queue.reap()
 
 
 def redis_cache(redis_conn_id: str = "redis_default", **options: Any) -> TaskCache:
@@ -116,17 +109,14 @@ class DrainQueueOperator(BaseOperator):
 
         ti = context["ti"]
         owner = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}[{self.drain_index}]@{os.uname().nodename}:{os.getpid()}"
-        with closing(TaskExecutorHook(self.task_executor_conn_id).get_conn()) as executor:
-            try:
-                summary = drain(
-                    libpq_dsn(self.app_conn_id), services=Services(executor=executor, cache=cache),
-                    task_types=self.task_types or None, batch_size=int(self.batch_size),
-                    concurrency=int(self.concurrency), budget_seconds=float(self.budget_seconds),
-                    owner=owner, on_batch=alert_once_if_cache_down,
-                )  # fmt: skip
-            except Exception as exc:
-                fail_hard_when_schema_is_behind(exc)
-                raise
+        with (closing(TaskExecutorHook(self.task_executor_conn_id).get_conn()) as executor,
+              failing_hard_when_schema_is_behind()):  # fmt: skip
+            summary = drain(
+                libpq_dsn(self.app_conn_id), services=Services(executor=executor, cache=cache),
+                task_types=self.task_types or None, batch_size=int(self.batch_size),
+                concurrency=int(self.concurrency), budget_seconds=float(self.budget_seconds),
+                owner=owner, on_batch=alert_once_if_cache_down,
+            )  # fmt: skip
         alert_once_if_cache_down()
         result = {**summary.as_dict(), "cache": cache.report() if cache else {}, "cache_available": not alerted}
         self.log.info("drained %d batches in %.1fs (%s): %s", summary.batches, summary.seconds, summary.stopped_by,
@@ -150,7 +140,6 @@ def publish_task_metrics(
 ) -> dict[str, Any]:
     """Per-type metrics of the tasks finished since the run started, and the bottleneck report
     over the last `window_hours`: into the tables and CloudWatch. Returns both (the task output)."""
-
     from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
     from include.metrics import NAMESPACE
     from include.task_batch import (
