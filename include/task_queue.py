@@ -4,8 +4,8 @@ Every state change is one set-based statement:
 
 - ``claim`` takes up to N ready rows (``status='queued' AND available_at <= now()``) ordered by
   priority, then age, with ``FOR UPDATE SKIP LOCKED``, so concurrent workers never wait on or
-  take each other's rows; each claimed row gets a lease (owner, a fresh token, an expiry) and
-  its attempt is counted.
+  take each other's rows; each claim is a lease (owner, a fresh token, an expiry) on its rows,
+  and each row's attempt is counted.
 - ``heartbeat`` extends the leases a worker still holds.
 - ``complete`` and ``fail`` change only rows whose lease token is the caller's: once a lease has
   expired and the reaper has requeued the row, the old worker's late result is refused.
@@ -19,10 +19,13 @@ Every state change is one set-based statement:
 
 The connection runs in autocommit: each statement is its own transaction, so a step costs no
 ``BEGIN``/``COMMIT`` round trips (:meth:`TaskQueue.transaction` groups calls when wanted). A
-statement rolled back to end a deadlock is sent again (see DEADLOCK_RETRIES).
+statement rolled back to end a deadlock is sent again (see DEADLOCK_RETRIES). The step is a
+prepared statement with a generic plan, parsed and planned once per connection: planning it
+each time cost about a fifth of the database's CPU per task. So the connection must be a
+session of its own (direct, or a pooler in session mode), like any SQL ``PREPARE``.
 
-The queue reads and writes ``execution_tasks.ai_model`` (revision 0002): against an older schema
-every call raises :class:`SchemaBehindError` naming the missing column.
+The queue reads and writes ``execution_tasks.ai_model`` (revision 0002): against an older schema,
+opening a queue (which prepares the step) raises :class:`SchemaBehindError` naming the column.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -104,6 +109,9 @@ class FailOutcome:
 # A row is settled by id and lease token alone: a token exists only while its row runs (each claim
 # sets a fresh one; settling and reaping clear it). A test of status there would let the planner
 # read the whole lease index (every running row) at every step instead of the rows settled.
+# One plan serves every step (see PREPARE_STEP), so its shape must not depend on the values: the
+# claim takes its rows by `id = ANY(ARRAY(...))`, an index lookup however many rows the generic
+# plan expects (it guesses a tenth of the table for LIMIT $n: a join would read the whole table).
 SETTLE_AND_CLAIM = """
 WITH succeeded AS (
     UPDATE execution_tasks t
@@ -138,17 +146,37 @@ WITH succeeded AS (
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE execution_tasks t
-       SET status = 'running', lease_owner = %(owner)s, lease_token = gen_random_uuid(),
+       SET status = 'running', lease_owner = %(owner)s, lease_token = %(token)s::uuid,
            lease_expires_at = now() + make_interval(secs => %(lease)s),
            attempts = t.attempts + 1, started_at = now(), updated_at = now()
-      FROM ready WHERE t.id = ready.id
-    RETURNING t.id, t.task_type, t.payload, t.ai_model, t.attempts, t.max_attempts, t.lease_token,
+     WHERE t.id = ANY (ARRAY(SELECT id FROM ready))
+    RETURNING t.id, t.task_type, t.payload, t.ai_model, t.attempts, t.max_attempts,
               extract(epoch FROM now() - t.available_at) * 1000 AS wait_ms
 )
-SELECT 'c', id, task_type, payload::text, ai_model, attempts, max_attempts, lease_token::text, wait_ms FROM claimed
-UNION ALL SELECT 's', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM succeeded
-UNION ALL SELECT 'f', id, status, NULL, NULL, NULL, NULL, NULL, NULL FROM failed
+SELECT 'c', id, task_type, payload::text, ai_model, attempts, max_attempts, wait_ms FROM claimed
+UNION ALL SELECT 's', id, NULL, NULL, NULL, NULL, NULL, NULL FROM succeeded
+UNION ALL SELECT 'f', id, status, NULL, NULL, NULL, NULL, NULL FROM failed
 """
+
+
+def prepared(name: str, statement: str) -> tuple[str, str]:
+    """(PREPARE, EXECUTE) for a statement written with %(key)s parameters: the PREPARE numbers
+    them in order of first use (each one's type comes from its cast), the EXECUTE passes them."""
+    keys: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match[1] not in keys:
+            keys.append(match[1])
+        return f"${keys.index(match[1]) + 1}"
+
+    body = re.sub(r"%\((\w+)\)s", number, statement).replace("%%", "%")
+    return f"PREPARE {name} AS {body}", f"EXECUTE {name}({', '.join(f'%({key})s' for key in keys)})"
+
+
+# Sent once per connection. The generic plan is forced: left to choose, PostgreSQL plans each
+# step anew, as a plan for the values at hand looks cheaper than the generic one's guesses.
+PREPARE_STEP, EXECUTE_STEP = prepared("settle_and_claim", SETTLE_AND_CLAIM)
+PREPARE_STEP = "SET plan_cache_mode = force_generic_plan; " + PREPARE_STEP
 
 
 _JSONB_ENCODER = json.JSONEncoder(allow_nan=False)  # one encoder for every call: dumps() builds one each time
@@ -179,7 +207,9 @@ def default_owner() -> str:
 def _schema_guard(exc: Exception) -> None:
     import psycopg2.errors
 
-    if isinstance(exc, psycopg2.errors.UndefinedColumn) and "ai_model" in str(exc):
+    if isinstance(exc, psycopg2.errors.UndefinedColumn | psycopg2.errors.UndefinedTable) and (
+        "ai_model" in str(exc) or "execution_tasks" in str(exc)
+    ):
         raise SchemaBehindError(SCHEMA_BEHIND) from exc
 
 
@@ -212,17 +242,11 @@ class TaskQueue:
         self.conn.autocommit = True
         self.statements = 0  # statements sent (each one round trip; one commit outside transaction())
         self._in_transaction = False
-        self.check_schema()
-
-    def check_schema(self) -> None:
-        """Raise SchemaBehindError unless `execution_tasks.ai_model` exists."""
-        rows = self._run(
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
-            " AND table_name = 'execution_tasks' AND column_name = 'ai_model'"
-        )
-        if not rows:
+        try:
+            self._run(PREPARE_STEP)  # against a schema without ai_model: SchemaBehindError
+        except Exception:
             self.close()
-            raise SchemaBehindError(SCHEMA_BEHIND)
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -383,13 +407,14 @@ class TaskQueue:
             "types": list(task_types) if task_types else None, "limit": max(int(limit), 0), "owner": self.owner,
             "lease": self.lease_seconds,
         }  # fmt: skip
+        token = params["token"] = str(uuid.uuid4())  # this claim's lease: one token for all its rows
         completed, outcome, claimed = [], FailOutcome(), []
         by_status = {"queued": outcome.requeued, "failed": outcome.failed, "dead": outcome.dead}
-        for kind, task_id, *rest in self._run(SETTLE_AND_CLAIM, params):
+        for kind, task_id, *rest in self._run(EXECUTE_STEP, params):
             if kind == "c":
-                task_type, payload, *more = rest
-                claimed.append(ClaimedTask(task_id, task_type, json.loads(payload), *more[:4], max(float(more[4]), 0.0),
-                                           payload))  # fmt: skip
+                task_type, payload, ai_model, attempts, max_attempts, wait_ms = rest
+                claimed.append(ClaimedTask(task_id, task_type, json.loads(payload), ai_model, attempts, max_attempts,
+                                           token, max(float(wait_ms), 0.0), payload))  # fmt: skip
             elif kind == "s":
                 completed.append(task_id)
             else:

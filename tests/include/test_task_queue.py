@@ -199,3 +199,31 @@ def test_a_step_reads_only_the_rows_it_settles_not_every_running_one(app_head_ds
         assert q.heartbeat(mine) == []  # settled: no lease left to extend
     assert len(completed) == 5 and len(outcome.failed) == 5
     assert lease_index_reads() == before
+
+
+def test_a_step_is_planned_once_per_connection_and_its_plan_never_reads_the_whole_table(app_head_dsn):
+    """The step runs as a prepared statement with a generic plan. Left to choose, PostgreSQL
+    planned each step anew; and a claim that joined its rows to the table got a generic plan that
+    read the whole table at every step (it guesses a tenth of the table for LIMIT $n)."""
+
+    def rows_read_by_seq_scan() -> int:  # a backend publishes its counters when it exits
+        time.sleep(0.3)
+        return rows(app_head_dsn, "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'execution_tasks'")[0][0]
+
+    with TaskQueue(app_head_dsn) as q:
+        q.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(20_000)])
+        q.conn.cursor().execute("ANALYZE execution_tasks")
+    before = rows_read_by_seq_scan()
+    with TaskQueue(app_head_dsn) as q:
+        done: list[Completion] = []
+        tokens: list[set[str]] = []  # each step's claim: one lease, one token for its rows
+        for _ in range(8):
+            completed, _, claimed = q.settle_and_claim(done, (), 50)
+            assert len(completed) == len(done) and len(claimed) == 50
+            done = [Completion(t, None, 1) for t in claimed]
+            tokens.append({t.lease_token for t in claimed})
+        with q.conn.cursor() as cur:
+            cur.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements")
+            assert cur.fetchall() == [(8, 0)]
+    assert rows_read_by_seq_scan() == before
+    assert all(len(t) == 1 for t in tokens) and len(set.union(*tokens)) == 8
