@@ -21,8 +21,13 @@ Jobs are enqueued before the clock starts; the clock runs from a start barrier t
 worker processes wait at (imports and connections done) until the last one finishes.
 BENCH_QUEUE_ROUNDS (default 3) rounds, the order of the sides rotated each round, medians.
 Goal: ratio >= 5.0 of our jobs per second to theirs. Prints `task_queue: ratio=X (ours/peer)
-...` (X against peer_same_batch) with `ratio_vs_peer_default=Y` on the same line, and the
-share of our updates that were HOT (heap-only: no index touched) from pg_stat_user_tables.
+...` (X against peer_same_batch) with `ratio_vs_peer_default=Y` on the same line, the
+share of our updates that were HOT (heap-only: no index touched) from pg_stat_user_tables, and
+each side's median CPU per job: the server's (its processes' CPU time from /proc, reaped
+backends included) plus the workers' (their process time from the start barrier on). On a
+machine where both sides are CPU-bound, as on 2 cores, the throughput ratio follows the ratio
+of these, so they say where a side's time goes and what a ratio can reach. Each round's line
+also gives commits, WAL and deadlocks (pg_stat_database) per side.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import tempfile
 import time
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from queue import Empty
@@ -77,9 +82,10 @@ def our_worker(dsn: str, start, done) -> None:
 
     with TaskQueue(dsn) as queue:  # connected before the clock, like the peer's connection
         start.wait()
+        cpu = time.process_time()
         summary = drain(dsn, services=Services(), handlers=dict.fromkeys(REQUIRED_INPUTS, noop), batch_size=BATCH,
                         concurrency=4, queue=queue)  # fmt: skip
-    done.put(sum(t.succeeded for t in summary.by_type.values()))
+    done.put((sum(t.succeeded for t in summary.by_type.values()), time.process_time() - cpu))
 
 
 def our_enqueue(dsn: str) -> None:
@@ -111,10 +117,10 @@ def peer_worker(dsn: str, start, done, batch_size: int) -> None:
     from pgqueuer.queries import Queries
     from pgqueuer.types import QueueExecutionMode
 
-    count = 0
+    count, cpu = 0, 0.0
 
     async def run() -> None:
-        nonlocal count
+        nonlocal count, cpu
         conn = await asyncpg.connect(as_url(dsn))
         qm = QueueManager(Queries(AsyncpgDriver(conn)))
 
@@ -124,11 +130,13 @@ def peer_worker(dsn: str, start, done, batch_size: int) -> None:
             count += 1
 
         start.wait()
+        cpu = time.process_time()
         await qm.run(batch_size=batch_size, mode=QueueExecutionMode.drain, dequeue_timeout=timedelta(seconds=1))
+        cpu = time.process_time() - cpu
         await conn.close()
 
     asyncio.run(run())
-    done.put(count)
+    done.put((count, cpu))
 
 
 def peer_enqueue(dsn: str) -> None:
@@ -165,11 +173,32 @@ def peer_install(dsn: str) -> None:
 # -- the race ---------------------------------------------------------------------------------
 
 
-def server_counters(dsn: str) -> tuple[int, int]:
-    """(commits, WAL bytes) of the database so far (workers' counters are flushed when they exit)."""
-    [(commits, wal)] = query(dsn, "SELECT xact_commit, (SELECT wal_bytes FROM pg_stat_wal)::bigint"
-                                  " FROM pg_stat_database WHERE datname = current_database()")  # fmt: skip
-    return commits, wal
+def server_counters(dsn: str) -> tuple[int, int, int]:
+    """(commits, WAL bytes, deadlocks) of the database so far (workers' counters are flushed when they exit)."""
+    [(commits, wal, deadlocks)] = query(dsn, "SELECT xact_commit, (SELECT wal_bytes FROM pg_stat_wal)::bigint,"
+                                             " deadlocks FROM pg_stat_database WHERE datname = current_database()")  # fmt: skip
+    return commits, wal, deadlocks
+
+
+def server_cpu(dsn: str) -> float:
+    """CPU seconds the PostgreSQL server has used so far: the postmaster's live processes and the
+    backends it has reaped (each side's backends exit with its workers)."""
+
+    def stat(pid) -> list[str]:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+    import psycopg2
+
+    with closing(psycopg2.connect(dsn)) as conn:  # this backend's parent is the postmaster
+        postmaster = int(stat(conn.get_backend_pid())[1])
+    ticks = sum(map(int, stat(postmaster)[11:15]))
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((fields := stat(entry.name))[1]) == postmaster:
+                ticks += int(fields[11]) + int(fields[12])
+        except (FileNotFoundError, ProcessLookupError):  # a process that ended while we looked
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def hot_updates(dsn: str) -> tuple[int, int]:
@@ -179,7 +208,8 @@ def hot_updates(dsn: str) -> tuple[int, int]:
     return updates, hot
 
 
-def timed(worker, dsn: str, *extra) -> tuple[float, int]:
+def timed(worker, dsn: str, *extra) -> tuple[float, int, float]:
+    """(seconds, jobs run, the workers' CPU seconds) from the start barrier to the last worker's end."""
     ctx = mp.get_context("spawn")
     start, done = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=worker, args=(dsn, start, done, *extra)) for _ in range(WORKERS)]
@@ -188,7 +218,7 @@ def timed(worker, dsn: str, *extra) -> tuple[float, int]:
     time.sleep(3)  # imports and connections, before the clock
     began = time.perf_counter()
     start.set()
-    counts: list[int] = []
+    counts: list[tuple[int, float]] = []
     while len(counts) < len(procs):
         try:
             counts.append(done.get(timeout=1))
@@ -202,7 +232,7 @@ def timed(worker, dsn: str, *extra) -> tuple[float, int]:
     seconds = time.perf_counter() - began
     for p in procs:
         p.join()
-    return seconds, sum(counts)
+    return seconds, sum(n for n, _ in counts), sum(cpu for _, cpu in counts)
 
 
 def main() -> None:
@@ -219,36 +249,39 @@ def main() -> None:
             upgrade(dsn, "head")
             peer_install(dsn)
             times: dict[str, list[float]] = {"ours": [], "peer_default": [], "peer_same_batch": []}
+            cpu_us: dict[str, list[float]] = {name: [] for name in times}  # server + workers, per job
             sides = [("ours", our_enqueue, our_worker, ()), ("peer_default", peer_enqueue, peer_worker,
                      (PEER_DEFAULT_BATCH,)), ("peer_same_batch", peer_enqueue, peer_worker, (BATCH,))]  # fmt: skip
             updates, hot, repeated = 0, 0, dict.fromkeys(times, 0)
             for i in range(ROUNDS):
                 for name, enqueue, worker, extra in sides[i % 3 :] + sides[: i % 3]:
                     enqueue(dsn)
-                    before, cpu = server_counters(dsn), resource.getrusage(resource.RUSAGE_CHILDREN)
+                    before, server_before = server_counters(dsn), server_cpu(dsn)
                     upd_before = hot_updates(dsn)
-                    seconds, count = timed(worker, dsn, *extra)
+                    seconds, count, worker_cpu = timed(worker, dsn, *extra)
                     if count < JOBS or (name == "ours" and count != JOBS):
                         raise SystemExit(f"{name} processed {count} of {JOBS} jobs")
                     if count > JOBS:  # pgqueuer delivers at least once: a run may repeat jobs
                         log(f"round {i} {name}: ran {count - JOBS} jobs twice")
                         repeated[name] += count - JOBS
                     times[name].append(seconds)
-                    (commits, wal), after = server_counters(dsn), resource.getrusage(resource.RUSAGE_CHILDREN)
-                    worker_cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+                    (commits, wal, deadlocks), server = server_counters(dsn), server_cpu(dsn) - server_before
+                    cpu_us[name].append((server + worker_cpu) / JOBS * 1e6)
                     if name == "ours":
                         time.sleep(0.6)  # the statistics collector publishes the workers' counts
                         upd_after = hot_updates(dsn)
                         updates, hot = updates + upd_after[0] - upd_before[0], hot + upd_after[1] - upd_before[1]
                     log(f"round {i} {name}: {JOBS} jobs in {seconds:.2f}s = {JOBS / seconds:.0f}/s; per 100 jobs: "
                         f"{(commits - before[0] - 1) / JOBS * 100:.1f} commits, {(wal - before[1]) / JOBS / 10:.0f} kB WAL,"
-                        f" {worker_cpu / JOBS * 1e5:.0f} ms worker CPU (imports included)")  # fmt: skip
+                        f" CPU {server / JOBS * 1e5:.1f} ms server + {worker_cpu / JOBS * 1e5:.1f} ms workers;"
+                        f" {deadlocks - before[2]} deadlocks")  # fmt: skip
             o, d, p = (statistics.median(times[name]) for name in ("ours", "peer_default", "peer_same_batch"))
+            cpu = " ".join(f"{name}={statistics.median(us):.0f}" for name, us in cpu_us.items())
             print(f"task_queue: ratio={p / o:.2f} (ours/peer, jobs per second; peer = pgqueuer at our batch size"
                   f" {BATCH}) ratio_vs_peer_default={d / o:.2f} (pgqueuer at its default batch {PEER_DEFAULT_BATCH})"
                   f" ours={JOBS / o:.0f}/s peer_same_batch={JOBS / p:.0f}/s peer_default={JOBS / d:.0f}/s"
                   f" hot_updates={hot / updates if updates else 0:.2f} jobs={JOBS} workers={WORKERS} goal>=5.00"
-                  f" rounds={ROUNDS} jobs_run_twice={repeated}", flush=True)  # fmt: skip
+                  f" rounds={ROUNDS} jobs_run_twice={repeated} cpu_us_per_job(server+workers): {cpu}", flush=True)  # fmt: skip
         finally:
             stack.stop()
 
