@@ -119,12 +119,15 @@ def dump(dsn: str, folder: Path, *, jobs: int = 2, compress: str = "gzip:1") -> 
             cur.execute("SELECT pg_export_snapshot()")
             snapshot_id = cur.fetchone()[0]
             version = server_version(cur)
+            # Sequences are not transactional: read them before pg_dump does, so that a restore is
+            # never behind what is recorded (a writer may move them on in between, never back)
+            sequences = sequence_values(cur)
             # both dumps run while this connection counts and hashes the same snapshot
             data_dump = start_client([pg_bin("pg_dump"), "-Fd", f"-j{jobs}", f"-Z{compress}",
                                       f"--snapshot={snapshot_id}", "--no-password", "-f", str(folder)], dsn)  # fmt: skip
             schema_dump = start_schema_dump(dsn, snapshot_id)
             try:
-                expected = snapshot(cur)
+                expected = snapshot(cur, sequences=sequences)
                 schema = schema_text(schema_dump)
             except BaseException:
                 data_dump.kill()
@@ -256,11 +259,19 @@ def _content_checksum(cur, name) -> tuple[int, str]:
     return result
 
 
-def snapshot(cur, critical: tuple[str, ...] = CRITICAL_TABLES) -> Snapshot:
-    """Counts of every table, content checksums of the critical ones, sequence values."""
+def sequence_values(cur) -> dict[str, int | None]:
+    cur.execute("SELECT schemaname || '.' || sequencename, last_value FROM pg_sequences ORDER BY 1")
+    return dict(cur.fetchall())
+
+
+def snapshot(
+    cur, critical: tuple[str, ...] = CRITICAL_TABLES, sequences: dict[str, int | None] | None = None
+) -> Snapshot:
+    """Counts of every table, content checksums of the critical ones, sequence values (read now
+    unless given)."""
     from psycopg2 import sql
 
-    snap = Snapshot()
+    snap = Snapshot(sequences=sequence_values(cur) if sequences is None else sequences)
     cur.execute(
         "SELECT schemaname, tablename FROM pg_tables "
         "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
@@ -272,15 +283,13 @@ def snapshot(cur, critical: tuple[str, ...] = CRITICAL_TABLES) -> Snapshot:
         else:
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(name))
             snap.row_counts[f"{schema}.{table}"] = cur.fetchone()[0]
-    cur.execute("SELECT schemaname || '.' || sequencename, last_value FROM pg_sequences ORDER BY 1")
-    snap.sequences = dict(cur.fetchall())
     return snap
 
 
 def compare(restored_dsn: str, folder: Path) -> list[str]:
     """How the restore differs from what the dump recorded, each naming the object; [] if none.
 
-    Sequences are not transactional: pg_dump reads them a moment after the snapshot, so a
+    Sequences are not transactional: the dump records them before pg_dump reads them, so a
     restored value may be higher than recorded under concurrent writes, never lower.
     """
     import psycopg2
