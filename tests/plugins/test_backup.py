@@ -99,8 +99,13 @@ def test_a_backup_taken_while_rows_are_inserted_verifies(source, monkeypatch):
     public.audit_findings_id_seq: source 11, restore 10'); the delay here stands for that count."""
     import include.backup
 
-    counted = include.backup.snapshot
-    monkeypatch.setattr(include.backup, "snapshot", lambda *a, **kw: (time.sleep(1), counted(*a, **kw))[1])
+    count = include.backup.snapshot
+
+    def slow_count(*args, **kwargs):
+        time.sleep(1)
+        return count(*args, **kwargs)
+
+    monkeypatch.setattr(include.backup, "snapshot", slow_count)
     stop, inserted = threading.Event(), []
 
     def write() -> None:
