@@ -8,30 +8,33 @@ export PYTHONPATH := $(CURDIR)
 
 .PHONY: run up down env psql metrics test test-pg15 lint bench lock clean
 
-# The venv is rebuilt only when the lock changes; a second `make` reuses it.
-$(VENV)/.installed: requirements.lock
+# The venv is rebuilt only when the lock changes; a second `make` reuses it. The project's own
+# provider (plugins/execplatform) is installed editable, with the locked setuptools and nothing
+# else, so that Airflow registers its connection types.
+$(VENV)/.installed: requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	@$(VENV)/bin/uv pip sync --quiet --python $(PY) requirements.lock
+	@$(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps --no-build-isolation -e .
 	@touch $@
 
 run: $(VENV)/.installed  ## the whole local stack in the foreground; Ctrl-C stops it
-	@$(PY) -m include.devstack run
+	@$(PY) -m devstack run
 
 up: $(VENV)/.installed  ## the same in the background
-	@$(PY) -m include.devstack up
+	@$(PY) -m devstack up
 
 down: $(VENV)/.installed
-	@$(PY) -m include.devstack down
+	@$(PY) -m devstack down
 
 env: $(VENV)/.installed  ## eval "$$(make -s env)" points airflow ... at the running stack
-	@$(PY) -m include.devstack env
+	@$(PY) -m devstack env
 
 psql: $(VENV)/.installed  ## psql on the running stack's app database
-	@$(PY) -m include.devstack psql
+	@$(PY) -m devstack psql
 
 metrics: $(VENV)/.installed  ## the metrics the running stack's CloudWatch (moto) holds
-	@$(PY) -m include.devstack metrics
+	@$(PY) -m devstack metrics
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -44,7 +47,7 @@ test: lint
 PG15_SERVER ?= 127.0.0.1:5432
 test-pg15: $(VENV)/.installed
 	TEST_PG_SERVER=$(PG15_SERVER) $(VENV)/bin/pytest -p no:cacheprovider \
-	  tests/include/test_migrations.py tests/include/test_migration_runner.py
+	  tests/include/migrations/test_migrations.py tests/include/migrations/test_runner.py
 
 bench: $(VENV)/.installed
 	@set -e; for f in bench/bench_*.py; do $(PY) $$f; done

@@ -1,10 +1,10 @@
 """Verified backups against plain pg_dump/pg_restore, on one seeded database of 1 GB or more.
 
 Peers, with the same PostgreSQL 18 client programs and the same role:
-- dump: `pg_dump -Fc -f file` against ours, `include.backup.dump` (parallel directory-format
+- dump: `pg_dump -Fc -f file` against ours, `include.backup.archive.dump` (parallel directory-format
   dump in an exported snapshot, schema.sql, expected.json and the SHA-256 manifest included);
 - verify: `createdb` + single-job `pg_restore -j1` of that `-Fc` file against ours, `createdb` +
-  `include.backup.restore` + `include.backup.compare` (schema, row counts, sequences, checksums).
+  `include.backup.archive.restore` + `include.backup.archive.compare` (schema, row counts, sequences, checksums).
 
 Goals: dump ratio at most 0.5, verify ratio at most 1.0. A LocalStack (without Airflow) in a
 temp folder is seeded at BENCH_BACKUP_SCALE (default 10.0; scale 1.0 is about 118 MB on disk).
@@ -22,7 +22,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-from include.backup import compare, dump, pg_bin, restore, run_client
+from include.backup.archive import compare, dump, restore
+from include.backup.pg_programs import pg_bin, run_client
 
 MIN_DB_BYTES = 1 << 30  # the issue asks for 1 GB or more
 SCALE = float(os.environ.get("BENCH_BACKUP_SCALE", "10.0"))  # ~118 MB per 1.0 of scale
@@ -91,7 +92,7 @@ def our_verify(stack, folder: Path, dbname: str) -> tuple[float, float]:
 
 
 def main() -> None:
-    from include.devstack.stack import LocalStack
+    from devstack.stack import LocalStack
 
     began = time.perf_counter()
     os.environ["SEED_SCALE"] = str(SCALE)  # LocalStack.start() seeds the app database with it

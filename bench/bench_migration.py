@@ -111,7 +111,7 @@ def p99(values: list[float]) -> float:
 
 
 def main() -> None:
-    from include.devstack.stack import LocalStack
+    from devstack.stack import LocalStack
 
     os.environ["SEED_SCALE"] = "0.001"  # the stack's own demo database is not used here
     ours_step = revision_0002().ADD_COLUMN

@@ -1,7 +1,7 @@
 """The offer model against the best possible and against a logistic-regression peer.
 
 Impressions are drawn with labels from the demo generator's own response model
-(include.seed.RESPONSE_MODEL), so the true redemption probability of every holdout row is known
+(devstack.demo_data.RESPONSE_MODEL), so the true redemption probability of every holdout row is known
 and the Bayes-optimal AUC on that sample is computable. Features: segment, channel and offer
 uniform over the seed's values (offers as the seed shows them: uniformly), recency
 exponential (mean 12 days, capped at 180), visits in 30 days Poisson(3), organic spend
@@ -27,8 +27,14 @@ import time
 import numpy as np
 import pandas as pd
 
+from devstack.demo_data import (
+    CHANNELS,
+    DISCOUNT_LEVELS,
+    PRODUCT_PRICES_CENTS,
+    RESPONSE_MODEL,
+    SEGMENTS,
+)
 from include.offers.model import FEATURES, build_baseline, build_pipeline, fit, predict
-from include.seed import CHANNELS, DISCOUNT_LEVELS, PRODUCT_PRICES_CENTS, RESPONSE_MODEL, SEGMENTS
 
 ROWS = int(os.environ.get("BENCH_OFFER_ROWS", "100000"))
 HOLDOUT = int(os.environ.get("BENCH_OFFER_HOLDOUT", "50000"))

@@ -6,7 +6,7 @@ handler waits BENCH_OVERHEAD_LATENCY_MS (default 5) on the reference executor (I
 distinct inputs and the cache emptied before each run (every call a cache miss on both sides),
 drained:
 
-- peer: `include.task_batch.drain` in BENCH_OVERHEAD_PARALLELISM processes (default 4), each
+- peer: `include.execution.drain.drain` in BENCH_OVERHEAD_PARALLELISM processes (default 4), each
   with BENCH_OVERHEAD_CONCURRENCY handler threads (default 16) and BENCH_OVERHEAD_BATCH claims
   (default 200), through the same executor client and Redis cache as the DAG;
 - ours: `task_batch` triggered through the REST API of a full local stack (scheduler,
@@ -72,7 +72,7 @@ def refill(dsn: str, redis_port: int) -> None:
     side that runs second would be answered from the first side's cache)."""
     import redis
 
-    from include.task_queue import TaskQueue
+    from include.execution.task_queue import TaskQueue
 
     redis.Redis(host="127.0.0.1", port=redis_port).flushdb()
     query(dsn, "TRUNCATE execution_tasks")
@@ -98,9 +98,10 @@ def succeeded(dsn: str) -> int:
 def direct_worker(dsn: str, executor_url: str, redis_port: int, start) -> None:
     import redis
 
-    from include.task_batch import drain
-    from include.task_cache import TaskCache
-    from include.task_handlers import ExecutorClient, Services
+    from include.execution.drain import drain
+    from include.execution.executor_client import ExecutorClient
+    from include.execution.task_cache import TaskCache
+    from include.execution.task_handlers import Services
 
     executor = ExecutorClient(executor_url, max_connections=CONCURRENCY)
     cache = TaskCache(redis.Redis(host="127.0.0.1", port=redis_port))
@@ -180,7 +181,7 @@ def run_dag(stack) -> float:
 
 
 def main() -> None:
-    from include.devstack.stack import LocalStack
+    from devstack.stack import LocalStack
     from include.migrations import upgrade
 
     os.environ["SEED_SCALE"] = "0.001"

@@ -3,9 +3,9 @@
 BENCH_CACHE_CALLS executor calls (default 20000) over BENCH_CACHE_INPUTS distinct inputs
 (default 1000) drawn with Zipf popularity (exponent BENCH_CACHE_ZIPF, default 1.0, seeded), on
 BENCH_CACHE_CONCURRENCY threads (default 64), against the stack's reference executor answering
-after BENCH_CACHE_LATENCY_MS (default 50). The calls run through `include.task_batch.drain`
+after BENCH_CACHE_LATENCY_MS (default 50). The calls run through `include.execution.drain.drain`
 itself, batches of BENCH_CACHE_BATCH tasks (default 1000; the DAG's `batch_size` param), whose
-handler is `include.task_handlers.execute_on_executor` (validation, model version, cache lookup,
+handler is `include.execution.task_handlers.execute_on_executor` (validation, model version, cache lookup,
 HTTP); with the Redis cache (each claimed batch first reads the cached answers of all its tasks
 in one round trip) and without it. The drain's queue is a list here (`ListQueue`: claims hand
 out the next tasks, settling records the outcomes): the database is not what this measures.
@@ -46,7 +46,7 @@ def log(message: str) -> None:
 
 
 def workload() -> list:
-    from include.task_queue import ClaimedTask
+    from include.execution.task_queue import ClaimedTask
 
     rng = random.Random(6)
     weights = [1 / (k**ZIPF) for k in range(1, INPUTS + 1)]
@@ -71,7 +71,7 @@ class ListQueue:
         return list(itertools.islice(self.left, limit))
 
     def settle_and_claim(self, completions, failures, limit: int, task_types=None):
-        from include.task_queue import FailOutcome
+        from include.execution.task_queue import FailOutcome
 
         assert all(c.result["output"]["digest"] for c in completions)
         self.completed.update(c.task.id for c in completions)
@@ -80,7 +80,7 @@ class ListQueue:
 
 
 def run(tasks: list, services) -> float:
-    from include.task_batch import drain
+    from include.execution.drain import drain
 
     queue = ListQueue(tasks)
     started = time.perf_counter()
@@ -93,9 +93,10 @@ def run(tasks: list, services) -> float:
 def main() -> None:
     import redis
 
-    from include.devstack.stack import LocalStack
-    from include.task_cache import TaskCache
-    from include.task_handlers import ExecutorClient, Services
+    from devstack.stack import LocalStack
+    from include.execution.executor_client import ExecutorClient
+    from include.execution.task_cache import TaskCache
+    from include.execution.task_handlers import Services
 
     os.environ.setdefault("SEED_SCALE", "0.01")
     os.environ["STACK_EXECUTOR_LATENCY_MS"] = LATENCY_MS

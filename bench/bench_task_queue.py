@@ -16,7 +16,7 @@ printed, each saying which it is:
   what batching alone does not explain.
 
 - ours: rows as the platform writes them (an `ai_model` on each, so its format CHECK and its
-  index are part of the work), drained by `include.task_batch.drain` per process: leased
+  index are part of the work), drained by `include.execution.drain.drain` per process: leased
   `SKIP LOCKED` claims, heartbeat thread, handler threads, token-checked set-based completion
   (every safety property on), one statement per step (settle what has finished and claim as
   many), on a connection opened before the clock like the peer's;
@@ -82,9 +82,9 @@ def noop(task, services):
 
 
 def our_worker(dsn: str, start, done) -> None:
-    from include.task_batch import drain
-    from include.task_handlers import REQUIRED_INPUTS, Services
-    from include.task_queue import TaskQueue
+    from include.execution.drain import drain
+    from include.execution.task_handlers import REQUIRED_INPUTS, Services
+    from include.execution.task_queue import TaskQueue
 
     with TaskQueue(dsn) as queue:  # connected before the clock, like the peer's connection
         start.wait()
@@ -95,7 +95,7 @@ def our_worker(dsn: str, start, done) -> None:
 
 
 def our_enqueue(dsn: str) -> None:
-    from include.task_queue import TaskQueue
+    from include.execution.task_queue import TaskQueue
 
     query(dsn, "TRUNCATE execution_tasks")
     with TaskQueue(dsn) as q:
@@ -242,7 +242,7 @@ def timed(worker, dsn: str, *extra) -> tuple[float, int, float]:
 
 
 def main() -> None:
-    from include.devstack.stack import LocalStack
+    from devstack.stack import LocalStack
 
     os.environ.setdefault("SEED_SCALE", "0.01")
     with tempfile.TemporaryDirectory(prefix="bench_queue_") as tmp:

@@ -58,7 +58,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import (
-    Asset,
     AssetOrTimeSchedule,
     CronTriggerTimetable,
     Param,
@@ -67,11 +66,17 @@ from airflow.sdk import (
     task,
 )
 
+from execplatform.dag_defaults import (
+    APP_DB,
+    BACKUP_VERIFIED,
+    MIGRATION_APPLIED,
+    MODEL_PROMOTED,
+    default_args,
+    schedule_for,
+)
 from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
-from include.audit import DEFAULT_LIMITS, GATES
-from include.schedules import schedule_for
+from include.audit.gates import DEFAULT_LIMITS, GATES
 
-APP_DB = "app_db"
 INDICATOR_DAYS = 7  # a day missed by a skipped run fills in on the next
 ALARM_DEADLINE_SECONDS = 120
 STEPS = ("leading_indicators", "adversarial_probes", "alarm_delivery", "daily_digest")  # after the gates
@@ -88,7 +93,7 @@ def _audited_day():
 @dag(
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable(schedule_for("adversarial_audit", "0 5 * * *"), timezone="UTC"),
-        assets=Asset("app_db_backup_verified") | Asset("app_db_migration_applied") | Asset("offer_model_promoted"),
+        assets=BACKUP_VERIFIED | MIGRATION_APPLIED | MODEL_PROMOTED,
     ),
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -98,23 +103,18 @@ def _audited_day():
     params={name: Param(value, type="number", minimum=0, description=f"gate limit {name}")
             for name, value in DEFAULT_LIMITS.items()},  # fmt: skip
     **run_metrics_callbacks(),
-    default_args={
-        "owner": "platform",
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        **alert_callbacks(on_failure="critical", on_retry="warning"),
-    },
+    default_args=default_args(on_failure="critical"),
 )
 def adversarial_audit():
     @task
     def start(run_id=None) -> int:
-        from execplatform.operators.audit import start
+        from execplatform.steps.audit_steps import start
 
         return start(APP_DB, run_id)
 
     @task(**alert_callbacks(on_failure="warning"))  # each gate is visible; `report` pages once
     def check(gate: str, audit_run_id: int, params=None) -> dict:
-        from execplatform.operators.audit import check_gate
+        from execplatform.steps.audit_steps import check_gate
 
         return check_gate(APP_DB, audit_run_id, gate, params)
 
@@ -122,7 +122,7 @@ def adversarial_audit():
     def report(audit_run_id: int, ti=None) -> dict:
         """The verdict, last and the run's only leaf (Airflow derives a run's state from its
         leaves): every gate's finding, the probes' and the alarms' included, and every step done."""
-        from execplatform.operators.audit import report
+        from execplatform.steps.audit_steps import report
 
         unfinished = [step for step in STEPS if ti.xcom_pull(task_ids=step) is None]
         return report(APP_DB, audit_run_id, [*GATES, *STEP_GATES], unfinished)
@@ -133,7 +133,7 @@ def adversarial_audit():
     # after the gates: leading indicators, probes, the alarms themselves, the digest, the verdict
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def leading_indicators() -> dict:
-        from execplatform.operators.indicators import record_indicators
+        from execplatform.steps.indicator_steps import record_indicators
 
         return record_indicators(APP_DB, _audited_day(), days=INDICATOR_DAYS)
 
@@ -141,19 +141,19 @@ def adversarial_audit():
     def adversarial_probes(audit_run_id: int, dag=None) -> dict:
         from pathlib import Path
 
-        from execplatform.operators.probes import run_probes
+        from execplatform.steps.probe_steps import run_probes
 
         return run_probes(APP_DB, audit_run_id, dags_folder=Path(dag.fileloc).parent)  # every DAG's params
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def alarm_delivery(audit_run_id: int) -> dict:
-        from execplatform.operators.alarm_audit import audit_alarms
+        from execplatform.steps.alarm_delivery_steps import audit_alarms
 
         return audit_alarms(APP_DB, audit_run_id, deadline_seconds=ALARM_DEADLINE_SECONDS)
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def daily_digest(audit_run_id: int) -> dict:
-        from execplatform.operators.audit_report import send_digest
+        from execplatform.steps.digest_steps import send_digest
 
         return send_digest(APP_DB, _audited_day(), audit_run_id)
 

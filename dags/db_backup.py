@@ -25,16 +25,13 @@ local copy of a dump whose upload failed is kept under the worker's temp folder
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, Param, TriggerRule, dag, task
+from airflow.sdk import Param, TriggerRule, dag, task
 
-from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
-from execplatform.operators.backup import PostgresBackupOperator, VerifyBackupOperator
-from include.schedules import schedule_for
-
-BACKUP_VERIFIED = Asset("app_db_backup_verified")
+from execplatform.dag_defaults import BACKUP_BUCKET, BACKUP_VERIFIED, default_args, schedule_for
+from execplatform.notifiers.alert_notifier import run_metrics_callbacks
+from execplatform.operators.backup_operators import PostgresBackupOperator, VerifyBackupOperator
 
 
 @dag(
@@ -47,19 +44,12 @@ BACKUP_VERIFIED = Asset("app_db_backup_verified")
     params={
         "keep_daily": Param(7, type="integer", minimum=1, description="daily verified backups to keep"),
         "keep_weekly": Param(4, type="integer", minimum=0, description="weekly verified backups to keep"),
-    },
+    },  # fmt: skip
     **run_metrics_callbacks(),
-    default_args={
-        "owner": "platform",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        **alert_callbacks(on_failure="critical", on_retry="warning"),
-    },
+    default_args=default_args(on_failure="critical", retry_delay=timedelta(minutes=1)),
 )
 def db_backup():
-    dumped = PostgresBackupOperator(
-        task_id="dump_and_upload", bucket=os.environ.get("BACKUP_BUCKET", "execplatform-backups")
-    )
+    dumped = PostgresBackupOperator(task_id="dump_and_upload", bucket=BACKUP_BUCKET)
     verified = VerifyBackupOperator(
         task_id="verify_backup",
         backup_id="{{ ti.xcom_pull(task_ids='dump_and_upload')['backup_id'] }}",
@@ -68,28 +58,16 @@ def db_backup():
 
     @task
     def apply_retention(params=None) -> list[int]:
-        from execplatform.operators.backup import apply_retention
+        from execplatform.steps.backup_steps import apply_retention
 
         return apply_retention(keep_daily=params["keep_daily"], keep_weekly=params["keep_weekly"])
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
-    def publish_metrics(ti=None) -> None:
+    def publish_metrics(ti=None) -> int:
         """Runs whatever happened upstream: a failed backup must report verified=0."""
-        from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
-        from include.metrics import NAMESPACE, Metric, standard_dimensions
+        from execplatform.steps.backup_steps import publish_backup_metrics
 
-        dumped = ti.xcom_pull(task_ids="dump_and_upload") or {}
-        verified = ti.xcom_pull(task_ids="verify_backup") or {}
-        dims = standard_dimensions()
-        metrics = [Metric("BackupVerified", float(bool(verified)), dimensions=dims)]
-        if dumped:
-            metrics += [
-                Metric("BackupSizeBytes", float(dumped["size_bytes"]), unit="Bytes", dimensions=dims),
-                Metric("BackupDumpSeconds", dumped["dump_seconds"], unit="Seconds", dimensions=dims),
-            ]
-        if verified:
-            metrics.append(Metric("BackupRestoreSeconds", verified["restore_seconds"], unit="Seconds", dimensions=dims))
-        CloudWatchMetricsHook(aws_conn_id="aws_default").put_metrics(NAMESPACE, metrics)
+        return publish_backup_metrics(ti.xcom_pull(task_ids="dump_and_upload"), ti.xcom_pull(task_ids="verify_backup"))
 
     dumped >> verified >> apply_retention() >> publish_metrics()
 

@@ -35,18 +35,22 @@ After a rollback the database is at `from_revision` of the run's `migration_runs
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import Asset, Param, TriggerRule, chain, dag, task
+from airflow.sdk import Param, TriggerRule, chain, dag, task
 
-from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
-from execplatform.operators.backup import PostgresBackupOperator, VerifyBackupOperator
+from execplatform.dag_defaults import (
+    APP_DB,
+    AWS,
+    BACKUP_BUCKET,
+    BACKUP_VERIFIED,
+    MIGRATION_APPLIED,
+    default_args,
+)
+from execplatform.notifiers.alert_notifier import run_metrics_callbacks
+from execplatform.operators.backup_operators import PostgresBackupOperator, VerifyBackupOperator
 
-APP_DB = "app_db"
-BACKUP_VERIFIED = Asset("app_db_backup_verified")
-MIGRATION_APPLIED = Asset("app_db_migration_applied")
 JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where two branches meet
 
 
@@ -58,7 +62,7 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where two branches meet
     doc_md=__doc__,
     tags=["platform", "migration"],
     params={
-        # the project's revision ids are hex digits (0002); tests/include/test_probes.py holds every file to it
+        # the project's revision ids are hex digits (0002); tests/include/audit/test_probes.py holds every file to it
         "target_revision": Param("head", type="string", pattern=r"^(head|[0-9a-f]{4,32})$",
                                  description="Alembic revision to reach: its id (e.g. 0002) or head"),
         "dry_run": Param(False, type="boolean", description="plan, lint, back up and rehearse; apply nothing"),
@@ -72,36 +76,29 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where two branches meet
         "backfill_batch_size": Param(10000, type="integer", minimum=100),
     },
     **run_metrics_callbacks(),
-    default_args={
-        "owner": "platform",
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        **alert_callbacks(on_failure="critical", on_retry="warning"),
-    },
+    default_args=default_args(on_failure="critical"),
 )
 def db_migrate():
     @task
     def plan(params=None, run_id=None) -> dict:
-        from execplatform.operators.migrate import plan_migration, settings_from_params
+        from execplatform.steps.migration_steps import plan_migration, settings_from_params
 
         return plan_migration(APP_DB, run_id, params["target_revision"], settings_from_params(params))
 
     @task
     def lint(params=None) -> dict:
-        from execplatform.operators.migrate import lint_migration, settings_from_params
+        from execplatform.steps.migration_steps import lint_migration, settings_from_params
 
         return lint_migration(APP_DB, params["target_revision"], settings_from_params(params))
 
     @task.branch
     def backup_gate(params=None) -> str:
-        from execplatform.operators.migrate import fresh_backup_id
+        from execplatform.steps.migration_steps import fresh_backup_id
 
         backup_id = fresh_backup_id(APP_DB, params["max_backup_age_hours"])
         return "rehearse" if backup_id else "take_backup"
 
-    take_backup = PostgresBackupOperator(
-        task_id="take_backup", postgres_conn_id=APP_DB, bucket=os.environ.get("BACKUP_BUCKET", "execplatform-backups")
-    )
+    take_backup = PostgresBackupOperator(task_id="take_backup", postgres_conn_id=APP_DB, bucket=BACKUP_BUCKET)
     verify_backup = VerifyBackupOperator(
         task_id="verify_backup",
         backup_id="{{ ti.xcom_pull(task_ids='take_backup')['backup_id'] }}",
@@ -111,9 +108,9 @@ def db_migrate():
 
     @task(trigger_rule=JOIN)
     def rehearse(params=None, run_id=None) -> dict:
-        from execplatform.operators.migrate import rehearse_migration, settings_from_params
+        from execplatform.steps.migration_steps import rehearse_migration, settings_from_params
 
-        return rehearse_migration(APP_DB, "aws_default", run_id, params["max_backup_age_hours"],
+        return rehearse_migration(APP_DB, AWS, run_id, params["max_backup_age_hours"],
                                   settings_from_params(params))  # fmt: skip
 
     @task.branch
@@ -134,25 +131,25 @@ def db_migrate():
 
     @task(trigger_rule=JOIN, outlets=[MIGRATION_APPLIED])
     def apply(params=None, run_id=None) -> dict:
-        from execplatform.operators.migrate import apply_migration, settings_from_params
+        from execplatform.steps.migration_steps import apply_migration, settings_from_params
 
         return apply_migration(APP_DB, run_id, settings_from_params(params))
 
     @task
     def verify(applied: dict, run_id=None) -> dict:
-        from execplatform.operators.migrate import verify_migration
+        from execplatform.steps.migration_steps import verify_migration
 
         return verify_migration(APP_DB, run_id, applied)
 
     @task(trigger_rule=TriggerRule.ONE_FAILED)
     def roll_back(params=None, run_id=None) -> dict:
-        from execplatform.operators.migrate import roll_back_migration, settings_from_params
+        from execplatform.steps.migration_steps import roll_back_migration, settings_from_params
 
         return roll_back_migration(APP_DB, run_id, settings_from_params(params))
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def finish(run_id=None, ti=None) -> str:
-        from execplatform.operators.migrate import finish_migration
+        from execplatform.steps.migration_steps import finish_migration
 
         return finish_migration(APP_DB, run_id, verified=bool(ti.xcom_pull(task_ids="verify")))
 

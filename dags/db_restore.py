@@ -22,12 +22,13 @@ those cases.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import Param, dag
 
-from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
-from execplatform.operators.backup import DATABASE_NAME, RestoreBackupOperator
+from execplatform.dag_defaults import default_args
+from execplatform.notifiers.alert_notifier import run_metrics_callbacks
+from execplatform.operators.backup_operators import DATABASE_NAME, RestoreBackupOperator
 
 
 @dag(
@@ -48,12 +49,7 @@ from execplatform.operators.backup import DATABASE_NAME, RestoreBackupOperator
                          description="type the live database's name to restore over it"),
     },  # fmt: skip
     **run_metrics_callbacks(),
-    default_args={
-        "owner": "platform",
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        **alert_callbacks(on_failure="error", on_retry=None),
-    },
+    default_args=default_args(on_failure="error", on_retry=None),
 )
 def db_restore():
     RestoreBackupOperator(

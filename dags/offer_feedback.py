@@ -22,15 +22,12 @@ twice, since a failed transaction leaves the cursor where it was.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
+from execplatform.dag_defaults import OFFER_FEEDBACK, default_args, schedule_for
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
-from execplatform.operators.offers import offer_default_args
-from include.schedules import schedule_for
-
-OFFER_FEEDBACK = Asset("offer_feedback_enough")
 
 
 @dag(
@@ -44,19 +41,16 @@ OFFER_FEEDBACK = Asset("offer_feedback_enough")
         "min_exploration": Param(0.1, type="number", minimum=0, maximum=1, description="traffic share spread evenly over every arm"),
         "budget_per_impression_cents": Param(300, type="number", minimum=0, description="expected discount per impression"),
         "retrain_after_redemptions": Param(500, type="integer", minimum=1, description="new redemptions that trigger a retrain"),
-    },
+    },  # fmt: skip
     **run_metrics_callbacks(),
-    default_args=offer_default_args(),
+    default_args=default_args("growth-data", retry_delay=timedelta(minutes=1)),
 )
 def offer_feedback():
     @task
     def update_bandit(params=None) -> dict:
-        from execplatform.operators.offers import APP_DB, app_cursor
-        from include.offers import jobs
+        from execplatform.steps import offer_steps
 
-        with app_cursor(APP_DB) as cur:
-            return jobs.update_bandit(cur, min_exploration=params["min_exploration"],
-                                      budget_per_impression_cents=params["budget_per_impression_cents"])  # fmt: skip
+        return offer_steps.update_bandit(params["min_exploration"], params["budget_per_impression_cents"])
 
     @task(outlets=[OFFER_FEEDBACK])
     def signal_enough_feedback(update: dict, params=None) -> int:

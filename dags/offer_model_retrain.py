@@ -36,11 +36,9 @@ error names the object id. Fix the cause and clear the failed task; re-runs chan
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import (
-    Asset,
-    AssetAlias,
     AssetOrTimeSchedule,
     CronTriggerTimetable,
     Param,
@@ -49,19 +47,23 @@ from airflow.sdk import (
     task,
 )
 
+from execplatform.dag_defaults import (
+    MODEL_PROMOTED,
+    MODEL_PROMOTION,
+    OFFER_FEEDBACK,
+    default_args,
+    schedule_for,
+)
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
-from execplatform.operators.offers import PublishOffersOperator, offer_default_args
-from include.schedules import schedule_for
+from execplatform.operators.stripe_operators import PublishOffersOperator
 
-OFFER_FEEDBACK = Asset("offer_feedback_enough")
-# a new champion (promoted or rolled back to) triggers adversarial_audit; through an alias, so a
-# run that keeps the champion emits nothing
-MODEL_PROMOTED, MODEL_PROMOTION = Asset("offer_model_promoted"), AssetAlias("offer_model_promotion")
+JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where the train and rollback branches meet
 
 
 @dag(
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(schedule_for("offer_model_retrain", "0 3 * * 1"), timezone="UTC"), assets=OFFER_FEEDBACK
+        timetable=CronTriggerTimetable(schedule_for("offer_model_retrain", "0 3 * * 1"), timezone="UTC"),
+        assets=OFFER_FEEDBACK,
     ),
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -75,9 +77,9 @@ MODEL_PROMOTED, MODEL_PROMOTION = Asset("offer_model_promoted"), AssetAlias("off
                             description="AUC a challenger must gain over the champion (negative: may lose)"),
         "holdout_share": Param(0.1, type="number", minimum=0.01, maximum=0.5, description="share of each segment given no offer"),
         "discount_budget_cents": Param(50_000_000, type="number", minimum=0, description="expected discount paid over all offers"),
-    },
+    },  # fmt: skip
     **run_metrics_callbacks(),
-    default_args=offer_default_args(),
+    default_args=default_args("growth-data", retry_delay=timedelta(minutes=1)),
 )
 def offer_model_retrain():
     @task.branch
@@ -86,125 +88,53 @@ def offer_model_retrain():
 
     @task(outlets=[MODEL_PROMOTED])
     def rollback_champion() -> dict:
-        from execplatform.operators.offers import APP_DB, app_cursor
-        from include.offers import registry
-        from include.offers.model import MODEL_NAME
-        from include.security_events import log_security_event
+        from execplatform.steps.offer_steps import roll_back_champion
 
-        with app_cursor(APP_DB) as cur:
-            retired, restored = registry.rollback(cur, MODEL_NAME)
-            log_security_event(cur, "rollback", "warning", object="model_version",
-                               retired=retired.id, restored=restored.id)  # fmt: skip
-        return {"retired": retired.id, "restored": restored.id}
+        return roll_back_champion()
 
     @task
     def extract(run_id=None) -> dict:
-        from datetime import UTC
+        from execplatform.steps.offer_steps import extract_training_data
 
-        from execplatform.operators.offers import APP_DB, app_cursor, model_bucket, s3_client
-        from include.offers import jobs
-        from include.offers.model import MODEL_NAME
-
-        safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
-        uri = f"s3://{model_bucket()}/{MODEL_NAME}/runs/{safe_run}/training.csv.gz"
-        with app_cursor(APP_DB) as cur:
-            return jobs.extract(cur, s3_client(), uri, datetime.now(UTC))
+        return extract_training_data(run_id)
 
     @task
     def train(extracted: dict, params=None) -> dict:
-        from execplatform.operators.offers import APP_DB, app_cursor, model_bucket, s3_client
-        from include.offers import jobs
+        from execplatform.steps.offer_steps import train_challenger
 
-        with app_cursor(APP_DB) as cur:
-            return jobs.train(cur, s3_client(), snapshot_uri=extracted["snapshot_uri"],
-                              bucket=model_bucket(), valid_days=params["valid_days"])  # fmt: skip
+        return train_challenger(extracted["snapshot_uri"], params["valid_days"])
 
     @task
     def evaluate(extracted: dict, trained: dict) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
+        from execplatform.steps.offer_steps import evaluate_challenger
 
-        from execplatform.operators.offers import (
-            APP_DB,
-            app_cursor,
-            report_refused_artifact,
-            s3_client,
-        )
-        from include.offers import jobs, registry
-
-        try:
-            with app_cursor(APP_DB) as cur:
-                result = jobs.evaluate(cur, s3_client(), snapshot_uri=extracted["snapshot_uri"],
-                                       version_id=trained["version_id"], valid_from=trained["valid_from"])  # fmt: skip
-        except registry.ArtifactRefused as refused:
-            report_refused_artifact(trained["version_id"], str(refused))
-            raise AirflowFailException(f"challenger {trained['version_id']}: {refused}") from None
-        if result.get("champion_refused"):
-            report_refused_artifact(**result["champion_refused"])
-        return result
+        return evaluate_challenger(extracted["snapshot_uri"], trained)
 
     @task(outlets=[MODEL_PROMOTION])
     def promote_or_keep(evaluation: dict, params=None, outlet_events=None) -> dict:
-        from execplatform.operators.offers import APP_DB, app_cursor
-        from include.offers import jobs, registry
+        from execplatform.steps import offer_steps
 
-        with app_cursor(APP_DB) as cur:
-            decision = jobs.promote_or_keep(cur, evaluation, registry.Gates(margin_auc=params["margin_auc"]))
+        decision = offer_steps.promote_or_keep(evaluation, params["margin_auc"])
         if decision["promoted"]:
             outlet_events[MODEL_PROMOTION].add(MODEL_PROMOTED)
         return decision
 
-    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    @task(trigger_rule=JOIN)
     def assign_offers(params=None) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+        from execplatform.steps import offer_steps
 
-        from execplatform.operators.offers import (
-            APP_DB,
-            app_cursor,
-            report_refused_artifact,
-            s3_client,
-        )
-        from include.offers import jobs, registry
-        from include.offers.model import MODEL_NAME
-
-        try:
-            with app_cursor(APP_DB) as cur:
-                return jobs.assign_offers(cur, s3_client(), holdout_share=params["holdout_share"],
-                                          budget_cents=params["discount_budget_cents"])  # fmt: skip
-        except LookupError as missing:  # no champion yet: nothing to offer, nothing to publish
-            raise AirflowSkipException(str(missing)) from None
-        except registry.ArtifactRefused as refused:
-            with app_cursor(APP_DB) as cur:
-                report_refused_artifact(registry.champion(cur, MODEL_NAME).id, str(refused))
-            raise AirflowFailException(f"champion artifact refused: {refused}") from None
+        return offer_steps.assign_offers(params["holdout_share"], params["discount_budget_cents"])
 
     publish = PublishOffersOperator(
         task_id="publish_offers",
         model_version_id="{{ ti.xcom_pull(task_ids='assign_offers')['model_version_id'] }}",
     )
 
-    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    @task(trigger_rule=JOIN)
     def report(ti=None) -> dict:
-        from airflow.sdk.exceptions import AirflowSkipException
+        from execplatform.steps.offer_steps import write_model_report
 
-        from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
-        from execplatform.operators.offers import APP_DB, app_cursor, s3_client
-        from include.metrics import NAMESPACE, Metric, standard_dimensions
-        from include.offers import jobs
-
-        evaluation = ti.xcom_pull(task_ids="evaluate")
-        if not evaluation:
-            raise AirflowSkipException("no model was trained in this run (rollback)")
-        decision = ti.xcom_pull(task_ids="promote_or_keep") or {}
-        with app_cursor(APP_DB) as cur:
-            files = jobs.write_report(cur, s3_client(), version_id=evaluation["version_id"])
-        dims = standard_dimensions()
-        challenger = evaluation["challenger"]
-        CloudWatchMetricsHook(aws_conn_id="aws_default").put_metrics(NAMESPACE, [
-            Metric("OfferModelAuc", challenger["auc"], dimensions=dims),
-            Metric("OfferModelLogLoss", challenger["log_loss"], dimensions=dims),
-            Metric("OfferModelPromoted", float(bool(decision.get("promoted"))), dimensions=dims),
-        ])  # fmt: skip
-        return files
+        return write_model_report(ti.xcom_pull(task_ids="evaluate"), ti.xcom_pull(task_ids="promote_or_keep"))
 
     extracted = extract()
     trained = train(extracted)

@@ -7,7 +7,7 @@ Reaches every connection the project uses over its real protocol: a query on `ap
 bucket listing and a CloudWatch datapoint on `aws_default`, a customer listing on
 `stripe_default`, an SMTP NOOP on `smtp_default`, a PING on `redis_default`. Each result and its
 latency goes to `healthcheck_results` in the app DB; a failed probe also sends a `ProbeFailed`
-datapoint to CloudWatch. `apply_alarms` keeps the CloudWatch alarms equal to `include/alarms.py`
+datapoint to CloudWatch. `apply_alarms` keeps the CloudWatch alarms equal to `include/observability/alarms.py`
 (an alarm changed by hand is put back within 15 minutes).
 
 **Idempotent:** yes; results are keyed by run and connection, a re-run replaces them.
@@ -26,12 +26,12 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag
 
-from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
-from execplatform.operators.cloudwatch import ApplyAlarmsOperator
-from execplatform.operators.healthcheck import ConnectionProbeOperator
-from include.schedules import schedule_for
+from execplatform.dag_defaults import APP_DB, AWS, REDIS, SMTP, STRIPE, default_args, schedule_for
+from execplatform.notifiers.alert_notifier import run_metrics_callbacks
+from execplatform.operators.cloudwatch_operators import ApplyAlarmsOperator
+from execplatform.operators.connection_probe_operator import ConnectionProbeOperator
 
-PROBED_CONNECTIONS = ("app_db", "aws_default", "stripe_default", "smtp_default", "redis_default")
+PROBED_CONNECTIONS = (APP_DB, AWS, STRIPE, SMTP, REDIS)
 
 
 @dag(
@@ -42,17 +42,12 @@ PROBED_CONNECTIONS = ("app_db", "aws_default", "stripe_default", "smtp_default",
     doc_md=__doc__,
     tags=["platform", "healthcheck"],
     **run_metrics_callbacks(),
-    default_args={
-        "owner": "platform",
-        "retries": 2,
-        "retry_delay": timedelta(seconds=20),
-        **alert_callbacks(on_failure="error", on_retry="warning"),
-    },
+    default_args=default_args(retry_delay=timedelta(seconds=20)),
 )
 def platform_healthcheck():
     for conn_id in PROBED_CONNECTIONS:
         ConnectionProbeOperator(task_id=f"probe_{conn_id}", conn_id=conn_id)
-    # the alarms that watch these probes (and every DAG) stay equal to include/alarms.py
+    # the alarms that watch these probes (and every DAG) stay equal to include/observability/alarms.py
     ApplyAlarmsOperator(task_id="apply_alarms")
 
 

@@ -23,13 +23,13 @@ the same transaction as the rows.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
+from execplatform.dag_defaults import default_args, schedule_for
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
-from execplatform.operators.offers import SyncStripePaymentsOperator, offer_default_args
-from include.schedules import schedule_for
+from execplatform.operators.stripe_operators import SyncStripePaymentsOperator
 
 
 @dag(
@@ -40,42 +40,22 @@ from include.schedules import schedule_for
     doc_md=__doc__,
     tags=["offers", "stripe"],
     **run_metrics_callbacks(),
-    default_args=offer_default_args(),
+    default_args=default_args("growth-data", retry_delay=timedelta(minutes=1)),
 )
 def roi_sync():
     synced = SyncStripePaymentsOperator(task_id="sync_payments")
 
     @task
     def compute_roi() -> list[dict]:
-        from dataclasses import asdict
+        from execplatform.steps import offer_steps
 
-        from execplatform.operators.offers import APP_DB, app_cursor
-        from include.offers import jobs
-
-        with app_cursor(APP_DB) as cur:
-            version_id = jobs.latest_assignment(cur)
-            if version_id is None:
-                return []
-            return [{**asdict(r), "gap_cents": r.gap_cents, "model_version_id": version_id}
-                    for r in jobs.compute_roi(cur, version_id)]  # fmt: skip
+        return offer_steps.compute_roi()
 
     @task
     def publish_metrics(rois: list[dict], ti=None) -> int:
-        from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
-        from include.metrics import NAMESPACE, Metric, standard_dimensions
+        from execplatform.steps.offer_steps import publish_roi_metrics
 
-        counts = ti.xcom_pull(task_ids="sync_payments") or {}
-        dims = standard_dimensions()
-        metrics = [Metric(f"StripePayments{k.title()}", float(v), unit="Count", dimensions=dims)
-                   for k, v in counts.items()]  # fmt: skip
-        for roi in rois:
-            seg = {**dims, "Segment": roi["segment"]}
-            metrics.append(Metric("OfferRoiAttributedCents", roi["attributed_roi_cents"], dimensions=seg))
-            if roi["incremental_roi_cents"] is not None:
-                metrics.append(Metric("OfferRoiIncrementalCents", roi["incremental_roi_cents"], dimensions=seg))
-                metrics.append(Metric("OfferRoiGapCents", roi["gap_cents"], dimensions=seg))
-        CloudWatchMetricsHook(aws_conn_id="aws_default").put_metrics(NAMESPACE, metrics)
-        return len(metrics)
+        return publish_roi_metrics(ti.xcom_pull(task_ids="sync_payments"), rois)
 
     rois = compute_roi()
     synced >> rois

@@ -39,11 +39,10 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, TriggerRule, dag, task
 
-from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
-from execplatform.operators.task_batch import DrainQueueOperator
-from include.schedules import schedule_for
-
-TASK_TYPES = ["implementation", "self_improvement", "idea", "idea_implementation"]
+from execplatform.dag_defaults import default_args, schedule_for
+from execplatform.notifiers.alert_notifier import run_metrics_callbacks
+from execplatform.operators.drain_operator import DrainQueueOperator
+from include.ids import TASK_TYPES
 
 
 @dag(
@@ -57,7 +56,7 @@ TASK_TYPES = ["implementation", "self_improvement", "idea", "idea_implementation
     tags=["platform", "tasks"],
     render_template_as_native_obj=True,
     params={
-        "task_types": Param([], type="array", items={"type": "string", "enum": TASK_TYPES},
+        "task_types": Param([], type="array", items={"type": "string", "enum": list(TASK_TYPES)},
                             description="task types to run; empty for all"),
         "batch_size": Param(100, type="integer", minimum=1, maximum=5000, description="tasks claimed per batch"),
         "parallelism": Param(4, type="integer", minimum=1, maximum=32, description="parallel drains (mapped tasks)"),
@@ -66,19 +65,14 @@ TASK_TYPES = ["implementation", "self_improvement", "idea", "idea_implementation
         "report_window_hours": Param(24, type="number", exclusiveMinimum=0, description="bottleneck report window"),
     },  # fmt: skip
     **run_metrics_callbacks(),
-    default_args={
-        "owner": "platform",
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        **alert_callbacks(on_failure="error", on_retry="warning"),
-    },
+    default_args=default_args(),
 )
 def task_batch():
     @task
     def measure_backlog(params=None, ti=None) -> list[int]:
         """The backlog (XCom `backlog`) and the drains to map (the return value)."""
-        from execplatform.operators.task_batch import measure_backlog
-        from include.task_batch import plan_batches
+        from execplatform.steps.queue_steps import measure_backlog
+        from include.execution.drain import plan_batches
 
         backlog = measure_backlog(params["task_types"])
         ti.xcom_push("backlog", backlog)
@@ -96,7 +90,7 @@ def task_batch():
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def publish_metrics(params=None, dag_run=None, ti=None) -> dict:
         """Runs whatever happened upstream: a dead drain's leases are reaped, its tasks counted."""
-        from execplatform.operators.task_batch import publish_task_metrics, reap_expired_leases
+        from execplatform.steps.queue_steps import publish_task_metrics, reap_expired_leases
 
         reaped = reap_expired_leases()
         planned = ti.xcom_pull(task_ids="measure_backlog") or []

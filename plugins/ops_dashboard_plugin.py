@@ -1,10 +1,10 @@
-"""Registers the ops dashboard (execplatform.dashboard) with Airflow's api-server and UI."""
+"""Registers the ops dashboard (execplatform.dashboard_app) with Airflow's api-server and UI."""
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from execplatform.dashboard import create_app
+from execplatform.dashboard_app import create_app
 
 
 class OpsDashboardPlugin(AirflowPlugin):

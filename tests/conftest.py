@@ -30,7 +30,7 @@ def local_stack(tmp_path_factory):
     Their connections are exported as AIRFLOW_CONN_* for the whole session, the way the
     running stack and production read them.
     """
-    from include.devstack.stack import LocalStack, connections
+    from devstack.stack import LocalStack, connections
 
     stack = LocalStack(tmp_path_factory.mktemp("stack"), with_airflow=False, api_port=0)
     try:

@@ -50,7 +50,7 @@ CONNECTIONS = {
     "STRIPE_DEFAULT": "stripe",
     "SMTP_DEFAULT": "smtp",
     "REDIS_DEFAULT": "redis",
-    "TASK_EXECUTOR": "http",
+    "TASK_EXECUTOR": "ai_executor",
 }
 PROJECT_MOUNTS = {
     "./dags": "/opt/airflow/dags",
@@ -216,7 +216,7 @@ def test_sentry_gets_no_frame_locals_and_no_per_call_breadcrumbs(common_env: dic
     """As on the local stack: locals hold connection passwords; the httpx/redis integrations cost
     a drain 0.35 ms of CPU per execution task, and the default stdlib one doubled the executor
     client's CPU per call."""
-    from include.devstack.stack import airflow_env
+    from devstack.stack import airflow_env
 
     names = ("INCLUDE_LOCAL_VARIABLES", "AUTO_ENABLING_INTEGRATIONS", "DEFAULT_INTEGRATIONS")
     ports = defaultdict(lambda: 1)
@@ -339,6 +339,6 @@ def test_airflow_services_are_built_from_the_dockerfile(
 
 
 def test_buckets_are_named_as_on_the_local_stack(common_env: dict[str, str]) -> None:
-    from include.devstack.stack import BACKUP_BUCKET, MODEL_BUCKET
+    from devstack.stack import BACKUP_BUCKET, MODEL_BUCKET
 
     assert (common_env["BACKUP_BUCKET"], common_env["MODEL_BUCKET"]) == (BACKUP_BUCKET, MODEL_BUCKET)

@@ -155,7 +155,7 @@ class RehearsalFailed(MigrationError):
 
 
 def schema_dump(dsn: str) -> str:
-    from include.backup import schema_text, start_schema_dump
+    from include.backup.pg_programs import schema_text, start_schema_dump
 
     return schema_text(start_schema_dump(dsn))
 

@@ -3,7 +3,7 @@
 `fingerprint` records, before a migration, what must survive it: row counts of the critical
 tables and content checksums over the columns that existed then. `smoke_check` runs after
 it: a task carrying `ai_model` goes through the task-batch queue's own enqueue, claim and
-completion (include.task_queue), and the fingerprint is compared. Everything it writes is
+completion (include.execution.task_queue), and the fingerprint is compared. Everything it writes is
 rolled back.
 
 On an isolated clone nothing else writes, so counts and checksums must match exactly
@@ -105,7 +105,7 @@ class _RolledBack(Exception):
 def _enqueue_claim_complete(dsn: str) -> list[str]:
     """A task with ai_model goes through the task-batch queue's own enqueue, claim and
     completion, in one transaction that is then rolled back."""
-    from include.task_queue import Completion, TaskQueue
+    from include.execution.task_queue import Completion, TaskQueue
 
     problems: list[str] = []
     with TaskQueue(dsn, owner="smoke-check") as queue:

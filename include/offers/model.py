@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from include.seed import IMPRESSION_FEATURES_SQL, PRODUCT_PRICES_CENTS
+from include.offers.products import IMPRESSION_FEATURES_SQL, PRODUCT_PRICES_CENTS
 
 MODEL_NAME = "offer_redemption"
 NUMERIC = ["recency_days", "frequency_30d", "spend_cents", "discount_pct"]

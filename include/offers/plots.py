@@ -1,5 +1,5 @@
 """ROC and calibration curves as PNG line plots (matplotlib, Agg backend: no display needed),
-drawn the same way as the audit digest's plots (include/digest.py), and the metrics table
+drawn the same way as the audit digest's plots (include/audit/digest.py), and the metrics table
 stored next to them."""
 
 from __future__ import annotations

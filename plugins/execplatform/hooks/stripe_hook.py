@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseHook
 
+from include.ids import STRIPE
+
 if TYPE_CHECKING:
     import stripe
 
@@ -25,7 +27,7 @@ class StripeHook(BaseHook):
     """
 
     conn_name_attr = "stripe_conn_id"
-    default_conn_name = "stripe_default"
+    default_conn_name = STRIPE
     conn_type = "stripe"
     hook_name = "Stripe"
 

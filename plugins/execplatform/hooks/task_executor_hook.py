@@ -6,13 +6,17 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
+from include.ids import TASK_EXECUTOR
+
 if TYPE_CHECKING:
-    from include.task_handlers import ExecutorClient
+    from include.execution.executor_client import ExecutorClient
 
 
 class TaskExecutorHook(BaseHook):
     """
-    Build an :class:`include.task_handlers.ExecutorClient` from an HTTP connection.
+    Build an :class:`include.execution.executor_client.ExecutorClient` from a connection of type
+    ``ai_executor`` (registered by this provider, so the UI's form names its fields; a connection
+    of type ``http`` works the same).
 
     The connection's host is the base URL (scheme included; a port, when set, is appended);
     its extra may set ``timeout_seconds`` (default 30) and ``retries`` (default 3, for
@@ -23,8 +27,8 @@ class TaskExecutorHook(BaseHook):
     """
 
     conn_name_attr = "task_executor_conn_id"
-    default_conn_name = "task_executor"
-    conn_type = "http"
+    default_conn_name = TASK_EXECUTOR
+    conn_type = "ai_executor"
     hook_name = "AI task executor"
 
     def __init__(self, task_executor_conn_id: str = default_conn_name, **kwargs: Any) -> None:
@@ -32,7 +36,7 @@ class TaskExecutorHook(BaseHook):
         self.task_executor_conn_id = task_executor_conn_id
 
     def get_conn(self) -> ExecutorClient:
-        from include.task_handlers import ExecutorClient
+        from include.execution.executor_client import ExecutorClient
 
         conn = self.get_connection(self.task_executor_conn_id)
         base = conn.host if "://" in (conn.host or "") else f"http://{conn.host}"

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseNotifier
 
-from include.alerting import CHANNELS, DEFAULT_GROUP_WINDOW, Alert, Grouping, Level
+from include.ids import APP_DB, AWS, SMTP
+from include.observability.alerting import CHANNELS, DEFAULT_GROUP_WINDOW, Alert, Grouping, Level
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 class PlatformAlertNotifier(BaseNotifier):
     """
-    Send an alert through the channels of its level (see ``include.alerting.CHANNELS``).
+    Send an alert through the channels of its level (see ``include.observability.alerting.CHANNELS``).
 
     info: a structured log line; warning: + a CloudWatch datapoint and an ``alerts`` row;
     error: + an email to the owners; critical: + a Sentry event. Repeats of the same DAG, task
@@ -46,9 +47,9 @@ class PlatformAlertNotifier(BaseNotifier):
         *,
         to: list[str] | None = None,
         group_window: timedelta | None = None,
-        app_conn_id: str = "app_db",
-        aws_conn_id: str = "aws_default",
-        smtp_conn_id: str = "smtp_default",
+        app_conn_id: str = APP_DB,
+        aws_conn_id: str = AWS,
+        smtp_conn_id: str = SMTP,
     ) -> None:
         super().__init__()
         self.level = Level.parse(level)
@@ -110,24 +111,23 @@ class PlatformAlertNotifier(BaseNotifier):
     # -- channels ----------------------------------------------------------------------------
 
     def _record(self, alert: Alert) -> Grouping:
-        from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-        from include.alerting import record
+        from execplatform.hooks.app_db_hook import AppDatabaseHook
+        from include.observability.alerting import record
 
         window = self.group_window or _window_from_env() or DEFAULT_GROUP_WINDOW
-        with PostgresHook(postgres_conn_id=self.app_conn_id).get_conn() as conn, conn.cursor() as cur:
+        with AppDatabaseHook(self.app_conn_id).cursor() as cur:
             return record(cur, alert, window)
 
     def _put_metrics(self, metrics: list) -> None:
         from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
-        from include.metrics import NAMESPACE
+        from include.observability.metrics import NAMESPACE
 
         CloudWatchMetricsHook(aws_conn_id=self.aws_conn_id).put_metrics(NAMESPACE, metrics)
 
     def _alert_metrics(self, alert: Alert) -> list:
         """AlertRaised per level (fleet-wide and per task); TaskFailed per DAG for failures,
-        with exactly the dimensions the alarms in include/alarms.py watch."""
-        from include.metrics import Metric, standard_dimensions
+        with exactly the dimensions the alarms in include/observability/alarms.py watch."""
+        from include.observability.metrics import Metric, standard_dimensions
 
         level = {"Level": alert.level.name}
         metrics = [
@@ -167,7 +167,7 @@ class PlatformAlertNotifier(BaseNotifier):
 
     def _count_channel_failures(self, alert: Alert, grouping: Grouping | None, failed: list[str]) -> None:
         """Counted where it can be: the alert's row and a metric; each attempt is itself guarded."""
-        from include.metrics import Metric, standard_dimensions
+        from include.observability.metrics import Metric, standard_dimensions
 
         if "metric" not in failed:  # CloudWatch itself down: the log line above is the count
             try:
@@ -180,12 +180,11 @@ class PlatformAlertNotifier(BaseNotifier):
                 self.log.warning("could not count the failure of channels %s in CloudWatch", failed)
         if grouping is not None:
             try:
-                from airflow.providers.postgres.hooks.postgres import PostgresHook
+                from execplatform.hooks.app_db_hook import AppDatabaseHook
+                from include.observability.alerting import count_channel_failure
+                from include.observability.security_events import log_security_event
 
-                from include.alerting import count_channel_failure
-                from include.security_events import log_security_event
-
-                with PostgresHook(postgres_conn_id=self.app_conn_id).get_conn() as conn, conn.cursor() as cur:
+                with AppDatabaseHook(self.app_conn_id).cursor() as cur:
                     for _ in failed:
                         count_channel_failure(cur, grouping.alert_id)
                     log_security_event(cur, "alert_channel_failed", "warning", actor="PlatformAlertNotifier",
@@ -203,7 +202,7 @@ class RunMetricsNotifier(BaseNotifier):
     :param aws_conn_id: the AWS connection for CloudWatch.
     """
 
-    def __init__(self, aws_conn_id: str = "aws_default") -> None:
+    def __init__(self, aws_conn_id: str = AWS) -> None:
         super().__init__()
         self.aws_conn_id = aws_conn_id
 
@@ -215,7 +214,7 @@ class RunMetricsNotifier(BaseNotifier):
         from datetime import UTC, datetime
 
         from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
-        from include.metrics import NAMESPACE, Metric, standard_dimensions
+        from include.observability.metrics import NAMESPACE, Metric, standard_dimensions
 
         try:
             dag_run = context["dag_run"]
@@ -258,7 +257,7 @@ def scrub_sentry_event(event: dict, hint: dict | None = None) -> dict:
     """Sentry event processor: secrets Airflow knows of, and values under secret-looking keys."""
     from airflow.sdk._shared.secrets_masker import redact
 
-    from include.security_events import redact as redact_keys
+    from include.observability.security_events import redact as redact_keys
 
     return redact_keys(redact(event))
 

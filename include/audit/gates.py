@@ -1,0 +1,619 @@
+"""Hard pass/fail gates over the platform's invariants, each recording its evidence.
+
+A gate is a function `(cursor, limits) -> Evidence`: the query it ran, the value it observed
+and the limit it held that value to. `record` stores the evidence in `audit_findings` (a
+re-run of the same gate in the same audit replaces its row); the adversarial_audit DAG runs
+every gate in `GATES` as its own task and fails, naming each failed gate, when any fails.
+
+Limits are configurable per run (`DEFAULT_LIMITS`, overridden by the DAG's params).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+DEFAULT_LIMITS: dict[str, float] = {
+    "expired_lease_minutes": 15,  # a running task whose lease expired longer ago: its worker is gone
+    "backup_max_age_hours": 26,  # daily backups, with slack for a slow run
+    "pending_revision_days": 7,  # a revision on disk but not applied for longer than this
+    "backup_restore_max_minutes": 30,  # fetch and sample restore of the newest verified backup
+    "model_min_auc": 0.60,  # the champion's AUC on data it never trained on (registry.Gates.min_auc)
+    "model_fresh_days": 21,  # fresh data: the impressions of the last N days before the newest one
+    "model_fresh_min_rows": 200,  # fewer fresh rows than this cannot vouch for the model
+    "payments_reconcile_days": 30,  # the window of Stripe charges reconciled with the ledger
+    "log_scan_hours": 26,  # task logs modified this recently are scanned for secrets
+}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    gate: str
+    passed: bool
+    observed: Any
+    limit: Any
+    query: str
+
+    def __str__(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return f"gate {self.gate} {verdict}: observed {self.observed!r}, limit {self.limit!r}"
+
+
+class Services(Protocol):
+    """What the gates reach beyond the app database."""
+
+    def s3(self) -> Any:
+        """A boto3 S3 client."""
+
+    def stripe_objects(self, kind: str, params: dict[str, Any] | None = None) -> Iterable[dict[str, Any]]:
+        """Every Stripe object of `kind` ("coupons", "products", "charges") matching `params`."""
+
+    def fetched_backup(self, entry: Any) -> AbstractContextManager[Path]:
+        """A catalogued backup downloaded and checked against the catalog's SHA-256s (else
+        `include.backup.ChecksumMismatch`); the folder is deleted on exit."""
+
+    def scratch_database(self, name: str) -> AbstractContextManager[str]:
+        """A new empty database on the app's server, as a libpq DSN; dropped on exit."""
+
+    def secrets(self) -> dict[str, str]:
+        """The values of `CONNECTION_IDS`' and `SECRET_SETTINGS`' secrets, by a label that
+        names where each comes from (never the value)."""
+
+    def task_log_folder(self) -> Path:
+        """Where Airflow writes task logs."""
+
+
+def _scalar(cur, query: str, params: Mapping | tuple = ()) -> Any:
+    cur.execute(query, params)
+    return cur.fetchone()[0]
+
+
+def _count_is_zero(gate: str, query: str, params: Mapping | tuple = (), limit: Any = 0) -> Callable[[Any], Evidence]:
+    def check(cur) -> Evidence:
+        observed = _scalar(cur, query, params)
+        return Evidence(gate, observed == 0, observed, limit, query)
+
+    return check
+
+
+# --- queue ------------------------------------------------------------------------------------
+
+
+def queue_expired_leases(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+    query = ("SELECT count(*) FROM execution_tasks WHERE status = 'running' "
+             "AND lease_expires_at < now() - %(minutes)s * interval '1 minute'")  # fmt: skip
+    minutes = limits["expired_lease_minutes"]
+    return _count_is_zero("queue_expired_leases", query, {"minutes": minutes},
+                          f"0 with a lease expired over {minutes:g} min")(cur)  # fmt: skip
+
+
+def queue_dead_without_error(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+    query = "SELECT count(*) FROM execution_tasks WHERE status = 'dead' AND coalesce(btrim(error), '') = ''"
+    return _count_is_zero("queue_dead_without_error", query)(cur)
+
+
+QUEUE_STATES = ("queued", "running", "succeeded", "failed", "dead")
+
+
+def queue_valid_status(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+    """Independent of the table's CHECK constraint, which a hand-made change could drop."""
+    query = "SELECT count(*) FROM execution_tasks WHERE status <> ALL(%(states)s)"
+    return _count_is_zero("queue_valid_status", query, {"states": list(QUEUE_STATES)})(cur)
+
+
+def queue_ai_model_after_migration(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+    """Tasks created after revision 0002 was applied must carry ai_model; before it, none can."""
+    gate = "queue_ai_model_after_migration"
+    cur.execute("SELECT to_regclass('public.migration_checksums') IS NOT NULL")
+    applied_at = None
+    if cur.fetchone()[0]:
+        cur.execute("SELECT applied_at FROM migration_checksums WHERE revision = '0002'")
+        applied_at = (cur.fetchone() or (None,))[0]
+    if applied_at is None:
+        return Evidence(gate, True, "revision 0002 not applied: no task can carry ai_model yet", None, "")
+    query = "SELECT count(*) FROM execution_tasks WHERE created_at > %(applied_at)s AND ai_model IS NULL"
+    return _count_is_zero(gate, query, {"applied_at": applied_at})(cur)
+
+
+# --- backups ----------------------------------------------------------------------------------
+
+
+def backup_fresh_and_restored(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+    """The newest verified backup is younger than the limit, and its restore was timed."""
+    query = ("SELECT id, extract(epoch FROM now() - verified_at) / 3600, restore_seconds FROM backups "
+             "WHERE status = 'verified' ORDER BY verified_at DESC LIMIT 1")  # fmt: skip
+    cur.execute(query)
+    row = cur.fetchone()
+    limit = limits["backup_max_age_hours"]
+    if row is None:
+        return Evidence("backup_fresh_and_restored", False, "no verified backup", f"<= {limit} h", query)
+    backup_id, age_hours, restore_seconds = row
+    observed = {"backup_id": backup_id, "age_hours": round(float(age_hours), 2), "restore_seconds": restore_seconds}
+    passed = float(age_hours) <= limit and restore_seconds is not None
+    return Evidence("backup_fresh_and_restored", passed, observed, f"<= {limit} h, restore checked", query)
+
+
+def backup_restores_now(cur, limits: Mapping[str, float], services: Services) -> Evidence:
+    """The newest verified backup restores right now: its files still match the catalog's
+    SHA-256s, and its critical tables, restored into a scratch database (dropped after), hold
+    the row counts and content checksums the dump recorded (`expected.json`, itself covered by
+    the catalog's manifest)."""
+    import time
+
+    import psycopg2
+
+    from include.backup import BackupError
+    from include.backup.archive import CRITICAL_TABLES, EXPECTED_FILE, Snapshot, restore, snapshot
+    from include.backup.catalog import catalog_get
+
+    gate = "backup_restores_now"
+    limit = limits["backup_restore_max_minutes"]
+    query = ("newest verified backup in `backups`: fetched from S3 and checked against the catalog's SHA-256s, "
+             "its critical tables restored into a scratch database and compared with its expected.json")  # fmt: skip
+    try:
+        entry = catalog_get(cur)
+    except BackupError as exc:
+        return Evidence(gate, False, str(exc), f"restored within {limit} min", query)
+    start = time.monotonic()
+    observed: dict[str, Any] = {"backup_id": entry.id}
+    try:
+        with services.fetched_backup(entry) as folder:
+            expected = Snapshot(**json.loads((folder / EXPECTED_FILE).read_text()))
+            tables = tuple(t for t in CRITICAL_TABLES if t in expected.checksums)
+            with services.scratch_database(f"audit_restore_{entry.id}") as dsn:
+                restore(dsn, folder, tables=tables)
+                with psycopg2.connect(dsn) as conn, conn.cursor() as restored:
+                    actual = snapshot(restored, tables)
+                conn.close()
+    except Exception as exc:  # a missing or corrupt file, a failed pg_restore: the evidence says which
+        observed["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        return Evidence(gate, False, observed, f"restored within {limit} min", query)
+    minutes = (time.monotonic() - start) / 60
+    problems = []
+    for table in tables:
+        key = f"public.{table}"
+        want = (expected.row_counts.get(key), expected.checksums[table])
+        got = (actual.row_counts.get(key), actual.checksums.get(table))
+        if want != got:
+            problems.append(f"{table}: backup recorded {want[0]} rows (checksum {want[1]}), restore has {got[0]} ({got[1]})")
+    observed.update({"tables": {t: expected.row_counts.get(f"public.{t}") for t in tables},
+                     "minutes": round(minutes, 3), "problems": problems})  # fmt: skip
+    passed = bool(tables) and not problems and minutes <= limit
+    return Evidence(gate, passed, observed, f"same rows and checksums, within {limit} min", query)
+
+
+# --- migrations -------------------------------------------------------------------------------
+
+
+def migrations_match_files(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+    """Every applied revision's file is unchanged, and the applied head is a known revision."""
+    from include.migrations import checksum_problems, current_revision
+
+    problems = checksum_problems(cur)
+    revision = current_revision(cur)
+    return Evidence("migrations_match_files", not problems, {"current": revision, "changed": problems}, [],
+                    "migration_checksums vs the revision files")  # fmt: skip
+
+
+def migrations_not_pending_too_long(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+    """A revision first seen pending by an audit more than the limit ago has waited too long."""
+    from include.migrations import current_revision, pending_after
+
+    gate = "migrations_not_pending_too_long"
+    pending = [r.revision for r in pending_after(current_revision(cur))]
+    query = ("SELECT extract(epoch FROM now() - min(created_at)) / 86400 FROM audit_findings "
+             "WHERE gate = %(gate)s AND observed -> 'pending' ? %(revision)s")  # fmt: skip
+    waiting = {}
+    for revision in pending:
+        days = _scalar(cur, query, {"gate": gate, "revision": revision})
+        waiting[revision] = round(float(days), 2) if days is not None else 0.0
+    limit = limits["pending_revision_days"]
+    passed = all(days <= limit for days in waiting.values())
+    return Evidence(gate, passed, {"pending": pending, "days_waiting": waiting}, f"<= {limit} days", query)
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+def _promoted_versions(cur) -> int:
+    """Versions that were champion once: before the first promotion (the first training still
+    running, say) there is no model in production to vouch for."""
+    from include.offers.model import MODEL_NAME
+
+    return _scalar(cur, "SELECT count(*) FROM model_versions WHERE model_name = %s AND promoted_at IS NOT NULL",
+                   (MODEL_NAME,))  # fmt: skip
+
+
+NO_MODEL_YET = "not applicable: no offer model version was ever promoted"
+
+
+def model_champion_artifacts_verify(cur, limits: Mapping[str, float], services: Services) -> Evidence:
+    """A champion exists once any version was promoted; its artifact and the previous champion's
+    (the one a rollback restores) download, match their registered SHA-256 and load under the
+    skops allowlist. Passes as not applicable while no version was ever promoted."""
+    from include.offers import registry
+    from include.offers.model import MODEL_NAME
+
+    gate = "model_champion_artifacts_verify"
+    limit = "a champion; both artifacts verify"
+    query = ("model_versions: the champion and the most recently promoted retired version; "
+             "artifacts from S3 checked by SHA-256 and the skops type allowlist")  # fmt: skip
+    if _promoted_versions(cur) == 0:
+        return Evidence(gate, True, NO_MODEL_YET, limit, query)
+    champion = registry.champion(cur, MODEL_NAME)
+    if champion is None:
+        return Evidence(gate, False, f"no champion of {MODEL_NAME}, though one was promoted before", limit, query)
+    # the version registry.rollback would restore
+    cur.execute("SELECT id FROM model_versions WHERE model_name = %s AND id <> %s AND promoted_at IS NOT NULL "
+                "AND status = 'retired' ORDER BY promoted_at DESC, id DESC LIMIT 1", (MODEL_NAME, champion.id))  # fmt: skip
+    row = cur.fetchone()
+    previous = registry.get(cur, row[0]) if row else None
+    observed: dict[str, Any] = {}
+    passed = True
+    for role, version in (("champion", champion), ("previous", previous)):
+        if version is None:
+            observed[role] = "none: the champion is the first one promoted"
+            continue
+        try:
+            registry.fetch_model(services.s3(), version)
+            observed[role] = {"version_id": version.id, "verified": True}
+        except Exception as exc:  # refused (hash, format) or not downloadable
+            passed = False
+            observed[role] = {"version_id": version.id, "verified": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    return Evidence(gate, passed, observed, limit, query)
+
+
+def model_auc_on_fresh_data(cur, limits: Mapping[str, float], services: Services) -> Evidence:
+    """The champion's ROC AUC on fresh impressions (the last `model_fresh_days` before the
+    newest one, and none it trained on) is at least `model_min_auc`. Too few fresh rows (or
+    one class only) fail: the model cannot then be vouched for. Not applicable while no
+    version was ever promoted."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from include.offers import model as m
+    from include.offers import registry
+
+    gate = "model_auc_on_fresh_data"
+    floor, days, min_rows = limits["model_min_auc"], limits["model_fresh_days"], int(limits["model_fresh_min_rows"])
+    limit = f"auc >= {floor} on >= {min_rows} fresh rows"
+    query = (f"SELECT * FROM ({m.TRAINING_ROWS_SQL}) fresh WHERE occurred_at >= greatest(%(trained_to)s, "  # noqa: S608 (module constant)
+             "(SELECT max(occurred_at) FROM user_events WHERE event_type = 'impression' AND occurred_at <= now())"
+             " - %(days)s * interval '1 day')")  # fmt: skip
+    if _promoted_versions(cur) == 0:
+        return Evidence(gate, True, NO_MODEL_YET, limit, query)
+    champion = registry.champion(cur, m.MODEL_NAME)
+    if champion is None:
+        return Evidence(gate, False, f"no champion of {m.MODEL_NAME} to score", limit, query)
+    cur.execute("SELECT trained_to FROM model_versions WHERE id = %s", (champion.id,))
+    trained_to = cur.fetchone()[0]
+    cur.execute(query, {"trained_to": trained_to, "days": days})
+    fresh = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
+    fresh = fresh[m.quarantine_reasons(fresh, datetime.now(UTC)).isna()] if len(fresh) else fresh
+    observed: dict[str, Any] = {"version_id": champion.id, "rows": len(fresh),
+                                "trained_to": trained_to.isoformat() if trained_to else None}  # fmt: skip
+    if len(fresh) < min_rows or fresh[m.LABEL].nunique() < 2:
+        observed["auc"] = None
+        return Evidence(gate, False, observed, limit, query)
+    try:
+        pipeline = registry.fetch_model(services.s3(), champion)
+    except Exception as exc:
+        observed["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        return Evidence(gate, False, observed, limit, query)
+    auc = float(roc_auc_score(fresh[m.LABEL].astype(int), m.predict(pipeline, fresh)))
+    observed["auc"] = round(auc, 4)
+    return Evidence(gate, auc >= floor, observed, limit, query)
+
+
+# --- Stripe and ROI ---------------------------------------------------------------------------
+
+
+def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Services) -> Evidence:
+    """Every published offer (an `offer_publications` row marked published, and every offer
+    carrying a `stripe_coupon_id`) is in Stripe exactly once: its product and coupon exist under
+    their deterministic ids with the offer's metadata and discount, and no other object
+    carries the same (model version, segment)."""
+    from collections import defaultdict
+
+    gate = "stripe_offers_published_once"
+    query = ("SELECT p.model_version_id, p.segment, p.stripe_product_id, p.stripe_coupon_id, o.id, o.code, "
+             "o.discount_pct FROM offer_publications p JOIN offers o ON o.id = p.offer_id "
+             "WHERE p.published_at IS NOT NULL ORDER BY 1, 2")  # fmt: skip
+    cur.execute(query)
+    published = cur.fetchall()
+    cur.execute("SELECT stripe_coupon_id FROM offers WHERE stripe_coupon_id IS NOT NULL")
+    offer_coupons = [r[0] for r in cur.fetchall()]
+    versions = {str(r[0]) for r in published}
+    problems: list[str] = []
+    for kind, id_column in (("products", 2), ("coupons", 3)):
+        wanted = {r[id_column] for r in published} | (set(offer_coupons) if kind == "coupons" else set())
+        if not wanted:
+            continue
+        ids: dict[str, list[dict]] = defaultdict(list)
+        per_offer: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for obj in services.stripe_objects(kind):
+            metadata = obj.get("metadata") or {}
+            ids[obj["id"]].append(obj)
+            if metadata.get("model_version_id") in versions:
+                per_offer[(metadata["model_version_id"], metadata.get("segment"))].append(obj["id"])
+        for object_id in sorted(wanted):
+            if len(ids[object_id]) != 1:
+                problems.append(f"{kind} {object_id}: {len(ids[object_id])} in Stripe, expected 1")
+        for row in published:
+            version_id, segment, offer_id, code, discount_pct = row[0], row[1], row[4], row[5], row[6]
+            object_id = row[id_column]
+            if others := sorted(set(per_offer[(str(version_id), segment)]) - {object_id}):
+                problems.append(f"{kind} of model version {version_id} segment {segment} also in Stripe as {others}")
+            if len(ids[object_id]) != 1:
+                continue
+            obj = ids[object_id][0]
+            want = {"model_version_id": str(version_id), "segment": segment, "offer_code": code, "offer_id": str(offer_id)}
+            got = {k: (obj.get("metadata") or {}).get(k) for k in want}
+            if got != want:
+                problems.append(f"{kind} {object_id}: metadata {got}, the offer says {want}")
+            if kind == "coupons" and float(obj.get("percent_off") or 0) != float(discount_pct):
+                problems.append(f"coupons {object_id}: percent_off {obj.get('percent_off')}, the offer says {float(discount_pct)}")
+    observed = {"published": len(published), "offer_coupons": len(offer_coupons), "problems": problems}
+    return Evidence(gate, not problems, observed, "each exactly once, as published", query)
+
+
+# Demo history from devstack/demo_data.py: payments that predate the Stripe account, never synced
+SEEDED_PAYMENT_PATTERN = r"^pi_seed_[0-9]{6,}$"
+
+
+def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Services) -> Evidence:
+    """The payments ledger and Stripe agree over the last `payments_reconcile_days` before the
+    sync cursor: every charge the sync has passed is in `payments` (as `roi.payment_row` maps
+    it: amount, status, user, offer) or quarantined with a reason, and every ledger row (but
+    the seeded demo history) is a charge Stripe has. Counts and amounts are in the evidence."""
+    from datetime import UTC, datetime
+
+    from include.offers.jobs import CHARGES_CURSOR, get_cursor
+    from include.offers.roi import payment_row
+
+    gate = "stripe_payments_reconcile"
+    days = limits["payments_reconcile_days"]
+    cursor = get_cursor(cur, CHARGES_CURSOR, default=0)
+    now = datetime.now(UTC)
+    end = cursor or int(now.timestamp())
+    start = max(int(end - days * 86400), 1_500_000_001)  # localstripe refuses earlier bounds
+    query = ("SELECT stripe_payment_id, user_id, offer_id, amount_cents, status, extract(epoch FROM created_at) "
+             "FROM payments WHERE created_at > to_timestamp(%(start)s) AND stripe_payment_id !~ %(seeded)s")  # fmt: skip
+    cur.execute(query, {"start": start, "seeded": SEEDED_PAYMENT_PATTERN})
+    rows = cur.fetchall()
+    ledger = {r[0]: r[1:5] for r in rows}
+    passed_by_sync = [r[3] for r in rows if r[5] < end]  # the same window as the charges counted below
+    cur.execute("SELECT source_key FROM offer_quarantine WHERE source = 'stripe_charges'")
+    quarantined = {r[0] for r in cur.fetchall()}
+    cur.execute("SELECT id FROM users")
+    known_users = {r[0] for r in cur.fetchall()}
+    cur.execute("SELECT stripe_coupon_id, offer_id FROM offer_publications")
+    coupon_offers = dict(cur.fetchall())
+    charges = {c["id"]: c for c in services.stripe_objects("charges", {"created": {"gt": start}})}
+    missing, mismatched = [], []
+    stripe_count = stripe_cents = 0
+    for charge_id, charge in charges.items():
+        if not cursor or int(charge["created"]) >= cursor or charge_id in quarantined:
+            continue  # not passed by the sync yet (same-second charges come with the next one), or refused
+        row, _ = payment_row(charge, known_users=known_users, coupon_offers=coupon_offers, now=now)
+        if row is None:
+            missing.append(charge_id)  # refused by the sync's rules, yet not quarantined
+            continue
+        stripe_count += 1
+        stripe_cents += row.amount_cents
+        if charge_id not in ledger:
+            missing.append(charge_id)
+        elif ledger[charge_id] != (row.user_id, row.offer_id, row.amount_cents, row.status):
+            mismatched.append(charge_id)
+    not_in_stripe = sorted(set(ledger) - set(charges))
+    observed = {
+        "window": [datetime.fromtimestamp(start, UTC).isoformat(), datetime.fromtimestamp(end, UTC).isoformat()],
+        "stripe": {"charges": stripe_count, "amount_cents": stripe_cents, "quarantined": len(quarantined & set(charges))},
+        "ledger": {"payments": len(passed_by_sync), "amount_cents": sum(passed_by_sync)},
+        "missing_in_ledger": missing[:20], "not_in_stripe": not_in_stripe[:20], "mismatched": mismatched[:20],
+    }  # fmt: skip
+    passed = not (missing or not_in_stripe or mismatched)
+    return Evidence(gate, passed, observed, "no charge missing, unknown or different", query)
+
+
+# --- security ---------------------------------------------------------------------------------
+
+
+def security_api_requires_login(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+    """The Airflow REST API (and the UI behind the same login) refuses a request without a
+    token. The address is Airflow's own `[api] base_url`."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    gate = "security_api_requires_login"
+    base = os.environ.get("AIRFLOW__API__BASE_URL", "").rstrip("/")
+    if not base:
+        return Evidence(gate, False, "AIRFLOW__API__BASE_URL is not set: cannot reach the API", "401", "")
+    url = f"{base}/api/v2/dags"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError as exc:
+        return Evidence(gate, False, f"GET {url} failed: {exc}", "401 or 403", f"GET {url}")
+    return Evidence(gate, status in (401, 403), status, "401 or 403", f"GET {url} without a token")
+
+
+
+def _as_worker(cur, statement) -> str:
+    """What happens when the workers' role runs `statement`: "refused" (no privilege) or what
+    else. A savepoint that is always rolled back keeps nothing of it, the role switch included."""
+    import psycopg2
+    from psycopg2 import errors, sql
+
+    from include.migrations.db_roles import WORKER_ROLE
+
+    cur.execute("SAVEPOINT worker_probe")
+    try:
+        cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(WORKER_ROLE)))
+        cur.execute("SET LOCAL lock_timeout = '2s'")  # a refused DDL never waits; an allowed one must not hang
+        try:
+            cur.execute(statement)
+        except errors.InsufficientPrivilege:
+            return "refused"
+        return "allowed"
+    except psycopg2.Error as exc:
+        return f"{type(exc).__name__}: {str(exc).strip()}"
+    finally:
+        cur.execute("ROLLBACK TO SAVEPOINT worker_probe")
+        cur.execute("RELEASE SAVEPOINT worker_probe")
+
+
+WORKER_PRIVILEGES_QUERY = """
+SELECT c.relname, p.privilege
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) AS p(privilege)
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND (has_table_privilege(%(role)s, c.oid, p.privilege)
+       OR (p.privilege IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
+           AND has_any_column_privilege(%(role)s, c.oid, p.privilege)))
+ORDER BY 1, 2
+"""
+
+
+def security_worker_role_is_dml_only(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+    """The workers' role (`include.migrations.db_roles.WORKER_ROLE`) holds no privilege beyond
+    `WORKER_GRANTS` on any table or column, no CREATE on the database or schema, no powerful
+    attribute, no membership in an owner's role; and tried for real (as that role, rolled
+    back), a CREATE TABLE, an ALTER TABLE and a read of every other table are refused."""
+    from psycopg2 import sql
+
+    from include.migrations.db_roles import WORKER_GRANTS, WORKER_ROLE
+
+    gate = "security_worker_role_is_dml_only"
+    limit = {t: list(p) for t, p in WORKER_GRANTS.items()}
+    cur.execute("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles "
+                "WHERE rolname = %s", (WORKER_ROLE,))  # fmt: skip
+    attributes = cur.fetchone()
+    if attributes is None:
+        return Evidence(gate, False, f"role {WORKER_ROLE} does not exist", limit, "pg_roles")
+    problems = [f"role attribute {name}" for name, on in
+                zip(("superuser", "createdb", "createrole", "replication", "bypassrls"), attributes, strict=True) if on]  # fmt: skip
+    cur.execute(WORKER_PRIVILEGES_QUERY, {"role": WORKER_ROLE})
+    held = cur.fetchall()
+    problems += [f"{privilege} on {table}" for table, privilege in held if privilege not in WORKER_GRANTS.get(table, ())]
+    cur.execute("SELECT has_database_privilege(%(role)s, current_database(), 'CREATE'), "
+                "has_schema_privilege(%(role)s, 'public', 'CREATE')", {"role": WORKER_ROLE})  # fmt: skip
+    problems += [f"CREATE on the {what}" for what, on in zip(("database", "schema public"), cur.fetchone(), strict=True) if on]
+    cur.execute("""SELECT DISTINCT owner FROM (
+                       SELECT tableowner::text AS owner FROM pg_tables WHERE schemaname = 'public'
+                       UNION SELECT datdba::regrole::text FROM pg_database WHERE datname = current_database()) owners
+                   WHERE owner <> %(role)s AND pg_has_role(%(role)s, owner, 'MEMBER')""", {"role": WORKER_ROLE})  # fmt: skip
+    problems += [f"member of the owner role {r[0]}" for r in cur.fetchall()]
+    attempts = {"CREATE TABLE": "CREATE TABLE public.audit_worker_probe (id int)"}
+    cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+    tables = [r[0] for r in cur.fetchall()]
+    if "execution_tasks" in tables:
+        attempts["ALTER TABLE execution_tasks"] = "ALTER TABLE public.execution_tasks ADD COLUMN audit_worker_probe int"
+    readable = {t for t, p in WORKER_GRANTS.items() if "SELECT" in p}
+    read = sql.SQL("SELECT 1 FROM {} LIMIT 0")
+    attempts.update({f"read {t}": read.format(sql.Identifier("public", t)) for t in tables if t not in readable})
+    outcomes = {what: _as_worker(cur, statement) for what, statement in attempts.items()}
+    problems += [f"{what}: {outcome}" for what, outcome in outcomes.items() if outcome != "refused"]
+    observed = {"role": WORKER_ROLE, "held": sorted({f"{p} on {t}" for t, p in held}), "attempts_refused":
+                sum(o == "refused" for o in outcomes.values()), "problems": problems}  # fmt: skip
+    return Evidence(gate, not problems, observed, limit, WORKER_PRIVILEGES_QUERY.strip())
+
+
+# The connections (DESIGN §5) and settings whose secrets must never reach a task log.
+SECRET_SETTINGS = (("core", "fernet_key"), ("api", "secret_key"), ("api_auth", "jwt_secret"))
+MIN_SECRET_LENGTH = 8  # a shorter value would match ordinary text by chance
+
+
+def security_no_secrets_in_task_logs(cur, limits: Mapping[str, float], services: Services) -> Evidence:
+    """No secret of the project's connections or of Airflow's settings appears in a task log
+    written in the last `log_scan_hours`. The evidence names the secret's source and the file,
+    never the value."""
+    import time
+
+    gate = "security_no_secrets_in_task_logs"
+    hours = limits["log_scan_hours"]
+    folder = services.task_log_folder()
+    query = f"task logs under {folder} modified in the last {hours} h, searched for each secret's value"
+    if not folder.is_dir():
+        return Evidence(gate, False, f"task log folder {folder} does not exist", "no secret in any log", query)
+    secrets = {label: value.encode() for label, value in services.secrets().items() if len(value) >= MIN_SECRET_LENGTH}
+    overlap = max((len(v) for v in secrets.values()), default=1) - 1
+    since = time.time() - hours * 3600
+    leaks, scanned = [], 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            if path.stat().st_mtime < since:
+                continue
+            found = _secrets_in_file(path, secrets, overlap)
+        except OSError:
+            continue  # rotated away while scanning
+        scanned += 1
+        leaks += [{"secret": label, "file": str(path.relative_to(folder))} for label in found]
+    observed = {"files_scanned": scanned, "secrets_checked": sorted(secrets), "leaks": leaks[:50]}
+    return Evidence(gate, not leaks, observed, "no secret in any log", query)
+
+
+def _secrets_in_file(path: Path, secrets: dict[str, bytes], overlap: int) -> list[str]:
+    """Labels of the secrets in `path`, read in chunks (a log may be large)."""
+    found: set[str] = set()
+    tail = b""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            window = tail + chunk
+            found.update(label for label, value in secrets.items() if value in window)
+            tail = window[-overlap:] if overlap else b""
+    return sorted(found)
+
+
+GATES: dict[str, Callable[..., Evidence]] = {
+    gate.__name__: gate
+    for gate in (
+        queue_expired_leases, queue_dead_without_error, queue_valid_status, queue_ai_model_after_migration,
+        backup_fresh_and_restored, backup_restores_now, migrations_match_files, migrations_not_pending_too_long,
+        model_champion_artifacts_verify, model_auc_on_fresh_data,
+        stripe_offers_published_once, stripe_payments_reconcile,
+        security_api_requires_login, security_worker_role_is_dml_only, security_no_secrets_in_task_logs,
+    )
+}  # fmt: skip
+
+
+# --- the audit record -------------------------------------------------------------------------
+
+
+def start_audit(cur, dag_run_id: str) -> int:
+    cur.execute("SELECT id FROM audit_runs WHERE dag_run_id = %s", (dag_run_id,))
+    if row := cur.fetchone():
+        cur.execute("UPDATE audit_runs SET status = 'running', finished_at = NULL WHERE id = %s", (row[0],))
+        return row[0]
+    cur.execute("INSERT INTO audit_runs (dag_run_id) VALUES (%s) RETURNING id", (dag_run_id,))
+    return cur.fetchone()[0]
+
+
+def record(cur, audit_run_id: int, evidence: Evidence) -> None:
+    cur.execute("DELETE FROM audit_findings WHERE audit_run_id = %s AND gate = %s", (audit_run_id, evidence.gate))
+    cur.execute(
+        "INSERT INTO audit_findings (audit_run_id, gate, passed, observed, threshold, query) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (audit_run_id, evidence.gate, evidence.passed, json.dumps(evidence.observed, default=str),
+         json.dumps(evidence.limit, default=str), evidence.query),
+    )  # fmt: skip
+
+
+def finish_audit(cur, audit_run_id: int, expected_gates: list[str]) -> list[str]:
+    """Mark the audit passed or failed; returns the failed gates (a gate with no finding,
+    because its task never ran, counts as failed)."""
+    cur.execute("SELECT gate, passed FROM audit_findings WHERE audit_run_id = %s", (audit_run_id,))
+    results = dict(cur.fetchall())
+    failed = sorted(g for g in expected_gates if not results.get(g, False))
+    cur.execute("UPDATE audit_runs SET status = %s, finished_at = now() WHERE id = %s",
+                ("failed" if failed else "passed", audit_run_id))  # fmt: skip
+    return failed

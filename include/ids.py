@@ -1,0 +1,30 @@
+"""Names every layer shares: the connection ids the project reads and its DAG ids.
+
+They are a contract with the deployment (connections are configured under these ids) and with
+the alarms (which watch each DAG and connection by name). The Airflow objects built on them
+(Assets, default args) are in ``execplatform.dag_defaults``.
+"""
+
+APP_DB = "app_db"  # postgres: the platform's database
+AWS = "aws_default"  # aws: S3 (backups, model artifacts) and CloudWatch
+STRIPE = "stripe_default"  # stripe: secret key as password, API base as host
+SMTP = "smtp_default"  # smtp: alert and digest mail
+REDIS = "redis_default"  # redis: the task cache
+TASK_EXECUTOR = "task_executor"  # http: the AI executor that runs execution tasks
+
+CONNECTION_IDS = (APP_DB, AWS, STRIPE, SMTP, REDIS, TASK_EXECUTOR)
+
+DAG_IDS = (
+    "platform_healthcheck",
+    "db_backup",
+    "db_restore",
+    "db_migrate",
+    "task_batch",
+    "adversarial_audit",
+    "offer_model_retrain",
+    "offer_feedback",
+    "roi_sync",
+)
+
+# the execution tasks' types (execution_tasks.task_type), each with its own handler and inputs
+TASK_TYPES = ("implementation", "self_improvement", "idea", "idea_implementation")

@@ -1,0 +1,4 @@
+"""Seeing the platform: alerts and their grouping (`alerting`), CloudWatch metrics (`metrics`) and
+alarms as code (`alarms`), the append-only security event log (`security_events`), connection
+probes (`healthcheck`), and the ops dashboard's panels (`dashboard_panels`).
+"""

@@ -1,0 +1,77 @@
+"""What every DAG shares, defined once: connection ids, Assets, default args and schedules.
+
+Schedules can be shortened without editing a DAG file: `DAG_SCHEDULE_OVERRIDES` holds a JSON
+object mapping DAG ids to a cron expression or preset, e.g. ``{"db_backup": "* * * * *"}``; each
+scheduled DAG passes its own schedule (or the cron part of an asset-or-time schedule) through
+:func:`schedule_for`. Read from the environment, not a Variable: parsing must not query the
+metadata database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from airflow.sdk import Asset, AssetAlias
+
+from execplatform.notifiers.alert_notifier import alert_callbacks
+from include.ids import APP_DB, AWS, REDIS, SMTP, STRIPE, TASK_EXECUTOR
+
+__all__ = ["APP_DB", "AWS", "REDIS", "SMTP", "STRIPE", "TASK_EXECUTOR"]
+
+# Assets: what one DAG produces and another is scheduled on
+BACKUP_VERIFIED = Asset("app_db_backup_verified")  # db_backup, db_migrate -> db_migrate's gate, audit
+MIGRATION_APPLIED = Asset("app_db_migration_applied")  # db_migrate -> adversarial_audit
+OFFER_FEEDBACK = Asset("offer_feedback_enough")  # offer_feedback -> offer_model_retrain
+MODEL_PROMOTED = Asset("offer_model_promoted")  # offer_model_retrain -> adversarial_audit
+# through an alias, so that a retrain run that keeps the champion emits nothing
+MODEL_PROMOTION = AssetAlias("offer_model_promotion")
+
+# where backups and model artifacts go (the buckets must exist; the local stack creates both)
+BACKUP_BUCKET = os.environ.get("BACKUP_BUCKET", "execplatform-backups")
+MODEL_BUCKET = os.environ.get("MODEL_BUCKET", "execplatform-models")
+
+
+def default_args(
+    owner: str = "platform",
+    *,
+    on_failure: str = "error",
+    on_retry: str | None = "warning",
+    retry_delay: timedelta = timedelta(seconds=30),
+) -> dict[str, Any]:
+    """A DAG's task defaults: its owner, two retries, and failures (and retries) routed to the
+    alert path at the given levels (``info``, ``warning``, ``error``, ``critical``)."""
+    return {
+        "owner": owner,
+        "retries": 2,
+        "retry_delay": retry_delay,
+        **alert_callbacks(on_failure=on_failure, on_retry=on_retry),
+    }
+
+
+OVERRIDES_VAR = "DAG_SCHEDULE_OVERRIDES"
+Schedule = TypeVar("Schedule")
+
+
+def schedule_for(dag_id: str, default: Schedule) -> Schedule | str:
+    """The override for `dag_id` in `DAG_SCHEDULE_OVERRIDES`, else `default`."""
+    raw = os.environ.get(OVERRIDES_VAR, "").strip()
+    if not raw:
+        return default
+    try:
+        overrides = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{OVERRIDES_VAR} is not valid JSON: {exc}") from exc
+    if not isinstance(overrides, dict):
+        kind = type(overrides).__name__
+        raise ValueError(f"{OVERRIDES_VAR} must be a JSON object of dag_id -> cron, got {kind}")
+    override = overrides.get(dag_id)
+    if override is None:
+        return default
+    if not isinstance(override, str) or not override.strip():
+        raise ValueError(
+            f"{OVERRIDES_VAR}[{dag_id!r}] must be a cron expression or preset, got {override!r}"
+        )
+    return override

@@ -1,0 +1,191 @@
+"""The ops dashboard: a FastAPI app served by Airflow's api-server behind its login.
+
+Registered by plugins/ops_dashboard_plugin.py under /ops, with an entry in the UI's navigation.
+Every page is read-only; the one action (roll the offer model back) is a POST that triggers
+`offer_model_retrain` with `rollback = true` as the logged-in user, accepted only from a page of
+the same origin (the Origin, or failing that the Referer, header must name this server), so
+another site cannot make a logged-in browser send it.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from include.ids import APP_DB
+
+ROLLBACK_DAG = "offer_model_retrain"
+PLOTS = ("roc", "calibration")
+PLOTTED_VERSIONS = 3  # the newest versions whose stored plots the models page shows
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #1f2937; }
+nav a { margin-right: 1rem; } nav a.current { font-weight: bold; }
+table { border-collapse: collapse; margin: .5rem 0 1.5rem; font-size: .85rem; }
+th, td { border: 1px solid #d1d5db; padding: .25rem .5rem; text-align: left; }
+th { background: #f3f4f6; } .note { color: #4b5563; font-size: .85rem; }
+.flash { background: #ecfdf5; border: 1px solid #10b981; padding: .5rem; }
+figure { display: inline-block; margin: 0 1rem 1rem 0; } figcaption { font-size: .85rem; }
+"""
+
+
+def _cell(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _nav(current: str, pages) -> str:
+    links = "".join(
+        f"<a href='{'.' if page == 'overview' else page}' class='{'current' if page == current else ''}'>"
+        f"{_cell(page.capitalize())}</a>"
+        for page in pages
+    )
+    return f"<nav>{links}</nav>"
+
+
+def _table(panel) -> str:
+    head = "".join(f"<th>{_cell(c)}</th>" for c in panel.columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in panel.rows)
+    title = _cell(panel.title)
+    note = f"<p class='note'>{_cell(panel.note)}</p>" if panel.note else ""
+    return (f"<section class='panel' data-panel='{title}' data-rows='{len(panel.rows)}'><h2>{title}</h2>{note}"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body or '<tr><td>none yet</td></tr>'}</tbody></table>"
+            "</section>")  # fmt: skip
+
+
+def render(panels, *, page: str = "overview", pages=("overview",), extra: str = "", flash: str = "") -> str:
+    parts = [f"<!doctype html><html><head><title>Ops dashboard: {_cell(page)}</title><style>{STYLE}</style>"
+             "</head><body><h1>Execution platform: operations</h1>", _nav(page, pages)]  # fmt: skip
+    if flash:
+        parts.append(f"<p class='flash' id='flash'>{_cell(flash)}</p>")
+    parts.extend(_table(panel) for panel in panels)
+    parts.append(extra)
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def model_extras(plotted: list[tuple[int, int]]) -> str:
+    """The rollback form and the stored plots of (version id, version number) pairs."""
+    form = (f"<form method='post' action='models/rollback'><button type='submit' id='rollback'>"
+            f"Roll back the champion (trigger {ROLLBACK_DAG} with rollback = true)</button></form>")  # fmt: skip
+    figures = "".join(
+        f"<figure><img src='models/{vid}/{plot}.png' alt='{plot} v{version}' data-plot='{plot}'>"
+        f"<figcaption>v{version}: {'ROC' if plot == 'roc' else 'calibration'}</figcaption></figure>"
+        for vid, version in plotted
+        for plot in PLOTS
+    )
+    return form + (f"<h2>Plots</h2>{figures}" if figures else "<p class='note'>no stored plots yet</p>")
+
+
+def same_origin(request: Request) -> bool:
+    """Whether the request comes from a page of this server (a browser sends Origin on POST)."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source:
+        return False
+    sent, own = urlsplit(source), urlsplit(str(request.base_url))
+    return (sent.scheme, sent.netloc) == (own.scheme, own.netloc)
+
+
+def _stored_plots(cur, s3, versions: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The versions whose report (roc.png) is in S3 next to their artifact."""
+    from botocore.exceptions import ClientError
+
+    from include.offers import registry
+
+    found = []
+    for version_id, version in versions:
+        bucket, key = registry.s3_location(_plot_uri(registry.get(cur, version_id), "roc"))
+        try:
+            s3.head_object(Bucket=bucket, Key=key)
+        except ClientError:
+            continue
+        found.append((version_id, version))
+    return found
+
+
+def _plot_uri(version, plot: str) -> str:
+    return version.artifact_uri.rsplit("/", 1)[0] + f"/{plot}.png"
+
+
+def create_app(conn_id: str = APP_DB) -> FastAPI:
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import (
+        get_user,
+        requires_access_dag,
+        requires_authenticated,
+    )
+
+    from include.observability.dashboard_panels import PAGES
+
+    app = FastAPI(title="Ops dashboard", dependencies=[Depends(requires_authenticated())])
+
+    def page(name: str, flash: str = "") -> str:
+        from execplatform.hooks.app_db_hook import AppDatabaseHook
+        from include.observability.dashboard_panels import page_panels
+
+        extra = ""
+        with AppDatabaseHook(conn_id).cursor() as cur:
+            panels = page_panels(cur, name)
+            if name == "models":
+                from execplatform.steps.offer_steps import s3_client
+
+                newest = [(row[0], row[2]) for row in panels[0].rows[:PLOTTED_VERSIONS]]
+                extra = model_extras(_stored_plots(cur, s3_client(), newest))
+        return render(panels, page=name, pages=tuple(PAGES), extra=extra, flash=flash)
+
+    @app.get("/", response_class=HTMLResponse)
+    def overview() -> str:
+        return page("overview")
+
+    @app.get("/models", response_class=HTMLResponse)
+    def models_page(triggered: str = "") -> str:
+        flash = f"Triggered {ROLLBACK_DAG} run {triggered} with conf {{\"rollback\": true}}" if triggered else ""
+        return page("models", flash)
+
+    @app.get("/offers", response_class=HTMLResponse)
+    def offers_page() -> str:
+        return page("offers")
+
+    @app.get("/audits", response_class=HTMLResponse)
+    def audits_page() -> str:
+        return page("audits")
+
+    @app.get("/models/{version_id}/{plot}.png")
+    def plot_png(version_id: int, plot: str) -> Response:
+        from botocore.exceptions import ClientError
+
+        from execplatform.hooks.app_db_hook import AppDatabaseHook
+        from execplatform.steps.offer_steps import s3_client
+        from include.offers import registry
+
+        if plot not in PLOTS:
+            raise HTTPException(404, f"no plot {plot!r}; plots are {', '.join(PLOTS)}")
+        try:
+            with AppDatabaseHook(conn_id).cursor() as cur:
+                uri = _plot_uri(registry.get(cur, version_id), plot)
+            data = registry.get_object(s3_client(), uri)
+        except (LookupError, ClientError) as missing:
+            raise HTTPException(404, f"no stored {plot} plot for model version {version_id}") from missing
+        return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @app.post(
+        "/models/rollback",
+        dependencies=[Depends(requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id=ROLLBACK_DAG))],
+    )
+    # a default, not an annotation: this module's annotations are strings FastAPI cannot resolve here
+    def rollback(request: Request, user=Depends(get_user)) -> RedirectResponse:  # noqa: B008
+        from airflow.api.common.trigger_dag import trigger_dag
+        from airflow.utils.types import DagRunTriggeredByType
+
+        if not same_origin(request):
+            raise HTTPException(403, "rollback refused: the request did not come from this dashboard's origin")
+        run = trigger_dag(ROLLBACK_DAG, triggered_by=DagRunTriggeredByType.UI, conf={"rollback": True},
+                          triggering_user_name=user.get_name())  # fmt: skip
+        models_url = request.scope.get("root_path", "") + "/models"
+        return RedirectResponse(f"{models_url}?triggered={quote(run.run_id)}", status_code=303)
+
+    return app
+

@@ -1,0 +1,102 @@
+"""The operator that drains the execution-task queue: many execution tasks per Airflow task."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import closing
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from include.ids import APP_DB, REDIS, TASK_EXECUTOR
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class DrainQueueOperator(BaseOperator):
+    """
+    Drain execution tasks until the queue has none ready or the time budget is spent.
+
+    One instance runs many execution tasks: it claims ``batch_size`` at a time and runs their
+    handlers on ``concurrency`` threads (the work is I/O on the executor and Redis). Through the
+    Redis cache when it answers; when Redis fails, the rest runs uncached and one alert is sent
+    per drain. Returns the drain's per-type tally and the cache's per-namespace report.
+
+    :param drain_index: which of the run's parallel drains this is (for the lease owner's name).
+    :param task_types: (templated) the task types to run; empty for all.
+    :param batch_size: (templated) tasks claimed per batch.
+    :param concurrency: (templated) handler threads.
+    :param budget_seconds: (templated) stop claiming after this long.
+    :param cache_ttl_seconds: (templated) TTL per cache namespace (``executor`` covers all models).
+    """
+
+    template_fields = ("task_types", "batch_size", "concurrency", "budget_seconds", "cache_ttl_seconds")
+
+    def __init__(
+        self,
+        *,
+        drain_index: int = 0,
+        task_types: Sequence[str] | None = None,
+        batch_size: int = 100,
+        concurrency: int = 16,
+        budget_seconds: float = 240.0,
+        cache_ttl_seconds: dict[str, int] | None = None,
+        use_cache: bool = True,
+        app_conn_id: str = APP_DB,
+        task_executor_conn_id: str = TASK_EXECUTOR,
+        redis_conn_id: str = REDIS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.drain_index = drain_index
+        self.task_types = task_types
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.budget_seconds = budget_seconds
+        self.cache_ttl_seconds = cache_ttl_seconds
+        self.use_cache = use_cache
+        self.app_conn_id = app_conn_id
+        self.task_executor_conn_id = task_executor_conn_id
+        self.redis_conn_id = redis_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from execplatform.hooks.app_db_hook import (
+            AppDatabaseHook,
+            failing_hard_when_schema_is_behind,
+        )
+        from execplatform.hooks.redis_cache_hook import TaskCacheHook
+        from execplatform.hooks.task_executor_hook import TaskExecutorHook
+        from include.execution.drain import drain
+        from include.execution.task_handlers import Services
+
+        cache = TaskCacheHook(self.redis_conn_id).get_cache(ttl_seconds=self.cache_ttl_seconds) if self.use_cache else None
+        alerted: list[bool] = []
+
+        def alert_once_if_cache_down(_batch=None) -> None:
+            if cache is not None and cache.unavailable is not None and not alerted:
+                alerted.append(True)
+                self._alert_cache_down(cache.unavailable)
+
+        ti = context["ti"]
+        owner = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}[{self.drain_index}]@{os.uname().nodename}:{os.getpid()}"
+        with (closing(TaskExecutorHook(self.task_executor_conn_id).get_conn()) as executor,
+              failing_hard_when_schema_is_behind()):  # fmt: skip
+            summary = drain(
+                AppDatabaseHook(self.app_conn_id).dsn(), services=Services(executor=executor, cache=cache),
+                task_types=self.task_types or None, batch_size=int(self.batch_size),
+                concurrency=int(self.concurrency), budget_seconds=float(self.budget_seconds),
+                owner=owner, on_batch=alert_once_if_cache_down,
+            )  # fmt: skip
+        alert_once_if_cache_down()
+        result = {**summary.as_dict(), "cache": cache.report() if cache else {}, "cache_available": not alerted}
+        self.log.info("drained %d batches in %.1fs (%s): %s", summary.batches, summary.seconds, summary.stopped_by,
+                      result["by_type"])  # fmt: skip
+        return result
+
+    def _alert_cache_down(self, error: Exception) -> None:
+        from execplatform.notifiers.alert_notifier import send_alert
+
+        self.log.warning("Redis cache unavailable, running uncached: %s", error)
+        send_alert("error", f"task cache (Redis) unavailable; tasks run uncached: {type(error).__name__}: {error}")

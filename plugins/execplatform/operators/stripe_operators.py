@@ -1,0 +1,118 @@
+"""Offers to and money from Stripe: publishing a model version's offers, syncing charges."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from include.ids import APP_DB, STRIPE
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class PublishOffersOperator(BaseOperator):
+    """
+    Publish a model version's offers to Stripe: a Product and a Coupon per (segment, offer).
+
+    Ids are deterministic (``mv<version id>-<segment>-<offer code>``) and carry the model
+    version and segment as metadata; an object that exists is fetched, not re-created, and
+    every create sends an idempotency key, so a retried or re-run task never duplicates one.
+
+    :param model_version_id: (templated) the model version whose ``offer_publications`` to publish.
+    :param stripe_conn_id: the Stripe connection (secret key as password, API base as host).
+    :param app_conn_id: the app database.
+    """
+
+    template_fields = ("model_version_id",)
+
+    def __init__(
+        self,
+        *,
+        model_version_id: int | str,
+        stripe_conn_id: str = STRIPE,
+        app_conn_id: str = APP_DB,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_version_id = model_version_id
+        self.stripe_conn_id = stripe_conn_id
+        self.app_conn_id = app_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from execplatform.hooks.app_db_hook import AppDatabaseHook
+        from execplatform.hooks.stripe_hook import StripeHook
+        from include.offers import jobs
+
+        version_id = int(self.model_version_id)
+        hook = StripeHook(stripe_conn_id=self.stripe_conn_id)
+        with AppDatabaseHook(self.app_conn_id).cursor() as cur:
+            offers = jobs.publications(cur, version_id)
+        created = existing = 0
+        for offer in offers:
+            metadata = {
+                "model_version_id": str(version_id),
+                "segment": offer["segment"],
+                "offer_code": offer["code"],
+                "offer_id": str(offer["offer_id"]),
+            }
+            _, made_product = hook.ensure(
+                "products",
+                offer["stripe_product_id"],
+                {"name": f"{offer['product']} ({offer['segment']})", "metadata": metadata},
+            )
+            _, made_coupon = hook.ensure(
+                "coupons",
+                offer["stripe_coupon_id"],
+                {"percent_off": offer["discount_pct"], "duration": "once", "metadata": metadata},
+            )
+            created += made_product + made_coupon
+            existing += (not made_product) + (not made_coupon)
+            with AppDatabaseHook(self.app_conn_id).cursor() as cur:
+                jobs.mark_published(cur, version_id, offer["segment"])
+        self.log.info("offers of model version %d: %d Stripe objects created, %d existed",
+                      version_id, created, existing)  # fmt: skip
+        return {"offers": len(offers), "created": created, "existing": existing}
+
+
+class SyncStripePaymentsOperator(BaseOperator):
+    """
+    Incremental sync of Stripe charges into ``payments``: listed page by page from a cursor on
+    creation time (with an overlap), upserted, impossible ones quarantined; returns the
+    reconciliation counts (listed = inserted + updated + unchanged + quarantined).
+
+    :param stripe_conn_id: the Stripe connection.
+    :param app_conn_id: the app database.
+    :param page_size: charges per Stripe list call.
+    """
+
+    def __init__(
+        self,
+        *,
+        stripe_conn_id: str = STRIPE,
+        app_conn_id: str = APP_DB,
+        page_size: int = 100,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.stripe_conn_id = stripe_conn_id
+        self.app_conn_id = app_conn_id
+        self.page_size = page_size
+
+    def execute(self, context: Context) -> dict[str, int]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from execplatform.hooks.app_db_hook import AppDatabaseHook
+        from execplatform.hooks.stripe_hook import StripeHook
+        from include.offers import jobs
+
+        hook = StripeHook(stripe_conn_id=self.stripe_conn_id)
+        with AppDatabaseHook(self.app_conn_id).cursor() as cur:
+            start = jobs.charges_since(cur)
+            counts = jobs.sync_payments(cur, hook.iter_charges(start, page_size=self.page_size))
+        accounted = counts["inserted"] + counts["updated"] + counts["unchanged"] + counts["quarantined"]
+        if accounted != counts["listed"]:
+            raise AirflowFailException(f"payments sync does not reconcile: {counts}")
+        self.log.info("Stripe charges after %d: %s", start, counts)
+        return counts

@@ -1,0 +1,247 @@
+"""The steps of db_migrate, adapting include.migrations to Airflow connections, params and alerts.
+
+Each step reads and writes the run's row in `migration_runs` (keyed by the DAG run id), so a
+retried or cleared task picks up where the run stands, and backup retention can see which
+backup a pending migration names as its way back.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from execplatform.hooks.app_db_hook import AppDatabaseHook
+from execplatform.steps.backup_steps import fetch_backup
+
+if TYPE_CHECKING:
+    from include.migrations import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def settings_from_params(params: dict[str, Any]) -> Settings:
+    from include.migrations import Settings
+
+    return Settings(
+        lock_timeout_ms=int(params["lock_timeout_ms"]),
+        statement_timeout_ms=int(params["statement_timeout_ms"]),
+        lock_retries=int(params["lock_retries"]),
+        backfill_batch_size=int(params["backfill_batch_size"]),
+    )
+
+
+def _fail(message: str) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    raise AirflowFailException(message)
+
+
+def _set_status(conn_id: str, run_id: str, status: str, error: str | None = None, **fields: Any) -> None:
+    assignments = "".join(f", {name} = %({name})s" for name in fields)  # names are this module's own
+    with AppDatabaseHook(conn_id).cursor() as cur:  # the row exists: plan created the table and inserted it
+        cur.execute(
+            f"UPDATE migration_runs SET status = %(status)s, error = coalesce(%(error)s, error), "  # noqa: S608
+            f"finished_at = CASE WHEN %(status)s IN ('completed', 'failed', 'rolled_back', 'cancelled') "
+            f"THEN now() END{assignments} WHERE dag_run_id = %(run_id)s",
+            {"status": status, "error": error, "run_id": run_id, **fields},
+        )
+
+
+def _run_row(conn_id: str, run_id: str) -> dict[str, Any]:
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        cur.execute("SELECT from_revision, target_revision, backup_id, status FROM migration_runs "
+                    "WHERE dag_run_id = %s", (run_id,))  # fmt: skip
+        row = cur.fetchone()
+    if row is None:
+        _fail(f"migration run {run_id!r} has no row in migration_runs: run the plan task first")
+    return dict(zip(("from_revision", "target_revision", "backup_id", "status"), row, strict=True))
+
+
+def plan_migration(conn_id: str, run_id: str, target: str, settings: Settings) -> dict[str, Any]:
+    """Pending revisions and their SQL (logged); refuses when an applied file was edited."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from include.migrations import BOOKKEEPING_DDL, changed_revisions, current, offline_sql, pending
+
+    dsn = AppDatabaseHook(conn_id).dsn()
+    if changed := changed_revisions(dsn, settings=settings):
+        _fail("applied revisions differ from their files: " + "; ".join(changed))
+    try:
+        revisions = pending(dsn, target, settings=settings)
+    except Exception as exc:  # alembic names the unknown revision
+        _fail(f"cannot plan an upgrade to {target!r}: {exc}")
+    start = current(dsn)
+    for rev in revisions:
+        logger.info("pending revision %s (%s):\n%s", rev.revision, rev.title, offline_sql(rev.revision, settings=settings))
+    if not revisions:
+        raise AirflowSkipException(f"the database is at {start}; nothing to apply for target {target!r}")
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        cur.execute(BOOKKEEPING_DDL)
+        cur.execute(
+            "INSERT INTO migration_runs (dag_run_id, from_revision, target_revision) VALUES (%s, %s, %s) "
+            "ON CONFLICT (dag_run_id) DO UPDATE SET from_revision = EXCLUDED.from_revision, "
+            "target_revision = EXCLUDED.target_revision, status = 'planned', error = NULL",
+            (run_id, start, target),
+        )
+    return {"from": start, "target": target, "pending": [r.revision for r in revisions]}
+
+
+def lint_migration(conn_id: str, target: str, settings: Settings) -> dict[str, Any]:
+    """squawk for the server's major version; a finding without a named exception blocks."""
+    from include.migrations import pending
+    from include.migrations.lint import lint
+
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        cur.execute("SELECT current_setting('server_version_num')::int / 10000")
+        major = cur.fetchone()[0]
+    revisions = pending(AppDatabaseHook(conn_id).dsn(), target, settings=settings)
+    for rev in revisions:
+        for rule, why in rev.squawk_exceptions.items():
+            logger.info("revision %s: squawk rule %s excepted: %s", rev.revision, rule, why)
+    if findings := lint(revisions, major, settings):
+        _fail(f"squawk (PostgreSQL {major}) blocks the migration: " + "; ".join(map(str, findings)))
+    return {"pg_major": major, "revisions": [r.revision for r in revisions]}
+
+
+def fresh_backup_id(conn_id: str, max_age_hours: float) -> int | None:
+    """The newest verified backup if it is younger than `max_age_hours`, else None."""
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        cur.execute("SELECT id FROM backups WHERE status = 'verified' AND verified_at > %s "
+                    "ORDER BY verified_at DESC, id DESC LIMIT 1",
+                    (datetime.now(UTC) - timedelta(hours=max_age_hours),))  # fmt: skip
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def rehearse_migration(conn_id: str, aws_conn_id: str, run_id: str, max_age_hours: float, settings: Settings) -> dict:
+    """Restore the rollback-point backup into a scratch database and rehearse there."""
+    from include.backup.catalog import catalog_get
+    from include.migrations.runner import MigrationError, rehearse
+
+    run = _run_row(conn_id, run_id)
+    backup_id = fresh_backup_id(conn_id, max_age_hours)
+    if backup_id is None:
+        _fail(f"no verified backup younger than {max_age_hours} h: the backup gate did not produce one")
+    _set_status(conn_id, run_id, "planned", backup_id=backup_id)  # the rollback point, protected from retention
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        entry = catalog_get(cur, backup_id)
+    scratch = f"rehearse_{backup_id}_{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="rehearse-") as tmp:
+        folder = fetch_backup(entry, aws_conn_id, Path(tmp))
+        AppDatabaseHook(conn_id).create_database(scratch)
+        try:
+            from include.backup.archive import restore
+
+            restore(AppDatabaseHook(conn_id).dsn(scratch), folder)
+            result = rehearse(AppDatabaseHook(conn_id).dsn(scratch), run["target_revision"], settings)
+        except MigrationError as exc:
+            _set_status(conn_id, run_id, "failed", error=str(exc))
+            _fail(f"rehearsal on a clone of backup {backup_id} failed; production is untouched: {exc}")
+        finally:
+            AppDatabaseHook(conn_id).drop_database(scratch)
+    _set_status(conn_id, run_id, "rehearsed")
+    logger.info("rehearsal on backup %s passed: applied %s, downgraded and re-applied", backup_id, result["applied"])
+    return {"backup_id": backup_id, **result}
+
+
+def apply_migration(conn_id: str, run_id: str, settings: Settings) -> dict[str, Any]:
+    """Production: record what must survive, then upgrade with bounded lock waits."""
+    import psycopg2
+
+    from include.migrations.runner import MigrationError, apply
+    from include.migrations.smoke import fingerprint, table_filenode
+    from include.observability.security_events import log_security_event
+
+    run = _run_row(conn_id, run_id)
+    dsn = AppDatabaseHook(conn_id).dsn()
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        before, filenode = fingerprint(cur), table_filenode(cur)
+    conn.close()
+    _set_status(conn_id, run_id, "applying")
+
+    def on_retry(revision: str, attempt: int, exc: Exception) -> None:
+        logger.warning("revision %s: lock timeout on attempt %d, backing off", revision, attempt)
+
+    try:
+        applied = apply(dsn, run["target_revision"], settings, on_retry=on_retry)
+    except MigrationError as exc:  # already retried within its bounds and undone: fail hard
+        _set_status(conn_id, run_id, "failed", error=str(exc))
+        _fail(str(exc))
+    _set_status(conn_id, run_id, "applied")
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        log_security_event(cur, "migration_applied", "warning", actor=f"db_migrate/{run_id}",
+                           revisions=applied, from_revision=run["from_revision"])  # fmt: skip
+    return {"applied": applied, "filenode": filenode, "before": before.to_dict()}
+
+
+def verify_migration(conn_id: str, run_id: str, applied: dict[str, Any]) -> dict[str, Any]:
+    """The schema is at the target, execution_tasks was not rewritten, the smoke checks pass."""
+    import psycopg2
+
+    from include.migrations import current
+    from include.migrations.smoke import Fingerprint, smoke_check, table_filenode
+
+    run = _run_row(conn_id, run_id)
+    dsn = AppDatabaseHook(conn_id).dsn()
+    problems = []
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'execution_tasks' "
+                    "AND column_name = 'ai_model'")  # fmt: skip
+        if cur.fetchone() is None:
+            problems.append("execution_tasks.ai_model is missing")
+        if (filenode := table_filenode(cur)) != applied["filenode"]:
+            problems.append(f"execution_tasks was rewritten: file {applied['filenode']} became {filenode}")
+    conn.close()
+    now = current(dsn)
+    if run["target_revision"] != "head" and now != run["target_revision"]:
+        problems.append(f"the database is at {now}, not {run['target_revision']}")
+    problems += smoke_check(dsn, Fingerprint(**applied["before"]), exact=False)
+    if problems:
+        _fail("verification after the migration failed: " + "; ".join(problems))
+    return {"revision": now}
+
+
+def roll_back_migration(conn_id: str, run_id: str, settings: Settings) -> dict[str, Any]:
+    """After a failure past apply: downgrade to where the run started, and say so loudly."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from execplatform.notifiers.alert_notifier import send_alert
+    from include.migrations import current, downgrade
+    from include.observability.security_events import log_security_event
+
+    run = _run_row(conn_id, run_id)
+    dsn = AppDatabaseHook(conn_id).dsn()
+    if run["status"] not in ("applying", "applied") or current(dsn) == run["from_revision"]:
+        raise AirflowSkipException(f"nothing to roll back: run is {run['status']}, database at {current(dsn)}")
+    reached = current(dsn)
+    downgrade(dsn, run["from_revision"] or "base", settings=settings)
+    _set_status(conn_id, run_id, "rolled_back")
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        log_security_event(cur, "migration_rolled_back", "critical", actor=f"db_migrate/{run_id}",
+                           from_revision=reached, to_revision=run["from_revision"])  # fmt: skip
+    send_alert("critical", f"db_migrate rolled {conn_id} back from {reached} to {run['from_revision']}")
+    return {"rolled_back_from": reached, "to": run["from_revision"]}
+
+
+def finish_migration(conn_id: str, run_id: str, verified: bool) -> str:
+    """Close the run's row: completed when applied and verified, cancelled when nothing was
+    applied (dry run, rejected, blocked before production), else failed; this releases the
+    backup it held as its rollback point."""
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        cur.execute("SELECT status FROM migration_runs WHERE dag_run_id = %s", (run_id,))
+        row = cur.fetchone()
+    if row is None:
+        return "nothing planned"
+    if verified and row[0] == "applied":
+        final = "completed"
+    else:
+        final = {"planned": "cancelled", "rehearsed": "cancelled", "applying": "failed", "applied": "failed"}.get(
+            row[0], row[0]
+        )
+    if final != row[0]:
+        _set_status(conn_id, run_id, final)
+    return final

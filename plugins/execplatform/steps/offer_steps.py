@@ -1,0 +1,178 @@
+"""The task bodies of offer_model_retrain, offer_feedback and roi_sync: each opens the app
+database and S3 through their hooks and calls `include.offers`."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from execplatform.hooks.app_db_hook import AppDatabaseHook
+from include.ids import APP_DB, AWS
+
+
+def model_bucket() -> str:
+    return os.environ.get("MODEL_BUCKET", "execplatform-models")
+
+
+def s3_client(aws_conn_id: str = AWS):
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=aws_conn_id).get_conn()
+
+
+def report_refused_artifact(version_id: int, reason: str) -> None:
+    """A model artifact failed verification: a critical alert and a security event."""
+    from execplatform.notifiers.alert_notifier import send_alert
+    from include.observability.security_events import log_security_event
+
+    with AppDatabaseHook(APP_DB).cursor() as cur:
+        log_security_event(cur, "input_refused", "critical", object="model_version",
+                           version_id=version_id, reason=reason)  # fmt: skip
+    send_alert("critical", f"offer model version {version_id} artifact refused: {reason}")
+
+
+# --- offer_model_retrain ----------------------------------------------------------------------
+
+
+def roll_back_champion() -> dict[str, int]:
+    """The champion is retired and the previous one returns (a security event says so)."""
+    from include.observability.security_events import log_security_event
+    from include.offers import registry
+    from include.offers.model import MODEL_NAME
+
+    with AppDatabaseHook(APP_DB).cursor() as cur:
+        retired, restored = registry.rollback(cur, MODEL_NAME)
+        log_security_event(cur, "rollback", "warning", object="model_version",
+                           retired=retired.id, restored=restored.id)  # fmt: skip
+    return {"retired": retired.id, "restored": restored.id}
+
+
+def extract_training_data(run_id: str) -> dict[str, Any]:
+    """Every impression with its features into a CSV snapshot in S3, keyed by the run."""
+    from include.offers import jobs
+    from include.offers.model import MODEL_NAME
+
+    safe_run = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+    uri = f"s3://{model_bucket()}/{MODEL_NAME}/runs/{safe_run}/training.csv.gz"
+    with AppDatabaseHook(APP_DB).cursor() as cur:
+        return jobs.extract(cur, s3_client(), uri, datetime.now(UTC))
+
+
+def train_challenger(snapshot_uri: str, valid_days: float) -> dict[str, Any]:
+    from include.offers import jobs
+
+    with AppDatabaseHook(APP_DB).cursor() as cur:
+        return jobs.train(cur, s3_client(), snapshot_uri=snapshot_uri, bucket=model_bucket(),
+                          valid_days=valid_days)  # fmt: skip
+
+
+def evaluate_challenger(snapshot_uri: str, trained: dict[str, Any]) -> dict[str, Any]:
+    """Challenger and champion on the same holdout; a refused artifact fails hard (and alerts)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.offers import jobs, registry
+
+    try:
+        with AppDatabaseHook(APP_DB).cursor() as cur:
+            result = jobs.evaluate(cur, s3_client(), snapshot_uri=snapshot_uri,
+                                   version_id=trained["version_id"], valid_from=trained["valid_from"])  # fmt: skip
+    except registry.ArtifactRefused as refused:
+        report_refused_artifact(trained["version_id"], str(refused))
+        raise AirflowFailException(f"challenger {trained['version_id']}: {refused}") from None
+    if result.get("champion_refused"):
+        report_refused_artifact(**result["champion_refused"])
+    return result
+
+
+def promote_or_keep(evaluation: dict[str, Any], margin_auc: float) -> dict[str, Any]:
+    from include.offers import jobs, registry
+
+    with AppDatabaseHook(APP_DB).cursor() as cur:
+        return jobs.promote_or_keep(cur, evaluation, registry.Gates(margin_auc=margin_auc))
+
+
+def assign_offers(holdout_share: float, budget_cents: float) -> dict[str, Any]:
+    """The champion's offer per segment; skipped before the first champion exists."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from include.offers import jobs, registry
+    from include.offers.model import MODEL_NAME
+
+    try:
+        with AppDatabaseHook(APP_DB).cursor() as cur:
+            return jobs.assign_offers(cur, s3_client(), holdout_share=holdout_share,
+                                      budget_cents=budget_cents)  # fmt: skip
+    except LookupError as missing:  # no champion yet: nothing to offer, nothing to publish
+        raise AirflowSkipException(str(missing)) from None
+    except registry.ArtifactRefused as refused:
+        with AppDatabaseHook(APP_DB).cursor() as cur:
+            report_refused_artifact(registry.champion(cur, MODEL_NAME).id, str(refused))
+        raise AirflowFailException(f"champion artifact refused: {refused}") from None
+
+
+def write_model_report(evaluation: dict[str, Any] | None, decision: dict[str, Any] | None) -> dict:
+    """The ROC and calibration plots and the metrics table next to the version in S3, and the
+    challenger's figures to CloudWatch; skipped when the run trained nothing (a rollback)."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from execplatform.hooks.cloudwatch_hook import publish_metrics
+    from include.observability.metrics import Metric
+    from include.offers import jobs
+
+    if not evaluation:
+        raise AirflowSkipException("no model was trained in this run (rollback)")
+    with AppDatabaseHook(APP_DB).cursor() as cur:
+        files = jobs.write_report(cur, s3_client(), version_id=evaluation["version_id"])
+    challenger = evaluation["challenger"]
+    publish_metrics([
+        Metric("OfferModelAuc", challenger["auc"]),
+        Metric("OfferModelLogLoss", challenger["log_loss"]),
+        Metric("OfferModelPromoted", float(bool((decision or {}).get("promoted")))),
+    ])  # fmt: skip
+    return files
+
+
+# --- offer_feedback ---------------------------------------------------------------------------
+
+
+def update_bandit(min_exploration: float, budget_per_impression_cents: float) -> dict[str, Any]:
+    from include.offers import jobs
+
+    with AppDatabaseHook(APP_DB).cursor() as cur:
+        return jobs.update_bandit(cur, min_exploration=min_exploration,
+                                  budget_per_impression_cents=budget_per_impression_cents)  # fmt: skip
+
+
+# --- roi_sync ---------------------------------------------------------------------------------
+
+
+def compute_roi() -> list[dict[str, Any]]:
+    """Attributed and incremental ROI per segment of the live offer set, into `offer_roi`."""
+    from dataclasses import asdict
+
+    from include.offers import jobs
+
+    with AppDatabaseHook(APP_DB).cursor() as cur:
+        version_id = jobs.latest_assignment(cur)
+        if version_id is None:
+            return []
+        return [{**asdict(r), "gap_cents": r.gap_cents, "model_version_id": version_id}
+                for r in jobs.compute_roi(cur, version_id)]  # fmt: skip
+
+
+def publish_roi_metrics(counts: dict[str, int] | None, rois: list[dict[str, Any]]) -> int:
+    """The sync's counts and each segment's ROI figures (and their gap) to CloudWatch."""
+    from execplatform.hooks.cloudwatch_hook import publish_metrics
+    from include.observability.metrics import Metric
+
+    metrics = [Metric(f"StripePayments{k.title()}", float(v), unit="Count")
+               for k, v in (counts or {}).items()]  # fmt: skip
+    for roi in rois:
+        segment = {"Segment": roi["segment"]}
+        metrics.append(Metric("OfferRoiAttributedCents", roi["attributed_roi_cents"], dimensions=segment))
+        if roi["incremental_roi_cents"] is not None:
+            metrics.append(Metric("OfferRoiIncrementalCents", roi["incremental_roi_cents"], dimensions=segment))
+            metrics.append(Metric("OfferRoiGapCents", roi["gap_cents"], dimensions=segment))
+    publish_metrics(metrics)
+    return len(metrics)

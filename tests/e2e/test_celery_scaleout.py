@@ -1,0 +1,192 @@
+"""Scale-out and schedules on one stack that runs the CeleryExecutor with two Celery workers.
+
+The stack's Redis is the broker (a database of its own, apart from the task cache's), the
+metadata PostgreSQL the result backend, and each worker names itself in the task instances it
+runs (`[core] hostname_callable`). Every DAG starts paused with a one-minute schedule
+(`DAG_SCHEDULE_OVERRIDES`), and the app database is where the demo stands after `db_migrate`.
+
+1. A manual `task_batch` run with several mapped drains: the drains run on both workers, each
+   worker's drains complete execution tasks, and no task is claimed or completed twice.
+2. Every scheduled DAG, unpaused, gets a run from the scheduler (run type `scheduled`, on the
+   short interval) that succeeds; `adversarial_audit` is unpaused once `db_backup` succeeded,
+   since its backup gate fails hard without a fresh verified backup.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg2
+import pytest
+
+from devstack.stack import LocalStack
+from execplatform.dag_defaults import OVERRIDES_VAR
+from include.migrations import upgrade
+from tests.airflow_api import api, dag_url, exists, running, token_for, wait_for
+from tests.dags.test_task_batch_dag import VALID
+
+pytestmark = pytest.mark.airflow_stack
+log = logging.getLogger(__name__)
+
+WORKERS = ("celery-worker-1", "celery-worker-2")
+SCHEDULED_DAGS = ("platform_healthcheck", "db_backup", "task_batch", "adversarial_audit", "offer_model_retrain",
+                  "offer_feedback", "roi_sync")  # fmt: skip
+EVERY_MINUTE = "* * * * *"
+SCALE_OUT_TASKS = 240
+# small batches, few threads and a slow executor: every drain is still busy when the last one starts
+SCALE_OUT_CONF = {"batch_size": 10, "parallelism": 4, "concurrency": 4}
+EXECUTOR_LATENCY_MS = 300
+# the audit's gate `backup_fresh_and_restored` needs a verified backup: it runs after db_backup's
+AFTER = {"adversarial_audit": "db_backup"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = LocalStack(
+        tmp_path_factory.mktemp("celery-stack"), api_port=0, celery_workers=len(WORKERS),
+        extra_env={
+            # nothing runs before a test unpauses it
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            OVERRIDES_VAR: json.dumps(dict.fromkeys(SCHEDULED_DAGS, EVERY_MINUTE)),
+        },
+    )  # fmt: skip
+    stack.started_at = datetime.now(UTC)
+    with running(stack):
+        upgrade(stack.app_dsn(), "head")  # as after db_migrate: task_batch and the audit need it
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def token(stack) -> str:
+    return token_for(stack.info.login)
+
+
+def set_paused(stack, token: str, dag_id: str, paused: bool) -> None:
+    url = dag_url(stack, dag_id)
+    wait_for(lambda: exists(url, token), 180, f"{dag_id} to be parsed")
+    api(url, token, {"is_paused": paused}, method="PATCH")
+
+
+def rows(stack, sql: str, params=None) -> list[tuple]:
+    with psycopg2.connect(stack.app_dsn()) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        result = cur.fetchall()
+    conn.close()
+    return result
+
+
+def set_executor_latency(stack, latency_ms: int) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{stack.ports['executor']}/admin/faults", method="POST",
+                                     data=json.dumps({"latency_ms": latency_ms}).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+def enqueue_scale_out_tasks(stack) -> None:
+    from include.execution.task_queue import TaskQueue
+
+    types = sorted(VALID)
+    tasks = [
+        {"task_type": types[i % len(types)], "ai_model": "gpt-4.1", "idempotency_key": f"scale-out-{i}",
+         # a distinct input each: no answer comes from the cache, every task reaches the executor
+         "payload": {**VALID[types[i % len(types)]], "prompt": f"scale-out task {i}"}}
+        for i in range(SCALE_OUT_TASKS)
+    ]  # fmt: skip
+    with TaskQueue(stack.app_dsn()) as queue:
+        queue.enqueue_many(tasks)
+
+
+def finished_state(stack, token: str, dag_id: str, run_id: str) -> str | None:
+    state = api(f"{dag_url(stack, dag_id)}/dagRuns/{run_id}", token)["state"]
+    return state if state in ("success", "failed") else None
+
+
+def test_two_celery_workers_share_a_task_batch_run_and_handle_each_task_once(stack, token):
+    base = dag_url(stack, "task_batch")
+    wait_for(lambda: exists(base, token), 180, "task_batch to be parsed")
+    enqueue_scale_out_tasks(stack)
+    set_executor_latency(stack, EXECUTOR_LATENCY_MS)
+    # Triggered while paused; unpausing it also lets the scheduler create a one-minute run, which
+    # waits behind this one (max_active_runs=1) only if this one sorts first: queued runs start
+    # in order of run_after, and the scheduled one's lies at the last minute boundary
+    early = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    run_id = api(f"{base}/dagRuns", token, {"logical_date": None, "run_after": early, "conf": SCALE_OUT_CONF,
+                                            "dag_run_id": f"scale_out_{uuid.uuid4().hex[:8]}"})["dag_run_id"]  # fmt: skip
+    started = time.monotonic()
+    set_paused(stack, token, "task_batch", False)
+    try:
+        state = wait_for(lambda: finished_state(stack, token, "task_batch", run_id), 600, f"run {run_id} to finish")
+    finally:
+        set_executor_latency(stack, 50)
+    log.warning("scale-out run %s: %s after %.0fs", run_id, state, time.monotonic() - started)
+    assert state == "success"
+
+    # several mapped drains, spread over both workers, each worker's drains completing tasks
+    drains = api(f"{base}/dagRuns/{run_id}/taskInstances/drain/listMapped", token)["task_instances"]
+    assert len(drains) == SCALE_OUT_CONF["parallelism"]
+    assert {d["state"] for d in drains} == {"success"}
+    succeeded_by_worker = dict.fromkeys(WORKERS, 0)
+    for d in drains:
+        summary = api(f"{base}/dagRuns/{run_id}/taskInstances/drain/xcomEntries/return_value"
+                      f"?map_index={d['map_index']}&deserialize=true", token)["value"]  # fmt: skip
+        succeeded_by_worker[d["hostname"]] += sum(t["succeeded"] for t in summary["by_type"].values())
+    log.warning("execution tasks completed per worker: %s", succeeded_by_worker)
+    assert all(n > 0 for n in succeeded_by_worker.values()), succeeded_by_worker
+
+    # each task of the test was claimed once (attempts counts claims) and completed once
+    assert rows(stack, "SELECT status, attempts, lease_owner IS NULL, finished_at IS NOT NULL, count(*) "
+                       "FROM execution_tasks WHERE idempotency_key LIKE 'scale-out-%%' GROUP BY 1, 2, 3, 4") == [
+        ("succeeded", 1, True, True, SCALE_OUT_TASKS)
+    ]  # fmt: skip
+    # and the drains together report exactly the tasks that the run completed: none counted twice
+    completed_in_run = rows(
+        stack, "SELECT count(*) FROM execution_tasks WHERE status = 'succeeded' AND finished_at >= %s",
+        (api(f"{base}/dagRuns/{run_id}", token)["start_date"],),
+    )[0][0]  # fmt: skip
+    assert sum(succeeded_by_worker.values()) == completed_in_run
+
+
+def scheduled_runs(stack, token: str, dag_id: str) -> list[dict]:
+    return api(f"{dag_url(stack, dag_id)}/dagRuns?run_type=scheduled&order_by=run_after", token)["dag_runs"]
+
+
+def test_every_scheduled_dag_runs_by_its_schedule(stack, token):
+    outcome: dict[str, dict] = {}
+    unpaused: set[str] = set()
+
+    def all_finished() -> bool:
+        for dag_id in SCHEDULED_DAGS:
+            after = AFTER.get(dag_id)
+            if dag_id not in unpaused and (after is None or outcome.get(after, {}).get("state") == "success"):
+                set_paused(stack, token, dag_id, False)
+                unpaused.add(dag_id)
+            elif after in outcome and outcome[after]["state"] != "success":
+                outcome.setdefault(dag_id, {"state": f"not run: {after} failed", "dag_run_id": None})
+            if dag_id in unpaused and dag_id not in outcome:
+                runs = scheduled_runs(stack, token, dag_id)
+                done = next((r for r in runs if r["state"] == "success"), None) or next(
+                    (r for r in runs if r["state"] == "failed"), None
+                )
+                if done:
+                    outcome[dag_id] = done
+                    set_paused(stack, token, dag_id, True)  # one finished run is enough: spare the machine
+        return len(outcome) == len(SCHEDULED_DAGS)
+
+    started = time.monotonic()
+    try:
+        # offer_model_retrain's training is the long pole: 3 to 11 minutes on a loaded 2-core machine
+        wait_for(all_finished, 1800, "a finished scheduled run of every scheduled DAG")
+    finally:
+        log.warning("scheduled runs after %.0fs: %s", time.monotonic() - started,
+                    {d: (r["dag_run_id"], r["state"]) for d, r in outcome.items()})  # fmt: skip
+    assert {d: r["state"] for d, r in outcome.items()} == dict.fromkeys(SCHEDULED_DAGS, "success")
+    for dag_id, run in outcome.items():
+        run_after = datetime.fromisoformat(run["run_after"])
+        # the one-minute schedule made it, not the DAG's own (daily, hourly, weekly...): a minute
+        # boundary after the stack started (the first one may be the minute it started in)
+        assert run_after.second == 0 and run_after >= stack.started_at - timedelta(minutes=1), (dag_id, run)

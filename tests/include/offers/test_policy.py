@@ -1,0 +1,108 @@
+"""Offer choice within a budget, the holdout, the Thompson-sampling bandit, and ROI."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from devstack.stack import MODEL_BUCKET
+from include.offers import jobs, registry
+from include.offers.policy import choose_within_budget, in_holdout, thompson_shares
+from include.offers.roi import payment_row, segment_roi
+from tests import offers_fixtures
+from tests.offers_fixtures import cursor, snapshot_uri
+
+offers_dsn, s3 = offers_fixtures.offers_dsn, offers_fixtures.s3  # the shared fixtures
+NOW = datetime(2026, 7, 1, tzinfo=UTC)
+
+
+def test_holdout_is_reproducible_and_near_its_share():
+    users = range(20_000)
+    first, again = in_holdout(users, 0.1, "mv1"), in_holdout(users, 0.1, "mv1")
+    assert (first == again).all() and 0.09 < first.mean() < 0.11
+    assert (first != in_holdout(users, 0.1, "mv2")).any()  # a new version draws a new control group
+
+
+def test_budget_moves_the_costliest_segment_to_a_cheaper_offer():
+    scores = pd.DataFrame(
+        [("a", 1, 100.0, 50.0), ("a", 2, 90.0, 10.0), ("b", 3, 80.0, 40.0), ("b", 4, 20.0, 5.0)],
+        columns=["segment", "offer_id", "roi", "cost"],
+    )
+    assert [c.offer_id for c in choose_within_budget(scores, 1_000)] == [1, 3]
+    # over budget by 40: switching a gives up 10 ROI for 40 saved, b would give up 60 for 35
+    assert [c.offer_id for c in choose_within_budget(scores, 50)] == [2, 3]
+    with pytest.raises(ValueError, match="no offer set fits"):
+        choose_within_budget(scores, 1)
+
+
+def test_thompson_shares_favour_the_better_arm_and_keep_exploring_within_budget():
+    arms = pd.DataFrame({"alpha": [200.0, 20.0, 5.0], "beta": [800.0, 980.0, 95.0],
+                         "value_cents": [1000.0, 1000.0, 1000.0], "cost_cents": [300.0, 50.0, 100.0]})  # fmt: skip
+    shares = thompson_shares(arms, min_exploration=0.3, budget_per_impression_cents=None, seed=1)
+    assert shares.sum() == pytest.approx(1.0) and shares.idxmax() == 0
+    assert shares.min() >= 0.1 - 1e-12  # 0.3 spread over 3 arms
+    capped = thompson_shares(arms, min_exploration=0.3, budget_per_impression_cents=20.0, seed=1)
+    rate = arms["alpha"] / (arms["alpha"] + arms["beta"])
+    assert float(capped @ (rate * arms["cost_cents"])) == pytest.approx(20.0)
+    assert capped.sum() == pytest.approx(1.0) and capped[1] > shares[1]
+
+
+def test_payment_rows_quarantine_impossible_charges():
+    users, coupons = {7}, {"mv1-vip-x": 3}
+    base = {"id": "ch_1", "amount": 1000, "created": 1_780_000_000, "status": "succeeded",
+            "currency": "usd", "metadata": {"user_id": "7", "coupon": "mv1-vip-x"}}  # fmt: skip
+    row, reason = payment_row(base, known_users=users, coupon_offers=coupons, now=NOW)
+    assert reason is None and (row.user_id, row.offer_id, row.amount_cents) == (7, 3, 1000)
+    cases = {
+        "negative or missing amount": {**base, "amount": -5},
+        "future timestamp": {**base, "created": int(NOW.timestamp()) + 86_400},
+        "unknown user id": {**base, "metadata": {"user_id": "8"}},
+        "unknown offer coupon": {**base, "metadata": {"user_id": "7", "coupon": "nope"}},
+        "no app user": {**base, "metadata": {}},
+    }
+    for expected, charge in cases.items():
+        row, reason = payment_row(charge, known_users=users, coupon_offers=coupons, now=NOW)
+        assert row is None and reason.startswith(expected), (expected, reason)
+
+
+def test_incremental_roi_is_the_lift_over_the_holdout_with_an_interval():
+    rng = np.random.default_rng(0)
+    treated = (rng.random(4000) < 0.12) * 2000.0  # 12% buy
+    holdout = (rng.random(4000) < 0.10) * 2000.0  # 10% would have bought anyway
+    roi = segment_roi("vip", treated.tolist(), holdout.tolist(), attributed_revenue_cents=int(treated.sum()),
+                      discount_cost_cents=50_000)  # fmt: skip
+    lift = (treated.mean() - holdout.mean()) * 4000
+    assert roi.incremental_roi_cents == pytest.approx(lift - 50_000)
+    assert roi.incremental_ci_low_cents < roi.incremental_roi_cents < roi.incremental_ci_high_cents
+    assert roi.gap_cents == pytest.approx(treated.sum() - lift)  # attribution overstates it
+    assert roi.gap_cents > 0
+
+
+@pytest.mark.stack
+def test_assignments_follow_the_champion_keep_a_holdout_and_are_idempotent(offers_dsn, s3):
+    uri = snapshot_uri("assign")
+    with cursor(offers_dsn) as cur:
+        jobs.extract(cur, s3, uri, NOW)
+        trained = jobs.train(cur, s3, snapshot_uri=uri, bucket=MODEL_BUCKET, valid_days=21)
+        evaluation = jobs.evaluate(cur, s3, snapshot_uri=uri, version_id=trained["version_id"],
+                                   valid_from=trained["valid_from"])  # fmt: skip
+        jobs.promote_or_keep(cur, evaluation, registry.Gates())
+    with cursor(offers_dsn) as cur:
+        result = jobs.assign_offers(cur, s3, holdout_share=0.2, budget_cents=1e12)
+        again = jobs.assign_offers(cur, s3, holdout_share=0.2, budget_cents=1e12)
+        cur.execute("SELECT segment, count(*) FILTER (WHERE holdout), count(*), count(DISTINCT offer_id)"
+                    " FROM offer_assignments GROUP BY segment")  # fmt: skip
+        per_segment = cur.fetchall()
+    assert result["assignments_inserted"] == result["users"] and again["assignments_inserted"] == 0
+    assert set(result["offers"]) == {"new", "casual", "regular", "vip"}
+    for _segment, held, total, offers in per_segment:
+        assert 0.1 * total < held < 0.3 * total and offers == 1
+    # a tight budget picks offers whose expected discount fits it
+    with cursor(offers_dsn) as cur:
+        cur.execute("DELETE FROM offer_publications")
+        cur.execute("DELETE FROM offer_assignments")
+        tight = jobs.assign_offers(cur, s3, holdout_share=0.2, budget_cents=result["expected_discount_cents"] / 2)
+    assert tight["expected_discount_cents"] <= result["expected_discount_cents"] / 2

@@ -1,0 +1,61 @@
+"""The alarm audit against the real channels: the app DB's alerts table, CloudWatch on moto, the
+SMTP sink and the Sentry sink; it fails naming the channel that did not deliver."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg2
+import pytest
+
+from include.observability.alerting import CHANNELS, Level
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def sinks(local_stack, monkeypatch):
+    import sentry_sdk
+
+    from devstack.stack import sentry_dsn
+
+    sentry_sdk.init(dsn=sentry_dsn(local_stack.ports), include_local_variables=False)
+    monkeypatch.setenv("SMTP_SINK_DIR", str(local_stack.folder / "mail"))
+    monkeypatch.setenv("SENTRY_SINK_DIR", str(local_stack.folder / "sentry"))
+    yield local_stack
+    sentry_sdk.get_client().close()
+
+
+def test_a_synthetic_failure_reaches_every_channel_of_a_critical_alert(sinks):
+    from execplatform.steps.alarm_delivery_steps import audit_alarms
+
+    result = audit_alarms(deadline_seconds=60)
+    assert set(result["seconds"]) == set(CHANNELS[Level.CRITICAL]) - {"log"}
+    with psycopg2.connect(sinks.app_dsn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM alerts WHERE message LIKE %s", (f"%{result['token']}%",))
+        assert cur.fetchone()[0] == 1
+
+
+def test_a_channel_that_does_not_deliver_is_named(sinks, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from devstack.stack import free_port
+    from execplatform.steps.alarm_delivery_steps import audit_alarms
+
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DOWN", json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": free_port(),
+        "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "a@localhost", "retry_limit": 0},
+    }))  # fmt: skip
+    with pytest.raises(AirflowFailException, match=r"channel\(s\) email did not deliver") as failed:
+        audit_alarms(deadline_seconds=3, smtp_conn_id="smtp_down")
+    assert "sentry" not in str(failed.value).split("(")[1]
+
+
+def test_a_channel_without_a_sink_to_read_is_not_taken_on_trust(sinks, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from execplatform.steps.alarm_delivery_steps import audit_alarms
+
+    monkeypatch.delenv("SENTRY_SINK_DIR")
+    with pytest.raises(AirflowFailException, match=r"channel\(s\) sentry did not .*SENTRY_SINK_DIR is not set"):
+        audit_alarms(deadline_seconds=3)

@@ -1,0 +1,165 @@
+"""The ops dashboard's panels from a real app database, rendered with every value escaped."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import date
+from decimal import Decimal
+
+import psycopg2
+import pytest
+
+pytestmark = pytest.mark.stack
+
+
+def test_panels_show_backups_migrations_queue_audits_alerts_and_escape_values(app_dsn):
+    from execplatform.dashboard_app import render
+    from include.migrations import all_revisions
+    from include.observability.dashboard_panels import all_panels
+
+    with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
+        cur.execute("""
+            INSERT INTO backups (database_name, status, verified_at, size_bytes, restore_seconds)
+                VALUES ('app', 'verified', now() - interval '2 hours', 3 * 1024 * 1024, 12.34);
+            INSERT INTO alerts (level, fingerprint, dag_id, task_id, message)
+                VALUES ('critical', 'f', 'db_backup', 'verify_backup', '<script>alert(1)</script>');
+            INSERT INTO execution_tasks (task_type, status) VALUES ('idea', 'queued'), ('idea', 'dead');
+            INSERT INTO audit_runs (dag_run_id, status) VALUES ('manual__1', 'failed');
+            INSERT INTO audit_findings (audit_run_id, gate, passed)
+                SELECT id, 'queue_dead_without_error', false FROM audit_runs;
+        """)
+        panels = {p.title: p for p in all_panels(cur)}
+    conn.close()
+    assert panels["Backups"].rows[0][1:6] == ("verified", Decimal("2.0"), "3072 kB", Decimal("12.3"), True)
+    pending = ", ".join(r.revision for r in all_revisions()[1:])
+    assert panels["Migrations"].note == f"applied: 0001; pending: {pending}"
+    assert panels["Task queue"].rows == [("idea", 1, 0, 1, Decimal("0"))]
+    assert panels["Task queue"].note.startswith("no bottleneck report yet")
+    assert panels["Audits"].rows[0][2] == "failed" and panels["Audits"].rows[0][5] == "queue_dead_without_error"
+    assert panels["Leading indicators"].rows == [] and "indicator_values does not exist" in panels["Leading indicators"].note
+    page = render(panels.values())
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_the_queue_panel_shows_the_newest_bottleneck_report(app_head_dsn):
+    from include.observability.dashboard_panels import queue
+
+    with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
+        cur.execute("""
+            INSERT INTO execution_tasks (task_type, status, ai_model) VALUES ('implementation', 'queued', 'gpt-4.1');
+            INSERT INTO task_bottleneck_reports (run_id, created_at, window_start, window_end, task_type, tasks,
+                failures, avg_ms, p50_ms, p95_ms, queued_share, executing_share, cache_hit_share)
+            VALUES ('old', now() - interval '1 hour', now() - interval '2 hours', now(), 'implementation',
+                    10, 0, 900, 800, 1500, 0.1, 0.8, 0.1),
+                   ('new', now(), now() - interval '1 hour', now(), 'implementation',
+                    10, 0, 500, 400.04, 950.55, 0.2, 0.5, 0.3);
+        """)
+        panel = queue(cur)
+    conn.close()
+    assert panel.columns[-3:] == ["p50_ms", "p95_ms", "cache_hit_share"]
+    assert panel.rows[0][0] == "implementation" and panel.rows[0][-3:] == (
+        Decimal("400.0"), Decimal("950.6"), Decimal("0.300"))
+
+
+def test_model_offer_roi_and_indicator_panels_read_their_tables(app_head_dsn):
+    from include.observability.dashboard_panels import PAGES, page_panels
+
+    with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
+        cur.execute("""
+            INSERT INTO model_versions (model_name, version, status, metrics, artifact_uri, promoted_at)
+                VALUES ('offer_model', 1, 'retired', '{"auc": 0.61}', 's3://m/offer_model/v0001/model.skops', now()),
+                       ('offer_model', 2, 'champion', '{"auc": 0.65432, "log_loss": 0.4, "brier": 0.1}',
+                        's3://m/offer_model/v0002/model.skops', now());
+            INSERT INTO users (id, email, segment, signup_channel, country) OVERRIDING SYSTEM VALUE
+                VALUES (1, 'u@example.com', 'new', 'web', 'US');
+            INSERT INTO offers (code, product, discount_pct) VALUES ('NEW10', 'pro', 10);
+            INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id, stripe_coupon_id)
+                SELECT max(v.id), 'new', o.id, 'prod_1', 'mv2-new-NEW10' FROM model_versions v, offers o GROUP BY o.id;
+            INSERT INTO offer_assignments (model_version_id, user_id, segment, offer_id, holdout, assigned_at)
+                SELECT model_version_id, 1, 'new', offer_id, false, now() FROM offer_publications;
+            INSERT INTO offer_roi (model_version_id, segment, treated_users, holdout_users, attributed_revenue_cents,
+                                   discount_cost_cents, attributed_roi_cents, incremental_roi_cents, roi_gap_cents)
+                SELECT model_version_id, 'new', 10, 2, 12345, 345, 12000, 2000, 10000 FROM offer_publications;
+        """)
+        models = page_panels(cur, "models")[0]
+        published, roi, feedback = page_panels(cur, "offers")
+        audits, indicators = page_panels(cur, "audits")
+        assert indicators.rows == []  # 0005 made the tables; no audit has filled them
+        cur.execute("""
+            INSERT INTO indicator_values (day, indicator, dimension, value, sample_size)
+                VALUES ('2026-01-01', 'roi_gap', 'new', 1, 5), ('2026-01-02', 'roi_gap', 'new', 2.5, 5);
+            INSERT INTO indicator_changes (indicator, dimension, day, direction, reference_mean, score)
+                VALUES ('roi_gap', 'new', '2026-01-02', 'up', 1, 13);
+        """)
+        indicators = page_panels(cur, "audits")[1]
+    conn.close()
+    assert set(PAGES) == {"overview", "models", "offers", "audits"}
+    assert models.note == "champion: offer_model v2"
+    assert [(r[2], r[3], r[4]) for r in models.rows] == [(2, "champion", Decimal("0.6543")), (1, "retired", Decimal("0.6100"))]
+    assert [r[1:4] for r in published.rows] == [("new", "NEW10", "pro")] and published.rows[0][-1] == 1
+    assert roi.rows[0][1:8] == ("new", 10, 2, Decimal("123.45"), Decimal("3.45"), Decimal("120.00"), Decimal("20.00"))
+    assert feedback.rows == []
+    assert [r[:4] for r in indicators.rows] == [("roi_gap", "new", date(2026, 1, 2), Decimal("2.5000"))]
+    assert indicators.rows[0][5:] == (date(2026, 1, 2), "up")
+
+
+@pytest.mark.parametrize(("headers", "allowed"), [
+    ({"origin": "http://localhost:8080"}, True),
+    ({"referer": "http://localhost:8080/ops/models"}, True),
+    ({"origin": "http://attacker.example"}, False),
+    ({"origin": "https://localhost:8080"}, False),
+    ({"referer": "http://localhost:8081/ops/models"}, False),
+    ({}, False),
+])  # fmt: skip
+def test_only_a_same_origin_request_may_trigger_an_action(headers, allowed):
+    from starlette.requests import Request
+
+    from execplatform.dashboard_app import same_origin
+
+    scope = {"type": "http", "method": "POST", "scheme": "http", "server": ("localhost", 8080), "path": "/ops/models/rollback",
+             "root_path": "", "query_string": b"", "headers": [(k.encode(), v.encode()) for k, v in
+                                                                [("host", "localhost:8080"), *headers.items()]]}  # fmt: skip
+    assert same_origin(Request(scope)) is allowed
+
+
+def test_the_models_page_shows_the_plots_stored_in_s3_behind_the_login(local_stack, app_head_dsn, monkeypatch):
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.testclient import TestClient
+    from psycopg2.extensions import parse_dsn
+
+    from devstack.stack import MODEL_BUCKET
+    from execplatform.dashboard_app import create_app
+    from execplatform.steps.offer_steps import s3_client
+    from include.offers import registry
+    from include.offers.plots import line_plot_png
+
+    conn = json.loads(os.environ["AIRFLOW_CONN_APP_DB"])
+    monkeypatch.setenv("AIRFLOW_CONN_DASHBOARD_TEST", json.dumps({**conn, "schema": parse_dsn(app_head_dsn)["dbname"]}))
+    prefix = f"s3://{MODEL_BUCKET}/offer_model_{uuid.uuid4().hex[:6]}"
+    with psycopg2.connect(app_head_dsn) as db, db.cursor() as cur:
+        cur.execute("""
+            INSERT INTO model_versions (model_name, version, status, artifact_uri)
+                VALUES ('offer_model', 1, 'champion', %s), ('offer_model', 2, 'rejected', %s) RETURNING id""",
+                    (f"{prefix}/v0001/model.skops", f"{prefix}/v0002/model.skops"))  # fmt: skip
+        plotted, unplotted = (row[0] for row in cur.fetchall())
+    db.close()
+    roc = line_plot_png([0, 0.2, 1], [0, 0.7, 1], title="ROC", xlabel="FPR", ylabel="TPR")
+    registry.put_object(s3_client(), f"{prefix}/v0001/roc.png", roc, "image/png")
+    registry.put_object(s3_client(), f"{prefix}/v0001/calibration.png", line_plot_png([0, 1], [0, 1], title="Calibration", xlabel="predicted", ylabel="observed"), "image/png")
+
+    app = create_app(conn_id="dashboard_test")
+    client = TestClient(app)
+    assert client.get("/models").status_code == 401, "no login, no page"
+    app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="ops", role="viewer")
+    page = client.get("/models").text
+    assert f"src='models/{plotted}/roc.png'" in page and f"src='models/{plotted}/calibration.png'" in page
+    assert f"models/{unplotted}/" not in page, "a version without a stored report shows no broken image"
+    assert "champion: offer_model v1" in page and "id='rollback'" in page and "method='post'" in page
+    png = client.get(f"/models/{plotted}/roc.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content == roc
+    assert client.get(f"/models/{unplotted}/roc.png").status_code == 404
+    assert client.get(f"/models/{plotted}/model.png").status_code == 404, "only the plots are served"
+    assert all(client.get(f"/{page}").status_code == 200 for page in ("", "offers", "audits"))
