@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run up down env psql metrics test test-pg15 lint bench lock clean
+.PHONY: run up down env psql metrics test test-pg15 lint fmt bench lock clean
 
 # The venv is rebuilt only when the lock changes; a second `make` reuses it. The project's own
 # provider (plugins/execplatform) is installed editable, with the locked setuptools and nothing
@@ -36,8 +36,13 @@ psql: $(VENV)/.installed  ## psql on the running stack's app database
 metrics: $(VENV)/.installed  ## the metrics the running stack's CloudWatch (moto) holds
 	@$(PY) -m devstack metrics
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed  ## ruff's linter (with the AIR rules) and formatter, checking only
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(VENV)/.installed  ## format the code and apply ruff's safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 test: lint
 	$(VENV)/bin/pytest

@@ -4,7 +4,8 @@ Peers, with the same PostgreSQL 18 client programs and the same role:
 - dump: `pg_dump -Fc -f file` against ours, `include.backup.archive.dump` (parallel directory-format
   dump in an exported snapshot, schema.sql, expected.json and the SHA-256 manifest included);
 - verify: `createdb` + single-job `pg_restore -j1` of that `-Fc` file against ours, `createdb` +
-  `include.backup.archive.restore` + `include.backup.archive.compare` (schema, row counts, sequences, checksums).
+  `include.backup.archive.restore` + `include.backup.archive.compare` (schema, row counts,
+  sequences, checksums).
 
 Goals: dump ratio at most 0.5, verify ratio at most 1.0. A LocalStack (without Airflow) in a
 temp folder is seeded at BENCH_BACKUP_SCALE (default 10.0; scale 1.0 is about 118 MB on disk).
@@ -74,8 +75,21 @@ def our_dump(dsn: str, folder: Path) -> float:
 def peer_verify(dsn: str, path: Path, dbname: str) -> float:
     start = time.perf_counter()
     createdb(dsn, dbname)
-    run_client([pg_bin("pg_restore"), "-j1", "--no-owner", "--no-privileges", "--exit-on-error",
-                "--no-password", "-d", dbname, str(path)], dsn, "pg_restore -j1")  # fmt: skip
+    run_client(
+        [
+            pg_bin("pg_restore"),
+            "-j1",
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            "--no-password",
+            "-d",
+            dbname,
+            str(path),
+        ],
+        dsn,
+        "pg_restore -j1",
+    )
     return time.perf_counter() - start
 
 

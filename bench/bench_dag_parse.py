@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 7
 
-PEER_DAG = '''
+PEER_DAG = """
 from datetime import datetime
 from airflow.sdk import dag, task
 
@@ -28,7 +28,7 @@ def trivial():
     noop()
 
 trivial()
-'''
+"""
 
 TIMER = """
 import importlib.util, sys, time
@@ -43,8 +43,13 @@ print(time.perf_counter() - start)
 def parse_seconds(path: Path, env: dict[str, str]) -> float:
     runs = []
     for _ in range(REPEATS):
-        out = subprocess.run([sys.executable, "-c", TIMER, str(path)], env=env, capture_output=True,
-                             text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", TIMER, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         runs.append(float(out.stdout.strip().splitlines()[-1]))
     return statistics.median(runs)
 

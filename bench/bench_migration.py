@@ -34,8 +34,10 @@ ROUNDS = int(os.environ.get("BENCH_MIGRATION_ROUNDS", "7"))
 WRITERS = int(os.environ.get("BENCH_MIGRATION_WRITERS", "4"))
 REVISION_0002 = HERE / "versions" / "0002_execution_tasks_ai_model.py"
 PEER_ADD = "ALTER TABLE execution_tasks ADD COLUMN ai_model text DEFAULT gen_random_uuid()::text"
-DROP = ("ALTER TABLE execution_tasks DROP CONSTRAINT IF EXISTS execution_tasks_ai_model_format, "
-        "DROP COLUMN IF EXISTS ai_model")  # fmt: skip
+DROP = (
+    "ALTER TABLE execution_tasks DROP CONSTRAINT IF EXISTS execution_tasks_ai_model_format, "
+    "DROP COLUMN IF EXISTS ai_model"
+)
 
 
 def log(message: str) -> None:
@@ -119,21 +121,31 @@ def main() -> None:
         stack = LocalStack(Path(tmp) / "stack", with_airflow=False, api_port=0)
         try:
             stack.start()
-            small, large = make_table(stack, "rows_10k", 10_000), make_table(stack, "rows_1m", 1_000_000)
+            small, large = (
+                make_table(stack, "rows_10k", 10_000),
+                make_table(stack, "rows_1m", 1_000_000),
+            )
             lock_hold(small, ours_step), lock_hold(large, ours_step)  # warm-up, not counted
             ours = {k: [] for k in ("10k", "1m")}
             for i in range(ROUNDS):  # interleaved, alternating which size goes first
                 sides = [("10k", small), ("1m", large)]
                 for size, dsn in sides if i % 2 == 0 else sides[::-1]:
                     ours[size].append(lock_hold(dsn, ours_step))
-            peer = {"10k": [lock_hold(small, PEER_ADD) for _ in range(3)],
-                    "1m": [lock_hold(large, PEER_ADD) for _ in range(3)]}  # fmt: skip
+            peer = {
+                "10k": [lock_hold(small, PEER_ADD) for _ in range(3)],
+                "1m": [lock_hold(large, PEER_ADD) for _ in range(3)],
+            }
             o10k, o1m = statistics.median(ours["10k"]), statistics.median(ours["1m"])
             p10k, p1m = statistics.median(peer["10k"]), statistics.median(peer["1m"])
-            log(f"lock held: ours {o10k * 1e3:.1f} ms at 10k rows, {o1m * 1e3:.1f} ms at 1M; "
-                f"volatile default {p10k * 1e3:.1f} ms at 10k, {p1m * 1e3:.1f} ms at 1M")  # fmt: skip
+            log(
+                f"lock held: ours {o10k * 1e3:.1f} ms at 10k rows, {o1m * 1e3:.1f} ms at 1M; "
+                f"volatile default {p10k * 1e3:.1f} ms at 10k, {p1m * 1e3:.1f} ms at 1M"
+            )
             print(f"migration_lock_hold: ratio={o1m / o10k:.2f} (1M rows / 10k rows; goal near 1)")
-            print(f"migration_lock_hold_vs_rewrite: ratio={o1m / p1m:.4f} (ours/peer: volatile default, 1M rows)")
+            print(
+                f"migration_lock_hold_vs_rewrite: ratio={o1m / p1m:.4f} (ours/peer: volatile default, 1M "
+                f"rows)"
+            )
 
             during, without, stop = [], [], threading.Event()
             threads = writers(large, stop, during)
@@ -147,10 +159,14 @@ def main() -> None:
             time.sleep(elapsed)
             stop.set()
             [t.join() for t in threads]
-            log(f"revision 0002 on 1M rows took {elapsed:.1f} s; inserts: {len(during)} during "
+            log(
+                f"revision 0002 on 1M rows took {elapsed:.1f} s; inserts: {len(during)} during "
                 f"(p99 {p99(during) * 1e3:.1f} ms, max {max(during) * 1e3:.1f} ms), {len(without)} without "
-                f"(p99 {p99(without) * 1e3:.1f} ms, max {max(without) * 1e3:.1f} ms)")  # fmt: skip
-            print(f"migration_insert_p99: ratio={p99(during) / p99(without):.2f} (during migration / without)")
+                f"(p99 {p99(without) * 1e3:.1f} ms, max {max(without) * 1e3:.1f} ms)"
+            )
+            print(
+                f"migration_insert_p99: ratio={p99(during) / p99(without):.2f} (during migration / without)"
+            )
         finally:
             stack.stop()
 

@@ -49,15 +49,17 @@ def impressions(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     """n impressions with features and labels, and the true probabilities behind the labels."""
     rng = np.random.default_rng(seed)
     spend = np.where(rng.random(n) < 0.25, 0, np.round(np.exp(rng.normal(np.log(4000), 1.0, n))))
-    frame = pd.DataFrame({
-        "recency_days": np.minimum(rng.exponential(12.0, n), 180.0),
-        "frequency_30d": rng.poisson(3.0, n),
-        "spend_cents": spend,
-        "discount_pct": rng.choice(np.array(DISCOUNT_LEVELS, dtype=float), n),
-        "segment": rng.choice(SEGMENTS, n),
-        "channel": rng.choice(CHANNELS, n),
-        "product": rng.choice(list(PRODUCT_PRICES_CENTS), n),
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "recency_days": np.minimum(rng.exponential(12.0, n), 180.0),
+            "frequency_30d": rng.poisson(3.0, n),
+            "spend_cents": spend,
+            "discount_pct": rng.choice(np.array(DISCOUNT_LEVELS, dtype=float), n),
+            "segment": rng.choice(SEGMENTS, n),
+            "channel": rng.choice(CHANNELS, n),
+            "product": rng.choice(list(PRODUCT_PRICES_CENTS), n),
+        }
+    )
     truth = RESPONSE_MODEL.probability(**{k: frame[k].to_numpy() for k in FEATURES})
     frame["redeemed"] = rng.random(n) < truth
     return frame, truth
@@ -81,10 +83,14 @@ def main() -> int:
     auc_bayes = roc_auc_score(y, truth[ROWS:])
     auc_logreg = roc_auc_score(y, predict(peer, holdout))
     log(f"{ROWS} training rows, {HOLDOUT} holdout rows ({y.mean():.3f} redeemed)")
-    print(f"offer_model_auc_vs_bayes: ratio={auc_ours / auc_bayes:.4f} (ours/peer) "
-          f"ours={auc_ours:.4f} bayes_optimal={auc_bayes:.4f} goal>=0.97")  # fmt: skip
-    print(f"offer_model_auc_vs_logreg: ratio={auc_ours / auc_logreg:.4f} (ours/peer) "
-          f"ours={auc_ours:.4f} logistic_regression={auc_logreg:.4f} goal>=1.0")  # fmt: skip
+    print(
+        f"offer_model_auc_vs_bayes: ratio={auc_ours / auc_bayes:.4f} (ours/peer) "
+        f"ours={auc_ours:.4f} bayes_optimal={auc_bayes:.4f} goal>=0.97"
+    )
+    print(
+        f"offer_model_auc_vs_logreg: ratio={auc_ours / auc_logreg:.4f} (ours/peer) "
+        f"ours={auc_ours:.4f} logistic_regression={auc_logreg:.4f} goal>=1.0"
+    )
 
     small, _ = impressions(100_000, seed=12)
     large, _ = impressions(1_000_000, seed=13)
@@ -93,8 +99,10 @@ def main() -> int:
         small_s.append(timed_fit(build_pipeline(), small))
         large_s.append(timed_fit(build_pipeline(), large))
     t_small, t_large = statistics.median(small_s), statistics.median(large_s)
-    print(f"offer_model_train_scaling: ratio={t_large / t_small:.2f} (1M rows/100k rows) "
-          f"100k={t_small:.1f}s 1M={t_large:.1f}s goal near 10")  # fmt: skip
+    print(
+        f"offer_model_train_scaling: ratio={t_large / t_small:.2f} (1M rows/100k rows) "
+        f"100k={t_small:.1f}s 1M={t_large:.1f}s goal near 10"
+    )
     return 0
 
 

@@ -16,7 +16,8 @@ drained:
 BENCH_OVERHEAD_ROUNDS (default 2) interleaved rounds, medians; the DAG's schedule is set to
 yearly and every other DAG is paused, so that only the benchmark's runs happen, and the
 dag-processor parses each file every 30 s, Airflow's default (the dev stack's 10 s, for quick
-edits, costs about a sixth of a core all the time). Goal: ratio (DAG / direct wall time) <= 1.3. Prints `task_batch_overhead: ratio=X (ours/peer)`.
+edits, costs about a sixth of a core all the time). Goal: ratio (DAG / direct wall time) <= 1.3.
+Prints `task_batch_overhead: ratio=X (ours/peer)`.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def log(message: str) -> None:
 
 
 def api(url: str, token: str | None = None, body: dict | None = None, method: str | None = None) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
-                                     method=method)  # fmt: skip
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode() if body is not None else None, method=method
+    )
     request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -78,11 +80,20 @@ def refill(dsn: str, redis_port: int) -> None:
     query(dsn, "TRUNCATE execution_tasks")
     with TaskQueue(dsn) as q:
         for lo in range(0, TASKS, 5000):
-            q.enqueue_many([
-                {"task_type": "idea", "ai_model": "gpt-4.1",
-                 "payload": {"prompt": f"Suggest ideas #{i}", "repo": "r", "inputs": {"count": 3}}}
-                for i in range(lo, min(TASKS, lo + 5000))
-            ])  # fmt: skip
+            q.enqueue_many(
+                [
+                    {
+                        "task_type": "idea",
+                        "ai_model": "gpt-4.1",
+                        "payload": {
+                            "prompt": f"Suggest ideas #{i}",
+                            "repo": "r",
+                            "inputs": {"count": 3},
+                        },
+                    }
+                    for i in range(lo, min(TASKS, lo + 5000))
+                ]
+            )
     query(dsn, "VACUUM ANALYZE execution_tasks")
 
 
@@ -106,15 +117,25 @@ def direct_worker(dsn: str, executor_url: str, redis_port: int, start) -> None:
     executor = ExecutorClient(executor_url, max_connections=CONCURRENCY)
     cache = TaskCache(redis.Redis(host="127.0.0.1", port=redis_port))
     start.wait()
-    drain(dsn, services=Services(executor=executor, cache=cache), batch_size=BATCH, concurrency=CONCURRENCY,
-          budget_seconds=3600)  # fmt: skip
+    drain(
+        dsn,
+        services=Services(executor=executor, cache=cache),
+        batch_size=BATCH,
+        concurrency=CONCURRENCY,
+        budget_seconds=3600,
+    )
     executor.close()
 
 
 def run_direct(stack) -> float:
     ctx = mp.get_context("spawn")
     start = ctx.Event()
-    args = (stack.app_dsn(), f"http://127.0.0.1:{stack.ports['executor']}", stack.ports["redis"], start)
+    args = (
+        stack.app_dsn(),
+        f"http://127.0.0.1:{stack.ports['executor']}",
+        stack.ports["redis"],
+        start,
+    )
     procs = [ctx.Process(target=direct_worker, args=args) for _ in range(PARALLELISM)]
     for p in procs:
         p.start()
@@ -131,7 +152,8 @@ def token_and_dags(stack) -> tuple[str, str]:
     login = stack.info.login
     api_url = f"http://127.0.0.1:{stack.ports['api']}"
     token = api(f"{api_url}/auth/token", body={"username": login["username"], "password": login["password"]})[
-        "access_token"]
+        "access_token"
+    ]
     return token, f"{api_url}/api/v2/dags"
 
 
@@ -163,7 +185,12 @@ def wait_until_idle(stack) -> None:
 def run_dag(stack) -> float:
     token, dags = token_and_dags(stack)
     runs = f"{dags}/task_batch/dagRuns"
-    conf = {"batch_size": BATCH, "parallelism": PARALLELISM, "concurrency": CONCURRENCY, "budget_seconds": 3600}
+    conf = {
+        "batch_size": BATCH,
+        "parallelism": PARALLELISM,
+        "concurrency": CONCURRENCY,
+        "budget_seconds": 3600,
+    }
     began = time.perf_counter()
     run = api(runs, token, {"logical_date": None, "conf": conf})
     while True:
@@ -213,9 +240,14 @@ def main() -> None:
                         raise SystemExit(f"{name} left {TASKS - succeeded(dsn)} tasks")
                     log(f"round {i} {name}: {TASKS} tasks in {times[-1]:.1f}s")
             direct, dag = statistics.median(directs), statistics.median(dags)
-            print(f"task_batch_overhead: ratio={dag / direct:.2f} (ours/peer: DAG via scheduler / library direct) "
-                  f"dag={dag:.1f}s direct={direct:.1f}s tasks={TASKS} latency_ms={LATENCY_MS} "
-                  f"parallelism={PARALLELISM} concurrency={CONCURRENCY} batch={BATCH} goal<=1.30 rounds={ROUNDS}", flush=True)  # fmt: skip
+            print(
+                f"task_batch_overhead: ratio={dag / direct:.2f} (ours/peer: DAG via scheduler / library "
+                f"direct) "
+                f"dag={dag:.1f}s direct={direct:.1f}s tasks={TASKS} latency_ms={LATENCY_MS} "
+                f"parallelism={PARALLELISM} concurrency={CONCURRENCY} batch={BATCH} goal<=1.30 "
+                f"rounds={ROUNDS}",
+                flush=True,
+            )
         finally:
             stack.stop()
 

@@ -15,8 +15,9 @@ The floor is the share of distinct inputs among the calls: each must miss once, 
 run cannot take less than that share of the uncached run's time. Goal: the time ratio
 (cached/uncached) at most 1.5x the floor; the miss share against the floor is printed too
 (what the cache itself controls: 1.0 means every input missed exactly once). BENCH_CACHE_ROUNDS
-(default 3) rounds of both runs, the cache emptied before each cached run; medians. Prints `task_cache: ratio=X (ours/peer) ...` where
-ours is the cached run and the peer the uncached one, with the hit ratio and the floor.
+(default 3) rounds of both runs, the cache emptied before each cached run; medians. Prints
+`task_cache: ratio=X (ours/peer) ...` where ours is the cached run and the peer the uncached one,
+with the hit ratio and the floor.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def workload() -> list:
     tasks = []
     for i, n in enumerate(picks):  # each task its own payload object, and its text as the queue gives it
         payload = {"prompt": f"Suggest ideas #{n}", "repo": "r", "inputs": {"count": 3}}
-        tasks.append(ClaimedTask(i, "idea", payload, "gpt-4.1", 1, 5, "", 0.0, json.dumps(payload, sort_keys=True)))
+        tasks.append(
+            ClaimedTask(i, "idea", payload, "gpt-4.1", 1, 5, "", 0.0, json.dumps(payload, sort_keys=True))
+        )
     return tasks
 
 
@@ -76,7 +79,11 @@ class ListQueue:
         assert all(c.result["output"]["digest"] for c in completions)
         self.completed.update(c.task.id for c in completions)
         self.failures += failures
-        return [c.task.id for c in completions], FailOutcome(failed=[f.task.id for f in failures]), self.claim(limit)
+        return (
+            [c.task.id for c in completions],
+            FailOutcome(failed=[f.task.id for f in failures]),
+            self.claim(limit),
+        )
 
 
 def run(tasks: list, services) -> float:
@@ -84,7 +91,14 @@ def run(tasks: list, services) -> float:
 
     queue = ListQueue(tasks)
     started = time.perf_counter()
-    drain("", services=services, batch_size=BATCH, concurrency=CONCURRENCY, budget_seconds=3600, queue=queue)
+    drain(
+        "",
+        services=services,
+        batch_size=BATCH,
+        concurrency=CONCURRENCY,
+        budget_seconds=3600,
+        queue=queue,
+    )
     seconds = time.perf_counter() - started
     assert len(queue.completed) == len(tasks) and not queue.failures, [f.error for f in queue.failures[:3]]
     return seconds
@@ -102,7 +116,8 @@ def main() -> None:
     os.environ["STACK_EXECUTOR_LATENCY_MS"] = LATENCY_MS
     tasks = workload()
     gc.collect()
-    gc.freeze()  # the workload is the harness's: the drain's collections need not walk its 20k tasks
+    # the workload is the harness's: the drain's collections need not walk its 20k tasks
+    gc.freeze()
     distinct = len({t.payload["prompt"] for t in tasks})
     floor = distinct / len(tasks)
     with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
@@ -127,7 +142,8 @@ def main() -> None:
             print(
                 f"task_cache: ratio={ratio:.3f} (ours/peer: cached/uncached wall time) cached={cached:.2f}s "
                 f"uncached={uncached:.1f}s hit_ratio={stats['hit_ratio']:.3f} floor={floor:.3f} "
-                f"ratio/floor={ratio / floor:.2f} miss_share/floor={(1 - stats['hit_ratio']) / floor:.2f} goal<=1.50 "
+                f"ratio/floor={ratio / floor:.2f} miss_share/floor={(1 - stats['hit_ratio']) / floor:.2f} "
+                f"goal<=1.50 "
                 f"calls={CALLS} distinct={distinct} inputs={INPUTS} zipf={ZIPF} latency_ms={LATENCY_MS} "
                 f"concurrency={CONCURRENCY} batch={BATCH} rounds={ROUNDS} (medians)",
                 flush=True,

@@ -89,8 +89,14 @@ def our_worker(dsn: str, start, done) -> None:
     with TaskQueue(dsn) as queue:  # connected before the clock, like the peer's connection
         start.wait()
         cpu = time.process_time()
-        summary = drain(dsn, services=Services(), handlers=dict.fromkeys(REQUIRED_INPUTS, noop), batch_size=BATCH,
-                        concurrency=4, queue=queue)  # fmt: skip
+        summary = drain(
+            dsn,
+            services=Services(),
+            handlers=dict.fromkeys(REQUIRED_INPUTS, noop),
+            batch_size=BATCH,
+            concurrency=4,
+            queue=queue,
+        )
     done.put((sum(t.succeeded for t in summary.by_type.values()), time.process_time() - cpu))
 
 
@@ -100,8 +106,12 @@ def our_enqueue(dsn: str) -> None:
     query(dsn, "TRUNCATE execution_tasks")
     with TaskQueue(dsn) as q:
         for lo in range(0, JOBS, 5000):
-            q.enqueue_many([{"task_type": "idea", "ai_model": "gpt-4.1", "payload": {"n": i}}
-                            for i in range(lo, min(JOBS, lo + 5000))])  # fmt: skip
+            q.enqueue_many(
+                [
+                    {"task_type": "idea", "ai_model": "gpt-4.1", "payload": {"n": i}}
+                    for i in range(lo, min(JOBS, lo + 5000))
+                ]
+            )
     query(dsn, "VACUUM ANALYZE execution_tasks")
 
 
@@ -113,7 +123,8 @@ def as_url(dsn: str) -> str:
     from urllib.parse import quote
 
     p = dict(part.split("=", 1) for part in dsn.split())
-    return f"postgresql://{quote(p['user'])}:{quote(p['password'], safe='')}@{p['host']}:{p['port']}/{p['dbname']}"
+    credentials = f"{quote(p['user'])}:{quote(p['password'], safe='')}"
+    return f"postgresql://{credentials}@{p['host']}:{p['port']}/{p['dbname']}"
 
 
 def peer_worker(dsn: str, start, done, batch_size: int) -> None:
@@ -137,7 +148,11 @@ def peer_worker(dsn: str, start, done, batch_size: int) -> None:
 
         start.wait()
         cpu = time.process_time()
-        await qm.run(batch_size=batch_size, mode=QueueExecutionMode.drain, dequeue_timeout=timedelta(seconds=1))
+        await qm.run(
+            batch_size=batch_size,
+            mode=QueueExecutionMode.drain,
+            dequeue_timeout=timedelta(seconds=1),
+        )
         cpu = time.process_time() - cpu
         await conn.close()
 
@@ -180,9 +195,13 @@ def peer_install(dsn: str) -> None:
 
 
 def server_counters(dsn: str) -> tuple[int, int, int]:
-    """(commits, WAL bytes, deadlocks) of the database so far (workers' counters are flushed when they exit)."""
-    [(commits, wal, deadlocks)] = query(dsn, "SELECT xact_commit, (SELECT wal_bytes FROM pg_stat_wal)::bigint,"
-                                             " deadlocks FROM pg_stat_database WHERE datname = current_database()")  # fmt: skip
+    """(commits, WAL bytes, deadlocks) of the database so far (workers' counters are flushed when
+    they exit)."""
+    [(commits, wal, deadlocks)] = query(
+        dsn,
+        "SELECT xact_commit, (SELECT wal_bytes FROM pg_stat_wal)::bigint,"
+        " deadlocks FROM pg_stat_database WHERE datname = current_database()",
+    )
     return commits, wal, deadlocks
 
 
@@ -209,8 +228,10 @@ def server_cpu(dsn: str) -> float:
 
 def hot_updates(dsn: str) -> tuple[int, int]:
     """(updates, HOT updates) of execution_tasks so far."""
-    [(updates, hot)] = query(dsn, "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
-                                  " WHERE relname = 'execution_tasks'")  # fmt: skip
+    [(updates, hot)] = query(
+        dsn,
+        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'execution_tasks'",
+    )
     return updates, hot
 
 
@@ -233,8 +254,10 @@ def timed(worker, dsn: str, *extra) -> tuple[float, int, float]:
             if crashed or time.perf_counter() - began > 600:
                 for p in procs:
                     p.kill()
-                raise SystemExit(f"{worker.__name__}: {len(counts)} of {len(procs)} workers reported; exit codes "
-                                 f"{[p.exitcode for p in procs]} (a worker's traceback is above)") from None  # fmt: skip
+                raise SystemExit(
+                    f"{worker.__name__}: {len(counts)} of {len(procs)} workers reported; exit codes "
+                    f"{[p.exitcode for p in procs]} (a worker's traceback is above)"
+                ) from None
     seconds = time.perf_counter() - began
     for p in procs:
         p.join()
@@ -256,8 +279,11 @@ def main() -> None:
             peer_install(dsn)
             times: dict[str, list[float]] = {"ours": [], "peer_default": [], "peer_same_batch": []}
             cpu_us: dict[str, list[float]] = {name: [] for name in times}  # server + workers, per job
-            sides = [("ours", our_enqueue, our_worker, ()), ("peer_default", peer_enqueue, peer_worker,
-                     (PEER_DEFAULT_BATCH,)), ("peer_same_batch", peer_enqueue, peer_worker, (BATCH,))]  # fmt: skip
+            sides = [
+                ("ours", our_enqueue, our_worker, ()),
+                ("peer_default", peer_enqueue, peer_worker, (PEER_DEFAULT_BATCH,)),
+                ("peer_same_batch", peer_enqueue, peer_worker, (BATCH,)),
+            ]
             updates, hot, repeated = 0, 0, dict.fromkeys(times, 0)
             for i in range(ROUNDS):
                 for name, enqueue, worker, extra in sides[i % 3 :] + sides[: i % 3]:
@@ -271,24 +297,39 @@ def main() -> None:
                         log(f"round {i} {name}: ran {count - JOBS} jobs twice")
                         repeated[name] += count - JOBS
                     times[name].append(seconds)
-                    (commits, wal, deadlocks), server = server_counters(dsn), server_cpu(dsn) - server_before
+                    (commits, wal, deadlocks), server = (
+                        server_counters(dsn),
+                        server_cpu(dsn) - server_before,
+                    )
                     cpu_us[name].append((server + worker_cpu) / JOBS * 1e6)
                     if name == "ours":
                         time.sleep(0.6)  # the statistics collector publishes the workers' counts
                         upd_after = hot_updates(dsn)
-                        updates, hot = updates + upd_after[0] - upd_before[0], hot + upd_after[1] - upd_before[1]
-                    log(f"round {i} {name}: {JOBS} jobs in {seconds:.2f}s = {JOBS / seconds:.0f}/s; per 100 jobs: "
-                        f"{(commits - before[0] - 1) / JOBS * 100:.1f} commits, {(wal - before[1]) / JOBS / 10:.0f} kB WAL,"
-                        f" CPU {server / JOBS * 1e5:.1f} ms server + {worker_cpu / JOBS * 1e5:.1f} ms workers;"
-                        f" {deadlocks - before[2]} deadlocks")  # fmt: skip
+                        updates, hot = (
+                            updates + upd_after[0] - upd_before[0],
+                            hot + upd_after[1] - upd_before[1],
+                        )
+                    log(
+                        f"round {i} {name}: {JOBS} jobs in {seconds:.2f}s = {JOBS / seconds:.0f}/s; per 100 "
+                        f"jobs: "
+                        f"{(commits - before[0] - 1) / JOBS * 100:.1f} commits, "
+                        f"{(wal - before[1]) / JOBS / 10:.0f} kB WAL,"
+                        f" CPU {server / JOBS * 1e5:.1f} ms server + {worker_cpu / JOBS * 1e5:.1f} ms "
+                        f"workers;"
+                        f" {deadlocks - before[2]} deadlocks"
+                    )
             o, d, p = (statistics.median(times[name]) for name in ("ours", "peer_default", "peer_same_batch"))
             cpu = " ".join(f"{name}={statistics.median(us):.0f}" for name, us in cpu_us.items())
-            print(f"task_queue: ratio={d / o:.2f} (ours/peer, jobs per second; peer = pgqueuer as configured by"
-                  f" default, dequeue batch {PEER_DEFAULT_BATCH}, asyncpg) ratio_same_batch={p / o:.2f} (pgqueuer at"
-                  f" our batch size {BATCH})"
-                  f" ours={JOBS / o:.0f}/s peer_same_batch={JOBS / p:.0f}/s peer_default={JOBS / d:.0f}/s"
-                  f" hot_updates={hot / updates if updates else 0:.2f} jobs={JOBS} workers={WORKERS} goal>=5.00"
-                  f" rounds={ROUNDS} jobs_run_twice={repeated} cpu_us_per_job(server+workers): {cpu}", flush=True)  # fmt: skip
+            print(
+                f"task_queue: ratio={d / o:.2f} (ours/peer, jobs per second; peer = pgqueuer as configured by"
+                f" default, dequeue batch {PEER_DEFAULT_BATCH}, asyncpg) ratio_same_batch={p / o:.2f} "
+                f"(pgqueuer at"
+                f" our batch size {BATCH})"
+                f" ours={JOBS / o:.0f}/s peer_same_batch={JOBS / p:.0f}/s peer_default={JOBS / d:.0f}/s"
+                f" hot_updates={hot / updates if updates else 0:.2f} jobs={JOBS} workers={WORKERS} goal>=5.00"
+                f" rounds={ROUNDS} jobs_run_twice={repeated} cpu_us_per_job(server+workers): {cpu}",
+                flush=True,
+            )
         finally:
             stack.stop()
 

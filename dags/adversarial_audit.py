@@ -6,25 +6,41 @@ every applied migration and every new offer-model champion (Assets `app_db_backu
 `app_db_migration_applied`, `offer_model_promoted`).
 
 Each gate is its own task and checks one invariant of the platform, recording its evidence
-(the query, the observed value, the limit) in `audit_findings`:
+(the query, the observed value, the limit) in `audit_findings`. Each gate fails when:
 
-| gate | fails when |
-| --- | --- |
-| `queue_expired_leases` | a running task's lease expired more than `expired_lease_minutes` ago |
-| `queue_dead_without_error` | a dead task has no error kept |
-| `queue_valid_status` | a task has a status outside the queue's states (checked independently of the table's constraint) |
-| `queue_ai_model_after_migration` | a task created after revision 0002 was applied has no `ai_model` |
-| `backup_fresh_and_restored` | the newest verified backup is older than `backup_max_age_hours`, or its restore was not timed |
-| `backup_restores_now` | the newest verified backup, fetched now, fails its catalog SHA-256s, or its critical tables restored into a scratch database (dropped after) differ in rows or checksum from what the dump recorded, or it takes over `backup_restore_max_minutes` |
-| `migrations_match_files` | an applied revision's file changed since it was applied |
-| `migrations_not_pending_too_long` | a revision has been pending for more than `pending_revision_days` |
-| `model_champion_artifacts_verify` | a version was promoted once but no champion is left, or the champion's or the previous champion's artifact fails its SHA-256 or the skops allowlist (not applicable before the first promotion) |
-| `model_auc_on_fresh_data` | the champion's AUC on the last `model_fresh_days` of impressions it never trained on is below `model_min_auc`, or there are fewer than `model_fresh_min_rows` such rows (not applicable before the first promotion) |
-| `stripe_offers_published_once` | a published offer's product or coupon is missing in Stripe, there twice, or differs from the offer (metadata, discount) |
-| `stripe_payments_reconcile` | over `payments_reconcile_days`, a charge the sync passed is neither in `payments` nor quarantined, differs from its ledger row, or a ledger row is not in Stripe |
-| `security_api_requires_login` | Airflow's REST API (`[api] base_url`) answers a request without a token |
-| `security_worker_role_is_dml_only` | the workers' role `app_worker` holds a privilege beyond its DML grants, can create or alter tables, or can read any other table (tried for real, rolled back) |
-| `security_no_secrets_in_task_logs` | a secret of the project's connections or Airflow's settings appears in a task log of the last `log_scan_hours` (the evidence names the source and file, never the value) |
+- `queue_expired_leases`: a running task's lease expired more than `expired_lease_minutes` ago
+- `queue_dead_without_error`: a dead task has no error kept
+- `queue_valid_status`: a task has a status outside the queue's states (checked independently of
+  the table's constraint)
+- `queue_ai_model_after_migration`: a task created after revision 0002 was applied has no
+  `ai_model`
+- `backup_fresh_and_restored`: the newest verified backup is older than `backup_max_age_hours`,
+  or its restore was not timed
+- `backup_restores_now`: the newest verified backup, fetched now, fails its catalog SHA-256s, or
+  its critical tables restored into a scratch database (dropped after) differ in rows or
+  checksum from what the dump recorded, or it takes over `backup_restore_max_minutes`
+- `migrations_match_files`: an applied revision's file changed since it was applied
+- `migrations_not_pending_too_long`: a revision has been pending for more than
+  `pending_revision_days`
+- `model_champion_artifacts_verify`: a version was promoted once but no champion is left, or the
+  champion's or the previous champion's artifact fails its SHA-256 or the skops allowlist (not
+  applicable before the first promotion)
+- `model_auc_on_fresh_data`: the champion's AUC on the last `model_fresh_days` of impressions it
+  never trained on is below `model_min_auc`, or there are fewer than `model_fresh_min_rows` such
+  rows (not applicable before the first promotion)
+- `stripe_offers_published_once`: a published offer's product or coupon is missing in Stripe,
+  there twice, or differs from the offer (metadata, discount)
+- `stripe_payments_reconcile`: over `payments_reconcile_days`, a charge the sync passed is
+  neither in `payments` nor quarantined, differs from its ledger row, or a ledger row is not in
+  Stripe
+- `security_api_requires_login`: Airflow's REST API (`[api] base_url`) answers a request without
+  a token
+- `security_worker_role_is_dml_only`: the workers' role `app_worker` holds a privilege beyond
+  its DML grants, can create or alter tables, or can read any other table (tried for real,
+  rolled back)
+- `security_no_secrets_in_task_logs`: a secret of the project's connections or Airflow's
+  settings appears in a task log of the last `log_scan_hours` (the evidence names the source and
+  file, never the value)
 
 A failed gate does not retry (`AirflowFailException`). `report` runs last, after the steps
 below: it fails the run with a **critical** alert naming every failed gate (the probes' and the
@@ -79,7 +95,13 @@ from include.audit.gates import DEFAULT_LIMITS, GATES
 
 INDICATOR_DAYS = 7  # a day missed by a skipped run fills in on the next
 ALARM_DEADLINE_SECONDS = 120
-STEPS = ("leading_indicators", "adversarial_probes", "alarm_delivery", "daily_digest")  # after the gates
+# after the gates
+STEPS = (
+    "leading_indicators",
+    "adversarial_probes",
+    "alarm_delivery",
+    "daily_digest",
+)
 STEP_GATES = ("adversarial_probes", "alarm_delivery")  # steps that record a gate's finding
 
 
@@ -100,8 +122,10 @@ def _audited_day():
     max_active_runs=1,
     doc_md=__doc__,
     tags=["platform", "audit"],
-    params={name: Param(value, type="number", minimum=0, description=f"gate limit {name}")
-            for name, value in DEFAULT_LIMITS.items()},  # fmt: skip
+    params={
+        name: Param(value, type="number", minimum=0, description=f"gate limit {name}")
+        for name, value in DEFAULT_LIMITS.items()
+    },
     **run_metrics_callbacks(),
     default_args=default_args(on_failure="critical"),
 )
@@ -157,7 +181,11 @@ def adversarial_audit():
 
         return send_digest(APP_DB, _audited_day(), audit_run_id)
 
-    after_gates = [leading_indicators(), adversarial_probes(audit_run_id), alarm_delivery(audit_run_id)]
+    after_gates = [
+        leading_indicators(),
+        adversarial_probes(audit_run_id),
+        alarm_delivery(audit_run_id),
+    ]
     for step in after_gates:
         gates >> step
     after_gates >> daily_digest(audit_run_id) >> report(audit_run_id)

@@ -44,7 +44,7 @@ from execplatform.operators.backup_operators import PostgresBackupOperator, Veri
     params={
         "keep_daily": Param(7, type="integer", minimum=1, description="daily verified backups to keep"),
         "keep_weekly": Param(4, type="integer", minimum=0, description="weekly verified backups to keep"),
-    },  # fmt: skip
+    },
     **run_metrics_callbacks(),
     default_args=default_args(on_failure="critical", retry_delay=timedelta(minutes=1)),
 )
@@ -67,7 +67,9 @@ def db_backup():
         """Runs whatever happened upstream: a failed backup must report verified=0."""
         from execplatform.steps.backup_steps import publish_backup_metrics
 
-        return publish_backup_metrics(ti.xcom_pull(task_ids="dump_and_upload"), ti.xcom_pull(task_ids="verify_backup"))
+        return publish_backup_metrics(
+            ti.xcom_pull(task_ids="dump_and_upload"), ti.xcom_pull(task_ids="verify_backup")
+        )
 
     dumped >> verified >> apply_retention() >> publish_metrics()
 

@@ -62,14 +62,26 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where two branches meet
     doc_md=__doc__,
     tags=["platform", "migration"],
     params={
-        # the project's revision ids are hex digits (0002); tests/include/audit/test_probes.py holds every file to it
-        "target_revision": Param("head", type="string", pattern=r"^(head|[0-9a-f]{4,32})$",
-                                 description="Alembic revision to reach: its id (e.g. 0002) or head"),
-        "dry_run": Param(False, type="boolean", description="plan, lint, back up and rehearse; apply nothing"),
-        "skip_approval": Param(False, type="boolean",
-                               description="non-production and tests only: no approval step"),  # fmt: skip
-        "max_backup_age_hours": Param(24, type="number", exclusiveMinimum=0,
-                                      description="a verified backup older than this is not enough"),  # fmt: skip
+        # the project's revision ids are hex digits (0002); tests/include/audit/test_probes.py holds every
+        # file to it
+        "target_revision": Param(
+            "head",
+            type="string",
+            pattern=r"^(head|[0-9a-f]{4,32})$",
+            description="Alembic revision to reach: its id (e.g. 0002) or head",
+        ),
+        "dry_run": Param(
+            False, type="boolean", description="plan, lint, back up and rehearse; apply nothing"
+        ),
+        "skip_approval": Param(
+            False, type="boolean", description="non-production and tests only: no approval step"
+        ),
+        "max_backup_age_hours": Param(
+            24,
+            type="number",
+            exclusiveMinimum=0,
+            description="a verified backup older than this is not enough",
+        ),
         "lock_timeout_ms": Param(1000, type="integer", minimum=1, maximum=10000),
         "statement_timeout_ms": Param(300000, type="integer", minimum=1000),
         "lock_retries": Param(3, type="integer", minimum=0, maximum=10),
@@ -110,8 +122,9 @@ def db_migrate():
     def rehearse(params=None, run_id=None) -> dict:
         from execplatform.steps.migration_steps import rehearse_migration, settings_from_params
 
-        return rehearse_migration(APP_DB, AWS, run_id, params["max_backup_age_hours"],
-                                  settings_from_params(params))  # fmt: skip
+        return rehearse_migration(
+            APP_DB, AWS, run_id, params["max_backup_age_hours"], settings_from_params(params)
+        )
 
     @task.branch
     def decide(params=None) -> str | None:
@@ -168,7 +181,19 @@ def db_migrate():
     decision >> applied  # skip_approval
     [applied, verified] >> rolled_back >> finished
     verified >> finished
-    steps = [planned, linted, gate, take_backup, verify_backup, rehearsed, decision, approve, applied, verified]
+    steps = [
+        planned,
+        linted,
+        gate,
+        take_backup,
+        verify_backup,
+        rehearsed,
+        decision,
+        approve,
+        applied,
+        verified,
+    ]
     steps >> watcher()
+
 
 db_migrate()

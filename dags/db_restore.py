@@ -39,15 +39,27 @@ from execplatform.operators.backup_operators import DATABASE_NAME, RestoreBackup
     tags=["platform", "backup"],
     # each param refuses at the trigger what the restore could not use (the adversarial probes check it)
     params={
-        "backup_id": Param("latest", type="string", pattern=r"^(latest|[0-9]{1,18})$",
-                           description="a backups catalog id, or 'latest'"),
+        "backup_id": Param(
+            "latest",
+            type="string",
+            pattern=r"^(latest|[0-9]{1,18})$",
+            description="a backups catalog id, or 'latest'",
+        ),
         # null allowed: the trigger form treats a param whose type has no "null" as required;
         # the empty string too, as an empty field
-        "target_database": Param(None, type=["null", "string"], pattern=f"^({DATABASE_NAME})?$",
-                                 description="a lower-case database name; empty: a new database restore_<id>_<time>"),
-        "confirm": Param(None, type=["null", "string"], pattern=f"^({DATABASE_NAME})?$",
-                         description="type the live database's name to restore over it"),
-    },  # fmt: skip
+        "target_database": Param(
+            None,
+            type=["null", "string"],
+            pattern=f"^({DATABASE_NAME})?$",
+            description="a lower-case database name; empty: a new database restore_<id>_<time>",
+        ),
+        "confirm": Param(
+            None,
+            type=["null", "string"],
+            pattern=f"^({DATABASE_NAME})?$",
+            description="type the live database's name to restore over it",
+        ),
+    },
     **run_metrics_callbacks(),
     default_args=default_args(on_failure="error", on_retry=None),
 )

@@ -38,10 +38,20 @@ from execplatform.notifiers.alert_notifier import run_metrics_callbacks
     doc_md=__doc__,
     tags=["offers", "ml"],
     params={
-        "min_exploration": Param(0.1, type="number", minimum=0, maximum=1, description="traffic share spread evenly over every arm"),
-        "budget_per_impression_cents": Param(300, type="number", minimum=0, description="expected discount per impression"),
-        "retrain_after_redemptions": Param(500, type="integer", minimum=1, description="new redemptions that trigger a retrain"),
-    },  # fmt: skip
+        "min_exploration": Param(
+            0.1,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="traffic share spread evenly over every arm",
+        ),
+        "budget_per_impression_cents": Param(
+            300, type="number", minimum=0, description="expected discount per impression"
+        ),
+        "retrain_after_redemptions": Param(
+            500, type="integer", minimum=1, description="new redemptions that trigger a retrain"
+        ),
+    },
     **run_metrics_callbacks(),
     default_args=default_args("growth-data", retry_delay=timedelta(minutes=1)),
 )

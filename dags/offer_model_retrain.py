@@ -71,13 +71,33 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where the train and rollback b
     doc_md=__doc__,
     tags=["offers", "ml"],
     params={
-        "rollback": Param(False, type="boolean", description="roll the champion back one step instead of training"),
-        "valid_days": Param(21, type="number", minimum=1, description="most recent days held out for validation"),
-        "margin_auc": Param(0.002, type="number", minimum=-1, maximum=1,
-                            description="AUC a challenger must gain over the champion (negative: may lose)"),
-        "holdout_share": Param(0.1, type="number", minimum=0.01, maximum=0.5, description="share of each segment given no offer"),
-        "discount_budget_cents": Param(50_000_000, type="number", minimum=0, description="expected discount paid over all offers"),
-    },  # fmt: skip
+        "rollback": Param(
+            False, type="boolean", description="roll the champion back one step instead of training"
+        ),
+        "valid_days": Param(
+            21, type="number", minimum=1, description="most recent days held out for validation"
+        ),
+        "margin_auc": Param(
+            0.002,
+            type="number",
+            minimum=-1,
+            maximum=1,
+            description="AUC a challenger must gain over the champion (negative: may lose)",
+        ),
+        "holdout_share": Param(
+            0.1,
+            type="number",
+            minimum=0.01,
+            maximum=0.5,
+            description="share of each segment given no offer",
+        ),
+        "discount_budget_cents": Param(
+            50_000_000,
+            type="number",
+            minimum=0,
+            description="expected discount paid over all offers",
+        ),
+    },
     **run_metrics_callbacks(),
     default_args=default_args("growth-data", retry_delay=timedelta(minutes=1)),
 )

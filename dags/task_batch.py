@@ -5,7 +5,8 @@
 default every 5 minutes), and on demand with the parameter form.
 
 1. **measure_backlog**: ready tasks per type in `execution_tasks` (`app_db`), and the plan:
-   K = min(`parallelism`, ceil(backlog / `batch_size`)) parallel drains (XCom `backlog`; its return value, the drains to map).
+   K = min(`parallelism`, ceil(backlog / `batch_size`)) parallel drains (XCom `backlog`; its
+   return value, the drains to map).
 2. **drain** (mapped K times): each claims `batch_size` tasks at a time with leases
    (`FOR UPDATE SKIP LOCKED`) and runs their handlers on `concurrency` threads against the AI
    executor (`task_executor`), through the Redis cache (`redis_default`), until the queue is
@@ -56,14 +57,26 @@ from include.ids import TASK_TYPES
     tags=["platform", "tasks"],
     render_template_as_native_obj=True,
     params={
-        "task_types": Param([], type="array", items={"type": "string", "enum": list(TASK_TYPES)},
-                            description="task types to run; empty for all"),
-        "batch_size": Param(100, type="integer", minimum=1, maximum=5000, description="tasks claimed per batch"),
-        "parallelism": Param(4, type="integer", minimum=1, maximum=32, description="parallel drains (mapped tasks)"),
-        "concurrency": Param(16, type="integer", minimum=1, maximum=256, description="handler threads per drain"),
+        "task_types": Param(
+            [],
+            type="array",
+            items={"type": "string", "enum": list(TASK_TYPES)},
+            description="task types to run; empty for all",
+        ),
+        "batch_size": Param(
+            100, type="integer", minimum=1, maximum=5000, description="tasks claimed per batch"
+        ),
+        "parallelism": Param(
+            4, type="integer", minimum=1, maximum=32, description="parallel drains (mapped tasks)"
+        ),
+        "concurrency": Param(
+            16, type="integer", minimum=1, maximum=256, description="handler threads per drain"
+        ),
         "budget_seconds": Param(240, type="integer", minimum=1, description="time budget of each drain"),
-        "report_window_hours": Param(24, type="number", exclusiveMinimum=0, description="bottleneck report window"),
-    },  # fmt: skip
+        "report_window_hours": Param(
+            24, type="number", exclusiveMinimum=0, description="bottleneck report window"
+        ),
+    },
     **run_metrics_callbacks(),
     default_args=default_args(),
 )
@@ -96,8 +109,15 @@ def task_batch():
         planned = ti.xcom_pull(task_ids="measure_backlog") or []
         drains = ti.xcom_pull(task_ids="drain", map_indexes=planned) if planned else []
         drains = drains if isinstance(drains, list) else [drains]  # one drain: a single value
-        return {"reaped": reaped, **publish_task_metrics(dag_run.run_id, dag_run.start_date, drains,
-                                                         window_hours=params["report_window_hours"])}  # fmt: skip
+        return {
+            "reaped": reaped,
+            **publish_task_metrics(
+                dag_run.run_id,
+                dag_run.start_date,
+                drains,
+                window_hours=params["report_window_hours"],
+            ),
+        }
 
     drained >> publish_metrics()
 

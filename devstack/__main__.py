@@ -37,7 +37,10 @@ def _raise_keyboard_interrupt(signum, frame):
 def run(folder: Path, with_airflow: bool) -> int:
     existing = StackInfo.read(folder)
     if existing and existing.alive():
-        print(f"A stack already runs from {folder} (pid {existing.pid}); `make down` first.", file=sys.stderr)
+        print(
+            f"A stack already runs from {folder} (pid {existing.pid}); `make down` first.",
+            file=sys.stderr,
+        )
         return 1
     # explicitly: a process started in the background by a script inherits SIGINT ignored,
     # and Python then installs no KeyboardInterrupt handler, so Ctrl-C would stop nothing
@@ -50,7 +53,10 @@ def run(folder: Path, with_airflow: bool) -> int:
         print(_banner(stack.info), "\nCtrl-C stops every process of the stack.", flush=True)
         while (exited := stack.supervisor.first_exited()) is None:
             time.sleep(1)
-        print(f"{exited.name} exited with code {exited.proc.returncode}; stopping the stack.", file=sys.stderr)
+        print(
+            f"{exited.name} exited with code {exited.proc.returncode}; stopping the stack.",
+            file=sys.stderr,
+        )
         code = 1
     except KeyboardInterrupt:
         print("\nStopping the local stack...", flush=True)
@@ -75,11 +81,16 @@ def up(folder: Path, with_airflow: bool, timeout: float = 300.0) -> int:
     log = folder / "logs" / "stack.log"
     argv = [sys.executable, "-m", "devstack", "run"] + ([] if with_airflow else ["--no-airflow"])
     with open(log, "ab") as out:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+        child = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.poll() is not None:
-            print(f"The local stack failed to start; last lines of {log}:\n{tail(log)}", file=sys.stderr)
+            print(
+                f"The local stack failed to start; last lines of {log}:\n{tail(log)}",
+                file=sys.stderr,
+            )
             return 1
         info = StackInfo.read(folder)
         if info and info.pid == child.pid and info.state == "ready":
@@ -141,7 +152,17 @@ def psql(folder: Path, args: list[str]) -> int:
         return 1
     c = json.loads(info.env()["AIRFLOW_CONN_APP_DB"])
     env = {**os.environ, "PGPASSWORD": c["password"]}
-    argv = [pg_bin("psql"), "-h", c["host"], "-p", str(c["port"]), "-U", c["login"], c["schema"], *args]
+    argv = [
+        pg_bin("psql"),
+        "-h",
+        c["host"],
+        "-p",
+        str(c["port"]),
+        "-U",
+        c["login"],
+        c["schema"],
+        *args,
+    ]
     os.execve(argv[0], argv, env)
 
 
@@ -156,14 +177,24 @@ def metrics(folder: Path) -> int:
     if info is None:
         return 1
     aws = json.loads(info.env()["AIRFLOW_CONN_AWS_DEFAULT"])
-    cloudwatch = boto3.client("cloudwatch", endpoint_url=aws["extra"]["endpoint_url"], region_name="us-east-1",
-                              aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"])  # fmt: skip
+    cloudwatch = boto3.client(
+        "cloudwatch",
+        endpoint_url=aws["extra"]["endpoint_url"],
+        region_name="us-east-1",
+        aws_access_key_id=aws["login"],
+        aws_secret_access_key=aws["password"],
+    )
     now = datetime.now(UTC)
     for metric in cloudwatch.list_metrics()["Metrics"]:
         stats = cloudwatch.get_metric_statistics(
-            Namespace=metric["Namespace"], MetricName=metric["MetricName"], Dimensions=metric["Dimensions"],
-            StartTime=now - timedelta(days=1), EndTime=now, Period=86400, Statistics=["Sum"],
-        )["Datapoints"]  # fmt: skip
+            Namespace=metric["Namespace"],
+            MetricName=metric["MetricName"],
+            Dimensions=metric["Dimensions"],
+            StartTime=now - timedelta(days=1),
+            EndTime=now,
+            Period=86400,
+            Statistics=["Sum"],
+        )["Datapoints"]
         dims = ",".join(f"{d['Name']}={d['Value']}" for d in metric["Dimensions"])
         total = sum(d["Sum"] for d in stats)
         print(f"{metric['Namespace']}/{metric['MetricName']} [{dims}] sum(24h)={total:g}")

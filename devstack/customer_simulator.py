@@ -49,9 +49,14 @@ def marker(model_version_id: int) -> str:
 
 
 def plan(
-    users: pd.DataFrame, offers: dict[str, dict[str, Any]], *, seed: int, model_version_id: int,
-    start: datetime, days: float = SIMULATED_DAYS,
-) -> pd.DataFrame:  # fmt: skip
+    users: pd.DataFrame,
+    offers: dict[str, dict[str, Any]],
+    *,
+    seed: int,
+    model_version_id: int,
+    start: datetime,
+    days: float = SIMULATED_DAYS,
+) -> pd.DataFrame:
     """What each user does; a pure function of its arguments.
 
     `users`: user_id, segment, holdout, channel, recency_days, frequency_30d, spend_cents (the
@@ -68,7 +73,9 @@ def plan(
     products = list(PRODUCT_PRICES_CENTS)
     taste = {s: np.exp([RESPONSE_MODEL.affinity[s][p] for p in products]) for s in set(segment)}
     taste_cdf = np.array([np.cumsum(taste[s]) / taste[s].sum() for s in segment]).reshape(n, len(products))
-    organic_product = np.array(products)[np.minimum((draws[:, [1]] > taste_cdf).sum(axis=1), len(products) - 1)]
+    organic_product = np.array(products)[
+        np.minimum((draws[:, [1]] > taste_cdf).sum(axis=1), len(products) - 1)
+    ]
 
     offer = pd.DataFrame.from_dict(offers, orient="index")
     treated = ~users["holdout"].to_numpy(dtype=bool) & np.isin(segment, list(offers))
@@ -76,10 +83,14 @@ def plan(
     offer_product = users["segment"].map(offer["product"]).fillna("pro_monthly").to_numpy(dtype=str)
     discount = users["segment"].map(offer["discount_pct"]).fillna(0).to_numpy(dtype=float)
     p_redeem = RESPONSE_MODEL.probability(
-        recency_days=users["recency_days"], frequency_30d=users["frequency_30d"],
-        spend_cents=users["spend_cents"], segment=segment, channel=users["channel"].to_numpy(dtype=str),
-        discount_pct=discount, product=offer_product,
-    )  # fmt: skip
+        recency_days=users["recency_days"],
+        frequency_30d=users["frequency_30d"],
+        spend_cents=users["spend_cents"],
+        segment=segment,
+        channel=users["channel"].to_numpy(dtype=str),
+        discount_pct=discount,
+        product=offer_product,
+    )
     redeemed = treated & (draws[:, 2] < p_redeem)
 
     price = pd.Series(offer_product).map(PRODUCT_PRICES_CENTS).to_numpy(dtype=float)
@@ -89,19 +100,21 @@ def plan(
     visit_at = pd.Timestamp(start) + pd.to_timedelta(draws[:, 3] * days, unit="D").round("us")
     # the purchase follows its visit by 1 to 30 minutes (a redemption: after the click)
     paid_at = visit_at + pd.to_timedelta(60 + draws[:, 4] * 1_740, unit="s").round("us")
-    return pd.DataFrame({
-        "user_id": users["user_id"].astype(int),
-        "segment": segment,
-        "holdout": users["holdout"].astype(bool),
-        "channel": users["channel"],
-        "shown": shown,
-        "redeemed": redeemed,
-        "product": np.where(redeemed, offer_product, np.where(organic, organic_product, None)),
-        "amount_cents": amount,
-        "coupon": users["segment"].map(offer["coupon"]).where(redeemed, None),
-        "visit_at": visit_at,
-        "paid_at": paid_at,
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "user_id": users["user_id"].astype(int),
+            "segment": segment,
+            "holdout": users["holdout"].astype(bool),
+            "channel": users["channel"],
+            "shown": shown,
+            "redeemed": redeemed,
+            "product": np.where(redeemed, offer_product, np.where(organic, organic_product, None)),
+            "amount_cents": amount,
+            "coupon": users["segment"].map(offer["coupon"]).where(redeemed, None),
+            "visit_at": visit_at,
+            "paid_at": paid_at,
+        }
+    )
 
 
 def _listed(service) -> list[dict[str, Any]]:
@@ -138,7 +151,8 @@ def _assigned_users(cur, model_version_id: int) -> tuple[pd.DataFrame, datetime]
     from include.offers.jobs import user_features
 
     cur.execute(
-        "SELECT user_id, holdout, assigned_at FROM offer_assignments WHERE model_version_id = %s ORDER BY user_id",
+        "SELECT user_id, holdout, assigned_at FROM offer_assignments WHERE model_version_id = %s ORDER BY "
+        "user_id",
         (model_version_id,),
     )
     rows = cur.fetchall()
@@ -173,18 +187,35 @@ def pay(client, purchases: pd.DataFrame, namespace: str) -> dict[str, int]:
             continue
         if user not in customers:
             method = client.v1.payment_methods.create({"type": "card", "card": TEST_CARD})
-            customers[user] = client.v1.customers.create({
-                "email": f"user{user}@demo.invalid", "payment_method": method.id,
-                "invoice_settings": {"default_payment_method": method.id},
-                "metadata": {"app": namespace.split("/")[0], "user_id": user},
-            }).id  # fmt: skip
-        metadata = {"simulation": namespace, "user_id": user, "segment": p.segment, "product": p.product}
+            customers[user] = client.v1.customers.create(
+                {
+                    "email": f"user{user}@demo.invalid",
+                    "payment_method": method.id,
+                    "invoice_settings": {"default_payment_method": method.id},
+                    "metadata": {"app": namespace.split("/")[0], "user_id": user},
+                }
+            ).id
+        metadata = {
+            "simulation": namespace,
+            "user_id": user,
+            "segment": p.segment,
+            "product": p.product,
+        }
         if p.redeemed:  # (coupon is NaN, which is truthy, on the others)
             metadata |= {"coupon": p.coupon, "offer_id": str(p.shown)}
-        client.v1.charges.create({"amount": int(p.amount_cents), "currency": "usd",
-                                  "customer": customers[user], "metadata": metadata})  # fmt: skip
+        client.v1.charges.create(
+            {
+                "amount": int(p.amount_cents),
+                "currency": "usd",
+                "customer": customers[user],
+                "metadata": metadata,
+            }
+        )
         created += 1
-    return {"charges_created": created, "charges_existing": len(done & set(purchases["user_id"].astype(str)))}
+    return {
+        "charges_created": created,
+        "charges_existing": len(done & set(purchases["user_id"].astype(str))),
+    }
 
 
 def _events(plan_: pd.DataFrame) -> list[tuple]:
@@ -223,7 +254,10 @@ def simulate(cur, client, *, seed: int, model_version_id: int | None = None) -> 
         return {"status": "done", "model_version_id": version}
     offers = _live_offers(cur, client, version)
     if offers is None:
-        return {"status": "waiting", "reason": f"offers of model version {version} not all in Stripe yet"}
+        return {
+            "status": "waiting",
+            "reason": f"offers of model version {version} not all in Stripe yet",
+        }
     users, as_of = _assigned_users(cur, version)
     customers = plan(users, offers, seed=seed, model_version_id=version, start=as_of)
     purchases = customers[customers["amount_cents"] > 0]
@@ -231,7 +265,8 @@ def simulate(cur, client, *, seed: int, model_version_id: int | None = None) -> 
     events = _events(customers)
     execute_values(
         cur,
-        "INSERT INTO user_events (user_id, offer_id, event_type, channel, amount_cents, occurred_at) VALUES %s",
+        "INSERT INTO user_events (user_id, offer_id, event_type, channel, amount_cents, occurred_at) VALUES "
+        "%s",
         events,
         page_size=5000,
     )

@@ -1,4 +1,5 @@
-"""The local stack's demo customers: pay for published offers in localstripe (see devstack/customer_simulator.py).
+"""The local stack's demo customers: pay for published offers in localstripe (see
+devstack/customer_simulator.py).
 
 Polls the app database; once the live assignment's offers are all in Stripe, plays its
 customers once. Reads the `app_db` and `stripe_default` connections from AIRFLOW_CONN_* as
@@ -18,15 +19,21 @@ import time
 def stripe_client(conn: dict):
     import stripe
 
-    return stripe.StripeClient(api_key=conn["password"], base_addresses={"api": conn["host"]},
-                               max_network_retries=3)  # fmt: skip
+    return stripe.StripeClient(
+        api_key=conn["password"], base_addresses={"api": conn["host"]}, max_network_retries=3
+    )
 
 
 def app_dsn(conn: dict) -> str:
     from psycopg2.extensions import make_dsn
 
-    return make_dsn(host=conn["host"], port=conn["port"], dbname=conn["schema"], user=conn["login"],
-                    password=conn["password"])  # fmt: skip
+    return make_dsn(
+        host=conn["host"],
+        port=conn["port"],
+        dbname=conn["schema"],
+        user=conn["login"],
+        password=conn["password"],
+    )
 
 
 def play_once(seed: int) -> dict:
@@ -41,7 +48,10 @@ def play_once(seed: int) -> dict:
         with conn, conn.cursor() as cur:
             return simulate(cur, client, seed=seed)
     except psycopg2.errors.UndefinedTable:
-        return {"status": "waiting", "reason": "no offer tables yet: run db_migrate (revision 0004)"}
+        return {
+            "status": "waiting",
+            "reason": "no offer tables yet: run db_migrate (revision 0004)",
+        }
     finally:
         conn.close()
 

@@ -108,9 +108,7 @@ class ResponseModel:
         default_factory=lambda: _frozen({"new": 0.35, "casual": -0.25, "regular": 0.0, "vip": 0.45})
     )
     channel: Mapping[str, float] = field(
-        default_factory=lambda: _frozen(
-            {"web": 0.0, "ios": 0.20, "android": -0.10, "partner": 0.30}
-        )
+        default_factory=lambda: _frozen({"web": 0.0, "ios": 0.20, "android": -0.10, "partner": 0.30})
     )
     affinity: Mapping[str, Mapping[str, float]] = field(
         default_factory=lambda: _frozen(
@@ -215,8 +213,6 @@ def redemption_probability(
     return 1.0 / (1.0 + math.exp(-float(logit)))
 
 
-
-
 # --- generators: pure functions of (rng, sizes) returning column arrays ----------------------
 # Integer columns use -1 for NULL, other columns None; times are milliseconds from WINDOW_START.
 
@@ -245,19 +241,37 @@ REPOS = (
 )
 BRANCHES = ("main", "main", "main", "develop", "release/2026.05")
 FEATURES = (
-    "rate limiting", "pagination", "retry with backoff", "CSV export", "audit logging",
-    "SSO login", "webhook signature checks", "dark mode", "bulk invite", "usage quotas",
-)  # fmt: skip
+    "rate limiting",
+    "pagination",
+    "retry with backoff",
+    "CSV export",
+    "audit logging",
+    "SSO login",
+    "webhook signature checks",
+    "dark mode",
+    "bulk invite",
+    "usage quotas",
+)
 FILES = (
-    "api/handlers.py", "billing/service.py", "worker/queue.py", "web/settings.tsx",
-    "auth/session.py", "reports/export.py", "agent/planner.py", "infra/terraform/main.tf",
-)  # fmt: skip
+    "api/handlers.py",
+    "billing/service.py",
+    "worker/queue.py",
+    "web/settings.tsx",
+    "auth/session.py",
+    "reports/export.py",
+    "agent/planner.py",
+    "infra/terraform/main.tf",
+)
 METRICS = ("p95 latency", "error rate", "token usage", "flaky test count", "memory use")
 COMPONENTS = ("the planner", "the code reviewer agent", "the test runner", "the retrieval step")
 GOALS = (
-    "improve onboarding", "cut churn among casual users", "speed up CI",
-    "reduce support tickets", "raise trial conversion", "make the docs searchable",
-)  # fmt: skip
+    "improve onboarding",
+    "cut churn among casual users",
+    "speed up CI",
+    "reduce support tickets",
+    "raise trial conversion",
+    "make the docs searchable",
+)
 AUDIENCES = ("engineering", "product", "support")
 TASK_ERRORS = (
     "executor timeout after 3600s",
@@ -307,8 +321,7 @@ def _payloads(rng: np.random.Generator, types: np.ndarray) -> list[str]:
         elif task_type == "self_improvement":
             prompt = f"Reduce the {metric[i]} of {component[i]}"
             inputs = (
-                f'{{"branch":{branch[i]},"baseline_run":"run-{number[i]:05d}",'
-                f'"budget_minutes":{minutes[i]}}}'
+                f'{{"branch":{branch[i]},"baseline_run":"run-{number[i]:05d}","budget_minutes":{minutes[i]}}}'
             )
         elif task_type == "idea":
             prompt = f"Suggest {count[i]} ideas to {goal[i]}"
@@ -368,9 +381,7 @@ def _execution_tasks(rng: np.random.Generator, n: int, queued_share: float) -> d
     ok = np.flatnonzero(status == "succeeded")
     results[ok] = [
         f'{{"summary":"{t} finished","tokens":{{"input":{a},"output":{b}}}}}'
-        for t, a, b in zip(
-            types[ok].tolist(), tokens_in[ok].tolist(), tokens_out[ok].tolist(), strict=True
-        )
+        for t, a, b in zip(types[ok].tolist(), tokens_in[ok].tolist(), tokens_out[ok].tolist(), strict=True)
     ]
     errors = np.full(n, None, dtype=object)
     failed, dead = np.flatnonzero(status == "failed"), np.flatnonzero(status == "dead")
@@ -459,9 +470,7 @@ def _events(
     n_v = len(v_key)
     own_channel = rng.random(n_v) < 0.7
     other_channel = np.array(("web", "ios", "android"))[rng.integers(0, 3, n_v)]
-    v_channel = np.where(
-        own_channel, np.array(CHANNELS)[users["channel_idx"][v_user]], other_channel
-    )
+    v_channel = np.where(own_channel, np.array(CHANNELS)[users["channel_idx"][v_user]], other_channel)
 
     # organic purchases: product by the segment's taste (softmax of affinity), full price
     products = list(PRODUCT_PRICES_CENTS)
@@ -513,9 +522,7 @@ def _events(
     clicked = redeemed | (rng.random(len(shown)) < CLICK_WITHOUT_REDEMPTION)
     click_time = v_time[shown] + rng.integers(5_000, 120_000, len(shown))
     redeem_time = click_time + rng.integers(30_000, 600_000, len(shown))
-    price = np.array([PRODUCT_PRICES_CENTS[p] for p in offers["product"]], dtype=np.int64)[
-        offer_idx
-    ]
+    price = np.array([PRODUCT_PRICES_CENTS[p] for p in offers["product"]], dtype=np.int64)[offer_idx]
     redeem_amount = np.round(price * (100 - offer_discount) / 100).astype(np.int64)
 
     s_user, s_channel = v_user[shown], v_channel[shown]
@@ -528,9 +535,7 @@ def _events(
         (4, p_user, np.full(len(p_user), -1), v_channel[p_visit], p_amount, p_time),
     ]
     kind = np.concatenate([np.full(len(part[1]), part[0]) for part in parts])
-    user, offer, channel, amount, time = (
-        np.concatenate([part[i] for part in parts]) for i in range(1, 6)
-    )
+    user, offer, channel, amount, time = (np.concatenate([part[i] for part in parts]) for i in range(1, 6))
     order = np.lexsort((kind, user, time))  # ids then grow with time
     return {
         "kind": kind[order],
@@ -675,9 +680,7 @@ def _load(cur: Any, *, scale: float, seed: int, queued_share: float) -> dict[str
     # that overlap saves about a fifth of the load. Only the sender uses `cur` from here on.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seed-copy") as sender:
         events = _events(rng, users, offers)
-        event_offer_id = np.where(
-            events["offer"] >= 0, offer_id[np.maximum(events["offer"], 0)], -1
-        )
+        event_offer_id = np.where(events["offer"] >= 0, offer_id[np.maximum(events["offer"], 0)], -1)
         event_rows = {
             "user_id": user_id[events["user"]],
             "offer_id": event_offer_id,

@@ -101,7 +101,10 @@ class ExecutorState:
 def answer(task_type: str, ai_model: str, version: str, task_input) -> dict:
     canonical = json.dumps([task_type, ai_model, version, task_input], sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-    return {"output": {"summary": f"{task_type} done by {ai_model}", "digest": digest}, "model_version": version}
+    return {
+        "output": {"summary": f"{task_type} done by {ai_model}", "digest": digest},
+        "model_version": version,
+    }
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -136,10 +139,18 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, {"ai_model": model, "version": state.model_versions.get(model, "1")})
         elif self.path == "/admin/stats":
             with state.lock:
-                self._send(200, {"executions": sum(state.by_digest.values()), "requests": state.requests,
-                                 "in_flight": state.in_flight, "pending_faults": len(state.fail_next),
-                                 "by_digest": dict(state.by_digest), "models": sorted(state.models),
-                                 "refused_models": dict(state.refused_models)})
+                self._send(
+                    200,
+                    {
+                        "executions": sum(state.by_digest.values()),
+                        "requests": state.requests,
+                        "in_flight": state.in_flight,
+                        "pending_faults": len(state.fail_next),
+                        "by_digest": dict(state.by_digest),
+                        "models": sorted(state.models),
+                        "refused_models": dict(state.refused_models),
+                    },
+                )
         elif self.path == "/health":
             self._send(200, {"ok": True})
         else:
@@ -190,8 +201,9 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, result)
 
 
-def serve(port: int, latency_ms: float, host: str = "127.0.0.1",
-          models: Iterable[str] | None = None) -> ThreadingHTTPServer:  # fmt: skip
+def serve(
+    port: int, latency_ms: float, host: str = "127.0.0.1", models: Iterable[str] | None = None
+) -> ThreadingHTTPServer:
     handler = type("BoundHandler", (Handler,), {"state": ExecutorState(latency_ms, models)})
     return ExecutorHTTPServer((host, port), handler)
 
@@ -206,13 +218,18 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--latency-ms", type=float, default=50.0)
-    parser.add_argument("--models", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
-                        help="comma-separated catalog of models served (default: %(default)s)",
-                        default=",".join(default_models()))  # fmt: skip
+    parser.add_argument(
+        "--models",
+        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+        help="comma-separated catalog of models served (default: %(default)s)",
+        default=",".join(default_models()),
+    )
     args = parser.parse_args()
     server = serve(args.port, args.latency_ms, args.host, args.models)
-    print(f"task executor on {args.host}:{args.port}, latency {args.latency_ms} ms, models {args.models}",
-          flush=True)  # fmt: skip
+    print(
+        f"task executor on {args.host}:{args.port}, latency {args.latency_ms} ms, models {args.models}",
+        flush=True,
+    )
     server.serve_forever()
 
 

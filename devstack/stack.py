@@ -314,7 +314,10 @@ def sentry_dsn(ports: dict[str, int]) -> str:
 
 
 def airflow_env(
-    folder: Path, ports: dict[str, int], secret: dict[str, str], dags_folder: Path = ROOT / "dags",
+    folder: Path,
+    ports: dict[str, int],
+    secret: dict[str, str],
+    dags_folder: Path = ROOT / "dags",
     celery_workers: int = 0,
 ) -> dict[str, str]:
     """Everything an `airflow ...` process needs to act on this stack (what `make env` prints)."""
@@ -441,11 +444,14 @@ class StackInfo:
 
     def env(self) -> dict[str, str]:
         folder = Path(self.folder)
-        return airflow_env(folder, self.ports, load_secrets(folder), Path(self.dags_folder), self.celery_workers)
+        return airflow_env(
+            folder, self.ports, load_secrets(folder), Path(self.dags_folder), self.celery_workers
+        )
 
 
 class LocalStack:
-    """The servers of DESIGN §4's local column, optionally with Airflow's four components.
+    """The local stack's servers (docs/architecture.md, "What runs where"), optionally with
+    Airflow's four components.
 
     With `celery_workers` (default: `$STACK_CELERY_WORKERS`, else 0) Airflow runs the
     CeleryExecutor instead of the LocalExecutor, with that many `airflow celery worker`s.
@@ -469,8 +475,17 @@ class LocalStack:
         wanted_api = api_port if api_port is not None else API_PORT_DEFAULT
         self.ports = {
             name: free_port()
-            for name in ("postgres", "redis", "moto", "stripe", "smtp", "sentry", "worker_logs", "trigger_logs",
-                         "executor")
+            for name in (
+                "postgres",
+                "redis",
+                "moto",
+                "stripe",
+                "smtp",
+                "sentry",
+                "worker_logs",
+                "trigger_logs",
+                "executor",
+            )
         }
         self.ports["api"] = free_port(wanted_api or None)
         self.dags_folder = dags_folder
@@ -480,8 +495,15 @@ class LocalStack:
         self.extra_env = extra_env or {}
         for n in range(1, celery_workers + 1):  # each worker serves its task logs on its own port
             self.ports[f"worker_logs_{n}"] = free_port()
-        self.info = StackInfo(os.getpid(), "starting", str(folder), self.ports, with_airflow, str(dags_folder),
-                              celery_workers=celery_workers)  # fmt: skip
+        self.info = StackInfo(
+            os.getpid(),
+            "starting",
+            str(folder),
+            self.ports,
+            with_airflow,
+            str(dags_folder),
+            celery_workers=celery_workers,
+        )
 
     @property
     def env(self) -> dict[str, str]:
@@ -546,12 +568,17 @@ class LocalStack:
                 name="postgres",
                 argv=[
                     str(bin_path / "postgres"),
-                    "-D", str(pgdata),
-                    "-c", "listen_addresses=127.0.0.1",
-                    "-c", f"port={self.ports['postgres']}",
+                    "-D",
+                    str(pgdata),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    f"port={self.ports['postgres']}",
                     # TCP only: a socket path under a deep state folder can exceed the 107-byte limit
-                    "-c", "unix_socket_directories=",
-                    "-c", "max_connections=200",
+                    "-c",
+                    "unix_socket_directories=",
+                    "-c",
+                    "max_connections=200",
                 ],
                 ready=postgres_answers(self.superuser_dsn()),
                 user=user,
@@ -572,10 +599,23 @@ class LocalStack:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
         try:
             subprocess.run(
-                [str(bin_path / "initdb"), "-D", str(pgdata), "-U", "postgres", "-E", "UTF8",
-                 "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"],
-                check=True, capture_output=True, text=True, user=user,
-            )  # fmt: skip
+                [
+                    str(bin_path / "initdb"),
+                    "-D",
+                    str(pgdata),
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                user=user,
+            )
         except subprocess.CalledProcessError as exc:
             raise StackError(f"initdb failed for {pgdata}: {exc.stderr.strip()}") from exc
         finally:
@@ -646,14 +686,27 @@ class LocalStack:
         self.supervisor.start(
             Service(
                 "redis",
-                [REDIS_SERVER_PATH, "--bind", "127.0.0.1", "--port", str(p["redis"]),
-                 "--save", "", "--appendonly", "no", "--dir", str(redis_dir),
-                 # the task cache's bound: the least frequently used entries go first
-                 "--maxmemory", os.environ.get("STACK_REDIS_MAXMEMORY", "256mb"),
-                 "--maxmemory-policy", "allkeys-lfu"],
+                [
+                    REDIS_SERVER_PATH,
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(p["redis"]),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(redis_dir),
+                    # the task cache's bound: the least frequently used entries go first
+                    "--maxmemory",
+                    os.environ.get("STACK_REDIS_MAXMEMORY", "256mb"),
+                    "--maxmemory-policy",
+                    "allkeys-lfu",
+                ],
                 redis_answers(p["redis"]),
             )
-        )  # fmt: skip
+        )
         self.supervisor.start(
             Service(
                 "moto",
@@ -673,30 +726,51 @@ class LocalStack:
         self.supervisor.start(
             Service(
                 "smtp",
-                [py, "-m", "devstack.smtp_sink", "--port", str(p["smtp"]),
-                 "--folder", str(self.folder / "mail")],
+                [
+                    py,
+                    "-m",
+                    "devstack.smtp_sink",
+                    "--port",
+                    str(p["smtp"]),
+                    "--folder",
+                    str(self.folder / "mail"),
+                ],
                 smtp_answers(p["smtp"]),
                 env=self.env,
             )
-        )  # fmt: skip
+        )
         self.supervisor.start(
             Service(
                 "sentry",
-                [py, "-m", "devstack.sentry_sink", "--port", str(p["sentry"]),
-                 "--folder", str(self.folder / "sentry")],
+                [
+                    py,
+                    "-m",
+                    "devstack.sentry_sink",
+                    "--port",
+                    str(p["sentry"]),
+                    "--folder",
+                    str(self.folder / "sentry"),
+                ],
                 http_answers(f"http://127.0.0.1:{p['sentry']}/"),
                 env=self.env,
             )
-        )  # fmt: skip
+        )
         self.supervisor.start(
             Service(
                 "executor",
-                [py, "-m", "devstack.executor_server", "--port", str(p["executor"]),
-                 "--latency-ms", os.environ.get("STACK_EXECUTOR_LATENCY_MS", "50")],
+                [
+                    py,
+                    "-m",
+                    "devstack.executor_server",
+                    "--port",
+                    str(p["executor"]),
+                    "--latency-ms",
+                    os.environ.get("STACK_EXECUTOR_LATENCY_MS", "50"),
+                ],
                 http_answers(f"http://127.0.0.1:{p['executor']}/health"),
                 env=self.env,
             )
-        )  # fmt: skip
+        )
 
     def _provision_aws(self) -> None:
         """What production provisions outside Airflow: the backups and model buckets."""
@@ -704,26 +778,39 @@ class LocalStack:
 
         aws = connections(self.ports, self.secret)["aws_default"]
         s3 = boto3.client(
-            "s3", endpoint_url=aws["extra"]["endpoint_url"], region_name=aws["extra"]["region_name"],
-            aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"],
-        )  # fmt: skip
+            "s3",
+            endpoint_url=aws["extra"]["endpoint_url"],
+            region_name=aws["extra"]["region_name"],
+            aws_access_key_id=aws["login"],
+            aws_secret_access_key=aws["password"],
+        )
         s3.create_bucket(Bucket=BACKUP_BUCKET)
         s3.create_bucket(Bucket=MODEL_BUCKET)  # offer model artifacts and their reports
 
     def _start_customers(self) -> None:
         """Demo customers who pay for the offers the DAGs publish (devstack/customer_simulator.py)."""
         self.supervisor.start(
-            Service("customers", [sys.executable, "-m", "devstack.customers", "--seed", "7"],
-                    always_ready, env=self.env)
-        )  # fmt: skip
+            Service(
+                "customers",
+                [sys.executable, "-m", "devstack.customers", "--seed", "7"],
+                always_ready,
+                env=self.env,
+            )
+        )
 
     # airflow ------------------------------------------------------------------------------
 
     def _begin_airflow_db_migrate(self) -> subprocess.Popen:
         log = self.folder / "logs" / "airflow-db-migrate.log"
         with open(log, "ab") as out:
-            return subprocess.Popen([str(VENV_BIN / "airflow"), "db", "migrate"], env=self.env, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=out, preexec_fn=_die_with_parent(signal.SIGTERM))  # fmt: skip
+            return subprocess.Popen(
+                [str(VENV_BIN / "airflow"), "db", "migrate"],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                preexec_fn=_die_with_parent(signal.SIGTERM),
+            )
 
     def _finish_airflow_db_migrate(self, migrating: subprocess.Popen) -> None:
         if migrating.wait():
@@ -745,17 +832,27 @@ class LocalStack:
 
     def _start_celery_worker(self, n: int, env: dict[str, str]) -> None:
         name = f"celery-worker-{n}"
-        worker_env = {**env, WORKER_NAME_VAR: name,
-                      "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.ports[f"worker_logs_{n}"])}  # fmt: skip
+        worker_env = {
+            **env,
+            WORKER_NAME_VAR: name,
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.ports[f"worker_logs_{n}"]),
+        }
         self.supervisor.start(
             Service(
                 name,
-                [str(VENV_BIN / "airflow"), "celery", "worker", "--celery-hostname", f"{name}@%h",
-                 "--concurrency", str(CELERY_WORKER_CONCURRENCY)],
+                [
+                    str(VENV_BIN / "airflow"),
+                    "celery",
+                    "worker",
+                    "--celery-hostname",
+                    f"{name}@%h",
+                    "--concurrency",
+                    str(CELERY_WORKER_CONCURRENCY),
+                ],
                 log_says(self.supervisor.logs / f"{name}.log", " ready."),
                 worker_env,
             )
-        )  # fmt: skip
+        )
 
 
 def login_from(passwords_file: Path) -> dict[str, str]:

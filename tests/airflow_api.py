@@ -13,8 +13,9 @@ from contextlib import contextmanager
 
 
 def api(url: str, token: str | None = None, body: dict | None = None, method: str | None = None) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
-                                     method=method)  # fmt: skip
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode() if body is not None else None, method=method
+    )
     request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -76,5 +77,13 @@ def postgres_connection(dsn: str) -> str:
     from psycopg2.extensions import parse_dsn
 
     p = parse_dsn(dsn)
-    return json.dumps({"conn_type": "postgres", "host": p["host"], "port": int(p["port"]), "schema": p["dbname"],
-                       "login": p["user"], "password": p.get("password", "")})  # fmt: skip
+    return json.dumps(
+        {
+            "conn_type": "postgres",
+            "host": p["host"],
+            "port": int(p["port"]),
+            "schema": p["dbname"],
+            "login": p["user"],
+            "password": p.get("password", ""),
+        }
+    )

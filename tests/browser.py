@@ -27,8 +27,10 @@ def ensure_chromium() -> None:
     if CHROMIUM.exists() and CHROMEDRIVER.exists():
         return
     if os.geteuid() != 0:
-        pytest.fail("the browser suite needs Debian's chromium and chromium-driver: run "
-                    "`sudo apt-get install -y --no-install-recommends chromium chromium-driver`")  # fmt: skip
+        pytest.fail(
+            "the browser suite needs Debian's chromium and chromium-driver: run "
+            "`sudo apt-get install -y --no-install-recommends chromium chromium-driver`"
+        )
     install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if subprocess.run(install, env=env, capture_output=True).returncode:  # a stale package list
@@ -43,7 +45,12 @@ def chromium():
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(UI_TIMEOUT)

@@ -118,7 +118,8 @@ def _drop_database(server, name: str) -> None:
 def _template(server, revision: str) -> Iterator[str]:
     from include.migrations import upgrade
 
-    name = f"app_template_{revision}_{uuid.uuid4().hex[:8]}"  # unique: a shared server may keep old ones
+    # unique: a shared server may keep old ones
+    name = f"app_template_{revision}_{uuid.uuid4().hex[:8]}"
     _create_database(server, name)
     upgrade(server.app_dsn(name), revision)
     yield name

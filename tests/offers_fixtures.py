@@ -31,9 +31,12 @@ def s3(local_stack):
 
     aws = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
     return boto3.client(
-        "s3", endpoint_url=aws["extra"]["endpoint_url"], region_name=aws["extra"]["region_name"],
-        aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"],
-    )  # fmt: skip
+        "s3",
+        endpoint_url=aws["extra"]["endpoint_url"],
+        region_name=aws["extra"]["region_name"],
+        aws_access_key_id=aws["login"],
+        aws_secret_access_key=aws["password"],
+    )
 
 
 @contextmanager

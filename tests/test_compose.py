@@ -35,7 +35,7 @@ AIRFLOW_SERVICES = {
     "airflow-triggerer",
     "airflow-init",
 }
-DESIGN_SERVICES = AIRFLOW_SERVICES | {
+REQUIRED_SERVICES = AIRFLOW_SERVICES | {
     "postgres",
     "redis",
     "app-db",
@@ -137,7 +137,7 @@ def _short_mounts(service: dict[str, Any]) -> dict[str, str]:
 
 def test_compose_file_validates_against_the_compose_spec(compose: dict[str, Any]) -> None:
     compose_model = _validate(compose)
-    assert set(compose_model.service_names()) >= DESIGN_SERVICES
+    assert set(compose_model.service_names()) >= REQUIRED_SERVICES
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,7 @@ def test_references_point_at_defined_services_and_volumes(compose: dict[str, Any
 
 
 def test_every_design_service_is_present(services: dict[str, dict[str, Any]]) -> None:
-    assert DESIGN_SERVICES - set(services) == set()
+    assert REQUIRED_SERVICES - set(services) == set()
 
 
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
@@ -212,7 +212,9 @@ def test_airflow_runs_the_celery_executor_on_redis_and_postgres(common_env: dict
     assert common_env["AIRFLOW__CORE__AUTH_MANAGER"].endswith(".SimpleAuthManager")
 
 
-def test_sentry_gets_no_frame_locals_and_no_per_call_breadcrumbs(common_env: dict[str, str]) -> None:
+def test_sentry_gets_no_frame_locals_and_no_per_call_breadcrumbs(
+    common_env: dict[str, str],
+) -> None:
     """As on the local stack: locals hold connection passwords; the httpx/redis integrations cost
     a drain 0.35 ms of CPU per execution task, and the default stdlib one doubled the executor
     client's CPU per call."""
@@ -244,9 +246,7 @@ def test_worker_can_be_scaled(services: dict[str, dict[str, Any]]) -> None:
 
 
 @pytest.mark.parametrize(("conn_id", "conn_type"), sorted(CONNECTIONS.items()))
-def test_connection_is_set_as_json(
-    common_env: dict[str, str], conn_id: str, conn_type: str
-) -> None:
+def test_connection_is_set_as_json(common_env: dict[str, str], conn_id: str, conn_type: str) -> None:
     raw = common_env.get(f"AIRFLOW_CONN_{conn_id}")
     assert raw, f"AIRFLOW_CONN_{conn_id} is not in the common Airflow environment"
     connection = json.loads(raw)
@@ -319,9 +319,7 @@ def test_image_airflow_version_matches_the_requirements_pin() -> None:
 
 
 def test_image_python_matches_the_project() -> None:
-    requires_python = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "requires-python"
-    ]
+    requires_python = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert SpecifierSet(requires_python).contains(_dockerfile_base()["python"])
 
 
@@ -341,4 +339,7 @@ def test_airflow_services_are_built_from_the_dockerfile(
 def test_buckets_are_named_as_on_the_local_stack(common_env: dict[str, str]) -> None:
     from devstack.stack import BACKUP_BUCKET, MODEL_BUCKET
 
-    assert (common_env["BACKUP_BUCKET"], common_env["MODEL_BUCKET"]) == (BACKUP_BUCKET, MODEL_BUCKET)
+    assert (common_env["BACKUP_BUCKET"], common_env["MODEL_BUCKET"]) == (
+        BACKUP_BUCKET,
+        MODEL_BUCKET,
+    )

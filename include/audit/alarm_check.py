@@ -57,8 +57,14 @@ def wait_for_delivery(
         if not pending or time.monotonic() - start > deadline_seconds:
             break
         time.sleep(poll_seconds)
-    return [Delivery(c, seen.get(c), problems.get(c, "" if c in seen else f"not seen within {deadline_seconds} s"))
-            for c in readers]  # fmt: skip
+    return [
+        Delivery(
+            c,
+            seen.get(c),
+            problems.get(c, "" if c in seen else f"not seen within {deadline_seconds} s"),
+        )
+        for c in readers
+    ]
 
 
 # --- read-back of the channels that deliver into a folder --------------------------------------

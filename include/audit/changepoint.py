@@ -31,7 +31,7 @@ def cusum(values: Sequence[float], *, warmup: int = 28, k: float = 0.5, h: float
     found: list[ChangePoint] = []
     start = 0
     while start + warmup < len(values):
-        reference = values[start:start + warmup]
+        reference = values[start : start + warmup]
         mean = statistics.fmean(reference)
         sd = statistics.pstdev(reference) or (abs(mean) * 0.01 or 1.0)  # a flat reference still has a scale
         upper = lower = 0.0

@@ -25,7 +25,8 @@ class Digest:
     audit_run_id: int | None
     gates: list[tuple[str, bool, Any, Any]] = field(default_factory=list)  # gate, passed, observed, limit
     changes: list[tuple[str, str, date, str, float]] = field(default_factory=list)
-    roi: list[tuple[str, float, float | None]] = field(default_factory=list)  # segment, attributed, incremental
+    # segment, attributed, incremental
+    roi: list[tuple[str, float, float | None]] = field(default_factory=list)
     backup_age_hours: float | None = None
     values: list[tuple[str, str, float]] = field(default_factory=list)  # today's indicator values
 
@@ -38,30 +39,46 @@ def gather(cur, day: date, audit_run_id: int | None, *, change_days: int = 7) ->
     """What the schema has yet: indicators and ROI are left empty before their revisions."""
     digest = Digest(day, audit_run_id)
     if audit_run_id is not None:
-        cur.execute("SELECT gate, passed, observed, threshold FROM audit_findings WHERE audit_run_id = %s "
-                    "ORDER BY gate", (audit_run_id,))  # fmt: skip
+        cur.execute(
+            "SELECT gate, passed, observed, threshold FROM audit_findings WHERE audit_run_id = %s "
+            "ORDER BY gate",
+            (audit_run_id,),
+        )
         digest.gates = cur.fetchall()
-    cur.execute("SELECT extract(epoch FROM now() - max(verified_at)) / 3600 FROM backups WHERE status = 'verified'")
+    cur.execute(
+        "SELECT extract(epoch FROM now() - max(verified_at)) / 3600 FROM backups WHERE status = 'verified'"
+    )
     age = cur.fetchone()[0]
     digest.backup_age_hours = None if age is None else round(float(age), 2)
     if table_exists(cur, "offer_roi"):
-        cur.execute("SELECT segment, attributed_roi_cents, incremental_roi_cents FROM offer_roi WHERE "
-                    "model_version_id = (SELECT max(model_version_id) FROM offer_assignments) ORDER BY segment")
+        cur.execute(
+            "SELECT segment, attributed_roi_cents, incremental_roi_cents FROM offer_roi WHERE "
+            "model_version_id = (SELECT max(model_version_id) FROM offer_assignments) ORDER BY segment"
+        )
         digest.roi = cur.fetchall()
     if not table_exists(cur, "indicator_values"):
         return digest
-    cur.execute("SELECT indicator, dimension, day, direction, reference_mean FROM indicator_changes "
-                "WHERE day > %s - %s ORDER BY day DESC, indicator, dimension", (day, change_days))  # fmt: skip
+    cur.execute(
+        "SELECT indicator, dimension, day, direction, reference_mean FROM indicator_changes "
+        "WHERE day > %s - %s ORDER BY day DESC, indicator, dimension",
+        (day, change_days),
+    )
     digest.changes = cur.fetchall()
-    cur.execute("SELECT indicator, dimension, value FROM indicator_values WHERE day = %s ORDER BY 1, 2", (day,))
+    cur.execute(
+        "SELECT indicator, dimension, value FROM indicator_values WHERE day = %s ORDER BY 1, 2",
+        (day,),
+    )
     digest.values = cur.fetchall()
     return digest
 
 
 def series_with_changes(cur, *, days: int = 120) -> dict[tuple[str, str], tuple[list, list]]:
     """Each series of the last `days` days, with the days of its stored change points."""
-    cur.execute("SELECT indicator, dimension, day, value FROM indicator_values "
-                "WHERE day > current_date - %s ORDER BY indicator, dimension, day", (days,))  # fmt: skip
+    cur.execute(
+        "SELECT indicator, dimension, day, value FROM indicator_values "
+        "WHERE day > current_date - %s ORDER BY indicator, dimension, day",
+        (days,),
+    )
     found: dict[tuple[str, str], tuple[list, list]] = {}
     for indicator, dimension, day, value in cur.fetchall():
         found.setdefault((indicator, dimension), ([], []))[0].append((day, value))
@@ -122,20 +139,33 @@ def render(digest: Digest, plots: list[Path] = ()) -> tuple[str, str]:
     e = html.escape
     verdict = f"{len(digest.failed_gates)} gate(s) FAILED" if digest.failed_gates else "all gates passed"
     subject = f"Platform audit {digest.day.isoformat()}: {verdict}, {len(digest.changes)} trend change(s)"
-    gates = "".join(f"<tr><td>{e(g)}</td><td>{'passed' if ok else '<b>FAILED</b>'}</td><td>{e(str(obs))}</td>"
-                    f"<td>{e(str(lim))}</td></tr>" for g, ok, obs, lim in digest.gates)  # fmt: skip
-    changes = "".join(f"<li>{e(i)}{'[' + e(d) + ']' if d else ''}: {e(direction)} on {day.isoformat()} "
-                      f"(from a mean of {mean:.4g})</li>" for i, d, day, direction, mean in digest.changes)  # fmt: skip
-    roi = "".join(f"<tr><td>{e(s)}</td><td>{_cents(a)}</td><td>{_cents(inc)}</td></tr>" for s, a, inc in digest.roi)
-    backup = ("no verified backup" if digest.backup_age_hours is None
-              else f"newest verified backup is {digest.backup_age_hours:.1f} h old")  # fmt: skip
+    gates = "".join(
+        f"<tr><td>{e(g)}</td><td>{'passed' if ok else '<b>FAILED</b>'}</td><td>{e(str(obs))}</td>"
+        f"<td>{e(str(lim))}</td></tr>"
+        for g, ok, obs, lim in digest.gates
+    )
+    changes = "".join(
+        f"<li>{e(i)}{'[' + e(d) + ']' if d else ''}: {e(direction)} on {day.isoformat()} "
+        f"(from a mean of {mean:.4g})</li>"
+        for i, d, day, direction, mean in digest.changes
+    )
+    roi = "".join(
+        f"<tr><td>{e(s)}</td><td>{_cents(a)}</td><td>{_cents(inc)}</td></tr>" for s, a, inc in digest.roi
+    )
+    backup = (
+        "no verified backup"
+        if digest.backup_age_hours is None
+        else f"newest verified backup is {digest.backup_age_hours:.1f} h old"
+    )
     body = f"""<h2>{e(subject)}</h2>
 <h3>Gates</h3>
-<table border="1" cellpadding="3"><tr><th>gate</th><th>result</th><th>observed</th><th>limit</th></tr>{gates}</table>
+<table border="1"
+    cellpadding="3"><tr><th>gate</th><th>result</th><th>observed</th><th>limit</th></tr>{gates}</table>
 <h3>Indicators that changed trend (last 7 days)</h3>
 <ul>{changes or "<li>none</li>"}</ul>
 <h3>Offer ROI (live assignment)</h3>
-<table border="1" cellpadding="3"><tr><th>segment</th><th>attributed</th><th>incremental</th></tr>{roi}</table>
+<table border="1"
+    cellpadding="3"><tr><th>segment</th><th>attributed</th><th>incremental</th></tr>{roi}</table>
 {"" if digest.roi else "<p>no ROI computed yet</p>"}
 <h3>Backups</h3>
 <p>{e(backup)}</p>
@@ -148,7 +178,10 @@ def render(digest: Digest, plots: list[Path] = ()) -> tuple[str, str]:
 def plain_table(digest: Digest) -> str:
     """The same figures as fixed-width text, for the task log."""
     lines = [f"audit {digest.audit_run_id} on {digest.day}: gates"]
-    lines += [f"  {'PASS' if ok else 'FAIL'}  {g:<36} observed={obs} limit={lim}" for g, ok, obs, lim in digest.gates]
+    lines += [
+        f"  {'PASS' if ok else 'FAIL'}  {g:<36} observed={obs} limit={lim}"
+        for g, ok, obs, lim in digest.gates
+    ]
     lines.append("indicators:")
     lines += [f"  {i:<26} {d:<20} {v:>14.6g}" for i, d, v in digest.values]
     lines.append("trend changes:")

@@ -47,8 +47,16 @@ def psi_threshold(n_reference: int, n_current: int, *, bins: int = 10, alpha: fl
     return max(MATERIAL_PSI, float(chi2.ppf(1 - alpha, bins - 1)) * (1 / n_reference + 1 / n_current))
 
 
-def drift(reference: Sequence[float], current: Sequence[float], *, bins: int = 10, alpha: float = 0.01) -> Drift:
+def drift(
+    reference: Sequence[float], current: Sequence[float], *, bins: int = 10, alpha: float = 0.01
+) -> Drift:
     if len(reference) < bins * 5 or len(current) < bins * 5:
-        raise ValueError(f"PSI needs at least {bins * 5} values on each side; got {len(reference)} and {len(current)}")
-    return Drift(psi(reference, current, bins=bins), psi_threshold(len(reference), len(current), bins=bins, alpha=alpha),
-                 len(reference), len(current))  # fmt: skip
+        raise ValueError(
+            f"PSI needs at least {bins * 5} values on each side; got {len(reference)} and {len(current)}"
+        )
+    return Drift(
+        psi(reference, current, bins=bins),
+        psi_threshold(len(reference), len(current), bins=bins, alpha=alpha),
+        len(reference),
+        len(current),
+    )

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 DEFAULT_LIMITS: dict[str, float] = {
-    "expired_lease_minutes": 15,  # a running task whose lease expired longer ago: its worker is gone
+    # a running task whose lease expired longer ago: its worker is gone
+    "expired_lease_minutes": 15,
     "backup_max_age_hours": 26,  # daily backups, with slack for a slow run
     "pending_revision_days": 7,  # a revision on disk but not applied for longer than this
     "backup_restore_max_minutes": 30,  # fetch and sample restore of the newest verified backup
-    "model_min_auc": 0.60,  # the champion's AUC on data it never trained on (registry.Gates.min_auc)
+    # the champion's AUC on data it never trained on (registry.Gates.min_auc)
+    "model_min_auc": 0.60,
     "model_fresh_days": 21,  # fresh data: the impressions of the last N days before the newest one
     "model_fresh_min_rows": 200,  # fewer fresh rows than this cannot vouch for the model
     "payments_reconcile_days": 30,  # the window of Stripe charges reconciled with the ledger
@@ -72,7 +74,9 @@ def _scalar(cur, query: str, params: Mapping | tuple = ()) -> Any:
     return cur.fetchone()[0]
 
 
-def _count_is_zero(gate: str, query: str, params: Mapping | tuple = (), limit: Any = 0) -> Callable[[Any], Evidence]:
+def _count_is_zero(
+    gate: str, query: str, params: Mapping | tuple = (), limit: Any = 0
+) -> Callable[[Any], Evidence]:
     def check(cur) -> Evidence:
         observed = _scalar(cur, query, params)
         return Evidence(gate, observed == 0, observed, limit, query)
@@ -84,11 +88,17 @@ def _count_is_zero(gate: str, query: str, params: Mapping | tuple = (), limit: A
 
 
 def queue_expired_leases(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
-    query = ("SELECT count(*) FROM execution_tasks WHERE status = 'running' "
-             "AND lease_expires_at < now() - %(minutes)s * interval '1 minute'")  # fmt: skip
+    query = (
+        "SELECT count(*) FROM execution_tasks WHERE status = 'running' "
+        "AND lease_expires_at < now() - %(minutes)s * interval '1 minute'"
+    )
     minutes = limits["expired_lease_minutes"]
-    return _count_is_zero("queue_expired_leases", query, {"minutes": minutes},
-                          f"0 with a lease expired over {minutes:g} min")(cur)  # fmt: skip
+    return _count_is_zero(
+        "queue_expired_leases",
+        query,
+        {"minutes": minutes},
+        f"0 with a lease expired over {minutes:g} min",
+    )(cur)
 
 
 def queue_dead_without_error(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
@@ -105,7 +115,9 @@ def queue_valid_status(cur, limits: Mapping[str, float], services: Services | No
     return _count_is_zero("queue_valid_status", query, {"states": list(QUEUE_STATES)})(cur)
 
 
-def queue_ai_model_after_migration(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+def queue_ai_model_after_migration(
+    cur, limits: Mapping[str, float], services: Services | None = None
+) -> Evidence:
     """Tasks created after revision 0002 was applied must carry ai_model; before it, none can."""
     gate = "queue_ai_model_after_migration"
     cur.execute("SELECT to_regclass('public.migration_checksums') IS NOT NULL")
@@ -124,15 +136,21 @@ def queue_ai_model_after_migration(cur, limits: Mapping[str, float], services: S
 
 def backup_fresh_and_restored(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
     """The newest verified backup is younger than the limit, and its restore was timed."""
-    query = ("SELECT id, extract(epoch FROM now() - verified_at) / 3600, restore_seconds FROM backups "
-             "WHERE status = 'verified' ORDER BY verified_at DESC LIMIT 1")  # fmt: skip
+    query = (
+        "SELECT id, extract(epoch FROM now() - verified_at) / 3600, restore_seconds FROM backups "
+        "WHERE status = 'verified' ORDER BY verified_at DESC LIMIT 1"
+    )
     cur.execute(query)
     row = cur.fetchone()
     limit = limits["backup_max_age_hours"]
     if row is None:
         return Evidence("backup_fresh_and_restored", False, "no verified backup", f"<= {limit} h", query)
     backup_id, age_hours, restore_seconds = row
-    observed = {"backup_id": backup_id, "age_hours": round(float(age_hours), 2), "restore_seconds": restore_seconds}
+    observed = {
+        "backup_id": backup_id,
+        "age_hours": round(float(age_hours), 2),
+        "restore_seconds": restore_seconds,
+    }
     passed = float(age_hours) <= limit and restore_seconds is not None
     return Evidence("backup_fresh_and_restored", passed, observed, f"<= {limit} h, restore checked", query)
 
@@ -152,8 +170,10 @@ def backup_restores_now(cur, limits: Mapping[str, float], services: Services) ->
 
     gate = "backup_restores_now"
     limit = limits["backup_restore_max_minutes"]
-    query = ("newest verified backup in `backups`: fetched from S3 and checked against the catalog's SHA-256s, "
-             "its critical tables restored into a scratch database and compared with its expected.json")  # fmt: skip
+    query = (
+        "newest verified backup in `backups`: fetched from S3 and checked against the catalog's SHA-256s, "
+        "its critical tables restored into a scratch database and compared with its expected.json"
+    )
     try:
         entry = catalog_get(cur)
     except BackupError as exc:
@@ -179,9 +199,17 @@ def backup_restores_now(cur, limits: Mapping[str, float], services: Services) ->
         want = (expected.row_counts.get(key), expected.checksums[table])
         got = (actual.row_counts.get(key), actual.checksums.get(table))
         if want != got:
-            problems.append(f"{table}: backup recorded {want[0]} rows (checksum {want[1]}), restore has {got[0]} ({got[1]})")
-    observed.update({"tables": {t: expected.row_counts.get(f"public.{t}") for t in tables},
-                     "minutes": round(minutes, 3), "problems": problems})  # fmt: skip
+            problems.append(
+                f"{table}: backup recorded {want[0]} rows (checksum {want[1]}), restore has {got[0]} "
+                f"({got[1]})"
+            )
+    observed.update(
+        {
+            "tables": {t: expected.row_counts.get(f"public.{t}") for t in tables},
+            "minutes": round(minutes, 3),
+            "problems": problems,
+        }
+    )
     passed = bool(tables) and not problems and minutes <= limit
     return Evidence(gate, passed, observed, f"same rows and checksums, within {limit} min", query)
 
@@ -195,18 +223,27 @@ def migrations_match_files(cur, limits: Mapping[str, float], services: Services 
 
     problems = checksum_problems(cur)
     revision = current_revision(cur)
-    return Evidence("migrations_match_files", not problems, {"current": revision, "changed": problems}, [],
-                    "migration_checksums vs the revision files")  # fmt: skip
+    return Evidence(
+        "migrations_match_files",
+        not problems,
+        {"current": revision, "changed": problems},
+        [],
+        "migration_checksums vs the revision files",
+    )
 
 
-def migrations_not_pending_too_long(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+def migrations_not_pending_too_long(
+    cur, limits: Mapping[str, float], services: Services | None = None
+) -> Evidence:
     """A revision first seen pending by an audit more than the limit ago has waited too long."""
     from include.migrations import current_revision, pending_after
 
     gate = "migrations_not_pending_too_long"
     pending = [r.revision for r in pending_after(current_revision(cur))]
-    query = ("SELECT extract(epoch FROM now() - min(created_at)) / 86400 FROM audit_findings "
-             "WHERE gate = %(gate)s AND observed -> 'pending' ? %(revision)s")  # fmt: skip
+    query = (
+        "SELECT extract(epoch FROM now() - min(created_at)) / 86400 FROM audit_findings "
+        "WHERE gate = %(gate)s AND observed -> 'pending' ? %(revision)s"
+    )
     waiting = {}
     for revision in pending:
         days = _scalar(cur, query, {"gate": gate, "revision": revision})
@@ -224,8 +261,11 @@ def _promoted_versions(cur) -> int:
     running, say) there is no model in production to vouch for."""
     from include.offers.model import MODEL_NAME
 
-    return _scalar(cur, "SELECT count(*) FROM model_versions WHERE model_name = %s AND promoted_at IS NOT NULL",
-                   (MODEL_NAME,))  # fmt: skip
+    return _scalar(
+        cur,
+        "SELECT count(*) FROM model_versions WHERE model_name = %s AND promoted_at IS NOT NULL",
+        (MODEL_NAME,),
+    )
 
 
 NO_MODEL_YET = "not applicable: no offer model version was ever promoted"
@@ -240,16 +280,27 @@ def model_champion_artifacts_verify(cur, limits: Mapping[str, float], services: 
 
     gate = "model_champion_artifacts_verify"
     limit = "a champion; both artifacts verify"
-    query = ("model_versions: the champion and the most recently promoted retired version; "
-             "artifacts from S3 checked by SHA-256 and the skops type allowlist")  # fmt: skip
+    query = (
+        "model_versions: the champion and the most recently promoted retired version; "
+        "artifacts from S3 checked by SHA-256 and the skops type allowlist"
+    )
     if _promoted_versions(cur) == 0:
         return Evidence(gate, True, NO_MODEL_YET, limit, query)
     champion = registry.champion(cur, MODEL_NAME)
     if champion is None:
-        return Evidence(gate, False, f"no champion of {MODEL_NAME}, though one was promoted before", limit, query)
+        return Evidence(
+            gate,
+            False,
+            f"no champion of {MODEL_NAME}, though one was promoted before",
+            limit,
+            query,
+        )
     # the version registry.rollback would restore
-    cur.execute("SELECT id FROM model_versions WHERE model_name = %s AND id <> %s AND promoted_at IS NOT NULL "
-                "AND status = 'retired' ORDER BY promoted_at DESC, id DESC LIMIT 1", (MODEL_NAME, champion.id))  # fmt: skip
+    cur.execute(
+        "SELECT id FROM model_versions WHERE model_name = %s AND id <> %s AND promoted_at IS NOT NULL "
+        "AND status = 'retired' ORDER BY promoted_at DESC, id DESC LIMIT 1",
+        (MODEL_NAME, champion.id),
+    )
     row = cur.fetchone()
     previous = registry.get(cur, row[0]) if row else None
     observed: dict[str, Any] = {}
@@ -263,7 +314,11 @@ def model_champion_artifacts_verify(cur, limits: Mapping[str, float], services: 
             observed[role] = {"version_id": version.id, "verified": True}
         except Exception as exc:  # refused (hash, format) or not downloadable
             passed = False
-            observed[role] = {"version_id": version.id, "verified": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            observed[role] = {
+                "version_id": version.id,
+                "verified": False,
+                "error": f"{type(exc).__name__}: {exc}"[:500],
+            }
     return Evidence(gate, passed, observed, limit, query)
 
 
@@ -281,11 +336,17 @@ def model_auc_on_fresh_data(cur, limits: Mapping[str, float], services: Services
     from include.offers import registry
 
     gate = "model_auc_on_fresh_data"
-    floor, days, min_rows = limits["model_min_auc"], limits["model_fresh_days"], int(limits["model_fresh_min_rows"])
+    floor, days, min_rows = (
+        limits["model_min_auc"],
+        limits["model_fresh_days"],
+        int(limits["model_fresh_min_rows"]),
+    )
     limit = f"auc >= {floor} on >= {min_rows} fresh rows"
-    query = (f"SELECT * FROM ({m.TRAINING_ROWS_SQL}) fresh WHERE occurred_at >= greatest(%(trained_to)s, "  # noqa: S608 (module constant)
-             "(SELECT max(occurred_at) FROM user_events WHERE event_type = 'impression' AND occurred_at <= now())"
-             " - %(days)s * interval '1 day')")  # fmt: skip
+    query = (
+        f"SELECT * FROM ({m.TRAINING_ROWS_SQL}) fresh WHERE occurred_at >= greatest(%(trained_to)s, "  # noqa: S608 (module constant)
+        "(SELECT max(occurred_at) FROM user_events WHERE event_type = 'impression' AND occurred_at <= now())"
+        " - %(days)s * interval '1 day')"
+    )
     if _promoted_versions(cur) == 0:
         return Evidence(gate, True, NO_MODEL_YET, limit, query)
     champion = registry.champion(cur, m.MODEL_NAME)
@@ -296,8 +357,11 @@ def model_auc_on_fresh_data(cur, limits: Mapping[str, float], services: Services
     cur.execute(query, {"trained_to": trained_to, "days": days})
     fresh = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
     fresh = fresh[m.quarantine_reasons(fresh, datetime.now(UTC)).isna()] if len(fresh) else fresh
-    observed: dict[str, Any] = {"version_id": champion.id, "rows": len(fresh),
-                                "trained_to": trained_to.isoformat() if trained_to else None}  # fmt: skip
+    observed: dict[str, Any] = {
+        "version_id": champion.id,
+        "rows": len(fresh),
+        "trained_to": trained_to.isoformat() if trained_to else None,
+    }
     if len(fresh) < min_rows or fresh[m.LABEL].nunique() < 2:
         observed["auc"] = None
         return Evidence(gate, False, observed, limit, query)
@@ -322,9 +386,11 @@ def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Ser
     from collections import defaultdict
 
     gate = "stripe_offers_published_once"
-    query = ("SELECT p.model_version_id, p.segment, p.stripe_product_id, p.stripe_coupon_id, o.id, o.code, "
-             "o.discount_pct FROM offer_publications p JOIN offers o ON o.id = p.offer_id "
-             "WHERE p.published_at IS NOT NULL ORDER BY 1, 2")  # fmt: skip
+    query = (
+        "SELECT p.model_version_id, p.segment, p.stripe_product_id, p.stripe_coupon_id, o.id, o.code, "
+        "o.discount_pct FROM offer_publications p JOIN offers o ON o.id = p.offer_id "
+        "WHERE p.published_at IS NOT NULL ORDER BY 1, 2"
+    )
     cur.execute(query)
     published = cur.fetchall()
     cur.execute("SELECT stripe_coupon_id FROM offers WHERE stripe_coupon_id IS NOT NULL")
@@ -346,20 +412,40 @@ def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Ser
             if len(ids[object_id]) != 1:
                 problems.append(f"{kind} {object_id}: {len(ids[object_id])} in Stripe, expected 1")
         for row in published:
-            version_id, segment, offer_id, code, discount_pct = row[0], row[1], row[4], row[5], row[6]
+            version_id, segment, offer_id, code, discount_pct = (
+                row[0],
+                row[1],
+                row[4],
+                row[5],
+                row[6],
+            )
             object_id = row[id_column]
             if others := sorted(set(per_offer[(str(version_id), segment)]) - {object_id}):
-                problems.append(f"{kind} of model version {version_id} segment {segment} also in Stripe as {others}")
+                problems.append(
+                    f"{kind} of model version {version_id} segment {segment} also in Stripe as {others}"
+                )
             if len(ids[object_id]) != 1:
                 continue
             obj = ids[object_id][0]
-            want = {"model_version_id": str(version_id), "segment": segment, "offer_code": code, "offer_id": str(offer_id)}
+            want = {
+                "model_version_id": str(version_id),
+                "segment": segment,
+                "offer_code": code,
+                "offer_id": str(offer_id),
+            }
             got = {k: (obj.get("metadata") or {}).get(k) for k in want}
             if got != want:
                 problems.append(f"{kind} {object_id}: metadata {got}, the offer says {want}")
             if kind == "coupons" and float(obj.get("percent_off") or 0) != float(discount_pct):
-                problems.append(f"coupons {object_id}: percent_off {obj.get('percent_off')}, the offer says {float(discount_pct)}")
-    observed = {"published": len(published), "offer_coupons": len(offer_coupons), "problems": problems}
+                problems.append(
+                    f"coupons {object_id}: percent_off {obj.get('percent_off')}, the offer says "
+                    f"{float(discount_pct)}"
+                )
+    observed = {
+        "published": len(published),
+        "offer_coupons": len(offer_coupons),
+        "problems": problems,
+    }
     return Evidence(gate, not problems, observed, "each exactly once, as published", query)
 
 
@@ -383,8 +469,10 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
     now = datetime.now(UTC)
     end = cursor or int(now.timestamp())
     start = max(int(end - days * 86400), 1_500_000_001)  # localstripe refuses earlier bounds
-    query = ("SELECT stripe_payment_id, user_id, offer_id, amount_cents, status, extract(epoch FROM created_at) "
-             "FROM payments WHERE created_at > to_timestamp(%(start)s) AND stripe_payment_id !~ %(seeded)s")  # fmt: skip
+    query = (
+        "SELECT stripe_payment_id, user_id, offer_id, amount_cents, status, extract(epoch FROM created_at) "
+        "FROM payments WHERE created_at > to_timestamp(%(start)s) AND stripe_payment_id !~ %(seeded)s"
+    )
     cur.execute(query, {"start": start, "seeded": SEEDED_PAYMENT_PATTERN})
     rows = cur.fetchall()
     ledger = {r[0]: r[1:5] for r in rows}
@@ -400,7 +488,8 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
     stripe_count = stripe_cents = 0
     for charge_id, charge in charges.items():
         if not cursor or int(charge["created"]) >= cursor or charge_id in quarantined:
-            continue  # not passed by the sync yet (same-second charges come with the next one), or refused
+            # not passed by the sync yet (same-second charges come with the next one), or refused
+            continue
         row, _ = payment_row(charge, known_users=known_users, coupon_offers=coupon_offers, now=now)
         if row is None:
             missing.append(charge_id)  # refused by the sync's rules, yet not quarantined
@@ -413,11 +502,20 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
             mismatched.append(charge_id)
     not_in_stripe = sorted(set(ledger) - set(charges))
     observed = {
-        "window": [datetime.fromtimestamp(start, UTC).isoformat(), datetime.fromtimestamp(end, UTC).isoformat()],
-        "stripe": {"charges": stripe_count, "amount_cents": stripe_cents, "quarantined": len(quarantined & set(charges))},
+        "window": [
+            datetime.fromtimestamp(start, UTC).isoformat(),
+            datetime.fromtimestamp(end, UTC).isoformat(),
+        ],
+        "stripe": {
+            "charges": stripe_count,
+            "amount_cents": stripe_cents,
+            "quarantined": len(quarantined & set(charges)),
+        },
         "ledger": {"payments": len(passed_by_sync), "amount_cents": sum(passed_by_sync)},
-        "missing_in_ledger": missing[:20], "not_in_stripe": not_in_stripe[:20], "mismatched": mismatched[:20],
-    }  # fmt: skip
+        "missing_in_ledger": missing[:20],
+        "not_in_stripe": not_in_stripe[:20],
+        "mismatched": mismatched[:20],
+    }
     passed = not (missing or not_in_stripe or mismatched)
     return Evidence(gate, passed, observed, "no charge missing, unknown or different", query)
 
@@ -425,7 +523,9 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
 # --- security ---------------------------------------------------------------------------------
 
 
-def security_api_requires_login(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+def security_api_requires_login(
+    cur, limits: Mapping[str, float], services: Services | None = None
+) -> Evidence:
     """The Airflow REST API (and the UI behind the same login) refuses a request without a
     token. The address is Airflow's own `[api] base_url`."""
     import os
@@ -447,7 +547,6 @@ def security_api_requires_login(cur, limits: Mapping[str, float], services: Serv
     return Evidence(gate, status in (401, 403), status, "401 or 403", f"GET {url} without a token")
 
 
-
 def _as_worker(cur, statement) -> str:
     """What happens when the workers' role runs `statement`: "refused" (no privilege) or what
     else. A savepoint that is always rolled back keeps nothing of it, the role switch included."""
@@ -459,7 +558,8 @@ def _as_worker(cur, statement) -> str:
     cur.execute("SAVEPOINT worker_probe")
     try:
         cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(WORKER_ROLE)))
-        cur.execute("SET LOCAL lock_timeout = '2s'")  # a refused DDL never waits; an allowed one must not hang
+        # a refused DDL never waits; an allowed one must not hang
+        cur.execute("SET LOCAL lock_timeout = '2s'")
         try:
             cur.execute(statement)
         except errors.InsufficientPrivilege:
@@ -475,7 +575,8 @@ def _as_worker(cur, statement) -> str:
 WORKER_PRIVILEGES_QUERY = """
 SELECT c.relname, p.privilege
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) AS p(privilege)
+CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'REFERENCES', 'TRIGGER']) AS
+    p(privilege)
 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
   AND (has_table_privilege(%(role)s, c.oid, p.privilege)
        OR (p.privilege IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
@@ -484,7 +585,9 @@ ORDER BY 1, 2
 """
 
 
-def security_worker_role_is_dml_only(cur, limits: Mapping[str, float], services: Services | None = None) -> Evidence:
+def security_worker_role_is_dml_only(
+    cur, limits: Mapping[str, float], services: Services | None = None
+) -> Evidence:
     """The workers' role (`include.migrations.db_roles.WORKER_ROLE`) holds no privilege beyond
     `WORKER_GRANTS` on any table or column, no CREATE on the database or schema, no powerful
     attribute, no membership in an owner's role; and tried for real (as that role, rolled
@@ -495,40 +598,73 @@ def security_worker_role_is_dml_only(cur, limits: Mapping[str, float], services:
 
     gate = "security_worker_role_is_dml_only"
     limit = {t: list(p) for t, p in WORKER_GRANTS.items()}
-    cur.execute("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles "
-                "WHERE rolname = %s", (WORKER_ROLE,))  # fmt: skip
+    cur.execute(
+        "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles "
+        "WHERE rolname = %s",
+        (WORKER_ROLE,),
+    )
     attributes = cur.fetchone()
     if attributes is None:
         return Evidence(gate, False, f"role {WORKER_ROLE} does not exist", limit, "pg_roles")
-    problems = [f"role attribute {name}" for name, on in
-                zip(("superuser", "createdb", "createrole", "replication", "bypassrls"), attributes, strict=True) if on]  # fmt: skip
+    problems = [
+        f"role attribute {name}"
+        for name, on in zip(
+            ("superuser", "createdb", "createrole", "replication", "bypassrls"),
+            attributes,
+            strict=True,
+        )
+        if on
+    ]
     cur.execute(WORKER_PRIVILEGES_QUERY, {"role": WORKER_ROLE})
     held = cur.fetchall()
-    problems += [f"{privilege} on {table}" for table, privilege in held if privilege not in WORKER_GRANTS.get(table, ())]
-    cur.execute("SELECT has_database_privilege(%(role)s, current_database(), 'CREATE'), "
-                "has_schema_privilege(%(role)s, 'public', 'CREATE')", {"role": WORKER_ROLE})  # fmt: skip
-    problems += [f"CREATE on the {what}" for what, on in zip(("database", "schema public"), cur.fetchone(), strict=True) if on]
-    cur.execute("""SELECT DISTINCT owner FROM (
+    problems += [
+        f"{privilege} on {table}"
+        for table, privilege in held
+        if privilege not in WORKER_GRANTS.get(table, ())
+    ]
+    cur.execute(
+        "SELECT has_database_privilege(%(role)s, current_database(), 'CREATE'), "
+        "has_schema_privilege(%(role)s, 'public', 'CREATE')",
+        {"role": WORKER_ROLE},
+    )
+    problems += [
+        f"CREATE on the {what}"
+        for what, on in zip(("database", "schema public"), cur.fetchone(), strict=True)
+        if on
+    ]
+    cur.execute(
+        """SELECT DISTINCT owner FROM (
                        SELECT tableowner::text AS owner FROM pg_tables WHERE schemaname = 'public'
-                       UNION SELECT datdba::regrole::text FROM pg_database WHERE datname = current_database()) owners
-                   WHERE owner <> %(role)s AND pg_has_role(%(role)s, owner, 'MEMBER')""", {"role": WORKER_ROLE})  # fmt: skip
+                       UNION SELECT datdba::regrole::text FROM pg_database WHERE datname =
+                           current_database()) owners
+                   WHERE owner <> %(role)s AND pg_has_role(%(role)s, owner, 'MEMBER')""",
+        {"role": WORKER_ROLE},
+    )
     problems += [f"member of the owner role {r[0]}" for r in cur.fetchall()]
     attempts = {"CREATE TABLE": "CREATE TABLE public.audit_worker_probe (id int)"}
     cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
     tables = [r[0] for r in cur.fetchall()]
     if "execution_tasks" in tables:
-        attempts["ALTER TABLE execution_tasks"] = "ALTER TABLE public.execution_tasks ADD COLUMN audit_worker_probe int"
+        attempts["ALTER TABLE execution_tasks"] = (
+            "ALTER TABLE public.execution_tasks ADD COLUMN audit_worker_probe int"
+        )
     readable = {t for t, p in WORKER_GRANTS.items() if "SELECT" in p}
     read = sql.SQL("SELECT 1 FROM {} LIMIT 0")
-    attempts.update({f"read {t}": read.format(sql.Identifier("public", t)) for t in tables if t not in readable})
+    attempts.update(
+        {f"read {t}": read.format(sql.Identifier("public", t)) for t in tables if t not in readable}
+    )
     outcomes = {what: _as_worker(cur, statement) for what, statement in attempts.items()}
     problems += [f"{what}: {outcome}" for what, outcome in outcomes.items() if outcome != "refused"]
-    observed = {"role": WORKER_ROLE, "held": sorted({f"{p} on {t}" for t, p in held}), "attempts_refused":
-                sum(o == "refused" for o in outcomes.values()), "problems": problems}  # fmt: skip
+    observed = {
+        "role": WORKER_ROLE,
+        "held": sorted({f"{p} on {t}" for t, p in held}),
+        "attempts_refused": sum(o == "refused" for o in outcomes.values()),
+        "problems": problems,
+    }
     return Evidence(gate, not problems, observed, limit, WORKER_PRIVILEGES_QUERY.strip())
 
 
-# The connections (DESIGN §5) and settings whose secrets must never reach a task log.
+# The connections (include.ids) and settings whose secrets must never reach a task log.
 SECRET_SETTINGS = (("core", "fernet_key"), ("api", "secret_key"), ("api_auth", "jwt_secret"))
 MIN_SECRET_LENGTH = 8  # a shorter value would match ordinary text by chance
 
@@ -544,8 +680,14 @@ def security_no_secrets_in_task_logs(cur, limits: Mapping[str, float], services:
     folder = services.task_log_folder()
     query = f"task logs under {folder} modified in the last {hours} h, searched for each secret's value"
     if not folder.is_dir():
-        return Evidence(gate, False, f"task log folder {folder} does not exist", "no secret in any log", query)
-    secrets = {label: value.encode() for label, value in services.secrets().items() if len(value) >= MIN_SECRET_LENGTH}
+        return Evidence(
+            gate, False, f"task log folder {folder} does not exist", "no secret in any log", query
+        )
+    secrets = {
+        label: value.encode()
+        for label, value in services.secrets().items()
+        if len(value) >= MIN_SECRET_LENGTH
+    }
     overlap = max((len(v) for v in secrets.values()), default=1) - 1
     since = time.time() - hours * 3600
     leaks, scanned = [], 0
@@ -577,13 +719,23 @@ def _secrets_in_file(path: Path, secrets: dict[str, bytes], overlap: int) -> lis
 GATES: dict[str, Callable[..., Evidence]] = {
     gate.__name__: gate
     for gate in (
-        queue_expired_leases, queue_dead_without_error, queue_valid_status, queue_ai_model_after_migration,
-        backup_fresh_and_restored, backup_restores_now, migrations_match_files, migrations_not_pending_too_long,
-        model_champion_artifacts_verify, model_auc_on_fresh_data,
-        stripe_offers_published_once, stripe_payments_reconcile,
-        security_api_requires_login, security_worker_role_is_dml_only, security_no_secrets_in_task_logs,
+        queue_expired_leases,
+        queue_dead_without_error,
+        queue_valid_status,
+        queue_ai_model_after_migration,
+        backup_fresh_and_restored,
+        backup_restores_now,
+        migrations_match_files,
+        migrations_not_pending_too_long,
+        model_champion_artifacts_verify,
+        model_auc_on_fresh_data,
+        stripe_offers_published_once,
+        stripe_payments_reconcile,
+        security_api_requires_login,
+        security_worker_role_is_dml_only,
+        security_no_secrets_in_task_logs,
     )
-}  # fmt: skip
+}
 
 
 # --- the audit record -------------------------------------------------------------------------
@@ -599,13 +751,22 @@ def start_audit(cur, dag_run_id: str) -> int:
 
 
 def record(cur, audit_run_id: int, evidence: Evidence) -> None:
-    cur.execute("DELETE FROM audit_findings WHERE audit_run_id = %s AND gate = %s", (audit_run_id, evidence.gate))
+    cur.execute(
+        "DELETE FROM audit_findings WHERE audit_run_id = %s AND gate = %s",
+        (audit_run_id, evidence.gate),
+    )
     cur.execute(
         "INSERT INTO audit_findings (audit_run_id, gate, passed, observed, threshold, query) "
         "VALUES (%s, %s, %s, %s, %s, %s)",
-        (audit_run_id, evidence.gate, evidence.passed, json.dumps(evidence.observed, default=str),
-         json.dumps(evidence.limit, default=str), evidence.query),
-    )  # fmt: skip
+        (
+            audit_run_id,
+            evidence.gate,
+            evidence.passed,
+            json.dumps(evidence.observed, default=str),
+            json.dumps(evidence.limit, default=str),
+            evidence.query,
+        ),
+    )
 
 
 def finish_audit(cur, audit_run_id: int, expected_gates: list[str]) -> list[str]:
@@ -614,6 +775,8 @@ def finish_audit(cur, audit_run_id: int, expected_gates: list[str]) -> list[str]
     cur.execute("SELECT gate, passed FROM audit_findings WHERE audit_run_id = %s", (audit_run_id,))
     results = dict(cur.fetchall())
     failed = sorted(g for g in expected_gates if not results.get(g, False))
-    cur.execute("UPDATE audit_runs SET status = %s, finished_at = now() WHERE id = %s",
-                ("failed" if failed else "passed", audit_run_id))  # fmt: skip
+    cur.execute(
+        "UPDATE audit_runs SET status = %s, finished_at = now() WHERE id = %s",
+        ("failed" if failed else "passed", audit_run_id),
+    )
     return failed

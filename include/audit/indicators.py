@@ -56,8 +56,10 @@ class Change:
 
     def title(self) -> str:
         series = f"{self.indicator}[{self.dimension}]" if self.dimension else self.indicator
-        return (f"trend change in {series}: {self.direction} from a mean of {self.reference_mean:.4g} "
-                f"to {self.value:.4g} on {self.day.isoformat()}")  # fmt: skip
+        return (
+            f"trend change in {series}: {self.direction} from a mean of {self.reference_mean:.4g} "
+            f"to {self.value:.4g} on {self.day.isoformat()}"
+        )
 
 
 def _bounds(day: date) -> tuple[datetime, datetime]:
@@ -68,30 +70,42 @@ def _bounds(day: date) -> tuple[datetime, datetime]:
 
 
 def _ratio(indicator: str, numerator, denominator) -> list[Value]:
-    return [Value(indicator, float(numerator) / denominator, sample_size=int(denominator))] if denominator else []
+    return (
+        [Value(indicator, float(numerator) / denominator, sample_size=int(denominator))]
+        if denominator
+        else []
+    )
 
 
 # --- the queue --------------------------------------------------------------------------------------
 
 
 def task_failure_rate(cur, day: date) -> list[Value]:
-    cur.execute("SELECT count(*) FILTER (WHERE status IN ('failed', 'dead')), count(*) FROM execution_tasks "
-                "WHERE finished_at >= %s AND finished_at < %s AND status IN ('succeeded', 'failed', 'dead')",
-                _bounds(day))  # fmt: skip
+    cur.execute(
+        "SELECT count(*) FILTER (WHERE status IN ('failed', 'dead')), count(*) FROM execution_tasks "
+        "WHERE finished_at >= %s AND finished_at < %s AND status IN ('succeeded', 'failed', 'dead')",
+        _bounds(day),
+    )
     failed, finished = cur.fetchone()
     return _ratio("task_failure_rate", failed, finished)
 
 
 def task_p95_duration(cur, day: date) -> list[Value]:
-    cur.execute("SELECT task_type, percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms), count(*) "
-                "FROM execution_tasks WHERE finished_at >= %s AND finished_at < %s AND duration_ms IS NOT NULL "
-                "GROUP BY task_type ORDER BY task_type", _bounds(day))  # fmt: skip
+    cur.execute(
+        "SELECT task_type, percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms), count(*) "
+        "FROM execution_tasks WHERE finished_at >= %s AND finished_at < %s AND duration_ms IS NOT NULL "
+        "GROUP BY task_type ORDER BY task_type",
+        _bounds(day),
+    )
     return [Value("task_p95_duration_ms", float(p95), task_type, n) for task_type, p95, n in cur.fetchall()]
 
 
 def queue_age(cur, day: date) -> list[Value]:
-    cur.execute("SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - available_at)),"
-                " count(*) FROM execution_tasks WHERE started_at >= %s AND started_at < %s", _bounds(day))  # fmt: skip
+    cur.execute(
+        "SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - available_at)),"
+        " count(*) FROM execution_tasks WHERE started_at >= %s AND started_at < %s",
+        _bounds(day),
+    )
     p95, n = cur.fetchone()
     return [Value("queue_age_p95_s", max(float(p95), 0.0), sample_size=n)] if n else []
 
@@ -99,15 +113,21 @@ def queue_age(cur, day: date) -> list[Value]:
 def cache_hit_ratio(cur, day: date) -> list[Value]:
     if not table_exists(cur, "task_batch_metrics"):
         return []
-    cur.execute("SELECT coalesce(sum(cache_hits), 0), coalesce(sum(tasks), 0) FROM task_batch_metrics "
-                "WHERE measured_at >= %s AND measured_at < %s", _bounds(day))  # fmt: skip
+    cur.execute(
+        "SELECT coalesce(sum(cache_hits), 0), coalesce(sum(tasks), 0) FROM task_batch_metrics "
+        "WHERE measured_at >= %s AND measured_at < %s",
+        _bounds(day),
+    )
     hits, tasks = cur.fetchone()
     return _ratio("cache_hit_ratio", hits, tasks)
 
 
 def backup_restore_time(cur, day: date) -> list[Value]:
-    cur.execute("SELECT max(restore_seconds), count(restore_seconds) FROM backups "
-                "WHERE status = 'verified' AND verified_at >= %s AND verified_at < %s", _bounds(day))  # fmt: skip
+    cur.execute(
+        "SELECT max(restore_seconds), count(restore_seconds) FROM backups "
+        "WHERE status = 'verified' AND verified_at >= %s AND verified_at < %s",
+        _bounds(day),
+    )
     seconds, n = cur.fetchone()
     return [Value("backup_restore_s", float(seconds), sample_size=n)] if n else []
 
@@ -116,8 +136,11 @@ def backup_restore_time(cur, day: date) -> list[Value]:
 
 
 def offer_redemption_rate(cur, day: date) -> list[Value]:
-    cur.execute("SELECT count(*) FILTER (WHERE event_type = 'redemption'), count(*) FILTER (WHERE event_type = "
-                "'impression') FROM user_events WHERE occurred_at >= %s AND occurred_at < %s", _bounds(day))  # fmt: skip
+    cur.execute(
+        "SELECT count(*) FILTER (WHERE event_type = 'redemption'), count(*) FILTER (WHERE event_type = "
+        "'impression') FROM user_events WHERE occurred_at >= %s AND occurred_at < %s",
+        _bounds(day),
+    )
     redemptions, impressions = cur.fetchone()
     return _ratio("offer_redemption_rate", redemptions, impressions)
 
@@ -138,8 +161,11 @@ def result_confirmed(task_type: str, payload: Any, result: Any) -> bool:
 
 
 def trust_tasks_unconfirmed(cur, day: date) -> list[Value]:
-    cur.execute("SELECT task_type, payload, result FROM execution_tasks "
-                "WHERE status = 'succeeded' AND finished_at >= %s AND finished_at < %s", _bounds(day))  # fmt: skip
+    cur.execute(
+        "SELECT task_type, payload, result FROM execution_tasks "
+        "WHERE status = 'succeeded' AND finished_at >= %s AND finished_at < %s",
+        _bounds(day),
+    )
     rows = cur.fetchall()
     unconfirmed = sum(not result_confirmed(t, p, r) for t, p, r in rows)
     return _ratio("trust_tasks_unconfirmed", unconfirmed, len(rows))
@@ -194,8 +220,10 @@ def impressions(cur, start: datetime, end: datetime, limit: int = 50_000):
     from include.offers.jobs import _rows
     from include.offers.model import TRAINING_ROWS_SQL
 
-    sql = (f"SELECT * FROM ({TRAINING_ROWS_SQL}) AS rows WHERE occurred_at >= %s AND occurred_at < %s "  # noqa: S608
-           "ORDER BY occurred_at LIMIT %s")  # fmt: skip
+    sql = (
+        f"SELECT * FROM ({TRAINING_ROWS_SQL}) AS rows WHERE occurred_at >= %s AND occurred_at < %s "  # noqa: S608
+        "ORDER BY occurred_at LIMIT %s"
+    )
     return _rows(cur, sql, (start, end, limit))
 
 
@@ -211,8 +239,10 @@ def calibration_error(y, p, bins: int = 10) -> float:
 def _codes(reference, current):
     """Categorical columns as integer codes in the reference's order (a new category gets its own)."""
     categories = {c: i for i, c in enumerate(sorted(set(reference)))}
-    return ([categories[c] for c in reference],
-            [categories.get(c, len(categories)) for c in current])  # fmt: skip
+    return (
+        [categories[c] for c in reference],
+        [categories.get(c, len(categories)) for c in current],
+    )
 
 
 def model_indicators(cur, day: date, champion: Champion | None) -> list[Value]:
@@ -255,9 +285,16 @@ def _psi(indicator: str, dimension: str, reference, current) -> list[Value]:
 
 
 INDICATORS: tuple[Callable[[Any, date], list[Value]], ...] = (
-    task_failure_rate, task_p95_duration, queue_age, cache_hit_ratio, backup_restore_time,
-    offer_redemption_rate, trust_tasks_unconfirmed, trust_redemptions_unpaid, trust_roi_gap,
-)  # fmt: skip
+    task_failure_rate,
+    task_p95_duration,
+    queue_age,
+    cache_hit_ratio,
+    backup_restore_time,
+    offer_redemption_rate,
+    trust_tasks_unconfirmed,
+    trust_redemptions_unpaid,
+    trust_roi_gap,
+)
 
 
 def compute(cur, day: date, champion: Champion | None = None) -> list[Value]:
@@ -294,7 +331,9 @@ def store(cur, day: date, values: Iterable[Value]) -> int:
 
 
 def series(cur) -> dict[tuple[str, str], list[tuple[date, float]]]:
-    cur.execute("SELECT indicator, dimension, day, value FROM indicator_values ORDER BY indicator, dimension, day")
+    cur.execute(
+        "SELECT indicator, dimension, day, value FROM indicator_values ORDER BY indicator, dimension, day"
+    )
     found: dict[tuple[str, str], list[tuple[date, float]]] = {}
     for indicator, dimension, day, value in cur.fetchall():
         found.setdefault((indicator, dimension), []).append((day, value))
@@ -315,9 +354,11 @@ def detect_changes(cur, **detector: Any) -> list[Change]:
                 "INSERT INTO indicator_changes (indicator, dimension, day, direction, reference_mean, score) "
                 "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (indicator, dimension, day, cp.direction, cp.reference_mean, cp.score),
-            )  # fmt: skip
+            )
             if cur.rowcount:
-                new.append(Change(indicator, dimension, day, cp.direction, cp.reference_mean, cp.score, value))
+                new.append(
+                    Change(indicator, dimension, day, cp.direction, cp.reference_mean, cp.score, value)
+                )
     return new
 
 
@@ -330,5 +371,7 @@ def table(values: Iterable[Value]) -> str:
     lines = [f"{'indicator':<26} {'dimension':<20} {'value':>14} {'n':>8} {'threshold':>10}"]
     for v in values:
         threshold = f"{v.threshold:.4g}" if v.threshold is not None else "-"
-        lines.append(f"{v.indicator:<26} {v.dimension:<20} {v.value:>14.6g} {v.sample_size or 0:>8} {threshold:>10}")
+        lines.append(
+            f"{v.indicator:<26} {v.dimension:<20} {v.value:>14.6g} {v.sample_size or 0:>8} {threshold:>10}"
+        )
     return "\n".join(lines)

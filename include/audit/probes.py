@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 INJECTIONS = (
     "'; DROP TABLE execution_tasks; --",
     "1 OR 1=1",
-    "\" OR \"\"=\"",
+    '" OR ""="',
     "x'); DELETE FROM users WHERE ('1'='1",
     "$$; TRUNCATE payments; $$",
     "'); COPY users TO PROGRAM 'id'; --",
@@ -63,7 +63,9 @@ class ProbeResult:
         return self.outcome in ("refused", "quarantined", "inert")
 
     def __str__(self) -> str:
-        return f"{'held' if self.held else 'BROKEN':<6} {self.probe:<40} {self.outcome:<11} {self.reason[:160]}"
+        return (
+            f"{'held' if self.held else 'BROKEN':<6} {self.probe:<40} {self.outcome:<11} {self.reason[:160]}"
+        )
 
 
 # --- the sandbox ------------------------------------------------------------------------------------
@@ -102,8 +104,12 @@ def production_state(dsn: str) -> dict[str, Any]:
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
         for (table,) in cur.fetchall():
-            cur.execute(sql.SQL("SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
-                                "FROM {} AS t").format(sql.Identifier(table)))  # fmt: skip
+            cur.execute(
+                sql.SQL(
+                    "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) "
+                    "FROM {} AS t"
+                ).format(sql.Identifier(table))
+            )
             state["rows"][table] = list(cur.fetchone())
     conn.close()
     return state
@@ -135,8 +141,10 @@ def marker_hits(cur, marker: str) -> dict[str, int]:
         if not table_exists(cur, table):
             continue
         where = sql.SQL(" OR ").join(sql.SQL(c + " LIKE %(m)s") for c in columns)
-        cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE ").format(sql.Identifier(table)) + where,
-                    {"m": f"%{marker}%"})  # fmt: skip
+        cur.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE ").format(sql.Identifier(table)) + where,
+            {"m": f"%{marker}%"},
+        )
         if count := cur.fetchone()[0]:
             hits[table] = count
     return hits
@@ -145,7 +153,12 @@ def marker_hits(cur, marker: str) -> dict[str, int]:
 # --- probes -----------------------------------------------------------------------------------------
 
 
-def _refusal(probe: str, entry_point: str, attempt: Callable[[], Any], refused: tuple[type[BaseException], ...]):
+def _refusal(
+    probe: str,
+    entry_point: str,
+    attempt: Callable[[], Any],
+    refused: tuple[type[BaseException], ...],
+):
     try:
         outcome = attempt()
     except refused as exc:
@@ -168,55 +181,87 @@ def queue_probes(dsn: str, marker: str) -> list[ProbeResult]:
     cases = {
         "enqueue_nul_character": dict(task_type="idea", payload={"prompt": f"a\x00b {marker}"}),
         "enqueue_nan_number": dict(task_type="idea", payload=_payload(marker, temperature=float("nan"))),
-        "enqueue_non_json_value": dict(task_type="idea", payload={"marker": marker, "when": datetime.now(UTC)}),
+        "enqueue_non_json_value": dict(
+            task_type="idea", payload={"marker": marker, "when": datetime.now(UTC)}
+        ),
         "enqueue_injected_task_type": dict(task_type=f"{INJECTIONS[0]} {marker}", payload=_payload(marker)),
-        "enqueue_injected_ai_model": dict(task_type="idea", payload=_payload(marker),
-                                          ai_model=f"{INJECTIONS[3]} {marker}"),
-        "enqueue_unknown_ai_model_format": dict(task_type="idea", payload=_payload(marker),
-                                                ai_model=f"GPT 4 Turbo!! {marker}"),
+        "enqueue_injected_ai_model": dict(
+            task_type="idea", payload=_payload(marker), ai_model=f"{INJECTIONS[3]} {marker}"
+        ),
+        "enqueue_unknown_ai_model_format": dict(
+            task_type="idea", payload=_payload(marker), ai_model=f"GPT 4 Turbo!! {marker}"
+        ),
         "enqueue_negative_max_attempts": dict(task_type="idea", payload=_payload(marker), max_attempts=-1),
         "enqueue_priority_out_of_range": dict(task_type="idea", payload=_payload(marker), priority=10**9),
-    }  # fmt: skip
+    }
     results = []
     with TaskQueue(dsn, owner=f"probe-{marker}") as queue:
         for probe, task in cases.items():
-            results.append(_refusal(probe, "task_queue.enqueue", lambda task=task: queue.enqueue(**task), db_errors))
+            results.append(
+                _refusal(probe, "task_queue.enqueue", lambda task=task: queue.enqueue(**task), db_errors)
+            )
 
         # duplicate idempotency key: the second enqueue gets the first row back, nothing new
         key = f"probe-{marker}-dup"
         first = queue.enqueue("idea", _payload(marker), idempotency_key=key)
         second = queue.enqueue("idea", _payload(marker, count=2), idempotency_key=key)
-        rows = queue._run("SELECT count(*), min(payload->'inputs'->>'count') FROM execution_tasks "
-                          "WHERE idempotency_key = %s", (key,))[0]  # fmt: skip
-        results.append(ProbeResult(
-            "enqueue_duplicate_idempotency_key", "task_queue.enqueue",
-            "refused" if (second == first and rows == (1, "1")) else "ACCEPTED",
-            f"second enqueue returned task {second} (first {first}); rows with the key: {rows[0]}, payload kept: "
-            f"the first",
-        ))  # fmt: skip
+        rows = queue._run(
+            "SELECT count(*), min(payload->'inputs'->>'count') FROM execution_tasks "
+            "WHERE idempotency_key = %s",
+            (key,),
+        )[0]
+        results.append(
+            ProbeResult(
+                "enqueue_duplicate_idempotency_key",
+                "task_queue.enqueue",
+                "refused" if (second == first and rows == (1, "1")) else "ACCEPTED",
+                f"second enqueue returned task {second} (first {first}); rows with the key: {rows[0]}, "
+                f"payload kept: "
+                f"the first",
+            )
+        )
 
         # SQL in every free-text field: legitimate text, stored verbatim, runs nothing
         for i, text in enumerate(INJECTIONS):
-            hostile = {"prompt": f"{text} {marker}", "repo": text, "inputs": {
-                "branch": text, "files": [text], "baseline_run": text, "audience": text, "idea_id": 1, "count": 1}}
+            hostile = {
+                "prompt": f"{text} {marker}",
+                "repo": text,
+                "inputs": {
+                    "branch": text,
+                    "files": [text],
+                    "baseline_run": text,
+                    "audience": text,
+                    "idea_id": 1,
+                    "count": 1,
+                },
+            }
             key = f"{text} {marker} {i}"
             task_id = queue.enqueue("implementation", hostile, idempotency_key=key)
-            stored = queue._run("SELECT payload, idempotency_key FROM execution_tasks WHERE id = %s", (task_id,))
+            stored = queue._run(
+                "SELECT payload, idempotency_key FROM execution_tasks WHERE id = %s", (task_id,)
+            )
             tables = queue._run("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")[0][0]
-            users = queue._run("SELECT to_regclass('public.users') IS NOT NULL AND "
-                               "to_regclass('public.payments') IS NOT NULL")[0][0]  # fmt: skip
+            users = queue._run(
+                "SELECT to_regclass('public.users') IS NOT NULL AND "
+                "to_regclass('public.payments') IS NOT NULL"
+            )[0][0]
             intact = stored == [(hostile, key)] and users and tables >= 1
-            results.append(ProbeResult(
-                f"enqueue_sql_in_free_text_{i}", "task_queue.enqueue",
-                "inert" if intact else "ACCEPTED",
-                f"{text!r} in prompt, repo, branch, files, baseline_run, audience and the idempotency key: "
-                + ("stored verbatim, every table intact" if intact else f"stored as {stored!r:.120}"),
-            ))  # fmt: skip
+            results.append(
+                ProbeResult(
+                    f"enqueue_sql_in_free_text_{i}",
+                    "task_queue.enqueue",
+                    "inert" if intact else "ACCEPTED",
+                    f"{text!r} in prompt, repo, branch, files, baseline_run, audience and the idempotency "
+                    f"key: "
+                    + ("stored verbatim, every table intact" if intact else f"stored as {stored!r:.120}"),
+                )
+            )
     return results
 
 
 def handler_probes(marker: str) -> list[ProbeResult]:
-    """include.execution.task_handlers: payload validation and ai_model resolution, before any executor call."""
+    """include.execution.task_handlers: payload validation and ai_model resolution, before any
+    executor call."""
     from include.execution.task_handlers import PermanentError, resolve_ai_model, validate_payload
     from include.execution.task_queue import ClaimedTask
 
@@ -228,19 +273,34 @@ def handler_probes(marker: str) -> list[ProbeResult]:
         "inputs_is_a_list": ("idea", {**good, "inputs": [1]}),
         "count_is_a_string": ("idea", {**good, "inputs": {"count": "3"}}),
         "count_is_a_boolean": ("idea", {**good, "inputs": {"count": True}}),
-        "files_is_a_string": ("implementation", {**good, "inputs": {"branch": "b", "files": "a.py"}}),
+        "files_is_a_string": (
+            "implementation",
+            {**good, "inputs": {"branch": "b", "files": "a.py"}},
+        ),
         "temperature_is_text": ("idea", {**good, "inputs": {"count": 1, "temperature": "hot"}}),
         "missing_repo": ("idea", {k: v for k, v in good.items() if k != "repo"}),
         "oversized_prompt": ("idea", {**good, "prompt": "x" * OVERSIZED_CHARS}),
         "injected_task_type": (INJECTIONS[0], good),
     }
-    results = [_refusal(f"handler_{probe}", "task_handlers.validate_payload",
-                        lambda t=task_type, p=payload: validate_payload(t, p), (PermanentError,))
-               for probe, (task_type, payload) in cases.items()]  # fmt: skip
+    results = [
+        _refusal(
+            f"handler_{probe}",
+            "task_handlers.validate_payload",
+            lambda t=task_type, p=payload: validate_payload(t, p),
+            (PermanentError,),
+        )
+        for probe, (task_type, payload) in cases.items()
+    ]
     for i, model in enumerate((INJECTIONS[0], "GPT 4 Turbo!!", "x" * 200)):
         task = ClaimedTask(0, "idea", good, model, 1, 5, "", 0.0)
-        results.append(_refusal(f"handler_unknown_ai_model_{i}", "task_handlers.resolve_ai_model",
-                                lambda task=task: resolve_ai_model(task), (PermanentError,)))  # fmt: skip
+        results.append(
+            _refusal(
+                f"handler_unknown_ai_model_{i}",
+                "task_handlers.resolve_ai_model",
+                lambda task=task: resolve_ai_model(task),
+                (PermanentError,),
+            )
+        )
     return results
 
 
@@ -254,42 +314,67 @@ def offer_probes(dsn: str, marker: str) -> list[ProbeResult]:
     now = datetime.now(UTC)
     created = int((now - timedelta(hours=1)).timestamp())
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO users (email, segment, signup_channel, country) VALUES (%s, 'new', 'web', 'US') "
-                    "RETURNING id", (f"probe-{marker}@example.invalid",))  # fmt: skip
+        cur.execute(
+            "INSERT INTO users (email, segment, signup_channel, country) VALUES (%s, 'new', 'web', 'US') "
+            "RETURNING id",
+            (f"probe-{marker}@example.invalid",),
+        )
         user = str(cur.fetchone()[0])
 
         def charge(name: str, **fields: Any) -> dict:
-            base = {"id": f"ch_probe_{marker}_{name}", "amount": 1000, "created": created, "status": "succeeded",
-                    "currency": "usd", "metadata": {"user_id": user}}
+            base = {
+                "id": f"ch_probe_{marker}_{name}",
+                "amount": 1000,
+                "created": created,
+                "status": "succeeded",
+                "currency": "usd",
+                "metadata": {"user_id": user},
+            }
             return {**base, **fields}
 
         cases = {
             "charge_negative_amount": charge("negative", amount=-500),
             "charge_amount_is_a_string": charge("string", amount="1000"),
             "charge_user_is_injection": charge("user", metadata={"user_id": INJECTIONS[1]}),
-            "charge_coupon_is_injection": charge("coupon", metadata={"user_id": user, "coupon": INJECTIONS[0]}),
+            "charge_coupon_is_injection": charge(
+                "coupon", metadata={"user_id": user, "coupon": INJECTIONS[0]}
+            ),
             "charge_future_timestamp": charge("future", created=int((now + timedelta(days=2)).timestamp())),
             "charge_status_not_final": charge("pending", status="pending"),
         }
         results = []
         for probe, bad in cases.items():
             counts = sync_payments(cur, [bad, bad], now=now)  # sent twice: a retried sync
-            cur.execute("SELECT count(*), min(reason) FROM offer_quarantine WHERE source_key = %s", (bad["id"],))
+            cur.execute(
+                "SELECT count(*), min(reason) FROM offer_quarantine WHERE source_key = %s",
+                (bad["id"],),
+            )
             kept, reason = cur.fetchone()
             cur.execute("SELECT count(*) FROM payments WHERE stripe_payment_id = %s", (bad["id"],))
             paid = cur.fetchone()[0]
             held = kept == 1 and paid == 0 and counts["quarantined"] == 2
-            results.append(ProbeResult(probe, "offers.jobs.sync_payments", "quarantined" if held else "ACCEPTED",
-                                       f"{reason} (quarantine rows {kept}, payments rows {paid})"))  # fmt: skip
+            results.append(
+                ProbeResult(
+                    probe,
+                    "offers.jobs.sync_payments",
+                    "quarantined" if held else "ACCEPTED",
+                    f"{reason} (quarantine rows {kept}, payments rows {paid})",
+                )
+            )
 
         good = charge("duplicate")
         sync_payments(cur, [good, good], now=now)
         sync_payments(cur, [good], now=now)
         cur.execute("SELECT count(*) FROM payments WHERE stripe_payment_id = %s", (good["id"],))
         rows = cur.fetchone()[0]
-        results.append(ProbeResult("charge_duplicate_id", "offers.jobs.sync_payments",
-                                   "refused" if rows == 1 else "ACCEPTED",
-                                   f"the same charge id synced 3 times: {rows} payments row(s)"))  # fmt: skip
+        results.append(
+            ProbeResult(
+                "charge_duplicate_id",
+                "offers.jobs.sync_payments",
+                "refused" if rows == 1 else "ACCEPTED",
+                f"the same charge id synced 3 times: {rows} payments row(s)",
+            )
+        )
     conn.close()
     return results
 
@@ -301,17 +386,42 @@ def training_probes(marker: str) -> list[ProbeResult]:
     from include.offers.model import quarantine_reasons
 
     now = datetime.now(UTC)
-    rows = pd.DataFrame({
-        "occurred_at": pd.to_datetime([now - timedelta(days=1)] * 4 + [now + timedelta(days=1)], utc=True),
-        "recency_days": [1.0, -3.0, 1.0, 1.0, 1.0], "frequency_30d": [1, 1, 1, 1, 1],
-        "spend_cents": [-500, 0, 0, 0, 0], "discount_pct": [10.0, 10.0, 150.0, 10.0, 10.0],
-        "segment": ["vip"] * 5, "channel": ["web"] * 5,
-        "product": ["pro_monthly", "pro_monthly", "pro_monthly", f"{INJECTIONS[0]} {marker}", "pro_monthly"],
-    })  # fmt: skip
-    names = ["negative_amount", "negative_recency", "discount_over_100", "injected_product", "future_timestamp"]
-    return [ProbeResult(f"training_{name}", "offers.model.quarantine_reasons",
-                        "quarantined" if reason else "ACCEPTED", reason or "no reason given")
-            for name, reason in zip(names, quarantine_reasons(rows, now).tolist(), strict=True)]  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "occurred_at": pd.to_datetime(
+                [now - timedelta(days=1)] * 4 + [now + timedelta(days=1)], utc=True
+            ),
+            "recency_days": [1.0, -3.0, 1.0, 1.0, 1.0],
+            "frequency_30d": [1, 1, 1, 1, 1],
+            "spend_cents": [-500, 0, 0, 0, 0],
+            "discount_pct": [10.0, 10.0, 150.0, 10.0, 10.0],
+            "segment": ["vip"] * 5,
+            "channel": ["web"] * 5,
+            "product": [
+                "pro_monthly",
+                "pro_monthly",
+                "pro_monthly",
+                f"{INJECTIONS[0]} {marker}",
+                "pro_monthly",
+            ],
+        }
+    )
+    names = [
+        "negative_amount",
+        "negative_recency",
+        "discount_over_100",
+        "injected_product",
+        "future_timestamp",
+    ]
+    return [
+        ProbeResult(
+            f"training_{name}",
+            "offers.model.quarantine_reasons",
+            "quarantined" if reason else "ACCEPTED",
+            reason or "no reason given",
+        )
+        for name, reason in zip(names, quarantine_reasons(rows, now).tolist(), strict=True)
+    ]
 
 
 def executor_probes(executor: ExecutorClient | None, marker: str) -> list[ProbeResult]:
@@ -329,8 +439,15 @@ def executor_probes(executor: ExecutorClient | None, marker: str) -> list[ProbeR
 
     probe, entry_point = "executor_unknown_ai_model", "task_handlers.execute_on_executor"
     if executor is None:
-        return [ProbeResult(probe, entry_point, "UNCHECKED", "no task executor is configured (connection "
-                            "task_executor): nothing can say whether an unknown ai_model is refused")]  # fmt: skip
+        return [
+            ProbeResult(
+                probe,
+                entry_point,
+                "UNCHECKED",
+                "no task executor is configured (connection "
+                "task_executor): nothing can say whether an unknown ai_model is refused",
+            )
+        ]
     model = f"gpt-9-nonexistent-{marker}"
     task = ClaimedTask(0, "idea", _payload(marker), model, 1, 5, "", 0.0)
     try:
@@ -339,10 +456,19 @@ def executor_probes(executor: ExecutorClient | None, marker: str) -> list[ProbeR
         reason = f"PermanentError: {exc}"
         if f"unknown ai_model {model!r}" in str(exc):
             return [ProbeResult(probe, entry_point, "refused", reason)]
-        return [ProbeResult(probe, entry_point, "UNCHECKED", f"refused, but not as an unknown model: {reason}")]
+        return [
+            ProbeResult(probe, entry_point, "UNCHECKED", f"refused, but not as an unknown model: {reason}")
+        ]
     except RetryableError as exc:
         return [ProbeResult(probe, entry_point, "UNCHECKED", f"RetryableError: {exc}")]
-    return [ProbeResult(probe, entry_point, "ACCEPTED", f"ai_model {model!r} accepted, returned {outcome!r:.120}")]
+    return [
+        ProbeResult(
+            probe,
+            entry_point,
+            "ACCEPTED",
+            f"ai_model {model!r} accepted, returned {outcome!r:.120}",
+        )
+    ]
 
 
 def dag_params(dags_folder: str | Path) -> tuple[dict[str, Mapping[str, Any]], dict[str, str]]:
@@ -356,15 +482,23 @@ def dag_params(dags_folder: str | Path) -> tuple[dict[str, Mapping[str, Any]], d
     return params, {str(path): str(error) for path, error in bag.import_errors.items()}
 
 
-def param_probes(dags: Mapping[str, Mapping[str, Any]], unparsed: Mapping[str, str] | None = None,
-                 ) -> list[ProbeResult]:  # fmt: skip
+def param_probes(
+    dags: Mapping[str, Mapping[str, Any]],
+    unparsed: Mapping[str, str] | None = None,
+) -> list[ProbeResult]:
     """Every param of every DAG gets each of HOSTILE_PARAM_VALUES, which its Param schema must
     refuse (a trigger with it never starts a run). A param that takes one (a free string without
     `pattern` or `enum`, a number without a `minimum`) is ACCEPTED and fails the gate. A DAG file
     that does not import cannot be probed: UNCHECKED."""
-    results = [ProbeResult(f"param_file_{Path(path).name}", "airflow DagBag", "UNCHECKED",
-                           "the DAG file does not import, its params are not probed: " + _last_line(error))
-               for path, error in sorted((unparsed or {}).items())]  # fmt: skip
+    results = [
+        ProbeResult(
+            f"param_file_{Path(path).name}",
+            "airflow DagBag",
+            "UNCHECKED",
+            "the DAG file does not import, its params are not probed: " + _last_line(error),
+        )
+        for path, error in sorted((unparsed or {}).items())
+    ]
     for dag_id, params in dags.items():
         for name, param in params.items():
             for i, value in enumerate(HOSTILE_PARAM_VALUES):
@@ -394,9 +528,11 @@ def applicable(dsn: str) -> dict[str, bool]:
     import psycopg2
 
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = 'public' "
-                    "AND table_name = 'execution_tasks' AND column_name = 'ai_model'), "
-                    "to_regclass('public.offer_quarantine') IS NOT NULL")  # fmt: skip
+        cur.execute(
+            "SELECT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = 'public' "
+            "AND table_name = 'execution_tasks' AND column_name = 'ai_model'), "
+            "to_regclass('public.offer_quarantine') IS NOT NULL"
+        )
         queue, offers = cur.fetchone()
     conn.close()
     return {"queue": queue, "offers": offers}

@@ -71,8 +71,19 @@ def dump(dsn: str, folder: Path, *, jobs: int = 2, compress: str = "gzip:1") -> 
             # never behind what is recorded (a writer may move them on in between, never back)
             sequences = sequence_values(cur)
             # both dumps run while this connection counts and hashes the same snapshot
-            data_dump = start_client([pg_bin("pg_dump"), "-Fd", f"-j{jobs}", f"-Z{compress}",
-                                      f"--snapshot={snapshot_id}", "--no-password", "-f", str(folder)], dsn)  # fmt: skip
+            data_dump = start_client(
+                [
+                    pg_bin("pg_dump"),
+                    "-Fd",
+                    f"-j{jobs}",
+                    f"-Z{compress}",
+                    f"--snapshot={snapshot_id}",
+                    "--no-password",
+                    "-f",
+                    str(folder),
+                ],
+                dsn,
+            )
             schema_dump = start_schema_dump(dsn, snapshot_id)
             try:
                 expected = snapshot(cur, sequences=sequences)
@@ -116,11 +127,20 @@ def check_manifest(folder: Path, manifest: dict[str, str]) -> None:
 # --- restore and comparison -----------------------------------------------------------------
 
 
-def restore(dsn: str, folder: Path, *, jobs: int = 2, clean: bool = False, tables: tuple[str, ...] = ()) -> float:
+def restore(
+    dsn: str, folder: Path, *, jobs: int = 2, clean: bool = False, tables: tuple[str, ...] = ()
+) -> float:
     """Restore a directory-format dump into the database of `dsn` (empty, unless `clean`, which
     drops each object before recreating it); returns seconds. `tables` restores only those
     tables (definition and rows, no indexes or constraints): a sample that proves the data."""
-    argv = [pg_bin("pg_restore"), f"-j{jobs}", "--no-owner", "--no-privileges", "--exit-on-error", "--no-password"]
+    argv = [
+        pg_bin("pg_restore"),
+        f"-j{jobs}",
+        "--no-owner",
+        "--no-privileges",
+        "--exit-on-error",
+        "--no-password",
+    ]
     if clean:
         argv += ["--clean", "--if-exists"]
     argv += [f"--table={table}" for table in tables]
@@ -146,11 +166,18 @@ def _content_checksum(cur, name) -> tuple[int, str]:
 
     cur.execute("SAVEPOINT content_checksum")
     try:
-        cur.execute(sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended(t, 0)), 0)::text FROM {} t").format(name))
+        cur.execute(
+            sql.SQL("SELECT count(*), coalesce(sum(hash_record_extended(t, 0)), 0)::text FROM {} t").format(
+                name
+            )
+        )
     except (errors.UndefinedFunction, errors.FeatureNotSupported):
         cur.execute("ROLLBACK TO SAVEPOINT content_checksum")
-        cur.execute(sql.SQL("SELECT count(*), 'text:' || coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {} t")
-                    .format(name))  # fmt: skip
+        cur.execute(
+            sql.SQL(
+                "SELECT count(*), 'text:' || coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {} t"
+            ).format(name)
+        )
     result = cur.fetchone()
     cur.execute("RELEASE SAVEPOINT content_checksum")
     return result
@@ -211,5 +238,3 @@ def compare(restored_dsn: str, folder: Path) -> list[str]:
             if not ok:
                 problems.append(f"{kind} of {key}: source {w!r}, restore {g!r}")
     return problems
-
-

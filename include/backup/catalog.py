@@ -12,6 +12,7 @@ from include.backup import BackupError
 if TYPE_CHECKING:
     from include.backup.archive import Dump
 
+
 def catalog_start(cur, database: str) -> int:
     cur.execute("INSERT INTO backups (database_name) VALUES (%s) RETURNING id", (database,))
     return cur.fetchone()[0]
@@ -24,7 +25,13 @@ def catalog_uploaded(cur, backup_id: int, result: Dump, location: str) -> None:
                manifest = %s, server_version = %s
         WHERE id = %s AND status = 'running'
         """,
-        (result.size_bytes, location, json.dumps(result.manifest), result.server_version, backup_id),
+        (
+            result.size_bytes,
+            location,
+            json.dumps(result.manifest),
+            result.server_version,
+            backup_id,
+        ),
     )
     if cur.rowcount != 1:
         raise BackupError(f"backup {backup_id} is not running; it cannot be marked uploaded")
@@ -68,12 +75,18 @@ def catalog_get(cur, backup_id: int | None = None) -> CatalogEntry:
     )
     row = cur.fetchone()
     if row is None:
-        raise BackupError(f"no backup with id {backup_id}" if backup_id is not None else "no verified backup exists")
+        raise BackupError(
+            f"no backup with id {backup_id}" if backup_id is not None else "no verified backup exists"
+        )
     return CatalogEntry(*row)
 
 
 def plan_retention(
-    verified: list[tuple[int, object]], *, keep_daily: int, keep_weekly: int, protected: frozenset[int] = frozenset()
+    verified: list[tuple[int, object]],
+    *,
+    keep_daily: int,
+    keep_weekly: int,
+    protected: frozenset[int] = frozenset(),
 ) -> list[int]:
     """Ids of verified backups to delete: keep the newest of each of the last `keep_daily` days
     and of the last `keep_weekly` ISO weeks, the newest overall, and every protected id (a

@@ -39,7 +39,13 @@ def libpq_env(dsn: str) -> dict[str, str]:
     """The DSN as PG* variables, so no password ever appears on a command line."""
     from psycopg2.extensions import parse_dsn
 
-    keys = {"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER", "password": "PGPASSWORD"}
+    keys = {
+        "host": "PGHOST",
+        "port": "PGPORT",
+        "dbname": "PGDATABASE",
+        "user": "PGUSER",
+        "password": "PGPASSWORD",
+    }
     params = parse_dsn(dsn)
     return {**os.environ, **{keys[k]: str(v) for k, v in params.items() if k in keys}}
 
@@ -49,7 +55,9 @@ def run_client(argv: list[str], dsn: str, what: str) -> str:
 
 
 def start_client(argv: list[str], dsn: str) -> subprocess.Popen:
-    return subprocess.Popen(argv, env=libpq_env(dsn), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        argv, env=libpq_env(dsn), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish_client(proc: subprocess.Popen, what: str) -> str:

@@ -26,39 +26,71 @@ FROM (SELECT task_type, status, duration_ms,
 GROUP BY task_type ORDER BY task_type
 """
 
-TYPE_STAT_COLUMNS = ("tasks", "failures", "avg_ms", "p50_ms", "p95_ms", "queue_wait_p50_ms",
-                     "queue_wait_p95_ms", "queue_wait_ms_sum", "exec_ms_sum")  # fmt: skip
+TYPE_STAT_COLUMNS = (
+    "tasks",
+    "failures",
+    "avg_ms",
+    "p50_ms",
+    "p95_ms",
+    "queue_wait_p50_ms",
+    "queue_wait_p95_ms",
+    "queue_wait_ms_sum",
+    "exec_ms_sum",
+)
 
 
 def type_stats(cursor, since, until) -> dict[str, dict[str, float]]:
     """Per task type, over the tasks finished in [since, until]: count, failures, duration and
     queue-wait percentiles (milliseconds)."""
     cursor.execute(TYPE_STATS_SQL, {"since": since, "until": until})
-    return {row[0]: {c: float(v) for c, v in zip(TYPE_STAT_COLUMNS, row[1:], strict=True)} for row in cursor.fetchall()}
+    return {
+        row[0]: {c: float(v) for c, v in zip(TYPE_STAT_COLUMNS, row[1:], strict=True)}
+        for row in cursor.fetchall()
+    }
 
 
-def record_type_metrics(cursor, run_id: str, stats: Mapping[str, Mapping[str, float]],
-                        drained: Mapping[str, Mapping[str, float]]) -> None:  # fmt: skip
+def record_type_metrics(
+    cursor,
+    run_id: str,
+    stats: Mapping[str, Mapping[str, float]],
+    drained: Mapping[str, Mapping[str, float]],
+) -> None:
     """Upsert one `task_batch_metrics` row per type for the run (a re-run overwrites its rows)."""
     for task_type, s in stats.items():
         d = drained.get(task_type, {})
         cursor.execute(
             """
-            INSERT INTO task_batch_metrics (run_id, task_type, tasks, failures, retries, avg_ms, p50_ms, p95_ms,
-                queue_wait_p50_ms, queue_wait_p95_ms, queue_wait_ms_sum, exec_ms_sum, cache_hits, cache_hit_ms_sum)
+            INSERT INTO task_batch_metrics (run_id, task_type, tasks, failures, retries, avg_ms, p50_ms,
+                p95_ms,
+                queue_wait_p50_ms, queue_wait_p95_ms, queue_wait_ms_sum, exec_ms_sum, cache_hits,
+                    cache_hit_ms_sum)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (run_id, task_type) DO UPDATE SET
                 measured_at = now(), tasks = EXCLUDED.tasks, failures = EXCLUDED.failures,
                 retries = EXCLUDED.retries, avg_ms = EXCLUDED.avg_ms, p50_ms = EXCLUDED.p50_ms,
                 p95_ms = EXCLUDED.p95_ms, queue_wait_p50_ms = EXCLUDED.queue_wait_p50_ms,
-                queue_wait_p95_ms = EXCLUDED.queue_wait_p95_ms, queue_wait_ms_sum = EXCLUDED.queue_wait_ms_sum,
+                queue_wait_p95_ms = EXCLUDED.queue_wait_p95_ms, queue_wait_ms_sum =
+                    EXCLUDED.queue_wait_ms_sum,
                 exec_ms_sum = EXCLUDED.exec_ms_sum, cache_hits = EXCLUDED.cache_hits,
                 cache_hit_ms_sum = EXCLUDED.cache_hit_ms_sum
             """,
-            (run_id, task_type, int(s["tasks"]), int(s["failures"]), int(d.get("retried", 0)), s["avg_ms"],
-             s["p50_ms"], s["p95_ms"], s["queue_wait_p50_ms"], s["queue_wait_p95_ms"], s["queue_wait_ms_sum"],
-             s["exec_ms_sum"], int(d.get("cache_hits", 0)), float(d.get("cache_hit_ms", 0.0))),
-        )  # fmt: skip
+            (
+                run_id,
+                task_type,
+                int(s["tasks"]),
+                int(s["failures"]),
+                int(d.get("retried", 0)),
+                s["avg_ms"],
+                s["p50_ms"],
+                s["p95_ms"],
+                s["queue_wait_p50_ms"],
+                s["queue_wait_p95_ms"],
+                s["queue_wait_ms_sum"],
+                s["exec_ms_sum"],
+                int(d.get("cache_hits", 0)),
+                float(d.get("cache_hit_ms", 0.0)),
+            ),
+        )
 
 
 def bottleneck_report(cursor, since, until) -> list[dict[str, Any]]:
@@ -76,14 +108,20 @@ def bottleneck_report(cursor, since, until) -> list[dict[str, Any]]:
         wait, execute = s["queue_wait_ms_sum"], s["exec_ms_sum"]
         hit_ms, hits = cached.get(task_type, (0.0, 0))
         total = wait + execute
-        report.append({
-            "task_type": task_type, "tasks": int(s["tasks"]), "failures": int(s["failures"]),
-            "avg_ms": round(s["avg_ms"], 1), "p50_ms": round(s["p50_ms"], 1), "p95_ms": round(s["p95_ms"], 1),
-            "queued_share": round(wait / total, 4) if total else 0.0,
-            "executing_share": round(execute / total, 4) if total else 0.0,
-            "cache_hit_share": round(min(hit_ms, execute) / total, 4) if total else 0.0,
-            "cache_hits": hits,
-        })  # fmt: skip
+        report.append(
+            {
+                "task_type": task_type,
+                "tasks": int(s["tasks"]),
+                "failures": int(s["failures"]),
+                "avg_ms": round(s["avg_ms"], 1),
+                "p50_ms": round(s["p50_ms"], 1),
+                "p95_ms": round(s["p95_ms"], 1),
+                "queued_share": round(wait / total, 4) if total else 0.0,
+                "executing_share": round(execute / total, 4) if total else 0.0,
+                "cache_hit_share": round(min(hit_ms, execute) / total, 4) if total else 0.0,
+                "cache_hits": hits,
+            }
+        )
     return sorted(report, key=lambda r: r["avg_ms"], reverse=True)
 
 
@@ -96,13 +134,28 @@ def record_bottleneck_report(cursor, run_id: str, since, until, report: Sequence
                 avg_ms, p50_ms, p95_ms, queued_share, executing_share, cache_hit_share)
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
             """,
-            (run_id, since, until, r["task_type"], r["tasks"], r["failures"], r["avg_ms"], r["p50_ms"],
-             r["p95_ms"], r["queued_share"], r["executing_share"], r["cache_hit_share"]),
-        )  # fmt: skip
+            (
+                run_id,
+                since,
+                until,
+                r["task_type"],
+                r["tasks"],
+                r["failures"],
+                r["avg_ms"],
+                r["p50_ms"],
+                r["p95_ms"],
+                r["queued_share"],
+                r["executing_share"],
+                r["cache_hit_share"],
+            ),
+        )
 
 
-def type_metrics(stats: Mapping[str, Mapping[str, float]], report: Sequence[Mapping[str, Any]],
-                 dag_id: str = "task_batch") -> list:  # fmt: skip
+def type_metrics(
+    stats: Mapping[str, Mapping[str, float]],
+    report: Sequence[Mapping[str, Any]],
+    dag_id: str = "task_batch",
+) -> list:
     """CloudWatch datapoints per task type: the run's figures and the window's bottleneck shares."""
     from include.observability.metrics import Metric, standard_dimensions
 
@@ -122,8 +175,18 @@ def type_metrics(stats: Mapping[str, Mapping[str, float]], report: Sequence[Mapp
         metrics += [
             Metric("BottleneckAvgDuration", r["avg_ms"], unit="Milliseconds", dimensions=dims),
             Metric("BottleneckQueuedShare", r["queued_share"] * 100, unit="Percent", dimensions=dims),
-            Metric("BottleneckExecutingShare", r["executing_share"] * 100, unit="Percent", dimensions=dims),
-            Metric("BottleneckCacheHitShare", r["cache_hit_share"] * 100, unit="Percent", dimensions=dims),
+            Metric(
+                "BottleneckExecutingShare",
+                r["executing_share"] * 100,
+                unit="Percent",
+                dimensions=dims,
+            ),
+            Metric(
+                "BottleneckCacheHitShare",
+                r["cache_hit_share"] * 100,
+                unit="Percent",
+                dimensions=dims,
+            ),
         ]
     return metrics
 

@@ -78,11 +78,18 @@ class DrainSummary:
     by_type: dict[str, TypeTally] = field(default_factory=lambda: defaultdict(TypeTally))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"batches": self.batches, "seconds": round(self.seconds, 3), "stopped_by": self.stopped_by,
-                "errors": self.errors[:20], "by_type": {t: vars(v) for t, v in sorted(self.by_type.items())}}  # fmt: skip
+        return {
+            "batches": self.batches,
+            "seconds": round(self.seconds, 3),
+            "stopped_by": self.stopped_by,
+            "errors": self.errors[:20],
+            "by_type": {t: vars(v) for t, v in sorted(self.by_type.items())},
+        }
 
 
-def run_handler(handler: Handler | None, task: ClaimedTask, services: Services) -> tuple[Any, Exception | None, float]:
+def run_handler(
+    handler: Handler | None, task: ClaimedTask, services: Services
+) -> tuple[Any, Exception | None, float]:
     started = time.perf_counter()
     try:
         if handler is None:
@@ -134,8 +141,9 @@ class LeaseKeeper:
             self.queue.close()
 
 
-def cache_lookups(cache_keys: Mapping[str, CacheKey], tasks: Sequence[ClaimedTask],
-                  services: Services) -> dict[int, tuple[str, Mapping[str, Any]]]:  # fmt: skip
+def cache_lookups(
+    cache_keys: Mapping[str, CacheKey], tasks: Sequence[ClaimedTask], services: Services
+) -> dict[int, tuple[str, Mapping[str, Any]]]:
     """{index in `tasks`: (namespace, key parts)} for the tasks whose answer may be cached. A task
     whose key cannot be made (a bad payload) is left out, for its handler to fail with the clear
     error; so are all the tasks after a key that failed for another reason (the executor
@@ -165,8 +173,12 @@ def cache_lookups(cache_keys: Mapping[str, CacheKey], tasks: Sequence[ClaimedTas
     return keys
 
 
-def answer_from_cache(lookups: Mapping[int, tuple[str, Mapping[str, Any]]], tasks: Sequence[ClaimedTask],
-                      services: Services, reserve: bool = False) -> dict[int, tuple]:  # fmt: skip
+def answer_from_cache(
+    lookups: Mapping[int, tuple[str, Mapping[str, Any]]],
+    tasks: Sequence[ClaimedTask],
+    services: Services,
+    reserve: bool = False,
+) -> dict[int, tuple]:
     """{index in `tasks`: (task, cached result, None, ms)} for the `lookups` whose answer is
     cached, read in one round trip (with `reserve`, which also takes the locks of the misses
     for their handlers: see TaskCache.get_many)."""
@@ -208,8 +220,9 @@ class HandlerRunner:
         self._closed = False
         lock = threading.Lock()
         self._work_ready, self._progress = threading.Condition(lock), threading.Condition(lock)
-        self._threads = [threading.Thread(target=self._work, name=f"handler-{i}", daemon=True)
-                         for i in range(concurrency)]  # fmt: skip
+        self._threads = [
+            threading.Thread(target=self._work, name=f"handler-{i}", daemon=True) for i in range(concurrency)
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -267,7 +280,10 @@ class HandlerRunner:
                 self._answer_waiters(*waiters)
                 outcome = None
             else:
-                outcome = (task, *run_handler(self.handlers.get(task.task_type), task, self.services))
+                outcome = (
+                    task,
+                    *run_handler(self.handlers.get(task.task_type), task, self.services),
+                )
 
     def _record(self, outcome: tuple) -> tuple | None:
         """Record a finished task (call with the lock). If it computed a key others wait for:
@@ -298,7 +314,9 @@ class HandlerRunner:
 
     def _answer_waiters(self, namespace: str, parts: Mapping[str, Any], waiters: list[ClaimedTask]) -> None:
         """Finish the waiters answered by the entry just stored; the others run their handler."""
-        hits = answer_from_cache(dict.fromkeys(range(len(waiters)), (namespace, parts)), waiters, self.services)
+        hits = answer_from_cache(
+            dict.fromkeys(range(len(waiters)), (namespace, parts)), waiters, self.services
+        )
         with self._work_ready:
             for i, task in enumerate(waiters):
                 if i in hits:
@@ -323,7 +341,9 @@ class HandlerRunner:
         with self._progress:
             while True:
                 if more:
-                    if len(self._pending) < self.concurrency and self._running <= cap - max(1, batch_size // 2):
+                    if len(self._pending) < self.concurrency and self._running <= cap - max(
+                        1, batch_size // 2
+                    ):
                         break
                     self._progress.wait()
                     continue
@@ -343,8 +363,12 @@ class HandlerRunner:
         return finished, room
 
 
-def run_batch(tasks: Sequence[ClaimedTask], services: Services, handlers: Mapping[str, Handler] = HANDLERS,
-              concurrency: int = DEFAULT_CONCURRENCY) -> list[tuple]:  # fmt: skip
+def run_batch(
+    tasks: Sequence[ClaimedTask],
+    services: Services,
+    handlers: Mapping[str, Handler] = HANDLERS,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> list[tuple]:
     """The outcomes of one batch, in the order of `tasks`."""
     with HandlerRunner(concurrency, handlers, services) as runner:
         runner.add(tasks)
@@ -377,7 +401,9 @@ def drain(
     started = time.monotonic()
     own_queue = queue is None
     if queue is None:
-        queue = TaskQueue(dsn, owner=owner, lease_seconds=lease_seconds, backoff_base_seconds=backoff_base_seconds)
+        queue = TaskQueue(
+            dsn, owner=owner, lease_seconds=lease_seconds, backoff_base_seconds=backoff_base_seconds
+        )
     keeper = LeaseKeeper(dsn, queue.owner, queue.lease_seconds)
     try:
         with HandlerRunner(concurrency, handlers, services) as runner:
@@ -402,8 +428,14 @@ def drain(
     return summary
 
 
-def _settle(queue: TaskQueue, outcomes: list, services: Services, summary: DrainSummary, next_batch: int,
-            task_types: Sequence[str] | None) -> list[ClaimedTask]:  # fmt: skip
+def _settle(
+    queue: TaskQueue,
+    outcomes: list,
+    services: Services,
+    summary: DrainSummary,
+    next_batch: int,
+    task_types: Sequence[str] | None,
+) -> list[ClaimedTask]:
     """Record the finished outcomes and claim up to `next_batch` more, in one statement."""
     done, failures = [], []
     texts: dict[int, str] = {}  # a result shared by several tasks (one cached answer, say) is encoded once
@@ -417,8 +449,14 @@ def _settle(queue: TaskQueue, outcomes: list, services: Services, summary: Drain
                 continue
             except ValueError as bad:
                 exc = PermanentError(str(bad))
-        failures.append(Failure(task, f"{type(exc).__name__}: {exc}", retryable=not isinstance(exc, PermanentError),
-                                duration_ms=round(ms)))  # fmt: skip
+        failures.append(
+            Failure(
+                task,
+                f"{type(exc).__name__}: {exc}",
+                retryable=not isinstance(exc, PermanentError),
+                duration_ms=round(ms),
+            )
+        )
         if len(summary.errors) < 20:
             summary.errors.append(f"task {task.id} ({task.task_type}): {type(exc).__name__}: {exc}"[:500])
     completed, failed, claimed = queue.settle_and_claim(done, failures, next_batch, task_types)
@@ -437,8 +475,16 @@ def _settle(queue: TaskQueue, outcomes: list, services: Services, summary: Drain
         tally = summary.by_type[c.task.task_type]
         tally.succeeded += c.task.id in completed
         tally.refused += c.task.id not in completed
-    attr_of = {i: attr for ids, attr in ((failed.requeued, "retried"), (failed.failed, "failed"),
-                                         (failed.dead, "dead"), (failed.refused, "refused")) for i in ids}  # fmt: skip
+    attr_of = {
+        i: attr
+        for ids, attr in (
+            (failed.requeued, "retried"),
+            (failed.failed, "failed"),
+            (failed.dead, "dead"),
+            (failed.refused, "refused"),
+        )
+        for i in ids
+    }
     for f in failures:
         tally = summary.by_type[f.task.task_type]
         setattr(tally, attr_of[f.task.id], getattr(tally, attr_of[f.task.id]) + 1)

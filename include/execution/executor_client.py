@@ -44,16 +44,26 @@ class ExecutorClient:
         Neither is ever logged or put in an error.
     """
 
-    def __init__(self, base_url: str, *, timeout_seconds: float = 30.0, retries: int = 3,
-                 backoff_seconds: float = 0.2, max_connections: int = 64,
-                 basic_auth: tuple[str, str] | None = None, token: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_seconds: float = 30.0,
+        retries: int = 3,
+        backoff_seconds: float = 0.2,
+        max_connections: int = 64,
+        basic_auth: tuple[str, str] | None = None,
+        token: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
         self.retries = retries
         self.backoff_seconds = backoff_seconds
         url = urlsplit(self.base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"the executor's URL must be http(s)://host[:port][/prefix]; its scheme is {url.scheme!r}")
+            raise ValueError(
+                f"the executor's URL must be http(s)://host[:port][/prefix]; its scheme is {url.scheme!r}"
+            )
         connection = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
         self._connect = functools.partial(connection, url.hostname, url.port, timeout=timeout_seconds)
         self._prefix = url.path
@@ -62,7 +72,9 @@ class ExecutorClient:
         self._slots = threading.BoundedSemaphore(max_connections)
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if basic_auth is not None:
-            self._headers["Authorization"] = "Basic " + base64.b64encode(":".join(basic_auth).encode()).decode()
+            self._headers["Authorization"] = (
+                "Basic " + base64.b64encode(":".join(basic_auth).encode()).decode()
+            )
         elif token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._versions: dict[str, str] = {}
@@ -103,15 +115,20 @@ class ExecutorClient:
             try:
                 status, text = self._exchange(method, path, data)
             except (OSError, http.client.HTTPException) as exc:  # timed out, refused, reset...
-                problem = (f"executor timed out on {method} {path}: {type(exc).__name__}" if isinstance(exc, TimeoutError)
-                           else f"executor unreachable on {method} {path}: {type(exc).__name__}: {exc}")  # fmt: skip
+                problem = (
+                    f"executor timed out on {method} {path}: {type(exc).__name__}"
+                    if isinstance(exc, TimeoutError)
+                    else f"executor unreachable on {method} {path}: {type(exc).__name__}: {exc}"
+                )
             else:
                 if 200 <= status < 300:
                     try:
                         return json.loads(text)
                     except ValueError:
-                        raise RetryableError(f"executor answered HTTP {status} on {method} {path} "
-                                             f"with a body that is not JSON: {text[:200]!r}") from None  # fmt: skip
+                        raise RetryableError(
+                            f"executor answered HTTP {status} on {method} {path} "
+                            f"with a body that is not JSON: {text[:200]!r}"
+                        ) from None
                 problem = f"executor answered HTTP {status} on {method} {path}: {text[:500]}"
                 if status < 500 and status != 429:
                     raise PermanentError(problem)
@@ -130,6 +147,8 @@ class ExecutorClient:
         return version
 
     def execute(self, task_type: str, ai_model: str, task_input: dict) -> dict:
-        return self._request("POST", "/v1/execute", {"task_type": task_type, "ai_model": ai_model, "input": task_input})
-
-
+        return self._request(
+            "POST",
+            "/v1/execute",
+            {"task_type": task_type, "ai_model": ai_model, "input": task_input},
+        )

@@ -75,7 +75,8 @@ for i = 1, #KEYS do
     if left <= 0 then redis.call('DEL', key)
     else redis.call('EXPIRE', key, math.max(1, math.min(ttl, left))) value = entry[1] end
   end
-  if not value and token ~= '' and redis.call('SET', key .. ':lock', token, 'NX', 'PX', lock_ms) then locked = 1 end
+  if not value and token ~= '' and redis.call('SET', key .. ':lock', token, 'NX', 'PX', lock_ms) then locked
+      = 1 end
   out[i] = {version, value, locked}
 end
 return out
@@ -181,7 +182,7 @@ class _Grouped:
 
     def _send_pending(self) -> None:
         with self._lock:
-            batch, self._pending = self._pending[:self._limit], self._pending[self._limit:]
+            batch, self._pending = self._pending[: self._limit], self._pending[self._limit :]
         try:
             for call, result in zip(batch, self._send([call.item for call in batch]), strict=True):
                 call.result = result
@@ -219,9 +220,14 @@ class NamespaceStats:
         return self.hits / calls if calls else 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return {"hits": self.hits, "misses": self.misses, "errors": self.errors,
-                "hit_seconds": self.hit_seconds, "miss_seconds": self.miss_seconds,
-                "hit_ratio": self.hit_ratio}  # fmt: skip
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "errors": self.errors,
+            "hit_seconds": self.hit_seconds,
+            "miss_seconds": self.miss_seconds,
+            "hit_ratio": self.hit_ratio,
+        }
 
 
 class TaskCache:
@@ -288,7 +294,9 @@ class TaskCache:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def get_or_compute(self, namespace: str, parts: Mapping[str, Any], compute: Callable[[], Any]) -> tuple[Any, bool]:
+    def get_or_compute(
+        self, namespace: str, parts: Mapping[str, Any], compute: Callable[[], Any]
+    ) -> tuple[Any, bool]:
         """(value, hit): the cached value for `parts`, or `compute()`'s, stored for the next."""
         import redis
 
@@ -316,8 +324,13 @@ class TaskCache:
         self._count(namespace, hit, time.perf_counter() - started)
         return value, hit
 
-    def _get_or_compute(self, namespace: str, digest: str, compute: Callable[[], Any],
-                        reserved: tuple[str, str] | None = None) -> tuple[Any, bool]:  # fmt: skip
+    def _get_or_compute(
+        self,
+        namespace: str,
+        digest: str,
+        compute: Callable[[], Any],
+        reserved: tuple[str, str] | None = None,
+    ) -> tuple[Any, bool]:
         deadline = time.monotonic() + self.wait_seconds
         pause = 0.002
         reserved_for_us = reserved is not None
@@ -341,8 +354,10 @@ class TaskCache:
                     self._release(keys=[lock_key], args=[token])
                     raise
                 else:
-                    stored = self._writes((self._version_key(namespace), entry_key, lock_key),
-                                          (version, token, json.dumps(value), self.ttl_for(namespace)))  # fmt: skip
+                    stored = self._writes(
+                        (self._version_key(namespace), entry_key, lock_key),
+                        (version, token, json.dumps(value), self.ttl_for(namespace)),
+                    )
                     if stored and reserved_for_us:
                         with self._lock:
                             self._stored.add((namespace, digest))
@@ -364,8 +379,10 @@ class TaskCache:
     def _lookup(self, namespace: str, digest: str, token: str) -> tuple[str, bytes | None, bool]:
         """(version, raw value or None, lock taken): this lookup goes to Redis with whatever
         other lookups are pending at that moment, in one script call."""
-        version, raw, locked = self._lookups(self._version_key(namespace),
-                                             (f"tc:{namespace}", digest, self.ttl_for(namespace), token))  # fmt: skip
+        version, raw, locked = self._lookups(
+            self._version_key(namespace),
+            (f"tc:{namespace}", digest, self.ttl_for(namespace), token),
+        )
         return (version.decode() if isinstance(version, bytes) else str(version)), raw, bool(locked)
 
     def _send_lookups(self, lookups: list[tuple]) -> list:
@@ -376,11 +393,14 @@ class TaskCache:
 
     def _send_writes(self, writes: list[tuple]) -> list:
         """Writes (keys, args) pending at the same moment, in one script call (as lookups)."""
-        return self._write_many(keys=[k for keys, _ in writes for k in keys],
-                                args=[a for _, args in writes for a in args])  # fmt: skip
+        return self._write_many(
+            keys=[k for keys, _ in writes for k in keys],
+            args=[a for _, args in writes for a in args],
+        )
 
-    def get_many(self, lookups: Sequence[tuple[str, Mapping[str, Any]]],
-                 reserve: bool = False) -> list[tuple[bool, Any]]:  # fmt: skip
+    def get_many(
+        self, lookups: Sequence[tuple[str, Mapping[str, Any]]], reserve: bool = False
+    ) -> list[tuple[bool, Any]]:
         """(found, value) per (namespace, parts), read in one script call per MAX_BATCH_LOOKUPS
         distinct keys. Lookups of the same key share one read and one value (a batch repeats its
         popular inputs): treat the values as read-only.
@@ -411,16 +431,18 @@ class TaskCache:
         try:
             for first in range(0, len(keys), MAX_BATCH_LOOKUPS):
                 by_namespace: dict[str, list[str]] = defaultdict(list)
-                for namespace, digest in keys[first:first + MAX_BATCH_LOOKUPS]:
+                for namespace, digest in keys[first : first + MAX_BATCH_LOOKUPS]:
                     by_namespace[namespace].append(digest)
                 args: list[Any] = [self.max_age_seconds, int(self.lock_seconds * 1000), token]
                 for namespace, digests in by_namespace.items():
                     args += (f"tc:{namespace}", self.ttl_for(namespace), "".join(digests))
                 locked_until = time.monotonic() + self.lock_seconds
-                answers = json.loads(self._read_batch(keys=[self._version_key(ns) for ns in by_namespace], args=args))
+                answers = json.loads(
+                    self._read_batch(keys=[self._version_key(ns) for ns in by_namespace], args=args)
+                )
                 versions = dict(zip(by_namespace, answers, strict=False))
                 order = [(ns, digest) for ns, digests in by_namespace.items() for digest in digests]
-                for key, answer in zip(order, answers[len(by_namespace):], strict=True):
+                for key, answer in zip(order, answers[len(by_namespace) :], strict=True):
                     if answer == 1:
                         reserved[key] = (str(versions[key[0]]), token, locked_until)
                     elif answer != 0:
@@ -464,8 +486,11 @@ class TaskCache:
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 for (namespace, digest), (version, token, _) in reserved.items():
-                    self._release(keys=[self._lock_key(self._entry_key(namespace, version, digest))], args=[token],
-                                  client=pipe)  # fmt: skip
+                    self._release(
+                        keys=[self._lock_key(self._entry_key(namespace, version, digest))],
+                        args=[token],
+                        client=pipe,
+                    )
                 pipe.execute()
         except redis.RedisError as exc:  # the locks expire on their own
             self._note_unavailable(next(iter(reserved))[0], exc)

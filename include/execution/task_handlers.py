@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from include.execution.executor_client import ExecutorClient
 
 DEFAULT_AI_MODEL = "default"  # rows enqueued before ai_model existed run on the executor's default
-AI_MODEL_FORMAT = re.compile(r"^[a-z0-9][a-z0-9._:/-]{0,63}$")  # what the CHECK enforces (0002; 0008 rewrote it)
+# what the CHECK enforces (0002; 0008 rewrote it)
+AI_MODEL_FORMAT = re.compile(r"^[a-z0-9][a-z0-9._:/-]{0,63}$")
 MAX_PROMPT_CHARS = 20_000
 
 
@@ -63,8 +64,12 @@ REQUIRED_INPUTS: dict[str, dict[str, str]] = {
     "idea_implementation": {"idea_id": _INT, "branch": _STR},
 }
 OPTIONAL_INPUTS: dict[str, str] = {
-    "max_tokens": _INT, "temperature": _NUM, "budget_minutes": _INT, "timebox_hours": _INT, "audience": _STR,
-}  # fmt: skip
+    "max_tokens": _INT,
+    "temperature": _NUM,
+    "budget_minutes": _INT,
+    "timebox_hours": _INT,
+    "audience": _STR,
+}
 
 
 def validate_payload(task_type: str, payload: Any) -> dict:
@@ -77,7 +82,9 @@ def validate_payload(task_type: str, payload: Any) -> dict:
         if not _is(_STR, payload.get(name)):
             raise PermanentError(f"payload.{name} must be a non-empty string, got {payload.get(name)!r:.80}")
     if len(payload["prompt"]) > MAX_PROMPT_CHARS:
-        raise PermanentError(f"payload.prompt has {len(payload['prompt'])} characters, over {MAX_PROMPT_CHARS}")
+        raise PermanentError(
+            f"payload.prompt has {len(payload['prompt'])} characters, over {MAX_PROMPT_CHARS}"
+        )
     inputs = payload.get("inputs")
     if not isinstance(inputs, dict):
         raise PermanentError(f"payload.inputs must be an object, got {type(inputs).__name__}")
@@ -127,7 +134,12 @@ def _executor_call(task: ClaimedTask, services: Services) -> tuple[str, dict, st
     if services.executor is None:
         raise PermanentError("no task executor is configured (connection task_executor)")
     version = services.executor.model_version(ai_model)
-    parts = {"task_type": task.task_type, "model_version": version, "input": task_input}  # the cache hashes them
+    # the cache hashes them
+    parts = {
+        "task_type": task.task_type,
+        "model_version": version,
+        "input": task_input,
+    }
     return ai_model, task_input, f"executor:{ai_model}", parts
 
 
@@ -165,5 +177,6 @@ HANDLERS: dict[str, Handler] = {
 # A batch reads these for all its tasks in one round trip before running any handler
 # (include.execution.drain.HandlerRunner.add); a key function that raises leaves the task to its handler.
 CacheKey = Callable[[ClaimedTask, Services], tuple[str, Mapping[str, Any]]]
-CACHE_KEYS: dict[str, CacheKey] = {task_type: executor_cache_key for task_type, handler in HANDLERS.items()
-                                   if handler is execute_on_executor}  # fmt: skip
+CACHE_KEYS: dict[str, CacheKey] = {
+    task_type: executor_cache_key for task_type, handler in HANDLERS.items() if handler is execute_on_executor
+}

@@ -116,7 +116,8 @@ SETTLE_AND_CLAIM = """
 WITH succeeded AS (
     UPDATE execution_tasks t
        SET status = 'succeeded', result = c.result::jsonb, error = NULL, duration_ms = c.ms,
-           finished_at = now(), updated_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
+           finished_at = now(), updated_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at
+               = NULL
       FROM unnest(%(c_ids)s::bigint[], %(c_tokens)s::uuid[], %(c_results)s::text[], %(c_ms)s::int[])
            AS c(id, token, result, ms)
      WHERE t.id = c.id AND t.lease_token = c.token
@@ -126,7 +127,8 @@ WITH succeeded AS (
        SET status = CASE WHEN NOT f.retryable THEN 'failed'
                          WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'queued' END,
            available_at = CASE WHEN f.retryable AND t.attempts < t.max_attempts
-               THEN now() + make_interval(secs => least(%(cap)s::float8, %(base)s::float8 * power(2, t.attempts - 1)))
+               THEN now() + make_interval(secs => least(%(cap)s::float8, %(base)s::float8 * power(2,
+                   t.attempts - 1)))
                ELSE t.available_at END,
            error = CASE WHEN f.retryable AND t.attempts >= t.max_attempts
                THEN format('gave up after %%s attempts: %%s', t.attempts, f.error) ELSE f.error END,
@@ -270,8 +272,14 @@ class TaskQueue:
             self.conn.autocommit = True
             self._in_transaction = False
 
-    def _run(self, statement: str, params: Any = None, *, many: Sequence[tuple] | None = None,
-             template: str | None = None) -> list[tuple]:  # fmt: skip
+    def _run(
+        self,
+        statement: str,
+        params: Any = None,
+        *,
+        many: Sequence[tuple] | None = None,
+        template: str | None = None,
+    ) -> list[tuple]:
         """One statement in its own transaction (or the caller's); rows returned (if any)."""
         import psycopg2.errors
         from psycopg2.extras import execute_values
@@ -280,10 +288,18 @@ class TaskQueue:
         while True:
             self.statements += 1
             try:
-                with self.conn.cursor() as cur:  # not `with conn`: psycopg2 2.9 sends BEGIN then, autocommit or not
+                with (
+                    self.conn.cursor() as cur
+                ):  # not `with conn`: psycopg2 2.9 sends BEGIN then, autocommit or not
                     if many is not None:
-                        return execute_values(cur, statement, many, template=template, page_size=len(many) or 1,
-                                              fetch=True)  # fmt: skip
+                        return execute_values(
+                            cur,
+                            statement,
+                            many,
+                            template=template,
+                            page_size=len(many) or 1,
+                            fetch=True,
+                        )
                     cur.execute(statement, params)
                     return cur.fetchall() if cur.description else []
             except psycopg2.errors.DeadlockDetected:
@@ -292,7 +308,9 @@ class TaskQueue:
                 if self._in_transaction or retries == DEADLOCK_RETRIES:
                     raise
                 retries += 1
-                logger.warning("the queue statement was chosen to end a deadlock and rolled back; sending it again")
+                logger.warning(
+                    "the queue statement was chosen to end a deadlock and rolled back; sending it again"
+                )
             except Exception as exc:
                 _schema_guard(exc)
                 raise
@@ -311,19 +329,36 @@ class TaskQueue:
         available_at: datetime | None = None,
     ) -> int:
         """The new row's id; with an idempotency key already used, the existing row's id."""
-        return self.enqueue_many([dict(task_type=task_type, payload=payload, ai_model=ai_model,
-                                       priority=priority, max_attempts=max_attempts,
-                                       idempotency_key=idempotency_key, available_at=available_at)])[0]  # fmt: skip
+        return self.enqueue_many(
+            [
+                dict(
+                    task_type=task_type,
+                    payload=payload,
+                    ai_model=ai_model,
+                    priority=priority,
+                    max_attempts=max_attempts,
+                    idempotency_key=idempotency_key,
+                    available_at=available_at,
+                )
+            ]
+        )[0]
 
     def enqueue_many(self, tasks: Sequence[dict]) -> list[int]:
         """Ids in the order of `tasks`; a key seen before (in the table or earlier in the list)
         returns the id of the row that holds it, and nothing is inserted for it. A payload that
         jsonb cannot hold raises ValueError naming the task's index, before anything is written."""
         rows = [
-            (t["task_type"], to_jsonb_text(t.get("payload", {}), f"task {i}'s payload"), t.get("ai_model"),
-             t.get("priority", 0), t.get("max_attempts", 5), t.get("idempotency_key"), t.get("available_at"))
+            (
+                t["task_type"],
+                to_jsonb_text(t.get("payload", {}), f"task {i}'s payload"),
+                t.get("ai_model"),
+                t.get("priority", 0),
+                t.get("max_attempts", 5),
+                t.get("idempotency_key"),
+                t.get("available_at"),
+            )
             for i, t in enumerate(tasks)
-        ]  # fmt: skip
+        ]
         if not rows:
             return []
         inserted = self._run(
@@ -340,14 +375,21 @@ class TaskQueue:
             many=rows,
         )
         ids_by_key = {key: i for i, key in inserted if key is not None}
-        missing = [t.get("idempotency_key") for t in tasks
-                   if t.get("idempotency_key") and t["idempotency_key"] not in ids_by_key]  # fmt: skip
+        missing = [
+            t.get("idempotency_key")
+            for t in tasks
+            if t.get("idempotency_key") and t["idempotency_key"] not in ids_by_key
+        ]
         if missing:
-            found = self._run("SELECT idempotency_key, id FROM execution_tasks WHERE idempotency_key = ANY(%s)",
-                              (missing,))  # fmt: skip
+            found = self._run(
+                "SELECT idempotency_key, id FROM execution_tasks WHERE idempotency_key = ANY(%s)",
+                (missing,),
+            )
             ids_by_key.update(dict(found))
         unkeyed = iter([i for i, key in inserted if key is None])
-        return [ids_by_key[t["idempotency_key"]] if t.get("idempotency_key") else next(unkeyed) for t in tasks]
+        return [
+            ids_by_key[t["idempotency_key"]] if t.get("idempotency_key") else next(unkeyed) for t in tasks
+        ]
 
     # -- consuming ---------------------------------------------------------------------------
 
@@ -393,28 +435,46 @@ class TaskQueue:
 
         All parts see one snapshot: the rows settled here are still `running` to the claim, so a
         failure requeued now is claimed by a later step (after its backoff), never by this one."""
-        results = [to_jsonb_text(c.result, f"task {c.task.id}'s result") if c.result_text is None else c.result_text
-                   for c in completions]  # fmt: skip
+        results = [
+            to_jsonb_text(c.result, f"task {c.task.id}'s result") if c.result_text is None else c.result_text
+            for c in completions
+        ]
         params = {
             "c_ids": array_literal(c.task.id for c in completions),
             "c_tokens": array_literal(c.task.lease_token for c in completions),
-            "c_results": results, "c_ms": array_literal(int(c.duration_ms) for c in completions),
+            "c_results": results,
+            "c_ms": array_literal(int(c.duration_ms) for c in completions),
             "f_ids": array_literal(f.task.id for f in failures),
             "f_tokens": array_literal(f.task.lease_token for f in failures),
             "f_errors": [f.error[:4000].replace("\x00", "\\x00") for f in failures],
-            "f_retryable": [f.retryable for f in failures], "f_ms": array_literal(int(f.duration_ms) for f in failures),
-            "base": self.backoff_base_seconds, "cap": self.backoff_cap_seconds,
-            "types": list(task_types) if task_types else None, "limit": max(int(limit), 0), "owner": self.owner,
+            "f_retryable": [f.retryable for f in failures],
+            "f_ms": array_literal(int(f.duration_ms) for f in failures),
+            "base": self.backoff_base_seconds,
+            "cap": self.backoff_cap_seconds,
+            "types": list(task_types) if task_types else None,
+            "limit": max(int(limit), 0),
+            "owner": self.owner,
             "lease": self.lease_seconds,
-        }  # fmt: skip
+        }
         token = params["token"] = str(uuid.uuid4())  # this claim's lease: one token for all its rows
         completed, outcome, claimed = [], FailOutcome(), []
         by_status = {"queued": outcome.requeued, "failed": outcome.failed, "dead": outcome.dead}
         for kind, task_id, *rest in self._run(EXECUTE_STEP, params):
             if kind == "c":
                 task_type, payload, ai_model, attempts, max_attempts, wait_ms = rest
-                claimed.append(ClaimedTask(task_id, task_type, json.loads(payload), ai_model, attempts, max_attempts,
-                                           token, max(float(wait_ms), 0.0), payload))  # fmt: skip
+                claimed.append(
+                    ClaimedTask(
+                        task_id,
+                        task_type,
+                        json.loads(payload),
+                        ai_model,
+                        attempts,
+                        max_attempts,
+                        token,
+                        max(float(wait_ms), 0.0),
+                        payload,
+                    )
+                )
             elif kind == "s":
                 completed.append(task_id)
             else:
@@ -447,7 +507,10 @@ class TaskQueue:
             RETURNING t.status
             """
         )
-        return {"requeued": sum(s == "queued" for s, in rows), "dead": sum(s == "dead" for s, in rows)}
+        return {
+            "requeued": sum(s == "queued" for (s,) in rows),
+            "dead": sum(s == "dead" for (s,) in rows),
+        }
 
     def backlog(self, task_types: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         """Per task type: ready rows, and the age in seconds of the oldest one."""

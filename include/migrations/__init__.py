@@ -58,7 +58,9 @@ class Settings:
     retry_backoff_s: float = 1.0
     backfill_batch_size: int = 10_000
     extra_versions: tuple[str, ...] = field(
-        default_factory=lambda: tuple(p for p in os.environ.get(EXTRA_VERSIONS_ENV, "").split(os.pathsep) if p)
+        default_factory=lambda: tuple(
+            p for p in os.environ.get(EXTRA_VERSIONS_ENV, "").split(os.pathsep) if p
+        )
     )
 
     def session_sql(self) -> str:
@@ -84,7 +86,9 @@ def _config(dsn: str, settings: Settings | None = None, output: io.StringIO | No
     config = Config(output_buffer=output)
     config.set_main_option("script_location", str(HERE))
     config.set_main_option("path_separator", "os")
-    config.set_main_option("version_locations", os.pathsep.join([str(HERE / "versions"), *settings.extra_versions]))
+    config.set_main_option(
+        "version_locations", os.pathsep.join([str(HERE / "versions"), *settings.extra_versions])
+    )
     config.attributes["dsn"] = dsn
     config.attributes["settings"] = settings
     config.attributes["backfill_batch_size"] = settings.backfill_batch_size
@@ -146,7 +150,9 @@ def pending(dsn: str, target: str = "head", *, settings: Settings | None = None)
     return pending_after(current(dsn), target, settings=settings)
 
 
-def pending_after(start: str | None, target: str = "head", *, settings: Settings | None = None) -> list[Revision]:
+def pending_after(
+    start: str | None, target: str = "head", *, settings: Settings | None = None
+) -> list[Revision]:
     """The revisions from `start` (None: an empty database) up to `target`, oldest first."""
     scripts = _scripts(settings)
     if target != "head" and start is not None and scripts.get_revision(target) is not None:
@@ -177,8 +183,10 @@ def rollback_points(cur) -> frozenset[int]:
     """Backups that a migration run still in progress names as its way back."""
     if not table_exists(cur, "migration_runs"):
         return frozenset()
-    cur.execute("SELECT backup_id FROM migration_runs WHERE backup_id IS NOT NULL AND status = ANY(%s)",
-                (list(PENDING_RUN_STATES),))  # fmt: skip
+    cur.execute(
+        "SELECT backup_id FROM migration_runs WHERE backup_id IS NOT NULL AND status = ANY(%s)",
+        (list(PENDING_RUN_STATES),),
+    )
     return frozenset(r[0] for r in cur.fetchall())
 
 
@@ -254,5 +262,10 @@ def dsn_from_connection_json(value: str) -> str:
     from psycopg2.extensions import make_dsn
 
     conn = json.loads(value)
-    return make_dsn(host=conn.get("host"), port=conn.get("port"), dbname=conn.get("schema"),
-                    user=conn.get("login"), password=conn.get("password"))  # fmt: skip
+    return make_dsn(
+        host=conn.get("host"),
+        port=conn.get("port"),
+        dbname=conn.get("schema"),
+        user=conn.get("login"),
+        password=conn.get("password"),
+    )

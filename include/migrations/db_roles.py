@@ -31,10 +31,13 @@ def ensure_worker_role(superuser_cur, member: str) -> None:
     superuser_cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (WORKER_ROLE,))
     verb = "ALTER" if superuser_cur.fetchone() else "CREATE"
     superuser_cur.execute(
-        sql.SQL(verb + " ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
-        .format(sql.Identifier(WORKER_ROLE))
-    )  # fmt: skip
-    superuser_cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(WORKER_ROLE), sql.Identifier(member)))
+        sql.SQL(
+            verb + " ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+        ).format(sql.Identifier(WORKER_ROLE))
+    )
+    superuser_cur.execute(
+        sql.SQL("GRANT {} TO {}").format(sql.Identifier(WORKER_ROLE), sql.Identifier(member))
+    )
 
 
 def grant_worker_privileges(owner_cur) -> list[str]:

@@ -29,8 +29,12 @@ def record_checksum(ctx, step, heads, run_args) -> None:
 
 
 if context.is_offline_mode():
-    context.configure(dialect_name="postgresql", literal_binds=True, transactional_ddl=True,
-                      transaction_per_migration=True)  # fmt: skip
+    context.configure(
+        dialect_name="postgresql",
+        literal_binds=True,
+        transactional_ddl=True,
+        transaction_per_migration=True,
+    )
     context.execute(settings.session_sql())
     with context.begin_transaction():
         context.run_migrations()
@@ -39,13 +43,19 @@ else:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    engine = create_engine("postgresql+psycopg2://", creator=lambda: psycopg2.connect(dsn), poolclass=NullPool)
+    engine = create_engine(
+        "postgresql+psycopg2://", creator=lambda: psycopg2.connect(dsn), poolclass=NullPool
+    )
     with engine.connect() as connection:
         connection.exec_driver_sql(settings.session_sql())  # session-wide: survives each COMMIT
         connection.exec_driver_sql(BOOKKEEPING_DDL)
         connection.commit()
-        context.configure(connection=connection, transactional_ddl=True, transaction_per_migration=True,
-                          on_version_apply=record_checksum)  # fmt: skip
+        context.configure(
+            connection=connection,
+            transactional_ddl=True,
+            transaction_per_migration=True,
+            on_version_apply=record_checksum,
+        )
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

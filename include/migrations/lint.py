@@ -45,7 +45,11 @@ def lint(revisions: list[Revision], pg_major: int, settings: Settings | None = N
                 argv.append("--exclude=" + ",".join(sorted(rev.squawk_exceptions)))
             out = subprocess.run(argv, capture_output=True, text=True, check=False)
             if out.returncode not in (0, 1) or not out.stdout.strip().startswith("["):
-                raise RuntimeError(f"squawk failed on revision {rev.revision}: {out.stderr.strip() or out.stdout}")
-            findings += [Finding(rev.revision, f["rule_name"], f["line"] + 1, f["message"])
-                         for f in json.loads(out.stdout)]  # fmt: skip
+                raise RuntimeError(
+                    f"squawk failed on revision {rev.revision}: {out.stderr.strip() or out.stdout}"
+                )
+            findings += [
+                Finding(rev.revision, f["rule_name"], f["line"] + 1, f["message"])
+                for f in json.loads(out.stdout)
+            ]
     return findings

@@ -35,8 +35,10 @@ class Blocker:
     query: str
 
     def __str__(self) -> str:
-        return (f"pid {self.pid} ({self.user}, {self.state}, transaction open {self.transaction_seconds:.1f} s): "
-                f"{self.query}")  # fmt: skip
+        return (
+            f"pid {self.pid} ({self.user}, {self.state}, transaction open {self.transaction_seconds:.1f} s): "
+            f"{self.query}"
+        )
 
 
 class MigrationLocked(MigrationError):
@@ -134,8 +136,13 @@ def _apply_one(dsn: str, revision: str, down: str | None, settings: Settings, on
             if attempt > settings.lock_retries:
                 raise MigrationLocked(revision, attempt, held_up) from exc
             delay = settings.retry_backoff_s * 2 ** (attempt - 1)
-            logger.warning("revision %s hit the lock timeout (attempt %d); retrying in %.1f s; blockers: %s",
-                           revision, attempt, delay, "; ".join(map(str, held_up)) or "gone")  # fmt: skip
+            logger.warning(
+                "revision %s hit the lock timeout (attempt %d); retrying in %.1f s; blockers: %s",
+                revision,
+                attempt,
+                delay,
+                "; ".join(map(str, held_up)) or "gone",
+            )
             if on_retry:
                 on_retry(revision, attempt, exc)
             time.sleep(delay)
@@ -187,12 +194,16 @@ def rehearse(dsn: str, target: str = "head", settings: Settings | None = None) -
     upgraded = schema_dump(dsn)
     downgrade(dsn, start or "base", settings=settings)
     if (reverted := schema_dump(dsn)) != original:
-        problems.append("the downgrade does not restore the original schema:\n"
-                        + _diff(original, reverted, ("before", "after downgrade")))  # fmt: skip
+        problems.append(
+            "the downgrade does not restore the original schema:\n"
+            + _diff(original, reverted, ("before", "after downgrade"))
+        )
     apply(dsn, target, settings)
     if (again := schema_dump(dsn)) != upgraded:
-        problems.append("upgrade, downgrade, upgrade differs from a straight upgrade:\n"
-                        + _diff(upgraded, again, ("first upgrade", "second upgrade")))  # fmt: skip
+        problems.append(
+            "upgrade, downgrade, upgrade differs from a straight upgrade:\n"
+            + _diff(upgraded, again, ("first upgrade", "second upgrade"))
+        )
     problems += smoke_check(dsn, before, exact=True)
     if problems:
         raise RehearsalFailed(f"rehearsal of {start} -> {target} failed: " + "; ".join(problems))

@@ -52,10 +52,10 @@ def fingerprint(cur, before: Fingerprint | None = None) -> Fingerprint:
             cur.execute(sql.SQL("SELECT coalesce(max(id), 0) FROM {}").format(sql.Identifier(table)))
             max_id = cur.fetchone()[0]
         cur.execute(
-            sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(ROW({cols})::text, 0)), 0)::text "
-                    "FROM {table} WHERE id <= %s").format(  # fmt: skip
-                cols=sql.SQL(", ").join(map(sql.Identifier, columns)), table=sql.Identifier(table)
-            ),
+            sql.SQL(
+                "SELECT count(*), coalesce(sum(hashtextextended(ROW({cols})::text, 0)), 0)::text "
+                "FROM {table} WHERE id <= %s"
+            ).format(cols=sql.SQL(", ").join(map(sql.Identifier, columns)), table=sql.Identifier(table)),
             (max_id,),
         )
         fp.columns[table], fp.max_ids[table] = columns, max_id
@@ -94,7 +94,9 @@ def smoke_check(dsn: str, before: Fingerprint, *, exact: bool) -> list[str]:
         elif after.counts[table] < before.counts[table]:
             problems.append(f"{table}: {before.counts[table] - after.counts[table]} existing rows are gone")
         if exact and after.checksums[table] != before.checksums[table]:
-            problems.append(f"{table}: content checksum {before.checksums[table]} before, {after.checksums[table]} after")
+            problems.append(
+                f"{table}: content checksum {before.checksums[table]} before, {after.checksums[table]} after"
+            )
     return problems
 
 
@@ -111,12 +113,18 @@ def _enqueue_claim_complete(dsn: str) -> list[str]:
     with TaskQueue(dsn, owner="smoke-check") as queue:
         try:
             with queue.transaction():
-                task_id = queue.enqueue("implementation", {"prompt": "smoke check", "ai_model": SMOKE_MODEL},
-                                        ai_model=SMOKE_MODEL, priority=32767)  # fmt: skip
+                task_id = queue.enqueue(
+                    "implementation",
+                    {"prompt": "smoke check", "ai_model": SMOKE_MODEL},
+                    ai_model=SMOKE_MODEL,
+                    priority=32767,
+                )
                 claimed = queue.claim(1)
                 if [(t.id, t.ai_model) for t in claimed] != [(task_id, SMOKE_MODEL)]:
-                    problems.append(f"the claim returned {[(t.id, t.ai_model) for t in claimed]}, "
-                                    f"expected the smoke task {task_id} with ai_model {SMOKE_MODEL}")  # fmt: skip
+                    problems.append(
+                        f"the claim returned {[(t.id, t.ai_model) for t in claimed]}, "
+                        f"expected the smoke task {task_id} with ai_model {SMOKE_MODEL}"
+                    )
                 elif queue.complete([Completion(claimed[0], {"ok": True}, 0)]) != [task_id]:
                     problems.append(f"completing the smoke task {task_id} with its lease token was refused")
                 raise _RolledBack

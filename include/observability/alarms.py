@@ -57,9 +57,7 @@ class AlarmSpec:
 
     def _validate(self) -> None:
         if not self.name.startswith(ALARM_PREFIX) or len(self.name) > 255:
-            raise self._invalid(
-                "name", f"must start with {ALARM_PREFIX!r} and have at most 255 characters"
-            )
+            raise self._invalid("name", f"must start with {ALARM_PREFIX!r} and have at most 255 characters")
         if not self.metric_name:
             raise self._invalid("metric_name", "must not be empty")
         if not self.namespace:
@@ -69,9 +67,7 @@ class AlarmSpec:
         if self.comparison not in COMPARISONS:
             raise self._invalid("comparison", f"must be one of {sorted(COMPARISONS)}")
         period = self.period_seconds
-        if not isinstance(period, int) or not (
-            period in (10, 30) or (period >= 60 and period % 60 == 0)
-        ):
+        if not isinstance(period, int) or not (period in (10, 30) or (period >= 60 and period % 60 == 0)):
             raise self._invalid("period_seconds", "must be 10, 30 or a positive multiple of 60")
         if not isinstance(self.evaluation_periods, int) or self.evaluation_periods < 1:
             raise self._invalid("evaluation_periods", "must be a positive integer")
@@ -84,9 +80,7 @@ class AlarmSpec:
         if not math.isfinite(self.threshold):
             raise self._invalid("threshold", "is not finite")
         if self.treat_missing_data not in TREAT_MISSING_DATA:
-            raise self._invalid(
-                "treat_missing_data", f"must be one of {sorted(TREAT_MISSING_DATA)}"
-            )
+            raise self._invalid("treat_missing_data", f"must be one of {sorted(TREAT_MISSING_DATA)}")
         if any(not arn.startswith("arn:") for arn in self.actions):
             raise self._invalid("actions", "must all be ARNs")
 
@@ -162,9 +156,7 @@ class AlarmDiff:
         }
 
 
-def plan_alarms(
-    specs: Sequence[AlarmSpec], existing: Iterable[Mapping[str, Any]], prefix: str
-) -> AlarmDiff:
+def plan_alarms(specs: Sequence[AlarmSpec], existing: Iterable[Mapping[str, Any]], prefix: str) -> AlarmDiff:
     """Compare the alarms in code with those in AWS (``describe_alarms`` entries) under `prefix`.
 
     Alarms under the prefix that the code does not name are to be deleted; alarms outside it
@@ -192,9 +184,7 @@ def plan_alarms(
     return AlarmDiff(tuple(created), tuple(updated), tuple(deleted), tuple(unchanged))
 
 
-def build_alarms(
-    environment: str | None = None, topic_arn: str | None = None
-) -> tuple[AlarmSpec, ...]:
+def build_alarms(environment: str | None = None, topic_arn: str | None = None) -> tuple[AlarmSpec, ...]:
     """The platform's alarms for one environment.
 
     `environment` defaults to ``$PLATFORM_ENVIRONMENT`` (else ``local``) and is a dimension of

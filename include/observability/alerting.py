@@ -22,7 +22,9 @@ class Level(IntEnum):
         try:
             return cls[value.upper()]
         except KeyError:
-            raise ValueError(f"alert level {value!r} is not one of {[lv.name.lower() for lv in cls]}") from None
+            raise ValueError(
+                f"alert level {value!r} is not one of {[lv.name.lower() for lv in cls]}"
+            ) from None
 
 
 # Each level adds channels to the one below it.
@@ -77,7 +79,9 @@ class Alert:
             f"Log:     {self.log_url or '-'}",
         ]
         if grouped_before:
-            lines.append(f"The previous alert for this error repeated {grouped_before} more time(s) in its window.")
+            lines.append(
+                f"The previous alert for this error repeated {grouped_before} more time(s) in its window."
+            )
         return "\n".join(lines)
 
 
@@ -118,9 +122,16 @@ def record(cursor, alert: Alert, window: timedelta = DEFAULT_GROUP_WINDOW) -> Gr
         INSERT INTO alerts (level, fingerprint, dag_id, task_id, run_id, try_number, message)
         VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id
         """,
-        (alert.level.name.lower(), alert.fingerprint, alert.dag_id, alert.task_id, alert.run_id,
-         alert.try_number, alert.body()),
-    )  # fmt: skip
+        (
+            alert.level.name.lower(),
+            alert.fingerprint,
+            alert.dag_id,
+            alert.task_id,
+            alert.run_id,
+            alert.try_number,
+            alert.body(),
+        ),
+    )
     return Grouping(cursor.fetchone()[0], 1, previous[0] - 1 if previous else 0)
 
 

@@ -27,12 +27,17 @@ def _panel(cur, title: str, query: str, note: str = "") -> Panel:
 
 
 def backups(cur) -> Panel:
-    return _panel(cur, "Backups", """
-        SELECT id, status, round(extract(epoch FROM now() - coalesce(verified_at, finished_at, started_at)) / 3600, 1)
+    return _panel(
+        cur,
+        "Backups",
+        """
+        SELECT id, status, round(extract(epoch FROM now() - coalesce(verified_at, finished_at, started_at)) /
+            3600, 1)
                    AS age_hours,
                pg_size_pretty(size_bytes) AS size, round(restore_seconds::numeric, 1) AS restore_seconds,
                verified_at IS NOT NULL AS verified, left(coalesce(error, ''), 120) AS error
-          FROM backups ORDER BY id DESC LIMIT 10""")  # fmt: skip
+          FROM backups ORDER BY id DESC LIMIT 10""",
+    )
 
 
 def migrations(cur) -> Panel:
@@ -43,26 +48,36 @@ def migrations(cur) -> Panel:
     note = f"applied: {revision or 'none'}; pending: {', '.join(pending) or 'none'}"
     if not table_exists(cur, "migration_runs"):
         return Panel("Migrations", ["run"], [], note)
-    return _panel(cur, "Migrations", """
+    return _panel(
+        cur,
+        "Migrations",
+        """
         SELECT id, dag_run_id, from_revision, target_revision, backup_id, status, started_at, finished_at,
                left(coalesce(error, ''), 160) AS error
-          FROM migration_runs ORDER BY id DESC LIMIT 10""", note)  # fmt: skip
+          FROM migration_runs ORDER BY id DESC LIMIT 10""",
+        note,
+    )
 
 
 def queue(cur) -> Panel:
     """Backlog by type and state; the newest bottleneck report's figures once task_batch has run."""
-    backlog = _panel(cur, "Task queue", """
+    backlog = _panel(
+        cur,
+        "Task queue",
+        """
         SELECT task_type, count(*) FILTER (WHERE status = 'queued') AS queued,
                count(*) FILTER (WHERE status = 'running') AS running,
                count(*) FILTER (WHERE status = 'dead') AS dead,
                round(extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'queued')) / 60)
                    AS oldest_queued_minutes
-          FROM execution_tasks GROUP BY task_type ORDER BY task_type""")  # fmt: skip
+          FROM execution_tasks GROUP BY task_type ORDER BY task_type""",
+    )
     if not table_exists(cur, "task_bottleneck_reports"):
         backlog.note = "no bottleneck report yet: revision 0003 is not applied"
         return backlog
     cur.execute("""
-        SELECT task_type, round(p50_ms::numeric, 1), round(p95_ms::numeric, 1), round(cache_hit_share::numeric, 3)
+        SELECT task_type, round(p50_ms::numeric, 1), round(p95_ms::numeric, 1),
+            round(cache_hit_share::numeric, 3)
           FROM task_bottleneck_reports
          WHERE run_id = (SELECT run_id FROM task_bottleneck_reports ORDER BY created_at DESC LIMIT 1)""")
     report = {row[0]: row[1:] for row in cur.fetchall()}
@@ -72,21 +87,35 @@ def queue(cur) -> Panel:
 
 
 def audits(cur) -> Panel:
-    return _panel(cur, "Audits", """
+    return _panel(
+        cur,
+        "Audits",
+        """
         SELECT r.id, r.dag_run_id, r.status, r.finished_at,
-               count(f.*) AS gates, coalesce(string_agg(f.gate, ', ') FILTER (WHERE NOT f.passed), '') AS failed
+               count(f.*) AS gates, coalesce(string_agg(f.gate, ', ') FILTER (WHERE NOT f.passed), '') AS
+                   failed
           FROM audit_runs r LEFT JOIN audit_findings f ON f.audit_run_id = r.id
-         GROUP BY r.id ORDER BY r.id DESC LIMIT 10""")  # fmt: skip
+         GROUP BY r.id ORDER BY r.id DESC LIMIT 10""",
+    )
 
 
 def alerts(cur) -> Panel:
-    return _panel(cur, "Recent alerts", """
+    return _panel(
+        cur,
+        "Recent alerts",
+        """
         SELECT last_seen, level, dag_id, task_id, occurrences, channel_failures, left(message, 160) AS message
-          FROM alerts ORDER BY last_seen DESC LIMIT 20""")  # fmt: skip
+          FROM alerts ORDER BY last_seen DESC LIMIT 20""",
+    )
 
 
 def _pending(title: str, table: str, what: str) -> Panel:
-    return Panel(title, ["state"], [], f"no {what} yet: table {table} does not exist (its revision is pending)")
+    return Panel(
+        title,
+        ["state"],
+        [],
+        f"no {what} yet: table {table} does not exist (its revision is pending)",
+    )
 
 
 def indicators(cur) -> Panel:
@@ -94,47 +123,74 @@ def indicators(cur) -> Panel:
     if not table_exists(cur, "indicator_values"):
         return _pending("Leading indicators", "indicator_values", "indicators")
     changes = table_exists(cur, "indicator_changes")
-    change_join = """
+    change_join = (
+        """
         LEFT JOIN LATERAL (SELECT c.day, c.direction FROM indicator_changes c
                             WHERE c.indicator = v.indicator AND c.dimension = v.dimension
-                            ORDER BY c.day DESC LIMIT 1) c ON true""" if changes else ""
-    change_columns = "c.day AS last_change_day, c.direction AS change_direction" if changes else \
-        "NULL AS last_change_day, NULL AS change_direction"
-    return _panel(cur, "Leading indicators", f"""
+                            ORDER BY c.day DESC LIMIT 1) c ON true"""
+        if changes
+        else ""
+    )
+    change_columns = (
+        "c.day AS last_change_day, c.direction AS change_direction"
+        if changes
+        else "NULL AS last_change_day, NULL AS change_direction"
+    )
+    return _panel(
+        cur,
+        "Leading indicators",
+        f"""
         SELECT DISTINCT ON (v.indicator, v.dimension) v.indicator, v.dimension, v.day,
                round(v.value::numeric, 4) AS value, v.threshold, {change_columns}
           FROM indicator_values v {change_join}
          ORDER BY v.indicator, v.dimension, v.day DESC""",  # noqa: S608 (fixed fragments)
-        "trend changes are CUSUM change points on the daily series")  # fmt: skip
+        "trend changes are CUSUM change points on the daily series",
+    )
 
 
 def models(cur) -> Panel:
     """Model versions with their holdout metrics; the champion is the one in production."""
-    cur.execute("SELECT model_name, version FROM model_versions WHERE status = 'champion' ORDER BY model_name")
+    cur.execute(
+        "SELECT model_name, version FROM model_versions WHERE status = 'champion' ORDER BY model_name"
+    )
     champions = ", ".join(f"{name} v{version}" for name, version in cur.fetchall()) or "none"
-    return _panel(cur, "Model versions", """
+    return _panel(
+        cur,
+        "Model versions",
+        """
         SELECT id, model_name, version, status, round((metrics->>'auc')::numeric, 4) AS auc,
-               round((metrics->>'log_loss')::numeric, 4) AS log_loss, round((metrics->>'brier')::numeric, 4) AS brier,
+               round((metrics->>'log_loss')::numeric, 4) AS log_loss, round((metrics->>'brier')::numeric, 4)
+                   AS brier,
                trained_to, promoted_at, left(coalesce(metrics->>'decision', ''), 120) AS decision
-          FROM model_versions ORDER BY id DESC LIMIT 10""", f"champion: {champions}")  # fmt: skip
+          FROM model_versions ORDER BY id DESC LIMIT 10""",
+        f"champion: {champions}",
+    )
 
 
 def offers(cur) -> Panel:
     if not table_exists(cur, "offer_publications"):
         return _pending("Published offers", "offer_publications", "published offers")
-    return _panel(cur, "Published offers", """
-        SELECT p.model_version_id, p.segment, o.code, o.product, o.discount_pct, p.stripe_coupon_id, p.published_at,
+    return _panel(
+        cur,
+        "Published offers",
+        """
+        SELECT p.model_version_id, p.segment, o.code, o.product, o.discount_pct, p.stripe_coupon_id,
+            p.published_at,
                (SELECT count(*) FROM offer_assignments a
                  WHERE a.model_version_id = p.model_version_id AND a.offer_id = p.offer_id
                    AND a.segment = p.segment) AS assigned_users
           FROM offer_publications p JOIN offers o ON o.id = p.offer_id
-         ORDER BY p.model_version_id DESC, p.segment LIMIT 30""")  # fmt: skip
+         ORDER BY p.model_version_id DESC, p.segment LIMIT 30""",
+    )
 
 
 def roi(cur) -> Panel:
     if not table_exists(cur, "offer_roi"):
         return _pending("Offer ROI", "offer_roi", "ROI")
-    return _panel(cur, "Offer ROI", """
+    return _panel(
+        cur,
+        "Offer ROI",
+        """
         SELECT model_version_id, segment, treated_users, holdout_users,
                round(attributed_revenue_cents / 100.0, 2) AS attributed_revenue,
                round(discount_cost_cents / 100.0, 2) AS discount_cost,
@@ -144,17 +200,23 @@ def roi(cur) -> Panel:
                round((incremental_ci_high_cents / 100.0)::numeric, 2) AS ci_high,
                round((roi_gap_cents / 100.0)::numeric, 2) AS attribution_gap, computed_at
           FROM offer_roi ORDER BY model_version_id DESC, segment LIMIT 30""",
-        "in dollars; the gap is how much attribution overstates the incremental effect")  # fmt: skip
+        "in dollars; the gap is how much attribution overstates the incremental effect",
+    )
 
 
 def offer_feedback(cur) -> Panel:
     if not table_exists(cur, "offer_bandit_arms"):
         return _pending("Offer feedback", "offer_bandit_arms", "feedback")
-    return _panel(cur, "Offer feedback", """
+    return _panel(
+        cur,
+        "Offer feedback",
+        """
         SELECT a.segment, o.code, a.impressions, a.redemptions,
-               round((a.alpha / (a.alpha + a.beta))::numeric, 4) AS posterior_mean, round(a.share::numeric, 3) AS share,
+               round((a.alpha / (a.alpha + a.beta))::numeric, 4) AS posterior_mean, round(a.share::numeric,
+                   3) AS share,
                a.updated_at
-          FROM offer_bandit_arms a JOIN offers o ON o.id = a.offer_id ORDER BY a.segment, o.code""")  # fmt: skip
+          FROM offer_bandit_arms a JOIN offers o ON o.id = a.offer_id ORDER BY a.segment, o.code""",
+    )
 
 
 # page name -> its panels, in the order the dashboard shows them

@@ -20,13 +20,35 @@ MAX_DIMENSIONS = 30
 
 STANDARD_UNITS = frozenset(
     {
-        "Seconds", "Microseconds", "Milliseconds", "Bytes", "Kilobytes", "Megabytes",
-        "Gigabytes", "Terabytes", "Bits", "Kilobits", "Megabits", "Gigabits", "Terabits",
-        "Percent", "Count", "Bytes/Second", "Kilobytes/Second", "Megabytes/Second",
-        "Gigabytes/Second", "Terabytes/Second", "Bits/Second", "Kilobits/Second",
-        "Megabits/Second", "Gigabits/Second", "Terabits/Second", "Count/Second", "None",
+        "Seconds",
+        "Microseconds",
+        "Milliseconds",
+        "Bytes",
+        "Kilobytes",
+        "Megabytes",
+        "Gigabytes",
+        "Terabytes",
+        "Bits",
+        "Kilobits",
+        "Megabits",
+        "Gigabits",
+        "Terabits",
+        "Percent",
+        "Count",
+        "Bytes/Second",
+        "Kilobytes/Second",
+        "Megabytes/Second",
+        "Gigabytes/Second",
+        "Terabytes/Second",
+        "Bits/Second",
+        "Kilobits/Second",
+        "Megabits/Second",
+        "Gigabits/Second",
+        "Terabits/Second",
+        "Count/Second",
+        "None",
     }
-)  # fmt: skip
+)
 
 
 def dimension_list(dimensions: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -64,9 +86,7 @@ class Metric:
             )
         for dim in dims:
             if len(dim["Name"]) > 255 or len(dim["Value"]) > 1024:
-                raise ValueError(
-                    f"metric {self.name!r}: dimension {dim['Name'][:40]!r} is too long"
-                )
+                raise ValueError(f"metric {self.name!r}: dimension {dim['Name'][:40]!r} is too long")
 
     def to_datum(self) -> dict[str, Any]:
         """The MetricDatum dict that PutMetricData takes."""

@@ -10,17 +10,31 @@ from datetime import UTC, datetime
 
 logger = logging.getLogger("execplatform.security")
 
-SEVERITIES = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
+SEVERITIES = {
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 # the kinds of event the platform logs; a typo'd type must not silently start a new kind
-EVENT_TYPES = frozenset({
-    "connection_failed", "permission_denied", "input_refused", "migration_applied",
-    "migration_rolled_back", "rollback", "gate_failed", "alert_channel_failed",
-})  # fmt: skip
+EVENT_TYPES = frozenset(
+    {
+        "connection_failed",
+        "permission_denied",
+        "input_refused",
+        "migration_applied",
+        "migration_rolled_back",
+        "rollback",
+        "gate_failed",
+        "alert_channel_failed",
+    }
+)
 _SENSITIVE_KEY = re.compile(r"pass|secret|token|api_?key|authorization|dsn|credential", re.IGNORECASE)
 
 
 def redact(details: Mapping) -> dict:
     """Values under sensitive-looking keys are replaced, at any depth."""
+
     def clean(key: str, value):
         if _SENSITIVE_KEY.search(key):
             return "***"
@@ -33,7 +47,9 @@ def redact(details: Mapping) -> dict:
     return {k: clean(str(k), v) for k, v in details.items()}
 
 
-def log_security_event(cursor, event_type: str, severity: str, *, actor: str | None = None, **details) -> dict:
+def log_security_event(
+    cursor, event_type: str, severity: str, *, actor: str | None = None, **details
+) -> dict:
     """Log the event as one JSON line and, with a cursor, append it to `security_events`."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"security event type {event_type!r} is not one of {sorted(EVENT_TYPES)}")

@@ -82,7 +82,10 @@ def candidate_offers(cur) -> pd.DataFrame:
 
 def all_offers(cur) -> pd.DataFrame:
     """Every offer the impressions drew from (uniformly): what policy evaluation weighs by."""
-    return _rows(cur, "SELECT id, code, product, discount_pct::float8 AS discount_pct FROM offers ORDER BY id")
+    return _rows(
+        cur,
+        "SELECT id, code, product, discount_pct::float8 AS discount_pct FROM offers ORDER BY id",
+    )
 
 
 # --- offer_model_retrain ---------------------------------------------------------------------------
@@ -96,7 +99,10 @@ def extract(cur, s3, snapshot_uri: str, now: datetime) -> dict[str, Any]:
     quarantine(
         cur,
         "training_rows",
-        ((str(r.impression_id), reasons[i], r._asdict()) for i, r in zip(bad.index, bad.itertuples(index=False), strict=True)),
+        (
+            (str(r.impression_id), reasons[i], r._asdict())
+            for i, r in zip(bad.index, bad.itertuples(index=False), strict=True)
+        ),
     )
     good = frame[reasons.isna()].reset_index(drop=True)
     buffer = io.BytesIO()
@@ -150,7 +156,11 @@ def train(cur, s3, *, snapshot_uri: str, bucket: str, valid_days: float) -> dict
         data_fingerprint=fingerprint,
         code_version=code,
     )
-    return {"version_id": registered.id, "version": version, "valid_from": split.valid_from.isoformat()}
+    return {
+        "version_id": registered.id,
+        "version": version,
+        "valid_from": split.valid_from.isoformat(),
+    }
 
 
 def evaluate(cur, s3, *, snapshot_uri: str, version_id: int, valid_from: str) -> dict[str, Any]:
@@ -169,7 +179,11 @@ def evaluate(cur, s3, *, snapshot_uri: str, version_id: int, valid_from: str) ->
         "UPDATE model_versions SET metrics = metrics || %s::jsonb WHERE id = %s",
         (json.dumps(metrics), version_id),
     )
-    result: dict[str, Any] = {"version_id": version_id, "challenger": _summary(metrics), "champion": None}
+    result: dict[str, Any] = {
+        "version_id": version_id,
+        "challenger": _summary(metrics),
+        "champion": None,
+    }
     current = registry.champion(cur, m.MODEL_NAME)
     if current is not None and current.id != version_id:
         try:
@@ -188,7 +202,10 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 def promote_or_keep(cur, evaluation: dict[str, Any], gates: registry.Gates) -> dict[str, Any]:
     version_id = evaluation["version_id"]
     if evaluation.get("champion_refused"):
-        promoted, reason = False, "champion artifact refused: " + evaluation["champion_refused"]["reason"]
+        promoted, reason = (
+            False,
+            "champion artifact refused: " + evaluation["champion_refused"]["reason"],
+        )
     else:
         promoted, reason = registry.decide(evaluation["challenger"], evaluation["champion"], gates)
     if promoted:
@@ -200,7 +217,11 @@ def promote_or_keep(cur, evaluation: dict[str, Any], gates: registry.Gates) -> d
         (json.dumps({"decision": reason, "promoted": promoted}), version_id),
     )
     champion = registry.champion(cur, m.MODEL_NAME)
-    return {"promoted": promoted, "reason": reason, "champion_id": champion.id if champion else None}
+    return {
+        "promoted": promoted,
+        "reason": reason,
+        "champion_id": champion.id if champion else None,
+    }
 
 
 def user_features(cur, as_of: datetime | None = None) -> tuple[pd.DataFrame, datetime]:
@@ -233,10 +254,17 @@ def assign_offers(cur, s3, *, holdout_share: float, budget_cents: float) -> dict
     from psycopg2.extras import execute_values
 
     rows = [
-        (current.id, int(user_id), segment, None if held else offer_of[segment], bool(held),
-         None if held else float(roi_per_user[segment]), as_of)
+        (
+            current.id,
+            int(user_id),
+            segment,
+            None if held else offer_of[segment],
+            bool(held),
+            None if held else float(roi_per_user[segment]),
+            as_of,
+        )
         for user_id, segment, held in zip(users["user_id"], users["segment"], holdout, strict=True)
-    ]  # fmt: skip
+    ]
     inserted = execute_values(
         cur,
         "INSERT INTO offer_assignments (model_version_id, user_id, segment, offer_id, holdout,"
@@ -251,7 +279,8 @@ def assign_offers(cur, s3, *, holdout_share: float, budget_cents: float) -> dict
         coupon = coupon_id(current.id, c.segment, codes[c.offer_id])
         cur.execute(
             "INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id,"
-            " stripe_coupon_id) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (model_version_id, segment) DO NOTHING",
+            " stripe_coupon_id) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (model_version_id, segment) DO "
+            "NOTHING",
             (current.id, c.segment, c.offer_id, f"prod_{coupon}", coupon),
         )
     return {
@@ -300,15 +329,25 @@ def write_report(cur, s3, *, version_id: int) -> dict[str, str]:
     calibration = metrics["calibration"]
     files = {
         "roc.png": (
-            line_plot_png(metrics["roc"]["x"], metrics["roc"]["y"], title=f"ROC v{version.version} (AUC {metrics['auc']:.3f})",
-                          xlabel="False positive rate", ylabel="True positive rate"),
+            line_plot_png(
+                metrics["roc"]["x"],
+                metrics["roc"]["y"],
+                title=f"ROC v{version.version} (AUC {metrics['auc']:.3f})",
+                xlabel="False positive rate",
+                ylabel="True positive rate",
+            ),
             "image/png",
         ),
         "calibration.png": (
-            line_plot_png(calibration["predicted"], calibration["observed"], title=f"Calibration v{version.version}",
-                          xlabel="Predicted probability", ylabel="Observed redemption rate"),
+            line_plot_png(
+                calibration["predicted"],
+                calibration["observed"],
+                title=f"Calibration v{version.version}",
+                xlabel="Predicted probability",
+                ylabel="Observed redemption rate",
+            ),
             "image/png",
-        ),  # fmt: skip
+        ),
         "report.md": (
             report_markdown(version.version, metrics, metrics.get("decision", "")).encode(),
             "text/markdown",
@@ -326,7 +365,11 @@ def write_report(cur, s3, *, version_id: int) -> dict[str, str]:
 
 
 def update_bandit(
-    cur, *, min_exploration: float, budget_per_impression_cents: float | None, now: datetime | None = None
+    cur,
+    *,
+    min_exploration: float,
+    budget_per_impression_cents: float | None,
+    now: datetime | None = None,
 ) -> dict[str, Any]:
     """Fold new impressions and redemptions into the Beta posteriors, then re-allocate.
 
@@ -347,21 +390,24 @@ def update_bandit(
     )
     future = events[events["occurred_at"] > pd.Timestamp(now)] if len(events) else events
     quarantined = quarantine(
-        cur, "feedback_events",
+        cur,
+        "feedback_events",
         ((str(r.id), "future timestamp", r._asdict()) for r in future.itertuples(index=False)),
-    )  # fmt: skip
+    )
     events = events.drop(future.index)
     offers = candidate_offers(cur)
     cur.execute("SELECT DISTINCT segment FROM users ORDER BY segment")
     segments = [r[0] for r in cur.fetchall()]
     counts = (
         events.assign(imp=events["event_type"] == "impression", red=events["event_type"] == "redemption")
-        .groupby(["segment", "offer_id"])[["imp", "red"]].sum()
-        if len(events) else pd.DataFrame(columns=["imp", "red"])
-    )  # fmt: skip
+        .groupby(["segment", "offer_id"])[["imp", "red"]]
+        .sum()
+        if len(events)
+        else pd.DataFrame(columns=["imp", "red"])
+    )
     for segment in segments:
         for offer_id in offers["id"]:
-            imp, red = (counts.loc[(segment, offer_id)] if (segment, offer_id) in counts.index else (0, 0))
+            imp, red = counts.loc[(segment, offer_id)] if (segment, offer_id) in counts.index else (0, 0)
             cur.execute(
                 """
                 INSERT INTO offer_bandit_arms (segment, offer_id, alpha, beta, impressions, redemptions)
@@ -379,8 +425,13 @@ def update_bandit(
     end = int(events["id"].max()) if len(events) else start
     if len(future):
         end = max(end, int(future["id"].max()))
-    shares = allocate(cur, offers, min_exploration=min_exploration,
-                      budget_per_impression_cents=budget_per_impression_cents, seed=end)  # fmt: skip
+    shares = allocate(
+        cur,
+        offers,
+        min_exploration=min_exploration,
+        budget_per_impression_cents=budget_per_impression_cents,
+        seed=end,
+    )
     set_cursor(cur, FEEDBACK_CURSOR, end)
     cur.execute("SELECT coalesce(sum(redemptions), 0) FROM offer_bandit_arms")
     total = int(cur.fetchone()[0])
@@ -395,17 +446,30 @@ def update_bandit(
     }
 
 
-def allocate(cur, offers: pd.DataFrame, *, min_exploration: float,
-             budget_per_impression_cents: float | None, seed: int) -> dict[str, float]:  # fmt: skip
+def allocate(
+    cur,
+    offers: pd.DataFrame,
+    *,
+    min_exploration: float,
+    budget_per_impression_cents: float | None,
+    seed: int,
+) -> dict[str, float]:
     """Thompson-sampling shares per segment, stored on the arms; returns each segment's top share."""
-    arms = _rows(cur, "SELECT segment, offer_id, alpha, beta FROM offer_bandit_arms ORDER BY segment, offer_id")
+    arms = _rows(
+        cur,
+        "SELECT segment, offer_id, alpha, beta FROM offer_bandit_arms ORDER BY segment, offer_id",
+    )
     arms = arms.merge(offers.rename(columns={"id": "offer_id"}), on="offer_id")
     arms["value_cents"] = m.offer_value_cents(arms["product"], arms["discount_pct"])
     arms["cost_cents"] = discount_cost_cents(arms["product"], arms["discount_pct"])
     top = {}
     for i, (segment, part) in enumerate(arms.groupby("segment")):
-        shares = thompson_shares(part, min_exploration=min_exploration,
-                                 budget_per_impression_cents=budget_per_impression_cents, seed=seed + i)  # fmt: skip
+        shares = thompson_shares(
+            part,
+            min_exploration=min_exploration,
+            budget_per_impression_cents=budget_per_impression_cents,
+            seed=seed + i,
+        )
         for offer_id, share in zip(part["offer_id"], shares, strict=True):
             cur.execute(
                 "UPDATE offer_bandit_arms SET share = %s WHERE segment = %s AND offer_id = %s",
@@ -441,7 +505,8 @@ def sync_payments(cur, charges: Iterable[dict[str, Any]], *, now: datetime | Non
             continue
         cur.execute(
             """
-            INSERT INTO payments (stripe_payment_id, user_id, offer_id, amount_cents, currency, status, created_at)
+            INSERT INTO payments (stripe_payment_id, user_id, offer_id, amount_cents, currency, status,
+                created_at)
             VALUES (%s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (stripe_payment_id) DO UPDATE SET
                 user_id = EXCLUDED.user_id, offer_id = EXCLUDED.offer_id,
@@ -453,9 +518,16 @@ def sync_payments(cur, charges: Iterable[dict[str, Any]], *, now: datetime | Non
                    EXCLUDED.currency, EXCLUDED.status, EXCLUDED.created_at)
             RETURNING (xmax = 0)
             """,
-            (row.stripe_payment_id, row.user_id, row.offer_id, row.amount_cents, row.currency,
-             row.status, row.created_at),
-        )  # fmt: skip
+            (
+                row.stripe_payment_id,
+                row.user_id,
+                row.offer_id,
+                row.amount_cents,
+                row.currency,
+                row.status,
+                row.created_at,
+            ),
+        )
         result = cur.fetchone()
         counts["unchanged" if result is None else "inserted" if result[0] else "updated"] += 1
     set_cursor(cur, CHARGES_CURSOR, newest)
@@ -516,11 +588,20 @@ def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
                 incremental_ci_high_cents = EXCLUDED.incremental_ci_high_cents,
                 roi_gap_cents = EXCLUDED.roi_gap_cents, computed_at = now()
             """,
-            (model_version_id, segment, roi.treated_users, roi.holdout_users,
-             roi.attributed_revenue_cents, roi.discount_cost_cents, roi.attributed_roi_cents,
-             roi.incremental_roi_cents, roi.incremental_ci_low_cents, roi.incremental_ci_high_cents,
-             roi.gap_cents),
-        )  # fmt: skip
+            (
+                model_version_id,
+                segment,
+                roi.treated_users,
+                roi.holdout_users,
+                roi.attributed_revenue_cents,
+                roi.discount_cost_cents,
+                roi.attributed_roi_cents,
+                roi.incremental_roi_cents,
+                roi.incremental_ci_low_cents,
+                roi.incremental_ci_high_cents,
+                roi.gap_cents,
+            ),
+        )
     return results
 
 
@@ -528,4 +609,3 @@ def latest_assignment(cur) -> int | None:
     """The model version whose offers are live: the newest one with assignments."""
     cur.execute("SELECT max(model_version_id) FROM offer_assignments")
     return cur.fetchone()[0]
-

@@ -168,9 +168,7 @@ def policy_value(pipeline, valid: pd.DataFrame, offers: pd.DataFrame) -> float:
     match = (chosen["product"].to_numpy() == valid["product"].to_numpy()) & (
         chosen["discount_pct"].to_numpy(dtype=float) == valid["discount_pct"].to_numpy(dtype=float)
     )
-    realised = valid[LABEL].to_numpy(dtype=float) * offer_value_cents(
-        valid["product"], valid["discount_pct"]
-    )
+    realised = valid[LABEL].to_numpy(dtype=float) * offer_value_cents(valid["product"], valid["discount_pct"])
     return float(np.mean(np.where(match, realised * len(offers), 0.0)))
 
 

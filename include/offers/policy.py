@@ -36,8 +36,7 @@ def in_holdout(user_ids, share: float, salt: str) -> np.ndarray:
     A re-run with the same salt picks the same users, so assignments are idempotent.
     """
     buckets = [
-        int.from_bytes(hashlib.sha256(f"{salt}:{u}".encode()).digest()[:8], "big") / 2**64
-        for u in user_ids
+        int.from_bytes(hashlib.sha256(f"{salt}:{u}".encode()).digest()[:8], "big") / 2**64 for u in user_ids
     ]
     return np.asarray(buckets) < share
 
@@ -66,7 +65,10 @@ def score_offers(predict, users: pd.DataFrame, offers: pd.DataFrame) -> pd.DataF
     rows = []
     for segment, index in users.groupby("segment").indices.items():
         expected = p[index].sum(axis=0)
-        rows += [(segment, int(o), r, c) for o, r, c in zip(offers["id"], expected * value, expected * cost, strict=True)]
+        rows += [
+            (segment, int(o), r, c)
+            for o, r, c in zip(offers["id"], expected * value, expected * cost, strict=True)
+        ]
     return pd.DataFrame(rows, columns=["segment", "offer_id", "roi", "cost"])
 
 

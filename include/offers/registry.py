@@ -149,14 +149,26 @@ def register(
             code_version = EXCLUDED.code_version
         RETURNING {_COLUMNS}
         """,  # noqa: S608 (column list is a module constant)
-        (model_name, version, json.dumps(metrics), artifact_uri, artifact_sha256,
-         trained_from, trained_to, data_fingerprint, code_version),
-    )  # fmt: skip
+        (
+            model_name,
+            version,
+            json.dumps(metrics),
+            artifact_uri,
+            artifact_sha256,
+            trained_from,
+            trained_to,
+            data_fingerprint,
+            code_version,
+        ),
+    )
     return _version(cur.fetchone())
 
 
 def next_version(cur, model_name: str) -> int:
-    cur.execute("SELECT coalesce(max(version), 0) + 1 FROM model_versions WHERE model_name = %s", (model_name,))
+    cur.execute(
+        "SELECT coalesce(max(version), 0) + 1 FROM model_versions WHERE model_name = %s",
+        (model_name,),
+    )
     return cur.fetchone()[0]
 
 
@@ -206,7 +218,10 @@ def decide(challenger: dict[str, Any], champion: dict[str, Any] | None, gates: G
             f"challenger auc {challenger['auc']:.4f} does not beat champion auc "
             f"{champion['auc']:.4f} + margin {gates.margin_auc}"
         )
-    return True, f"challenger auc {challenger['auc']:.4f} >= champion {champion['auc']:.4f} + margin"
+    return (
+        True,
+        f"challenger auc {challenger['auc']:.4f} >= champion {champion['auc']:.4f} + margin",
+    )
 
 
 def promote(cur, model_name: str, version_id: int) -> None:

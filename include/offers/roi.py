@@ -56,12 +56,22 @@ def payment_row(
         if coupon not in coupon_offers:
             return None, f"unknown offer coupon {coupon!r}"
         offer_id = coupon_offers[coupon]
-    status = "refunded" if amount_refunded and amount_refunded >= amount else STRIPE_STATUS.get(charge.get("status"))
+    status = (
+        "refunded"
+        if amount_refunded and amount_refunded >= amount
+        else STRIPE_STATUS.get(charge.get("status"))
+    )
     if status is None:
         return None, f"status {charge.get('status')!r} is not final"
     return (
         PaymentRow(
-            charge["id"], user_id, offer_id, amount, (charge.get("currency") or "usd")[:3], status, created
+            charge["id"],
+            user_id,
+            offer_id,
+            amount,
+            (charge.get("currency") or "usd")[:3],
+            status,
+            created,
         ),
         None,
     )
@@ -109,12 +119,30 @@ def segment_roi(
     attributed = attributed_revenue_cents - discount_cost_cents
     n_t, n_h = len(treated_revenue), len(holdout_revenue)
     if n_t < 2 or n_h < 2:
-        return SegmentRoi(segment, n_t, n_h, attributed_revenue_cents, discount_cost_cents,
-                          attributed, None, None, None)  # fmt: skip
+        return SegmentRoi(
+            segment,
+            n_t,
+            n_h,
+            attributed_revenue_cents,
+            discount_cost_cents,
+            attributed,
+            None,
+            None,
+            None,
+        )
     mean_t, var_t = _mean_var(treated_revenue)
     mean_h, var_h = _mean_var(holdout_revenue)
     lift = (mean_t - mean_h) * n_t
     half = Z_95 * math.sqrt(var_t / n_t + var_h / n_h) * n_t
     incremental = lift - discount_cost_cents
-    return SegmentRoi(segment, n_t, n_h, attributed_revenue_cents, discount_cost_cents, attributed,
-                      incremental, incremental - half, incremental + half)  # fmt: skip
+    return SegmentRoi(
+        segment,
+        n_t,
+        n_h,
+        attributed_revenue_cents,
+        discount_cost_cents,
+        attributed,
+        incremental,
+        incremental - half,
+        incremental + half,
+    )

@@ -71,7 +71,5 @@ def schedule_for(dag_id: str, default: Schedule) -> Schedule | str:
     if override is None:
         return default
     if not isinstance(override, str) or not override.strip():
-        raise ValueError(
-            f"{OVERRIDES_VAR}[{dag_id!r}] must be a cron expression or preset, got {override!r}"
-        )
+        raise ValueError(f"{OVERRIDES_VAR}[{dag_id!r}] must be a cron expression or preset, got {override!r}")
     return override

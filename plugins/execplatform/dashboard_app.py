@@ -51,14 +51,19 @@ def _table(panel) -> str:
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in panel.rows)
     title = _cell(panel.title)
     note = f"<p class='note'>{_cell(panel.note)}</p>" if panel.note else ""
-    return (f"<section class='panel' data-panel='{title}' data-rows='{len(panel.rows)}'><h2>{title}</h2>{note}"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body or '<tr><td>none yet</td></tr>'}</tbody></table>"
-            "</section>")  # fmt: skip
+    return (
+        f"<section class='panel' data-panel='{title}' data-rows='{len(panel.rows)}'><h2>{title}</h2>{note}"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body or '<tr><td>none yet</td></tr>'}</tbody></table>"
+        "</section>"
+    )
 
 
 def render(panels, *, page: str = "overview", pages=("overview",), extra: str = "", flash: str = "") -> str:
-    parts = [f"<!doctype html><html><head><title>Ops dashboard: {_cell(page)}</title><style>{STYLE}</style>"
-             "</head><body><h1>Execution platform: operations</h1>", _nav(page, pages)]  # fmt: skip
+    parts = [
+        f"<!doctype html><html><head><title>Ops dashboard: {_cell(page)}</title><style>{STYLE}</style>"
+        "</head><body><h1>Execution platform: operations</h1>",
+        _nav(page, pages),
+    ]
     if flash:
         parts.append(f"<p class='flash' id='flash'>{_cell(flash)}</p>")
     parts.extend(_table(panel) for panel in panels)
@@ -69,8 +74,10 @@ def render(panels, *, page: str = "overview", pages=("overview",), extra: str = 
 
 def model_extras(plotted: list[tuple[int, int]]) -> str:
     """The rollback form and the stored plots of (version id, version number) pairs."""
-    form = (f"<form method='post' action='models/rollback'><button type='submit' id='rollback'>"
-            f"Roll back the champion (trigger {ROLLBACK_DAG} with rollback = true)</button></form>")  # fmt: skip
+    form = (
+        f"<form method='post' action='models/rollback'><button type='submit' id='rollback'>"
+        f"Roll back the champion (trigger {ROLLBACK_DAG} with rollback = true)</button></form>"
+    )
     figures = "".join(
         f"<figure><img src='models/{vid}/{plot}.png' alt='{plot} v{version}' data-plot='{plot}'>"
         f"<figcaption>v{version}: {'ROC' if plot == 'roc' else 'calibration'}</figcaption></figure>"
@@ -142,7 +149,9 @@ def create_app(conn_id: str = APP_DB) -> FastAPI:
 
     @app.get("/models", response_class=HTMLResponse)
     def models_page(triggered: str = "") -> str:
-        flash = f"Triggered {ROLLBACK_DAG} run {triggered} with conf {{\"rollback\": true}}" if triggered else ""
+        flash = (
+            f'Triggered {ROLLBACK_DAG} run {triggered} with conf {{"rollback": true}}' if triggered else ""
+        )
         return page("models", flash)
 
     @app.get("/offers", response_class=HTMLResponse)
@@ -181,11 +190,16 @@ def create_app(conn_id: str = APP_DB) -> FastAPI:
         from airflow.utils.types import DagRunTriggeredByType
 
         if not same_origin(request):
-            raise HTTPException(403, "rollback refused: the request did not come from this dashboard's origin")
-        run = trigger_dag(ROLLBACK_DAG, triggered_by=DagRunTriggeredByType.UI, conf={"rollback": True},
-                          triggering_user_name=user.get_name())  # fmt: skip
+            raise HTTPException(
+                403, "rollback refused: the request did not come from this dashboard's origin"
+            )
+        run = trigger_dag(
+            ROLLBACK_DAG,
+            triggered_by=DagRunTriggeredByType.UI,
+            conf={"rollback": True},
+            triggering_user_name=user.get_name(),
+        )
         models_url = request.scope.get("root_path", "") + "/models"
         return RedirectResponse(f"{models_url}?triggered={quote(run.run_id)}", status_code=303)
 
     return app
-

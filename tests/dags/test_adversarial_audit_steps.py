@@ -27,10 +27,12 @@ def app_db(app_head_dsn, local_stack, monkeypatch):
 
     seed(app_head_dsn, scale=0.01)
     with cursor(app_head_dsn) as cur:  # yesterday, the day the audit covers: one failure in four
-        cur.execute("INSERT INTO execution_tasks (task_type, status, finished_at, duration_ms, error, ai_model) "
-                    "SELECT 'idea', s, date_trunc('day', now()) - interval '12 hours', 1000, "
-                    "CASE WHEN s = 'dead' THEN 'boom' END, 'gpt-4.1' "
-                    "FROM unnest(ARRAY['dead', 'succeeded', 'succeeded', 'succeeded']) AS s")  # fmt: skip
+        cur.execute(
+            "INSERT INTO execution_tasks (task_type, status, finished_at, duration_ms, error, ai_model) "
+            "SELECT 'idea', s, date_trunc('day', now()) - interval '12 hours', 1000, "
+            "CASE WHEN s = 'dead' THEN 'boom' END, 'gpt-4.1' "
+            "FROM unnest(ARRAY['dead', 'succeeded', 'succeeded', 'succeeded']) AS s"
+        )
     monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_head_dsn))
     monkeypatch.setenv("SMTP_SINK_DIR", str(local_stack.folder / "mail"))
     monkeypatch.setenv("SENTRY_SINK_DIR", str(local_stack.folder / "sentry"))
@@ -40,8 +42,9 @@ def app_db(app_head_dsn, local_stack, monkeypatch):
     sentry_sdk.get_client().close()
 
 
-def test_the_steps_after_the_gates_run_record_evidence_and_mail_the_digest(app_db, local_stack, tmp_path,
-                                                                           monkeypatch):
+def test_the_steps_after_the_gates_run_record_evidence_and_mail_the_digest(
+    app_db, local_stack, tmp_path, monkeypatch
+):
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models.serialized_dag import SerializedDagModel  # noqa: F401 (registers models)
     from airflow.utils.db import initdb
@@ -52,22 +55,31 @@ def test_the_steps_after_the_gates_run_record_evidence_and_mail_the_digest(app_d
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert {step: states[step] for step in STEPS} == dict.fromkeys(STEPS, "success"), states
     with cursor(app_db) as cur:
-        cur.execute("SELECT gate, passed FROM audit_findings WHERE gate IN ('adversarial_probes', 'alarm_delivery')")
+        cur.execute(
+            "SELECT gate, passed FROM audit_findings WHERE gate IN ('adversarial_probes', 'alarm_delivery')"
+        )
         assert sorted(cur.fetchall()) == [("adversarial_probes", True), ("alarm_delivery", True)]
         # the probes asked the stack's executor (connection task_executor) and probed every DAG's params
         cur.execute("SELECT observed->'outcomes' FROM audit_findings WHERE gate = 'adversarial_probes'")
         outcomes = cur.fetchone()[0]
         assert outcomes["executor_unknown_ai_model"] == "refused"
-        assert outcomes["param_db_restore.confirm_0"] == outcomes["param_db_migrate.target_revision_0"] == "refused"
-        cur.execute("SELECT value, sample_size FROM indicator_values WHERE indicator = 'task_failure_rate' "
-                    "AND day = current_date - 1")  # fmt: skip
+        assert (
+            outcomes["param_db_restore.confirm_0"]
+            == outcomes["param_db_migrate.target_revision_0"]
+            == "refused"
+        )
+        cur.execute(
+            "SELECT value, sample_size FROM indicator_values WHERE indicator = 'task_failure_rate' "
+            "AND day = current_date - 1"
+        )
         assert cur.fetchall() == [(0.25, 4)]
     digests = [m for m in read_messages(local_stack.folder / "mail") if "board@example.com" in m]
     assert digests and "Platform audit" in digests[-1]
 
 
 def test_without_an_executor_connection_the_probes_get_no_client():
-    """The unknown-model probe then reports itself UNCHECKED (tests/include/audit/test_probes.py), failing the gate."""
+    """The unknown-model probe then reports itself UNCHECKED (tests/include/audit/test_probes.py),
+    failing the gate."""
     from execplatform.steps.probe_steps import _executor
 
     assert _executor("no_such_executor_connection") is None

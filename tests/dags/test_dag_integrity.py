@@ -108,12 +108,17 @@ def test_dag_files_are_thin(dag_file):
     tree = ast.parse(dag_file.read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not {m for m in imported if m.split(".")[0] in {p.stem for p in DAGS_DIR.glob("*.py")}}
+
     def is_dag(decorator) -> bool:
         target = decorator.func if isinstance(decorator, ast.Call) else decorator
         return isinstance(target, ast.Name) and target.id == "dag"
 
     for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef) and node.decorator_list and not any(map(is_dag, node.decorator_list)):
+        if (
+            isinstance(node, ast.FunctionDef)
+            and node.decorator_list
+            and not any(map(is_dag, node.decorator_list))
+        ):
             assert _statements(node) <= MAX_STATEMENTS_PER_TASK, (
                 f"{dag_file.name}: {node.name} has {_statements(node)} statements; move its logic to a step"
             )

@@ -60,17 +60,25 @@ def _cloudwatch():
 
     aws = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
     return boto3.client(
-        "cloudwatch", endpoint_url=aws["extra"]["endpoint_url"], region_name=aws["extra"]["region_name"],
-        aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"],
-    )  # fmt: skip
+        "cloudwatch",
+        endpoint_url=aws["extra"]["endpoint_url"],
+        region_name=aws["extra"]["region_name"],
+        aws_access_key_id=aws["login"],
+        aws_secret_access_key=aws["password"],
+    )
 
 
 def _pay(client, user_id: int, amount: int, coupon: str | None = None) -> str:
-    method = client.v1.payment_methods.create({
-        "type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"},
-    })  # fmt: skip
+    method = client.v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
     metadata = {"user_id": str(user_id), **({"coupon": coupon} if coupon else {})}
-    charge = client.v1.charges.create({"amount": amount, "currency": "usd", "source": method.id, "metadata": metadata})
+    charge = client.v1.charges.create(
+        {"amount": amount, "currency": "usd", "source": method.id, "metadata": metadata}
+    )
     return charge.id
 
 
@@ -82,12 +90,19 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
     assert states["rollback_champion"] == "skipped" and states["publish_offers"] == "success"
     with cursor(offers_dsn) as cur:
         first = registry.champion(cur, MODEL_NAME)
-        cur.execute("SELECT count(*) FILTER (WHERE holdout), count(*) FROM offer_assignments WHERE model_version_id = %s",
-                    (first.id,))  # fmt: skip
+        cur.execute(
+            "SELECT count(*) FILTER (WHERE holdout), count(*) FROM offer_assignments WHERE model_version_id "
+            "= %s",
+            (first.id,),
+        )
         holdout, total = cur.fetchone()
-        cur.execute("SELECT p.segment, p.stripe_coupon_id, o.discount_pct::float8, o.product FROM offer_publications p"
-                    " JOIN offers o ON o.id = p.offer_id WHERE p.model_version_id = %s AND p.published_at IS NOT NULL",
-                    (first.id,))  # fmt: skip
+        cur.execute(
+            "SELECT p.segment, p.stripe_coupon_id, o.discount_pct::float8, o.product FROM offer_publications "
+            "p"
+            " JOIN offers o ON o.id = p.offer_id WHERE p.model_version_id = %s AND p.published_at IS NOT "
+            "NULL",
+            (first.id,),
+        )
         published = {r[0]: r[1:] for r in cur.fetchall()}
     assert first is not None and 0.05 * total < holdout < 0.15 * total
     assert set(published) == {"new", "casual", "regular", "vip"}
@@ -96,18 +111,25 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
         stripe_coupon = client.v1.coupons.retrieve(coupon)
         assert stripe_coupon.percent_off == discount
         assert stripe_coupon.metadata["model_version_id"] == str(first.id)
-    report_keys = {o["Key"] for o in s3.list_objects_v2(Bucket=MODEL_BUCKET, Prefix=f"{MODEL_NAME}/v0001/")["Contents"]}
-    assert {f"{MODEL_NAME}/v0001/{n}" for n in ("model.skops", "roc.png", "calibration.png", "report.md")} <= report_keys
+    report_keys = {
+        o["Key"] for o in s3.list_objects_v2(Bucket=MODEL_BUCKET, Prefix=f"{MODEL_NAME}/v0001/")["Contents"]
+    }
+    assert {
+        f"{MODEL_NAME}/v0001/{n}" for n in ("model.skops", "roc.png", "calibration.png", "report.md")
+    } <= report_keys
     png = registry.get_object(s3, f"s3://{MODEL_BUCKET}/{MODEL_NAME}/v0001/roc.png")
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
 
     # 2. customers pay: two treated users of each segment redeem; two holdout users buy anyway
     with cursor(offers_dsn) as cur:
-        cur.execute("""
+        cur.execute(
+            """
             SELECT segment, user_id, holdout FROM (
                 SELECT a.*, row_number() OVER (PARTITION BY segment, holdout ORDER BY user_id) AS n
                 FROM offer_assignments a WHERE model_version_id = %s) x
-            WHERE n <= 2 ORDER BY segment, holdout, user_id""", (first.id,))  # fmt: skip
+            WHERE n <= 2 ORDER BY segment, holdout, user_id""",
+            (first.id,),
+        )
         buyers = cur.fetchall()
     attributed, paid = dict.fromkeys(published, 0), []
     for segment, user_id, held in buyers:
@@ -122,18 +144,26 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
     # 3. roi_sync: payments in, the two impossible ones quarantined, ROI per segment stored
     _run(dagbag, "roi_sync")
     with cursor(offers_dsn) as cur:
-        cur.execute("SELECT source_key, reason FROM offer_quarantine WHERE source = 'stripe_charges' ORDER BY source_key")
+        cur.execute(
+            "SELECT source_key, reason FROM offer_quarantine WHERE source = 'stripe_charges' ORDER BY "
+            "source_key"
+        )
         quarantined = dict(cur.fetchall())
         cur.execute("SELECT count(*) FROM payments WHERE stripe_payment_id = ANY(%s)", (paid,))
         ours = cur.fetchone()[0]
         cur.execute("SELECT count(*) FROM payments WHERE stripe_payment_id LIKE 'ch_%%'")
         synced = cur.fetchone()[0]  # localstripe lives for the session: other tests' charges too
-        cur.execute("SELECT segment, attributed_revenue_cents, discount_cost_cents, attributed_roi_cents,"
-                    " incremental_roi_cents, incremental_ci_low_cents, incremental_ci_high_cents, roi_gap_cents"
-                    " FROM offer_roi WHERE model_version_id = %s", (first.id,))  # fmt: skip
+        cur.execute(
+            "SELECT segment, attributed_revenue_cents, discount_cost_cents, attributed_roi_cents,"
+            " incremental_roi_cents, incremental_ci_low_cents, incremental_ci_high_cents, roi_gap_cents"
+            " FROM offer_roi WHERE model_version_id = %s",
+            (first.id,),
+        )
         roi = {r[0]: r[1:] for r in cur.fetchall()}
     assert set(bad) <= set(quarantined)
-    assert any("unknown user" in r for r in quarantined.values()) and any("unknown offer coupon" in r for r in quarantined.values())
+    assert any("unknown user" in r for r in quarantined.values()) and any(
+        "unknown offer coupon" in r for r in quarantined.values()
+    )
     assert ours == len(buyers)
     for segment, (revenue, cost, attributed_roi, incremental, low, high, gap) in roi.items():
         discount = published[segment][1]
@@ -159,10 +189,15 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
     states = _run(dagbag, "offer_feedback", retrain_after_redemptions=1)
     assert states["signal_enough_feedback"] == "success"
     with cursor(offers_dsn) as cur:
-        cur.execute("SELECT segment, sum(share), min(share), sum(impressions), sum(redemptions) FROM offer_bandit_arms GROUP BY segment")
+        cur.execute(
+            "SELECT segment, sum(share), min(share), sum(impressions), sum(redemptions) FROM "
+            "offer_bandit_arms GROUP BY segment"
+        )
         arms = cur.fetchall()
-        cur.execute("SELECT count(*) FROM user_events WHERE event_type = 'redemption' AND offer_id IN"
-                    " (SELECT id FROM offers WHERE discount_pct > 0)")  # fmt: skip
+        cur.execute(
+            "SELECT count(*) FROM user_events WHERE event_type = 'redemption' AND offer_id IN"
+            " (SELECT id FROM offers WHERE discount_pct > 0)"
+        )
         redemptions = cur.fetchone()[0]
     assert len(arms) == 4 and all(s == pytest.approx(1.0) and low > 0 for _, s, low, _, _ in arms)
     assert sum(r for *_, r in arms) == redemptions
@@ -230,9 +265,17 @@ def own_stripe(tmp_path, monkeypatch):
     from devstack.stack import Service, Supervisor, free_port, http_answers
 
     port, supervisor = free_port(), Supervisor(tmp_path / "logs")
-    supervisor.start(Service("stripe", [sys.executable, "-m", "devstack.stripe_server", "--port", str(port)],
-                             http_answers(f"http://127.0.0.1:{port}/v1/customers")))  # fmt: skip
-    conn = {**json.loads(os.environ["AIRFLOW_CONN_STRIPE_DEFAULT"]), "host": f"http://127.0.0.1:{port}"}
+    supervisor.start(
+        Service(
+            "stripe",
+            [sys.executable, "-m", "devstack.stripe_server", "--port", str(port)],
+            http_answers(f"http://127.0.0.1:{port}/v1/customers"),
+        )
+    )
+    conn = {
+        **json.loads(os.environ["AIRFLOW_CONN_STRIPE_DEFAULT"]),
+        "host": f"http://127.0.0.1:{port}",
+    }
     monkeypatch.setenv("AIRFLOW_CONN_STRIPE_DEFAULT", json.dumps(conn))
     yield stripe.StripeClient(api_key=conn["password"], base_addresses={"api": conn["host"]})
     supervisor.stop_all(grace=5)
@@ -253,8 +296,10 @@ def test_the_offer_story_with_simulated_customers(dagbag, offers_dsn, own_stripe
     _run(dagbag, "offer_model_retrain")
     with cursor(offers_dsn) as cur:
         version = jobs.latest_assignment(cur)
-        cur.execute("SELECT stripe_coupon_id, stripe_product_id FROM offer_publications WHERE model_version_id = %s",
-                    (version,))  # fmt: skip
+        cur.execute(
+            "SELECT stripe_coupon_id, stripe_product_id FROM offer_publications WHERE model_version_id = %s",
+            (version,),
+        )
         coupons, products = zip(*cur.fetchall(), strict=True)
     # every published offer exists exactly once in Stripe, and nothing else does
     assert sorted(c["id"] for c in _all(client.v1.coupons.list)) == sorted(coupons)
@@ -276,7 +321,9 @@ def test_the_offer_story_with_simulated_customers(dagbag, offers_dsn, own_stripe
     assert len(charges) == played["payments"]
     redeemed = [c for c in charges if "coupon" in c["metadata"]]
     assert sum(c["amount"] for c in redeemed) == played["redeemed_revenue_cents"]
-    assert {c["metadata"]["coupon"] for c in redeemed} <= set(coupons) and len(redeemed) == played["redemptions"]
+    assert {c["metadata"]["coupon"] for c in redeemed} <= set(coupons) and len(redeemed) == played[
+        "redemptions"
+    ]
     assert all(c["customer"] and c["status"] == "succeeded" for c in charges)
 
     # a re-run changes nothing; with its mark and events lost, the same customers (same seed)
@@ -289,41 +336,60 @@ def test_the_offer_story_with_simulated_customers(dagbag, offers_dsn, own_stripe
         again = simulator.simulate(cur, client, seed=7)
     assert again["charges_created"] == 0 and again["charges_existing"] == played["payments"]
     assert {k: v for k, v in again.items() if not k.startswith("charges")} == {
-        k: v for k, v in played.items() if not k.startswith("charges")}
+        k: v for k, v in played.items() if not k.startswith("charges")
+    }
     assert len(_all(client.v1.charges.list)) == played["payments"]
 
     # roi_sync: every Stripe charge becomes one payment; ROI both ways with an interval
     _run(dagbag, "roi_sync")
     with cursor(offers_dsn) as cur:
-        cur.execute("SELECT count(*), count(offer_id), coalesce(sum(amount_cents) FILTER (WHERE offer_id IS NOT NULL), 0)"
-                    " FROM payments WHERE stripe_payment_id LIKE 'ch_%%'")  # fmt: skip
+        cur.execute(
+            "SELECT count(*), count(offer_id), coalesce(sum(amount_cents) FILTER (WHERE offer_id IS NOT "
+            "NULL), 0)"
+            " FROM payments WHERE stripe_payment_id LIKE 'ch_%%'"
+        )
         synced, attributed_payments, attributed_cents = cur.fetchone()
         cur.execute("SELECT count(*) FROM offer_quarantine WHERE source = 'stripe_charges'")
         quarantined = cur.fetchone()[0]
-        cur.execute("SELECT segment, treated_users, holdout_users, attributed_revenue_cents, attributed_roi_cents,"
-                    " incremental_roi_cents, incremental_ci_low_cents, incremental_ci_high_cents, roi_gap_cents"
-                    " FROM offer_roi WHERE model_version_id = %s", (version,))  # fmt: skip
+        cur.execute(
+            "SELECT segment, treated_users, holdout_users, attributed_revenue_cents, attributed_roi_cents,"
+            " incremental_roi_cents, incremental_ci_low_cents, incremental_ci_high_cents, roi_gap_cents"
+            " FROM offer_roi WHERE model_version_id = %s",
+            (version,),
+        )
         roi = cur.fetchall()
-        cur.execute("SELECT count(*) FILTER (WHERE NOT holdout), count(*) FILTER (WHERE holdout)"
-                    " FROM offer_assignments WHERE model_version_id = %s", (version,))  # fmt: skip
+        cur.execute(
+            "SELECT count(*) FILTER (WHERE NOT holdout), count(*) FILTER (WHERE holdout)"
+            " FROM offer_assignments WHERE model_version_id = %s",
+            (version,),
+        )
         treated_users, holdout_users = cur.fetchone()
     assert (synced, quarantined) == (played["payments"], 0)
-    assert (attributed_payments, attributed_cents) == (played["redemptions"], played["redeemed_revenue_cents"])
+    assert (attributed_payments, attributed_cents) == (
+        played["redemptions"],
+        played["redeemed_revenue_cents"],
+    )
     assert len(roi) == 4
     assert sum(r[1] for r in roi) == treated_users and sum(r[2] for r in roi) == holdout_users
     assert sum(r[3] for r in roi) == played["redeemed_revenue_cents"]
     for _segment, *_, attributed_roi, incremental, low, high, gap in roi:
         assert low < incremental < high and gap == pytest.approx(attributed_roi - incremental)
-    sys.stdout.write(f"simulated: {played}\nROI (segment, treated, holdout, attributed revenue, attributed ROI,"
-                     f" incremental ROI, CI low, CI high, gap):\n" + "\n".join(map(str, roi)) + "\n")  # pytest -rP
+    # pytest -rP
+    sys.stdout.write(
+        f"simulated: {played}\nROI (segment, treated, holdout, attributed revenue, attributed ROI,"
+        f" incremental ROI, CI low, CI high, gap):\n" + "\n".join(map(str, roi)) + "\n"
+    )
 
     # offer_feedback: the bandit gains exactly the customers' impressions and redemptions
     _run(dagbag, "offer_feedback")
     with cursor(offers_dsn) as cur:
-        cur.execute("SELECT u.segment, e.offer_id, count(*) FILTER (WHERE e.event_type = 'impression'),"
-                    " count(*) FILTER (WHERE e.event_type = 'redemption') FROM user_events e"
-                    " JOIN users u ON u.id = e.user_id WHERE e.id > %s AND e.offer_id IS NOT NULL"
-                    " GROUP BY 1, 2", (events_from,))  # fmt: skip
+        cur.execute(
+            "SELECT u.segment, e.offer_id, count(*) FILTER (WHERE e.event_type = 'impression'),"
+            " count(*) FILTER (WHERE e.event_type = 'redemption') FROM user_events e"
+            " JOIN users u ON u.id = e.user_id WHERE e.id > %s AND e.offer_id IS NOT NULL"
+            " GROUP BY 1, 2",
+            (events_from,),
+        )
         played_arms = {(s, o): (i, r) for s, o, i, r in cur.fetchall()}
         cur.execute("SELECT segment, offer_id, impressions, redemptions FROM offer_bandit_arms")
         arms_after = {(s, o): (i, r) for s, o, i, r in cur.fetchall()}
@@ -334,7 +400,9 @@ def test_the_offer_story_with_simulated_customers(dagbag, offers_dsn, own_stripe
         assert (imp - before[0], red - before[1]) == new, arm
 
 
-def test_before_the_migrations_an_offer_dag_fails_at_once_naming_the_missing_table(dagbag, app_dsn, monkeypatch):
+def test_before_the_migrations_an_offer_dag_fails_at_once_naming_the_missing_table(
+    dagbag, app_dsn, monkeypatch
+):
     """On the baseline schema (as `make run` starts) roi_sync's first read meets a table that
     revision 0004 creates: the task fails on its first try with one alert that names the table
     and the remedy, instead of retrying into a warning per try."""
@@ -347,5 +415,8 @@ def test_before_the_migrations_an_offer_dag_fails_at_once_naming_the_missing_tab
         cur.execute("SELECT level, message FROM alerts WHERE task_id = 'sync_payments'")
         alerts = cur.fetchall()
     assert [level for level, _ in alerts] == ["error"], alerts
-    assert "schema is behind the code" in alerts[0][1] and 'relation "sync_cursors" does not exist' in alerts[0][1]
+    assert (
+        "schema is behind the code" in alerts[0][1]
+        and 'relation "sync_cursors" does not exist' in alerts[0][1]
+    )
     assert "db_migrate" in alerts[0][1]

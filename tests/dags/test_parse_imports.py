@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ["pandas", "sklearn", "stripe", "boto3", "botocore", "psycopg", "psycopg2", "redis", "numpy"]
+HEAVY = [
+    "pandas",
+    "sklearn",
+    "stripe",
+    "boto3",
+    "botocore",
+    "psycopg",
+    "psycopg2",
+    "redis",
+    "numpy",
+]
 
 PROBE = """
 import importlib.util, json, sys
@@ -30,8 +40,11 @@ def test_dag_file_imports_nothing_heavy_at_parse_time(dag_file, tmp_path):
     }
     out = subprocess.run(
         [sys.executable, "-c", PROBE, str(dag_file), *HEAVY],
-        env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     imported = json.loads(out.stdout.strip().splitlines()[-1])
     assert imported == [], f"{dag_file.name} imports {imported} at parse time"
 
@@ -43,6 +56,8 @@ def test_the_probe_sees_a_heavy_import(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", PROBE, str(bad), *HEAVY],
         env={"PATH": "/usr/bin:/bin", "AIRFLOW_HOME": str(tmp_path)},
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "pandas" in json.loads(out.stdout.strip().splitlines()[-1])

@@ -18,10 +18,22 @@ pytestmark = pytest.mark.stack
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 VALID = {
-    "implementation": {"prompt": "Implement x", "repo": "r", "inputs": {"branch": "main", "files": ["a.py"]}},
-    "self_improvement": {"prompt": "Reduce y", "repo": "r", "inputs": {"branch": "main", "baseline_run": "run-1"}},
+    "implementation": {
+        "prompt": "Implement x",
+        "repo": "r",
+        "inputs": {"branch": "main", "files": ["a.py"]},
+    },
+    "self_improvement": {
+        "prompt": "Reduce y",
+        "repo": "r",
+        "inputs": {"branch": "main", "baseline_run": "run-1"},
+    },
     "idea": {"prompt": "Suggest", "repo": "r", "inputs": {"count": 3}},
-    "idea_implementation": {"prompt": "Build", "repo": "r", "inputs": {"idea_id": 7, "branch": "dev"}},
+    "idea_implementation": {
+        "prompt": "Build",
+        "repo": "r",
+        "inputs": {"idea_id": 7, "branch": "dev"},
+    },
 }
 
 
@@ -73,7 +85,11 @@ def enqueue(dsn: str, n: int, *, bad_every: int = 0, distinct: bool = False) -> 
     tasks = []
     for i in range(n):
         task_type = types[i % len(types)]
-        payload = {"prompt": "x", "repo": "r", "inputs": {}} if bad_every and i % bad_every == 0 else VALID[task_type]
+        payload = (
+            {"prompt": "x", "repo": "r", "inputs": {}}
+            if bad_every and i % bad_every == 0
+            else VALID[task_type]
+        )
         if distinct:
             payload = {**payload, "prompt": f"{payload['prompt']} #{i}"}
         tasks.append({"task_type": task_type, "payload": payload, "ai_model": ["gpt-4.1", None][i % 2]})
@@ -81,8 +97,9 @@ def enqueue(dsn: str, n: int, *, bad_every: int = 0, distinct: bool = False) -> 
         q.enqueue_many(tasks)
 
 
-def test_task_batch_drains_a_seeded_queue_and_reports_per_type(local_stack, app_db, executor, task_batch_dag,
-                                                                monkeypatch):  # fmt: skip
+def test_task_batch_drains_a_seeded_queue_and_reports_per_type(
+    local_stack, app_db, executor, task_batch_dag, monkeypatch
+):
     environment = f"test-{os.getpid()}-{time.monotonic_ns()}"  # this run's own metric series
     monkeypatch.setenv("PLATFORM_ENVIRONMENT", environment)
     enqueue(app_db, 400, bad_every=50)
@@ -95,17 +112,33 @@ def test_task_batch_drains_a_seeded_queue_and_reports_per_type(local_stack, app_
     drains = {ti.map_index for ti in run.get_task_instances() if ti.task_id == "drain"}
     assert drains == {0, 1, 2}
     # three stages (each task instance costs start-up seconds): plan, the drains, reap-and-publish
-    assert sorted(t.task_id for t in task_batch_dag.tasks) == ["drain", "measure_backlog", "publish_metrics"]
+    assert sorted(t.task_id for t in task_batch_dag.tasks) == [
+        "drain",
+        "measure_backlog",
+        "publish_metrics",
+    ]
     [publish] = [ti for ti in run.get_task_instances() if ti.task_id == "publish_metrics"]
     assert publish.xcom_pull(task_ids="publish_metrics")["reaped"] == {"requeued": 0, "dead": 0}
-    per_type = dict(query(app_db, "SELECT task_type, tasks FROM task_batch_metrics WHERE run_id = %s", (run.run_id,)))
+    per_type = dict(
+        query(
+            app_db,
+            "SELECT task_type, tasks FROM task_batch_metrics WHERE run_id = %s",
+            (run.run_id,),
+        )
+    )
     assert sum(per_type.values()) == 400 and set(per_type) == set(VALID)
-    report = query(app_db, "SELECT task_type, p50_ms, p95_ms, queued_share + executing_share FROM "
-                           "task_bottleneck_reports WHERE run_id = %s", (run.run_id,))  # fmt: skip
+    report = query(
+        app_db,
+        "SELECT task_type, p50_ms, p95_ms, queued_share + executing_share FROM "
+        "task_bottleneck_reports WHERE run_id = %s",
+        (run.run_id,),
+    )
     assert {r[0] for r in report} == set(VALID)
     assert all(r[2] >= r[1] and r[3] == pytest.approx(1.0, abs=1e-3) for r in report)
     # repeated inputs were answered from the cache: 8 distinct (type, model) answers
-    hits = query(app_db, "SELECT sum(cache_hits) FROM task_batch_metrics WHERE run_id = %s", (run.run_id,))[0][0]
+    hits = query(app_db, "SELECT sum(cache_hits) FROM task_batch_metrics WHERE run_id = %s", (run.run_id,))[
+        0
+    ][0]
     assert hits >= 392 - 8 * 3  # at most one miss per distinct input and drain
 
     from datetime import UTC, datetime, timedelta
@@ -115,16 +148,23 @@ def test_task_batch_drains_a_seeded_queue_and_reports_per_type(local_stack, app_
 
     now = datetime.now(UTC)
     published = {
-        task_type: sum(CloudWatchMetricsHook(aws_conn_id="aws_default").get_metric_values(
-            NAMESPACE, "ExecutionTasks", {"DagId": "task_batch", "TaskType": task_type, "Environment": environment},
-            now - timedelta(minutes=10), now + timedelta(minutes=5)))
+        task_type: sum(
+            CloudWatchMetricsHook(aws_conn_id="aws_default").get_metric_values(
+                NAMESPACE,
+                "ExecutionTasks",
+                {"DagId": "task_batch", "TaskType": task_type, "Environment": environment},
+                now - timedelta(minutes=10),
+                now + timedelta(minutes=5),
+            )
+        )
         for task_type in VALID
-    }  # fmt: skip
+    }
     assert published == {t: float(n) for t, n in per_type.items()}
 
 
-def test_before_the_migration_the_run_fails_naming_the_column_and_alerts(local_stack, app_dsn, monkeypatch,
-                                                                          task_batch_dag):  # fmt: skip
+def test_before_the_migration_the_run_fails_naming_the_column_and_alerts(
+    local_stack, app_dsn, monkeypatch, task_batch_dag
+):
     conn = json.loads(os.environ["AIRFLOW_CONN_APP_DB"])
     conn["schema"] = dict(p.split("=", 1) for p in app_dsn.split())["dbname"]
     monkeypatch.setenv("AIRFLOW_CONN_APP_DB", json.dumps(conn))
@@ -145,15 +185,29 @@ def test_redis_stopped_mid_run_the_batch_completes_uncached_and_one_alert_fires(
     from devstack.stack import free_port, redis_answers
 
     port = free_port()
-    server = subprocess.Popen([REDIS_SERVER_PATH, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                               "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [
+            REDIS_SERVER_PATH,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while not redis_answers(port)():
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        monkeypatch.setenv("AIRFLOW_CONN_REDIS_DEFAULT", json.dumps({"conn_type": "redis", "host": "127.0.0.1",
-                                                                     "port": port}))  # fmt: skip
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_REDIS_DEFAULT",
+            json.dumps({"conn_type": "redis", "host": "127.0.0.1", "port": port}),
+        )
         enqueue(app_db, 300, distinct=True)  # every task calls the executor: the drain outlives Redis
         executor.post("/admin/faults", json={"latency_ms": 20})
 
@@ -170,9 +224,14 @@ def test_redis_stopped_mid_run_the_batch_completes_uncached_and_one_alert_fires(
         server.kill()
         server.wait()
     assert run.state == "success"
-    assert query(app_db, "SELECT status, count(*) FROM execution_tasks GROUP BY status") == [("succeeded", 300)]
-    alerts = query(app_db, "SELECT level, occurrences, message FROM alerts WHERE message LIKE %s",
-                   ("%task cache (Redis) unavailable%",))  # fmt: skip
+    assert query(app_db, "SELECT status, count(*) FROM execution_tasks GROUP BY status") == [
+        ("succeeded", 300)
+    ]
+    alerts = query(
+        app_db,
+        "SELECT level, occurrences, message FROM alerts WHERE message LIKE %s",
+        ("%task cache (Redis) unavailable%",),
+    )
     assert len(alerts) == 1 and alerts[0][:2] == ("error", 1)
     [drain] = [ti for ti in run.get_task_instances() if ti.task_id == "drain"]
     assert drain.xcom_pull(task_ids="drain", map_indexes=0)["cache_available"] is False

@@ -57,9 +57,7 @@ def table_counts(dsn: str) -> dict[str, int]:
 def content_digest(dsn: str) -> dict[str, str]:
     """An md5 per table over all its rows, every column, in id order."""
     return {
-        table: fetch(dsn, f"SELECT md5(string_agg(t::text, E'\\n' ORDER BY t.id)) FROM {table} t")[
-            0
-        ][0]
+        table: fetch(dsn, f"SELECT md5(string_agg(t::text, E'\\n' ORDER BY t.id)) FROM {table} t")[0][0]
         for table in SEEDED_TABLES
     }
 
@@ -115,8 +113,13 @@ def test_same_seed_and_scale_give_identical_rows_across_processes(app_dsn):
     }
     done = subprocess.run(
         [sys.executable, "-m", "devstack.demo_data", "--dsn", app_dsn, "--scale", "0.03"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert "user_events:" in done.stdout
     assert content_digest(app_dsn) == first
 
@@ -183,8 +186,11 @@ def test_execution_tasks_look_like_the_platform_s_history_and_backlog(app_dsn):
     assert historic_complete
     assert ANCHOR - timedelta(days=WINDOW_DAYS) <= first_created and last_finished <= ANCHOR
     assert {s for (s,) in fetch(app_dsn, "SELECT DISTINCT status FROM execution_tasks")} == {
-        "succeeded", "failed", "dead", "queued",
-    }  # fmt: skip
+        "succeeded",
+        "failed",
+        "dead",
+        "queued",
+    }
 
     durations = dict(
         fetch(app_dsn, "SELECT task_type, avg(duration_ms)::float8 FROM execution_tasks GROUP BY 1")
@@ -269,9 +275,7 @@ def test_redemption_probability_rises_with_discount_and_accepts_rows_as_mappings
     user = UserFeatures(
         recency_days=3.0, frequency_30d=4, spend_cents=5_000, segment="regular", channel="web"
     )
-    probabilities = [
-        redemption_probability(user, OfferFeatures("pro_annual", d)) for d in (0, 5, 10, 20, 30)
-    ]
+    probabilities = [redemption_probability(user, OfferFeatures("pro_annual", d)) for d in (0, 5, 10, 20, 30)]
     assert all(0 < p < 1 for p in probabilities)
     assert probabilities == sorted(set(probabilities))
 
@@ -325,7 +329,5 @@ def test_generated_redemptions_follow_the_response_model(app_dsn):
     expected = sum(t[0] for t in by_discount.values())
     observed = sum(t[2] for t in by_discount.values())
     assert abs(observed - expected) <= 4 * math.sqrt(sum(t[1] for t in by_discount.values()))
-    (redemptions,) = fetch(
-        app_dsn, "SELECT count(*) FROM user_events WHERE event_type = 'redemption'"
-    )[0]
+    (redemptions,) = fetch(app_dsn, "SELECT count(*) FROM user_events WHERE event_type = 'redemption'")[0]
     assert abs(redemptions - observed) <= 0.02 * redemptions  # labels match events but for repeats

@@ -16,9 +16,12 @@ def test_app_db_answers_sql_at_the_baseline_schema(local_stack):
     hook = PostgresHook(postgres_conn_id="app_db")
     assert hook.get_first("SELECT current_database(), current_user") == ("app", "app")
     assert hook.get_first("SELECT version_num FROM alembic_version") == ("0001",)
-    columns = {r[0] for r in hook.get_records(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'execution_tasks'"
-    )}  # fmt: skip
+    columns = {
+        r[0]
+        for r in hook.get_records(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'execution_tasks'"
+        )
+    }
     assert "payload" in columns and "ai_model" not in columns
     assert hook.get_first("SELECT count(*) FROM execution_tasks")[0] > 0, "demo data was seeded"
 
@@ -36,17 +39,23 @@ def test_moto_keeps_s3_objects_and_cloudwatch_datapoints(local_stack):
     cloudwatch = AwsBaseHook(aws_conn_id="aws_default", client_type="cloudwatch").get_conn()
     now = datetime.now(UTC)
     cloudwatch.put_metric_data(
-        Namespace="StackTest", MetricData=[{"MetricName": "Answer", "Value": 42.0, "Timestamp": now}]
+        Namespace="StackTest",
+        MetricData=[{"MetricName": "Answer", "Value": 42.0, "Timestamp": now}],
     )
     data = cloudwatch.get_metric_data(
-        MetricDataQueries=[{
-            "Id": "answer",
-            "MetricStat": {"Metric": {"Namespace": "StackTest", "MetricName": "Answer"},
-                           "Period": 60, "Stat": "Maximum"},
-        }],
+        MetricDataQueries=[
+            {
+                "Id": "answer",
+                "MetricStat": {
+                    "Metric": {"Namespace": "StackTest", "MetricName": "Answer"},
+                    "Period": 60,
+                    "Stat": "Maximum",
+                },
+            }
+        ],
         StartTime=now - timedelta(minutes=5),
         EndTime=now + timedelta(minutes=5),
-    )  # fmt: skip
+    )
     assert data["MetricDataResults"][0]["Values"] == [42.0]
 
 

@@ -46,13 +46,18 @@ def test_two_failures_alert_once_on_every_channel_and_leak_no_secret(fault_stack
     wait_for(lambda: exists(base, token), 120, f"{DAG_ID} to be parsed")
     runs = []
     for _ in range(2):
-        run_id = api(f"{base}/dagRuns", token, {"logical_date": None, "dag_run_id": f"fault_{uuid.uuid4().hex}"})[
-            "dag_run_id"
-        ]
+        run_id = api(
+            f"{base}/dagRuns",
+            token,
+            {"logical_date": None, "dag_run_id": f"fault_{uuid.uuid4().hex}"},
+        )["dag_run_id"]
         state = wait_for(
-            lambda run_id=run_id: (s := api(f"{base}/dagRuns/{run_id}", token)["state"]) in ("success", "failed") and s,
-            180, f"run {run_id} to finish",
-        )  # fmt: skip
+            lambda run_id=run_id: (
+                (s := api(f"{base}/dagRuns/{run_id}", token)["state"]) in ("success", "failed") and s
+            ),
+            180,
+            f"run {run_id} to finish",
+        )
         assert state == "failed"
         runs.append(run_id)
 
@@ -83,20 +88,30 @@ def test_two_failures_alert_once_on_every_channel_and_leak_no_secret(fault_stack
 
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     values = CloudWatchMetricsHook(aws_conn_id="aws_default").get_metric_values(
-        NAMESPACE, "TaskFailed", standard_dimensions(dag_id=DAG_ID), now - timedelta(minutes=15),
+        NAMESPACE,
+        "TaskFailed",
+        standard_dimensions(dag_id=DAG_ID),
+        now - timedelta(minutes=15),
         now + timedelta(minutes=5),
-    )  # fmt: skip
+    )
     assert sum(values) == 2.0
 
     # the task log shows the logged password masked
-    logs = [p.read_text() for p in (folder / "airflow" / "logs").rglob("*.log") if f"dag_id={DAG_ID}" in str(p)]
+    logs = [
+        p.read_text() for p in (folder / "airflow" / "logs").rglob("*.log") if f"dag_id={DAG_ID}" in str(p)
+    ]
     assert len(logs) == 2 and all("connecting with password ***" in log for log in logs)
 
     # the same lines reached CloudWatch Logs, masked too
     import boto3
 
-    cloudwatch_logs = boto3.client("logs", endpoint_url=aws["extra"]["endpoint_url"], region_name="us-east-1",
-                                   aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"])  # fmt: skip
+    cloudwatch_logs = boto3.client(
+        "logs",
+        endpoint_url=aws["extra"]["endpoint_url"],
+        region_name="us-east-1",
+        aws_access_key_id=aws["login"],
+        aws_secret_access_key=aws["password"],
+    )
     remote = "\n".join(
         e["message"] for e in cloudwatch_logs.filter_log_events(logGroupName=LOG_GROUP)["events"]
     )

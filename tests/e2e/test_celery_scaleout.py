@@ -34,8 +34,15 @@ pytestmark = pytest.mark.airflow_stack
 log = logging.getLogger(__name__)
 
 WORKERS = ("celery-worker-1", "celery-worker-2")
-SCHEDULED_DAGS = ("platform_healthcheck", "db_backup", "task_batch", "adversarial_audit", "offer_model_retrain",
-                  "offer_feedback", "roi_sync")  # fmt: skip
+SCHEDULED_DAGS = (
+    "platform_healthcheck",
+    "db_backup",
+    "task_batch",
+    "adversarial_audit",
+    "offer_model_retrain",
+    "offer_feedback",
+    "roi_sync",
+)
 EVERY_MINUTE = "* * * * *"
 SCALE_OUT_TASKS = 240
 # small batches, few threads and a slow executor: every drain is still busy when the last one starts
@@ -48,13 +55,15 @@ AFTER = {"adversarial_audit": "db_backup"}
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     stack = LocalStack(
-        tmp_path_factory.mktemp("celery-stack"), api_port=0, celery_workers=len(WORKERS),
+        tmp_path_factory.mktemp("celery-stack"),
+        api_port=0,
+        celery_workers=len(WORKERS),
         extra_env={
             # nothing runs before a test unpauses it
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             OVERRIDES_VAR: json.dumps(dict.fromkeys(SCHEDULED_DAGS, EVERY_MINUTE)),
         },
-    )  # fmt: skip
+    )
     stack.started_at = datetime.now(UTC)
     with running(stack):
         upgrade(stack.app_dsn(), "head")  # as after db_migrate: task_batch and the audit need it
@@ -81,9 +90,12 @@ def rows(stack, sql: str, params=None) -> list[tuple]:
 
 
 def set_executor_latency(stack, latency_ms: int) -> None:
-    request = urllib.request.Request(f"http://127.0.0.1:{stack.ports['executor']}/admin/faults", method="POST",
-                                     data=json.dumps({"latency_ms": latency_ms}).encode(),
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stack.ports['executor']}/admin/faults",
+        method="POST",
+        data=json.dumps({"latency_ms": latency_ms}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     urllib.request.urlopen(request, timeout=10).close()
 
 
@@ -92,11 +104,15 @@ def enqueue_scale_out_tasks(stack) -> None:
 
     types = sorted(VALID)
     tasks = [
-        {"task_type": types[i % len(types)], "ai_model": "gpt-4.1", "idempotency_key": f"scale-out-{i}",
-         # a distinct input each: no answer comes from the cache, every task reaches the executor
-         "payload": {**VALID[types[i % len(types)]], "prompt": f"scale-out task {i}"}}
+        {
+            "task_type": types[i % len(types)],
+            "ai_model": "gpt-4.1",
+            "idempotency_key": f"scale-out-{i}",
+            # a distinct input each: no answer comes from the cache, every task reaches the executor
+            "payload": {**VALID[types[i % len(types)]], "prompt": f"scale-out task {i}"},
+        }
         for i in range(SCALE_OUT_TASKS)
-    ]  # fmt: skip
+    ]
     with TaskQueue(stack.app_dsn()) as queue:
         queue.enqueue_many(tasks)
 
@@ -115,12 +131,24 @@ def test_two_celery_workers_share_a_task_batch_run_and_handle_each_task_once(sta
     # waits behind this one (max_active_runs=1) only if this one sorts first: queued runs start
     # in order of run_after, and the scheduled one's lies at the last minute boundary
     early = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
-    run_id = api(f"{base}/dagRuns", token, {"logical_date": None, "run_after": early, "conf": SCALE_OUT_CONF,
-                                            "dag_run_id": f"scale_out_{uuid.uuid4().hex[:8]}"})["dag_run_id"]  # fmt: skip
+    run_id = api(
+        f"{base}/dagRuns",
+        token,
+        {
+            "logical_date": None,
+            "run_after": early,
+            "conf": SCALE_OUT_CONF,
+            "dag_run_id": f"scale_out_{uuid.uuid4().hex[:8]}",
+        },
+    )["dag_run_id"]
     started = time.monotonic()
     set_paused(stack, token, "task_batch", False)
     try:
-        state = wait_for(lambda: finished_state(stack, token, "task_batch", run_id), 600, f"run {run_id} to finish")
+        state = wait_for(
+            lambda: finished_state(stack, token, "task_batch", run_id),
+            600,
+            f"run {run_id} to finish",
+        )
     finally:
         set_executor_latency(stack, 50)
     log.warning("scale-out run %s: %s after %.0fs", run_id, state, time.monotonic() - started)
@@ -132,22 +160,27 @@ def test_two_celery_workers_share_a_task_batch_run_and_handle_each_task_once(sta
     assert {d["state"] for d in drains} == {"success"}
     succeeded_by_worker = dict.fromkeys(WORKERS, 0)
     for d in drains:
-        summary = api(f"{base}/dagRuns/{run_id}/taskInstances/drain/xcomEntries/return_value"
-                      f"?map_index={d['map_index']}&deserialize=true", token)["value"]  # fmt: skip
+        summary = api(
+            f"{base}/dagRuns/{run_id}/taskInstances/drain/xcomEntries/return_value"
+            f"?map_index={d['map_index']}&deserialize=true",
+            token,
+        )["value"]
         succeeded_by_worker[d["hostname"]] += sum(t["succeeded"] for t in summary["by_type"].values())
     log.warning("execution tasks completed per worker: %s", succeeded_by_worker)
     assert all(n > 0 for n in succeeded_by_worker.values()), succeeded_by_worker
 
     # each task of the test was claimed once (attempts counts claims) and completed once
-    assert rows(stack, "SELECT status, attempts, lease_owner IS NULL, finished_at IS NOT NULL, count(*) "
-                       "FROM execution_tasks WHERE idempotency_key LIKE 'scale-out-%%' GROUP BY 1, 2, 3, 4") == [
-        ("succeeded", 1, True, True, SCALE_OUT_TASKS)
-    ]  # fmt: skip
+    assert rows(
+        stack,
+        "SELECT status, attempts, lease_owner IS NULL, finished_at IS NOT NULL, count(*) "
+        "FROM execution_tasks WHERE idempotency_key LIKE 'scale-out-%%' GROUP BY 1, 2, 3, 4",
+    ) == [("succeeded", 1, True, True, SCALE_OUT_TASKS)]
     # and the drains together report exactly the tasks that the run completed: none counted twice
     completed_in_run = rows(
-        stack, "SELECT count(*) FROM execution_tasks WHERE status = 'succeeded' AND finished_at >= %s",
+        stack,
+        "SELECT count(*) FROM execution_tasks WHERE status = 'succeeded' AND finished_at >= %s",
         (api(f"{base}/dagRuns/{run_id}", token)["start_date"],),
-    )[0][0]  # fmt: skip
+    )[0][0]
     assert sum(succeeded_by_worker.values()) == completed_in_run
 
 
@@ -182,11 +215,17 @@ def test_every_scheduled_dag_runs_by_its_schedule(stack, token):
         # offer_model_retrain's training is the long pole: 3 to 11 minutes on a loaded 2-core machine
         wait_for(all_finished, 1800, "a finished scheduled run of every scheduled DAG")
     finally:
-        log.warning("scheduled runs after %.0fs: %s", time.monotonic() - started,
-                    {d: (r["dag_run_id"], r["state"]) for d, r in outcome.items()})  # fmt: skip
+        log.warning(
+            "scheduled runs after %.0fs: %s",
+            time.monotonic() - started,
+            {d: (r["dag_run_id"], r["state"]) for d, r in outcome.items()},
+        )
     assert {d: r["state"] for d, r in outcome.items()} == dict.fromkeys(SCHEDULED_DAGS, "success")
     for dag_id, run in outcome.items():
         run_after = datetime.fromisoformat(run["run_after"])
         # the one-minute schedule made it, not the DAG's own (daily, hourly, weekly...): a minute
         # boundary after the stack started (the first one may be the minute it started in)
-        assert run_after.second == 0 and run_after >= stack.started_at - timedelta(minutes=1), (dag_id, run)
+        assert run_after.second == 0 and run_after >= stack.started_at - timedelta(minutes=1), (
+            dag_id,
+            run,
+        )

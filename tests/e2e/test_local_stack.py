@@ -51,8 +51,16 @@ def background(stack_folder, user_env):
     def start(command: str) -> tuple[subprocess.Popen, Path]:
         log = stack_folder / f"background-{len(started)}.log"
         with open(log, "w") as out:
-            started.append(subprocess.Popen(["bash", "-c", command], cwd=ROOT, env=user_env, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+            started.append(
+                subprocess.Popen(
+                    ["bash", "-c", command],
+                    cwd=ROOT,
+                    env=user_env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         return started[-1], log
 
     yield start
@@ -63,8 +71,9 @@ def background(stack_folder, user_env):
 
 
 def sh(command: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", command], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        ["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -88,21 +97,34 @@ def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env, back
     airflow = 'eval "$(make -s env)" && airflow '
     wait_for(
         lambda: "platform_healthcheck" in sh(airflow + "dags list -o json", user_env).stdout,
-        120, "airflow dags list to show platform_healthcheck",
-    )  # fmt: skip
+        120,
+        "airflow dags list to show platform_healthcheck",
+    )
 
     run = sh(airflow + "dags test platform_healthcheck", user_env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     app = json.loads(info.env()["AIRFLOW_CONN_APP_DB"])
-    with psycopg2.connect(host=app["host"], port=app["port"], dbname=app["schema"],
-                          user=app["login"], password=app["password"]) as conn:  # fmt: skip
+    with psycopg2.connect(
+        host=app["host"],
+        port=app["port"],
+        dbname=app["schema"],
+        user=app["login"],
+        password=app["password"],
+    ) as conn:
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT DISTINCT ON (conn_id) conn_id, ok FROM healthcheck_results "
                 "ORDER BY conn_id, checked_at DESC"
             )
             assert dict(cur.fetchall()) == {
-                c: True for c in ("app_db", "aws_default", "redis_default", "smtp_default", "stripe_default")
+                c: True
+                for c in (
+                    "app_db",
+                    "aws_default",
+                    "redis_default",
+                    "smtp_default",
+                    "stripe_default",
+                )
             }
 
     # `dags test db_backup`, the longest command, runs while the commands below do: it shares no
@@ -111,12 +133,21 @@ def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env, back
     # run's retention deletes the other's backup: the newest backup, checked below, is its own
     token = token_for(info.login)
     backup_runs = f"{info.login['url']}/api/v2/dags/db_backup/dagRuns"
-    wait_for(lambda: (runs := api(backup_runs, token)["dag_runs"]) and all(r["state"] in ("success", "failed") for r in runs),
-             300, "db_backup's scheduled run to end")  # fmt: skip
+    wait_for(
+        lambda: (
+            (runs := api(backup_runs, token)["dag_runs"])
+            and all(r["state"] in ("success", "failed") for r in runs)
+        ),
+        300,
+        "db_backup's scheduled run to end",
+    )
     backup, backup_log = background(airflow + "dags test db_backup")
 
     # the documented ways to look at what the DAGs recorded
-    rows = sh(".venv/bin/python -m devstack psql -tAc 'SELECT count(*) FROM healthcheck_results'", user_env)
+    rows = sh(
+        ".venv/bin/python -m devstack psql -tAc 'SELECT count(*) FROM healthcheck_results'",
+        user_env,
+    )
     assert rows.returncode == 0 and int(rows.stdout.strip()) >= 5, rows.stderr
     metrics = sh("make -s metrics", user_env)
     assert "ExecPlatform/Healthcheck/ProbeSucceeded [ConnId=aws_default]" in metrics.stdout, metrics.stderr
@@ -126,14 +157,20 @@ def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env, back
     run_id = api(base, token, {"logical_date": None, "conf": {"reason": "e2e"}})["dag_run_id"]
     state = wait_for(
         lambda: (s := api(f"{base}/{run_id}", token)["state"]) in ("success", "failed") and s,
-        240, f"run {run_id} to finish",
-    )  # fmt: skip
+        240,
+        f"run {run_id} to finish",
+    )
     assert state == "success"
 
     # a verified backup in moto, from the DAG as a user runs it
     assert backup.wait(300) == 0, backup_log.read_text()[-3000:]
-    with psycopg2.connect(host=app["host"], port=app["port"], dbname=app["schema"],
-                          user=app["login"], password=app["password"]) as conn:  # fmt: skip
+    with psycopg2.connect(
+        host=app["host"],
+        port=app["port"],
+        dbname=app["schema"],
+        user=app["login"],
+        password=app["password"],
+    ) as conn:
         with conn.cursor() as cur:
             cur.execute("SELECT status, location, restore_seconds > 0 FROM backups ORDER BY id DESC LIMIT 1")
             status, location, restored = cur.fetchone()
@@ -142,8 +179,14 @@ def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env, back
     # every run's outcome reaches CloudWatch through the DAG-level callback (the dag-processor
     # runs it): the scheduled first run and this one at least
     def succeeded_runs() -> float:
-        line = next((ln for ln in sh("make -s metrics", user_env).stdout.splitlines()
-                     if ln.startswith("ExecPlatform/DagRunSucceeded [DagId=platform_healthcheck,")), "")  # fmt: skip
+        line = next(
+            (
+                ln
+                for ln in sh("make -s metrics", user_env).stdout.splitlines()
+                if ln.startswith("ExecPlatform/DagRunSucceeded [DagId=platform_healthcheck,")
+            ),
+            "",
+        )
         return float(line.rsplit("=", 1)[1]) if line else 0.0
 
     wait_for(lambda: succeeded_runs() >= 2, 120, "DagRunSucceeded datapoints for both runs")
@@ -157,9 +200,14 @@ def test_make_up_env_airflow_cli_rest_and_make_down(stack_folder, user_env, back
 
 def test_make_run_prints_a_login_and_ctrl_c_leaves_nothing_behind(stack_folder, user_env):
     make = subprocess.Popen(
-        ["make", "run"], cwd=ROOT, env=user_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+        ["make", "run"],
+        cwd=ROOT,
+        env=user_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in make.stdout], daemon=True).start()
     output: list[str] = []
@@ -178,7 +226,9 @@ def test_make_run_prints_a_login_and_ctrl_c_leaves_nothing_behind(stack_folder, 
         username, _, password = next(line for line in output if "Login:" in line).split()[-3:]
         token = token_for({"url": url, "username": username, "password": password})
         dags = wait_for(
-            lambda: [d["dag_id"] for d in api(f"{url}/api/v2/dags", token)["dags"]], 120, "the DAG list"
+            lambda: [d["dag_id"] for d in api(f"{url}/api/v2/dags", token)["dags"]],
+            120,
+            "the DAG list",
         )
         assert "platform_healthcheck" in dags
         processes = descendants(make.pid)

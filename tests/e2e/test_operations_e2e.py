@@ -1,7 +1,7 @@
 """The operator's stories on one running stack (seeded app database at the baseline), the way
 users run them: `airflow dags test` with a conf, and REST-triggered runs approved through the API.
 
-The module's tests run in order on one stack (DESIGN §2's story): task_batch fails on the
+The module's tests run in order on one stack (the demo story of docs/architecture.md): task_batch fails on the
 baseline schema and alerts; a broken revision is blocked by its rehearsal;
 `dags test` rehearses and applies 0002; a revision that rewrites the table is rolled back by
 the DAG; then, back at the baseline, a dry run rehearses and applies nothing, and a run
@@ -53,10 +53,15 @@ def stack(tmp_path_factory):
     # the DAGs these stories drive run only when a story says so (the celery suite runs every
     # schedule): 29 February has no slot between their start_date and now, so no scheduled run
     # is made before the fixture pauses them, nor when a story unpauses them
-    overrides = {OVERRIDES_VAR: json.dumps(dict.fromkeys(("task_batch", "adversarial_audit", "offer_model_retrain"),
-                                                         "0 0 29 2 *"))}  # fmt: skip
+    overrides = {
+        OVERRIDES_VAR: json.dumps(
+            dict.fromkeys(("task_batch", "adversarial_audit", "offer_model_retrain"), "0 0 29 2 *")
+        )
+    }
     ensure_chromium()  # before the stack's minute of start-up, so a missing browser fails fast
-    with running(LocalStack(tmp_path_factory.mktemp("migrate-stack"), api_port=0, extra_env=overrides)) as stack:
+    with running(
+        LocalStack(tmp_path_factory.mktemp("migrate-stack"), api_port=0, extra_env=overrides)
+    ) as stack:
         # `airflow dags test` and a scheduler acting on the same run can deadlock on its dag_run
         # row (seen once in Airflow 3.3.2): the scheduler leaves runs of paused DAGs alone
         for dag_id in (DAG_ID, "adversarial_audit", "task_batch"):
@@ -71,15 +76,24 @@ def set_paused(stack, dag_id: str, paused: bool) -> None:
     api(url, token, {"is_paused": paused}, method="PATCH")
 
 
-def dags_test(stack, conf: dict, extra_versions: str | None = None, dag_id: str = DAG_ID) -> subprocess.CompletedProcess:
+def dags_test(
+    stack, conf: dict, extra_versions: str | None = None, dag_id: str = DAG_ID
+) -> subprocess.CompletedProcess:
     env = stack.env
     if extra_versions:
         env["MIGRATIONS_EXTRA_VERSIONS"] = str(FIXTURES / extra_versions)
-    run = subprocess.run(["airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)],
-                         env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    run = subprocess.run(
+        ["airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = stack.folder / f"dags-test-{uuid.uuid4().hex[:6]}.log"  # kept with the stack for inspection
     log.write_text(run.stdout + run.stderr)
-    logging.getLogger(__name__).warning("airflow dags test %s %s: exit %s, output in %s", dag_id, conf, run.returncode, log)
+    logging.getLogger(__name__).warning(
+        "airflow dags test %s %s: exit %s, output in %s", dag_id, conf, run.returncode, log
+    )
     return run
 
 
@@ -92,12 +106,20 @@ def rows(stack, sql: str, params: tuple | None = None, dbname: str = "app") -> l
 
 
 def has_column(stack, table: str, column: str) -> bool:
-    return bool(rows(stack, "SELECT 1 FROM information_schema.columns "
-                            f"WHERE table_name = '{table}' AND column_name = '{column}'"))  # fmt: skip
+    return bool(
+        rows(
+            stack,
+            "SELECT 1 FROM information_schema.columns "
+            f"WHERE table_name = '{table}' AND column_name = '{column}'",
+        )
+    )
 
 
 def last_run(stack) -> tuple:
-    return rows(stack, "SELECT status, from_revision, backup_id, error FROM migration_runs ORDER BY id DESC LIMIT 1")[0]
+    return rows(
+        stack,
+        "SELECT status, from_revision, backup_id, error FROM migration_runs ORDER BY id DESC LIMIT 1",
+    )[0]
 
 
 def test_before_the_migration_task_batch_fails_and_alerts(stack):
@@ -105,8 +127,11 @@ def test_before_the_migration_task_batch_fails_and_alerts(stack):
     run = dags_test(stack, {}, dag_id="task_batch")
     assert run.returncode != 0
     assert rows(stack, "SELECT count(*) FROM execution_tasks WHERE status = 'queued'") == queued
-    levels = rows(stack, "SELECT level FROM alerts WHERE dag_id = 'task_batch' "
-                         "AND message LIKE '%execution_tasks.ai_model does not exist%'")  # fmt: skip
+    levels = rows(
+        stack,
+        "SELECT level FROM alerts WHERE dag_id = 'task_batch' "
+        "AND message LIKE '%execution_tasks.ai_model does not exist%'",
+    )
     assert levels and set(levels) == {("error",)}
 
 
@@ -118,7 +143,9 @@ def test_a_failing_rehearsal_blocks_production(stack):
     assert (status, start) == ("failed", "0001") and "division by zero" in error
     # the rehearsal restored a verified backup (the gate's own, or db_backup's first scheduled run;
     # once this run failed, db_backup's retention may have deleted it)
-    assert rows(stack, f"SELECT verified_at IS NOT NULL FROM backups WHERE id = {int(backup_id)}") == [(True,)]
+    assert rows(stack, f"SELECT verified_at IS NOT NULL FROM backups WHERE id = {int(backup_id)}") == [
+        (True,)
+    ]
     assert current(stack.app_dsn()) == "0001"
     assert not has_column(stack, "execution_tasks", "ai_model") and not has_column(stack, "users", "nickname")
 
@@ -133,10 +160,15 @@ def test_dags_test_rehearses_then_applies_0002(stack):
     status, start, backup_id, _ = last_run(stack)
     assert (status, start) == ("completed", "0001")
     # a fresh verified backup existed: the gate used it rather than taking one
-    assert rows(stack, f"SELECT b.verified_at < r.started_at FROM backups b, migration_runs r "
-                       f"WHERE b.id = {int(backup_id)} AND r.id = (SELECT max(id) FROM migration_runs)") == [(True,)]
+    assert rows(
+        stack,
+        f"SELECT b.verified_at < r.started_at FROM backups b, migration_runs r "
+        f"WHERE b.id = {int(backup_id)} AND r.id = (SELECT max(id) FROM migration_runs)",
+    ) == [(True,)]
     assert rows(stack, "SELECT count(*) FROM execution_tasks WHERE ai_model IS NOT NULL")[0][0] > 0
-    assert rows(stack, "SELECT count(*) FROM security_events WHERE event_type = 'migration_applied'") == [(1,)]
+    assert rows(stack, "SELECT count(*) FROM security_events WHERE event_type = 'migration_applied'") == [
+        (1,)
+    ]
 
 
 def test_a_revision_caught_after_apply_is_rolled_back_with_a_critical_alert(stack):
@@ -144,9 +176,14 @@ def test_a_revision_caught_after_apply_is_rolled_back_with_a_critical_alert(stac
     assert run.returncode != 0
     assert last_run(stack)[:2] == ("rolled_back", "0002"), run.stdout[-6000:] + run.stderr[-6000:]
     assert current(stack.app_dsn()) == "0002"
-    assert rows(stack, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                       "WHERE attrelid = 'execution_tasks'::regclass AND attname = 'priority'") == [("smallint",)]  # fmt: skip
-    assert rows(stack, "SELECT count(*) FROM security_events WHERE event_type = 'migration_rolled_back'") == [(1,)]
+    assert rows(
+        stack,
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = 'execution_tasks'::regclass AND attname = 'priority'",
+    ) == [("smallint",)]
+    assert rows(stack, "SELECT count(*) FROM security_events WHERE event_type = 'migration_rolled_back'") == [
+        (1,)
+    ]
     mails = [m for m in read_messages(stack.folder / "mail") if "rolled app_db back from 0098 to 0002" in m]
     assert mails, "the rollback's critical alert reached no mailbox"
 
@@ -165,11 +202,22 @@ def test_a_run_triggered_in_the_ui_waits_for_approval_then_applies(stack):
     login = stack.info.login
     token = token_for(login)
     base = f"{login['url']}/api/v2/dags/{DAG_ID}"
-    run_id = api(f"{base}/dagRuns", token, {"logical_date": None, "dag_run_id": f"ui_{uuid.uuid4().hex[:8]}",
-                                            "conf": {"target_revision": heads()[0]}})["dag_run_id"]  # fmt: skip
+    run_id = api(
+        f"{base}/dagRuns",
+        token,
+        {
+            "logical_date": None,
+            "dag_run_id": f"ui_{uuid.uuid4().hex[:8]}",
+            "conf": {"target_revision": heads()[0]},
+        },
+    )["dag_run_id"]
     approval = f"{base}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
     state = f"{base}/dagRuns/{run_id}/taskInstances/approve"
-    wait_for(lambda: api(state, token)["state"] in ("deferred", "awaiting_input") and exists(approval, token), 300, "the approval request")
+    wait_for(
+        lambda: api(state, token)["state"] in ("deferred", "awaiting_input") and exists(approval, token),
+        300,
+        "the approval request",
+    )
     assert current(stack.app_dsn()) == "0001"  # rehearsed, nothing applied before approval
     # PITFALLS: an answer that arrives before the scheduler has handled the task's pause makes
     # the resumed task's success report fail (404 on its task instance) and the task retry; on
@@ -178,8 +226,9 @@ def test_a_run_triggered_in_the_ui_waits_for_approval_then_applies(stack):
     api(approval, token, {"chosen_options": ["Approve"], "params_input": {}}, method="PATCH")
     final = wait_for(
         lambda: (s := api(f"{base}/dagRuns/{run_id}", token)["state"]) in ("success", "failed") and s,
-        300, f"run {run_id} to finish",
-    )  # fmt: skip
+        300,
+        f"run {run_id} to finish",
+    )
     assert final == "success"
     assert current(stack.app_dsn()) == heads()[0] and has_column(stack, "execution_tasks", "ai_model")
     assert last_run(stack)[0] == "completed"
@@ -198,17 +247,23 @@ def test_the_audit_passes_on_a_healthy_stack_and_names_a_broken_invariant(stack)
     run = dags_test(stack, {}, dag_id="adversarial_audit")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert rows(stack, "SELECT status FROM audit_runs ORDER BY id DESC LIMIT 1") == [("passed",)]
-    [(broken,)] = rows(stack, "INSERT INTO execution_tasks (task_type, status, ai_model) "
-                              "VALUES ('idea', 'dead', 'gpt-4.1') RETURNING id")  # a dead task whose error was lost
+    # a dead task whose error was lost
+    [(broken,)] = rows(
+        stack,
+        "INSERT INTO execution_tasks (task_type, status, ai_model) "
+        "VALUES ('idea', 'dead', 'gpt-4.1') RETURNING id",
+    )
     run = dags_test(stack, {}, dag_id="adversarial_audit")
     assert run.returncode != 0
-    assert rows(stack, "SELECT r.status, f.gate FROM audit_runs r JOIN audit_findings f ON f.audit_run_id = r.id "
-                       "WHERE r.id = (SELECT max(id) FROM audit_runs) AND NOT f.passed") == [
-        ("failed", "queue_dead_without_error")
-    ]  # fmt: skip
+    assert rows(
+        stack,
+        "SELECT r.status, f.gate FROM audit_runs r JOIN audit_findings f ON f.audit_run_id = r.id "
+        "WHERE r.id = (SELECT max(id) FROM audit_runs) AND NOT f.passed",
+    ) == [("failed", "queue_dead_without_error")]
     mails = [m for m in read_messages(stack.folder / "mail") if "failed gates: queue_dead_without_error" in m]
     assert mails, "no critical alert named the failed gate"
-    rows(stack, f"DELETE FROM execution_tasks WHERE id = {broken} RETURNING id")  # repaired: the REST runs audit again
+    # repaired: the REST runs audit again
+    rows(stack, f"DELETE FROM execution_tasks WHERE id = {broken} RETURNING id")
 
 
 # -- every DAG through the REST API, each with a conf, each checked by its effect --------------
@@ -218,17 +273,27 @@ REST_CONFS: dict[str, dict] = {
     "platform_healthcheck": {},  # it has no params
     "db_backup": {"keep_daily": 1, "keep_weekly": 0},
     "task_batch": {"task_types": ["idea"], "batch_size": 5, "parallelism": 3, "concurrency": 2},
-    "offer_model_retrain": {"holdout_share": 0.25, "margin_auc": -1.0},  # promote whatever it trains
+    # promote whatever it trains
+    "offer_model_retrain": {
+        "holdout_share": 0.25,
+        "margin_auc": -1.0,
+    },
     "db_restore": {"backup_id": "latest", "target_database": "restored_through_rest"},
     # a budget that never binds: it would move shares to the cheapest arm, past the exploration floor
-    "offer_feedback": {"min_exploration": 0.6, "budget_per_impression_cents": 10**9, "retrain_after_redemptions": 10**6},
+    "offer_feedback": {
+        "min_exploration": 0.6,
+        "budget_per_impression_cents": 10**9,
+        "retrain_after_redemptions": 10**6,
+    },
     "roi_sync": {},  # it has no params
     "adversarial_audit": {"expired_lease_minutes": 30},
 }
 # the second wave works on what the first made: a backup to restore, a champion to learn from
 # and reconcile, and all of it to audit
-WAVES = (("platform_healthcheck", "db_backup", "task_batch", "offer_model_retrain"),
-         ("db_restore", "offer_feedback", "roi_sync", "adversarial_audit"))  # fmt: skip
+WAVES = (
+    ("platform_healthcheck", "db_backup", "task_batch", "offer_model_retrain"),
+    ("db_restore", "offer_feedback", "roi_sync", "adversarial_audit"),
+)
 REST_TASKS = {"idea": 40, "implementation": 10}
 
 
@@ -236,22 +301,37 @@ def trigger(stack, token: str, dag_id: str, conf: dict) -> str:
     """A manual run with `conf`. Its run_after lies a day back: queued runs start in order of
     run_after, so it goes before any run queued meanwhile (an asset-triggered audit, say)."""
     early = (datetime.now(UTC) - timedelta(days=1)).isoformat()
-    body = {"logical_date": None, "run_after": early, "conf": conf, "dag_run_id": f"rest_{uuid.uuid4().hex[:8]}"}
+    body = {
+        "logical_date": None,
+        "run_after": early,
+        "conf": conf,
+        "dag_run_id": f"rest_{uuid.uuid4().hex[:8]}",
+    }
     return api(f"{dag_url(stack, dag_id)}/dagRuns", token, body)["dag_run_id"]
 
 
 def xcom(stack, token: str, run: dict, task_id: str, key: str = "return_value", map_index: int = -1):
-    return api(f"{dag_url(stack, run['dag_id'])}/dagRuns/{run['dag_run_id']}/taskInstances/{task_id}/xcomEntries/"
-               f"{key}?map_index={map_index}&deserialize=true", token)["value"]  # fmt: skip
+    return api(
+        f"{dag_url(stack, run['dag_id'])}/dagRuns/{run['dag_run_id']}/taskInstances/{task_id}/xcomEntries/"
+        f"{key}?map_index={map_index}&deserialize=true",
+        token,
+    )["value"]
 
 
 def enqueue_rest_tasks(stack) -> None:
     from include.execution.task_queue import TaskQueue
     from tests.dags.test_task_batch_dag import VALID
 
-    tasks = [{"task_type": t, "ai_model": "gpt-4.1", "idempotency_key": f"rest-{t}-{i}",
-              "payload": {**VALID[t], "prompt": f"rest task {t} {i}"}}
-             for t, n in REST_TASKS.items() for i in range(n)]  # fmt: skip
+    tasks = [
+        {
+            "task_type": t,
+            "ai_model": "gpt-4.1",
+            "idempotency_key": f"rest-{t}-{i}",
+            "payload": {**VALID[t], "prompt": f"rest task {t} {i}"},
+        }
+        for t, n in REST_TASKS.items()
+        for i in range(n)
+    ]
     with TaskQueue(stack.app_dsn()) as queue:
         queue.enqueue_many(tasks)
 
@@ -278,22 +358,35 @@ def rest_runs(stack) -> dict[str, dict]:
 
         began = time.monotonic()
         wait_for(wave_done, 1800, f"the REST runs of {', '.join(wave)}")
-        logging.getLogger(__name__).warning("REST wave %s finished in %.0fs: %s", wave, time.monotonic() - began,
-                                            {d: finished[d]["state"] for d in wave})  # fmt: skip
+        logging.getLogger(__name__).warning(
+            "REST wave %s finished in %.0fs: %s",
+            wave,
+            time.monotonic() - began,
+            {d: finished[d]["state"] for d in wave},
+        )
     return finished
 
 
 @pytest.mark.parametrize("dag_id", list(REST_CONFS))
 def test_each_dag_triggered_through_rest_with_a_conf_has_its_effect(stack, rest_runs, dag_id):
     run = rest_runs[dag_id]
-    assert (run["state"], run["run_type"], run["conf"]) == ("success", "manual", REST_CONFS[dag_id]), run
+    assert (run["state"], run["run_type"], run["conf"]) == (
+        "success",
+        "manual",
+        REST_CONFS[dag_id],
+    ), run
     EFFECTS[dag_id](stack, token_for(stack.info.login), run)
 
 
 def healthcheck_effect(stack, token: str, run: dict) -> None:
-    assert rows(stack, "SELECT conn_id, ok FROM healthcheck_results WHERE run_id = %s ORDER BY conn_id",
-                (run["dag_run_id"],)) == [(c, True) for c in sorted(  # fmt: skip
-        ("app_db", "aws_default", "redis_default", "smtp_default", "stripe_default"))]
+    assert rows(
+        stack,
+        "SELECT conn_id, ok FROM healthcheck_results WHERE run_id = %s ORDER BY conn_id",
+        (run["dag_run_id"],),
+    ) == [
+        (c, True)
+        for c in sorted(("app_db", "aws_default", "redis_default", "smtp_default", "stripe_default"))
+    ]
 
 
 def backup_effect(stack, token: str, run: dict) -> None:
@@ -303,28 +396,42 @@ def backup_effect(stack, token: str, run: dict) -> None:
     [(status, location)] = rows(stack, f"SELECT status, location FROM backups WHERE id = {int(backup_id)}")
     assert status == "verified"
     aws = connections(stack.ports, stack.secret)["aws_default"]
-    s3 = boto3.client("s3", endpoint_url=aws["extra"]["endpoint_url"], region_name=aws["extra"]["region_name"],
-                      aws_access_key_id=aws["login"], aws_secret_access_key=aws["password"])  # fmt: skip
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=aws["extra"]["endpoint_url"],
+        region_name=aws["extra"]["region_name"],
+        aws_access_key_id=aws["login"],
+        aws_secret_access_key=aws["password"],
+    )
     bucket, _, prefix = location.removeprefix("s3://").partition("/")
     assert bucket == BACKUP_BUCKET and s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["KeyCount"] > 0
     # keep_daily=1, keep_weekly=0: of the backups verified by the run's end, only its own is kept
-    assert rows(stack, "SELECT id FROM backups WHERE status = 'verified' AND verified_at <= %s",
-                (run["end_date"],)) == [(backup_id,)]  # fmt: skip
+    assert rows(
+        stack,
+        "SELECT id FROM backups WHERE status = 'verified' AND verified_at <= %s",
+        (run["end_date"],),
+    ) == [(backup_id,)]
     assert xcom(stack, token, run, "apply_retention"), "retention deleted none of the earlier backups"
 
 
 def task_batch_effect(stack, token: str, run: dict) -> None:
     conf = REST_CONFS["task_batch"]
     assert set(xcom(stack, token, run, "measure_backlog", key="backlog")) == {"idea"}
-    drains = api(f"{dag_url(stack, 'task_batch')}/dagRuns/{run['dag_run_id']}/taskInstances/drain/listMapped",
-                 token)["task_instances"]  # fmt: skip
+    drains = api(
+        f"{dag_url(stack, 'task_batch')}/dagRuns/{run['dag_run_id']}/taskInstances/drain/listMapped",
+        token,
+    )["task_instances"]
     assert len(drains) == conf["parallelism"] and {d["state"] for d in drains} == {"success"}
     by_type = [xcom(stack, token, run, "drain", map_index=d["map_index"])["by_type"] for d in drains]
     assert {t for b in by_type for t in b} == {"idea"}
     assert sum(b["idea"]["succeeded"] for b in by_type if "idea" in b) == REST_TASKS["idea"]
     # the other type waited: untouched until the run ended (task_batch's scheduled run may take it after)
-    assert rows(stack, "SELECT count(*) FROM execution_tasks WHERE idempotency_key LIKE 'rest-implementation-%%' "
-                       "AND started_at <= %s", (run["end_date"],)) == [(0,)]  # fmt: skip
+    assert rows(
+        stack,
+        "SELECT count(*) FROM execution_tasks WHERE idempotency_key LIKE 'rest-implementation-%%' "
+        "AND started_at <= %s",
+        (run["end_date"],),
+    ) == [(0,)]
 
 
 def retrain_effect(stack, token: str, run: dict) -> None:
@@ -333,12 +440,22 @@ def retrain_effect(stack, token: str, run: dict) -> None:
     version_id = xcom(stack, token, run, "train")["version_id"]
     assert xcom(stack, token, run, "promote_or_keep")["promoted"]
     share = REST_CONFS["offer_model_retrain"]["holdout_share"]
-    for segment, holdout, users in rows(stack, "SELECT segment, count(*) FILTER (WHERE holdout), count(*) "
-                                               f"FROM offer_assignments WHERE model_version_id = {int(version_id)} "
-                                               "GROUP BY segment"):  # fmt: skip
+    for segment, holdout, users in rows(
+        stack,
+        "SELECT segment, count(*) FILTER (WHERE holdout), count(*) "
+        f"FROM offer_assignments WHERE model_version_id = {int(version_id)} "
+        "GROUP BY segment",
+    ):
         # each user is held out with probability holdout_share: within 4 binomial deviations
-        assert abs(holdout / users - share) <= 4 * (share * (1 - share) / users) ** 0.5, (segment, holdout, users)
-    coupons = rows(stack, f"SELECT stripe_coupon_id FROM offer_publications WHERE model_version_id = {int(version_id)}")
+        assert abs(holdout / users - share) <= 4 * (share * (1 - share) / users) ** 0.5, (
+            segment,
+            holdout,
+            users,
+        )
+    coupons = rows(
+        stack,
+        f"SELECT stripe_coupon_id FROM offer_publications WHERE model_version_id = {int(version_id)}",
+    )
     assert coupons
     conn = connections(stack.ports, stack.secret)["stripe_default"]
     client = stripe.StripeClient(api_key=conn["password"], base_addresses={"api": conn["host"]})
@@ -350,8 +467,12 @@ def restore_effect(stack, token: str, run: dict) -> None:
     restored = xcom(stack, token, run, "restore_backup")
     assert restored["target_database"] == REST_CONFS["db_restore"]["target_database"]
     # 'latest': no backup was verified after it and before the run started
-    assert rows(stack, "SELECT count(*) FROM backups WHERE verified_at < %s AND verified_at > "
-                       "(SELECT verified_at FROM backups WHERE id = %s)", (run["start_date"], restored["backup_id"])) == [(0,)]  # fmt: skip
+    assert rows(
+        stack,
+        "SELECT count(*) FROM backups WHERE verified_at < %s AND verified_at > "
+        "(SELECT verified_at FROM backups WHERE id = %s)",
+        (run["start_date"], restored["backup_id"]),
+    ) == [(0,)]
     tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
     with psycopg2.connect(stack.app_dsn(restored["target_database"])) as conn, conn.cursor() as cur:
         cur.execute(tables)
@@ -369,34 +490,56 @@ def feedback_effect(stack, token: str, run: dict) -> None:
     assert arms and set(top) == set(arms)
     for segment, n in arms.items():  # every arm keeps explore / n: the best gets at most the rest
         assert top[segment] <= 1 - (n - 1) * explore / n + 1e-9, (segment, n, top[segment])
-    signal = api(f"{dag_url(stack, 'offer_feedback')}/dagRuns/{run['dag_run_id']}/taskInstances/"
-                 "signal_enough_feedback", token)  # fmt: skip
+    signal = api(
+        f"{dag_url(stack, 'offer_feedback')}/dagRuns/{run['dag_run_id']}/taskInstances/"
+        "signal_enough_feedback",
+        token,
+    )
     assert signal["state"] == "skipped"  # fewer than retrain_after_redemptions: no retrain asked
 
 
 def roi_effect(stack, token: str, run: dict) -> None:
-    assert rows(stack, "SELECT count(*) = count(*) FILTER (WHERE r.computed_at >= %s), count(*) "
-                       "FROM offer_roi r JOIN model_versions v ON v.id = r.model_version_id "
-                       "WHERE v.status = 'champion'", (run["start_date"],))[0] == (  # fmt: skip
-        True, rows(stack, "SELECT count(DISTINCT p.segment) FROM offer_publications p "
-                          "JOIN model_versions v ON v.id = p.model_version_id WHERE v.status = 'champion'")[0][0])
+    assert rows(
+        stack,
+        "SELECT count(*) = count(*) FILTER (WHERE r.computed_at >= %s), count(*) "
+        "FROM offer_roi r JOIN model_versions v ON v.id = r.model_version_id "
+        "WHERE v.status = 'champion'",
+        (run["start_date"],),
+    )[0] == (
+        True,
+        rows(
+            stack,
+            "SELECT count(DISTINCT p.segment) FROM offer_publications p "
+            "JOIN model_versions v ON v.id = p.model_version_id WHERE v.status = 'champion'",
+        )[0][0],
+    )
 
 
 def audit_effect(stack, token: str, run: dict) -> None:
-    [(audit_run_id, status)] = rows(stack, "SELECT id, status FROM audit_runs WHERE dag_run_id = %s", (run["dag_run_id"],))
+    [(audit_run_id, status)] = rows(
+        stack, "SELECT id, status FROM audit_runs WHERE dag_run_id = %s", (run["dag_run_id"],)
+    )
     assert status == "passed"
-    assert rows(stack, "SELECT threshold FROM audit_findings "
-                       f"WHERE audit_run_id = {audit_run_id} AND gate = 'queue_expired_leases'") == [  # fmt: skip
-        ("0 with a lease expired over 30 min",)
-    ]
+    assert rows(
+        stack,
+        "SELECT threshold FROM audit_findings "
+        f"WHERE audit_run_id = {audit_run_id} AND gate = 'queue_expired_leases'",
+    ) == [("0 with a lease expired over 30 min",)]
     digest = xcom(stack, token, run, "daily_digest")
     assert "all gates passed" in digest["subject"] and digest["failed_gates"] == [] and digest["to"]
     assert any(f"Subject: {digest['subject']}" in m for m in read_messages(stack.folder / "mail"))
 
 
-EFFECTS = {"platform_healthcheck": healthcheck_effect, "db_backup": backup_effect, "task_batch": task_batch_effect,
-           "offer_model_retrain": retrain_effect, "db_restore": restore_effect, "offer_feedback": feedback_effect,
-           "roi_sync": roi_effect, "adversarial_audit": audit_effect}  # fmt: skip
+EFFECTS = {
+    "platform_healthcheck": healthcheck_effect,
+    "db_backup": backup_effect,
+    "task_batch": task_batch_effect,
+    "offer_model_retrain": retrain_effect,
+    "db_restore": restore_effect,
+    "offer_feedback": feedback_effect,
+    "roi_sync": roi_effect,
+    "adversarial_audit": audit_effect,
+}
 
 
 def test_the_ops_dashboard_is_behind_the_login_and_shows_what_happened(stack):
@@ -407,7 +550,9 @@ def test_the_ops_dashboard_is_behind_the_login_and_shows_what_happened(stack):
     token = token_for(login)
 
     def page(path: str) -> str:
-        request = urllib.request.Request(f"{login['url']}/ops/{path}", headers={"Authorization": f"Bearer {token}"})
+        request = urllib.request.Request(
+            f"{login['url']}/ops/{path}", headers={"Authorization": f"Bearer {token}"}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.read().decode()
 
@@ -445,7 +590,9 @@ def browser(shots):
 
 def dag_runs(stack, dag_id: str) -> list[dict]:
     try:
-        return api(f"{dag_url(stack, dag_id)}/dagRuns?order_by=-run_after", token_for(stack.info.login))["dag_runs"]
+        return api(f"{dag_url(stack, dag_id)}/dagRuns?order_by=-run_after", token_for(stack.info.login))[
+            "dag_runs"
+        ]
     except urllib.error.HTTPError:  # not parsed yet
         return []
 
@@ -468,17 +615,32 @@ def test_login_in_the_browser_shows_the_project_dags(stack, rest_runs, browser, 
 
     login = stack.info.login
     browser.get(f"{login['url']}/")
-    until(browser, EC.presence_of_element_located((By.NAME, "username")), "the login form").send_keys(login["username"])
+    until(browser, EC.presence_of_element_located((By.NAME, "username")), "the login form").send_keys(
+        login["username"]
+    )
     browser.find_element(By.NAME, "password").send_keys(login["password"])
     shot(browser, shots, "login")
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     until(browser, lambda b: "/auth/login" not in b.current_url, "the login to go through")
 
     browser.get(f"{login['url']}/dags")
-    project_dags = ("platform_healthcheck", "db_backup", "db_restore", "db_migrate", "task_batch",
-                    "adversarial_audit", "offer_model_retrain", "offer_feedback", "roi_sync")  # fmt: skip
+    project_dags = (
+        "platform_healthcheck",
+        "db_backup",
+        "db_restore",
+        "db_migrate",
+        "task_batch",
+        "adversarial_audit",
+        "offer_model_retrain",
+        "offer_feedback",
+        "roi_sync",
+    )
     for dag_id in project_dags:
-        until(browser, EC.presence_of_element_located((By.LINK_TEXT, dag_id)), f"{dag_id} in the DAG list")
+        until(
+            browser,
+            EC.presence_of_element_located((By.LINK_TEXT, dag_id)),
+            f"{dag_id} in the DAG list",
+        )
     shot(browser, shots, "dag-list")
 
 
@@ -491,10 +653,16 @@ def test_db_restore_triggered_from_its_form_restores_into_a_new_database(stack, 
     target = f"restore_browser_{uuid.uuid4().hex[:8]}"
     earlier = {r["dag_run_id"] for r in dag_runs(stack, "db_restore")}  # the REST run above
     browser.get(f"{login['url']}/dags/db_restore")
-    until(browser, EC.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid=trigger-dag-button]")),
-          "the Trigger button").click()  # fmt: skip
-    field = until(browser, EC.visibility_of_element_located((By.ID, "element_target_database")),
-                  "the trigger form's target_database field")  # fmt: skip
+    until(
+        browser,
+        EC.element_to_be_clickable((By.CSS_SELECTOR, "[data-testid=trigger-dag-button]")),
+        "the Trigger button",
+    ).click()
+    field = until(
+        browser,
+        EC.visibility_of_element_located((By.ID, "element_target_database")),
+        "the trigger form's target_database field",
+    )
     field.send_keys(target)
     shot(browser, shots, "db_restore-trigger-form")
     submit = browser.find_element(By.XPATH, "//*[@role='dialog']//button[normalize-space()='Trigger']")
@@ -509,11 +677,20 @@ def test_db_restore_triggered_from_its_form_restores_into_a_new_database(stack, 
     browser.get(f"{login['url']}/dags/db_restore/runs/{run['dag_run_id']}")
     # the page has a state badge for the run and one per task: all Success, none Running or Queued
     badges = "//*[contains(@class, 'badge') and normalize-space()='{}']"
-    until(browser, lambda b: b.find_elements(By.XPATH, badges.format("Success"))
-          and not any(b.find_elements(By.XPATH, badges.format(s)) for s in ("Running", "Queued", "Failed")),
-          "the run to show success", timeout=1800)  # fmt: skip
+    until(
+        browser,
+        lambda b: (
+            b.find_elements(By.XPATH, badges.format("Success"))
+            and not any(b.find_elements(By.XPATH, badges.format(s)) for s in ("Running", "Queued", "Failed"))
+        ),
+        "the run to show success",
+        timeout=1800,
+    )
     shot(browser, shots, "db_restore-run-success")
-    assert api(f"{dag_url(stack, 'db_restore')}/dagRuns/{run['dag_run_id']}", token_for(login))["state"] == "success"
+    assert (
+        api(f"{dag_url(stack, 'db_restore')}/dagRuns/{run['dag_run_id']}", token_for(login))["state"]
+        == "success"
+    )
 
     public_tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
     restored = {r[0] for r in rows(stack, public_tables, dbname=target)}
@@ -538,12 +715,17 @@ def test_each_dashboard_page_in_the_browser_renders_its_panels_with_data(stack, 
         wait_for_success(stack, dag_id)
     login = stack.info.login
     browser.get(f"{login['url']}/")  # the UI's navigation has the dashboard's entry
-    until(browser, lambda b: b.find_elements(By.XPATH, "//a[contains(@href, 'ops')] | //*[@title='Ops dashboard']"),
-          "the Ops dashboard entry in the UI's navigation")  # fmt: skip
+    until(
+        browser,
+        lambda b: b.find_elements(By.XPATH, "//a[contains(@href, 'ops')] | //*[@title='Ops dashboard']"),
+        "the Ops dashboard entry in the UI's navigation",
+    )
     for page, filled in DASHBOARD.items():
         browser.get(f"{login['url']}/ops/{page}")
-        panels = {e.get_attribute("data-panel"): int(e.get_attribute("data-rows"))
-                  for e in browser.find_elements(By.CSS_SELECTOR, "section.panel")}  # fmt: skip
+        panels = {
+            e.get_attribute("data-panel"): int(e.get_attribute("data-rows"))
+            for e in browser.find_elements(By.CSS_SELECTOR, "section.panel")
+        }
         name = "overview" if page == "." else page
         shot(browser, shots, f"dashboard-{name}")
         empty = [title for title in filled if not panels.get(title)]
@@ -551,8 +733,9 @@ def test_each_dashboard_page_in_the_browser_renders_its_panels_with_data(stack, 
         if name == "models":
             images = browser.find_elements(By.CSS_SELECTOR, "img[data-plot]")
             assert {i.get_attribute("data-plot") for i in images} == {"roc", "calibration"}
-            assert all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images), \
+            assert all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images), (
                 "every stored plot loads from S3"
+            )
         if name == "audits":
             assert "Leading indicators" in panels
 
@@ -564,7 +747,9 @@ def test_the_rollback_button_triggers_offer_model_retrain_with_rollback(stack, r
     before = {r["dag_run_id"] for r in dag_runs(stack, "offer_model_retrain")}
     browser.get(f"{login['url']}/ops/models")
     browser.find_element(By.ID, "rollback").click()
-    flash = until(browser, lambda b: b.find_elements(By.ID, "flash"), "the dashboard to confirm the trigger")[0]
+    flash = until(browser, lambda b: b.find_elements(By.ID, "flash"), "the dashboard to confirm the trigger")[
+        0
+    ]
     shot(browser, shots, "dashboard-models-rollback-triggered")
     new = [r for r in dag_runs(stack, "offer_model_retrain") if r["dag_run_id"] not in before]
     assert len(new) == 1 and new[0]["conf"] == {"rollback": True}, new
@@ -586,4 +771,6 @@ def test_the_rollback_action_needs_a_login_and_this_origin(stack):
     assert post(bearer) == 403, "no Origin or Referer at all"
     assert len(dag_runs(stack, "offer_model_retrain")) == before, "no refused request triggered a run"
     for page in ("", "models", "offers", "audits"):
-        assert status_of(urllib.request.Request(f"{login['url']}/ops/{page}")) in (401, 403), f"/ops/{page} without a login"
+        assert status_of(urllib.request.Request(f"{login['url']}/ops/{page}")) in (401, 403), (
+            f"/ops/{page} without a login"
+        )

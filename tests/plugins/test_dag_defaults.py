@@ -25,9 +25,13 @@ def test_an_override_replaces_only_its_own_dags_schedule(monkeypatch):
 
 @pytest.mark.parametrize(
     ("raw", "named"),
-    [("{not json", "not valid JSON"), ('["db_backup"]', "JSON object"), ('{"db_backup": 5}', "'db_backup'"),
-     ('{"db_backup": " "}', "'db_backup'")],
-)  # fmt: skip
+    [
+        ("{not json", "not valid JSON"),
+        ('["db_backup"]', "JSON object"),
+        ('{"db_backup": 5}', "'db_backup'"),
+        ('{"db_backup": " "}', "'db_backup'"),
+    ],
+)
 def test_a_malformed_override_names_what_is_wrong(monkeypatch, raw, named):
     monkeypatch.setenv(OVERRIDES_VAR, raw)
     with pytest.raises(ValueError, match=named) as error:
@@ -48,4 +52,7 @@ def test_every_scheduled_dag_takes_its_override(monkeypatch):
         if dag.schedule is None:
             assert overridden[dag_id].schedule is None, (dag_id, timetable)
         else:
-            assert "expression='* * * * *'" in timetable and timetable != repr(dag.timetable), (dag_id, timetable)
+            assert "expression='* * * * *'" in timetable and timetable != repr(dag.timetable), (
+                dag_id,
+                timetable,
+            )

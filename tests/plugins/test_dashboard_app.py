@@ -32,13 +32,24 @@ def test_panels_show_backups_migrations_queue_audits_alerts_and_escape_values(ap
         """)
         panels = {p.title: p for p in all_panels(cur)}
     conn.close()
-    assert panels["Backups"].rows[0][1:6] == ("verified", Decimal("2.0"), "3072 kB", Decimal("12.3"), True)
+    assert panels["Backups"].rows[0][1:6] == (
+        "verified",
+        Decimal("2.0"),
+        "3072 kB",
+        Decimal("12.3"),
+        True,
+    )
     pending = ", ".join(r.revision for r in all_revisions()[1:])
     assert panels["Migrations"].note == f"applied: 0001; pending: {pending}"
     assert panels["Task queue"].rows == [("idea", 1, 0, 1, Decimal("0"))]
     assert panels["Task queue"].note.startswith("no bottleneck report yet")
-    assert panels["Audits"].rows[0][2] == "failed" and panels["Audits"].rows[0][5] == "queue_dead_without_error"
-    assert panels["Leading indicators"].rows == [] and "indicator_values does not exist" in panels["Leading indicators"].note
+    assert (
+        panels["Audits"].rows[0][2] == "failed" and panels["Audits"].rows[0][5] == "queue_dead_without_error"
+    )
+    assert (
+        panels["Leading indicators"].rows == []
+        and "indicator_values does not exist" in panels["Leading indicators"].note
+    )
     page = render(panels.values())
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
@@ -48,8 +59,10 @@ def test_the_queue_panel_shows_the_newest_bottleneck_report(app_head_dsn):
 
     with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
         cur.execute("""
-            INSERT INTO execution_tasks (task_type, status, ai_model) VALUES ('implementation', 'queued', 'gpt-4.1');
-            INSERT INTO task_bottleneck_reports (run_id, created_at, window_start, window_end, task_type, tasks,
+            INSERT INTO execution_tasks (task_type, status, ai_model) VALUES ('implementation', 'queued',
+                'gpt-4.1');
+            INSERT INTO task_bottleneck_reports (run_id, created_at, window_start, window_end, task_type,
+                tasks,
                 failures, avg_ms, p50_ms, p95_ms, queued_share, executing_share, cache_hit_share)
             VALUES ('old', now() - interval '1 hour', now() - interval '2 hours', now(), 'implementation',
                     10, 0, 900, 800, 1500, 0.1, 0.8, 0.1),
@@ -60,7 +73,10 @@ def test_the_queue_panel_shows_the_newest_bottleneck_report(app_head_dsn):
     conn.close()
     assert panel.columns[-3:] == ["p50_ms", "p95_ms", "cache_hit_share"]
     assert panel.rows[0][0] == "implementation" and panel.rows[0][-3:] == (
-        Decimal("400.0"), Decimal("950.6"), Decimal("0.300"))
+        Decimal("400.0"),
+        Decimal("950.6"),
+        Decimal("0.300"),
+    )
 
 
 def test_model_offer_roi_and_indicator_panels_read_their_tables(app_head_dsn):
@@ -69,18 +85,23 @@ def test_model_offer_roi_and_indicator_panels_read_their_tables(app_head_dsn):
     with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
         cur.execute("""
             INSERT INTO model_versions (model_name, version, status, metrics, artifact_uri, promoted_at)
-                VALUES ('offer_model', 1, 'retired', '{"auc": 0.61}', 's3://m/offer_model/v0001/model.skops', now()),
+                VALUES ('offer_model', 1, 'retired', '{"auc": 0.61}', 's3://m/offer_model/v0001/model.skops',
+                    now()),
                        ('offer_model', 2, 'champion', '{"auc": 0.65432, "log_loss": 0.4, "brier": 0.1}',
                         's3://m/offer_model/v0002/model.skops', now());
             INSERT INTO users (id, email, segment, signup_channel, country) OVERRIDING SYSTEM VALUE
                 VALUES (1, 'u@example.com', 'new', 'web', 'US');
             INSERT INTO offers (code, product, discount_pct) VALUES ('NEW10', 'pro', 10);
-            INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id, stripe_coupon_id)
-                SELECT max(v.id), 'new', o.id, 'prod_1', 'mv2-new-NEW10' FROM model_versions v, offers o GROUP BY o.id;
+            INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id,
+                stripe_coupon_id)
+                SELECT max(v.id), 'new', o.id, 'prod_1', 'mv2-new-NEW10' FROM model_versions v, offers o
+                    GROUP BY o.id;
             INSERT INTO offer_assignments (model_version_id, user_id, segment, offer_id, holdout, assigned_at)
                 SELECT model_version_id, 1, 'new', offer_id, false, now() FROM offer_publications;
-            INSERT INTO offer_roi (model_version_id, segment, treated_users, holdout_users, attributed_revenue_cents,
-                                   discount_cost_cents, attributed_roi_cents, incremental_roi_cents, roi_gap_cents)
+            INSERT INTO offer_roi (model_version_id, segment, treated_users, holdout_users,
+                attributed_revenue_cents,
+                                   discount_cost_cents, attributed_roi_cents, incremental_roi_cents,
+                                       roi_gap_cents)
                 SELECT model_version_id, 'new', 10, 2, 12345, 345, 12000, 2000, 10000 FROM offer_publications;
         """)
         models = page_panels(cur, "models")[0]
@@ -97,34 +118,57 @@ def test_model_offer_roi_and_indicator_panels_read_their_tables(app_head_dsn):
     conn.close()
     assert set(PAGES) == {"overview", "models", "offers", "audits"}
     assert models.note == "champion: offer_model v2"
-    assert [(r[2], r[3], r[4]) for r in models.rows] == [(2, "champion", Decimal("0.6543")), (1, "retired", Decimal("0.6100"))]
+    assert [(r[2], r[3], r[4]) for r in models.rows] == [
+        (2, "champion", Decimal("0.6543")),
+        (1, "retired", Decimal("0.6100")),
+    ]
     assert [r[1:4] for r in published.rows] == [("new", "NEW10", "pro")] and published.rows[0][-1] == 1
-    assert roi.rows[0][1:8] == ("new", 10, 2, Decimal("123.45"), Decimal("3.45"), Decimal("120.00"), Decimal("20.00"))
+    assert roi.rows[0][1:8] == (
+        "new",
+        10,
+        2,
+        Decimal("123.45"),
+        Decimal("3.45"),
+        Decimal("120.00"),
+        Decimal("20.00"),
+    )
     assert feedback.rows == []
     assert [r[:4] for r in indicators.rows] == [("roi_gap", "new", date(2026, 1, 2), Decimal("2.5000"))]
     assert indicators.rows[0][5:] == (date(2026, 1, 2), "up")
 
 
-@pytest.mark.parametrize(("headers", "allowed"), [
-    ({"origin": "http://localhost:8080"}, True),
-    ({"referer": "http://localhost:8080/ops/models"}, True),
-    ({"origin": "http://attacker.example"}, False),
-    ({"origin": "https://localhost:8080"}, False),
-    ({"referer": "http://localhost:8081/ops/models"}, False),
-    ({}, False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        ({"origin": "http://localhost:8080"}, True),
+        ({"referer": "http://localhost:8080/ops/models"}, True),
+        ({"origin": "http://attacker.example"}, False),
+        ({"origin": "https://localhost:8080"}, False),
+        ({"referer": "http://localhost:8081/ops/models"}, False),
+        ({}, False),
+    ],
+)
 def test_only_a_same_origin_request_may_trigger_an_action(headers, allowed):
     from starlette.requests import Request
 
     from execplatform.dashboard_app import same_origin
 
-    scope = {"type": "http", "method": "POST", "scheme": "http", "server": ("localhost", 8080), "path": "/ops/models/rollback",
-             "root_path": "", "query_string": b"", "headers": [(k.encode(), v.encode()) for k, v in
-                                                                [("host", "localhost:8080"), *headers.items()]]}  # fmt: skip
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "scheme": "http",
+        "server": ("localhost", 8080),
+        "path": "/ops/models/rollback",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(k.encode(), v.encode()) for k, v in [("host", "localhost:8080"), *headers.items()]],
+    }
     assert same_origin(Request(scope)) is allowed
 
 
-def test_the_models_page_shows_the_plots_stored_in_s3_behind_the_login(local_stack, app_head_dsn, monkeypatch):
+def test_the_models_page_shows_the_plots_stored_in_s3_behind_the_login(
+    local_stack, app_head_dsn, monkeypatch
+):
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from airflow.api_fastapi.core_api.security import get_user
     from fastapi.testclient import TestClient
@@ -137,18 +181,28 @@ def test_the_models_page_shows_the_plots_stored_in_s3_behind_the_login(local_sta
     from include.offers.plots import line_plot_png
 
     conn = json.loads(os.environ["AIRFLOW_CONN_APP_DB"])
-    monkeypatch.setenv("AIRFLOW_CONN_DASHBOARD_TEST", json.dumps({**conn, "schema": parse_dsn(app_head_dsn)["dbname"]}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DASHBOARD_TEST",
+        json.dumps({**conn, "schema": parse_dsn(app_head_dsn)["dbname"]}),
+    )
     prefix = f"s3://{MODEL_BUCKET}/offer_model_{uuid.uuid4().hex[:6]}"
     with psycopg2.connect(app_head_dsn) as db, db.cursor() as cur:
-        cur.execute("""
+        cur.execute(
+            """
             INSERT INTO model_versions (model_name, version, status, artifact_uri)
                 VALUES ('offer_model', 1, 'champion', %s), ('offer_model', 2, 'rejected', %s) RETURNING id""",
-                    (f"{prefix}/v0001/model.skops", f"{prefix}/v0002/model.skops"))  # fmt: skip
+            (f"{prefix}/v0001/model.skops", f"{prefix}/v0002/model.skops"),
+        )
         plotted, unplotted = (row[0] for row in cur.fetchall())
     db.close()
     roc = line_plot_png([0, 0.2, 1], [0, 0.7, 1], title="ROC", xlabel="FPR", ylabel="TPR")
     registry.put_object(s3_client(), f"{prefix}/v0001/roc.png", roc, "image/png")
-    registry.put_object(s3_client(), f"{prefix}/v0001/calibration.png", line_plot_png([0, 1], [0, 1], title="Calibration", xlabel="predicted", ylabel="observed"), "image/png")
+    registry.put_object(
+        s3_client(),
+        f"{prefix}/v0001/calibration.png",
+        line_plot_png([0, 1], [0, 1], title="Calibration", xlabel="predicted", ylabel="observed"),
+        "image/png",
+    )
 
     app = create_app(conn_id="dashboard_test")
     client = TestClient(app)

@@ -79,7 +79,9 @@ def _backfill(batch_size: int) -> None:
         op.execute(BACKFILL_BATCH % {"lo": 1, "size": batch_size})
         return
     bind = op.get_bind()
-    lo, hi = bind.exec_driver_sql("SELECT coalesce(min(id), 1), coalesce(max(id), 0) FROM execution_tasks").one()
+    lo, hi = bind.exec_driver_sql(
+        "SELECT coalesce(min(id), 1), coalesce(max(id), 0) FROM execution_tasks"
+    ).one()
     while lo <= hi:  # autocommit (the caller's block): every range is its own transaction
         bind.exec_driver_sql(BACKFILL_BATCH % {"lo": int(lo), "size": batch_size})
         lo += batch_size

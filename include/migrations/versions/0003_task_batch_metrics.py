@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS task_batch_metrics (
     cache_hit_ms_sum  double precision NOT NULL DEFAULT 0,
     CONSTRAINT task_batch_metrics_run_type_key UNIQUE (run_id, task_type)
 );
-COMMENT ON TABLE task_batch_metrics IS 'Per task type figures of each task_batch run (one row per run and type).';
+COMMENT ON TABLE task_batch_metrics IS
+    'Per task type figures of each task_batch run (one row per run and type).';
 CREATE INDEX IF NOT EXISTS task_batch_metrics_measured_idx ON task_batch_metrics (measured_at);
 
 CREATE TABLE IF NOT EXISTS task_bottleneck_reports (

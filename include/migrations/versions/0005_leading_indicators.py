@@ -32,7 +32,8 @@ CREATE TABLE indicator_values (
     computed_at timestamptz      NOT NULL DEFAULT now(),
     PRIMARY KEY (day, indicator, dimension)
 );
-COMMENT ON TABLE indicator_values IS 'Daily leading indicators (drift, trust inflation, speed), one row per day, indicator and dimension.';
+COMMENT ON TABLE indicator_values IS
+    'Daily leading indicators (drift, trust inflation, speed), one row per day, indicator and dimension.';
 CREATE INDEX indicator_values_series_idx ON indicator_values (indicator, dimension, day);
 
 CREATE TABLE indicator_changes (

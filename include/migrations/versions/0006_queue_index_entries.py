@@ -55,26 +55,35 @@ END $$
 def upgrade() -> None:
     with op.get_context().autocommit_block():
         op.execute(drop_if_invalid(IDEMPOTENCY_IDX))
-        op.execute(f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {IDEMPOTENCY_IDX}"
-                   " ON execution_tasks (idempotency_key) WHERE idempotency_key IS NOT NULL")  # fmt: skip
+        op.execute(
+            f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {IDEMPOTENCY_IDX}"
+            " ON execution_tasks (idempotency_key) WHERE idempotency_key IS NOT NULL"
+        )
         op.execute(f"ALTER TABLE execution_tasks DROP CONSTRAINT IF EXISTS {CONSTRAINT}")
         op.execute(drop_if_invalid(FINISHED_IDX))
-        op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {FINISHED_IDX}"
-                   " ON execution_tasks (task_type, finished_at) WHERE finished_at IS NOT NULL")  # fmt: skip
+        op.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {FINISHED_IDX}"
+            " ON execution_tasks (task_type, finished_at) WHERE finished_at IS NOT NULL"
+        )
         op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {OLD_FINISHED_IDX}")
 
 
 def downgrade() -> None:
     with op.get_context().autocommit_block():
         op.execute(drop_if_invalid(OLD_FINISHED_IDX))
-        op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {OLD_FINISHED_IDX}"
-                   " ON execution_tasks (task_type, finished_at)")  # fmt: skip
+        op.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {OLD_FINISHED_IDX}"
+            " ON execution_tasks (task_type, finished_at)"
+        )
         op.execute(drop_if_invalid(FINISHED_IDX))
         op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {FINISHED_IDX}")
         # the constraint comes back from an index built concurrently under its name (IF NOT
         # EXISTS: a resumed run finds the constraint's own index there already)
         op.execute(drop_if_invalid(CONSTRAINT))
-        op.execute(f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {CONSTRAINT} ON execution_tasks (idempotency_key)")
+        op.execute(
+            f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {CONSTRAINT} ON execution_tasks "
+            f"(idempotency_key)"
+        )
         op.execute(f"""
 DO $$
 BEGIN

@@ -47,8 +47,10 @@ def replace_index(build: str, where: str, drop: str) -> None:
     """Build index `build` on (ai_model, finished_at) WHERE `where`, then drop index `drop`."""
     with op.get_context().autocommit_block():
         op.execute(drop_if_invalid(build))
-        op.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {build} ON execution_tasks (ai_model, finished_at)"
-                   f" WHERE {where}")  # fmt: skip
+        op.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {build} ON execution_tasks (ai_model, finished_at)"
+            f" WHERE {where}"
+        )
         op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {drop}")
 
 

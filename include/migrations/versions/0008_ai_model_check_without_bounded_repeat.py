@@ -45,7 +45,9 @@ def replace_check(check: str, form_marker: str) -> None:
     """Make `NAME` the CHECK (`check`); `form_marker` is text only the wanted form contains."""
 
     def exists(name: str) -> str:
-        return f"SELECT FROM pg_constraint WHERE conrelid = 'execution_tasks'::regclass AND conname = '{name}'"
+        return (
+            f"SELECT FROM pg_constraint WHERE conrelid = 'execution_tasks'::regclass AND conname = '{name}'"
+        )
 
     with op.get_context().autocommit_block():
         op.execute(f"""
@@ -57,8 +59,10 @@ BEGIN
     END IF;
 END $$
 """)
-        op.execute(f"DO $$ BEGIN IF EXISTS ({exists(NEXT)}) THEN"
-                   f" ALTER TABLE execution_tasks VALIDATE CONSTRAINT {NEXT}; END IF; END $$")  # fmt: skip
+        op.execute(
+            f"DO $$ BEGIN IF EXISTS ({exists(NEXT)}) THEN"
+            f" ALTER TABLE execution_tasks VALIDATE CONSTRAINT {NEXT}; END IF; END $$"
+        )
         op.execute(f"""
 DO $$
 BEGIN

@@ -11,11 +11,27 @@ from airflow.providers.postgres.hooks.postgres import PostgresHook
 from include.ids import APP_DB
 
 # the connection extras that are libpq parameters (everything else in extra is the provider's own)
-LIBPQ_EXTRAS = frozenset({
-    "sslmode", "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword", "sslcompression",
-    "connect_timeout", "application_name", "options", "keepalives", "keepalives_idle",
-    "keepalives_interval", "keepalives_count", "target_session_attrs", "gssencmode", "channel_binding",
-})  # fmt: skip
+LIBPQ_EXTRAS = frozenset(
+    {
+        "sslmode",
+        "sslcert",
+        "sslkey",
+        "sslrootcert",
+        "sslcrl",
+        "sslpassword",
+        "sslcompression",
+        "connect_timeout",
+        "application_name",
+        "options",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "target_session_attrs",
+        "gssencmode",
+        "channel_binding",
+    }
+)
 
 
 @contextmanager
@@ -74,8 +90,14 @@ class AppDatabaseHook(PostgresHook):
         if conn.extra_dejson.get("iam", False):
             login, password, port = self.get_iam_token(conn)
         params = {k: v for k, v in conn.extra_dejson.items() if k in LIBPQ_EXTRAS}
-        return make_dsn(host=conn.host, port=port, dbname=dbname or self.database_name, user=login,
-                        password=password, **params)  # fmt: skip
+        return make_dsn(
+            host=conn.host,
+            port=port,
+            dbname=dbname or self.database_name,
+            user=login,
+            password=password,
+            **params,
+        )
 
     @contextmanager
     def cursor(self) -> Iterator[Any]:

@@ -45,9 +45,7 @@ class CloudWatchMetricsHook(AwsBaseHook):
         client = self.get_conn()
         for number, chunk in enumerate(chunks, 1):
             client.put_metric_data(Namespace=namespace, MetricData=chunk)
-            self.log.debug(
-                "%s: request %d/%d sent %d datums", namespace, number, len(chunks), len(chunk)
-            )
+            self.log.debug("%s: request %d/%d sent %d datums", namespace, number, len(chunks), len(chunk))
         self.log.info(
             "published %d datums to %s in %d requests",
             sum(map(len, chunks)),
@@ -88,9 +86,7 @@ class CloudWatchMetricsHook(AwsBaseHook):
         pages = (
             self.get_conn()
             .get_paginator("get_metric_data")
-            .paginate(
-                MetricDataQueries=[query], StartTime=start, EndTime=end, ScanBy="TimestampAscending"
-            )
+            .paginate(MetricDataQueries=[query], StartTime=start, EndTime=end, ScanBy="TimestampAscending")
         )
         values: list[float] = []
         for page in pages:
@@ -127,8 +123,12 @@ class CloudWatchMetricsHook(AwsBaseHook):
             client.delete_alarms(AlarmNames=list(diff.deleted[start : start + DELETE_ALARMS_BATCH]))
         self.log.info(
             "alarms under %r: %d created, %d updated, %d deleted, %d unchanged",
-            prefix, len(diff.created), len(diff.updated), len(diff.deleted), len(diff.unchanged),
-        )  # fmt: skip
+            prefix,
+            len(diff.created),
+            len(diff.updated),
+            len(diff.deleted),
+            len(diff.unchanged),
+        )
         return diff
 
 

@@ -104,19 +104,32 @@ class StripeHook(BaseHook):
             try:
                 return service.create({**params, "id": object_id}, options), True
             except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as error:
-                if isinstance(error, stripe.APIError) and (error.http_status or 500) < 500 and error.http_status != 409:
+                if (
+                    isinstance(error, stripe.APIError)
+                    and (error.http_status or 500) < 500
+                    and error.http_status != 409
+                ):
                     raise
-                self.log.warning("creating Stripe %s %s failed (%s), attempt %d; fetching first",
-                                 kind, object_id, type(error).__name__, attempt + 1)  # fmt: skip
+                self.log.warning(
+                    "creating Stripe %s %s failed (%s), attempt %d; fetching first",
+                    kind,
+                    object_id,
+                    type(error).__name__,
+                    attempt + 1,
+                )
                 if error.http_status != 409:
                     time.sleep(self.rate_limit_backoff_seconds * 2**attempt)
-        raise RuntimeError(f"Stripe {kind} {object_id!r}: not created after {self.rate_limit_retries + 1} attempts")
+        raise RuntimeError(
+            f"Stripe {kind} {object_id!r}: not created after {self.rate_limit_retries + 1} attempts"
+        )
 
     def iter_charges(self, created_after: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
         """Every charge created after `created_after` (unix seconds), page by page."""
         return self.iter_objects("charges", {"created": {"gt": created_after}}, page_size)
 
-    def iter_objects(self, kind: str, params: dict[str, Any] | None = None, page_size: int = 100) -> Iterator[dict[str, Any]]:
+    def iter_objects(
+        self, kind: str, params: dict[str, Any] | None = None, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
         """Every Stripe object of `kind` ("charges", "coupons", "products") matching `params`,
         page by page."""
         service = getattr(self.get_conn().v1, kind)

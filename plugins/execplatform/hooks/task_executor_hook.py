@@ -44,7 +44,11 @@ class TaskExecutorHook(BaseHook):
             base = f"{base.rstrip('/')}:{conn.port}"
         extra = conn.extra_dejson
         return ExecutorClient(
-            base, timeout_seconds=float(extra.get("timeout_seconds", 30)), retries=int(extra.get("retries", 3)),
+            base,
+            timeout_seconds=float(extra.get("timeout_seconds", 30)),
+            retries=int(extra.get("retries", 3)),
             basic_auth=(conn.login, conn.password or "") if conn.login else None,
-            token=None if conn.login else conn.password or None,  # a token alone: TASK_EXECUTOR_TOKEN in compose
-        )  # fmt: skip
+            token=None
+            if conn.login
+            else conn.password or None,  # a token alone: TASK_EXECUTOR_TOKEN in compose
+        )

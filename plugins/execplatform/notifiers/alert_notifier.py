@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+
 class PlatformAlertNotifier(BaseNotifier):
     """
     Send an alert through the channels of its level (see ``include.observability.alerting.CHANNELS``).
@@ -132,9 +133,15 @@ class PlatformAlertNotifier(BaseNotifier):
         level = {"Level": alert.level.name}
         metrics = [
             Metric("AlertRaised", 1.0, dimensions={**standard_dimensions(), **level}),
-            Metric("AlertRaised", 1.0, dimensions={
-                **standard_dimensions(dag_id=alert.dag_id, task_id=alert.task_id), **level}),
-        ]  # fmt: skip
+            Metric(
+                "AlertRaised",
+                1.0,
+                dimensions={
+                    **standard_dimensions(dag_id=alert.dag_id, task_id=alert.task_id),
+                    **level,
+                },
+            ),
+        ]
         if alert.error is not None and alert.level >= Level.ERROR:
             metrics.append(Metric("TaskFailed", 1.0, dimensions=standard_dimensions(dag_id=alert.dag_id)))
         return metrics
@@ -142,7 +149,9 @@ class PlatformAlertNotifier(BaseNotifier):
     def _email(self, alert: Alert, grouping: Grouping | None) -> None:
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-        to = self.to or [a.strip() for a in os.environ.get("ALERT_EMAIL_TO", "platform-oncall@localhost").split(",")]
+        to = self.to or [
+            a.strip() for a in os.environ.get("ALERT_EMAIL_TO", "platform-oncall@localhost").split(",")
+        ]
         body = alert.body(grouping.grouped_before if grouping else 0)
         SmtpNotifier(
             to=to,
@@ -171,11 +180,23 @@ class PlatformAlertNotifier(BaseNotifier):
 
         if "metric" not in failed:  # CloudWatch itself down: the log line above is the count
             try:
-                self._put_metrics([
-                    Metric("AlertChannelFailed", float(len(failed)), dimensions=standard_dimensions()),
-                    *(Metric("AlertChannelFailed", 1.0, dimensions={**standard_dimensions(), "Channel": c})
-                      for c in failed),
-                ])  # fmt: skip
+                self._put_metrics(
+                    [
+                        Metric(
+                            "AlertChannelFailed",
+                            float(len(failed)),
+                            dimensions=standard_dimensions(),
+                        ),
+                        *(
+                            Metric(
+                                "AlertChannelFailed",
+                                1.0,
+                                dimensions={**standard_dimensions(), "Channel": c},
+                            )
+                            for c in failed
+                        ),
+                    ]
+                )
             except Exception:
                 self.log.warning("could not count the failure of channels %s in CloudWatch", failed)
         if grouping is not None:
@@ -187,8 +208,15 @@ class PlatformAlertNotifier(BaseNotifier):
                 with AppDatabaseHook(self.app_conn_id).cursor() as cur:
                     for _ in failed:
                         count_channel_failure(cur, grouping.alert_id)
-                    log_security_event(cur, "alert_channel_failed", "warning", actor="PlatformAlertNotifier",
-                                       channels=failed, alert_id=grouping.alert_id, subject=alert.subject())  # fmt: skip
+                    log_security_event(
+                        cur,
+                        "alert_channel_failed",
+                        "warning",
+                        actor="PlatformAlertNotifier",
+                        channels=failed,
+                        alert_id=grouping.alert_id,
+                        subject=alert.subject(),
+                    )
             except Exception:
                 self.log.warning("could not count channel failures %s in the alerts table", failed)
 
@@ -221,17 +249,23 @@ class RunMetricsNotifier(BaseNotifier):
             dims = standard_dimensions(dag_id=dag_run.dag_id)
             succeeded = dag_run.state == "success"
             seconds = ((dag_run.end_date or datetime.now(UTC)) - dag_run.start_date).total_seconds()
-            CloudWatchMetricsHook(aws_conn_id=self.aws_conn_id).put_metrics(NAMESPACE, [
-                Metric("DagRunSucceeded", 1.0 if succeeded else 0.0, dimensions=dims),
-                Metric("DagRunDuration", max(seconds, 0.0), unit="Seconds", dimensions=dims),
-            ])  # fmt: skip
+            CloudWatchMetricsHook(aws_conn_id=self.aws_conn_id).put_metrics(
+                NAMESPACE,
+                [
+                    Metric("DagRunSucceeded", 1.0 if succeeded else 0.0, dimensions=dims),
+                    Metric("DagRunDuration", max(seconds, 0.0), unit="Seconds", dimensions=dims),
+                ],
+            )
         except Exception:
             self.log.exception("could not publish the run metrics of %s", context.get("dag_run"))
 
 
 def run_metrics_callbacks() -> dict[str, Any]:
     """The `@dag(...)` arguments that publish every run's outcome and duration."""
-    return {"on_success_callback": RunMetricsNotifier(), "on_failure_callback": RunMetricsNotifier()}
+    return {
+        "on_success_callback": RunMetricsNotifier(),
+        "on_failure_callback": RunMetricsNotifier(),
+    }
 
 
 def send_alert(level: str, title: str, **kwargs: Any) -> None:

@@ -86,7 +86,13 @@ class PostgresBackupOperator(BaseOperator):
             self.log.error("backup %s failed; local copy (if any) kept at %s", backup_id, folder)
             raise
         shutil.rmtree(folder)
-        self.log.info("backup %s: %d bytes in %.1f s at %s", backup_id, result.size_bytes, result.seconds, location)
+        self.log.info(
+            "backup %s: %d bytes in %.1f s at %s",
+            backup_id,
+            result.size_bytes,
+            result.seconds,
+            location,
+        )
         return {
             "backup_id": backup_id,
             "location": location,
@@ -109,7 +115,9 @@ class PostgresBackupOperator(BaseOperator):
         for path in files:
             stored = client.head_object(Bucket=bucket, Key=f"{prefix}{path.name}")["ContentLength"]
             if stored != path.stat().st_size:
-                raise BackupError(f"s3://{bucket}/{prefix}{path.name} holds {stored} bytes, the dump {path.stat().st_size}")
+                raise BackupError(
+                    f"s3://{bucket}/{prefix}{path.name} holds {stored} bytes, the dump {path.stat().st_size}"
+                )
 
     def _mark_failed(self, backup_id: int, error: str, catalog_failed) -> None:
         try:
@@ -251,7 +259,8 @@ class RestoreBackupOperator(BaseOperator):
         over_live = target == live
         if over_live and self.confirm != live:
             raise AirflowFailException(
-                f"restoring over the live database {live!r} needs confirm={live!r}; got {self.confirm!r}; nothing was touched"
+                f"restoring over the live database {live!r} needs confirm={live!r}; got {self.confirm!r}; "
+                f"nothing was touched"
             )
         with tempfile.TemporaryDirectory(prefix="restore-") as tmp:
             try:
@@ -260,11 +269,19 @@ class RestoreBackupOperator(BaseOperator):
                 raise AirflowFailException(str(exc)) from exc
             if not over_live:
                 if app_db(self.postgres_conn_id).database_exists(target):
-                    raise AirflowFailException(f"target_database {target!r} already exists; nothing was touched")
+                    raise AirflowFailException(
+                        f"target_database {target!r} already exists; nothing was touched"
+                    )
                 app_db(self.postgres_conn_id).create_database(target)
-            seconds = restore(app_db(self.postgres_conn_id).dsn(target), folder, jobs=self.jobs, clean=over_live)
+            seconds = restore(
+                app_db(self.postgres_conn_id).dsn(target), folder, jobs=self.jobs, clean=over_live
+            )
         self.log.info("backup %s restored into %s in %.2f s", entry.id, target, seconds)
-        return {"backup_id": entry.id, "target_database": target, "restore_seconds": round(seconds, 3)}
+        return {
+            "backup_id": entry.id,
+            "target_database": target,
+            "restore_seconds": round(seconds, 3),
+        }
 
 
 def _verified(cur, backup_id: int | None) -> CatalogEntry:
@@ -273,5 +290,7 @@ def _verified(cur, backup_id: int | None) -> CatalogEntry:
 
     entry = catalog_get(cur, backup_id)
     if entry.status != "verified":
-        raise BackupError(f"backup {entry.id} has status {entry.status!r}; only verified backups are restored")
+        raise BackupError(
+            f"backup {entry.id} has status {entry.status!r}; only verified backups are restored"
+        )
     return entry

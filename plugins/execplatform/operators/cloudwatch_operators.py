@@ -94,12 +94,8 @@ class PublishMetricsOperator(BaseOperator):
                 valid.append(_metric_from_dict(spec, dimensions))
             except (TypeError, ValueError) as exc:
                 rejected.append(f"metrics[{index}] {spec!r}: {exc}")
-        requests = CloudWatchMetricsHook(aws_conn_id=self.aws_conn_id).put_metrics(
-            self.namespace, valid
-        )
-        self.log.info(
-            "published %d metrics to %s in %d requests", len(valid), self.namespace, requests
-        )
+        requests = CloudWatchMetricsHook(aws_conn_id=self.aws_conn_id).put_metrics(self.namespace, valid)
+        self.log.info("published %d metrics to %s in %d requests", len(valid), self.namespace, requests)
         if rejected:
             for reason in rejected:
                 self.log.error("rejected %s", reason)
@@ -123,9 +119,7 @@ class ApplyAlarmsOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("prefix",)
 
-    def __init__(
-        self, *, aws_conn_id: str = AWS, prefix: str = ALARM_PREFIX, **kwargs: Any
-    ) -> None:
+    def __init__(self, *, aws_conn_id: str = AWS, prefix: str = ALARM_PREFIX, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.aws_conn_id = aws_conn_id
         self.prefix = prefix

@@ -110,7 +110,13 @@ class ConnectionProbeOperator(BaseOperator):
         if conn_type not in PROBES:
             raise ValueError(f"connection {self.conn_id!r} has conn_type {conn_type!r}; no probe for it")
         result = run_probe(self.conn_id, lambda: PROBES[conn_type](self.conn_id))
-        self.log.info("%s: ok=%s latency=%.1f ms %s", self.conn_id, result.ok, result.latency_ms, result.detail)
+        self.log.info(
+            "%s: ok=%s latency=%.1f ms %s",
+            self.conn_id,
+            result.ok,
+            result.latency_ms,
+            result.detail,
+        )
         self._record(context["run_id"], result)
         if not result.ok:
             self._count_failure()
@@ -124,7 +130,8 @@ class ConnectionProbeOperator(BaseOperator):
 
         try:
             CloudWatchMetricsHook(aws_conn_id=self.metrics_conn_id).put_metrics(
-                HEALTHCHECK_NAMESPACE, [Metric("ProbeFailed", 1.0, dimensions={"ConnId": self.conn_id})]
+                HEALTHCHECK_NAMESPACE,
+                [Metric("ProbeFailed", 1.0, dimensions={"ConnId": self.conn_id})],
             )
         except Exception:
             self.log.exception("could not count the failed probe of %s in CloudWatch", self.conn_id)
@@ -135,8 +142,15 @@ class ConnectionProbeOperator(BaseOperator):
         from include.observability.security_events import log_security_event
 
         def connection_failed(cursor) -> None:
-            log_security_event(cursor, "connection_failed", "error", actor=f"{self.dag_id}.{self.task_id}",
-                               conn_id=self.conn_id, run_id=run_id, error=result.detail)  # fmt: skip
+            log_security_event(
+                cursor,
+                "connection_failed",
+                "error",
+                actor=f"{self.dag_id}.{self.task_id}",
+                conn_id=self.conn_id,
+                run_id=run_id,
+                error=result.detail,
+            )
 
         try:
             with AppDatabaseHook(self.results_conn_id).cursor() as cursor:

@@ -32,7 +32,13 @@ class DrainQueueOperator(BaseOperator):
     :param cache_ttl_seconds: (templated) TTL per cache namespace (``executor`` covers all models).
     """
 
-    template_fields = ("task_types", "batch_size", "concurrency", "budget_seconds", "cache_ttl_seconds")
+    template_fields = (
+        "task_types",
+        "batch_size",
+        "concurrency",
+        "budget_seconds",
+        "cache_ttl_seconds",
+    )
 
     def __init__(
         self,
@@ -71,7 +77,11 @@ class DrainQueueOperator(BaseOperator):
         from include.execution.drain import drain
         from include.execution.task_handlers import Services
 
-        cache = TaskCacheHook(self.redis_conn_id).get_cache(ttl_seconds=self.cache_ttl_seconds) if self.use_cache else None
+        cache = (
+            TaskCacheHook(self.redis_conn_id).get_cache(ttl_seconds=self.cache_ttl_seconds)
+            if self.use_cache
+            else None
+        )
         alerted: list[bool] = []
 
         def alert_once_if_cache_down(_batch=None) -> None:
@@ -80,23 +90,43 @@ class DrainQueueOperator(BaseOperator):
                 self._alert_cache_down(cache.unavailable)
 
         ti = context["ti"]
-        owner = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}[{self.drain_index}]@{os.uname().nodename}:{os.getpid()}"
-        with (closing(TaskExecutorHook(self.task_executor_conn_id).get_conn()) as executor,
-              failing_hard_when_schema_is_behind()):  # fmt: skip
+        owner = (
+            f"{ti.dag_id}/{ti.run_id}/{ti.task_id}[{self.drain_index}]@{os.uname().nodename}:{os.getpid()}"
+        )
+        with (
+            closing(TaskExecutorHook(self.task_executor_conn_id).get_conn()) as executor,
+            failing_hard_when_schema_is_behind(),
+        ):
             summary = drain(
-                AppDatabaseHook(self.app_conn_id).dsn(), services=Services(executor=executor, cache=cache),
-                task_types=self.task_types or None, batch_size=int(self.batch_size),
-                concurrency=int(self.concurrency), budget_seconds=float(self.budget_seconds),
-                owner=owner, on_batch=alert_once_if_cache_down,
-            )  # fmt: skip
+                AppDatabaseHook(self.app_conn_id).dsn(),
+                services=Services(executor=executor, cache=cache),
+                task_types=self.task_types or None,
+                batch_size=int(self.batch_size),
+                concurrency=int(self.concurrency),
+                budget_seconds=float(self.budget_seconds),
+                owner=owner,
+                on_batch=alert_once_if_cache_down,
+            )
         alert_once_if_cache_down()
-        result = {**summary.as_dict(), "cache": cache.report() if cache else {}, "cache_available": not alerted}
-        self.log.info("drained %d batches in %.1fs (%s): %s", summary.batches, summary.seconds, summary.stopped_by,
-                      result["by_type"])  # fmt: skip
+        result = {
+            **summary.as_dict(),
+            "cache": cache.report() if cache else {},
+            "cache_available": not alerted,
+        }
+        self.log.info(
+            "drained %d batches in %.1fs (%s): %s",
+            summary.batches,
+            summary.seconds,
+            summary.stopped_by,
+            result["by_type"],
+        )
         return result
 
     def _alert_cache_down(self, error: Exception) -> None:
         from execplatform.notifiers.alert_notifier import send_alert
 
         self.log.warning("Redis cache unavailable, running uncached: %s", error)
-        send_alert("error", f"task cache (Redis) unavailable; tasks run uncached: {type(error).__name__}: {error}")
+        send_alert(
+            "error",
+            f"task cache (Redis) unavailable; tasks run uncached: {type(error).__name__}: {error}",
+        )

@@ -71,8 +71,12 @@ class PublishOffersOperator(BaseOperator):
             existing += (not made_product) + (not made_coupon)
             with AppDatabaseHook(self.app_conn_id).cursor() as cur:
                 jobs.mark_published(cur, version_id, offer["segment"])
-        self.log.info("offers of model version %d: %d Stripe objects created, %d existed",
-                      version_id, created, existing)  # fmt: skip
+        self.log.info(
+            "offers of model version %d: %d Stripe objects created, %d existed",
+            version_id,
+            created,
+            existing,
+        )
         return {"offers": len(offers), "created": created, "existing": existing}
 
 

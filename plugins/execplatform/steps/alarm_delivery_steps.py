@@ -27,13 +27,21 @@ def _readers(token: str, task_id: str, started: datetime, conn_id: str, aws_conn
 
     def table() -> bool:
         with AppDatabaseHook(conn_id).cursor() as cur:
-            cur.execute("SELECT count(*) FROM alerts WHERE level = 'critical' AND message LIKE %s", (f"%{token}%",))
+            cur.execute(
+                "SELECT count(*) FROM alerts WHERE level = 'critical' AND message LIKE %s",
+                (f"%{token}%",),
+            )
             return cur.fetchone()[0] > 0
 
     def metric() -> bool:
         dims = {**standard_dimensions(dag_id=DAG_ID, task_id=task_id), "Level": "CRITICAL"}
         values = CloudWatchMetricsHook(aws_conn_id=aws_conn_id).get_metric_values(
-            NAMESPACE, "AlertRaised", dims, started - timedelta(minutes=1), datetime.now(UTC) + timedelta(minutes=1))
+            NAMESPACE,
+            "AlertRaised",
+            dims,
+            started - timedelta(minutes=1),
+            datetime.now(UTC) + timedelta(minutes=1),
+        )
         return sum(values) >= 1
 
     def sink(variable: str, read_all) -> Any:
@@ -42,8 +50,12 @@ def _readers(token: str, task_id: str, started: datetime, conn_id: str, aws_conn
             return f"${variable} is not set: no sink to read this channel back from"
         return lambda: any(token in text for text in read_all(Path(folder)))
 
-    return {"table": table, "metric": metric, "email": sink("SMTP_SINK_DIR", read_messages),
-            "sentry": sink("SENTRY_SINK_DIR", read_envelopes)}  # fmt: skip
+    return {
+        "table": table,
+        "metric": metric,
+        "email": sink("SMTP_SINK_DIR", read_messages),
+        "sentry": sink("SENTRY_SINK_DIR", read_envelopes),
+    }
 
 
 def audit_alarms(
@@ -63,10 +75,13 @@ def audit_alarms(
     token = synthetic_token()
     task_id = f"alarm_probe_{token}"
     started = datetime.now(UTC)
-    ti = SimpleNamespace(dag_id=DAG_ID, task_id=task_id, run_id=f"alarm_audit_{token}", try_number=1, log_url=None)
+    ti = SimpleNamespace(
+        dag_id=DAG_ID, task_id=task_id, run_id=f"alarm_audit_{token}", try_number=1, log_url=None
+    )
     error = RuntimeError(f"synthetic failure injected by the alarm audit ({token}); no action needed")
-    PlatformAlertNotifier("critical", app_conn_id=conn_id, aws_conn_id=aws_conn_id,
-                          smtp_conn_id=smtp_conn_id).notify({"ti": ti, "exception": error})  # fmt: skip
+    PlatformAlertNotifier(
+        "critical", app_conn_id=conn_id, aws_conn_id=aws_conn_id, smtp_conn_id=smtp_conn_id
+    ).notify({"ti": ti, "exception": error})
     deliveries = wait_for_delivery(_readers(token, task_id, started, conn_id, aws_conn_id), deadline_seconds)
     logger.info("alarm audit %s:\n%s", token, "\n".join(map(str, deliveries)))
     missing = [d for d in deliveries if d.seconds is None]
@@ -74,11 +89,21 @@ def audit_alarms(
         from include.audit.gates import Evidence, record
 
         with AppDatabaseHook(conn_id).cursor() as cur:
-            record(cur, audit_run_id, Evidence(
-                "alarm_delivery", not missing, {d.channel: d.seconds for d in deliveries},
-                f"every channel within {deadline_seconds} s", f"synthetic critical failure {token}"))
+            record(
+                cur,
+                audit_run_id,
+                Evidence(
+                    "alarm_delivery",
+                    not missing,
+                    {d.channel: d.seconds for d in deliveries},
+                    f"every channel within {deadline_seconds} s",
+                    f"synthetic critical failure {token}",
+                ),
+            )
     if missing:
         raise AirflowFailException(
-            f"alarm audit {token}: channel(s) {', '.join(d.channel for d in missing)} did not deliver the synthetic "
-            f"failure within {deadline_seconds} s ({'; '.join(f'{d.channel}: {d.problem}' for d in missing)})")
+            f"alarm audit {token}: channel(s) {', '.join(d.channel for d in missing)} did not deliver the "
+            f"synthetic "
+            f"failure within {deadline_seconds} s ({'; '.join(f'{d.channel}: {d.problem}' for d in missing)})"
+        )
     return {"token": token, "seconds": {d.channel: round(d.seconds, 2) for d in deliveries}}

@@ -23,16 +23,30 @@ def start(conn_id: str, run_id: str) -> int:
 
 
 # extra fields that hold secrets (the words Airflow's secrets masker hides by default)
-SENSITIVE_EXTRA_WORDS = ("password", "passwd", "passphrase", "secret", "token", "api_key", "apikey",
-                         "private_key", "authorization")  # fmt: skip
+SENSITIVE_EXTRA_WORDS = (
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "private_key",
+    "authorization",
+)
 
 
 class AirflowServices:
     """`include.audit.gates.Services` from Airflow connections: S3 through the Amazon provider's
     hook, Stripe through `StripeHook`, scratch databases on the app database's server."""
 
-    def __init__(self, app_conn_id: str = APP_DB, aws_conn_id: str = AWS,
-                 stripe_conn_id: str = STRIPE, log_folder: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        app_conn_id: str = APP_DB,
+        aws_conn_id: str = AWS,
+        stripe_conn_id: str = STRIPE,
+        log_folder: str | None = None,
+    ) -> None:
         self.app_conn_id = app_conn_id
         self.aws_conn_id = aws_conn_id
         self.stripe_conn_id = stripe_conn_id
@@ -84,7 +98,11 @@ class AirflowServices:
             if conn.password:
                 found[f"connection {conn_id} password"] = conn.password
             for key, value in (conn.extra_dejson or {}).items():
-                if isinstance(value, str) and value and any(word in key.lower() for word in SENSITIVE_EXTRA_WORDS):
+                if (
+                    isinstance(value, str)
+                    and value
+                    and any(word in key.lower() for word in SENSITIVE_EXTRA_WORDS)
+                ):
                     found[f"connection {conn_id} extra {key}"] = value
         for section, key in SECRET_SETTINGS:
             if value := conf.get(section, key, fallback=None):
@@ -122,11 +140,16 @@ def report(conn_id: str, audit_run_id: int, gates: list[str], unfinished: list[s
 
     with AppDatabaseHook(conn_id).cursor() as cur:
         failed = finish_audit(cur, audit_run_id, gates)
-        cur.execute("SELECT gate, passed, observed, threshold FROM audit_findings WHERE audit_run_id = %s "
-                    "ORDER BY gate", (audit_run_id,))  # fmt: skip
+        cur.execute(
+            "SELECT gate, passed, observed, threshold FROM audit_findings WHERE audit_run_id = %s "
+            "ORDER BY gate",
+            (audit_run_id,),
+        )
         rows = cur.fetchall()
-    table = "\n".join(f"{'PASS' if ok else 'FAIL'}  {gate:<36} observed={observed} limit={limit}"
-                      for gate, ok, observed, limit in rows)  # fmt: skip
+    table = "\n".join(
+        f"{'PASS' if ok else 'FAIL'}  {gate:<36} observed={observed} limit={limit}"
+        for gate, ok, observed, limit in rows
+    )
     logger.info("audit %s:\n%s", audit_run_id, table)
     problems = [f"failed gates: {', '.join(failed)}"] if failed else []
     problems += [f"steps that did not finish: {', '.join(unfinished)}"] if unfinished else []

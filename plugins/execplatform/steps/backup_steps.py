@@ -39,7 +39,6 @@ def fetch_backup(entry: CatalogEntry, aws_conn_id: str, dest: Path) -> Path:
     return folder
 
 
-
 def apply_retention(
     *,
     keep_daily: int,
@@ -60,8 +59,12 @@ def apply_retention(
         cur.execute("SELECT id, verified_at, location FROM backups WHERE status = 'verified'")
         rows = cur.fetchall()
         protected = protected | rollback_points(cur)
-    doomed = plan_retention([(r[0], r[1]) for r in rows], keep_daily=keep_daily, keep_weekly=keep_weekly,
-                            protected=protected)  # fmt: skip
+    doomed = plan_retention(
+        [(r[0], r[1]) for r in rows],
+        keep_daily=keep_daily,
+        keep_weekly=keep_weekly,
+        protected=protected,
+    )
     locations = {r[0]: r[2] for r in rows}
     s3 = S3Hook(aws_conn_id=aws_conn_id)
     for backup_id in doomed:
@@ -70,7 +73,10 @@ def apply_retention(
         if keys:
             s3.delete_objects(bucket=bucket, keys=keys)
         with AppDatabaseHook(postgres_conn_id).cursor() as cur:
-            cur.execute("UPDATE backups SET status = 'deleted' WHERE id = %s AND status = 'verified'", (backup_id,))
+            cur.execute(
+                "UPDATE backups SET status = 'deleted' WHERE id = %s AND status = 'verified'",
+                (backup_id,),
+            )
     return doomed
 
 

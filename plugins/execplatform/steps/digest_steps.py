@@ -22,13 +22,17 @@ def recipients(value: str | list[str] | None = None) -> list[str]:
     if not value:
         from airflow.sdk import Variable
 
-        value = Variable.get(RECIPIENTS_VARIABLE, default=os.environ.get("AUDIT_DIGEST_TO", "management@localhost"))
+        value = Variable.get(
+            RECIPIENTS_VARIABLE, default=os.environ.get("AUDIT_DIGEST_TO", "management@localhost")
+        )
     items = value.split(",") if isinstance(value, str) else value
     return [a.strip() for a in items if a and a.strip()]
 
 
 def report_folder(day: date) -> Path:
-    base = os.environ.get("AUDIT_REPORT_DIR") or str(Path(os.environ.get("AIRFLOW_HOME", ".")) / "audit_reports")
+    base = os.environ.get("AUDIT_REPORT_DIR") or str(
+        Path(os.environ.get("AIRFLOW_HOME", ".")) / "audit_reports"
+    )
     return Path(base) / day.isoformat()
 
 
@@ -55,4 +59,9 @@ def send_digest(
     addresses = recipients(to)
     with SmtpHook(smtp_conn_id=smtp_conn_id) as smtp:
         smtp.send_email_smtp(to=addresses, subject=subject, html_content=body, files=[str(p) for p in plots])
-    return {"to": addresses, "subject": subject, "plots": len(plots), "failed_gates": digest.failed_gates}
+    return {
+        "to": addresses,
+        "subject": subject,
+        "plots": len(plots),
+        "failed_gates": digest.failed_gates,
+    }

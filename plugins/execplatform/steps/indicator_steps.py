@@ -56,13 +56,21 @@ def record_indicators(
             values = indicators.compute(cur, day - timedelta(days=offset), champion)
             changed += indicators.store(cur, day - timedelta(days=offset), values)
         changes = indicators.detect_changes(cur)
-    logger.info("leading indicators of %s (%d rows inserted or changed):\n%s", day, changed, indicators.table(values))
+    logger.info(
+        "leading indicators of %s (%d rows inserted or changed):\n%s",
+        day,
+        changed,
+        indicators.table(values),
+    )
     drifted = indicators.drifted(values)
     for change in changes:
         alert("warning", change.title())
     for value in drifted:
-        alert("warning", f"drift in {value.indicator}[{value.dimension}] on {day}: PSI {value.value:.4f} "
-                         f"over its threshold {value.threshold:.4f} (n={value.sample_size})")  # fmt: skip
+        alert(
+            "warning",
+            f"drift in {value.indicator}[{value.dimension}] on {day}: PSI {value.value:.4f} "
+            f"over its threshold {value.threshold:.4f} (n={value.sample_size})",
+        )
     return {
         "day": day.isoformat(),
         "values": len(values),

@@ -53,8 +53,11 @@ def _set_status(conn_id: str, run_id: str, status: str, error: str | None = None
 
 def _run_row(conn_id: str, run_id: str) -> dict[str, Any]:
     with AppDatabaseHook(conn_id).cursor() as cur:
-        cur.execute("SELECT from_revision, target_revision, backup_id, status FROM migration_runs "
-                    "WHERE dag_run_id = %s", (run_id,))  # fmt: skip
+        cur.execute(
+            "SELECT from_revision, target_revision, backup_id, status FROM migration_runs "
+            "WHERE dag_run_id = %s",
+            (run_id,),
+        )
         row = cur.fetchone()
     if row is None:
         _fail(f"migration run {run_id!r} has no row in migration_runs: run the plan task first")
@@ -76,7 +79,12 @@ def plan_migration(conn_id: str, run_id: str, target: str, settings: Settings) -
         _fail(f"cannot plan an upgrade to {target!r}: {exc}")
     start = current(dsn)
     for rev in revisions:
-        logger.info("pending revision %s (%s):\n%s", rev.revision, rev.title, offline_sql(rev.revision, settings=settings))
+        logger.info(
+            "pending revision %s (%s):\n%s",
+            rev.revision,
+            rev.title,
+            offline_sql(rev.revision, settings=settings),
+        )
     if not revisions:
         raise AirflowSkipException(f"the database is at {start}; nothing to apply for target {target!r}")
     with AppDatabaseHook(conn_id).cursor() as cur:
@@ -110,14 +118,18 @@ def lint_migration(conn_id: str, target: str, settings: Settings) -> dict[str, A
 def fresh_backup_id(conn_id: str, max_age_hours: float) -> int | None:
     """The newest verified backup if it is younger than `max_age_hours`, else None."""
     with AppDatabaseHook(conn_id).cursor() as cur:
-        cur.execute("SELECT id FROM backups WHERE status = 'verified' AND verified_at > %s "
-                    "ORDER BY verified_at DESC, id DESC LIMIT 1",
-                    (datetime.now(UTC) - timedelta(hours=max_age_hours),))  # fmt: skip
+        cur.execute(
+            "SELECT id FROM backups WHERE status = 'verified' AND verified_at > %s "
+            "ORDER BY verified_at DESC, id DESC LIMIT 1",
+            (datetime.now(UTC) - timedelta(hours=max_age_hours),),
+        )
         row = cur.fetchone()
     return row[0] if row else None
 
 
-def rehearse_migration(conn_id: str, aws_conn_id: str, run_id: str, max_age_hours: float, settings: Settings) -> dict:
+def rehearse_migration(
+    conn_id: str, aws_conn_id: str, run_id: str, max_age_hours: float, settings: Settings
+) -> dict:
     """Restore the rollback-point backup into a scratch database and rehearse there."""
     from include.backup.catalog import catalog_get
     from include.migrations.runner import MigrationError, rehearse
@@ -126,7 +138,8 @@ def rehearse_migration(conn_id: str, aws_conn_id: str, run_id: str, max_age_hour
     backup_id = fresh_backup_id(conn_id, max_age_hours)
     if backup_id is None:
         _fail(f"no verified backup younger than {max_age_hours} h: the backup gate did not produce one")
-    _set_status(conn_id, run_id, "planned", backup_id=backup_id)  # the rollback point, protected from retention
+    # the rollback point, protected from retention
+    _set_status(conn_id, run_id, "planned", backup_id=backup_id)
     with AppDatabaseHook(conn_id).cursor() as cur:
         entry = catalog_get(cur, backup_id)
     scratch = f"rehearse_{backup_id}_{uuid.uuid4().hex[:8]}"
@@ -144,7 +157,11 @@ def rehearse_migration(conn_id: str, aws_conn_id: str, run_id: str, max_age_hour
         finally:
             AppDatabaseHook(conn_id).drop_database(scratch)
     _set_status(conn_id, run_id, "rehearsed")
-    logger.info("rehearsal on backup %s passed: applied %s, downgraded and re-applied", backup_id, result["applied"])
+    logger.info(
+        "rehearsal on backup %s passed: applied %s, downgraded and re-applied",
+        backup_id,
+        result["applied"],
+    )
     return {"backup_id": backup_id, **result}
 
 
@@ -173,8 +190,14 @@ def apply_migration(conn_id: str, run_id: str, settings: Settings) -> dict[str, 
         _fail(str(exc))
     _set_status(conn_id, run_id, "applied")
     with AppDatabaseHook(conn_id).cursor() as cur:
-        log_security_event(cur, "migration_applied", "warning", actor=f"db_migrate/{run_id}",
-                           revisions=applied, from_revision=run["from_revision"])  # fmt: skip
+        log_security_event(
+            cur,
+            "migration_applied",
+            "warning",
+            actor=f"db_migrate/{run_id}",
+            revisions=applied,
+            from_revision=run["from_revision"],
+        )
     return {"applied": applied, "filenode": filenode, "before": before.to_dict()}
 
 
@@ -189,8 +212,10 @@ def verify_migration(conn_id: str, run_id: str, applied: dict[str, Any]) -> dict
     dsn = AppDatabaseHook(conn_id).dsn()
     problems = []
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'execution_tasks' "
-                    "AND column_name = 'ai_model'")  # fmt: skip
+        cur.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_name = 'execution_tasks' "
+            "AND column_name = 'ai_model'"
+        )
         if cur.fetchone() is None:
             problems.append("execution_tasks.ai_model is missing")
         if (filenode := table_filenode(cur)) != applied["filenode"]:
@@ -216,13 +241,21 @@ def roll_back_migration(conn_id: str, run_id: str, settings: Settings) -> dict[s
     run = _run_row(conn_id, run_id)
     dsn = AppDatabaseHook(conn_id).dsn()
     if run["status"] not in ("applying", "applied") or current(dsn) == run["from_revision"]:
-        raise AirflowSkipException(f"nothing to roll back: run is {run['status']}, database at {current(dsn)}")
+        raise AirflowSkipException(
+            f"nothing to roll back: run is {run['status']}, database at {current(dsn)}"
+        )
     reached = current(dsn)
     downgrade(dsn, run["from_revision"] or "base", settings=settings)
     _set_status(conn_id, run_id, "rolled_back")
     with AppDatabaseHook(conn_id).cursor() as cur:
-        log_security_event(cur, "migration_rolled_back", "critical", actor=f"db_migrate/{run_id}",
-                           from_revision=reached, to_revision=run["from_revision"])  # fmt: skip
+        log_security_event(
+            cur,
+            "migration_rolled_back",
+            "critical",
+            actor=f"db_migrate/{run_id}",
+            from_revision=reached,
+            to_revision=run["from_revision"],
+        )
     send_alert("critical", f"db_migrate rolled {conn_id} back from {reached} to {run['from_revision']}")
     return {"rolled_back_from": reached, "to": run["from_revision"]}
 
@@ -239,9 +272,12 @@ def finish_migration(conn_id: str, run_id: str, verified: bool) -> str:
     if verified and row[0] == "applied":
         final = "completed"
     else:
-        final = {"planned": "cancelled", "rehearsed": "cancelled", "applying": "failed", "applied": "failed"}.get(
-            row[0], row[0]
-        )
+        final = {
+            "planned": "cancelled",
+            "rehearsed": "cancelled",
+            "applying": "failed",
+            "applied": "failed",
+        }.get(row[0], row[0])
     if final != row[0]:
         _set_status(conn_id, run_id, final)
     return final

@@ -27,8 +27,14 @@ def report_refused_artifact(version_id: int, reason: str) -> None:
     from include.observability.security_events import log_security_event
 
     with AppDatabaseHook(APP_DB).cursor() as cur:
-        log_security_event(cur, "input_refused", "critical", object="model_version",
-                           version_id=version_id, reason=reason)  # fmt: skip
+        log_security_event(
+            cur,
+            "input_refused",
+            "critical",
+            object="model_version",
+            version_id=version_id,
+            reason=reason,
+        )
     send_alert("critical", f"offer model version {version_id} artifact refused: {reason}")
 
 
@@ -43,8 +49,14 @@ def roll_back_champion() -> dict[str, int]:
 
     with AppDatabaseHook(APP_DB).cursor() as cur:
         retired, restored = registry.rollback(cur, MODEL_NAME)
-        log_security_event(cur, "rollback", "warning", object="model_version",
-                           retired=retired.id, restored=restored.id)  # fmt: skip
+        log_security_event(
+            cur,
+            "rollback",
+            "warning",
+            object="model_version",
+            retired=retired.id,
+            restored=restored.id,
+        )
     return {"retired": retired.id, "restored": restored.id}
 
 
@@ -63,8 +75,13 @@ def train_challenger(snapshot_uri: str, valid_days: float) -> dict[str, Any]:
     from include.offers import jobs
 
     with AppDatabaseHook(APP_DB).cursor() as cur:
-        return jobs.train(cur, s3_client(), snapshot_uri=snapshot_uri, bucket=model_bucket(),
-                          valid_days=valid_days)  # fmt: skip
+        return jobs.train(
+            cur,
+            s3_client(),
+            snapshot_uri=snapshot_uri,
+            bucket=model_bucket(),
+            valid_days=valid_days,
+        )
 
 
 def evaluate_challenger(snapshot_uri: str, trained: dict[str, Any]) -> dict[str, Any]:
@@ -75,8 +92,13 @@ def evaluate_challenger(snapshot_uri: str, trained: dict[str, Any]) -> dict[str,
 
     try:
         with AppDatabaseHook(APP_DB).cursor() as cur:
-            result = jobs.evaluate(cur, s3_client(), snapshot_uri=snapshot_uri,
-                                   version_id=trained["version_id"], valid_from=trained["valid_from"])  # fmt: skip
+            result = jobs.evaluate(
+                cur,
+                s3_client(),
+                snapshot_uri=snapshot_uri,
+                version_id=trained["version_id"],
+                valid_from=trained["valid_from"],
+            )
     except registry.ArtifactRefused as refused:
         report_refused_artifact(trained["version_id"], str(refused))
         raise AirflowFailException(f"challenger {trained['version_id']}: {refused}") from None
@@ -101,8 +123,9 @@ def assign_offers(holdout_share: float, budget_cents: float) -> dict[str, Any]:
 
     try:
         with AppDatabaseHook(APP_DB).cursor() as cur:
-            return jobs.assign_offers(cur, s3_client(), holdout_share=holdout_share,
-                                      budget_cents=budget_cents)  # fmt: skip
+            return jobs.assign_offers(
+                cur, s3_client(), holdout_share=holdout_share, budget_cents=budget_cents
+            )
     except LookupError as missing:  # no champion yet: nothing to offer, nothing to publish
         raise AirflowSkipException(str(missing)) from None
     except registry.ArtifactRefused as refused:
@@ -125,11 +148,13 @@ def write_model_report(evaluation: dict[str, Any] | None, decision: dict[str, An
     with AppDatabaseHook(APP_DB).cursor() as cur:
         files = jobs.write_report(cur, s3_client(), version_id=evaluation["version_id"])
     challenger = evaluation["challenger"]
-    publish_metrics([
-        Metric("OfferModelAuc", challenger["auc"]),
-        Metric("OfferModelLogLoss", challenger["log_loss"]),
-        Metric("OfferModelPromoted", float(bool((decision or {}).get("promoted")))),
-    ])  # fmt: skip
+    publish_metrics(
+        [
+            Metric("OfferModelAuc", challenger["auc"]),
+            Metric("OfferModelLogLoss", challenger["log_loss"]),
+            Metric("OfferModelPromoted", float(bool((decision or {}).get("promoted")))),
+        ]
+    )
     return files
 
 
@@ -140,8 +165,11 @@ def update_bandit(min_exploration: float, budget_per_impression_cents: float) ->
     from include.offers import jobs
 
     with AppDatabaseHook(APP_DB).cursor() as cur:
-        return jobs.update_bandit(cur, min_exploration=min_exploration,
-                                  budget_per_impression_cents=budget_per_impression_cents)  # fmt: skip
+        return jobs.update_bandit(
+            cur,
+            min_exploration=min_exploration,
+            budget_per_impression_cents=budget_per_impression_cents,
+        )
 
 
 # --- roi_sync ---------------------------------------------------------------------------------
@@ -157,8 +185,10 @@ def compute_roi() -> list[dict[str, Any]]:
         version_id = jobs.latest_assignment(cur)
         if version_id is None:
             return []
-        return [{**asdict(r), "gap_cents": r.gap_cents, "model_version_id": version_id}
-                for r in jobs.compute_roi(cur, version_id)]  # fmt: skip
+        return [
+            {**asdict(r), "gap_cents": r.gap_cents, "model_version_id": version_id}
+            for r in jobs.compute_roi(cur, version_id)
+        ]
 
 
 def publish_roi_metrics(counts: dict[str, int] | None, rois: list[dict[str, Any]]) -> int:
@@ -166,13 +196,16 @@ def publish_roi_metrics(counts: dict[str, int] | None, rois: list[dict[str, Any]
     from execplatform.hooks.cloudwatch_hook import publish_metrics
     from include.observability.metrics import Metric
 
-    metrics = [Metric(f"StripePayments{k.title()}", float(v), unit="Count")
-               for k, v in (counts or {}).items()]  # fmt: skip
+    metrics = [
+        Metric(f"StripePayments{k.title()}", float(v), unit="Count") for k, v in (counts or {}).items()
+    ]
     for roi in rois:
         segment = {"Segment": roi["segment"]}
         metrics.append(Metric("OfferRoiAttributedCents", roi["attributed_roi_cents"], dimensions=segment))
         if roi["incremental_roi_cents"] is not None:
-            metrics.append(Metric("OfferRoiIncrementalCents", roi["incremental_roi_cents"], dimensions=segment))
+            metrics.append(
+                Metric("OfferRoiIncrementalCents", roi["incremental_roi_cents"], dimensions=segment)
+            )
             metrics.append(Metric("OfferRoiGapCents", roi["gap_cents"], dimensions=segment))
     publish_metrics(metrics)
     return len(metrics)

@@ -16,8 +16,12 @@ logger = logging.getLogger(__name__)
 GATE = "adversarial_probes"
 
 
-def run_probes(conn_id: str, audit_run_id: int | None, dags_folder: str | Path,
-               executor_conn_id: str = TASK_EXECUTOR):  # fmt: skip
+def run_probes(
+    conn_id: str,
+    audit_run_id: int | None,
+    dags_folder: str | Path,
+    executor_conn_id: str = TASK_EXECUTOR,
+):
     """Every probe must be refused, quarantined or inert, and production's schema dump unchanged
     and free of the probes' marker; the evidence goes to audit_findings as gate `adversarial_probes`.
 
@@ -37,7 +41,10 @@ def run_probes(conn_id: str, audit_run_id: int | None, dags_folder: str | Path,
     marker = f"probe{uuid.uuid4().hex[:12]}"
     schema_before = schema_dump(dsn)
     executor = _executor(executor_conn_id)
-    with closing(executor) if executor else nullcontext(), probes.sandbox(dsn, current(dsn)) as sandbox_dsn:
+    with (
+        closing(executor) if executor else nullcontext(),
+        probes.sandbox(dsn, current(dsn)) as sandbox_dsn,
+    ):
         skipped = [group for group, present in probes.applicable(sandbox_dsn).items() if not present]
         results = probes.run_all(sandbox_dsn, marker, executor)
     if skipped:
@@ -47,13 +54,31 @@ def run_probes(conn_id: str, audit_run_id: int | None, dags_folder: str | Path,
     with AppDatabaseHook(conn_id).cursor() as cur:
         leaked = probes.marker_hits(cur, marker)
         broken = [r.probe for r in results if not r.held]
-        problems = broken + (["production schema changed"] if schema_changed else []) + \
-            [f"{n} row(s) of {t} carry the probe marker" for t, n in leaked.items()]
-        observed = {"probes": len(results), "broken": broken, "schema_changed": schema_changed, "leaked": leaked,
-                    "skipped": skipped, "outcomes": {r.probe: r.outcome for r in results}}
+        problems = (
+            broken
+            + (["production schema changed"] if schema_changed else [])
+            + [f"{n} row(s) of {t} carry the probe marker" for t, n in leaked.items()]
+        )
+        observed = {
+            "probes": len(results),
+            "broken": broken,
+            "schema_changed": schema_changed,
+            "leaked": leaked,
+            "skipped": skipped,
+            "outcomes": {r.probe: r.outcome for r in results},
+        }
         if audit_run_id is not None:
-            record(cur, audit_run_id, Evidence(GATE, not problems, observed, "every probe held; production unchanged",
-                                               f"{len(results)} probes in a scratch database, marker {marker}"))
+            record(
+                cur,
+                audit_run_id,
+                Evidence(
+                    GATE,
+                    not problems,
+                    observed,
+                    "every probe held; production unchanged",
+                    f"{len(results)} probes in a scratch database, marker {marker}",
+                ),
+            )
     logger.info("adversarial probes (marker %s):\n%s", marker, probes.report(results))
     if problems:
         raise AirflowFailException(f"adversarial probes failed: {'; '.join(problems)}")

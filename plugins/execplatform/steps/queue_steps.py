@@ -15,7 +15,10 @@ def measure_backlog(task_types: Sequence[str] | None = None, app_conn_id: str = 
     """Ready tasks per type (and the oldest one's age)."""
     from include.execution.task_queue import TaskQueue
 
-    with failing_hard_when_schema_is_behind(), TaskQueue(AppDatabaseHook(app_conn_id).dsn()) as queue:
+    with (
+        failing_hard_when_schema_is_behind(),
+        TaskQueue(AppDatabaseHook(app_conn_id).dsn()) as queue,
+    ):
         return queue.backlog(task_types or None)
 
 

@@ -13,8 +13,10 @@ SEEDS = 200
 
 @pytest.mark.parametrize("n", [100, 1_000, 20_000])
 def test_same_distribution_rarely_drifts_at_any_sample_size(n):
-    alarms = sum(drift(rng.normal(size=5_000), rng.normal(size=n)).drifted
-                 for rng in (np.random.default_rng(seed) for seed in range(SEEDS)))  # fmt: skip
+    alarms = sum(
+        drift(rng.normal(size=5_000), rng.normal(size=n)).drifted
+        for rng in (np.random.default_rng(seed) for seed in range(SEEDS))
+    )
     assert alarms / SEEDS <= 0.03  # alpha is 0.01; binning on the sample adds a little
 
 
@@ -27,8 +29,10 @@ def test_a_fixed_rule_of_thumb_would_fire_on_noise_for_small_samples():
 
 @pytest.mark.parametrize(("n", "shift"), [(1_000, 0.3), (20_000, 0.2)])
 def test_a_mean_shift_is_found(n, shift):
-    found = sum(drift(rng.normal(size=5_000), rng.normal(loc=shift, size=n)).drifted
-                for rng in (np.random.default_rng(seed) for seed in range(SEEDS)))  # fmt: skip
+    found = sum(
+        drift(rng.normal(size=5_000), rng.normal(loc=shift, size=n)).drifted
+        for rng in (np.random.default_rng(seed) for seed in range(SEEDS))
+    )
     assert found / SEEDS >= 0.95
 
 

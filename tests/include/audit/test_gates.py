@@ -23,28 +23,47 @@ def gate(dsn: str, name: str, setup: str | None = None, args=()):
     return evidence
 
 
-TASK = "INSERT INTO execution_tasks (task_type, status, lease_owner, lease_token, lease_expires_at, error, ai_model) "
+TASK = (
+    "INSERT INTO execution_tasks (task_type, status, lease_owner, lease_token, lease_expires_at, error, "
+    "ai_model) "
+)
 
 
 def test_expired_leases(app_head_dsn):
-    fresh = TASK + "VALUES ('idea', 'running', 'w1', gen_random_uuid(), now() + interval '1 minute', NULL, 'gpt-4.1')"
+    fresh = (
+        TASK
+        + "VALUES ('idea', 'running', 'w1', gen_random_uuid(), now() + interval '1 minute', NULL, 'gpt-4.1')"
+    )
     assert gate(app_head_dsn, "queue_expired_leases", fresh).passed
-    stale = TASK + "VALUES ('idea', 'running', 'w2', gen_random_uuid(), now() - interval '20 minutes', NULL, 'gpt-4.1')"
+    stale = (
+        TASK + "VALUES ('idea', 'running', 'w2', gen_random_uuid(), now() - interval '20 minutes', NULL, "
+        "'gpt-4.1')"
+    )
     evidence = gate(app_head_dsn, "queue_expired_leases", stale)
     assert not evidence.passed and evidence.observed == 1 and "lease_expires_at" in evidence.query
     assert evidence.limit == "0 with a lease expired over 15 min"  # the limit, as configured
 
 
 def test_dead_tasks_keep_their_error(app_head_dsn):
-    assert gate(app_head_dsn, "queue_dead_without_error", TASK + "VALUES ('idea', 'dead', NULL, NULL, NULL, 'HTTP 400', 'gpt-4.1')").passed
-    evidence = gate(app_head_dsn, "queue_dead_without_error", TASK + "VALUES ('idea', 'dead', NULL, NULL, NULL, ' ', 'gpt-4.1')")
+    assert gate(
+        app_head_dsn,
+        "queue_dead_without_error",
+        TASK + "VALUES ('idea', 'dead', NULL, NULL, NULL, 'HTTP 400', 'gpt-4.1')",
+    ).passed
+    evidence = gate(
+        app_head_dsn,
+        "queue_dead_without_error",
+        TASK + "VALUES ('idea', 'dead', NULL, NULL, NULL, ' ', 'gpt-4.1')",
+    )
     assert not evidence.passed and evidence.observed == 1
 
 
 def test_status_values_even_without_the_check_constraint(app_head_dsn):
     assert gate(app_head_dsn, "queue_valid_status").passed
-    broken = ("ALTER TABLE execution_tasks DROP CONSTRAINT execution_tasks_status_check; "
-              "INSERT INTO execution_tasks (task_type, status) VALUES ('idea', 'zombie')")  # fmt: skip
+    broken = (
+        "ALTER TABLE execution_tasks DROP CONSTRAINT execution_tasks_status_check; "
+        "INSERT INTO execution_tasks (task_type, status) VALUES ('idea', 'zombie')"
+    )
     assert gate(app_head_dsn, "queue_valid_status", broken).observed == 1
 
 
@@ -59,8 +78,10 @@ def test_tasks_created_after_the_migration_carry_ai_model(app_dsn, app_head_dsn)
 
 def test_backup_freshness_and_restore(app_head_dsn):
     assert gate(app_head_dsn, "backup_fresh_and_restored").observed == "no verified backup"
-    backup = ("INSERT INTO backups (database_name, status, verified_at, restore_seconds) "
-              "VALUES ('app', 'verified', now() - %s * interval '1 hour', %s)")  # fmt: skip
+    backup = (
+        "INSERT INTO backups (database_name, status, verified_at, restore_seconds) "
+        "VALUES ('app', 'verified', now() - %s * interval '1 hour', %s)"
+    )
     assert not gate(app_head_dsn, "backup_fresh_and_restored", backup, (30, 12.5)).passed  # too old
     assert not gate(app_head_dsn, "backup_fresh_and_restored", backup, (1, None)).passed  # restore not timed
     evidence = gate(app_head_dsn, "backup_fresh_and_restored", backup, (0.5, 12.5))
@@ -77,10 +98,12 @@ def test_applied_revisions_match_their_files(app_head_dsn):
 def test_a_revision_pending_too_long(app_dsn):
     first = gate(app_dsn, "migrations_not_pending_too_long")
     assert first.passed and first.observed["pending"] == [r.revision for r in all_revisions()[1:]]
-    seen_long_ago = ("INSERT INTO audit_runs (dag_run_id) VALUES ('old'); "
-                     "INSERT INTO audit_findings (audit_run_id, gate, passed, observed, created_at) "
-                     "SELECT id, 'migrations_not_pending_too_long', true, %s, now() - interval '8 days' "
-                     "FROM audit_runs WHERE dag_run_id = 'old'")  # fmt: skip
+    seen_long_ago = (
+        "INSERT INTO audit_runs (dag_run_id) VALUES ('old'); "
+        "INSERT INTO audit_findings (audit_run_id, gate, passed, observed, created_at) "
+        "SELECT id, 'migrations_not_pending_too_long', true, %s, now() - interval '8 days' "
+        "FROM audit_runs WHERE dag_run_id = 'old'"
+    )
     evidence = gate(app_dsn, "migrations_not_pending_too_long", seen_long_ago, (json.dumps(first.observed),))
     assert not evidence.passed and evidence.observed["days_waiting"]["0002"] >= 8
 
@@ -92,7 +115,9 @@ def test_an_audit_fails_naming_failed_and_missing_gates(app_head_dsn):
         for name in ("queue_valid_status", "backup_fresh_and_restored"):
             record(cur, run, GATES[name](cur, DEFAULT_LIMITS))
         record(cur, run, GATES["queue_valid_status"](cur, DEFAULT_LIMITS))  # a retried gate replaces its row
-        failed = finish_audit(cur, run, ["queue_valid_status", "backup_fresh_and_restored", "queue_expired_leases"])
+        failed = finish_audit(
+            cur, run, ["queue_valid_status", "backup_fresh_and_restored", "queue_expired_leases"]
+        )
         cur.execute("SELECT status FROM audit_runs WHERE id = %s", (run,))
         status = cur.fetchone()[0]
         cur.execute("SELECT count(*) FROM audit_findings WHERE audit_run_id = %s", (run,))

@@ -57,8 +57,12 @@ def verified_backup(app_head_dsn, monkeypatch, tmp_path, local_stack) -> dict:
 
     seed(app_head_dsn, scale=0.01)
     monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_head_dsn))
-    done = PostgresBackupOperator(task_id="dump", bucket=BACKUP_BUCKET, prefix=f"test/{uuid.uuid4().hex}",
-                                  work_dir=str(tmp_path / "work")).execute({})  # fmt: skip
+    done = PostgresBackupOperator(
+        task_id="dump",
+        bucket=BACKUP_BUCKET,
+        prefix=f"test/{uuid.uuid4().hex}",
+        work_dir=str(tmp_path / "work"),
+    ).execute({})
     VerifyBackupOperator(task_id="verify", backup_id=done["backup_id"]).execute({})
     return {"dsn": app_head_dsn, **done}
 
@@ -90,14 +94,21 @@ def test_a_backup_that_no_longer_restores_fails(verified_backup, services, tmp_p
     client.put_object(Bucket=bucket, Key=f"{prefix}expected.json", Body=json.dumps(expected).encode())
     local = tmp_path / "expected.json"
     local.write_text(json.dumps(expected))
-    execute(dsn, "UPDATE backups SET manifest = jsonb_set(manifest, '{expected.json}', to_jsonb(%s::text)) WHERE id = %s",
-            (sha256_file(local), verified_backup["backup_id"]))  # fmt: skip
+    execute(
+        dsn,
+        "UPDATE backups SET manifest = jsonb_set(manifest, '{expected.json}', to_jsonb(%s::text)) WHERE id = "
+        "%s",
+        (sha256_file(local), verified_backup["backup_id"]),
+    )
     evidence = gate(dsn, "backup_restores_now", services)
     assert not evidence.passed and "execution_tasks" in evidence.observed["problems"][0]
 
     # a data file corrupted in S3: the restore is refused, naming the file
-    data_key = next(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
-                    if o["Key"].endswith(".dat.gz"))  # fmt: skip
+    data_key = next(
+        o["Key"]
+        for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+        if o["Key"].endswith(".dat.gz")
+    )
     client.put_object(Bucket=bucket, Key=data_key, Body=b"not a dump")
     evidence = gate(dsn, "backup_restores_now", services)
     assert not evidence.passed and "ChecksumMismatch" in evidence.observed["error"]
@@ -131,8 +142,13 @@ def trained_template(pg_server, app_head_template, local_stack):
     with cursor(dsn) as cur:
         trained = jobs.train(cur, s3, snapshot_uri=snapshot, bucket=MODEL_BUCKET, valid_days=21)
     with cursor(dsn) as cur:
-        evaluation = jobs.evaluate(cur, s3, snapshot_uri=snapshot, version_id=trained["version_id"],
-                                   valid_from=trained["valid_from"])  # fmt: skip
+        evaluation = jobs.evaluate(
+            cur,
+            s3,
+            snapshot_uri=snapshot,
+            version_id=trained["version_id"],
+            valid_from=trained["valid_from"],
+        )
         assert jobs.promote_or_keep(cur, evaluation, registry.Gates())["promoted"]
     yield name
     _admin(pg_server, f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -160,13 +176,25 @@ def _promote_a_copy(dsn: str, s3) -> int:
     with cursor(dsn) as cur:
         old = registry.champion(cur, m.MODEL_NAME)
         number = registry.next_version(cur, m.MODEL_NAME)
-        uri = registry.version_prefix(MODEL_BUCKET, m.MODEL_NAME, number) + f"model-{uuid.uuid4().hex[:8]}.skops"
+        uri = (
+            registry.version_prefix(MODEL_BUCKET, m.MODEL_NAME, number)
+            + f"model-{uuid.uuid4().hex[:8]}.skops"
+        )
         registry.put_object(s3, uri, registry.get_object(s3, old.artifact_uri))
         cur.execute("SELECT trained_from, trained_to FROM model_versions WHERE id = %s", (old.id,))
         trained_from, trained_to = cur.fetchone()
-        new = registry.register(cur, m.MODEL_NAME, version=number, artifact_uri=uri, artifact_sha256=old.artifact_sha256,
-                                metrics=old.metrics, trained_from=trained_from, trained_to=trained_to,
-                                data_fingerprint="copy", code_version="copy")  # fmt: skip
+        new = registry.register(
+            cur,
+            m.MODEL_NAME,
+            version=number,
+            artifact_uri=uri,
+            artifact_sha256=old.artifact_sha256,
+            metrics=old.metrics,
+            trained_from=trained_from,
+            trained_to=trained_to,
+            data_fingerprint="copy",
+            code_version="copy",
+        )
         registry.promote(cur, m.MODEL_NAME, new.id)
     return new.id
 
@@ -176,7 +204,10 @@ def test_the_champion_and_its_predecessor_verify_and_score_on_fresh_data(app_hea
         before = gate(app_head_dsn, name, services)
         assert before.passed and before.observed == NO_MODEL_YET  # no model trained: nothing to vouch for yet
     # the first training under way (CI saw an audit run meanwhile): a candidate, never a champion yet
-    execute(app_head_dsn, "INSERT INTO model_versions (model_name, version) VALUES ('offer_redemption', 1)")
+    execute(
+        app_head_dsn,
+        "INSERT INTO model_versions (model_name, version) VALUES ('offer_redemption', 1)",
+    )
     for name in ("model_champion_artifacts_verify", "model_auc_on_fresh_data"):
         assert gate(app_head_dsn, name, services).observed == NO_MODEL_YET
 
@@ -184,10 +215,16 @@ def test_the_champion_and_its_predecessor_verify_and_score_on_fresh_data(app_hea
     second = _promote_a_copy(trained_dsn, services.s3())
     artifacts = gate(trained_dsn, "model_champion_artifacts_verify", services)
     assert artifacts.passed, artifacts
-    assert artifacts.observed["champion"]["version_id"] == second and artifacts.observed["previous"]["version_id"] == first
+    assert (
+        artifacts.observed["champion"]["version_id"] == second
+        and artifacts.observed["previous"]["version_id"] == first
+    )
     auc = gate(trained_dsn, "model_auc_on_fresh_data", services)
     assert auc.passed, auc
-    assert auc.observed["version_id"] == second and auc.observed["rows"] >= DEFAULT_LIMITS["model_fresh_min_rows"]
+    assert (
+        auc.observed["version_id"] == second
+        and auc.observed["rows"] >= DEFAULT_LIMITS["model_fresh_min_rows"]
+    )
     assert auc.observed["auc"] >= DEFAULT_LIMITS["model_min_auc"]
 
 
@@ -205,7 +242,10 @@ def test_a_tampered_artifact_a_lost_champion_or_a_weak_model_fails(trained_dsn, 
     registry.put_object(s3, uri, registry.get_object(s3, uri) + b"\0")
     evidence = gate(trained_dsn, "model_champion_artifacts_verify", services)
     assert not evidence.passed and evidence.observed["champion"]["verified"]
-    assert evidence.observed["previous"]["version_id"] == previous and not evidence.observed["previous"]["verified"]
+    assert (
+        evidence.observed["previous"]["version_id"] == previous
+        and not evidence.observed["previous"]["verified"]
+    )
     assert "ArtifactRefused" in evidence.observed["previous"]["error"]
 
     execute(trained_dsn, "UPDATE model_versions SET status = 'retired' WHERE id = %s", (champion,))
@@ -226,14 +266,19 @@ def _published_offers(dsn: str) -> int:
 
     version_id = random.randint(10**9, 2 * 10**9)
     with cursor(dsn) as cur:
-        cur.execute("INSERT INTO model_versions (id, model_name, version, status) OVERRIDING SYSTEM VALUE "
-                    "VALUES (%s, 'audit_test', 1, 'candidate')", (version_id,))  # fmt: skip
+        cur.execute(
+            "INSERT INTO model_versions (id, model_name, version, status) OVERRIDING SYSTEM VALUE "
+            "VALUES (%s, 'audit_test', 1, 'candidate')",
+            (version_id,),
+        )
         cur.execute("SELECT id, code FROM offers WHERE discount_pct > 0 ORDER BY id LIMIT 4")
         for segment, (offer_id, code) in zip(SEGMENTS, cur.fetchall(), strict=True):
             coupon = jobs.coupon_id(version_id, segment, code)
-            cur.execute("INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id, "
-                        "stripe_coupon_id) VALUES (%s, %s, %s, %s, %s)",
-                        (version_id, segment, offer_id, f"prod_{coupon}", coupon))  # fmt: skip
+            cur.execute(
+                "INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id, "
+                "stripe_coupon_id) VALUES (%s, %s, %s, %s, %s)",
+                (version_id, segment, offer_id, f"prod_{coupon}", coupon),
+            )
     PublishOffersOperator(task_id="publish", model_version_id=version_id).execute({})
     return version_id
 
@@ -253,14 +298,27 @@ def test_a_missing_duplicated_or_different_offer_in_stripe_fails(offers_dsn, ser
     version_id = _published_offers(offers_dsn)
     client = StripeHook().get_conn()
     (vip_coupon, vip_code), (new_coupon,) = (
-        execute(offers_dsn, "SELECT p.stripe_coupon_id, o.code FROM offer_publications p JOIN offers o ON o.id = p.offer_id "
-                            "WHERE p.model_version_id = %s AND p.segment = 'vip'", (version_id,))[0],
-        execute(offers_dsn, "SELECT stripe_coupon_id FROM offer_publications WHERE model_version_id = %s "
-                            "AND segment = 'new'", (version_id,))[0],
-    )  # fmt: skip
+        execute(
+            offers_dsn,
+            "SELECT p.stripe_coupon_id, o.code FROM offer_publications p JOIN offers o ON o.id = p.offer_id "
+            "WHERE p.model_version_id = %s AND p.segment = 'vip'",
+            (version_id,),
+        )[0],
+        execute(
+            offers_dsn,
+            "SELECT stripe_coupon_id FROM offer_publications WHERE model_version_id = %s AND segment = 'new'",
+            (version_id,),
+        )[0],
+    )
     # a second coupon for the same offer under another id (a publish that ignored the deterministic id)
-    client.v1.coupons.create({"id": f"dup-{vip_coupon}", "percent_off": 10, "duration": "once",
-                              "metadata": {"model_version_id": str(version_id), "segment": "vip"}})  # fmt: skip
+    client.v1.coupons.create(
+        {
+            "id": f"dup-{vip_coupon}",
+            "percent_off": 10,
+            "duration": "once",
+            "metadata": {"model_version_id": str(version_id), "segment": "vip"},
+        }
+    )
     evidence = gate(offers_dsn, "stripe_offers_published_once", services)
     assert not evidence.passed and evidence.observed["problems"] == [
         f"coupons of model version {version_id} segment vip also in Stripe as ['dup-{vip_coupon}']"
@@ -276,11 +334,20 @@ def test_a_missing_duplicated_or_different_offer_in_stripe_fails(offers_dsn, ser
 
 
 def _charge(client, user_id: int, amount: int) -> str:
-    method = client.v1.payment_methods.create({
-        "type": "card", "card": {"number": "4242424242424242", "exp_month": 1, "exp_year": 2031, "cvc": "321"},
-    })  # fmt: skip
-    return client.v1.charges.create({"amount": amount, "currency": "usd", "source": method.id,
-                                     "metadata": {"user_id": str(user_id)}}).id  # fmt: skip
+    method = client.v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 1, "exp_year": 2031, "cvc": "321"},
+        }
+    )
+    return client.v1.charges.create(
+        {
+            "amount": amount,
+            "currency": "usd",
+            "source": method.id,
+            "metadata": {"user_id": str(user_id)},
+        }
+    ).id
 
 
 @pytest.fixture
@@ -308,13 +375,23 @@ def test_the_payments_ledger_reconciles_with_stripe(offers_dsn, services, synced
 def test_a_payment_missing_invented_or_altered_in_the_ledger_fails(offers_dsn, services, synced_payments):
     lost, altered = synced_payments[0], synced_payments[1]
     execute(offers_dsn, "DELETE FROM payments WHERE stripe_payment_id = %s", (lost,))
-    execute(offers_dsn, "UPDATE payments SET amount_cents = amount_cents + 100 WHERE stripe_payment_id = %s", (altered,))
-    execute(offers_dsn, "INSERT INTO payments (stripe_payment_id, user_id, amount_cents, status, created_at) "
-                        "VALUES ('ch_invented', 1, 5000, 'succeeded', now() - interval '1 hour')")  # fmt: skip
+    execute(
+        offers_dsn,
+        "UPDATE payments SET amount_cents = amount_cents + 100 WHERE stripe_payment_id = %s",
+        (altered,),
+    )
+    execute(
+        offers_dsn,
+        "INSERT INTO payments (stripe_payment_id, user_id, amount_cents, status, created_at) "
+        "VALUES ('ch_invented', 1, 5000, 'succeeded', now() - interval '1 hour')",
+    )
     evidence = gate(offers_dsn, "stripe_payments_reconcile", services)
     assert not evidence.passed
-    assert (evidence.observed["missing_in_ledger"], evidence.observed["mismatched"], evidence.observed["not_in_stripe"]) == (
-        [lost], [altered], ["ch_invented"])  # fmt: skip
+    assert (
+        evidence.observed["missing_in_ledger"],
+        evidence.observed["mismatched"],
+        evidence.observed["not_in_stripe"],
+    ) == ([lost], [altered], ["ch_invented"])
 
 
 # --- security ---------------------------------------------------------------------------------
@@ -332,7 +409,11 @@ def worker_role(app_head_dsn, pg_server) -> str:
         ensure_worker_role(cur, member="app")
     admin.close()
     with cursor(app_head_dsn) as cur:
-        assert grant_worker_privileges(cur) == ["execution_tasks", "task_batch_metrics", "task_bottleneck_reports"]
+        assert grant_worker_privileges(cur) == [
+            "execution_tasks",
+            "task_batch_metrics",
+            "task_bottleneck_reports",
+        ]
     return app_head_dsn
 
 
@@ -349,21 +430,29 @@ def test_a_worker_role_that_can_read_payments_or_create_tables_fails(worker_role
     assert not evidence.passed
     assert evidence.observed["problems"] == ["SELECT on payments", "read payments: allowed"]
 
-    execute(worker_role, "REVOKE ALL ON payments FROM app_worker; GRANT CREATE ON SCHEMA public TO app_worker")
+    execute(
+        worker_role,
+        "REVOKE ALL ON payments FROM app_worker; GRANT CREATE ON SCHEMA public TO app_worker",
+    )
     evidence = gate(worker_role, "security_worker_role_is_dml_only", None)
     assert evidence.observed["problems"] == ["CREATE on the schema public", "CREATE TABLE: allowed"]
     assert execute(worker_role, "SELECT to_regclass('public.audit_worker_probe')") == [(None,)]  # rolled back
 
 
-def test_the_compose_init_step_provisions_the_role_and_its_grants(app_head_dsn, pg_server, monkeypatch, capsys):
+def test_the_compose_init_step_provisions_the_role_and_its_grants(
+    app_head_dsn, pg_server, monkeypatch, capsys
+):
     from include.migrations.db_roles import main
 
     superuser = pg_server.superuser_dsn(parse_dsn(app_head_dsn)["dbname"])  # compose: app is the superuser
     monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(superuser))
     assert main() == 0 and main() == 0  # idempotent
     assert "app_worker: granted on execution_tasks" in capsys.readouterr().out
-    assert execute(app_head_dsn, "SELECT has_table_privilege('app_worker', 'execution_tasks', 'UPDATE'), "
-                                 "has_table_privilege('app_worker', 'payments', 'SELECT')") == [(True, False)]  # fmt: skip
+    assert execute(
+        app_head_dsn,
+        "SELECT has_table_privilege('app_worker', 'execution_tasks', 'UPDATE'), "
+        "has_table_privilege('app_worker', 'payments', 'SELECT')",
+    ) == [(True, False)]
     assert gate(app_head_dsn, "security_worker_role_is_dml_only", None).passed
 
 
@@ -379,7 +468,9 @@ def test_task_logs_without_secrets_pass(app_head_dsn, services):
     evidence = gate(app_head_dsn, "security_no_secrets_in_task_logs", services)
     assert evidence.passed, evidence
     assert evidence.observed["files_scanned"] == 1
-    assert {"connection stripe_default password", "connection app_db password"} <= set(evidence.observed["secrets_checked"])
+    assert {"connection stripe_default password", "connection app_db password"} <= set(
+        evidence.observed["secrets_checked"]
+    )
 
 
 def test_a_secret_in_a_recent_task_log_fails_without_showing_it(app_head_dsn, services):
@@ -391,7 +482,9 @@ def test_a_secret_in_a_recent_task_log_fails_without_showing_it(app_head_dsn, se
     log.write_bytes(b"x" * ((1 << 20) - 5) + f"api_key={key}\n".encode())
     evidence = gate(app_head_dsn, "security_no_secrets_in_task_logs", services)
     assert not evidence.passed
-    assert evidence.observed["leaks"] == [{"secret": "connection stripe_default password", "file": "dag_id=roi_sync/attempt=1.log"}]
+    assert evidence.observed["leaks"] == [
+        {"secret": "connection stripe_default password", "file": "dag_id=roi_sync/attempt=1.log"}
+    ]
     assert key not in json.dumps(evidence.observed) + str(evidence) + evidence.query
 
     old = (datetime.now() - timedelta(hours=DEFAULT_LIMITS["log_scan_hours"] + 1)).timestamp()
@@ -400,4 +493,6 @@ def test_a_secret_in_a_recent_task_log_fails_without_showing_it(app_head_dsn, se
     assert not gate(app_head_dsn, "security_no_secrets_in_task_logs", services, log_scan_hours=1000).passed
     log.rename(folder / "moved.log")
     folder.rename(folder.with_name("gone"))
-    assert not gate(app_head_dsn, "security_no_secrets_in_task_logs", services).passed  # no folder: cannot vouch
+    assert not gate(
+        app_head_dsn, "security_no_secrets_in_task_logs", services
+    ).passed  # no folder: cannot vouch

@@ -25,12 +25,15 @@ def test_an_input_that_does_not_exist_is_absent_not_zero(app_head_dsn):
     today = datetime.now(UTC).date()
     with cursor(app_head_dsn) as cur:
         assert indicators.compute(cur, today) == []
-        cur.execute("INSERT INTO execution_tasks (task_type, status, finished_at, duration_ms, error, ai_model) "
-                    "VALUES ('idea', 'dead', now(), 1200, 'boom', 'gpt-4.1')")  # fmt: skip
+        cur.execute(
+            "INSERT INTO execution_tasks (task_type, status, finished_at, duration_ms, error, ai_model) "
+            "VALUES ('idea', 'dead', now(), 1200, 'boom', 'gpt-4.1')"
+        )
         values = indicators.compute(cur, today)
     assert {(v.indicator, v.dimension, v.value, v.sample_size) for v in values} == {
-        ("task_failure_rate", "", 1.0, 1), ("task_p95_duration_ms", "idea", 1200.0, 1),
-    }  # fmt: skip
+        ("task_failure_rate", "", 1.0, 1),
+        ("task_p95_duration_ms", "idea", 1200.0, 1),
+    }
 
 
 def test_seeded_day_matches_an_independent_count_and_a_rerun_changes_nothing(offers_dsn):
@@ -42,7 +45,8 @@ def test_seeded_day_matches_an_independent_count_and_a_rerun_changes_nothing(off
         cur.execute("SELECT status FROM execution_tasks WHERE finished_at::date = %s", (day,))
         statuses = [s for (s,) in cur.fetchall() if s in ("succeeded", "failed", "dead")]
     assert values[("task_failure_rate", "")].value == pytest.approx(
-        sum(s != "succeeded" for s in statuses) / len(statuses))
+        sum(s != "succeeded" for s in statuses) / len(statuses)
+    )
     assert values[("task_failure_rate", "")].sample_size == len(statuses)
     assert {"task_p95_duration_ms", "queue_age_p95_s", "trust_tasks_unconfirmed"} <= {k[0] for k in values}
     assert stored == len(values)
@@ -57,11 +61,17 @@ def test_seeded_day_matches_an_independent_count_and_a_rerun_changes_nothing(off
 def test_a_succeeded_task_with_a_malformed_result_or_payload_is_not_confirmed(app_head_dsn):
     good = {"prompt": "p", "repo": "r", "inputs": {"count": 3}}
     with cursor(app_head_dsn) as cur:
-        for payload, result in ((good, '{"output": {"x": 1}}'), (good, "null"), ({"prompt": 5}, '{"o": 1}'),
-                                (good, "[]")):  # fmt: skip
-            cur.execute("INSERT INTO execution_tasks (task_type, status, finished_at, payload, result, ai_model) "
-                        "VALUES ('idea', 'succeeded', now(), %s, %s, 'gpt-4.1')",
-                        (psycopg2.extras.Json(payload), result))  # fmt: skip
+        for payload, result in (
+            (good, '{"output": {"x": 1}}'),
+            (good, "null"),
+            ({"prompt": 5}, '{"o": 1}'),
+            (good, "[]"),
+        ):
+            cur.execute(
+                "INSERT INTO execution_tasks (task_type, status, finished_at, payload, result, ai_model) "
+                "VALUES ('idea', 'succeeded', now(), %s, %s, 'gpt-4.1')",
+                (psycopg2.extras.Json(payload), result),
+            )
         [value] = indicators.trust_tasks_unconfirmed(cur, datetime.now(UTC).date())
     assert (value.value, value.sample_size) == (0.75, 4)
 
@@ -80,7 +90,9 @@ def test_a_step_inside_the_threshold_is_alerted_once_through_the_alert_path(offe
     rng = random.Random(3)
     name = f"synthetic_rate_{uuid.uuid4().hex[:6]}"
     step_day = 40
-    values = [0.02 + rng.gauss(0, 0.003) for _ in range(step_day)] + [0.04 + rng.gauss(0, 0.003) for _ in range(20)]
+    values = [0.02 + rng.gauss(0, 0.003) for _ in range(step_day)] + [
+        0.04 + rng.gauss(0, 0.003) for _ in range(20)
+    ]
     assert max(values) < 0.10
     start = datetime.now(UTC).date() - timedelta(days=len(values))
     with cursor(offers_dsn) as cur:
@@ -114,7 +126,9 @@ def test_stable_series_raise_no_change(app_head_dsn):
         assert indicators.detect_changes(cur) == []
 
 
-def test_the_champion_is_scored_on_the_days_impressions_and_each_feature_gets_a_psi(offers_dsn, s3, local_stack):
+def test_the_champion_is_scored_on_the_days_impressions_and_each_feature_gets_a_psi(
+    offers_dsn, s3, local_stack
+):
     from devstack.stack import MODEL_BUCKET
     from execplatform.steps.indicator_steps import record_indicators
     from include.offers import jobs, registry
@@ -127,12 +141,17 @@ def test_the_champion_is_scored_on_the_days_impressions_and_each_feature_gets_a_
         trained = jobs.train(cur, s3, snapshot_uri=uri, bucket=MODEL_BUCKET, valid_days=21)
     with cursor(offers_dsn) as cur:
         registry.promote(cur, "offer_redemption", trained["version_id"])
-        cur.execute("SELECT occurred_at::date FROM user_events WHERE event_type = 'impression' "
-                    "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1")  # fmt: skip
+        cur.execute(
+            "SELECT occurred_at::date FROM user_events WHERE event_type = 'impression' "
+            "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"
+        )
         busiest = cur.fetchone()[0]
     result = record_indicators("app_db", busiest, alert=lambda level, title: None)
     with cursor(offers_dsn) as cur:
-        cur.execute("SELECT indicator, dimension, value, threshold FROM indicator_values WHERE day = %s", (busiest,))
+        cur.execute(
+            "SELECT indicator, dimension, value, threshold FROM indicator_values WHERE day = %s",
+            (busiest,),
+        )
         rows = {(i, d): (v, t) for i, d, v, t in cur.fetchall()}
     assert 0.5 < rows[("model_auc", "")][0] <= 1 and 0 <= rows[("model_calibration_error", "")][0] < 0.5
     assert {d for i, d in rows if i == "feature_psi"} == set(FEATURES)
@@ -147,7 +166,15 @@ def test_before_revision_0005_the_indicator_step_skips_and_the_digest_still_gath
 
     monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_dsn))
     today = datetime.now(UTC).date()
-    assert record_indicators("app_db", today, alert=lambda level, title: None)["skipped"] == "revision 0005 not applied"
+    assert (
+        record_indicators("app_db", today, alert=lambda level, title: None)["skipped"]
+        == "revision 0005 not applied"
+    )
     with cursor(app_dsn) as cur:
         digest = gather(cur, today, None)
-    assert (digest.values, digest.changes, digest.roi, digest.backup_age_hours) == ([], [], [], None)
+    assert (digest.values, digest.changes, digest.roi, digest.backup_age_hours) == (
+        [],
+        [],
+        [],
+        None,
+    )

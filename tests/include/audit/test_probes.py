@@ -39,8 +39,9 @@ def production(app_head_dsn) -> str:
     return app_head_dsn
 
 
-def test_every_probe_is_refused_or_quarantined_and_production_is_unchanged(production, executor,
-                                                                            every_dag_params):  # fmt: skip
+def test_every_probe_is_refused_or_quarantined_and_production_is_unchanged(
+    production, executor, every_dag_params
+):
     offers_dsn = production
     url, admin = executor
     marker = f"probe{uuid.uuid4().hex[:10]}"
@@ -51,14 +52,21 @@ def test_every_probe_is_refused_or_quarantined_and_production_is_unchanged(produ
         results = probes.run_all(sandbox_dsn, marker, client) + probes.param_probes(*every_dag_params)
         client.close()
         with cursor(sandbox_dsn) as cur:  # the probes did reach the sandbox's tables
-            assert probes.marker_hits(cur, marker) == {"execution_tasks": 7, "offer_quarantine": 6, "payments": 1}
+            assert probes.marker_hits(cur, marker) == {
+                "execution_tasks": 7,
+                "offer_quarantine": 6,
+                "payments": 1,
+            }
     assert probes.report(results).count("\n") == len(results) - 1
 
     assert [str(r) for r in results if not r.held] == []
     by_name = {r.probe: r for r in results}
     assert len(by_name) == len(results) > 40 + 300  # the entry points', and every DAG param's
     unknown_model = by_name["executor_unknown_ai_model"]
-    assert (unknown_model.outcome, unknown_model.entry_point) == ("refused", "task_handlers.execute_on_executor")
+    assert (unknown_model.outcome, unknown_model.entry_point) == (
+        "refused",
+        "task_handlers.execute_on_executor",
+    )
     assert f"HTTP 404 on GET /v1/models/gpt-9-nonexistent-{marker}" in unknown_model.reason
     assert f"unknown ai_model 'gpt-9-nonexistent-{marker}'" in unknown_model.reason
     stats = admin.get("/admin/stats").json()
@@ -84,14 +92,18 @@ def test_every_probe_is_refused_or_quarantined_and_production_is_unchanged(produ
 def test_the_proof_sees_a_changed_row_and_a_marked_row(app_head_dsn):
     before = probes.production_state(app_head_dsn)
     with cursor(app_head_dsn) as cur:
-        cur.execute("INSERT INTO execution_tasks (task_type, payload) VALUES ('idea', '{\"m\": \"leak-xyz\"}')")
+        cur.execute(
+            "INSERT INTO execution_tasks (task_type, payload) VALUES ('idea', '{\"m\": \"leak-xyz\"}')"
+        )
         assert probes.marker_hits(cur, "leak-xyz") == {"execution_tasks": 1}
     differences = probes.state_differences(before, probes.production_state(app_head_dsn))
     assert len(differences) == 1 and differences[0].startswith("table execution_tasks: rows [0,")
     with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
         cur.execute("ALTER TABLE users ADD COLUMN nickname text")
     conn.close()
-    assert "the schema dump changed" in probes.state_differences(before, probes.production_state(app_head_dsn))
+    assert "the schema dump changed" in probes.state_differences(
+        before, probes.production_state(app_head_dsn)
+    )
 
 
 def test_an_entry_point_that_lets_bad_input_through_is_reported_broken():
@@ -106,9 +118,12 @@ def test_entry_points_not_migrated_in_yet_are_skipped_not_failed(app_dsn, execut
     results = probes.run_all(app_dsn, "baseline", client)
     client.close()
     assert results and all(r.held for r in results)
-    assert {r.entry_point for r in results} == {"task_handlers.validate_payload", "task_handlers.resolve_ai_model",
-                                                "task_handlers.execute_on_executor",
-                                                "offers.model.quarantine_reasons"}  # fmt: skip
+    assert {r.entry_point for r in results} == {
+        "task_handlers.validate_payload",
+        "task_handlers.resolve_ai_model",
+        "task_handlers.execute_on_executor",
+        "offers.model.quarantine_reasons",
+    }
 
 
 def test_the_unknown_model_probe_fails_when_the_executor_accepts_it_or_cannot_be_asked(executor):
@@ -157,19 +172,30 @@ def test_the_param_probes_cover_every_param_of_every_dag_and_each_refuses(every_
         probed.setdefault((dag_id, name), set()).add(int(index))
     assert set(probed) == set(expected) and len(expected) >= 36
     assert all(indexes == set(range(len(probes.HOSTILE_PARAM_VALUES))) for indexes in probed.values())
-    assert {d for d, _ in expected} >= {"db_migrate", "db_restore", "db_backup", "offer_feedback",
-                                        "offer_model_retrain", "task_batch", "adversarial_audit"}  # fmt: skip
+    assert {d for d, _ in expected} >= {
+        "db_migrate",
+        "db_restore",
+        "db_backup",
+        "offer_feedback",
+        "offer_model_retrain",
+        "task_batch",
+        "adversarial_audit",
+    }
     assert [str(r) for r in results if r.outcome != "refused"] == []
 
 
-def test_the_param_probes_report_a_param_that_takes_a_hostile_value_and_a_dag_file_that_does_not_import(tmp_path):
+def test_the_param_probes_report_a_param_that_takes_a_hostile_value_and_a_dag_file_that_does_not_import(
+    tmp_path,
+):
     (tmp_path / "lenient_dag.py").write_text(
         "from airflow.sdk import Param, dag\n"
         "@dag(schedule=None, params={'note': Param('x', type='string'), 'n': Param(1, type='integer')})\n"
         "def lenient():\n    pass\n"
         "lenient()\n"
     )
-    (tmp_path / "broken_dag.py").write_text("from airflow.sdk import dag\nraise RuntimeError('cannot parse')\n")
+    (tmp_path / "broken_dag.py").write_text(
+        "from airflow.sdk import dag\nraise RuntimeError('cannot parse')\n"
+    )
     results = {r.probe: r for r in probes.param_probes(*probes.dag_params(tmp_path))}
     assert results["param_file_broken_dag.py"].outcome == "UNCHECKED"
     assert "cannot parse" in results["param_file_broken_dag.py"].reason
@@ -178,19 +204,30 @@ def test_the_param_probes_report_a_param_that_takes_a_hostile_value_and_a_dag_fi
     assert results["param_lenient.n_0"].outcome == "refused"
 
 
-@pytest.mark.parametrize(("dag_id", "name", "values"), [
-    ("db_migrate", "target_revision", ["head", "0099"]),  # and every revision file's id, below
-    ("db_restore", "backup_id", ["latest", "12"]),
-    ("db_restore", "target_database", [None, "", "restore_browser_0a1b2c3d", "app"]),
-    ("db_restore", "confirm", [None, "", "app"]),
-    ("offer_model_retrain", "margin_auc", [-1.0, 0.002]),  # tests/dags/test_offer_dags.py forces a promotion
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("dag_id", "name", "values"),
+    [
+        ("db_migrate", "target_revision", ["head", "0099"]),  # and every revision file's id, below
+        ("db_restore", "backup_id", ["latest", "12"]),
+        ("db_restore", "target_database", [None, "", "restore_browser_0a1b2c3d", "app"]),
+        ("db_restore", "confirm", [None, "", "app"]),
+        # tests/dags/test_offer_dags.py forces a promotion
+        (
+            "offer_model_retrain",
+            "margin_auc",
+            [-1.0, 0.002],
+        ),
+    ],
+)
 def test_the_values_each_dag_is_run_with_still_pass_its_params(every_dag_params, dag_id, name, values):
     import copy
     import re
 
     if name == "target_revision":
-        values = values + re.findall(r'^revision = "([^"]+)"', "".join(
-            p.read_text() for p in (ROOT / "include" / "migrations" / "versions").glob("*.py")), re.MULTILINE)
+        values = values + re.findall(
+            r'^revision = "([^"]+)"',
+            "".join(p.read_text() for p in (ROOT / "include" / "migrations" / "versions").glob("*.py")),
+            re.MULTILINE,
+        )
     param = every_dag_params[0][dag_id][name]
     assert [copy.deepcopy(param).resolve(v) for v in values] == values

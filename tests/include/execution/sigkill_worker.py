@@ -23,13 +23,22 @@ def sleepy(task, services):
 
 def main(dsn: str, claims_path: str) -> None:
     with open(claims_path, "a") as claims:
+
         def log_claims(tasks):
             claims.write("".join(f"{t.id} {t.lease_token}\n" for t in tasks))
             claims.flush()
             os.fsync(claims.fileno())
 
-        drain(dsn, services=Services(), handlers={t: sleepy for t in REQUIRED_INPUTS}, batch_size=20,
-              concurrency=4, lease_seconds=1.0, owner=f"doomed:{os.getpid()}", on_batch=log_claims)
+        drain(
+            dsn,
+            services=Services(),
+            handlers={t: sleepy for t in REQUIRED_INPUTS},
+            batch_size=20,
+            concurrency=4,
+            lease_seconds=1.0,
+            owner=f"doomed:{os.getpid()}",
+            on_batch=log_claims,
+        )
 
 
 if __name__ == "__main__":

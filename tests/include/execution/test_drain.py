@@ -18,9 +18,17 @@ from include.execution.bottleneck import (
 from include.execution.drain import plan_batches
 
 
-@pytest.mark.parametrize(("ready", "batch", "parallelism", "planned"), [
-    (0, 100, 4, 1), (1, 100, 4, 1), (100, 100, 4, 1), (101, 100, 4, 2), (10_000, 100, 4, 4), (250, 50, 8, 5),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("ready", "batch", "parallelism", "planned"),
+    [
+        (0, 100, 4, 1),
+        (1, 100, 4, 1),
+        (100, 100, 4, 1),
+        (101, 100, 4, 2),
+        (10_000, 100, 4, 4),
+        (250, 50, 8, 5),
+    ],
+)
 def test_plan_batches(ready, batch, parallelism, planned):
     assert plan_batches(ready, batch, parallelism) == planned
 
@@ -38,17 +46,30 @@ def test_the_report_gives_percentiles_and_where_the_time_went(app_head_dsn):
         # implementation: 10 tasks of 100..1000 ms, each queued 1 s; idea: 4 tasks of 10 ms, queued 0
         for i in range(1, 11):
             cur.execute(
-                "INSERT INTO execution_tasks (task_type, status, available_at, started_at, finished_at, duration_ms)"
+                "INSERT INTO execution_tasks (task_type, status, available_at, started_at, finished_at, "
+                "duration_ms)"
                 " VALUES ('implementation', 'succeeded', %s, %s, %s, %s)",
-                (now - timedelta(seconds=5), now - timedelta(seconds=4), now - timedelta(seconds=1), i * 100),
+                (
+                    now - timedelta(seconds=5),
+                    now - timedelta(seconds=4),
+                    now - timedelta(seconds=1),
+                    i * 100,
+                ),
             )
         for status in ("succeeded", "succeeded", "failed", "dead"):
             cur.execute(
-                "INSERT INTO execution_tasks (task_type, status, available_at, started_at, finished_at, duration_ms)"
+                "INSERT INTO execution_tasks (task_type, status, available_at, started_at, finished_at, "
+                "duration_ms)"
                 " VALUES ('idea', %s, %s, %s, %s, 10)",
-                (status, now - timedelta(seconds=2), now - timedelta(seconds=2), now - timedelta(seconds=1)),
+                (
+                    status,
+                    now - timedelta(seconds=2),
+                    now - timedelta(seconds=2),
+                    now - timedelta(seconds=1),
+                ),
             )
-        cur.execute("INSERT INTO execution_tasks (task_type, status) VALUES ('idea', 'queued')")  # not finished
+        # not finished
+        cur.execute("INSERT INTO execution_tasks (task_type, status) VALUES ('idea', 'queued')")
         stats = type_stats(cur, now - timedelta(minutes=1), now)
         record_type_metrics(cur, "run-1", stats, {"implementation": {"cache_hits": 2, "cache_hit_ms": 500.0}})
         report = bottleneck_report(cur, now - timedelta(minutes=1), now + timedelta(seconds=1))
@@ -64,7 +85,12 @@ def test_the_report_gives_percentiles_and_where_the_time_went(app_head_dsn):
     assert top["executing_share"] == pytest.approx(5_500 / 15_500, abs=1e-3)
     assert top["cache_hit_share"] == pytest.approx(500 / 15_500, abs=1e-3) and top["cache_hits"] == 2
     names = {m.name for m in type_metrics(stats, report)}
-    assert {"ExecutionDurationP95", "QueueWaitP95", "ExecutionTaskFailures", "BottleneckQueuedShare"} <= names
+    assert {
+        "ExecutionDurationP95",
+        "QueueWaitP95",
+        "ExecutionTaskFailures",
+        "BottleneckQueuedShare",
+    } <= names
 
 
 @pytest.mark.stack
@@ -95,22 +121,31 @@ def test_a_drain_settles_and_claims_in_one_statement_and_one_transaction_per_ste
     with TaskQueue(app_head_dsn) as queue:
         queue.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(25)])
         sent = queue.statements
-        summary = drain(app_head_dsn, services=Services(), handlers={"idea": lambda task, s: {"n": task.payload["n"]}},
-                        batch_size=10, queue=queue)  # fmt: skip
+        summary = drain(
+            app_head_dsn,
+            services=Services(),
+            handlers={"idea": lambda task, s: {"n": task.payload["n"]}},
+            batch_size=10,
+            queue=queue,
+        )
         statements = queue.statements - sent
     assert summary.by_type["idea"].succeeded == 25
     # a step claims at least half a batch while the queue has rows (else it waits for its
     # tasks), and the last steps find the queue empty: at most 25/5 claiming steps and two more
     assert 1 + 3 <= statements <= 1 + 5 + 2
     with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(DISTINCT xmin::text), count(DISTINCT finished_at) FROM execution_tasks"
-                    " WHERE status = 'succeeded' AND result IS NOT NULL")  # fmt: skip
+        cur.execute(
+            "SELECT count(DISTINCT xmin::text), count(DISTINCT finished_at) FROM execution_tasks"
+            " WHERE status = 'succeeded' AND result IS NOT NULL"
+        )
         settling, settled_at = cur.fetchone()
         assert settling == settled_at <= statements - 1  # each step's completions: one transaction
         # the steps that settled while the queue had rows claimed in the same transaction (now()
         # is the transaction's start): all but the last two, which found the queue empty
-        cur.execute("SELECT count(*) FROM (SELECT DISTINCT started_at FROM execution_tasks) s"
-                    " JOIN (SELECT DISTINCT finished_at FROM execution_tasks) f ON s.started_at = f.finished_at")
+        cur.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT started_at FROM execution_tasks) s"
+            " JOIN (SELECT DISTINCT finished_at FROM execution_tasks) f ON s.started_at = f.finished_at"
+        )
         assert cur.fetchone()[0] >= settled_at - 2
     conn.close()
 
@@ -131,12 +166,20 @@ def test_a_step_encodes_a_result_shared_by_its_tasks_once(app_head_dsn, monkeypa
     monkeypatch.setattr(task_batch, "to_jsonb_text", counting)
     with TaskQueue(app_head_dsn) as queue:
         queue.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(30)])
-        summary = task_batch.drain(app_head_dsn, services=Services(), handlers={"idea": lambda task, s: shared},
-                                   batch_size=10, queue=queue)  # fmt: skip
+        summary = task_batch.drain(
+            app_head_dsn,
+            services=Services(),
+            handlers={"idea": lambda task, s: shared},
+            batch_size=10,
+            queue=queue,
+        )
     assert summary.by_type["idea"].succeeded == 30
     with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(DISTINCT finished_at), count(*) FILTER (WHERE result = %s::jsonb)"
-                    " FROM execution_tasks WHERE status = 'succeeded'", ('{"answer": "cached"}',))  # fmt: skip
+        cur.execute(
+            "SELECT count(DISTINCT finished_at), count(*) FILTER (WHERE result = %s::jsonb)"
+            " FROM execution_tasks WHERE status = 'succeeded'",
+            ('{"answer": "cached"}',),
+        )
         steps, stored = cur.fetchone()
     conn.close()
     assert stored == 30 and len(encoded) == steps < 30
@@ -166,11 +209,14 @@ def test_a_slow_task_does_not_hold_up_the_batches_after_it(app_head_dsn):
         conn.close()
 
     with TaskQueue(app_head_dsn) as queue:
-        queue.enqueue_many([{"task_type": "idea", "payload": {"n": i}, "priority": 9 if i == 0 else 0}
-                            for i in range(40)])  # fmt: skip
+        queue.enqueue_many(
+            [{"task_type": "idea", "payload": {"n": i}, "priority": 9 if i == 0 else 0} for i in range(40)]
+        )
     watcher = threading.Thread(target=release_when_the_others_are_done, daemon=True)
     watcher.start()
-    summary = drain(app_head_dsn, services=Services(), handlers={"idea": handler}, batch_size=10, concurrency=4)
+    summary = drain(
+        app_head_dsn, services=Services(), handlers={"idea": handler}, batch_size=10, concurrency=4
+    )
     released.set()
     watcher.join()
     # the slow task was in the first batch; the 39 others (three batches and more) were claimed,
@@ -191,8 +237,14 @@ def test_a_drain_out_of_budget_finishes_what_it_holds_and_leaves_the_rest_queued
 
     with TaskQueue(app_head_dsn) as queue:
         queue.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(500)])
-    summary = drain(app_head_dsn, services=Services(), handlers={"idea": handler}, batch_size=10, concurrency=2,
-                    budget_seconds=0.5)  # fmt: skip
+    summary = drain(
+        app_head_dsn,
+        services=Services(),
+        handlers={"idea": handler},
+        batch_size=10,
+        concurrency=2,
+        budget_seconds=0.5,
+    )
     assert summary.stopped_by == "budget"
     with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT status, count(*) FROM execution_tasks GROUP BY status")
@@ -200,7 +252,10 @@ def test_a_drain_out_of_budget_finishes_what_it_holds_and_leaves_the_rest_queued
     conn.close()
     # every task it claimed was run and recorded (none left running on a lease), the rest wait
     assert counts.get("running", 0) == 0 and counts["queued"] > 0
-    assert counts["succeeded"] == summary.by_type["idea"].succeeded and counts["succeeded"] + counts["queued"] == 500
+    assert (
+        counts["succeeded"] == summary.by_type["idea"].succeeded
+        and counts["succeeded"] + counts["queued"] == 500
+    )
 
 
 def test_tasks_of_one_type_model_and_payload_text_share_one_cache_key():
@@ -219,9 +274,36 @@ def test_tasks_of_one_type_model_and_payload_text_share_one_cache_key():
     def task(i, payload, model="m", text=True):
         return ClaimedTask(i, "idea", payload, model, 1, 5, "", 0.0, str(payload) if text else None)
 
-    tasks = [task(0, {"p": 1}), task(1, {"p": 1}), task(2, {"p": 1}, model="other"), task(3, {"p": 2}),
-             task(4, {"p": 1}, text=False), task(5, {"p": 1}, text=False), task(6, {"bad": 1}), task(7, {"bad": 1})]
+    tasks = [
+        task(0, {"p": 1}),
+        task(1, {"p": 1}),
+        task(2, {"p": 1}, model="other"),
+        task(3, {"p": 2}),
+        task(4, {"p": 1}, text=False),
+        task(5, {"p": 1}, text=False),
+        task(6, {"bad": 1}),
+        task(7, {"bad": 1}),
+    ]
     keys = cache_lookups({"idea": key_of}, tasks, Services(cache=object()))
-    assert made == [0, 2, 3, 4, 5, 6, 7]  # a task whose payload text is unknown, or whose key failed, makes its own
-    assert keys[1] is keys[0] and keys[2] == ("executor:other", {"p": 1}) and keys[3] == ("executor:m", {"p": 2})
-    assert set(keys) == {0, 1, 2, 3, 4, 5}  # the bad payloads are left to their handler's clear failure
+    # a task whose payload text is unknown, or whose key failed, makes its own
+    assert made == [
+        0,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+    ]
+    assert (
+        keys[1] is keys[0] and keys[2] == ("executor:other", {"p": 1}) and keys[3] == ("executor:m", {"p": 2})
+    )
+    # the bad payloads are left to their handler's clear failure
+    assert set(keys) == {
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    }

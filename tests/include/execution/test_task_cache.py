@@ -119,6 +119,7 @@ def test_under_concurrent_invalidations_no_hit_is_older_than_the_last_invalidati
             seen = generation[0]
             time.sleep(random.uniform(0, 0.003))
             return {"gen": seen, "key": key}
+
         return run
 
     def reader(seed):
@@ -144,7 +145,9 @@ def test_under_concurrent_invalidations_no_hit_is_older_than_the_last_invalidati
                     cache.invalidate(ns, {"key": key})
             invalidated[0] = generation[0]
 
-    threads = [threading.Thread(target=reader, args=(i,)) for i in range(6)] + [threading.Thread(target=invalidator)]
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(6)] + [
+        threading.Thread(target=invalidator)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -179,7 +182,8 @@ def test_lookups_made_meanwhile_share_one_round_trip(client, ns):
     with ThreadPoolExecutor(32) as pool:  # ...while the other 31 lookups arrive
         results = list(pool.map(lambda i: cache.get_or_compute(ns, {"i": i}, lambda: "never"), range(32)))
     assert results == [({"v": i}, True) for i in range(32)]
-    assert script_calls(client) - before == 2  # 32 hits: the first alone, the 31 that queued behind it together
+    # 32 hits: the first alone, the 31 that queued behind it together
+    assert script_calls(client) - before == 2
 
 
 def test_writes_made_meanwhile_share_one_round_trip(client, ns):
@@ -197,7 +201,8 @@ def test_writes_made_meanwhile_share_one_round_trip(client, ns):
     with ThreadPoolExecutor(32) as pool:
         results = list(pool.map(lambda i: cache.get_or_compute(ns, {"w": i}, lambda: compute(i)), range(32)))
     assert results == [({"v": i}, False) for i in range(32)]
-    assert script_calls(client) - before_writes[0] == 2  # the first alone, the 31 that queued behind it together
+    # the first alone, the 31 that queued behind it together
+    assert script_calls(client) - before_writes[0] == 2
     assert cache.get_many([(ns, {"w": i}) for i in range(32)]) == [(True, {"v": i}) for i in range(32)]
 
 
@@ -235,19 +240,33 @@ def test_get_many_reads_a_batch_in_one_round_trip_and_never_across_an_invalidati
         cache.get_or_compute(ns, {"i": i}, lambda i=i: {"v": i})
     key = f"tc:{ns}:v0:{key_digest({'i': 0})}"
     client.expire(key, 10)
-    cache.get_many([(ns, {"i": 99})])  # the script's first call loads it (a NOSCRIPT reply, then EVALSHA again)
+    # the script's first call loads it (a NOSCRIPT reply, then EVALSHA again)
+    cache.get_many([(ns, {"i": 99})])
     before = script_calls(client)
     found = cache.get_many([(ns, {"i": i}) for i in range(8)])
     assert script_calls(client) - before == 1
     assert found == [(True, {"v": i}) for i in range(5)] + [(False, None)] * 3
     assert client.ttl(key) >= 95  # a hit slides its entry, as get_or_compute's do
     report = cache.report()[ns]
-    assert (report["hits"], report["misses"]) == (5, 5)  # the 3 misses are the caller's to compute and count
+    # the 3 misses are the caller's to compute and count
+    assert (report["hits"], report["misses"]) == (
+        5,
+        5,
+    )
     cache.get_or_compute(ns, {"none": 1}, lambda: None)  # a cached None is a hit, not a miss
     assert cache.get_many([(ns, {"none": 1}), ("other-" + ns, {"i": 0}), (ns, {"i": 2})]) == [
-        (True, None), (False, None), (True, {"v": 2})]  # fmt: skip
+        (True, None),
+        (False, None),
+        (True, {"v": 2}),
+    ]
     cache.invalidate(ns, {"i": 1})
-    assert [hit for hit, _ in cache.get_many([(ns, {"i": i}) for i in range(5)])] == [True, False, True, True, True]
+    assert [hit for hit, _ in cache.get_many([(ns, {"i": i}) for i in range(5)])] == [
+        True,
+        False,
+        True,
+        True,
+        True,
+    ]
     cache.bump(ns)
     assert cache.get_many([(ns, {"i": i}) for i in range(5)]) == [(False, None)] * 5
     assert cache.get_many([]) == []
@@ -257,8 +276,11 @@ def test_get_many_can_reserve_its_misses_for_the_computations_that_follow(client
     cache = TaskCache(client)
     cache.get_or_compute(ns, {"i": 0}, lambda: "zero")
     lock = {i: f"tc:{ns}:v0:{key_digest({'i': i})}:lock" for i in range(3)}
-    assert cache.get_many([(ns, {"i": i}) for i in range(3)], reserve=True) == [(True, "zero"), (False, None),
-                                                                                (False, None)]  # fmt: skip
+    assert cache.get_many([(ns, {"i": i}) for i in range(3)], reserve=True) == [
+        (True, "zero"),
+        (False, None),
+        (False, None),
+    ]
     assert not client.exists(lock[0]) and client.exists(lock[1]) and client.exists(lock[2])
     other = TaskCache(client)  # another drain's read neither finds nor reserves what is being computed
     assert other.get_many([(ns, {"i": 1})], reserve=True) == [(False, None)] and not other._reserved
@@ -279,7 +301,11 @@ def test_get_many_reads_a_repeated_key_once_and_answers_every_lookup_of_it(clien
     cache.get_or_compute(ns, {"i": 0}, lambda: {"v": 0})
     hot, cold = (ns, {"i": 0}), (ns, {"i": 1})
     digested = []
-    monkeypatch.setattr(include.execution.task_cache, "key_digest", lambda parts: digested.append(parts) or key_digest(parts))
+    monkeypatch.setattr(
+        include.execution.task_cache,
+        "key_digest",
+        lambda parts: digested.append(parts) or key_digest(parts),
+    )
     found = cache.get_many([hot, cold, hot, cold, hot], reserve=True)
     assert digested == [{"i": 0}, {"i": 1}]  # lookups sharing their parts object: one digest
     assert found == [(True, {"v": 0}), (False, None)] * 2 + [(True, {"v": 0})]

@@ -22,10 +22,22 @@ from include.execution.task_queue import TaskQueue
 pytestmark = pytest.mark.stack
 
 VALID = {
-    "implementation": {"prompt": "Implement x", "repo": "r", "inputs": {"branch": "main", "files": ["a.py"]}},
-    "self_improvement": {"prompt": "Reduce y", "repo": "r", "inputs": {"branch": "main", "baseline_run": "run-1"}},
+    "implementation": {
+        "prompt": "Implement x",
+        "repo": "r",
+        "inputs": {"branch": "main", "files": ["a.py"]},
+    },
+    "self_improvement": {
+        "prompt": "Reduce y",
+        "repo": "r",
+        "inputs": {"branch": "main", "baseline_run": "run-1"},
+    },
     "idea": {"prompt": "Suggest", "repo": "r", "inputs": {"count": 3, "audience": "product"}},
-    "idea_implementation": {"prompt": "Build", "repo": "r", "inputs": {"idea_id": 7, "branch": "dev"}},
+    "idea_implementation": {
+        "prompt": "Build",
+        "repo": "r",
+        "inputs": {"idea_id": 7, "branch": "dev"},
+    },
 }
 
 
@@ -76,7 +88,11 @@ def test_a_4xx_is_a_permanent_failure_carrying_the_response_and_is_not_retried(e
     with pytest.raises(PermanentError, match=r"HTTP 400 .*injected fault: HTTP 400"):
         client.execute("idea", "gpt-4.1", {"x": 1})
     stats = admin.get("/admin/stats").json()
-    assert (stats["requests"], stats["pending_faults"]) == (1, 1)  # one request, the 503 never asked for
+    # one request, the 503 never asked for
+    assert (stats["requests"], stats["pending_faults"]) == (
+        1,
+        1,
+    )
     client.close()
 
 
@@ -94,8 +110,10 @@ def test_the_executor_refuses_a_well_formed_model_outside_its_catalog_on_both_ro
     url, admin = executor
     client = ExecutorClient(url, retries=0)
     assert client.model_version("claude-sonnet-4") == "1" and client.model_version("default") == "1"
-    for call in (lambda: client.model_version("gpt-9-nonexistent"),
-                 lambda: client.execute("idea", "gpt-9-nonexistent", {"x": 1})):  # fmt: skip
+    for call in (
+        lambda: client.model_version("gpt-9-nonexistent"),
+        lambda: client.execute("idea", "gpt-9-nonexistent", {"x": 1}),
+    ):
         with pytest.raises(PermanentError, match=r"HTTP 404 .*unknown ai_model 'gpt-9-nonexistent'"):
             call()
     stats = admin.get("/admin/stats").json()
@@ -109,7 +127,9 @@ def test_the_executor_refuses_a_well_formed_model_outside_its_catalog_on_both_ro
     client.close()
 
 
-def test_a_task_naming_an_unknown_model_fails_permanently_naming_it_and_nothing_executes(app_head_dsn, executor):
+def test_a_task_naming_an_unknown_model_fails_permanently_naming_it_and_nothing_executes(
+    app_head_dsn, executor
+):
     url, admin = executor
     with TaskQueue(app_head_dsn) as q:
         q.enqueue("idea", VALID["idea"], ai_model="gpt-9-nonexistent", max_attempts=3)
@@ -119,7 +139,9 @@ def test_a_task_naming_an_unknown_model_fails_permanently_naming_it_and_nothing_
     client.close()
     unknown, known = statuses(app_head_dsn)
     assert unknown[1:3] == ("failed", 1), unknown  # permanent: one attempt of three, no retry
-    assert unknown[3].startswith("PermanentError: executor answered HTTP 404 on GET /v1/models/gpt-9-nonexistent")
+    assert unknown[3].startswith(
+        "PermanentError: executor answered HTTP 404 on GET /v1/models/gpt-9-nonexistent"
+    )
     assert "unknown ai_model 'gpt-9-nonexistent'" in unknown[3]
     assert known[1] == "succeeded"
     stats = admin.get("/admin/stats").json()
@@ -127,14 +149,21 @@ def test_a_task_naming_an_unknown_model_fails_permanently_naming_it_and_nothing_
     assert stats["requests"] == stats["executions"] == 1  # only the known model's task was executed
 
 
-@pytest.mark.parametrize(("task_type", "mutate", "field"), [
-    ("implementation", lambda p: p["inputs"].pop("files"), "payload.inputs.files"),
-    ("implementation", lambda p: p["inputs"].update(files=[]), "payload.inputs.files"),
-    ("idea", lambda p: p["inputs"].update(count="3"), "payload.inputs.count"),
-    ("idea", lambda p: p.update(prompt="  "), "payload.prompt"),
-    ("self_improvement", lambda p: p.update(inputs=[1]), "payload.inputs"),
-    ("idea_implementation", lambda p: p["inputs"].update(temperature=True), "payload.inputs.temperature"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("task_type", "mutate", "field"),
+    [
+        ("implementation", lambda p: p["inputs"].pop("files"), "payload.inputs.files"),
+        ("implementation", lambda p: p["inputs"].update(files=[]), "payload.inputs.files"),
+        ("idea", lambda p: p["inputs"].update(count="3"), "payload.inputs.count"),
+        ("idea", lambda p: p.update(prompt="  "), "payload.prompt"),
+        ("self_improvement", lambda p: p.update(inputs=[1]), "payload.inputs"),
+        (
+            "idea_implementation",
+            lambda p: p["inputs"].update(temperature=True),
+            "payload.inputs.temperature",
+        ),
+    ],
+)
 def test_validation_names_the_field(task_type, mutate, field):
     payload = json.loads(json.dumps(VALID[task_type]))
     mutate(payload)
@@ -159,7 +188,11 @@ def test_a_batch_retries_5xx_fails_4xx_with_the_response_and_rejects_bad_payload
     assert [r[1] for r in rows].count("succeeded") == 3
     [rejected] = [r for r in rows if r[1] == "failed" and "HTTP 422" in (r[3] or "")]
     assert "injected fault: HTTP 422" in rejected[3] and rejected[2] == 1
-    assert rows[-1][1:] == ("failed", 1, "PermanentError: payload.inputs.count must be an integer, got None")
+    assert rows[-1][1:] == (
+        "failed",
+        1,
+        "PermanentError: payload.inputs.count must be an integer, got None",
+    )
     # the malformed task never reached the executor; the three valid ones that succeeded did.
     # Inputs, not requests, are compared: the executor is the session's, so a request from an
     # earlier test, or one retried after a dropped connection, may add to its counts.
@@ -179,34 +212,62 @@ def test_a_poison_task_goes_dead_after_its_attempts_and_the_rest_completes(app_h
         return {"ok": task.id}
 
     with TaskQueue(app_head_dsn) as q:
-        ids = q.enqueue_many([{"task_type": "idea", "payload": {"poison": i == 7}, "max_attempts": 3}
-                              for i in range(30)])  # fmt: skip
-    summary = drain(app_head_dsn, services=Services(), handlers={"idea": handler}, batch_size=8,
-                    backoff_base_seconds=0)  # fmt: skip
+        ids = q.enqueue_many(
+            [{"task_type": "idea", "payload": {"poison": i == 7}, "max_attempts": 3} for i in range(30)]
+        )
+    summary = drain(
+        app_head_dsn,
+        services=Services(),
+        handlers={"idea": handler},
+        batch_size=8,
+        backoff_base_seconds=0,
+    )
     rows = statuses(app_head_dsn)
     poison = rows[ids.index(ids[7])]
-    assert poison[1:] == ("dead", 3, f"gave up after 3 attempts: ValueError: poison pill in task {ids[7]}")
+    assert poison[1:] == (
+        "dead",
+        3,
+        f"gave up after 3 attempts: ValueError: poison pill in task {ids[7]}",
+    )
     assert [r[1] for r in rows].count("succeeded") == 29
     assert summary.by_type["idea"].retried == 2 and summary.by_type["idea"].dead == 1
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 payloads = st.one_of(
     json_values,
     st.fixed_dictionaries({"prompt": json_values, "repo": json_values, "inputs": json_values}),
-    st.fixed_dictionaries({"prompt": st.text(min_size=1), "repo": st.text(min_size=1),
-                           "inputs": st.dictionaries(st.sampled_from(["branch", "files", "count", "idea_id",
-                                                                      "baseline_run", "max_tokens"]), json_values)}),
-)  # fmt: skip
+    st.fixed_dictionaries(
+        {
+            "prompt": st.text(min_size=1),
+            "repo": st.text(min_size=1),
+            "inputs": st.dictionaries(
+                st.sampled_from(["branch", "files", "count", "idea_id", "baseline_run", "max_tokens"]),
+                json_values,
+            ),
+        }
+    ),
+)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
-@given(batch=st.lists(st.tuples(st.sampled_from(sorted(VALID)), payloads,
-                                st.sampled_from([None, "gpt-4.1", "BAD MODEL", "gpt-9-nonexistent"])), min_size=1, max_size=12))
+@given(
+    batch=st.lists(
+        st.tuples(
+            st.sampled_from(sorted(VALID)),
+            payloads,
+            st.sampled_from([None, "gpt-4.1", "BAD MODEL", "gpt-9-nonexistent"]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
 def test_fuzzed_payloads_never_crash_a_batch(app_head_dsn, executor, batch):
     url, _ = executor
     with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
@@ -221,7 +282,9 @@ def test_fuzzed_payloads_never_crash_a_batch(app_head_dsn, executor, batch):
                 continue
             # ai_model is written directly: the column's own CHECK refuses malformed names at enqueue
             with psycopg2.connect(app_head_dsn) as conn, conn.cursor() as cur:
-                cur.execute("ALTER TABLE execution_tasks DROP CONSTRAINT IF EXISTS execution_tasks_ai_model_format")
+                cur.execute(
+                    "ALTER TABLE execution_tasks DROP CONSTRAINT IF EXISTS execution_tasks_ai_model_format"
+                )
                 cur.execute("UPDATE execution_tasks SET ai_model = %s WHERE id = %s", (model, task_id))
             conn.close()
         q.enqueue(*next(iter(VALID.items())))
@@ -244,8 +307,10 @@ def test_the_demo_story_seeded_backlog_fails_before_the_migration_and_drains_aft
     url, admin = executor
     seed(app_dsn, scale=0.02)
     with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*), count(*) FILTER (WHERE payload ? 'ai_model') FROM execution_tasks "
-                    "WHERE status = 'queued'")
+        cur.execute(
+            "SELECT count(*), count(*) FILTER (WHERE payload ? 'ai_model') FROM execution_tasks "
+            "WHERE status = 'queued'"
+        )
         queued, with_model = cur.fetchone()
     conn.close()
     assert queued > 0 and with_model > 0
@@ -261,8 +326,10 @@ def test_the_demo_story_seeded_backlog_fails_before_the_migration_and_drains_aft
         cur.execute("SELECT count(*) FROM execution_tasks WHERE status IN ('queued', 'running')")
         assert cur.fetchone() == (0,)
         # the executor answered in the name of each task's model
-        cur.execute("SELECT count(DISTINCT result->'output'->>'summary') FROM execution_tasks "
-                    "WHERE ai_model IS NOT NULL AND finished_at > now() - interval '5 minutes'")
+        cur.execute(
+            "SELECT count(DISTINCT result->'output'->>'summary') FROM execution_tasks "
+            "WHERE ai_model IS NOT NULL AND finished_at > now() - interval '5 minutes'"
+        )
         assert cur.fetchone()[0] > 1
     conn.close()
 
@@ -278,8 +345,10 @@ def test_a_batch_answers_its_cached_tasks_from_one_read_without_running_their_ha
 
     url, admin = executor
     run = uuid4().hex[:8]  # inputs no earlier test has cached
-    tasks = [ClaimedTask(i, t, {**p, "prompt": f"{p['prompt']} {run} {i}"}, "gpt-4.1", 1, 5, "", 0.0)
-             for i, (t, p) in enumerate(list(VALID.items()) * 3)]  # fmt: skip
+    tasks = [
+        ClaimedTask(i, t, {**p, "prompt": f"{p['prompt']} {run} {i}"}, "gpt-4.1", 1, 5, "", 0.0)
+        for i, (t, p) in enumerate(list(VALID.items()) * 3)
+    ]
     tasks.append(ClaimedTask(len(tasks), "idea", MALFORMED, "gpt-4.1", 1, 5, "", 0.0))
     r = redis.Redis(host="127.0.0.1", port=local_stack.ports["redis"])
     cache, client = TaskCache(r), ExecutorClient(url)
@@ -316,13 +385,28 @@ def test_tasks_sharing_an_input_make_one_call_and_their_batch_one_read_and_its_w
 
     url, admin = executor
     run = uuid4().hex[:8]
-    tasks = [ClaimedTask(i, "idea", {**VALID["idea"], "prompt": f"Suggest {run} {i % 3}"}, "gpt-4.1", 1, 5, "", 0.0)
-             for i in range(12)]  # fmt: skip: 3 inputs, each 4 times
+    # 3 inputs, each 4 times
+    tasks = [
+        ClaimedTask(
+            i,
+            "idea",
+            {**VALID["idea"], "prompt": f"Suggest {run} {i % 3}"},
+            "gpt-4.1",
+            1,
+            5,
+            "",
+            0.0,
+        )
+        for i in range(12)
+    ]
     r = redis.Redis(host="127.0.0.1", port=local_stack.ports["redis"])
     cache, client = TaskCache(r), ExecutorClient(url)
     services = Services(executor=client, cache=cache)
-    warm_up = ClaimedTask(99, "idea", {**VALID["idea"], "prompt": f"Suggest {run} warm-up"}, "gpt-4.1", 1, 5, "", 0.0)
-    run_batch([warm_up], Services(executor=client, cache=cache))  # Redis loads the scripts at their first call
+    warm_up = ClaimedTask(
+        99, "idea", {**VALID["idea"], "prompt": f"Suggest {run} warm-up"}, "gpt-4.1", 1, 5, "", 0.0
+    )
+    # Redis loads the scripts at their first call
+    run_batch([warm_up], Services(executor=client, cache=cache))
     scripts, ran = script_calls(r), executions(admin)
     outcomes = run_batch(tasks, services, concurrency=2)
     assert executions(admin) - ran == 3 and all(exc is None for _, _, exc, _ in outcomes)
@@ -379,7 +463,9 @@ def script_calls(client) -> int:
     return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
 
 
-def test_with_the_executor_unreachable_a_batch_asks_for_the_model_version_once_before_its_handlers(local_stack):
+def test_with_the_executor_unreachable_a_batch_asks_for_the_model_version_once_before_its_handlers(
+    local_stack,
+):
     import redis
 
     from devstack.stack import free_port

@@ -34,8 +34,12 @@ def test_enqueue_with_an_idempotency_key_never_duplicates(app_head_dsn):
     with TaskQueue(app_head_dsn) as q:
         first = q.enqueue("idea", PAYLOAD, ai_model="gpt-4.1", idempotency_key="k-1")
         again = q.enqueue("idea", {"other": True}, idempotency_key="k-1")
-        ids = q.enqueue_many([{"task_type": "idea", "payload": PAYLOAD, "idempotency_key": k}
-                              for k in ("k-2", "k-1", "k-2", None, None)])
+        ids = q.enqueue_many(
+            [
+                {"task_type": "idea", "payload": PAYLOAD, "idempotency_key": k}
+                for k in ("k-2", "k-1", "k-2", None, None)
+            ]
+        )
     assert again == first
     assert ids[1] == first and ids[0] == ids[2] and len(set(ids)) == 4
     assert rows(app_head_dsn, "SELECT count(*), count(ai_model) FROM execution_tasks") == [(4, 1)]
@@ -43,16 +47,34 @@ def test_enqueue_with_an_idempotency_key_never_duplicates(app_head_dsn):
 
 
 def test_a_payload_jsonb_cannot_hold_is_refused_by_name_before_anything_is_written(app_head_dsn):
-    with TaskQueue(app_head_dsn) as q, pytest.raises(ValueError, match=r"task 1's payload contains a NUL"):
-        q.enqueue_many([{"task_type": "idea", "payload": PAYLOAD}, {"task_type": "idea", "payload": {"a": "x\x00"}}])
+    with (
+        TaskQueue(app_head_dsn) as q,
+        pytest.raises(ValueError, match=r"task 1's payload contains a NUL"),
+    ):
+        q.enqueue_many(
+            [
+                {"task_type": "idea", "payload": PAYLOAD},
+                {"task_type": "idea", "payload": {"a": "x\x00"}},
+            ]
+        )
     assert rows(app_head_dsn, "SELECT count(*) FROM execution_tasks") == [(0,)]
 
 
 def test_a_claimed_task_carries_its_payload_and_the_payload_text_equal_payloads_share(app_head_dsn):
     with TaskQueue(app_head_dsn) as q:
-        q.enqueue_many([{"task_type": "idea", "payload": {"prompt": "p", "inputs": {"a": 1, "b": [2.5, None]}}},
-                        {"task_type": "idea", "payload": {"inputs": {"b": [2.5, None], "a": 1}, "prompt": "p"}},
-                        {"task_type": "idea", "payload": {"prompt": "p", "inputs": {"a": 2}}}])  # fmt: skip
+        q.enqueue_many(
+            [
+                {
+                    "task_type": "idea",
+                    "payload": {"prompt": "p", "inputs": {"a": 1, "b": [2.5, None]}},
+                },
+                {
+                    "task_type": "idea",
+                    "payload": {"inputs": {"b": [2.5, None], "a": 1}, "prompt": "p"},
+                },
+                {"task_type": "idea", "payload": {"prompt": "p", "inputs": {"a": 2}}},
+            ]
+        )
         first, second, third = sorted(q.claim(3), key=lambda t: t.id)
     assert first.payload == second.payload == {"prompt": "p", "inputs": {"a": 1, "b": [2.5, None]}}
     assert first.payload_text == second.payload_text != third.payload_text  # jsonb's text is canonical
@@ -66,13 +88,18 @@ def test_claims_go_by_priority_then_age_and_never_overlap(app_head_dsn):
         assert [t.id for t in q.claim(2)] == sorted([high, low[0]])
     queues = [TaskQueue(app_head_dsn, owner=f"w{i}") for i in range(4)]
     with ThreadPoolExecutor(4) as pool:
-        claimed = list(pool.map(lambda q: [t.id for batch in iter(lambda: q.claim(7), []) for t in batch], queues))
+        claimed = list(
+            pool.map(lambda q: [t.id for batch in iter(lambda: q.claim(7), []) for t in batch], queues)
+        )
     for q in queues:
         q.close()
     every = [i for ids in claimed for i in ids]
     assert len(every) == len(set(every)) == 199  # all the rest, each by exactly one worker
-    owners = rows(app_head_dsn, "SELECT count(DISTINCT lease_owner) FROM execution_tasks WHERE id <> ALL(%s)",
-                  ([high, low[0]],))
+    owners = rows(
+        app_head_dsn,
+        "SELECT count(DISTINCT lease_owner) FROM execution_tasks WHERE id <> ALL(%s)",
+        ([high, low[0]],),
+    )
     assert owners[0][0] >= 2
 
 
@@ -92,7 +119,8 @@ def test_a_stale_workers_late_completion_is_refused(app_head_dsn):
     assert stale.fail([Failure(t, "late", retryable=True) for t in old]).refused == [t.id for t in old]
     assert fresh.complete([Completion(t, {"by": "fresh"}, 1) for t in new]) == [t.id for t in new]
     assert rows(app_head_dsn, "SELECT DISTINCT status, result->>'by', lease_token FROM execution_tasks") == [
-        ("succeeded", "fresh", None)]
+        ("succeeded", "fresh", None)
+    ]
     stale.close()
     fresh.close()
 
@@ -105,7 +133,9 @@ def test_retries_back_off_exponentially_then_the_task_is_dead_with_its_last_erro
             [task] = q.claim(1)
             assert task.attempts == attempt
             assert q.fail([Failure(task, f"boom {attempt}", retryable=True)]).requeued == [task_id]
-            (delay,) = rows(app_head_dsn, "SELECT extract(epoch FROM available_at - now()) FROM execution_tasks")[0]
+            (delay,) = rows(
+                app_head_dsn, "SELECT extract(epoch FROM available_at - now()) FROM execution_tasks"
+            )[0]
             delays.append(float(delay))
             assert q.claim(1) == []  # not ready before its backoff
             rows(app_head_dsn, "UPDATE execution_tasks SET available_at = now() RETURNING id")
@@ -113,16 +143,20 @@ def test_retries_back_off_exponentially_then_the_task_is_dead_with_its_last_erro
         assert q.fail([Failure(task, "boom 3", retryable=True)]).dead == [task_id]
     assert 9 < delays[0] <= 10 and 19 < delays[1] <= 20
     assert rows(app_head_dsn, "SELECT status, attempts, error FROM execution_tasks") == [
-        ("dead", 3, "gave up after 3 attempts: boom 3")]
+        ("dead", 3, "gave up after 3 attempts: boom 3")
+    ]
 
 
 def test_a_permanent_failure_is_not_retried(app_head_dsn):
     with TaskQueue(app_head_dsn) as q:
         q.enqueue("idea", PAYLOAD)
         [task] = q.claim(1)
-        assert q.fail([Failure(task, "payload.inputs.count must be an integer", retryable=False)]).failed == [task.id]
+        assert q.fail([Failure(task, "payload.inputs.count must be an integer", retryable=False)]).failed == [
+            task.id
+        ]
     assert rows(app_head_dsn, "SELECT status, attempts, error FROM execution_tasks") == [
-        ("failed", 1, "payload.inputs.count must be an integer")]
+        ("failed", 1, "payload.inputs.count must be an integer")
+    ]
 
 
 def test_the_reaper_sends_an_expired_last_attempt_to_dead(app_head_dsn):
@@ -133,8 +167,10 @@ def test_the_reaper_sends_an_expired_last_attempt_to_dead(app_head_dsn):
         time.sleep(0.2)
         assert q.reap() == {"requeued": 1, "dead": 1}
         assert q.reap() == {"requeued": 0, "dead": 0}
-    assert rows(app_head_dsn, "SELECT status, error LIKE 'lease of %% expired during attempt 1' FROM execution_tasks"
-                " ORDER BY id") == [("dead", True), ("queued", True)]
+    assert rows(
+        app_head_dsn,
+        "SELECT status, error LIKE 'lease of %% expired during attempt 1' FROM execution_tasks ORDER BY id",
+    ) == [("dead", True), ("queued", True)]
 
 
 def test_backlog_counts_ready_rows_per_type(app_head_dsn):
@@ -159,13 +195,17 @@ def test_a_step_rolled_back_to_end_a_deadlock_is_sent_again(app_head_dsn, caplog
         q.enqueue_many([{"task_type": "idea", "payload": PAYLOAD} for _ in range(4)])
         first, second = q.claim(2)
         with other.cursor() as cur:
-            cur.execute("SET lock_timeout = '10s'")  # a wait that is not a deadlock fails the test, not hangs it
+            # a wait that is not a deadlock fails the test, not hangs it
+            cur.execute("SET lock_timeout = '10s'")
             cur.execute("SELECT id FROM execution_tasks WHERE id = %s FOR UPDATE", (second.id,))
         sent = q.statements
         with ThreadPoolExecutor(1) as pool:
             step = pool.submit(q.settle_and_claim, [Completion(first, 1, 1), Completion(second, 2, 1)], (), 2)
-            while not rows(app_head_dsn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
-                           (q.conn.info.backend_pid,)):
+            while not rows(
+                app_head_dsn,
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'",
+                (q.conn.info.backend_pid,),
+            ):
                 assert not step.done(), step.result()
                 time.sleep(0.01)
             with other.cursor() as cur:  # waits on the worker's step, which waits on this session
@@ -178,7 +218,9 @@ def test_a_step_rolled_back_to_end_a_deadlock_is_sent_again(app_head_dsn, caplog
     retried = q.statements - sent - 1
     assert 1 <= retried <= DEADLOCK_RETRIES and caplog.text.count("chosen to end a deadlock") == retried
     assert rows(app_head_dsn, "SELECT status, count(*) FROM execution_tasks GROUP BY 1 ORDER BY 1") == [
-        ("running", 2), ("succeeded", 2)]
+        ("running", 2),
+        ("succeeded", 2),
+    ]
 
 
 def test_a_step_reads_only_the_rows_it_settles_not_every_running_one(app_head_dsn):
@@ -188,8 +230,10 @@ def test_a_step_reads_only_the_rows_it_settles_not_every_running_one(app_head_ds
 
     def lease_index_reads() -> int:  # a backend publishes its counters when it exits
         time.sleep(0.3)
-        return rows(app_head_dsn, "SELECT idx_tup_read FROM pg_stat_user_indexes"
-                                  " WHERE indexrelname = 'execution_tasks_lease_idx'")[0][0]  # fmt: skip
+        return rows(
+            app_head_dsn,
+            "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'execution_tasks_lease_idx'",
+        )[0][0]
 
     with TaskQueue(app_head_dsn) as q:
         q.enqueue_many([{"task_type": "idea", "payload": PAYLOAD} for _ in range(300)])
@@ -200,21 +244,29 @@ def test_a_step_reads_only_the_rows_it_settles_not_every_running_one(app_head_ds
         mine = q.claim(10)
     before = lease_index_reads()
     with TaskQueue(app_head_dsn, owner="me") as q:
-        completed, outcome, _ = q.settle_and_claim([Completion(t, 1, 1) for t in mine[:5]],
-                                                   [Failure(t, "x", retryable=False) for t in mine[5:]], 0)  # fmt: skip
+        completed, outcome, _ = q.settle_and_claim(
+            [Completion(t, 1, 1) for t in mine[:5]],
+            [Failure(t, "x", retryable=False) for t in mine[5:]],
+            0,
+        )
         assert q.heartbeat(mine) == []  # settled: no lease left to extend
     assert len(completed) == 5 and len(outcome.failed) == 5
     assert lease_index_reads() == before
 
 
-def test_a_step_is_planned_once_per_connection_and_its_plan_never_reads_the_whole_table(app_head_dsn):
+def test_a_step_is_planned_once_per_connection_and_its_plan_never_reads_the_whole_table(
+    app_head_dsn,
+):
     """The step runs as a prepared statement with a generic plan. Left to choose, PostgreSQL
     planned each step anew; and a claim that joined its rows to the table got a generic plan that
     read the whole table at every step (it guesses a tenth of the table for LIMIT $n)."""
 
     def rows_read_by_seq_scan() -> int:  # a backend publishes its counters when it exits
         time.sleep(0.3)
-        return rows(app_head_dsn, "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'execution_tasks'")[0][0]
+        return rows(
+            app_head_dsn,
+            "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'execution_tasks'",
+        )[0][0]
 
     with TaskQueue(app_head_dsn) as q:
         q.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(20_000)])

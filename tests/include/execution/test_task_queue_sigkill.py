@@ -49,12 +49,17 @@ def query(dsn: str, sql: str, params=None):
 
 def run_trial(dsn: str, trial: int, tmp: Path, rng: random.Random) -> dict[str, int]:
     with TaskQueue(dsn) as q:
-        ids = q.enqueue_many([{"task_type": "idea", "payload": {"n": i}, "idempotency_key": f"t{trial}-{i}"}
-                              for i in range(TASKS_PER_TRIAL)])
+        ids = q.enqueue_many(
+            [
+                {"task_type": "idea", "payload": {"n": i}, "idempotency_key": f"t{trial}-{i}"}
+                for i in range(TASKS_PER_TRIAL)
+            ]
+        )
     claims = tmp / f"claims-{trial}.txt"
     claims.touch()
-    worker = subprocess.Popen([sys.executable, str(WORKER), dsn, str(claims)],
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    worker = subprocess.Popen(
+        [sys.executable, str(WORKER), dsn, str(claims)], env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     deadline = time.monotonic() + 30
     while len(claims.read_text().splitlines()) < 20 * rng.randint(1, 4):  # after 1-4 batches began
         assert worker.poll() is None, "the worker exited before it was killed"
@@ -65,8 +70,15 @@ def run_trial(dsn: str, trial: int, tmp: Path, rng: random.Random) -> dict[str, 
     worker.wait()
 
     def states() -> Counter:
-        return Counter(dict(query(dsn, "SELECT status, count(*) FROM execution_tasks WHERE id = ANY(%s) "
-                                       "GROUP BY status", (ids,))))
+        return Counter(
+            dict(
+                query(
+                    dsn,
+                    "SELECT status, count(*) FROM execution_tasks WHERE id = ANY(%s) GROUP BY status",
+                    (ids,),
+                )
+            )
+        )
 
     at_kill = states()
     time.sleep(1.1)  # the worker's 1 s leases expire
@@ -75,11 +87,17 @@ def run_trial(dsn: str, trial: int, tmp: Path, rng: random.Random) -> dict[str, 
         held = [line.split() for line in claims.read_text().splitlines()]
         stale = [ClaimedTask(int(i), "idea", {}, None, 1, 5, token, 0.0) for i, token in held]
         late = q.complete([Completion(t, {"late": True}, 1) for t in stale])
-    summary = drain(dsn, services=Services(), handlers={t: lambda task, s: {"done": task.id} for t in REQUIRED_INPUTS},
-                    batch_size=50, concurrency=4)
+    summary = drain(
+        dsn,
+        services=Services(),
+        handlers={t: lambda task, s: {"done": task.id} for t in REQUIRED_INPUTS},
+        batch_size=50,
+        concurrency=4,
+    )
     end = states()
-    completions = Counter(t for (t,) in query(dsn, "SELECT task_id FROM completion_log WHERE task_id = ANY(%s)",
-                                               (ids,)))  # fmt: skip
+    completions = Counter(
+        t for (t,) in query(dsn, "SELECT task_id FROM completion_log WHERE task_id = ANY(%s)", (ids,))
+    )
     return {
         "completed_before_kill": at_kill["succeeded"],
         "in_flight_at_kill": at_kill["running"],
@@ -93,8 +111,9 @@ def run_trial(dsn: str, trial: int, tmp: Path, rng: random.Random) -> dict[str, 
     }
 
 
-def test_twenty_sigkilled_workers_lose_nothing_and_complete_nothing_twice(app_head_dsn, tmp_path, record_property,
-                                                                         capsys):
+def test_twenty_sigkilled_workers_lose_nothing_and_complete_nothing_twice(
+    app_head_dsn, tmp_path, record_property, capsys
+):
     query(app_head_dsn, COMPLETION_LOG)
     rng = random.Random(6)
     totals: Counter = Counter()
@@ -107,7 +126,9 @@ def test_twenty_sigkilled_workers_lose_nothing_and_complete_nothing_twice(app_he
         assert counts["completed_before_kill"] + counts["completed_by_second_worker"] == TASKS_PER_TRIAL
         totals.update(counts)
     assert totals["in_flight_at_kill"] > 0, "no kill landed mid-batch: the trials proved nothing"
-    line = f"SIGKILL trials={TRIALS} tasks={TRIALS * TASKS_PER_TRIAL} " + " ".join(f"{k}={v}" for k, v in totals.items())
+    line = f"SIGKILL trials={TRIALS} tasks={TRIALS * TASKS_PER_TRIAL} " + " ".join(
+        f"{k}={v}" for k, v in totals.items()
+    )
     record_property("sigkill_counts", line)
     with capsys.disabled():  # the counts the issue asks to report, shown on every run
         sys.stdout.write(f"\n{line}\n")

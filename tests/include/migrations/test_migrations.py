@@ -11,9 +11,19 @@ import pytest
 from include.migrations import BOOKKEEPING_TABLES, current, downgrade, upgrade
 
 BASELINE_TABLES = {
-    "execution_tasks", "users", "user_events", "offers", "payments", "model_versions",
-    "backups", "audit_runs", "audit_findings", "alerts", "security_events", "healthcheck_results",
-}  # fmt: skip
+    "execution_tasks",
+    "users",
+    "user_events",
+    "offers",
+    "payments",
+    "model_versions",
+    "backups",
+    "audit_runs",
+    "audit_findings",
+    "alerts",
+    "security_events",
+    "healthcheck_results",
+}
 
 
 def _tables(dsn: str) -> set[str]:
@@ -72,11 +82,23 @@ def test_ensure_baseline_from_connection_json_is_idempotent(app_dsn):
 
     downgrade(app_dsn, "base")
     params = dict(p.split("=", 1) for p in app_dsn.split())
-    conn_json = json.dumps({"conn_type": "postgres", "host": params["host"], "port": int(params["port"]),
-                            "schema": params["dbname"], "login": params["user"], "password": params.get("password")})  # fmt: skip
+    conn_json = json.dumps(
+        {
+            "conn_type": "postgres",
+            "host": params["host"],
+            "port": int(params["port"]),
+            "schema": params["dbname"],
+            "login": params["user"],
+            "password": params.get("password"),
+        }
+    )
     assert ensure_baseline(dsn_from_connection_json(conn_json)) is True
     # the command compose's airflow-init runs, a second time: a no-op
-    out = subprocess.run([sys.executable, "-m", "include.migrations", "ensure-baseline"],
-                         env={"AIRFLOW_CONN_APP_DB": conn_json, "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "include.migrations", "ensure-baseline"],
+        env={"AIRFLOW_CONN_APP_DB": conn_json, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "already at revision 0001" in out.stdout

@@ -8,13 +8,22 @@ import pytest
 from include.migrations import current, downgrade, upgrade
 
 pytestmark = pytest.mark.stack
-TABLES = ("offer_quarantine", "offer_assignments", "offer_publications", "offer_bandit_arms",
-          "offer_roi", "sync_cursors")  # fmt: skip
+TABLES = (
+    "offer_quarantine",
+    "offer_assignments",
+    "offer_publications",
+    "offer_bandit_arms",
+    "offer_roi",
+    "sync_cursors",
+)
 
 
 def _present(dsn: str) -> set[str]:
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename = ANY(%s)", (list(TABLES),))
+        cur.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename = ANY(%s)",
+            (list(TABLES),),
+        )
         found = {r[0] for r in cur.fetchall()}
     conn.close()
     return found
@@ -37,6 +46,10 @@ def test_an_assignment_is_either_an_offer_or_the_holdout(app_head_dsn):
         cur.execute("INSERT INTO model_versions (model_name, version) VALUES ('m', 1) RETURNING id")
         version = cur.fetchone()[0]
         with pytest.raises(psycopg2.errors.CheckViolation):
-            cur.execute("INSERT INTO offer_assignments (model_version_id, user_id, segment, offer_id, holdout, assigned_at)"
-                        " SELECT %s, min(u.id), 'vip', min(o.id), true, now() FROM users u, offers o", (version,))  # fmt: skip
+            cur.execute(
+                "INSERT INTO offer_assignments (model_version_id, user_id, segment, offer_id, holdout, "
+                "assigned_at)"
+                " SELECT %s, min(u.id), 'vip', min(o.id), true, now() FROM users u, offers o",
+                (version,),
+            )
     conn.close()

@@ -53,8 +53,13 @@ def _fingerprint(dsn: str):
 
 
 def _has_ai_model(dsn: str) -> bool:
-    return bool(_query(dsn, "SELECT 1 FROM information_schema.columns "
-                            "WHERE table_name = 'execution_tasks' AND column_name = 'ai_model'"))  # fmt: skip
+    return bool(
+        _query(
+            dsn,
+            "SELECT 1 FROM information_schema.columns "
+            "WHERE table_name = 'execution_tasks' AND column_name = 'ai_model'",
+        )
+    )
 
 
 @pytest.fixture
@@ -73,7 +78,11 @@ def test_one_head_and_the_offline_sql_is_what_runs():
     assert "NOT VALID" in sql and "VALIDATE CONSTRAINT" in sql
     assert "CREATE INDEX CONCURRENTLY" in sql
     # the concurrent index is built outside any transaction
-    assert sql.index("COMMIT;") < sql.index("CREATE INDEX CONCURRENTLY") < sql.index("BEGIN;", sql.index("COMMIT;"))
+    assert (
+        sql.index("COMMIT;")
+        < sql.index("CREATE INDEX CONCURRENTLY")
+        < sql.index("BEGIN;", sql.index("COMMIT;"))
+    )
 
 
 @pytest.mark.stack
@@ -115,19 +124,30 @@ def test_up_down_up_gives_the_schema_of_a_straight_upgrade(seeded, app_head_dsn)
 @pytest.mark.stack
 def test_backfill_fills_ai_model_from_the_payload_and_skips_malformed_values(seeded):
     with psycopg2.connect(seeded) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO execution_tasks (task_type, payload) VALUES "
-                    "('idea', '{\"ai_model\": \"NOT a model name!\"}'), ('idea', '{\"ai_model\": 42}')")  # fmt: skip
+        cur.execute(
+            "INSERT INTO execution_tasks (task_type, payload) VALUES "
+            "('idea', '{\"ai_model\": \"NOT a model name!\"}'), ('idea', '{\"ai_model\": 42}')"
+        )
     conn.close()
-    expected = _query(seeded, "SELECT count(*) FROM execution_tasks WHERE payload->>'ai_model' ~ '^[a-z0-9]'")[0][0]
+    expected = _query(
+        seeded, "SELECT count(*) FROM execution_tasks WHERE payload->>'ai_model' ~ '^[a-z0-9]'"
+    )[0][0]
     apply(seeded, "0002", dataclasses.replace(FAST, backfill_batch_size=97))  # many small batches
     assert expected > 0
     assert _query(seeded, "SELECT count(ai_model) FROM execution_tasks") == [(expected,)]
-    assert _query(seeded, "SELECT count(*) FROM execution_tasks WHERE ai_model IS DISTINCT FROM "
-                          "(payload->>'ai_model') AND ai_model IS NOT NULL") == [(0,)]  # fmt: skip
-    assert _query(seeded, "SELECT convalidated FROM pg_constraint "
-                          "WHERE conname = 'execution_tasks_ai_model_format'") == [(True,)]  # fmt: skip
-    assert _query(seeded, "SELECT indisvalid FROM pg_index "
-                          "WHERE indexrelid = 'execution_tasks_ai_model_idx'::regclass") == [(True,)]  # fmt: skip
+    assert _query(
+        seeded,
+        "SELECT count(*) FROM execution_tasks WHERE ai_model IS DISTINCT FROM "
+        "(payload->>'ai_model') AND ai_model IS NOT NULL",
+    ) == [(0,)]
+    assert _query(
+        seeded,
+        "SELECT convalidated FROM pg_constraint WHERE conname = 'execution_tasks_ai_model_format'",
+    ) == [(True,)]
+    assert _query(
+        seeded,
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'execution_tasks_ai_model_idx'::regclass",
+    ) == [(True,)]
 
 
 @pytest.mark.stack
@@ -136,7 +156,8 @@ def test_a_million_rows_keep_their_file(app_dsn):
         cur.execute("""
             INSERT INTO execution_tasks (task_type, payload, status)
             SELECT 'implementation',
-                   CASE WHEN g % 3 = 0 THEN jsonb_build_object('ai_model', 'gpt-4.1') ELSE '{}' END, 'succeeded'
+                   CASE WHEN g % 3 = 0 THEN jsonb_build_object('ai_model', 'gpt-4.1') ELSE '{}' END,
+                       'succeeded'
               FROM generate_series(1, 1000000) g
         """)
         before = table_filenode(cur)
@@ -163,7 +184,9 @@ def test_a_concurrent_writer_is_never_blocked_past_the_lock_timeout(seeded):
             cur.execute("SET lock_timeout = '3s'")
             while not stop.is_set():
                 try:
-                    cur.execute("INSERT INTO execution_tasks (task_type, payload) VALUES ('idea', '{}') RETURNING id")
+                    cur.execute(
+                        "INSERT INTO execution_tasks (task_type, payload) VALUES ('idea', '{}') RETURNING id"
+                    )
                     inserted.append(cur.fetchone()[0])
                 except psycopg2.Error as exc:
                     errors.append(exc)
@@ -194,7 +217,11 @@ def test_a_long_transaction_makes_it_retry_then_fail_naming_the_blocker(seeded):
             cur.execute("SELECT count(*) FROM execution_tasks /* reporting job */")
             pid = holder.get_backend_pid()
             with pytest.raises(MigrationLocked) as caught:
-                apply(seeded, settings=FAST, on_retry=lambda rev, attempt, exc: retries.append(attempt))
+                apply(
+                    seeded,
+                    settings=FAST,
+                    on_retry=lambda rev, attempt, exc: retries.append(attempt),
+                )
     finally:
         holder.rollback()
         holder.close()
@@ -245,14 +272,20 @@ def test_a_revision_failing_halfway_leaves_schema_and_data_as_before(seeded):
 def test_a_revision_file_changed_after_it_was_applied_is_named(seeded, tmp_path):
     folder = tmp_path / "versions"
     folder.mkdir()
-    source = Path(BROKEN, "0099_broken_halfway.py").read_text().replace('    op.execute("SELECT 1 / 0")  # the step that breaks\n', "")
+    source = (
+        Path(BROKEN, "0099_broken_halfway.py")
+        .read_text()
+        .replace('    op.execute("SELECT 1 / 0")  # the step that breaks\n', "")
+    )
     (folder / "0099_nickname.py").write_text(source)
     settings = dataclasses.replace(FAST, extra_versions=(str(folder),))
     apply(seeded, "0099", settings)
     assert changed_revisions(seeded, settings=settings) == []
     (folder / "0099_nickname.py").write_text(source + "\n# edited after it ran\n")
     [problem] = changed_revisions(seeded, settings=settings)
-    assert problem.startswith("revision 0099 (0099_nickname.py) changed after it was applied: applied sha256 ")
+    assert problem.startswith(
+        "revision 0099 (0099_nickname.py) changed after it was applied: applied sha256 "
+    )
     downgrade(seeded, "0002", settings=settings)
     assert changed_revisions(seeded, settings=settings) == []
 
@@ -271,10 +304,16 @@ def test_the_reviewer_commands_print_the_sql_and_lint_every_revision():
     import subprocess
     import sys
 
-    sql = subprocess.run([sys.executable, "-m", "include.migrations", "sql", "0002"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    sql = subprocess.run(
+        [sys.executable, "-m", "include.migrations", "sql", "0002"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert sql == offline_sql("0002") + "\n"
-    linted = subprocess.run([sys.executable, "-m", "include.migrations", "lint"], capture_output=True, text=True)
+    linted = subprocess.run(
+        [sys.executable, "-m", "include.migrations", "lint"], capture_output=True, text=True
+    )
     assert linted.returncode == 0, linted.stdout + linted.stderr
 
 
@@ -284,15 +323,19 @@ def queue_index_entries(dsn: str) -> dict[str, int]:
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute("VACUUM execution_tasks")
-        cur.execute("SELECT c.relname, c.reltuples::int FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-                    " WHERE i.indrelid = 'execution_tasks'::regclass")  # fmt: skip
+        cur.execute(
+            "SELECT c.relname, c.reltuples::int FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = 'execution_tasks'::regclass"
+        )
         entries = dict(cur.fetchall())
     conn.close()
     return entries
 
 
 @pytest.mark.stack
-def test_0006_leaves_keyless_and_unfinished_rows_out_of_the_queue_indexes_and_keys_stay_unique(app_dsn):
+def test_0006_leaves_keyless_and_unfinished_rows_out_of_the_queue_indexes_and_keys_stay_unique(
+    app_dsn,
+):
     from include.execution.task_queue import Completion, TaskQueue
 
     upgrade(app_dsn, "0005")
@@ -302,23 +345,40 @@ def test_0006_leaves_keyless_and_unfinished_rows_out_of_the_queue_indexes_and_ke
         q.enqueue_many([{"task_type": "idea", "payload": {"n": i}} for i in range(10)])
         q.complete([Completion(t, {}, 1) for t in q.claim(4)])
     before = queue_index_entries(app_dsn)
-    assert (before["execution_tasks_idempotency_key_key"], before["execution_tasks_type_finished_idx"]) == (11, 11)
+    assert (
+        before["execution_tasks_idempotency_key_key"],
+        before["execution_tasks_type_finished_idx"],
+    ) == (11, 11)
     upgrade(app_dsn, "0006")
     after = queue_index_entries(app_dsn)
-    assert "execution_tasks_idempotency_key_key" not in after and "execution_tasks_type_finished_idx" not in after
+    assert (
+        "execution_tasks_idempotency_key_key" not in after
+        and "execution_tasks_type_finished_idx" not in after
+    )
     # only the keyed row, and only the finished rows, have entries
-    assert (after["execution_tasks_idempotency_key_idx"], after["execution_tasks_type_finished_at_idx"]) == (1, 4)
+    assert (
+        after["execution_tasks_idempotency_key_idx"],
+        after["execution_tasks_type_finished_at_idx"],
+    ) == (1, 4)
     with TaskQueue(app_dsn) as q:  # ... and after it
         assert q.enqueue("idea", {"n": 2}, idempotency_key="k1") == first
         assert q.enqueue("idea", {"n": 3}, idempotency_key="k2") != first
     with pytest.raises(psycopg2.errors.UniqueViolation):
-        _query(app_dsn, "INSERT INTO execution_tasks (task_type, payload, idempotency_key)"
-                        " VALUES ('idea', '{}', 'k2') RETURNING id")  # fmt: skip
+        _query(
+            app_dsn,
+            "INSERT INTO execution_tasks (task_type, payload, idempotency_key)"
+            " VALUES ('idea', '{}', 'k2') RETURNING id",
+        )
     downgrade(app_dsn, "0005")
-    assert _query(app_dsn, "SELECT contype FROM pg_constraint"
-                           " WHERE conname = 'execution_tasks_idempotency_key_key'") == [("u",)]  # fmt: skip
+    assert _query(
+        app_dsn,
+        "SELECT contype FROM pg_constraint WHERE conname = 'execution_tasks_idempotency_key_key'",
+    ) == [("u",)]
     restored = queue_index_entries(app_dsn)
-    assert (restored["execution_tasks_idempotency_key_key"], restored["execution_tasks_type_finished_idx"]) == (12, 12)
+    assert (
+        restored["execution_tasks_idempotency_key_key"],
+        restored["execution_tasks_type_finished_idx"],
+    ) == (12, 12)
     assert "execution_tasks_idempotency_key_idx" not in restored
 
 
@@ -338,20 +398,40 @@ def test_0007_leaves_unfinished_rows_out_of_the_ai_model_index(app_dsn):
     with TaskQueue(app_dsn) as q:  # a claim adds no entry, a completion one
         q.complete([Completion(t, {}, 1) for t in q.claim(3)[:1]])
     assert queue_index_entries(app_dsn)["execution_tasks_ai_model_finished_idx"] == 3
-    plan = _query(app_dsn, "SET enable_seqscan = off; EXPLAIN SELECT count(*) FROM execution_tasks"
-                           " WHERE ai_model = 'gpt-4.1' AND finished_at > now() - interval '1 day'")  # fmt: skip
-    assert "execution_tasks_ai_model_finished_idx" in str(plan)  # still serves a report by model over a window
+    plan = _query(
+        app_dsn,
+        "SET enable_seqscan = off; EXPLAIN SELECT count(*) FROM execution_tasks"
+        " WHERE ai_model = 'gpt-4.1' AND finished_at > now() - interval '1 day'",
+    )
+    # still serves a report by model over a window
+    assert "execution_tasks_ai_model_finished_idx" in str(plan)
     downgrade(app_dsn, "0006")
     restored = queue_index_entries(app_dsn)
-    assert "execution_tasks_ai_model_finished_idx" not in restored and restored["execution_tasks_ai_model_idx"] == 10
+    assert (
+        "execution_tasks_ai_model_finished_idx" not in restored
+        and restored["execution_tasks_ai_model_idx"] == 10
+    )
 
 
 @pytest.mark.stack
 def test_0008_keeps_the_ai_model_format_and_its_name_on_both_sides(app_dsn):
     from include.execution.task_handlers import AI_MODEL_FORMAT
 
-    values = ["gpt-4.1", "a", "a" * 64, "a" * 65, "org/model:v2_b.1", "GPT-4", "-gpt", "", "gpt 4", "gpt-é",
-              "gpt\n", "9" + "x" * 63, "x" * 63 + "!"]  # fmt: skip
+    values = [
+        "gpt-4.1",
+        "a",
+        "a" * 64,
+        "a" * 65,
+        "org/model:v2_b.1",
+        "GPT-4",
+        "-gpt",
+        "",
+        "gpt 4",
+        "gpt-é",
+        "gpt\n",
+        "9" + "x" * 63,
+        "x" * 63 + "!",
+    ]
     conn = psycopg2.connect(app_dsn)
     conn.autocommit = True
 
@@ -360,7 +440,10 @@ def test_0008_keeps_the_ai_model_format_and_its_name_on_both_sides(app_dsn):
         for value in values:
             try:
                 with conn.cursor() as cur:
-                    cur.execute("INSERT INTO execution_tasks (task_type, ai_model) VALUES ('idea', %s)", (value,))
+                    cur.execute(
+                        "INSERT INTO execution_tasks (task_type, ai_model) VALUES ('idea', %s)",
+                        (value,),
+                    )
                 verdicts.append(True)
             except psycopg2.errors.CheckViolation as exc:
                 assert "execution_tasks_ai_model_format" in str(exc)
@@ -368,16 +451,21 @@ def test_0008_keeps_the_ai_model_format_and_its_name_on_both_sides(app_dsn):
         return verdicts
 
     def definition() -> list[tuple]:
-        return _query(app_dsn, "SELECT conname, convalidated, pg_get_constraintdef(oid) FROM pg_constraint"
-                               " WHERE conname LIKE 'execution_tasks_ai_model_format%%'")  # fmt: skip
+        return _query(
+            app_dsn,
+            "SELECT conname, convalidated, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conname LIKE 'execution_tasks_ai_model_format%%'",
+        )
 
     expected = [bool(AI_MODEL_FORMAT.fullmatch(v)) for v in values]
     assert expected.count(True) == 5  # the list holds both verdicts
     upgrade(app_dsn, "0007")
     assert accepted() == expected and "{0,63}" in definition()[0][2]
     with conn.cursor() as cur:  # as if a run had stopped after its first step: the next run converges
-        cur.execute("ALTER TABLE execution_tasks ADD CONSTRAINT execution_tasks_ai_model_format_next"
-                    " CHECK (ai_model ~ '^[a-z0-9][a-z0-9._:/-]*$' AND char_length(ai_model) <= 64) NOT VALID")
+        cur.execute(
+            "ALTER TABLE execution_tasks ADD CONSTRAINT execution_tasks_ai_model_format_next"
+            " CHECK (ai_model ~ '^[a-z0-9][a-z0-9._:/-]*$' AND char_length(ai_model) <= 64) NOT VALID"
+        )
     upgrade(app_dsn, "0008")
     [(name, valid, check)] = definition()
     assert (name, valid) == ("execution_tasks_ai_model_format", True) and "char_length" in check

@@ -52,8 +52,15 @@ def test_repeats_within_the_window_are_grouped_and_the_next_window_reports_them(
 def test_security_events_are_json_lines_and_append_only_rows_without_secrets(app_dsn, caplog):
     caplog.set_level(logging.INFO, logger="execplatform.security")
     with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
-        log_security_event(cur, "connection_failed", "error", actor="probe", conn_id="app_db",
-                           password="hunter2-secret", nested={"api_key": "k-123"})  # fmt: skip
+        log_security_event(
+            cur,
+            "connection_failed",
+            "error",
+            actor="probe",
+            conn_id="app_db",
+            password="hunter2-secret",
+            nested={"api_key": "k-123"},
+        )
         cur.execute("SELECT event_type, severity, actor, details FROM security_events")
         event_type, severity, actor, details = cur.fetchone()
     assert (event_type, severity, actor) == ("connection_failed", "error", "probe")

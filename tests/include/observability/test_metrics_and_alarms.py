@@ -234,9 +234,7 @@ def test_alarm_actions_come_from_the_topic_env_var(monkeypatch):
     monkeypatch.setenv("PLATFORM_ENVIRONMENT", "prod")
     alarms = build_alarms()
     assert all(a.actions == (topic,) for a in alarms)
-    assert all(
-        ("Environment", "prod") in a.dimensions for a in alarms if a.namespace == "ExecPlatform"
-    )
+    assert all(("Environment", "prod") in a.dimensions for a in alarms if a.namespace == "ExecPlatform")
     monkeypatch.delenv("ALARM_SNS_TOPIC_ARN")
     assert all(a.actions == () for a in build_alarms())
 

@@ -27,33 +27,62 @@ def _train(dsn, s3, name: str, valid_days: float = 21) -> dict:
     with cursor(dsn) as cur:
         extracted = jobs.extract(cur, s3, snapshot_uri(name), NOW)
     with cursor(dsn) as cur:
-        trained = jobs.train(cur, s3, snapshot_uri=snapshot_uri(name), bucket=MODEL_BUCKET, valid_days=valid_days)
+        trained = jobs.train(
+            cur, s3, snapshot_uri=snapshot_uri(name), bucket=MODEL_BUCKET, valid_days=valid_days
+        )
     with cursor(dsn) as cur:
-        evaluation = jobs.evaluate(cur, s3, snapshot_uri=snapshot_uri(name), version_id=trained["version_id"],
-                                   valid_from=trained["valid_from"])  # fmt: skip
+        evaluation = jobs.evaluate(
+            cur,
+            s3,
+            snapshot_uri=snapshot_uri(name),
+            version_id=trained["version_id"],
+            valid_from=trained["valid_from"],
+        )
     return {"extracted": extracted, "trained": trained, "evaluation": evaluation}
 
 
 def test_quarantine_reasons_name_each_impossible_row():
-    rows = pd.DataFrame({
-        "occurred_at": pd.to_datetime(["2026-05-01", "2027-01-01", "2026-05-01", "2026-05-01", "2026-05-01"], utc=True),
-        "recency_days": [1.0, 1.0, 1.0, 1.0, 1.0], "frequency_30d": [1, 1, 1, 1, 1],
-        "spend_cents": [0, 0, -5, 0, 0], "discount_pct": [10.0, 10.0, 10.0, 140.0, 10.0],
-        "segment": ["vip"] * 5, "channel": ["web"] * 5,
-        "product": ["pro_monthly", "pro_monthly", "pro_monthly", "pro_monthly", "no_such_product"],
-    })  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "occurred_at": pd.to_datetime(
+                ["2026-05-01", "2027-01-01", "2026-05-01", "2026-05-01", "2026-05-01"], utc=True
+            ),
+            "recency_days": [1.0, 1.0, 1.0, 1.0, 1.0],
+            "frequency_30d": [1, 1, 1, 1, 1],
+            "spend_cents": [0, 0, -5, 0, 0],
+            "discount_pct": [10.0, 10.0, 10.0, 140.0, 10.0],
+            "segment": ["vip"] * 5,
+            "channel": ["web"] * 5,
+            "product": [
+                "pro_monthly",
+                "pro_monthly",
+                "pro_monthly",
+                "pro_monthly",
+                "no_such_product",
+            ],
+        }
+    )
     reasons = m.quarantine_reasons(rows, NOW).tolist()
-    assert reasons == [None, "future timestamp", "negative amount", "discount outside 0-100", "unknown product"]
+    assert reasons == [
+        None,
+        "future timestamp",
+        "negative amount",
+        "discount outside 0-100",
+        "unknown product",
+    ]
 
 
 def test_impossible_rows_are_quarantined_counted_and_training_goes_on(offers_dsn, s3):
     with cursor(offers_dsn) as cur:
         # two impressions dated after "now": impossible for a log of what happened
-        cur.execute("""
+        cur.execute(
+            """
             INSERT INTO user_events (user_id, offer_id, event_type, channel, occurred_at)
             SELECT u.id, o.id, 'impression', 'web', %s FROM
               (SELECT id FROM users ORDER BY id LIMIT 2) u, (SELECT id FROM offers ORDER BY id LIMIT 1) o
-        """, (NOW + timedelta(days=30),))  # fmt: skip
+        """,
+            (NOW + timedelta(days=30),),
+        )
     result = _train(offers_dsn, s3, "quarantine")
     assert result["extracted"]["quarantined"] == 2
     assert result["extracted"]["quarantine_reasons"] == {"future timestamp": 2}
@@ -73,8 +102,11 @@ def test_first_model_is_registered_verified_and_promoted_and_retraining_is_idemp
     with cursor(offers_dsn) as cur:
         decision = jobs.promote_or_keep(cur, result["evaluation"], registry.Gates())
         assert decision["promoted"] and decision["champion_id"] == version_id
-        cur.execute("SELECT status, artifact_sha256, data_fingerprint, code_version, trained_from < trained_to,"
-                    " metrics ? 'calibration' FROM model_versions WHERE id = %s", (version_id,))  # fmt: skip
+        cur.execute(
+            "SELECT status, artifact_sha256, data_fingerprint, code_version, trained_from < trained_to,"
+            " metrics ? 'calibration' FROM model_versions WHERE id = %s",
+            (version_id,),
+        )
         status, sha, fingerprint, code, ordered, calibrated = cur.fetchone()
     assert (status, ordered, calibrated) == ("champion", True, True)
     assert fingerprint == result["extracted"]["data_fingerprint"] and code == m.code_version()
@@ -137,8 +169,10 @@ print(json.dumps([f"{w.category.__name__}: {w.message}" for w in caught]))
 def test_saving_and_loading_a_model_in_a_process_with_airflow_warns_nothing():
     """skops looks up ~290 scipy ufuncs in every loaded module on import, and each lookup in
     one of Airflow's deprecated-module shims warned: over a thousand lines in a task's log."""
-    done = subprocess.run([sys.executable, "-c", QUIET_SKOPS], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)  # the project root, for `include`
+    # the project root, for `include`
+    done = subprocess.run(
+        [sys.executable, "-c", QUIET_SKOPS], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.splitlines()[-1]) == []
 
@@ -158,8 +192,13 @@ def test_a_worse_challenger_is_not_promoted_and_rollback_restores_the_old_predic
     _put_snapshot(s3, noisy, frame)
     with cursor(offers_dsn) as cur:
         worse = jobs.train(cur, s3, snapshot_uri=noisy, bucket=MODEL_BUCKET, valid_days=21)
-        evaluation = jobs.evaluate(cur, s3, snapshot_uri=snapshot_uri("rollback"),
-                                   version_id=worse["version_id"], valid_from=first["trained"]["valid_from"])  # fmt: skip
+        evaluation = jobs.evaluate(
+            cur,
+            s3,
+            snapshot_uri=snapshot_uri("rollback"),
+            version_id=worse["version_id"],
+            valid_from=first["trained"]["valid_from"],
+        )
         decision = jobs.promote_or_keep(cur, evaluation, registry.Gates())
     assert not decision["promoted"] and decision["champion_id"] == old.id
 

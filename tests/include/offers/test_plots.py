@@ -9,14 +9,20 @@ import pytest
 
 from include.offers.plots import DPI, SIZE_INCHES, line_plot_png
 
-LABELS = {"title": "ROC v3 (AUC 0.812)", "xlabel": "False positive rate", "ylabel": "True positive rate"}
+LABELS = {
+    "title": "ROC v3 (AUC 0.812)",
+    "xlabel": "False positive rate",
+    "ylabel": "True positive rate",
+}
 
 
 def _pixels(**labels: str) -> np.ndarray:
     import matplotlib.image
 
     x = np.linspace(0, 1, 20)
-    return matplotlib.image.imread(io.BytesIO(line_plot_png(x, np.sqrt(x), **{**LABELS, **labels})), format="png")
+    return matplotlib.image.imread(
+        io.BytesIO(line_plot_png(x, np.sqrt(x), **{**LABELS, **labels})), format="png"
+    )
 
 
 def _changed(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

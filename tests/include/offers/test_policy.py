@@ -39,8 +39,14 @@ def test_budget_moves_the_costliest_segment_to_a_cheaper_offer():
 
 
 def test_thompson_shares_favour_the_better_arm_and_keep_exploring_within_budget():
-    arms = pd.DataFrame({"alpha": [200.0, 20.0, 5.0], "beta": [800.0, 980.0, 95.0],
-                         "value_cents": [1000.0, 1000.0, 1000.0], "cost_cents": [300.0, 50.0, 100.0]})  # fmt: skip
+    arms = pd.DataFrame(
+        {
+            "alpha": [200.0, 20.0, 5.0],
+            "beta": [800.0, 980.0, 95.0],
+            "value_cents": [1000.0, 1000.0, 1000.0],
+            "cost_cents": [300.0, 50.0, 100.0],
+        }
+    )
     shares = thompson_shares(arms, min_exploration=0.3, budget_per_impression_cents=None, seed=1)
     assert shares.sum() == pytest.approx(1.0) and shares.idxmax() == 0
     assert shares.min() >= 0.1 - 1e-12  # 0.3 spread over 3 arms
@@ -52,8 +58,14 @@ def test_thompson_shares_favour_the_better_arm_and_keep_exploring_within_budget(
 
 def test_payment_rows_quarantine_impossible_charges():
     users, coupons = {7}, {"mv1-vip-x": 3}
-    base = {"id": "ch_1", "amount": 1000, "created": 1_780_000_000, "status": "succeeded",
-            "currency": "usd", "metadata": {"user_id": "7", "coupon": "mv1-vip-x"}}  # fmt: skip
+    base = {
+        "id": "ch_1",
+        "amount": 1000,
+        "created": 1_780_000_000,
+        "status": "succeeded",
+        "currency": "usd",
+        "metadata": {"user_id": "7", "coupon": "mv1-vip-x"},
+    }
     row, reason = payment_row(base, known_users=users, coupon_offers=coupons, now=NOW)
     assert reason is None and (row.user_id, row.offer_id, row.amount_cents) == (7, 3, 1000)
     cases = {
@@ -72,8 +84,13 @@ def test_incremental_roi_is_the_lift_over_the_holdout_with_an_interval():
     rng = np.random.default_rng(0)
     treated = (rng.random(4000) < 0.12) * 2000.0  # 12% buy
     holdout = (rng.random(4000) < 0.10) * 2000.0  # 10% would have bought anyway
-    roi = segment_roi("vip", treated.tolist(), holdout.tolist(), attributed_revenue_cents=int(treated.sum()),
-                      discount_cost_cents=50_000)  # fmt: skip
+    roi = segment_roi(
+        "vip",
+        treated.tolist(),
+        holdout.tolist(),
+        attributed_revenue_cents=int(treated.sum()),
+        discount_cost_cents=50_000,
+    )
     lift = (treated.mean() - holdout.mean()) * 4000
     assert roi.incremental_roi_cents == pytest.approx(lift - 50_000)
     assert roi.incremental_ci_low_cents < roi.incremental_roi_cents < roi.incremental_ci_high_cents
@@ -87,14 +104,21 @@ def test_assignments_follow_the_champion_keep_a_holdout_and_are_idempotent(offer
     with cursor(offers_dsn) as cur:
         jobs.extract(cur, s3, uri, NOW)
         trained = jobs.train(cur, s3, snapshot_uri=uri, bucket=MODEL_BUCKET, valid_days=21)
-        evaluation = jobs.evaluate(cur, s3, snapshot_uri=uri, version_id=trained["version_id"],
-                                   valid_from=trained["valid_from"])  # fmt: skip
+        evaluation = jobs.evaluate(
+            cur,
+            s3,
+            snapshot_uri=uri,
+            version_id=trained["version_id"],
+            valid_from=trained["valid_from"],
+        )
         jobs.promote_or_keep(cur, evaluation, registry.Gates())
     with cursor(offers_dsn) as cur:
         result = jobs.assign_offers(cur, s3, holdout_share=0.2, budget_cents=1e12)
         again = jobs.assign_offers(cur, s3, holdout_share=0.2, budget_cents=1e12)
-        cur.execute("SELECT segment, count(*) FILTER (WHERE holdout), count(*), count(DISTINCT offer_id)"
-                    " FROM offer_assignments GROUP BY segment")  # fmt: skip
+        cur.execute(
+            "SELECT segment, count(*) FILTER (WHERE holdout), count(*), count(DISTINCT offer_id)"
+            " FROM offer_assignments GROUP BY segment"
+        )
         per_segment = cur.fetchall()
     assert result["assignments_inserted"] == result["users"] and again["assignments_inserted"] == 0
     assert set(result["offers"]) == {"new", "casual", "regular", "vip"}
@@ -104,5 +128,7 @@ def test_assignments_follow_the_champion_keep_a_holdout_and_are_idempotent(offer
     with cursor(offers_dsn) as cur:
         cur.execute("DELETE FROM offer_publications")
         cur.execute("DELETE FROM offer_assignments")
-        tight = jobs.assign_offers(cur, s3, holdout_share=0.2, budget_cents=result["expected_discount_cents"] / 2)
+        tight = jobs.assign_offers(
+            cur, s3, holdout_share=0.2, budget_cents=result["expected_discount_cents"] / 2
+        )
     assert tight["expected_discount_cents"] <= result["expected_discount_cents"] / 2

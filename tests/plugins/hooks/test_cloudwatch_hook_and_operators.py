@@ -51,9 +51,7 @@ def prefix(hook):
 def _code_alarms(prefix: str):
     from include.observability.alarms import ALARM_PREFIX, ALARMS
 
-    return tuple(
-        dataclasses.replace(a, name=prefix + a.name.removeprefix(ALARM_PREFIX)) for a in ALARMS
-    )
+    return tuple(dataclasses.replace(a, name=prefix + a.name.removeprefix(ALARM_PREFIX)) for a in ALARMS)
 
 
 def _minute(now: datetime | None = None) -> datetime:
@@ -70,8 +68,7 @@ def test_2500_datapoints_go_in_3_requests_and_read_back(hook, sent_bodies):
     t0 = _minute()
     # five one-minute buckets ending at t0, value i lands in bucket i % 5
     metrics = [
-        Metric("Processed", i, dimensions=dims, timestamp=t0 - timedelta(minutes=i % 5))
-        for i in range(2500)
+        Metric("Processed", i, dimensions=dims, timestamp=t0 - timedelta(minutes=i % 5)) for i in range(2500)
     ]
     assert hook.put_metrics(NAMESPACE, metrics) == 3
     assert len(sent_bodies) == 3
@@ -165,9 +162,7 @@ def test_alarm_under_prefix_not_in_code_is_deleted_and_others_are_left_alone(hoo
     try:
         diff = hook.apply_alarms(code, prefix)
         assert diff.deleted == (stray["AlarmName"],)
-        assert stray["AlarmName"] not in {
-            a["AlarmName"] for a in hook.describe_metric_alarms(prefix)
-        }
+        assert stray["AlarmName"] not in {a["AlarmName"] for a in hook.describe_metric_alarms(prefix)}
         left = client.describe_alarms(AlarmNames=[foreign["AlarmName"]])["MetricAlarms"]
         assert [a["AlarmName"] for a in left] == [foreign["AlarmName"]]
     finally:
@@ -229,10 +224,7 @@ def test_publish_operator_adds_the_task_dimensions(hook, monkeypatch):
         "Environment": env,
         "TaskType": "implementation",
     }
-    assert (
-        sum(hook.get_metric_values(NAMESPACE, "TaskDuration", task_dims, start, end, stat="Sum"))
-        == 20.0
-    )
+    assert sum(hook.get_metric_values(NAMESPACE, "TaskDuration", task_dims, start, end, stat="Sum")) == 20.0
     alarm_dims = {"DagId": "task_batch", "Environment": env}
     assert hook.get_metric_values(NAMESPACE, "TaskFailed", alarm_dims, start, end) == [1.0]
 

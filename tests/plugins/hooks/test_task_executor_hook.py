@@ -45,23 +45,42 @@ def echo_server():
 
     class Echo(Quiet):
         def do_GET(self):  # noqa: N802 (http.server's name)
-            self.reply({"path": self.path, "authorization": self.headers.get("Authorization"), "version": "7"})
+            self.reply(
+                {
+                    "path": self.path,
+                    "authorization": self.headers.get("Authorization"),
+                    "version": "7",
+                }
+            )
 
     with serving(Echo) as port:
         yield port
 
 
-@pytest.mark.parametrize(("login", "password", "expected"), [
-    (None, "s3cret-token", "Bearer s3cret-token"),
-    ("svc", "s3cret", "Basic " + base64.b64encode(b"svc:s3cret").decode()),
-    (None, None, None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("login", "password", "expected"),
+    [
+        (None, "s3cret-token", "Bearer s3cret-token"),
+        ("svc", "s3cret", "Basic " + base64.b64encode(b"svc:s3cret").decode()),
+        (None, None, None),
+    ],
+)
 def test_the_client_follows_the_connection(monkeypatch, echo_server, login, password, expected):
     from execplatform.hooks.task_executor_hook import TaskExecutorHook
 
-    monkeypatch.setenv("AIRFLOW_CONN_EXEC_TOKEN", json.dumps({
-        "conn_type": "http", "host": "http://127.0.0.1", "port": echo_server, "login": login, "password": password,
-        "extra": {"timeout_seconds": 7, "retries": 1}}))  # fmt: skip
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_EXEC_TOKEN",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": "http://127.0.0.1",
+                "port": echo_server,
+                "login": login,
+                "password": password,
+                "extra": {"timeout_seconds": 7, "retries": 1},
+            }
+        ),
+    )
     client = TaskExecutorHook("exec_token").get_conn()
     assert client.base_url == f"http://127.0.0.1:{echo_server}"
     assert (client.retries, client.timeout_seconds) == (1, 7)

@@ -41,13 +41,17 @@ def sentry(local_stack):
 
 
 def failure_context(dag_id: str, error: str) -> dict:
-    return {"ti": FakeTI(dag_id, "load", f"manual__{uuid.uuid4().hex}"), "exception": RuntimeError(error)}
+    return {
+        "ti": FakeTI(dag_id, "load", f"manual__{uuid.uuid4().hex}"),
+        "exception": RuntimeError(error),
+    }
 
 
 def alerts_rows(local_stack, dag_id: str) -> list[tuple]:
     with psycopg2.connect(local_stack.app_dsn()) as conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT level, occurrences, channel_failures FROM alerts WHERE dag_id = %s ORDER BY id", (dag_id,)
+            "SELECT level, occurrences, channel_failures FROM alerts WHERE dag_id = %s ORDER BY id",
+            (dag_id,),
         )
         return cur.fetchall()
 
@@ -62,9 +66,12 @@ def task_failed_datapoints(dag_id: str) -> float:
 
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     values = CloudWatchMetricsHook(aws_conn_id="aws_default").get_metric_values(
-        NAMESPACE, "TaskFailed", standard_dimensions(dag_id=dag_id),
-        now - timedelta(minutes=5), now + timedelta(minutes=5),
-    )  # fmt: skip
+        NAMESPACE,
+        "TaskFailed",
+        standard_dimensions(dag_id=dag_id),
+        now - timedelta(minutes=5),
+        now + timedelta(minutes=5),
+    )
     return sum(values)
 
 
@@ -115,18 +122,33 @@ def test_smtp_down_still_records_the_alert_and_counts_the_channel_failure(local_
     from devstack.stack import free_port
     from execplatform.notifiers.alert_notifier import PlatformAlertNotifier
 
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DOWN", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": free_port(),
-        "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "a@localhost", "retry_limit": 0},
-    }))  # fmt: skip
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SMTP_DOWN",
+        json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "extra": {
+                    "disable_ssl": True,
+                    "disable_tls": True,
+                    "from_email": "a@localhost",
+                    "retry_limit": 0,
+                },
+            }
+        ),
+    )
     dag_id = f"dag_{uuid.uuid4().hex[:8]}"
     notifier = PlatformAlertNotifier(level="error", smtp_conn_id="smtp_down")
     notifier.notify(failure_context(dag_id, "boom"))  # must not raise
 
     assert alerts_rows(local_stack, dag_id) == [("error", 1, 1)]
     with psycopg2.connect(local_stack.app_dsn()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT details->'channels' FROM security_events WHERE event_type = 'alert_channel_failed' "
-                    "AND details->>'subject' LIKE %s", (f"%{dag_id}%",))  # fmt: skip
+        cur.execute(
+            "SELECT details->'channels' FROM security_events WHERE event_type = 'alert_channel_failed' "
+            "AND details->>'subject' LIKE %s",
+            (f"%{dag_id}%",),
+        )
         assert cur.fetchall() == [(["email"],)]
     assert "alert channel email failed" in capfd.readouterr().out  # Airflow logs through structlog
     assert task_failed_datapoints(dag_id) == 1.0

@@ -50,15 +50,23 @@ def source(app_dsn, monkeypatch, tmp_path):
 def backup(source, **kwargs) -> dict:
     from execplatform.operators.backup_operators import PostgresBackupOperator
 
-    op = PostgresBackupOperator(task_id="dump", bucket=BACKUP_BUCKET, prefix=f"test/{uuid.uuid4().hex}",
-                                postgres_conn_id=CONN_ID, work_dir=source["work_dir"], **kwargs)  # fmt: skip
+    op = PostgresBackupOperator(
+        task_id="dump",
+        bucket=BACKUP_BUCKET,
+        prefix=f"test/{uuid.uuid4().hex}",
+        postgres_conn_id=CONN_ID,
+        work_dir=source["work_dir"],
+        **kwargs,
+    )
     return op.execute({})
 
 
 def verify(backup_id: int) -> dict:
     from execplatform.operators.backup_operators import VerifyBackupOperator
 
-    return VerifyBackupOperator(task_id="verify", backup_id=str(backup_id), postgres_conn_id=CONN_ID).execute({})
+    return VerifyBackupOperator(task_id="verify", backup_id=str(backup_id), postgres_conn_id=CONN_ID).execute(
+        {}
+    )
 
 
 def catalog(source) -> dict[int, tuple]:
@@ -78,9 +86,14 @@ def test_backup_uploads_and_verification_restores_every_kind_of_object(source):
     backup_id = done["backup_id"]
     assert catalog(source)[backup_id][0] == "uploaded"
     bucket, _, prefix = done["location"].removeprefix("s3://").partition("/")
-    keys = {o["Key"].removeprefix(prefix) for o in s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
+    keys = {
+        o["Key"].removeprefix(prefix)
+        for o in s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+    }
     assert {"toc.dat", "manifest.json", "schema.sql", "expected.json"} <= keys
-    assert not list(Path(source["work_dir"]).rglob("*.dat*")), "the local copy goes once the upload is confirmed"
+    assert not list(Path(source["work_dir"]).rglob("*.dat*")), (
+        "the local copy goes once the upload is confirmed"
+    )
 
     result = verify(backup_id)
     status, error, restore_seconds = catalog(source)[backup_id]
@@ -135,12 +148,18 @@ def test_a_file_corrupted_in_s3_is_refused_naming_it_and_both_checksums(source):
     done = backup(source)
     bucket, _, prefix = done["location"].removeprefix("s3://").partition("/")
     client = s3_client()
-    data_key = next(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
-                    if o["Key"].endswith(".dat.gz"))  # fmt: skip
+    data_key = next(
+        o["Key"]
+        for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
+        if o["Key"].endswith(".dat.gz")
+    )
     body = client.get_object(Bucket=bucket, Key=data_key)["Body"].read()
     client.put_object(Bucket=bucket, Key=data_key, Body=body + b"\0")
 
-    with pytest.raises(AirflowFailException, match=r"file \S+\.dat\.gz has sha256 [0-9a-f]{64}, the manifest records [0-9a-f]{64}"):
+    with pytest.raises(
+        AirflowFailException,
+        match=r"file \S+\.dat\.gz has sha256 [0-9a-f]{64}, the manifest records [0-9a-f]{64}",
+    ):
         verify(done["backup_id"])
     assert catalog(source)[done["backup_id"]][0] == "failed"
 
@@ -165,8 +184,13 @@ def test_pg_dump_killed_mid_run_fails_the_backup_and_spares_the_verified_one(sou
     thread = threading.Thread(target=lambda: _capture(errors, lambda: backup(source)))
     thread.start()
     deadline = time.monotonic() + 30
-    while not (dumps := [p for p in psutil.process_iter(["name", "cmdline"])
-                         if p.info["name"] == "pg_dump" and "-Fd" in (p.info["cmdline"] or [])]):  # fmt: skip
+    while not (
+        dumps := [
+            p
+            for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "pg_dump" and "-Fd" in (p.info["cmdline"] or [])
+        ]
+    ):
         assert time.monotonic() < deadline, "pg_dump never started"
         time.sleep(0.1)
     for p in dumps:
@@ -189,11 +213,21 @@ def test_pg_dump_killed_mid_run_fails_the_backup_and_spares_the_verified_one(sou
 def test_s3_unreachable_fails_the_backup_and_keeps_the_local_copy(source, monkeypatch):
     from devstack.stack import free_port
 
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DOWN", json.dumps({
-        "conn_type": "aws", "login": "k", "password": "s",
-        "extra": {"endpoint_url": f"http://127.0.0.1:{free_port()}", "region_name": "us-east-1",
-                  "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}},
-    }))  # fmt: skip
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DOWN",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "k",
+                "password": "s",
+                "extra": {
+                    "endpoint_url": f"http://127.0.0.1:{free_port()}",
+                    "region_name": "us-east-1",
+                    "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+                },
+            }
+        ),
+    )
     with pytest.raises(Exception, match="(?i)connect"):
         backup(source, aws_conn_id="aws_down")
     [(backup_id, (status, _, _))] = catalog(source).items()
@@ -225,7 +259,11 @@ def test_restore_refuses_bad_requests_and_restores_into_a_new_database(source):
 
     target = f"restored_{uuid.uuid4().hex[:8]}"
     result = restore(backup_id="latest", target_database=target)
-    assert result == {"backup_id": done["backup_id"], "target_database": target, "restore_seconds": result["restore_seconds"]}
+    assert result == {
+        "backup_id": done["backup_id"],
+        "target_database": target,
+        "restore_seconds": result["restore_seconds"],
+    }
     from execplatform.hooks.app_db_hook import AppDatabaseHook
     from execplatform.steps.backup_steps import fetch_backup
     from include.backup.catalog import catalog_get
@@ -283,12 +321,17 @@ def test_retention_never_deletes_a_pending_migrations_rollback_point(source):
         for days_ago in (3, 2, 1):
             location = f"s3://{BACKUP_BUCKET}/{prefix}/{days_ago}/"
             s3.put_object(Bucket=BACKUP_BUCKET, Key=f"{prefix}/{days_ago}/toc.dat", Body=b"x")
-            cur.execute("INSERT INTO backups (database_name, status, verified_at, location) "
-                        "VALUES ('app', 'verified', now() - make_interval(days => %s), %s) RETURNING id",
-                        (days_ago, location))  # fmt: skip
+            cur.execute(
+                "INSERT INTO backups (database_name, status, verified_at, location) "
+                "VALUES ('app', 'verified', now() - make_interval(days => %s), %s) RETURNING id",
+                (days_ago, location),
+            )
             ids.append(cur.fetchone()[0])
-        cur.execute("INSERT INTO migration_runs (dag_run_id, from_revision, target_revision, backup_id, status) "
-                    "VALUES ('manual__1', '0001', '0002', %s, 'rehearsed')", (ids[0],))  # fmt: skip
+        cur.execute(
+            "INSERT INTO migration_runs (dag_run_id, from_revision, target_revision, backup_id, status) "
+            "VALUES ('manual__1', '0001', '0002', %s, 'rehearsed')",
+            (ids[0],),
+        )
     conn.close()
 
     def keys(days_ago: int) -> int:
@@ -320,7 +363,9 @@ def test_a_scratch_database_is_dropped_even_with_a_session_left_in_it(source):
     AppDatabaseHook(CONN_ID).create_database(quiet)
     AppDatabaseHook(CONN_ID).drop_database(quiet)
     AppDatabaseHook(CONN_ID).create_database(busy)
-    left = psycopg2.connect(source["dsn"].replace(f"dbname={parse_dsn(source['dsn'])['dbname']}", f"dbname={busy}"))
+    left = psycopg2.connect(
+        source["dsn"].replace(f"dbname={parse_dsn(source['dsn'])['dbname']}", f"dbname={busy}")
+    )
     AppDatabaseHook(CONN_ID).drop_database(busy)
     assert {quiet, busy}.isdisjoint(databases())
     with pytest.raises(psycopg2.OperationalError):  # the left session was ended by FORCE
@@ -332,7 +377,17 @@ def test_finding_the_client_programs_warns_about_nothing():
     """The embedded wheel's import made platformdirs warn that XDG_RUNTIME_DIR is unset, a line
     in every backup task's log and in each `make psql`."""
     env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "PG_BIN")}
-    done = subprocess.run([sys.executable, "-W", "error", "-c", "from include.backup.archive import pg_bin; print(pg_bin('pg_dump'))"],
-                          env=env, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-c",
+            "from include.backup.archive import pg_bin; print(pg_bin('pg_dump'))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()).is_file() and not done.stderr

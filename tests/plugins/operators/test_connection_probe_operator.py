@@ -16,7 +16,8 @@ def _rows(run_id: str) -> dict[str, tuple]:
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     records = PostgresHook(postgres_conn_id="app_db").get_records(
-        "SELECT conn_id, ok, latency_ms, detail FROM healthcheck_results WHERE run_id = %s", (run_id,)
+        "SELECT conn_id, ok, latency_ms, detail FROM healthcheck_results WHERE run_id = %s",
+        (run_id,),
     )
     return {r[0]: r[1:] for r in records}
 
@@ -40,7 +41,10 @@ def test_probe_of_a_down_service_fails_naming_it_and_records_why(local_stack, mo
     )
 
     closed = free_port()  # nothing listens there
-    monkeypatch.setenv("AIRFLOW_CONN_REDIS_GONE", json.dumps({"conn_type": "redis", "host": "127.0.0.1", "port": closed}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_REDIS_GONE",
+        json.dumps({"conn_type": "redis", "host": "127.0.0.1", "port": closed}),
+    )
     run_id = f"test-{uuid.uuid4().hex}"
     op = ConnectionProbeOperator(task_id="probe_redis_gone", conn_id="redis_gone")
     with pytest.raises(ConnectionDownError, match="redis_gone"):
@@ -55,9 +59,12 @@ def test_probe_of_a_down_service_fails_naming_it_and_records_why(local_stack, mo
 
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     failed = CloudWatchMetricsHook(aws_conn_id="aws_default").get_metric_values(
-        HEALTHCHECK_NAMESPACE, "ProbeFailed", {"ConnId": "redis_gone"}, now - timedelta(minutes=5),
+        HEALTHCHECK_NAMESPACE,
+        "ProbeFailed",
+        {"ConnId": "redis_gone"},
+        now - timedelta(minutes=5),
         now + timedelta(minutes=5),
-    )  # fmt: skip
+    )
     assert sum(failed) == 1.0, "the connection's alarm gets its datapoint"
 
     from airflow.providers.postgres.hooks.postgres import PostgresHook

@@ -49,7 +49,9 @@ class FaultyProxy:
                 fault = proxy.schedule[next(proxy.counter) % len(proxy.schedule)]
                 proxy.faults[fault] += 1
                 if fault == "429":
-                    return self._answer(429, b'{"error": {"type": "rate_limit_error", "message": "slow down"}}')
+                    return self._answer(
+                        429, b'{"error": {"type": "rate_limit_error", "message": "slow down"}}'
+                    )
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 status, data = proxy.forward(self.command, self.path, dict(self.headers), body)
                 if fault == "500":
@@ -76,7 +78,11 @@ class FaultyProxy:
 
     def forward(self, method: str, path: str, headers: dict, body: bytes) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
-        keep = {k: v for k, v in headers.items() if k.lower() in ("authorization", "content-type", "idempotency-key")}
+        keep = {
+            k: v
+            for k, v in headers.items()
+            if k.lower() in ("authorization", "content-type", "idempotency-key")
+        }
         conn.request(method, path, body=body or None, headers=keep)
         response = conn.getresponse()
         return response.status, response.read()
@@ -131,8 +137,11 @@ def test_publish_creates_each_offer_once_with_metadata_and_a_rerun_fetches(offer
     assert vip["metadata"]["model_version_id"] == str(version_id)
     assert vip["metadata"]["segment"] == "vip"
     with cursor(offers_dsn) as cur:
-        cur.execute("SELECT count(*) FROM offer_publications WHERE model_version_id = %s AND published_at IS NOT NULL",
-                    (version_id,))  # fmt: skip
+        cur.execute(
+            "SELECT count(*) FROM offer_publications WHERE model_version_id = %s AND published_at IS NOT "
+            "NULL",
+            (version_id,),
+        )
         assert cur.fetchone()[0] == 4
 
 
@@ -149,7 +158,9 @@ def test_every_offer_exists_exactly_once_through_500s_429s_and_timeouts(offers_d
     monkeypatch.setattr(StripeHook, "rate_limit_retries", 8)
     try:
         version_id = _publications(offers_dsn)
-        operator = PublishOffersOperator(task_id="publish", model_version_id=version_id, stripe_conn_id="stripe_faulty")
+        operator = PublishOffersOperator(
+            task_id="publish", model_version_id=version_id, stripe_conn_id="stripe_faulty"
+        )
         result = operator.execute({})
         rerun = operator.execute({})  # a retried task: nothing new
     finally:
@@ -180,11 +191,27 @@ def test_payment_sync_pages_through_stripe_and_a_rerun_changes_nothing(offers_ds
     client = StripeHook().get_conn()
     made = []
     for user_id in range(1, 8):
-        method = client.v1.payment_methods.create({
-            "type": "card", "card": {"number": "4242424242424242", "exp_month": 1, "exp_year": 2031, "cvc": "321"},
-        })  # fmt: skip
-        made.append(client.v1.charges.create({"amount": 1500, "currency": "usd", "source": method.id,
-                                              "metadata": {"user_id": str(user_id)}}).id)  # fmt: skip
+        method = client.v1.payment_methods.create(
+            {
+                "type": "card",
+                "card": {
+                    "number": "4242424242424242",
+                    "exp_month": 1,
+                    "exp_year": 2031,
+                    "cvc": "321",
+                },
+            }
+        )
+        made.append(
+            client.v1.charges.create(
+                {
+                    "amount": 1500,
+                    "currency": "usd",
+                    "source": method.id,
+                    "metadata": {"user_id": str(user_id)},
+                }
+            ).id
+        )
     listed = list(StripeHook().iter_charges(1_500_000_001, page_size=3))
     ids = [c["id"] for c in listed]
     assert len(ids) == len(set(ids)) and set(made) <= set(ids)  # every page, no charge twice

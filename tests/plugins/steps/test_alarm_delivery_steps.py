@@ -42,10 +42,22 @@ def test_a_channel_that_does_not_deliver_is_named(sinks, monkeypatch):
     from devstack.stack import free_port
     from execplatform.steps.alarm_delivery_steps import audit_alarms
 
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DOWN", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": free_port(),
-        "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "a@localhost", "retry_limit": 0},
-    }))  # fmt: skip
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SMTP_DOWN",
+        json.dumps(
+            {
+                "conn_type": "smtp",
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "extra": {
+                    "disable_ssl": True,
+                    "disable_tls": True,
+                    "from_email": "a@localhost",
+                    "retry_limit": 0,
+                },
+            }
+        ),
+    )
     with pytest.raises(AirflowFailException, match=r"channel\(s\) email did not deliver") as failed:
         audit_alarms(deadline_seconds=3, smtp_conn_id="smtp_down")
     assert "sentry" not in str(failed.value).split("(")[1]
@@ -57,5 +69,7 @@ def test_a_channel_without_a_sink_to_read_is_not_taken_on_trust(sinks, monkeypat
     from execplatform.steps.alarm_delivery_steps import audit_alarms
 
     monkeypatch.delenv("SENTRY_SINK_DIR")
-    with pytest.raises(AirflowFailException, match=r"channel\(s\) sentry did not .*SENTRY_SINK_DIR is not set"):
+    with pytest.raises(
+        AirflowFailException, match=r"channel\(s\) sentry did not .*SENTRY_SINK_DIR is not set"
+    ):
         audit_alarms(deadline_seconds=3)

@@ -51,34 +51,58 @@ def test_digest_reports_gates_trend_changes_roi_and_backups_with_plots(app_db, l
         cur.execute("INSERT INTO audit_runs (dag_run_id) VALUES ('digest-test') RETURNING id")
         audit_run_id = cur.fetchone()[0]
         for gate, passed in (("queue_valid_status", True), ("backup_fresh_and_restored", False)):
-            cur.execute("INSERT INTO audit_findings (audit_run_id, gate, passed, observed, threshold) "
-                        "VALUES (%s, %s, %s, '3', '0')", (audit_run_id, gate, passed))  # fmt: skip
-        cur.execute("INSERT INTO backups (database_name, status, verified_at, restore_seconds) "
-                    "VALUES ('app', 'verified', now() - interval '30 hours', 12.5)")  # fmt: skip
-        cur.execute("INSERT INTO model_versions (model_name, version) VALUES ('offer_redemption', 1) RETURNING id")
+            cur.execute(
+                "INSERT INTO audit_findings (audit_run_id, gate, passed, observed, threshold) "
+                "VALUES (%s, %s, %s, '3', '0')",
+                (audit_run_id, gate, passed),
+            )
+        cur.execute(
+            "INSERT INTO backups (database_name, status, verified_at, restore_seconds) "
+            "VALUES ('app', 'verified', now() - interval '30 hours', 12.5)"
+        )
+        cur.execute(
+            "INSERT INTO model_versions (model_name, version) VALUES ('offer_redemption', 1) RETURNING id"
+        )
         version = cur.fetchone()[0]
-        cur.execute("INSERT INTO users (email, segment, signup_channel, country) VALUES ('u@x', 'vip', 'web', 'US') "
-                    "RETURNING id")  # fmt: skip
-        cur.execute("INSERT INTO offer_assignments (model_version_id, user_id, segment, holdout, assigned_at) "
-                    "VALUES (%s, %s, 'vip', true, now())", (version, cur.fetchone()[0]))  # fmt: skip
-        cur.execute("INSERT INTO offer_roi (model_version_id, segment, treated_users, holdout_users, "
-                    "attributed_revenue_cents, discount_cost_cents, attributed_roi_cents, incremental_roi_cents) "
-                    "VALUES (%s, 'vip', 10, 10, 500000, 50000, 450000, 120000)", (version,))  # fmt: skip
+        cur.execute(
+            "INSERT INTO users (email, segment, signup_channel, country) VALUES ('u@x', 'vip', 'web', 'US') "
+            "RETURNING id"
+        )
+        cur.execute(
+            "INSERT INTO offer_assignments (model_version_id, user_id, segment, holdout, assigned_at) "
+            "VALUES (%s, %s, 'vip', true, now())",
+            (version, cur.fetchone()[0]),
+        )
+        cur.execute(
+            "INSERT INTO offer_roi (model_version_id, segment, treated_users, holdout_users, "
+            "attributed_revenue_cents, discount_cost_cents, attributed_roi_cents, incremental_roi_cents) "
+            "VALUES (%s, 'vip', 10, 10, 500000, 50000, 450000, 120000)",
+            (version,),
+        )
         start = today - timedelta(days=59)
         for i in range(60):
             day = start + timedelta(days=i)
             step = 0.05 if i >= 55 else 0.02
-            indicators.store(cur, day, [indicators.Value("task_failure_rate", step + rng.gauss(0, 0.003)),
-                                        indicators.Value("cache_hit_ratio", 0.8 + rng.gauss(0, 0.01))])
+            indicators.store(
+                cur,
+                day,
+                [
+                    indicators.Value("task_failure_rate", step + rng.gauss(0, 0.003)),
+                    indicators.Value("cache_hit_ratio", 0.8 + rng.gauss(0, 0.01)),
+                ],
+            )
         [change] = indicators.detect_changes(cur)
     assert change.indicator == "task_failure_rate"
 
     tag = uuid.uuid4().hex[:8]
-    result = send_digest("app_db", today, audit_run_id, to=f"ceo-{tag}@example.com, cfo@example.com",
-                         folder=tmp_path)  # fmt: skip
+    result = send_digest(
+        "app_db", today, audit_run_id, to=f"ceo-{tag}@example.com, cfo@example.com", folder=tmp_path
+    )
     assert result["failed_gates"] == ["backup_fresh_and_restored"] and result["plots"] == 2
 
-    [mail] = [m for m in _mails_with(local_stack, "Platform audit") if f"ceo-{tag}@example.com" in str(m["To"])]
+    [mail] = [
+        m for m in _mails_with(local_stack, "Platform audit") if f"ceo-{tag}@example.com" in str(m["To"])
+    ]
     assert "1 gate(s) FAILED, 1 trend change(s)" in str(mail["Subject"])
     assert "cfo@example.com" in str(mail["To"])
     body = next(p for p in mail.walk() if p.get_content_type() == "text/html").get_content()
@@ -111,14 +135,22 @@ def test_the_verdict_names_a_failed_step_gate_and_a_step_that_did_not_finish(app
     with cursor(app_db) as cur:
         cur.execute("INSERT INTO audit_runs (dag_run_id) VALUES ('verdict-test') RETURNING id")
         audit_run_id = cur.fetchone()[0]
-        for gate, passed in (("queue_valid_status", True), ("adversarial_probes", False), ("alarm_delivery", True)):
-            cur.execute("INSERT INTO audit_findings (audit_run_id, gate, passed) VALUES (%s, %s, %s)",
-                        (audit_run_id, gate, passed))  # fmt: skip
+        for gate, passed in (
+            ("queue_valid_status", True),
+            ("adversarial_probes", False),
+            ("alarm_delivery", True),
+        ):
+            cur.execute(
+                "INSERT INTO audit_findings (audit_run_id, gate, passed) VALUES (%s, %s, %s)",
+                (audit_run_id, gate, passed),
+            )
     gates = ["queue_valid_status", "adversarial_probes", "alarm_delivery"]
     with pytest.raises(AirflowFailException) as failed:
         report("app_db", audit_run_id, gates, ["leading_indicators"])
-    assert str(failed.value) == (f"adversarial audit {audit_run_id} failed gates: adversarial_probes; "
-                                 "steps that did not finish: leading_indicators")  # fmt: skip
+    assert str(failed.value) == (
+        f"adversarial audit {audit_run_id} failed gates: adversarial_probes; "
+        "steps that did not finish: leading_indicators"
+    )
     with cursor(app_db) as cur:
         cur.execute("UPDATE audit_findings SET passed = true WHERE audit_run_id = %s", (audit_run_id,))
     with pytest.raises(AirflowFailException, match="steps that did not finish: leading_indicators$"):
