@@ -27,7 +27,7 @@ from pathlib import Path
 
 from devstack.worker_name import WORKER_NAME_VAR
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
 API_PORT_DEFAULT = 8080

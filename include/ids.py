@@ -10,7 +10,7 @@ AWS = "aws_default"  # aws: S3 (backups, model artifacts) and CloudWatch
 STRIPE = "stripe_default"  # stripe: secret key as password, API base as host
 SMTP = "smtp_default"  # smtp: alert and digest mail
 REDIS = "redis_default"  # redis: the task cache
-TASK_EXECUTOR = "task_executor"  # http: the AI executor that runs execution tasks
+TASK_EXECUTOR = "task_executor"  # ai_executor (or http): the AI executor that runs execution tasks
 
 CONNECTION_IDS = (APP_DB, AWS, STRIPE, SMTP, REDIS, TASK_EXECUTOR)
 

@@ -133,14 +133,21 @@ class CloudWatchMetricsHook(AwsBaseHook):
 
 
 def publish_metrics(
-    metrics: Iterable[Metric], *, namespace: str | None = None, aws_conn_id: str = AWS
+    metrics: Iterable[Metric],
+    *,
+    namespace: str | None = None,
+    standard_dimensions: bool = True,
+    aws_conn_id: str = AWS,
 ) -> int:
-    """The one way a task publishes platform metrics: each gets the standard dimensions
-    (``Environment``) under its own, as the alarms expect; returns the requests made."""
+    """The one way a task, operator or notifier publishes metrics (default namespace
+    ``ExecPlatform``). Each gets the standard dimensions (``Environment``) under its own, as the
+    alarms expect, unless `standard_dimensions` is false (the healthcheck's probes, whose alarms
+    watch the connection alone); returns the requests made."""
     from dataclasses import replace
 
-    from include.observability.metrics import NAMESPACE, standard_dimensions
+    from include.observability import metrics as platform_metrics
 
-    base = standard_dimensions()
+    base = platform_metrics.standard_dimensions() if standard_dimensions else {}
     stamped = [replace(m, dimensions={**base, **m.dimensions}) for m in metrics]
-    return CloudWatchMetricsHook(aws_conn_id=aws_conn_id).put_metrics(namespace or NAMESPACE, stamped)
+    hook = CloudWatchMetricsHook(aws_conn_id=aws_conn_id)
+    return hook.put_metrics(namespace or platform_metrics.NAMESPACE, stamped)

@@ -120,10 +120,9 @@ class PlatformAlertNotifier(BaseNotifier):
             return record(cur, alert, window)
 
     def _put_metrics(self, metrics: list) -> None:
-        from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
-        from include.observability.metrics import NAMESPACE
+        from execplatform.hooks.cloudwatch_hook import publish_metrics
 
-        CloudWatchMetricsHook(aws_conn_id=self.aws_conn_id).put_metrics(NAMESPACE, metrics)
+        publish_metrics(metrics, aws_conn_id=self.aws_conn_id)
 
     def _alert_metrics(self, alert: Alert) -> list:
         """AlertRaised per level (fleet-wide and per task); TaskFailed per DAG for failures,
@@ -241,20 +240,20 @@ class RunMetricsNotifier(BaseNotifier):
     def notify(self, context: Context) -> None:
         from datetime import UTC, datetime
 
-        from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
-        from include.observability.metrics import NAMESPACE, Metric, standard_dimensions
+        from execplatform.hooks.cloudwatch_hook import publish_metrics
+        from include.observability.metrics import Metric
 
         try:
             dag_run = context["dag_run"]
-            dims = standard_dimensions(dag_id=dag_run.dag_id)
+            dims = {"DagId": dag_run.dag_id}
             succeeded = dag_run.state == "success"
             seconds = ((dag_run.end_date or datetime.now(UTC)) - dag_run.start_date).total_seconds()
-            CloudWatchMetricsHook(aws_conn_id=self.aws_conn_id).put_metrics(
-                NAMESPACE,
+            publish_metrics(
                 [
                     Metric("DagRunSucceeded", 1.0 if succeeded else 0.0, dimensions=dims),
                     Metric("DagRunDuration", max(seconds, 0.0), unit="Seconds", dimensions=dims),
                 ],
+                aws_conn_id=self.aws_conn_id,
             )
         except Exception:
             self.log.exception("could not publish the run metrics of %s", context.get("dag_run"))

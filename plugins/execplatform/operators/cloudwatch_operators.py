@@ -77,7 +77,7 @@ class PublishMetricsOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
+        from execplatform.hooks.cloudwatch_hook import publish_metrics
         from include.observability.metrics import standard_dimensions
 
         if not isinstance(self.metrics, list):
@@ -94,7 +94,7 @@ class PublishMetricsOperator(BaseOperator):
                 valid.append(_metric_from_dict(spec, dimensions))
             except (TypeError, ValueError) as exc:
                 rejected.append(f"metrics[{index}] {spec!r}: {exc}")
-        requests = CloudWatchMetricsHook(aws_conn_id=self.aws_conn_id).put_metrics(self.namespace, valid)
+        requests = publish_metrics(valid, namespace=self.namespace, aws_conn_id=self.aws_conn_id)
         self.log.info("published %d metrics to %s in %d requests", len(valid), self.namespace, requests)
         if rejected:
             for reason in rejected:

@@ -32,12 +32,13 @@ def _probe_postgres(conn_id: str) -> str:
 def _probe_aws(conn_id: str) -> str:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
+    from execplatform.hooks.cloudwatch_hook import publish_metrics
     from include.observability.metrics import Metric
 
     buckets = S3Hook(aws_conn_id=conn_id).get_conn().list_buckets()["Buckets"]
-    CloudWatchMetricsHook(aws_conn_id=conn_id).put_metrics(
-        HEALTHCHECK_NAMESPACE, [Metric("ProbeSucceeded", 1.0, dimensions={"ConnId": conn_id})]
+    succeeded = [Metric("ProbeSucceeded", 1.0, dimensions={"ConnId": conn_id})]
+    publish_metrics(
+        succeeded, namespace=HEALTHCHECK_NAMESPACE, standard_dimensions=False, aws_conn_id=conn_id
     )
     return f"S3 lists {len(buckets)} buckets; CloudWatch accepted a datapoint"
 
@@ -125,13 +126,16 @@ class ConnectionProbeOperator(BaseOperator):
 
     def _count_failure(self) -> None:
         """A `ProbeFailed` datapoint for the connection's alarm; AWS may be what is down."""
-        from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
+        from execplatform.hooks.cloudwatch_hook import publish_metrics
         from include.observability.metrics import Metric
 
+        failed = [Metric("ProbeFailed", 1.0, dimensions={"ConnId": self.conn_id})]
         try:
-            CloudWatchMetricsHook(aws_conn_id=self.metrics_conn_id).put_metrics(
-                HEALTHCHECK_NAMESPACE,
-                [Metric("ProbeFailed", 1.0, dimensions={"ConnId": self.conn_id})],
+            publish_metrics(
+                failed,
+                namespace=HEALTHCHECK_NAMESPACE,
+                standard_dimensions=False,
+                aws_conn_id=self.metrics_conn_id,
             )
         except Exception:
             self.log.exception("could not count the failed probe of %s in CloudWatch", self.conn_id)
