@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run up down env psql metrics test test-pg15 lint fmt bench lock clean
+.PHONY: run up down env psql metrics test test-fast test-stack test-e2e test-pg15 lint fmt bench lock clean
 
 # The venv is rebuilt only when the lock changes; a second `make` reuses it. The project's own
 # provider (plugins/execplatform) is installed editable, with the locked setuptools and nothing
@@ -44,8 +44,24 @@ fmt: $(VENV)/.installed  ## format the code and apply ruff's safe fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
-	$(VENV)/bin/pytest
+# The test tiers. tests/conftest.py marks every test that needs a server (`stack`: it uses the
+# local stack's fixtures) and every suite under tests/e2e (`airflow_stack`), so the fast tier is
+# what is left; pytest fails (exit 5) when a tier selects nothing.
+FAST_TIER := not stack and not airflow_stack
+
+test: lint  ## lint, then every tier in turn: fast, server-backed, end-to-end
+	$(VENV)/bin/pytest -m "$(FAST_TIER)"
+	$(VENV)/bin/pytest -m "stack and not airflow_stack"
+	$(VENV)/bin/pytest tests/e2e
+
+test-fast: $(VENV)/.installed  ## the tests that need no server: logic, DAG integrity, compose file (<1 min)
+	$(VENV)/bin/pytest -m "$(FAST_TIER)"
+
+test-stack: $(VENV)/.installed  ## the tests on the local stack's servers (no Airflow stack)
+	$(VENV)/bin/pytest -m "stack and not airflow_stack"
+
+test-e2e: $(VENV)/.installed  ## the end-to-end suites in tests/e2e: whole stacks with Airflow
+	$(VENV)/bin/pytest tests/e2e
 
 # The migration tests again, against another PostgreSQL major version already running at
 # PG15_SERVER (host:port, trust auth for `postgres`); `make test` needs no such server.

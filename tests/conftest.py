@@ -1,4 +1,5 @@
-"""Shared fixtures: the real local servers (started once per session) and fresh app databases."""
+"""Shared fixtures: the real local servers (started once per session) and fresh app databases,
+and the test tiers: what needs a server is marked here, from the fixtures each test uses."""
 
 from __future__ import annotations
 
@@ -22,6 +23,48 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 # the seeded demo data is sized for a person to look at; tests need only a little of it
 os.environ.setdefault("SEED_SCALE", "0.02")
 
+# The fixtures that start a server or reach the local stack's services. A test that uses one,
+# directly or through other fixtures, is marked `stack`; every test under tests/e2e is marked
+# `airflow_stack` (each suite there starts a whole stack with Airflow). `-m "not stack and not
+# airflow_stack"` is then the fast tier (`make test-fast`), without a list of files to keep.
+SERVER_FIXTURES = frozenset(
+    {
+        "local_stack",  # starts the stack's servers
+        "pg_server",  # the stack's PostgreSQL (asked for by name at run time) or TEST_PG_SERVER's
+        "executor",  # the stack's task executor (test_task_batch_dag.py's own reads the stack's env)
+        "own_stripe",  # starts a localstripe of one test's own (test_offer_dags.py)
+    }
+)
+E2E = ROOT / "tests" / "e2e"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if E2E in item.path.parents:
+            item.add_marker(pytest.mark.airflow_stack)
+        elif SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
+
+
+_setting_up: list[pytest.Item] = []  # the test whose fixtures are being set up
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _setting_up[:] = [item]
+
+
+def refuse_outside_the_server_tiers(fixture: str) -> None:
+    """Fail the test that sets up `fixture` (which starts servers) without being marked: it
+    reached the fixture in a way the marking above cannot see, so the fast tier would start it."""
+    item = _setting_up[0] if _setting_up else None
+    if item is not None and not any(item.get_closest_marker(m) for m in ("stack", "airflow_stack")):
+        pytest.fail(
+            f"{item.nodeid} sets up {fixture} but is not marked stack: add the fixture through which "
+            "it does to SERVER_FIXTURES in tests/conftest.py",
+            pytrace=False,
+        )
+
 
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory):
@@ -32,6 +75,7 @@ def local_stack(tmp_path_factory):
     """
     from devstack.stack import LocalStack, connections
 
+    refuse_outside_the_server_tiers("local_stack")
     stack = LocalStack(tmp_path_factory.mktemp("stack"), with_airflow=False, api_port=0)
     try:
         stack.start()

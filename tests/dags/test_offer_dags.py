@@ -20,7 +20,6 @@ from tests import offers_fixtures
 from tests.airflow_api import postgres_connection
 from tests.offers_fixtures import cursor
 
-pytestmark = pytest.mark.stack
 offers_dsn, s3 = offers_fixtures.offers_dsn, offers_fixtures.s3  # the shared fixtures
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 

@@ -14,8 +14,6 @@ import httpx
 import psycopg2
 import pytest
 
-pytestmark = pytest.mark.stack
-
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 VALID = {
     "implementation": {

@@ -5,10 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-pytestmark = pytest.mark.stack
-
 
 def test_app_db_answers_sql_at_the_baseline_schema(local_stack):
     from airflow.providers.postgres.hooks.postgres import PostgresHook

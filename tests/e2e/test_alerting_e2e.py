@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psycopg2
 import pytest
@@ -18,10 +17,9 @@ from devstack.sentry_sink import read_envelopes
 from devstack.smtp_sink import read_messages
 from devstack.stack import LocalStack
 from tests.airflow_api import api, exists, running, token_for, wait_for
+from tests.project import FIXTURES
 
-pytestmark = pytest.mark.airflow_stack
-
-FIXTURE_DAGS = Path(__file__).parent / "fixtures" / "dags"
+FIXTURE_DAGS = FIXTURES / "dags"
 DAG_ID = "alerting_fault_probe"
 LOG_GROUP = "airflow-task-logs"
 # Task logs to CloudWatch Logs through Airflow's remote logging, configured as README says

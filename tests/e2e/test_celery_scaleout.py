@@ -21,16 +21,14 @@ import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import psycopg2
 import pytest
 
 from devstack.stack import LocalStack
 from execplatform.dag_defaults import OVERRIDES_VAR
 from include.migrations import upgrade
-from tests.airflow_api import api, dag_url, exists, running, token_for, wait_for
+from tests.airflow_api import api, dag_url, exists, rows, running, set_paused, token_for, wait_for
 from tests.dags.test_task_batch_dag import VALID
 
-pytestmark = pytest.mark.airflow_stack
 log = logging.getLogger(__name__)
 
 WORKERS = ("celery-worker-1", "celery-worker-2")
@@ -73,20 +71,6 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def token(stack) -> str:
     return token_for(stack.info.login)
-
-
-def set_paused(stack, token: str, dag_id: str, paused: bool) -> None:
-    url = dag_url(stack, dag_id)
-    wait_for(lambda: exists(url, token), 180, f"{dag_id} to be parsed")
-    api(url, token, {"is_paused": paused}, method="PATCH")
-
-
-def rows(stack, sql: str, params=None) -> list[tuple]:
-    with psycopg2.connect(stack.app_dsn()) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-        result = cur.fetchall()
-    conn.close()
-    return result
 
 
 def set_executor_latency(stack, latency_ms: int) -> None:
@@ -142,7 +126,7 @@ def test_two_celery_workers_share_a_task_batch_run_and_handle_each_task_once(sta
         },
     )["dag_run_id"]
     started = time.monotonic()
-    set_paused(stack, token, "task_batch", False)
+    set_paused(stack, "task_batch", False, token)
     try:
         state = wait_for(
             lambda: finished_state(stack, token, "task_batch", run_id),
@@ -196,7 +180,7 @@ def test_every_scheduled_dag_runs_by_its_schedule(stack, token):
         for dag_id in SCHEDULED_DAGS:
             after = AFTER.get(dag_id)
             if dag_id not in unpaused and (after is None or outcome.get(after, {}).get("state") == "success"):
-                set_paused(stack, token, dag_id, False)
+                set_paused(stack, dag_id, False, token)
                 unpaused.add(dag_id)
             elif after in outcome and outcome[after]["state"] != "success":
                 outcome.setdefault(dag_id, {"state": f"not run: {after} failed", "dag_run_id": None})
@@ -207,7 +191,7 @@ def test_every_scheduled_dag_runs_by_its_schedule(stack, token):
                 )
                 if done:
                     outcome[dag_id] = done
-                    set_paused(stack, token, dag_id, True)  # one finished run is enough: spare the machine
+                    set_paused(stack, dag_id, True, token)  # one finished run is enough: spare the machine
         return len(outcome) == len(SCHEDULED_DAGS)
 
     started = time.monotonic()

@@ -22,8 +22,6 @@ import pytest
 from devstack.stack import ROOT, StackInfo
 from tests.airflow_api import api, token_for, wait_for
 
-pytestmark = pytest.mark.airflow_stack
-
 
 @pytest.fixture(scope="module")
 def stack_folder(tmp_path_factory):

@@ -11,8 +11,6 @@ from decimal import Decimal
 import psycopg2
 import pytest
 
-pytestmark = pytest.mark.stack
-
 
 def test_panels_show_backups_migrations_queue_audits_alerts_and_escape_values(app_dsn):
     from execplatform.dashboard_app import render

@@ -11,8 +11,6 @@ import pytest
 from include.audit.gates import DEFAULT_LIMITS, GATES, finish_audit, record, start_audit
 from include.migrations import all_revisions
 
-pytestmark = pytest.mark.stack
-
 
 def gate(dsn: str, name: str, setup: str | None = None, args=()):
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:

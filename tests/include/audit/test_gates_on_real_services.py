@@ -23,7 +23,6 @@ from tests import offers_fixtures
 from tests.airflow_api import postgres_connection
 from tests.offers_fixtures import cursor, snapshot_uri
 
-pytestmark = pytest.mark.stack
 offers_dsn = offers_fixtures.offers_dsn  # the shared fixture
 
 

@@ -18,8 +18,6 @@ from tests.offers_fixtures import cursor
 
 offers_dsn, s3 = offers_fixtures.offers_dsn, offers_fixtures.s3  # the shared fixtures
 
-pytestmark = pytest.mark.stack
-
 
 def test_an_input_that_does_not_exist_is_absent_not_zero(app_head_dsn):
     today = datetime.now(UTC).date()

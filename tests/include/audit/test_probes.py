@@ -14,8 +14,6 @@ from include.migrations import current
 from tests.offers_fixtures import cursor
 from tests.project import ROOT
 
-pytestmark = pytest.mark.stack
-
 DAGS = ROOT / "dags"
 
 

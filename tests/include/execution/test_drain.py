@@ -38,7 +38,6 @@ def test_plan_batches_refuses_nonsense():
         plan_batches(10, 0, 4)
 
 
-@pytest.mark.stack
 def test_the_report_gives_percentiles_and_where_the_time_went(app_head_dsn):
     now = datetime.now(UTC)
     conn = psycopg2.connect(app_head_dsn)
@@ -93,7 +92,6 @@ def test_the_report_gives_percentiles_and_where_the_time_went(app_head_dsn):
     } <= names
 
 
-@pytest.mark.stack
 def test_revision_0003_adds_the_measurement_tables_and_its_downgrade_removes_them(app_dsn):
     from include.migrations import current, downgrade, upgrade
 
@@ -112,7 +110,6 @@ def test_revision_0003_adds_the_measurement_tables_and_its_downgrade_removes_the
     assert tables() == {"task_batch_metrics", "task_bottleneck_reports"}
 
 
-@pytest.mark.stack
 def test_a_drain_settles_and_claims_in_one_statement_and_one_transaction_per_step(app_head_dsn):
     from include.execution.drain import drain
     from include.execution.task_handlers import Services
@@ -185,7 +182,6 @@ def test_a_step_encodes_a_result_shared_by_its_tasks_once(app_head_dsn, monkeypa
     assert stored == 30 and len(encoded) == steps < 30
 
 
-@pytest.mark.stack
 def test_a_slow_task_does_not_hold_up_the_batches_after_it(app_head_dsn):
     from include.execution.drain import drain
     from include.execution.task_handlers import Services
@@ -225,7 +221,6 @@ def test_a_slow_task_does_not_hold_up_the_batches_after_it(app_head_dsn):
     assert summary.batches >= 4
 
 
-@pytest.mark.stack
 def test_a_drain_out_of_budget_finishes_what_it_holds_and_leaves_the_rest_queued(app_head_dsn):
     from include.execution.drain import drain
     from include.execution.task_handlers import Services

@@ -15,8 +15,6 @@ import redis
 from devstack.stack import free_port
 from include.execution.task_cache import TaskCache, key_digest
 
-pytestmark = pytest.mark.stack
-
 
 @pytest.fixture
 def client(local_stack):

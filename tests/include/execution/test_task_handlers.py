@@ -19,8 +19,6 @@ from include.execution.task_handlers import (
 )
 from include.execution.task_queue import TaskQueue
 
-pytestmark = pytest.mark.stack
-
 VALID = {
     "implementation": {
         "prompt": "Implement x",

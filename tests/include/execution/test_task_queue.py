@@ -17,8 +17,6 @@ from include.execution.task_queue import (
     TaskQueue,
 )
 
-pytestmark = pytest.mark.stack
-
 PAYLOAD = {"prompt": "p", "repo": "r", "inputs": {"count": 3}}
 
 

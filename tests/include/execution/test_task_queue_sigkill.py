@@ -17,14 +17,11 @@ from collections import Counter
 from pathlib import Path
 
 import psycopg2
-import pytest
 
 from include.execution.drain import drain
 from include.execution.task_handlers import REQUIRED_INPUTS, Services
 from include.execution.task_queue import ClaimedTask, Completion, TaskQueue
 from tests.project import ROOT
-
-pytestmark = pytest.mark.stack
 
 WORKER = Path(__file__).with_name("sigkill_worker.py")
 TRIALS = 20

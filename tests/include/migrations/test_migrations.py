@@ -32,7 +32,6 @@ def _tables(dsn: str) -> set[str]:
         return {r[0] for r in cur.fetchall()} - set(BOOKKEEPING_TABLES)
 
 
-@pytest.mark.stack
 def test_baseline_creates_the_platform_tables_without_ai_model(app_dsn):
     assert current(app_dsn) == "0001"
     assert _tables(app_dsn) == BASELINE_TABLES
@@ -44,7 +43,6 @@ def test_baseline_creates_the_platform_tables_without_ai_model(app_dsn):
         assert cur.fetchone() is None
 
 
-@pytest.mark.stack
 def test_baseline_downgrades_to_an_empty_schema_and_back(app_dsn):
     downgrade(app_dsn, "base")
     assert _tables(app_dsn) == set() and current(app_dsn) is None
@@ -52,7 +50,6 @@ def test_baseline_downgrades_to_an_empty_schema_and_back(app_dsn):
     assert _tables(app_dsn) == BASELINE_TABLES
 
 
-@pytest.mark.stack
 def test_constraints_refuse_bad_rows(app_dsn):
     with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
         with pytest.raises(psycopg2.errors.CheckViolation, match="execution_tasks_task_type_check"):
@@ -72,7 +69,6 @@ def test_offline_sql_is_plain_reviewable_sql():
     assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in sql
 
 
-@pytest.mark.stack
 def test_ensure_baseline_from_connection_json_is_idempotent(app_dsn):
     import json
     import subprocess

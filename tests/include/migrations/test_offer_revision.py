@@ -7,7 +7,6 @@ import pytest
 
 from include.migrations import current, downgrade, upgrade
 
-pytestmark = pytest.mark.stack
 TABLES = (
     "offer_quarantine",
     "offer_assignments",

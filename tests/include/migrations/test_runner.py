@@ -85,7 +85,6 @@ def test_one_head_and_the_offline_sql_is_what_runs():
     )
 
 
-@pytest.mark.stack
 def test_lint_passes_with_the_named_exception_and_blocks_without_it(app_dsn):
     revision = pending(app_dsn)[0]
     assert revision.revision == "0002" and "ban-drop-constraint" in revision.squawk_exceptions
@@ -96,7 +95,6 @@ def test_lint_passes_with_the_named_exception_and_blocks_without_it(app_dsn):
     assert "revision 0002, line" in str(findings[0])
 
 
-@pytest.mark.stack
 def test_upgrade_from_empty_to_head_then_every_downgrade_step_by_step(app_dsn):
     downgrade(app_dsn, "base")
     assert current(app_dsn) is None
@@ -110,7 +108,6 @@ def test_upgrade_from_empty_to_head_then_every_downgrade_step_by_step(app_dsn):
     assert _query(app_dsn, "SELECT count(*) FROM pg_tables WHERE tablename = 'execution_tasks'") == [(0,)]
 
 
-@pytest.mark.stack
 def test_up_down_up_gives_the_schema_of_a_straight_upgrade(seeded, app_head_dsn):
     original = schema_dump(seeded)
     after_baseline = [r.revision for r in all_revisions()][1:]
@@ -121,7 +118,6 @@ def test_up_down_up_gives_the_schema_of_a_straight_upgrade(seeded, app_head_dsn)
     assert schema_dump(seeded) == schema_dump(app_head_dsn)  # app_head_dsn: straight from base
 
 
-@pytest.mark.stack
 def test_backfill_fills_ai_model_from_the_payload_and_skips_malformed_values(seeded):
     with psycopg2.connect(seeded) as conn, conn.cursor() as cur:
         cur.execute(
@@ -150,7 +146,6 @@ def test_backfill_fills_ai_model_from_the_payload_and_skips_malformed_values(see
     ) == [(True,)]
 
 
-@pytest.mark.stack
 def test_a_million_rows_keep_their_file(app_dsn):
     with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
         cur.execute("""
@@ -172,7 +167,6 @@ def test_a_million_rows_keep_their_file(app_dsn):
     conn.close()
 
 
-@pytest.mark.stack
 def test_a_concurrent_writer_is_never_blocked_past_the_lock_timeout(seeded):
     """The writer gives up after 3x the migration's lock timeout: any such wait is an error."""
     stop, errors, inserted = threading.Event(), [], []
@@ -207,7 +201,6 @@ def test_a_concurrent_writer_is_never_blocked_past_the_lock_timeout(seeded):
     assert current(seeded) == "0002"
 
 
-@pytest.mark.stack
 def test_a_long_transaction_makes_it_retry_then_fail_naming_the_blocker(seeded):
     signature = schema_signature(seeded)
     holder = psycopg2.connect(seeded)
@@ -231,7 +224,6 @@ def test_a_long_transaction_makes_it_retry_then_fail_naming_the_blocker(seeded):
     assert schema_signature(seeded) == signature and current(seeded) == "0001"
 
 
-@pytest.mark.stack
 def test_0002_stopped_at_its_concurrent_index_is_undone_completely(seeded, caplog):
     """An old transaction elsewhere makes the index build wait after the column, backfill and
     validation have committed: the retries give up and the schema is as it was."""
@@ -257,7 +249,6 @@ def smoke_check_clean(dsn, before) -> bool:
     return after.counts == before.counts and after.checksums == before.checksums
 
 
-@pytest.mark.stack
 def test_a_revision_failing_halfway_leaves_schema_and_data_as_before(seeded):
     settings = dataclasses.replace(FAST, extra_versions=(BROKEN,))
     apply(seeded, "0002", settings)
@@ -268,7 +259,6 @@ def test_a_revision_failing_halfway_leaves_schema_and_data_as_before(seeded):
     assert smoke_check_clean(seeded, data)
 
 
-@pytest.mark.stack
 def test_a_revision_file_changed_after_it_was_applied_is_named(seeded, tmp_path):
     folder = tmp_path / "versions"
     folder.mkdir()
@@ -290,7 +280,6 @@ def test_a_revision_file_changed_after_it_was_applied_is_named(seeded, tmp_path)
     assert changed_revisions(seeded, settings=settings) == []
 
 
-@pytest.mark.stack
 def test_rehearsal_passes_for_0002_and_smoke_checks_catch_lost_rows(seeded):
     before = _fingerprint(seeded)
     assert rehearse(seeded, "0002", FAST)["applied"] == ["0002"]
@@ -332,7 +321,6 @@ def queue_index_entries(dsn: str) -> dict[str, int]:
     return entries
 
 
-@pytest.mark.stack
 def test_0006_leaves_keyless_and_unfinished_rows_out_of_the_queue_indexes_and_keys_stay_unique(
     app_dsn,
 ):
@@ -382,7 +370,6 @@ def test_0006_leaves_keyless_and_unfinished_rows_out_of_the_queue_indexes_and_ke
     assert "execution_tasks_idempotency_key_idx" not in restored
 
 
-@pytest.mark.stack
 def test_0007_leaves_unfinished_rows_out_of_the_ai_model_index(app_dsn):
     from include.execution.task_queue import Completion, TaskQueue
 
@@ -413,7 +400,6 @@ def test_0007_leaves_unfinished_rows_out_of_the_ai_model_index(app_dsn):
     )
 
 
-@pytest.mark.stack
 def test_0008_keeps_the_ai_model_format_and_its_name_on_both_sides(app_dsn):
     from include.execution.task_handlers import AI_MODEL_FORMAT
 

@@ -32,7 +32,6 @@ def test_fingerprint_ignores_volatile_parts_but_not_the_task():
     assert a.fingerprint == b.fingerprint != c.fingerprint
 
 
-@pytest.mark.stack
 def test_repeats_within_the_window_are_grouped_and_the_next_window_reports_them(app_dsn):
     alert = Alert(Level.ERROR, "boom", dag_id="d", task_id="t", error="ValueError: boom")
     with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:
@@ -48,7 +47,6 @@ def test_repeats_within_the_window_are_grouped_and_the_next_window_reports_them(
         assert cur.fetchall() == [(3, 0), (1, 1)]
 
 
-@pytest.mark.stack
 def test_security_events_are_json_lines_and_append_only_rows_without_secrets(app_dsn, caplog):
     caplog.set_level(logging.INFO, logger="execplatform.security")
     with psycopg2.connect(app_dsn) as conn, conn.cursor() as cur:

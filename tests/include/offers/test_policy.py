@@ -98,7 +98,6 @@ def test_incremental_roi_is_the_lift_over_the_holdout_with_an_interval():
     assert roi.gap_cents > 0
 
 
-@pytest.mark.stack
 def test_assignments_follow_the_champion_keep_a_holdout_and_are_idempotent(offers_dsn, s3):
     uri = snapshot_uri("assign")
     with cursor(offers_dsn) as cur:

@@ -14,8 +14,6 @@ from types import SimpleNamespace
 
 import pytest
 
-pytestmark = pytest.mark.stack
-
 
 @pytest.fixture
 def hook(local_stack):

@@ -89,7 +89,6 @@ def test_the_client_follows_the_connection(monkeypatch, echo_server, login, pass
     client.close()
 
 
-@pytest.mark.stack
 def test_the_stack_connection_reaches_the_reference_executor(local_stack):
     from execplatform.hooks.task_executor_hook import TaskExecutorHook
 

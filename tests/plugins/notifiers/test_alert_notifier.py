@@ -13,8 +13,6 @@ import pytest
 from devstack.sentry_sink import read_envelopes
 from devstack.smtp_sink import read_messages
 
-pytestmark = pytest.mark.stack
-
 SECRET = "s3cr3t-password-for-tests"
 
 

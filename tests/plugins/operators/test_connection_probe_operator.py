@@ -7,8 +7,6 @@ import uuid
 
 import pytest
 
-pytestmark = pytest.mark.stack
-
 CONN_IDS = ["app_db", "aws_default", "stripe_default", "smtp_default", "redis_default"]
 
 

@@ -18,13 +18,10 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
-import pytest
-
 from include.offers import jobs
 from tests import offers_fixtures
 from tests.offers_fixtures import cursor
 
-pytestmark = pytest.mark.stack
 offers_dsn = offers_fixtures.offers_dsn  # the shared fixture
 
 SEGMENTS = ("new", "casual", "regular", "vip")

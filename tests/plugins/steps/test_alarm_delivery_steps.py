@@ -10,8 +10,6 @@ import pytest
 
 from include.observability.alerting import CHANNELS, Level
 
-pytestmark = pytest.mark.stack
-
 
 @pytest.fixture
 def sinks(local_stack, monkeypatch):

@@ -15,8 +15,6 @@ from include.audit import indicators
 from tests.airflow_api import postgres_connection
 from tests.offers_fixtures import cursor
 
-pytestmark = pytest.mark.stack
-
 
 @pytest.fixture
 def app_db(app_head_dsn, monkeypatch):
