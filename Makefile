@@ -63,12 +63,15 @@ test-stack: $(VENV)/.installed  ## the tests on the local stack's servers (no Ai
 test-e2e: $(VENV)/.installed  ## the end-to-end suites in tests/e2e: whole stacks with Airflow
 	$(VENV)/bin/pytest tests/e2e
 
-# The migration tests again, against another PostgreSQL major version already running at
-# PG15_SERVER (host:port, trust auth for `postgres`); `make test` needs no such server.
+# The migration, undo, schema-lock and backup-comparison tests again, against another PostgreSQL
+# major version already running at PG15_SERVER (host:port, trust auth for `postgres`); `make test`
+# needs no such server.
 PG15_SERVER ?= 127.0.0.1:5432
 test-pg15: $(VENV)/.installed
 	TEST_PG_SERVER=$(PG15_SERVER) $(VENV)/bin/pytest -p no:cacheprovider \
-	  tests/include/migrations/test_migrations.py tests/include/migrations/test_runner.py
+	  tests/include/migrations/test_migrations.py tests/include/migrations/test_runner.py \
+	  tests/include/migrations/test_undo.py tests/include/migrations/test_schema_lock.py \
+	  tests/include/backup/test_archive.py
 
 bench: $(VENV)/.installed
 	@set -e; for f in bench/bench_*.py; do $(PY) $$f; done

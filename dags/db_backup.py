@@ -4,16 +4,23 @@
 **Owner:** platform team. **Schedule:** daily, and on demand.
 
 Dumps the app database (`app_db`) in parallel directory format with a SHA-256 manifest, uploads
-it to S3 (`aws_default`, bucket `$BACKUP_BUCKET`), then **proves it restorable**: downloads
-it, checks every checksum against the catalog, restores it into a scratch database, compares
-schema, row counts, sequences and content checksums, and only then marks it `verified` in the
-`backups` table and updates the **backup verified** Asset that `db_migrate` waits for.
+it to S3 (`aws_default`, bucket `$BACKUP_BUCKET`) into a folder of its own, never reused, with
+its catalog entry (`catalog.json`), then **proves it restorable**: downloads it, checks every
+checksum against the catalog, restores it into a scratch database, compares schema, row counts,
+sequences and every table's content checksums, and only then marks it `verified` (in S3 and the
+`backups` table) and updates the **backup verified** Asset that `db_migrate` waits for.
+
+The catalog in S3 is the source of truth, and the `backups` table a cache of it: each run first
+reconciles the table from the bucket (so after a restore no id or folder is reused), which makes
+a run of this DAG the way to reconcile on demand. The dump takes the schema lock shared: it
+waits for a migration or a restore's swap, and runs beside drains.
 Retention keeps the newest verified backup of each of the last `keep_daily` days and
 `keep_weekly` ISO weeks, and always the newest one. Metrics: duration, size, restore time,
 verified (0/1).
 
-**Idempotent:** each run makes a new backup; a retried task starts its own catalog row and
+**Idempotent:** each run makes a new backup; a retried task starts its own catalog entry and
 marks the abandoned one `failed`. A backup is never `verified` without a checked restore.
+Retention deletes a backup's files but keeps its `catalog.json`, marked `deleted`.
 
 **Alerts:** a retry is a *warning*; a failure is *critical* (email and Sentry): without a
 fresh verified backup, schema changes are blocked and data is at risk.
@@ -29,7 +36,13 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, TriggerRule, dag, task
 
-from execplatform.dag_defaults import BACKUP_BUCKET, BACKUP_VERIFIED, default_args, schedule_for
+from execplatform.dag_defaults import (
+    BACKUP_BUCKET,
+    BACKUP_PREFIX,
+    BACKUP_VERIFIED,
+    default_args,
+    schedule_for,
+)
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
 from execplatform.operators.backup_operators import PostgresBackupOperator, VerifyBackupOperator
 
@@ -49,7 +62,7 @@ from execplatform.operators.backup_operators import PostgresBackupOperator, Veri
     default_args=default_args(on_failure="critical", retry_delay=timedelta(minutes=1)),
 )
 def db_backup():
-    dumped = PostgresBackupOperator(task_id="dump_and_upload", bucket=BACKUP_BUCKET)
+    dumped = PostgresBackupOperator(task_id="dump_and_upload", bucket=BACKUP_BUCKET, prefix=BACKUP_PREFIX)
     verified = VerifyBackupOperator(
         task_id="verify_backup",
         backup_id="{{ ti.xcom_pull(task_ids='dump_and_upload')['backup_id'] }}",

@@ -12,18 +12,27 @@ Brings the app database (`app_db`) to a target Alembic revision, safely:
 3. **backup gate**: a verified backup younger than `max_backup_age_hours`, else one is taken
    and verified now (the same operators as `db_backup`); it becomes the run's rollback point,
    which backup retention keeps while the run is pending;
-4. **rehearse**: that backup restored into a scratch database; upgrade, smoke checks,
-   downgrade (must give back the original schema), upgrade again (must equal the first);
-5. **approve** in the UI (Required Actions), unless `skip_approval` (non-production and
-   tests only); `dry_run` stops here;
-6. **apply** with `lock_timeout` (default 1 s) and `statement_timeout` on every statement; a
-   lock timeout is retried with backoff, then the run fails naming the blocking session;
+4. **rehearse**: that backup restored into a scratch database on the rehearsal server (the
+   `rehearsal_db` connection: a PostgreSQL server of its own, never production's, unless
+   `rehearse_on_production_server`); upgrade, smoke checks, downgrade (must give back the original
+   schema), upgrade again (must equal the first);
+5. **approve** in the UI (Required Actions), in production by someone other than the user who
+   triggered the run; `skip_approval` is honoured only where the deployment says it is not
+   production (`PLATFORM_NON_PRODUCTION`, set by the local stack and the tests); `dry_run` stops
+   here;
+6. **apply** under the schema lock (a restore, backup or other migration waits, and drains step
+   aside; the wait names the run that holds it), with `lock_timeout` (default 1 s) and
+   `statement_timeout` on every statement; a lock timeout is retried with backoff, then the run
+   fails naming the blocking session;
 7. **verify**: the column exists, `execution_tasks` kept its file (no rewrite), a task with
    `ai_model` can be inserted, claimed and completed (rolled back), no existing row is gone;
 8. **roll back** on any failure after apply: downgrade to where the run started, critical alert.
 
 **Idempotent:** re-running applies only what is still pending; every revision step tolerates a
-partial earlier attempt. A revision that fails part-way is undone before the task fails.
+partial earlier attempt. A revision that fails part-way is undone before anything is stamped. If
+the undo itself fails, the run ends at once (`undo_failed` in `migration_runs`, a critical alert,
+a security event in S3) and every later run refuses to start until an operator has put the schema
+right and triggered one with `resolve_undo_of` set to that run's id.
 
 **Alerts:** a retry is a *warning*; a failure is *critical* (email and Sentry), naming the
 revision and, for lock timeouts, the blocking session (pid, user, transaction age, query).
@@ -37,18 +46,20 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, TriggerRule, chain, dag, task
 
 from execplatform.dag_defaults import (
     APP_DB,
     AWS,
     BACKUP_BUCKET,
+    BACKUP_PREFIX,
     BACKUP_VERIFIED,
     MIGRATION_APPLIED,
+    REHEARSAL_DB,
     default_args,
 )
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
+from execplatform.operators.approval_operator import SecondPersonApprovalOperator
 from execplatform.operators.backup_operators import PostgresBackupOperator, VerifyBackupOperator
 
 JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where two branches meet
@@ -74,7 +85,19 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where two branches meet
             False, type="boolean", description="plan, lint, back up and rehearse; apply nothing"
         ),
         "skip_approval": Param(
-            False, type="boolean", description="non-production and tests only: no approval step"
+            False, type="boolean", description="no approval step; refused unless PLATFORM_NON_PRODUCTION"
+        ),
+        "rehearse_on_production_server": Param(
+            False, type="boolean", description="rehearse on app_db's server when rehearsal_db is missing"
+        ),
+        "resolve_undo_of": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^[A-Za-z0-9_.:+-]{0,250}$",
+            description="the run whose failed undo an operator has put right by hand",
+        ),
+        "schema_lock_wait_seconds": Param(
+            900, type="integer", minimum=1, maximum=86_400, description="wait for restores, backups, drains"
         ),
         "max_backup_age_hours": Param(
             24,
@@ -95,7 +118,8 @@ def db_migrate():
     def plan(params=None, run_id=None) -> dict:
         from execplatform.steps.migration_steps import plan_migration, settings_from_params
 
-        return plan_migration(APP_DB, run_id, params["target_revision"], settings_from_params(params))
+        settings = settings_from_params(params)
+        return plan_migration(APP_DB, run_id, params["target_revision"], settings, params["resolve_undo_of"])
 
     @task
     def lint(params=None) -> dict:
@@ -110,7 +134,9 @@ def db_migrate():
         backup_id = fresh_backup_id(APP_DB, params["max_backup_age_hours"])
         return "rehearse" if backup_id else "take_backup"
 
-    take_backup = PostgresBackupOperator(task_id="take_backup", postgres_conn_id=APP_DB, bucket=BACKUP_BUCKET)
+    take_backup = PostgresBackupOperator(
+        task_id="take_backup", postgres_conn_id=APP_DB, bucket=BACKUP_BUCKET, prefix=BACKUP_PREFIX
+    )
     verify_backup = VerifyBackupOperator(
         task_id="verify_backup",
         backup_id="{{ ti.xcom_pull(task_ids='take_backup')['backup_id'] }}",
@@ -122,17 +148,17 @@ def db_migrate():
     def rehearse(params=None, run_id=None) -> dict:
         from execplatform.steps.migration_steps import rehearse_migration, settings_from_params
 
-        return rehearse_migration(
-            APP_DB, AWS, run_id, params["max_backup_age_hours"], settings_from_params(params)
-        )
+        settings, on_production = settings_from_params(params), params["rehearse_on_production_server"]
+        age = params["max_backup_age_hours"]
+        return rehearse_migration(APP_DB, REHEARSAL_DB, AWS, run_id, age, settings, on_production)
 
     @task.branch
     def decide(params=None) -> str | None:
-        if params["dry_run"]:
-            return None  # everything after is skipped: a dry run ends with the rehearsal
-        return "apply" if params["skip_approval"] else "approve"
+        from execplatform.steps.migration_steps import next_after_rehearsal
 
-    approve = ApprovalOperator(
+        return next_after_rehearsal(params["dry_run"], params["skip_approval"])
+
+    approve = SecondPersonApprovalOperator(
         task_id="approve",
         subject="Apply the migration of {{ params.target_revision }} to app_db?",
         body="Rehearsal passed on a clone of backup {{ ti.xcom_pull(task_ids='rehearse')['backup_id'] }}: "
@@ -146,7 +172,8 @@ def db_migrate():
     def apply(params=None, run_id=None) -> dict:
         from execplatform.steps.migration_steps import apply_migration, settings_from_params
 
-        return apply_migration(APP_DB, run_id, settings_from_params(params))
+        settings = settings_from_params(params)
+        return apply_migration(APP_DB, run_id, settings, params["schema_lock_wait_seconds"])
 
     @task
     def verify(applied: dict, run_id=None) -> dict:
@@ -158,7 +185,8 @@ def db_migrate():
     def roll_back(params=None, run_id=None) -> dict:
         from execplatform.steps.migration_steps import roll_back_migration, settings_from_params
 
-        return roll_back_migration(APP_DB, run_id, settings_from_params(params))
+        settings = settings_from_params(params)
+        return roll_back_migration(APP_DB, run_id, settings, params["schema_lock_wait_seconds"])
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def finish(run_id=None, ti=None) -> str:

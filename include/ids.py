@@ -13,6 +13,9 @@ REDIS = "redis_default"  # redis: the task cache
 TASK_EXECUTOR = "task_executor"  # ai_executor (or http): the AI executor that runs execution tasks
 
 CONNECTION_IDS = (APP_DB, AWS, STRIPE, SMTP, REDIS, TASK_EXECUTOR)
+# postgres: a server of its own where db_migrate rehearses (optional: without it, a run refuses
+# to rehearse unless told to use app_db's server)
+REHEARSAL_DB = "rehearsal_db"
 
 DAG_IDS = (
     "platform_healthcheck",

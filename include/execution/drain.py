@@ -73,7 +73,7 @@ class TypeTally:
 class DrainSummary:
     batches: int = 0
     seconds: float = 0.0
-    stopped_by: str = "empty"  # empty | budget
+    stopped_by: str = "empty"  # empty | budget | schema_lock (a restore or migration held it)
     errors: list[str] = field(default_factory=list)  # a sample of failure messages
     by_type: dict[str, TypeTally] = field(default_factory=lambda: defaultdict(TypeTally))
 

@@ -36,14 +36,29 @@ CREATE TABLE IF NOT EXISTS migration_runs (
     from_revision   text,
     target_revision text        NOT NULL,
     backup_id       bigint,
-    status          text        NOT NULL DEFAULT 'planned' CHECK (status IN
-        ('planned', 'rehearsed', 'applying', 'applied', 'completed', 'failed', 'rolled_back', 'cancelled')),
+    status          text        NOT NULL DEFAULT 'planned',
     error           text,
     started_at      timestamptz NOT NULL DEFAULT now(),
     finished_at     timestamptz,
     CONSTRAINT migration_runs_dag_run_key UNIQUE (dag_run_id)
 );
+-- added after the table first shipped (a revision whose undo failed, and who resolved it);
+-- checked first, so that the usual run takes no lock on the table
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'migration_runs_status_known'
+                   AND conrelid = 'migration_runs'::regclass) THEN
+        ALTER TABLE migration_runs ADD COLUMN IF NOT EXISTS partial_revision text,
+                                   ADD COLUMN IF NOT EXISTS resolved_by text;
+        ALTER TABLE migration_runs DROP CONSTRAINT IF EXISTS migration_runs_status_check;
+        ALTER TABLE migration_runs ADD CONSTRAINT migration_runs_status_known CHECK (status IN
+            ('planned', 'rehearsed', 'applying', 'applied', 'completed', 'failed', 'rolled_back',
+             'cancelled', 'undo_failed', 'resolved'));
+    END IF;
+END $$;
 """
+# A run in this state left a revision half-applied: no migration may start until it is resolved.
+UNDO_FAILED = "undo_failed"
 # A migration run in these states still needs its backup as the way back.
 PENDING_RUN_STATES = ("planned", "rehearsed", "applying", "applied")
 
@@ -79,7 +94,7 @@ class Revision:
     squawk_exceptions: dict[str, str]
 
 
-def _config(dsn: str, settings: Settings | None = None, output: io.StringIO | None = None):
+def alembic_config(dsn: str, settings: Settings | None = None, output: io.StringIO | None = None):
     from alembic.config import Config
 
     settings = settings or Settings()
@@ -98,25 +113,25 @@ def _config(dsn: str, settings: Settings | None = None, output: io.StringIO | No
 def _scripts(settings: Settings | None = None):
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(_config("", settings))
+    return ScriptDirectory.from_config(alembic_config("", settings))
 
 
 def upgrade(dsn: str, revision: str = "head", *, sql: bool = False, settings: Settings | None = None) -> None:
     from alembic import command
 
-    command.upgrade(_config(dsn, settings), revision, sql=sql)
+    command.upgrade(alembic_config(dsn, settings), revision, sql=sql)
 
 
 def downgrade(dsn: str, revision: str, *, settings: Settings | None = None) -> None:
     from alembic import command
 
-    command.downgrade(_config(dsn, settings), revision)
+    command.downgrade(alembic_config(dsn, settings), revision)
 
 
 def stamp(dsn: str, revision: str, *, settings: Settings | None = None) -> None:
     from alembic import command
 
-    command.stamp(_config(dsn, settings), revision)
+    command.stamp(alembic_config(dsn, settings), revision)
 
 
 def offline_sql(revision: str, *, settings: Settings | None = None) -> str:
@@ -126,7 +141,7 @@ def offline_sql(revision: str, *, settings: Settings | None = None) -> str:
     script = _scripts(settings).get_revision(revision)
     out = io.StringIO()
     span = f"{script.down_revision}:{revision}" if script.down_revision else revision
-    command.upgrade(_config("", settings, out), span, sql=True)
+    command.upgrade(alembic_config("", settings, out), span, sql=True)
     return out.getvalue()
 
 

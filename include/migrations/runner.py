@@ -5,7 +5,10 @@
 sessions that held it up (pid, user, how long their transaction has been open, query). Any
 failure part-way through a revision (revisions may commit steps of their own, e.g. a backfill
 or a concurrent index) is undone by that revision's downgrade, whose steps tolerate a partial
-upgrade, so the schema ends exactly as it started.
+upgrade, so the schema ends exactly as it started. The undo runs the downgrade's steps without
+touching ``alembic_version``: nothing is stamped until the schema is whole again. An undo that
+fails raises ``UndoFailed``, which must not be retried: the schema is then part-way through a
+revision that ``alembic_version`` does not name, and only a person can decide what to do.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from include.migrations import Settings, current, downgrade, pending, stamp, upgrade
+from include.migrations import BOOKKEEPING_TABLES, Settings, current, downgrade, pending, upgrade
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +27,17 @@ LOCK_NOT_AVAILABLE = "55P03"
 
 class MigrationError(RuntimeError):
     """A revision could not be applied; the schema was left as it was before it."""
+
+
+class UndoFailed(MigrationError):
+    """A revision stopped part-way and undoing it failed too: the schema is half-applied."""
+
+    def __init__(self, revision: str, reason: str):
+        self.revision = revision
+        super().__init__(
+            f"revision {revision} stopped part-way and undoing it failed ({reason}); the schema holds "
+            f"part of {revision} while alembic_version does not name it: resolve it by hand"
+        )
 
 
 @dataclass(frozen=True)
@@ -80,26 +94,30 @@ def blockers(dsn: str, older_than_s: float = 0.0) -> list[Blocker]:
 
 
 def schema_signature(dsn: str) -> str:
-    """A cheap fingerprint of the public schema's catalog (columns, constraints, indexes)."""
+    """A cheap fingerprint of the public schema's catalog (columns, constraints, indexes),
+    leaving out the runner's own bookkeeping tables, which every run may touch."""
     import psycopg2
 
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(
             """
             SELECT md5(coalesce(string_agg(item, E'\n' ORDER BY item), '')) FROM (
-                SELECT format('col %s.%s %s %s', c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
-                              a.attnotnull) AS item
+                SELECT format('col %%s.%%s %%s %%s', c.relname, a.attname,
+                              format_type(a.atttypid, a.atttypmod), a.attnotnull) AS item
                   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
                  WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+                   AND c.relname <> ALL (%(own)s)
                 UNION ALL
-                SELECT format('con %s %s %s', conname, convalidated, pg_get_constraintdef(oid))
+                SELECT format('con %%s %%s %%s', conname, convalidated, pg_get_constraintdef(oid))
                   FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+                   AND conrelid::regclass::text <> ALL (%(own)s)
                 UNION ALL
-                SELECT format('idx %s', pg_get_indexdef(indexrelid))
+                SELECT format('idx %%s', pg_get_indexdef(indexrelid))
                   FROM pg_index JOIN pg_class c ON c.oid = indexrelid
-                 WHERE c.relnamespace = 'public'::regnamespace
+                 WHERE c.relnamespace = 'public'::regnamespace AND indrelid::regclass::text <> ALL (%(own)s)
             ) catalog
-            """
+            """,
+            {"own": list(BOOKKEEPING_TABLES)},
         )
         signature = cur.fetchone()[0]
     conn.close()
@@ -149,12 +167,50 @@ def _apply_one(dsn: str, revision: str, down: str | None, settings: Settings, on
 
 
 def _undo_partial(dsn: str, revision: str, down: str | None, before: str, settings: Settings) -> None:
-    """Run the revision's downgrade over whatever part of it committed; nothing if none did."""
+    """Run the revision's downgrade over whatever part of it committed (nothing if none did),
+    and check that the schema is as before; ``UndoFailed`` otherwise."""
     if schema_signature(dsn) == before and current(dsn) == down:
         return
     logger.warning("revision %s stopped part-way; undoing what it committed", revision)
-    stamp(dsn, revision, settings=settings)
-    downgrade(dsn, down or "base", settings=settings)
+    try:
+        if current(dsn) == revision:  # it was stamped: the failure came after its last step
+            downgrade(dsn, down or "base", settings=settings)
+        else:
+            run_downgrade_steps(dsn, revision, settings)
+    except Exception as exc:
+        raise UndoFailed(revision, f"{type(exc).__name__}: {str(exc).strip()}") from exc
+    if (after := schema_signature(dsn)) != before or current(dsn) != down:
+        raise UndoFailed(revision, f"the schema after the undo differs from before it ({after} != {before})")
+
+
+def run_downgrade_steps(dsn: str, revision: str, settings: Settings) -> None:
+    """The revision's ``downgrade()``, run with the migration's session settings, leaving
+    ``alembic_version`` and ``migration_checksums`` as they are."""
+    import psycopg2
+    from alembic.operations import Operations
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from include.migrations import alembic_config
+
+    config = alembic_config(dsn, settings)
+    scripts = ScriptDirectory.from_config(config)
+    module = scripts.get_revision(revision).module
+    engine = create_engine(
+        "postgresql+psycopg2://", creator=lambda: psycopg2.connect(dsn), poolclass=NullPool
+    )
+    try:
+        with EnvironmentContext(config, scripts) as env, engine.connect() as connection:
+            connection.exec_driver_sql(settings.session_sql())
+            connection.commit()
+            env.configure(connection=connection, transactional_ddl=True)
+            context = env.get_context()
+            with Operations.context(context), context.begin_transaction():
+                module.downgrade()
+    finally:
+        engine.dispose()
 
 
 class RehearsalFailed(MigrationError):

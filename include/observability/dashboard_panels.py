@@ -31,8 +31,8 @@ def backups(cur) -> Panel:
         cur,
         "Backups",
         """
-        SELECT id, status, round(extract(epoch FROM now() - coalesce(verified_at, finished_at, started_at)) /
-            3600, 1)
+        SELECT id, status,
+               round(extract(epoch FROM now() - coalesce(verified_at, finished_at, started_at)) / 3600, 1)
                    AS age_hours,
                pg_size_pretty(size_bytes) AS size, round(restore_seconds::numeric, 1) AS restore_seconds,
                verified_at IS NOT NULL AS verified, left(coalesce(error, ''), 120) AS error
@@ -220,6 +220,23 @@ def offer_feedback(cur) -> Panel:
 
 
 # page name -> its panels, in the order the dashboard shows them
+def recovery_events(events: list[dict[str, Any]], note: str = "") -> Panel:
+    """Restores, swaps, approvals and undos, newest first, from where a restore cannot roll them
+    back (the S3 catalog's events, not the database)."""
+    rows = [
+        (
+            e.get("at"),
+            e.get("event"),
+            e.get("severity"),
+            e.get("actor"),
+            ", ".join(f"{k}={v}" for k, v in sorted((e.get("details") or {}).items()))[:200],
+        )
+        for e in events
+    ]
+    columns = ["at", "event", "severity", "actor", "details"]
+    return Panel("Recovery events (kept in S3)", columns, rows, note)
+
+
 PAGES = {
     "overview": (backups, migrations, queue, alerts),
     "models": (models,),

@@ -27,6 +27,12 @@ EVENT_TYPES = frozenset(
         "rollback",
         "gate_failed",
         "alert_channel_failed",
+        # recovery: kept in S3 too (execplatform.steps.backup_steps.record_recovery_event)
+        "restore",
+        "database_swapped",
+        "approval",
+        "migration_undo_failed",
+        "migration_undo_resolved",
     }
 )
 _SENSITIVE_KEY = re.compile(r"pass|secret|token|api_?key|authorization|dsn|credential", re.IGNORECASE)
@@ -64,8 +70,13 @@ def log_security_event(
     }
     logger.log(SEVERITIES[severity], json.dumps(event, sort_keys=True, default=str))
     if cursor is not None:
-        cursor.execute(
-            "INSERT INTO security_events (event_type, severity, actor, details) VALUES (%s, %s, %s, %s)",
-            (event_type, severity, actor, json.dumps(event["details"], default=str)),
-        )
+        store_security_event(cursor, event)
     return event
+
+
+def store_security_event(cursor, event: Mapping) -> None:
+    """Append an event made by `log_security_event` to the `security_events` table."""
+    cursor.execute(
+        "INSERT INTO security_events (event_type, severity, actor, details) VALUES (%s, %s, %s, %s)",
+        (event["event"], event["severity"], event["actor"], json.dumps(event["details"], default=str)),
+    )

@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 from airflow.sdk import Asset, AssetAlias
 
 from execplatform.notifiers.alert_notifier import alert_callbacks
-from include.ids import APP_DB, AWS, REDIS, SMTP, STRIPE, TASK_EXECUTOR
+from include.ids import APP_DB, AWS, REDIS, REHEARSAL_DB, SMTP, STRIPE, TASK_EXECUTOR
 
-__all__ = ["APP_DB", "AWS", "REDIS", "SMTP", "STRIPE", "TASK_EXECUTOR"]
+__all__ = ["APP_DB", "AWS", "REDIS", "REHEARSAL_DB", "SMTP", "STRIPE", "TASK_EXECUTOR"]
 
 # Assets: what one DAG produces and another is scheduled on
 BACKUP_VERIFIED = Asset("app_db_backup_verified")  # db_backup, db_migrate -> db_migrate's gate, audit
@@ -29,9 +29,17 @@ MODEL_PROMOTED = Asset("offer_model_promoted")  # offer_model_retrain -> adversa
 # through an alias, so that a retrain run that keeps the champion emits nothing
 MODEL_PROMOTION = AssetAlias("offer_model_promotion")
 
-# where backups and model artifacts go (the buckets must exist; the local stack creates both)
+# where backups go (the bucket must exist; the local stack creates it): each in a folder of its
+# own under BACKUP_PREFIX, with its catalog entry; recovery events under BACKUP_PREFIX/_events/
 BACKUP_BUCKET = os.environ.get("BACKUP_BUCKET", "execplatform-backups")
-MODEL_BUCKET = os.environ.get("MODEL_BUCKET", "execplatform-models")
+BACKUP_PREFIX = os.environ.get("BACKUP_PREFIX", "backups")
+
+
+def non_production() -> bool:
+    """Whether this deployment says it is not production (`PLATFORM_NON_PRODUCTION=true`, set by
+    the local stack and the tests, never by a production deployment): only then may a run skip
+    its approval, or be approved by the user who triggered it."""
+    return os.environ.get("PLATFORM_NON_PRODUCTION", "").strip().lower() in ("1", "true", "yes")
 
 
 def default_args(

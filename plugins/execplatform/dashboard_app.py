@@ -141,7 +141,18 @@ def create_app(conn_id: str = APP_DB) -> FastAPI:
 
                 newest = [(row[0], row[2]) for row in panels[0].rows[:PLOTTED_VERSIONS]]
                 extra = model_extras(_stored_plots(cur, s3_client(), newest))
+        if name == "overview":
+            panels.append(_recovery_events())
         return render(panels, page=name, pages=tuple(PAGES), extra=extra, flash=flash)
+
+    def _recovery_events():
+        from execplatform.steps.backup_steps import backup_catalog
+        from include.observability.dashboard_panels import recovery_events
+
+        try:
+            return recovery_events(backup_catalog().events(limit=20))
+        except Exception as exc:  # S3 unreachable: the rest of the page still shows
+            return recovery_events([], note=f"the S3 catalog could not be read: {type(exc).__name__}")
 
     @app.get("/", response_class=HTMLResponse)
     def overview() -> str:

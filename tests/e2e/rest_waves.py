@@ -19,7 +19,8 @@ REST_CONFS: dict[str, dict] = {
         "holdout_share": 0.25,
         "margin_auc": -1.0,
     },
-    "db_restore": {"backup_id": "latest", "target_database": "restored_through_rest"},
+    # only a backup id: no target, and (through the REST API) no logical date to name one from
+    "db_restore": {"backup_id": "latest"},
     # a budget that never binds: it would move shares to the cheapest arm, past the exploration floor
     "offer_feedback": {
         "min_exploration": 0.6,

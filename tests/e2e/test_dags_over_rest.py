@@ -4,6 +4,8 @@ the SMTP sink. The runs start from the app database at head with its seeded back
 
 from __future__ import annotations
 
+import json
+
 import psycopg2
 import pytest
 
@@ -52,6 +54,9 @@ def backup_effect(stack, token: str, run: dict) -> None:
     )
     bucket, _, prefix = location.removeprefix("s3://").partition("/")
     assert bucket == BACKUP_BUCKET and s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["KeyCount"] > 0
+    # the catalog entry beside the files says the same as the table
+    entry = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}catalog.json")["Body"].read())
+    assert (entry["id"], entry["status"]) == (backup_id, "verified")
     # keep_daily=1, keep_weekly=0: of the backups verified by the run's end, only its own is kept
     assert rows(
         stack,
@@ -111,8 +116,9 @@ def retrain_effect(stack, token: str, run: dict) -> None:
 
 
 def restore_effect(stack, token: str, run: dict) -> None:
-    restored = xcom(stack, token, run, "restore_backup")
-    assert restored["target_database"] == REST_CONFS["db_restore"]["target_database"]
+    restored = xcom(stack, token, run, "restore")
+    assert restored["database"].startswith(f"restore_{restored['backup_id']}_"), "a new, generated name"
+    assert xcom(stack, token, run, "plan")["over_live"] is False
     # 'latest': no backup was verified after it and before the run started
     assert rows(
         stack,
@@ -121,7 +127,7 @@ def restore_effect(stack, token: str, run: dict) -> None:
         (run["start_date"], restored["backup_id"]),
     ) == [(0,)]
     tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
-    with psycopg2.connect(stack.app_dsn(restored["target_database"])) as conn, conn.cursor() as cur:
+    with psycopg2.connect(stack.app_dsn(restored["database"])) as conn, conn.cursor() as cur:
         cur.execute(tables)
         restored_tables = cur.fetchall()
         cur.execute("SELECT version_num FROM alembic_version")

@@ -112,19 +112,33 @@ class AppDatabaseHook(PostgresHook):
         finally:
             conn.close()
 
+    def maintenance_dsn(self) -> str:
+        """A DSN to the server's maintenance database (``postgres``, or the connection's
+        ``maintenance_database`` extra): where databases are made, dropped, renamed and locked,
+        whatever state the app database is in (even dropped)."""
+        return self.dsn(self.connection.extra_dejson.get("maintenance_database", "postgres"))
+
     def database_exists(self, name: str) -> bool:
-        with self.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            return cur.fetchone() is not None
+        from include.backup.database_swap import database_exists
+
+        return database_exists(self.maintenance_dsn(), name)
+
+    def schema_lock(self, holder: str, *, exclusive: bool, wait_seconds: float = 900.0):
+        """Hold the lock that makes restores, migrations, backups and drains take turns (see
+        ``include.migrations.schema_lock``); waits up to `wait_seconds`, then fails naming who
+        holds it. A context manager."""
+        from include.migrations.schema_lock import schema_lock
+
+        return schema_lock(self.maintenance_dsn(), holder, exclusive=exclusive, wait_seconds=wait_seconds)
 
     def create_database(self, name: str) -> None:
         """A new, empty database `name` on the connection's server, owned by its role."""
         from include.backup.pg_programs import create_database
 
-        create_database(self.dsn(), name)
+        create_database(self.maintenance_dsn(), name)
 
     def drop_database(self, name: str) -> None:
         """Drop `name` on the connection's server, ending its sessions first."""
         from include.backup.pg_programs import drop_database
 
-        drop_database(self.dsn(), name)
+        drop_database(self.maintenance_dsn(), name)

@@ -1,11 +1,12 @@
-"""Backups of a Postgres database to S3, verified by a real restore, and restores from them."""
+"""Backups of the app database to S3, catalogued beside their files and verified by a real restore."""
 
 from __future__ import annotations
 
-import re
+import json
 import shutil
 import tempfile
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,10 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from execplatform.hooks.app_db_hook import AppDatabaseHook
-    from include.backup.catalog import CatalogEntry
+    from include.backup.catalog import BackupCatalog, CatalogEntry
+
+# a plain lower-case PostgreSQL identifier (no quoting needed); db_restore's params use it too
+DATABASE_NAME = r"[a-z_][a-z0-9_]{0,62}"
 
 
 def app_db(conn_id: str) -> AppDatabaseHook:
@@ -27,20 +31,31 @@ def app_db(conn_id: str) -> AppDatabaseHook:
     return AppDatabaseHook(conn_id)
 
 
+def holder(context: Context) -> str:
+    """Who takes the schema lock, as a waiting run will name it: DAG, run and task."""
+    ti = context.get("ti")
+    return f"{ti.dag_id}/{ti.run_id}/{ti.task_id}" if ti else "a backup outside Airflow"
+
+
 class PostgresBackupOperator(BaseOperator):
     """
-    Dump a Postgres database (parallel directory format, gzip) with a SHA-256 manifest to S3,
-    and record it in the ``backups`` catalog as ``uploaded`` (verification comes next).
+    Dump the app database (parallel directory format, gzip) with a SHA-256 manifest to S3, into
+    a folder of its own with its catalog entry (``catalog.json``), and record it in the
+    ``backups`` table as ``uploaded`` (verification comes next).
 
-    The local copy is deleted only after every file is confirmed in S3; a failed run leaves it
-    for inspection and marks its catalog row ``failed``.
+    The table is first reconciled from the S3 catalog, so that an id is never issued twice (after a
+    restore rolled the table back). The dump holds the schema lock shared: it waits for a migration
+    or a restore's swap, and runs beside drains. The local copy is deleted only after every file is
+    confirmed in S3; a failed run leaves it for inspection and marks its catalog entry ``failed``.
 
     :param bucket: (templated) the S3 bucket for backups.
-    :param prefix: (templated) key prefix; the backup goes under ``<prefix>/<backup id>/``.
-    :param postgres_conn_id: the database to back up; it also keeps the catalog.
+    :param prefix: (templated) the catalog's root (default ``$BACKUP_PREFIX``, else ``backups``); each
+        backup gets ``<prefix>/<time>-<id>-<random>/``.
+    :param postgres_conn_id: the database to back up; it also keeps the catalog's table.
     :param aws_conn_id: the AWS connection for S3.
     :param work_dir: local folder for dumps until their upload is confirmed.
     :param jobs: parallel pg_dump jobs.
+    :param lock_wait_seconds: how long to wait for a migration or restore to release the schema.
     """
 
     template_fields = ("bucket", "prefix")
@@ -49,11 +64,12 @@ class PostgresBackupOperator(BaseOperator):
         self,
         *,
         bucket: str,
-        prefix: str = "backups",
+        prefix: str | None = None,
         postgres_conn_id: str = APP_DB,
         aws_conn_id: str = AWS,
         work_dir: str | None = None,
         jobs: int = 2,
+        lock_wait_seconds: float = 1800.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -63,68 +79,93 @@ class PostgresBackupOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.work_dir = work_dir
         self.jobs = jobs
+        self.lock_wait_seconds = lock_wait_seconds
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from include.backup.archive import dump
-        from include.backup.catalog import catalog_failed, catalog_start, catalog_uploaded
+        from execplatform.steps.backup_steps import backup_catalog
+        from include.backup.catalog import CatalogEntry, catalog_start, reconcile
 
-        dsn = app_db(self.postgres_conn_id).dsn()
-        database = app_db(self.postgres_conn_id).database_name
-        with app_db(self.postgres_conn_id).cursor() as cur:
-            backup_id = catalog_start(cur, database)
-        work_dir = Path(self.work_dir or tempfile.gettempdir()) / "execplatform-backups"
-        work_dir.mkdir(parents=True, exist_ok=True)
-        folder = work_dir / f"backup-{backup_id}"
-        location = f"s3://{self.bucket}/{self.prefix.strip('/')}/{backup_id}/"
-        try:
-            result = dump(dsn, folder, jobs=self.jobs)
-            self._upload(folder, location)
-            with app_db(self.postgres_conn_id).cursor() as cur:
-                catalog_uploaded(cur, backup_id, result, location)
-        except BaseException as exc:
-            self._mark_failed(backup_id, f"{type(exc).__name__}: {exc}", catalog_failed)
-            self.log.error("backup %s failed; local copy (if any) kept at %s", backup_id, folder)
-            raise
+        db = app_db(self.postgres_conn_id)
+        catalog = backup_catalog(self.aws_conn_id, self.bucket, self.prefix)
+        with db.schema_lock(holder(context), exclusive=False, wait_seconds=self.lock_wait_seconds):
+            with db.cursor() as cur:
+                self.log.info("catalog reconciled from S3: %s", reconcile(cur, catalog.entries()))
+                backup_id = catalog_start(cur, db.database_name)
+            entry = CatalogEntry(backup_id, "running", database_name=db.database_name, started_at=_now())
+            entry.location = catalog.new_location(backup_id)
+            catalog.put(entry)
+            work_dir = Path(self.work_dir or tempfile.gettempdir()) / "execplatform-backups"
+            work_dir.mkdir(parents=True, exist_ok=True)
+            folder = work_dir / f"backup-{backup_id}"
+            try:
+                result = self._dump_and_upload(db, catalog, entry, folder)
+            except BaseException as exc:
+                self._mark_failed(catalog, entry, f"{type(exc).__name__}: {exc}")
+                self.log.error("backup %s failed; local copy (if any) kept at %s", backup_id, folder)
+                raise
         shutil.rmtree(folder)
         self.log.info(
             "backup %s: %d bytes in %.1f s at %s",
             backup_id,
             result.size_bytes,
             result.seconds,
-            location,
+            entry.location,
         )
         return {
             "backup_id": backup_id,
-            "location": location,
+            "location": entry.location,
             "size_bytes": result.size_bytes,
             "dump_seconds": round(result.seconds, 3),
         }
 
-    def _upload(self, folder: Path, location: str) -> None:
+    def _dump_and_upload(
+        self, db: AppDatabaseHook, catalog: BackupCatalog, entry: CatalogEntry, folder: Path
+    ):
+        from include.backup.archive import EXPECTED_FILE, dump
+        from include.backup.catalog import catalog_uploaded
+
+        result = dump(db.dsn(), folder, jobs=self.jobs)
+        self._upload(catalog, folder, entry.location)
+        entry.status, entry.finished_at, entry.size_bytes = "uploaded", _now(), result.size_bytes
+        entry.manifest, entry.server_version = result.manifest, result.server_version
+        entry.expected = json.loads((folder / EXPECTED_FILE).read_text())
+        catalog.put(entry)
+        with db.cursor() as cur:
+            catalog_uploaded(cur, entry.id, result, entry.location)
+        return result
+
+    def _upload(self, catalog: BackupCatalog, folder: Path, location: str) -> None:
         """Upload every file, then confirm each one's size in S3 before anything is deleted."""
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        from execplatform.steps.backup_steps import s3_location
         from include.backup import BackupError
+        from include.backup.catalog import split_location
 
-        bucket, prefix = s3_location(location)
-        client = S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
+        bucket, prefix = split_location(location)
         files = sorted(folder.iterdir())
         for path in files:
-            client.upload_file(str(path), bucket, f"{prefix}{path.name}")
+            catalog.s3.upload_file(str(path), bucket, f"{prefix}{path.name}")
         for path in files:
-            stored = client.head_object(Bucket=bucket, Key=f"{prefix}{path.name}")["ContentLength"]
+            stored = catalog.s3.head_object(Bucket=bucket, Key=f"{prefix}{path.name}")["ContentLength"]
             if stored != path.stat().st_size:
                 raise BackupError(
                     f"s3://{bucket}/{prefix}{path.name} holds {stored} bytes, the dump {path.stat().st_size}"
                 )
 
-    def _mark_failed(self, backup_id: int, error: str, catalog_failed) -> None:
-        try:
-            with app_db(self.postgres_conn_id).cursor() as cur:
-                catalog_failed(cur, backup_id, error)
-        except Exception:
-            self.log.exception("could not mark backup %s failed in the catalog", backup_id)
+    def _mark_failed(self, catalog: BackupCatalog, entry: CatalogEntry, error: str) -> None:
+        entry.status, entry.finished_at, entry.error = "failed", _now(), error[:2000]
+        for where, mark in (
+            ("S3", lambda: catalog.put(entry)),
+            ("table", lambda: self._fail_row(entry, error)),
+        ):
+            try:
+                mark()
+            except Exception:
+                self.log.exception("could not mark backup %s failed in the %s catalog", entry.id, where)
+
+    def _fail_row(self, entry: CatalogEntry, error: str) -> None:
+        from include.backup.catalog import catalog_failed
+
+        with app_db(self.postgres_conn_id).cursor() as cur:
+            catalog_failed(cur, entry.id, error)
 
 
 class VerifyBackupOperator(BaseOperator):
@@ -132,13 +173,17 @@ class VerifyBackupOperator(BaseOperator):
     Prove a backup restorable: download it, check every file's SHA-256 against the catalog,
     restore it in parallel into a fresh scratch database (never the source), compare schema,
     row counts, sequences and content checksums with what the dump recorded, drop the scratch
-    database, and only then mark the backup ``verified`` with its restore time.
+    database, and only then mark the backup ``verified`` (in S3 and the table) with its restore
+    time.
 
-    A checksum or comparison failure is a hard gate (``AirflowFailException``: no retry).
+    The table's manifest and the S3 catalog entry's must agree: a catalog changed on one side only
+    is refused. A checksum or comparison failure is a hard gate (``AirflowFailException``: no
+    retry).
 
     :param backup_id: (templated) the catalog id of the backup.
     :param postgres_conn_id: the backed-up database's connection (catalog and scratch server).
     :param aws_conn_id: the AWS connection for S3.
+    :param bucket: the S3 bucket of the catalog (default ``$BACKUP_BUCKET``).
     :param jobs: parallel pg_restore jobs.
     """
 
@@ -150,6 +195,7 @@ class VerifyBackupOperator(BaseOperator):
         backup_id: int | str,
         postgres_conn_id: str = APP_DB,
         aws_conn_id: str = AWS,
+        bucket: str | None = None,
         jobs: int = 2,
         **kwargs: Any,
     ) -> None:
@@ -157,140 +203,66 @@ class VerifyBackupOperator(BaseOperator):
         self.backup_id = backup_id
         self.postgres_conn_id = postgres_conn_id
         self.aws_conn_id = aws_conn_id
+        self.bucket = bucket
         self.jobs = jobs
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from execplatform.steps.backup_steps import fetch_backup
+        from execplatform.steps.backup_steps import backup_catalog, fetch_backup
         from include.backup import ChecksumMismatch
         from include.backup.archive import compare, restore
-        from include.backup.catalog import catalog_failed, catalog_get, catalog_verified
+        from include.backup.catalog import catalog_get
 
         backup_id = int(self.backup_id)
-        with app_db(self.postgres_conn_id).cursor() as cur:
+        db = app_db(self.postgres_conn_id)
+        with db.cursor() as cur:
             entry = catalog_get(cur, backup_id)
+        catalog = backup_catalog(self.aws_conn_id, self.bucket)
+        stored = catalog.find(backup_id)  # None for a backup catalogued before S3 kept entries
+        if stored is not None and stored.manifest != entry.manifest:
+            self._fail(
+                catalog, entry, f"backup {backup_id}: the table's manifest and S3's catalog.json differ"
+            )
         scratch = f"verify_{backup_id}_{uuid.uuid4().hex[:8]}"
         with tempfile.TemporaryDirectory(prefix="verify-") as tmp:
             try:
                 folder = fetch_backup(entry, self.aws_conn_id, Path(tmp))
             except ChecksumMismatch as exc:
-                self._fail(backup_id, str(exc), catalog_failed)
-                raise AirflowFailException(str(exc)) from exc
-            app_db(self.postgres_conn_id).create_database(scratch)
+                self._fail(catalog, entry, str(exc))
+            db.create_database(scratch)
             try:
-                seconds = restore(app_db(self.postgres_conn_id).dsn(scratch), folder, jobs=self.jobs)
-                problems = compare(app_db(self.postgres_conn_id).dsn(scratch), folder)
+                seconds = restore(db.dsn(scratch), folder, jobs=self.jobs)
+                problems = compare(db.dsn(scratch), folder)
             finally:
-                app_db(self.postgres_conn_id).drop_database(scratch)
+                db.drop_database(scratch)
         if problems:
-            message = f"backup {backup_id} failed verification: " + "; ".join(problems)
-            self._fail(backup_id, message, catalog_failed)
-            raise AirflowFailException(message)
-        with app_db(self.postgres_conn_id).cursor() as cur:
-            catalog_verified(cur, backup_id, seconds)
+            self._fail(catalog, entry, f"backup {backup_id} failed verification: " + "; ".join(problems))
+        self._mark_verified(db, catalog, stored, backup_id, seconds)
         self.log.info("backup %s verified: restored into %s in %.2f s", backup_id, scratch, seconds)
         return {"backup_id": backup_id, "restore_seconds": round(seconds, 3), "verified": 1}
 
-    def _fail(self, backup_id: int, message: str, catalog_failed) -> None:
-        with app_db(self.postgres_conn_id).cursor() as cur:
-            catalog_failed(cur, backup_id, message)
+    def _mark_verified(self, db, catalog, stored, backup_id: int, seconds: float) -> None:
+        from include.backup.catalog import catalog_verified
 
+        with db.cursor() as cur:
+            catalog_verified(cur, backup_id, seconds)
+        if stored is not None:
+            stored.status, stored.verified_at, stored.restore_seconds = "verified", _now(), seconds
+            catalog.put(stored)
 
-# a plain lower-case PostgreSQL identifier (no quoting needed); db_restore's params use it too
-DATABASE_NAME = r"[a-z_][a-z0-9_]{0,62}"
-
-
-class RestoreBackupOperator(BaseOperator):
-    """
-    Restore a verified backup into a new database, or over the live one when confirmed.
-
-    Checksums are checked before anything is restored. Restoring over the live database (the
-    connection's own) requires ``confirm`` to equal its name; any other target must not exist
-    yet and is created.
-
-    :param backup_id: (templated) a catalog id, or ``latest`` for the newest verified backup.
-    :param target_database: (templated) where to restore; empty for ``restore_<id>_<run time>``.
-    :param confirm: (templated) the live database's name, to allow restoring over it.
-    :param postgres_conn_id: the live database (catalog and server).
-    :param aws_conn_id: the AWS connection for S3.
-    """
-
-    template_fields = ("backup_id", "target_database", "confirm")
-
-    def __init__(
-        self,
-        *,
-        backup_id: int | str = "latest",
-        target_database: str = "",
-        confirm: str = "",
-        postgres_conn_id: str = APP_DB,
-        aws_conn_id: str = AWS,
-        jobs: int = 2,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.backup_id = backup_id
-        self.target_database = target_database
-        self.confirm = confirm
-        self.postgres_conn_id = postgres_conn_id
-        self.aws_conn_id = aws_conn_id
-        self.jobs = jobs
-
-    def execute(self, context: Context) -> dict[str, Any]:
+    def _fail(self, catalog: BackupCatalog, entry: CatalogEntry, message: str) -> None:
+        """Mark the backup failed on both sides, and fail the task without retries."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from execplatform.steps.backup_steps import fetch_backup
-        from include.backup import BackupError
-        from include.backup.archive import restore
+        from include.backup.catalog import catalog_failed
 
-        live = app_db(self.postgres_conn_id).database_name
-        requested = str(self.backup_id).strip()
-        if requested != "latest" and not requested.isdigit():
-            raise AirflowFailException(f"backup_id {requested!r} is neither a catalog id nor 'latest'")
-        try:
-            with app_db(self.postgres_conn_id).cursor() as cur:
-                entry = _verified(cur, None if requested == "latest" else int(requested))
-        except BackupError as exc:
-            raise AirflowFailException(str(exc)) from exc
-        target = (self.target_database or "").strip() or f"restore_{entry.id}_{context['ts_nodash'].lower()}"
-        if not re.fullmatch(DATABASE_NAME, target):
-            raise AirflowFailException(f"target_database {target!r} is not a plain lower-case database name")
-        over_live = target == live
-        if over_live and self.confirm != live:
-            raise AirflowFailException(
-                f"restoring over the live database {live!r} needs confirm={live!r}; got {self.confirm!r}; "
-                f"nothing was touched"
-            )
-        with tempfile.TemporaryDirectory(prefix="restore-") as tmp:
-            try:
-                folder = fetch_backup(entry, self.aws_conn_id, Path(tmp))
-            except BackupError as exc:
-                raise AirflowFailException(str(exc)) from exc
-            if not over_live:
-                if app_db(self.postgres_conn_id).database_exists(target):
-                    raise AirflowFailException(
-                        f"target_database {target!r} already exists; nothing was touched"
-                    )
-                app_db(self.postgres_conn_id).create_database(target)
-            seconds = restore(
-                app_db(self.postgres_conn_id).dsn(target), folder, jobs=self.jobs, clean=over_live
-            )
-        self.log.info("backup %s restored into %s in %.2f s", entry.id, target, seconds)
-        return {
-            "backup_id": entry.id,
-            "target_database": target,
-            "restore_seconds": round(seconds, 3),
-        }
+        with app_db(self.postgres_conn_id).cursor() as cur:
+            catalog_failed(cur, entry.id, message)
+        stored = catalog.find(entry.id)
+        if stored is not None and stored.status in ("running", "uploaded"):
+            stored.status, stored.error = "failed", message[:2000]
+            catalog.put(stored)
+        raise AirflowFailException(message)
 
 
-def _verified(cur, backup_id: int | None) -> CatalogEntry:
-    from include.backup import BackupError
-    from include.backup.catalog import catalog_get
-
-    entry = catalog_get(cur, backup_id)
-    if entry.status != "verified":
-        raise BackupError(
-            f"backup {entry.id} has status {entry.status!r}; only verified backups are restored"
-        )
-    return entry
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -74,8 +74,9 @@ class DrainQueueOperator(BaseOperator):
         )
         from execplatform.hooks.redis_cache_hook import TaskCacheHook
         from execplatform.hooks.task_executor_hook import TaskExecutorHook
-        from include.execution.drain import drain
+        from include.execution.drain import DrainSummary, drain
         from include.execution.task_handlers import Services
+        from include.migrations.schema_lock import shared_schema_lock_if_free
 
         cache = (
             TaskCacheHook(self.redis_conn_id).get_cache(ttl_seconds=self.cache_ttl_seconds)
@@ -93,12 +94,26 @@ class DrainQueueOperator(BaseOperator):
         owner = (
             f"{ti.dag_id}/{ti.run_id}/{ti.task_id}[{self.drain_index}]@{os.uname().nodename}:{os.getpid()}"
         )
+        db = AppDatabaseHook(self.app_conn_id)
         with (
+            shared_schema_lock_if_free(
+                db.maintenance_dsn(), f"{ti.dag_id}/{ti.run_id}/{ti.task_id}"
+            ) as in_the_way,
             closing(TaskExecutorHook(self.task_executor_conn_id).get_conn()) as executor,
             failing_hard_when_schema_is_behind(),
         ):
+            if in_the_way:  # a restore or a migration has the database: claim nothing, end now
+                self.log.warning(
+                    "drain %d steps aside: %s", self.drain_index, "; ".join(map(str, in_the_way))
+                )
+                return {
+                    **DrainSummary(stopped_by="schema_lock").as_dict(),
+                    "cache": {},
+                    "cache_available": True,
+                    "blocked_by": [str(h) for h in in_the_way],
+                }
             summary = drain(
-                AppDatabaseHook(self.app_conn_id).dsn(),
+                db.dsn(),
                 services=Services(executor=executor, cache=cache),
                 task_types=self.task_types or None,
                 batch_size=int(self.batch_size),

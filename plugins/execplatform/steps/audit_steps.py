@@ -87,10 +87,10 @@ class AirflowServices:
         from airflow.sdk.exceptions import AirflowNotFoundException
 
         from include.audit.gates import SECRET_SETTINGS
-        from include.ids import CONNECTION_IDS
+        from include.ids import CONNECTION_IDS, REHEARSAL_DB
 
         found = {}
-        for conn_id in CONNECTION_IDS:
+        for conn_id in (*CONNECTION_IDS, REHEARSAL_DB):
             try:
                 conn = BaseHook.get_connection(conn_id)
             except AirflowNotFoundException:

@@ -1,27 +1,70 @@
-"""db_backup's and db_restore's steps beyond the operators: fetching a catalogued backup from S3,
-retention, and the run's metrics."""
+"""The backups' steps beyond the operators: the S3 catalog, fetching a catalogued backup,
+recovery events, retention, and the run's metrics."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from execplatform.dag_defaults import APP_DB, AWS
 from execplatform.hooks.app_db_hook import AppDatabaseHook
+from include.backup.catalog import split_location as s3_location
+from include.ids import APP_DB, AWS
 
 if TYPE_CHECKING:
-    from include.backup.catalog import CatalogEntry
+    from include.backup.catalog import BackupCatalog, CatalogEntry
+
+__all__ = ["s3_location"]
 
 
-def s3_location(location: str) -> tuple[str, str]:
-    """(bucket, key prefix) of an ``s3://bucket/prefix/`` location."""
-    bucket, _, prefix = location.removeprefix("s3://").partition("/")
-    return bucket, prefix
+def backup_catalog(
+    aws_conn_id: str = AWS, bucket: str | None = None, root: str | None = None
+) -> BackupCatalog:
+    """The S3 catalog of backups (``$BACKUP_BUCKET`` under ``$BACKUP_PREFIX``, by default
+    ``execplatform-backups`` and ``backups``, read when called): the source of truth."""
+    import os
+
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from include.backup.catalog import BackupCatalog
+
+    client = S3Hook(aws_conn_id=aws_conn_id).get_conn()
+    bucket = bucket or os.environ.get("BACKUP_BUCKET", "execplatform-backups")
+    return BackupCatalog(client, bucket, root or os.environ.get("BACKUP_PREFIX", "backups"))
+
+
+def reconcile_catalog(catalog: BackupCatalog, conn_id: str = APP_DB) -> dict[str, int]:
+    """The ``backups`` table made to agree with S3 (after a restore, before each backup)."""
+    from include.backup.catalog import reconcile
+
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        return reconcile(cur, catalog.entries())
+
+
+def record_recovery_event(
+    event_type: str, severity: str, *, actor: str, conn_id: str = APP_DB, aws_conn_id: str = AWS, **details
+) -> dict[str, Any]:
+    """A restore, swap, approval or undo: one JSON log line, a copy in S3 beside the backups
+    (where restoring the database cannot roll it back), and the ``security_events`` row while the
+    app database is there to take it."""
+    import logging
+
+    from include.observability.security_events import log_security_event, store_security_event
+
+    event = log_security_event(None, event_type, severity, actor=actor, **details)
+    backup_catalog(aws_conn_id).record_event(event)
+    try:
+        with AppDatabaseHook(conn_id).cursor() as cur:
+            store_security_event(cur, event)
+    except Exception as exc:  # the database may be the thing being restored
+        logging.getLogger(__name__).warning(
+            "security event %s kept in S3 and the log only: %s", event_type, exc
+        )
+    return event
 
 
 def fetch_backup(entry: CatalogEntry, aws_conn_id: str, dest: Path) -> Path:
     """Download a catalogued backup and check every file against the catalog's SHA-256s
-    (the catalog's, not the copy in S3: a tampered bucket cannot vouch for itself)."""
+    (the catalog's, not the manifest file in the folder: a file cannot vouch for itself)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     from include.backup import BackupError
@@ -47,35 +90,32 @@ def apply_retention(
     postgres_conn_id: str = APP_DB,
     aws_conn_id: str = AWS,
 ) -> list[int]:
-    """Delete the verified backups that retention does not keep (S3 objects, then the catalog
-    row becomes ``deleted``); returns their ids. A backup that a pending db_migrate run names
-    as its rollback point is always kept."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    from include.backup.catalog import plan_retention
+    """Delete the verified backups that retention does not keep: their files in S3, leaving the
+    folder's catalog entry marked ``deleted`` (so the bucket still accounts for every id), then
+    the table's row; returns their ids. A backup that a pending db_migrate run names as its
+    rollback point is always kept."""
+    from include.backup.catalog import CatalogEntry, plan_retention
     from include.migrations import rollback_points
 
     with AppDatabaseHook(postgres_conn_id).cursor() as cur:
         cur.execute("SELECT id, verified_at, location FROM backups WHERE status = 'verified'")
         rows = cur.fetchall()
         protected = protected | rollback_points(cur)
-    doomed = plan_retention(
-        [(r[0], r[1]) for r in rows],
-        keep_daily=keep_daily,
-        keep_weekly=keep_weekly,
-        protected=protected,
-    )
+    verified = [(r[0], r[1]) for r in rows]
+    doomed = plan_retention(verified, keep_daily=keep_daily, keep_weekly=keep_weekly, protected=protected)
+    catalog = backup_catalog(aws_conn_id)
+    entries = {e.id: e for e in catalog.entries()}
     locations = {r[0]: r[2] for r in rows}
-    s3 = S3Hook(aws_conn_id=aws_conn_id)
     for backup_id in doomed:
-        bucket, prefix = s3_location(locations[backup_id])
-        keys = s3.list_keys(bucket_name=bucket, prefix=prefix)
-        if keys:
-            s3.delete_objects(bucket=bucket, keys=keys)
+        # a backup from before the catalog moved to S3 has no entry there: its folder alone goes
+        entry = entries.get(backup_id) or CatalogEntry(backup_id, "verified", locations[backup_id])
+        catalog.delete_files(entry)
+        if backup_id in entries:
+            entry.status = "deleted"
+            catalog.put(entry)
         with AppDatabaseHook(postgres_conn_id).cursor() as cur:
             cur.execute(
-                "UPDATE backups SET status = 'deleted' WHERE id = %s AND status = 'verified'",
-                (backup_id,),
+                "UPDATE backups SET status = 'deleted' WHERE id = %s AND status = 'verified'", (backup_id,)
             )
     return doomed
 

@@ -45,10 +45,21 @@ def _set_status(conn_id: str, run_id: str, status: str, error: str | None = None
     with AppDatabaseHook(conn_id).cursor() as cur:  # the row exists: plan created the table and inserted it
         cur.execute(
             f"UPDATE migration_runs SET status = %(status)s, error = coalesce(%(error)s, error), "  # noqa: S608
-            f"finished_at = CASE WHEN %(status)s IN ('completed', 'failed', 'rolled_back', 'cancelled') "
+            f"finished_at = CASE WHEN %(status)s IN ('completed', 'failed', 'rolled_back', 'cancelled', "
+            f"'undo_failed') "
             f"THEN now() END{assignments} WHERE dag_run_id = %(run_id)s",
             {"status": status, "error": error, "run_id": run_id, **fields},
         )
+
+
+def _has_row(conn_id: str, run_id: str) -> bool:
+    from include.migrations import table_exists
+
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        if not table_exists(cur, "migration_runs"):
+            return False
+        cur.execute("SELECT 1 FROM migration_runs WHERE dag_run_id = %s", (run_id,))
+        return cur.fetchone() is not None
 
 
 def _run_row(conn_id: str, run_id: str) -> dict[str, Any]:
@@ -64,13 +75,20 @@ def _run_row(conn_id: str, run_id: str) -> dict[str, Any]:
     return dict(zip(("from_revision", "target_revision", "backup_id", "status"), row, strict=True))
 
 
-def plan_migration(conn_id: str, run_id: str, target: str, settings: Settings) -> dict[str, Any]:
-    """Pending revisions and their SQL (logged); refuses when an applied file was edited."""
+def plan_migration(
+    conn_id: str, run_id: str, target: str, settings: Settings, resolve_undo_of: str | None = None
+) -> dict[str, Any]:
+    """Pending revisions and their SQL (logged); refuses when an applied file was edited, or while
+    an earlier run's failed undo is unresolved (`resolve_undo_of` names that run, once an
+    operator has put the schema right by hand)."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from include.migrations import BOOKKEEPING_DDL, changed_revisions, current, offline_sql, pending
 
     dsn = AppDatabaseHook(conn_id).dsn()
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        cur.execute(BOOKKEEPING_DDL)
+    _refuse_after_failed_undo(conn_id, run_id, resolve_undo_of)
     if changed := changed_revisions(dsn, settings=settings):
         _fail("applied revisions differ from their files: " + "; ".join(changed))
     try:
@@ -88,7 +106,6 @@ def plan_migration(conn_id: str, run_id: str, target: str, settings: Settings) -
     if not revisions:
         raise AirflowSkipException(f"the database is at {start}; nothing to apply for target {target!r}")
     with AppDatabaseHook(conn_id).cursor() as cur:
-        cur.execute(BOOKKEEPING_DDL)
         cur.execute(
             "INSERT INTO migration_runs (dag_run_id, from_revision, target_revision) VALUES (%s, %s, %s) "
             "ON CONFLICT (dag_run_id) DO UPDATE SET from_revision = EXCLUDED.from_revision, "
@@ -96,6 +113,39 @@ def plan_migration(conn_id: str, run_id: str, target: str, settings: Settings) -
             (run_id, start, target),
         )
     return {"from": start, "target": target, "pending": [r.revision for r in revisions]}
+
+
+def _refuse_after_failed_undo(conn_id: str, run_id: str, resolve_undo_of: str | None) -> None:
+    """No migration starts while a revision is half-applied, unless this run names the failed
+    run as resolved (a security event records who said so)."""
+    from execplatform.steps.backup_steps import record_recovery_event
+    from include.migrations import UNDO_FAILED
+
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        cur.execute(
+            "SELECT dag_run_id, partial_revision, error FROM migration_runs WHERE status = %s ORDER BY id",
+            (UNDO_FAILED,),
+        )
+        unresolved = cur.fetchall()
+    for failed_run, revision, error in unresolved:
+        if failed_run != resolve_undo_of:
+            _fail(
+                f"run {failed_run!r} left revision {revision} half-applied ({error}); no migration starts "
+                f"until it is resolved: put the schema right by hand, then trigger db_migrate with "
+                f"resolve_undo_of={failed_run!r}"
+            )
+        with AppDatabaseHook(conn_id).cursor() as cur:
+            cur.execute(
+                "UPDATE migration_runs SET status = 'resolved', resolved_by = %s WHERE dag_run_id = %s",
+                (run_id, failed_run),
+            )
+        record_recovery_event(
+            "migration_undo_resolved",
+            "warning",
+            actor=f"db_migrate/{run_id}",
+            resolved_run=failed_run,
+            revision=revision,
+        )
 
 
 def lint_migration(conn_id: str, target: str, settings: Settings) -> dict[str, Any]:
@@ -128,12 +178,36 @@ def fresh_backup_id(conn_id: str, max_age_hours: float) -> int | None:
 
 
 def rehearse_migration(
-    conn_id: str, aws_conn_id: str, run_id: str, max_age_hours: float, settings: Settings
+    conn_id: str,
+    rehearsal_conn_id: str,
+    aws_conn_id: str,
+    run_id: str,
+    max_age_hours: float,
+    settings: Settings,
+    on_production_server: bool = False,
 ) -> dict:
-    """Restore the rollback-point backup into a scratch database and rehearse there."""
+    """Restore the rollback-point backup into a scratch database on the rehearsal server (the
+    `rehearsal_conn_id` connection) and rehearse there; on the production server only when
+    `on_production_server` says so (it shares production's CPU, I/O, WAL and connections)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from include.backup.archive import restore
     from include.backup.catalog import catalog_get
     from include.migrations.runner import MigrationError, rehearse
 
+    try:
+        BaseHook.get_connection(rehearsal_conn_id)
+        server = AppDatabaseHook(rehearsal_conn_id)
+    except AirflowNotFoundException:
+        if not on_production_server:
+            _fail(
+                f"no {rehearsal_conn_id!r} connection: a rehearsal on the production server shares its "
+                f"CPU, I/O, WAL and connections. Add the connection (a PostgreSQL server of its own, a role "
+                f"with CREATEDB), or trigger with rehearse_on_production_server=true"
+            )
+        server = AppDatabaseHook(conn_id)
+        logger.warning("no %r connection: rehearsing on the production server, as asked", rehearsal_conn_id)
     run = _run_row(conn_id, run_id)
     backup_id = fresh_backup_id(conn_id, max_age_hours)
     if backup_id is None:
@@ -145,49 +219,59 @@ def rehearse_migration(
     scratch = f"rehearse_{backup_id}_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="rehearse-") as tmp:
         folder = fetch_backup(entry, aws_conn_id, Path(tmp))
-        AppDatabaseHook(conn_id).create_database(scratch)
+        server.create_database(scratch)
         try:
-            from include.backup.archive import restore
-
-            restore(AppDatabaseHook(conn_id).dsn(scratch), folder)
-            result = rehearse(AppDatabaseHook(conn_id).dsn(scratch), run["target_revision"], settings)
+            restore(server.dsn(scratch), folder)
+            result = rehearse(server.dsn(scratch), run["target_revision"], settings)
         except MigrationError as exc:
             _set_status(conn_id, run_id, "failed", error=str(exc))
             _fail(f"rehearsal on a clone of backup {backup_id} failed; production is untouched: {exc}")
         finally:
-            AppDatabaseHook(conn_id).drop_database(scratch)
+            server.drop_database(scratch)
     _set_status(conn_id, run_id, "rehearsed")
+    where = f"{server.connection.host}:{server.connection.port}"
     logger.info(
-        "rehearsal on backup %s passed: applied %s, downgraded and re-applied",
+        "rehearsal of backup %s on %s passed: applied %s, downgraded and re-applied",
         backup_id,
+        where,
         result["applied"],
     )
-    return {"backup_id": backup_id, **result}
+    return {"backup_id": backup_id, "server": where, **result}
 
 
-def apply_migration(conn_id: str, run_id: str, settings: Settings) -> dict[str, Any]:
-    """Production: record what must survive, then upgrade with bounded lock waits."""
+def apply_migration(
+    conn_id: str, run_id: str, settings: Settings, lock_wait_seconds: float
+) -> dict[str, Any]:
+    """Production: record what must survive, then upgrade with bounded lock waits, holding the
+    schema lock (restores, backups and drains wait, or step aside). A revision whose undo failed
+    ends the run (no retry), is recorded as `undo_failed` and pages: the next run refuses."""
     import psycopg2
 
-    from include.migrations.runner import MigrationError, apply
+    from include.migrations.runner import MigrationError, UndoFailed, apply
     from include.migrations.smoke import fingerprint, table_filenode
     from include.observability.security_events import log_security_event
 
     run = _run_row(conn_id, run_id)
-    dsn = AppDatabaseHook(conn_id).dsn()
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        before, filenode = fingerprint(cur), table_filenode(cur)
-    conn.close()
-    _set_status(conn_id, run_id, "applying")
+    if run["status"] == "undo_failed":
+        _fail(f"run {run_id!r} left a revision half-applied; it is not applied again")
+    db = AppDatabaseHook(conn_id)
+    dsn = db.dsn()
+    with db.schema_lock(f"db_migrate/{run_id}/apply", exclusive=True, wait_seconds=lock_wait_seconds):
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            before, filenode = fingerprint(cur), table_filenode(cur)
+        conn.close()
+        _set_status(conn_id, run_id, "applying")
 
-    def on_retry(revision: str, attempt: int, exc: Exception) -> None:
-        logger.warning("revision %s: lock timeout on attempt %d, backing off", revision, attempt)
+        def on_retry(revision: str, attempt: int, exc: Exception) -> None:
+            logger.warning("revision %s: lock timeout on attempt %d, backing off", revision, attempt)
 
-    try:
-        applied = apply(dsn, run["target_revision"], settings, on_retry=on_retry)
-    except MigrationError as exc:  # already retried within its bounds and undone: fail hard
-        _set_status(conn_id, run_id, "failed", error=str(exc))
-        _fail(str(exc))
+        try:
+            applied = apply(dsn, run["target_revision"], settings, on_retry=on_retry)
+        except UndoFailed as exc:
+            _undo_failed(conn_id, run_id, exc)
+        except MigrationError as exc:  # already retried within its bounds and undone: fail hard
+            _set_status(conn_id, run_id, "failed", error=str(exc))
+            _fail(str(exc))
     _set_status(conn_id, run_id, "applied")
     with AppDatabaseHook(conn_id).cursor() as cur:
         log_security_event(
@@ -199,6 +283,23 @@ def apply_migration(conn_id: str, run_id: str, settings: Settings) -> dict[str, 
             from_revision=run["from_revision"],
         )
     return {"applied": applied, "filenode": filenode, "before": before.to_dict()}
+
+
+def _undo_failed(conn_id: str, run_id: str, error: Exception) -> None:
+    """Record the half-applied revision, page, and fail the task without retries."""
+    from execplatform.notifiers.alert_notifier import send_alert
+    from execplatform.steps.backup_steps import record_recovery_event
+
+    _set_status(conn_id, run_id, "undo_failed", error=str(error), partial_revision=error.revision)
+    record_recovery_event(
+        "migration_undo_failed",
+        "critical",
+        actor=f"db_migrate/{run_id}",
+        revision=error.revision,
+        error=str(error),
+    )
+    send_alert("critical", f"db_migrate {run_id}: {error}")
+    _fail(str(error))
 
 
 def verify_migration(conn_id: str, run_id: str, applied: dict[str, Any]) -> dict[str, Any]:
@@ -230,22 +331,30 @@ def verify_migration(conn_id: str, run_id: str, applied: dict[str, Any]) -> dict
     return {"revision": now}
 
 
-def roll_back_migration(conn_id: str, run_id: str, settings: Settings) -> dict[str, Any]:
-    """After a failure past apply: downgrade to where the run started, and say so loudly."""
+def roll_back_migration(
+    conn_id: str, run_id: str, settings: Settings, lock_wait_seconds: float
+) -> dict[str, Any]:
+    """After a failure past apply: downgrade to where the run started, under the schema lock,
+    and say so loudly. A run whose undo failed is left for a person: rolling back over a
+    half-applied revision could make it worse."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from execplatform.notifiers.alert_notifier import send_alert
     from include.migrations import current, downgrade
     from include.observability.security_events import log_security_event
 
+    if not _has_row(conn_id, run_id):
+        raise AirflowSkipException("nothing was planned, so nothing was applied: nothing to roll back")
     run = _run_row(conn_id, run_id)
-    dsn = AppDatabaseHook(conn_id).dsn()
+    db = AppDatabaseHook(conn_id)
+    dsn = db.dsn()
     if run["status"] not in ("applying", "applied") or current(dsn) == run["from_revision"]:
         raise AirflowSkipException(
             f"nothing to roll back: run is {run['status']}, database at {current(dsn)}"
         )
     reached = current(dsn)
-    downgrade(dsn, run["from_revision"] or "base", settings=settings)
+    with db.schema_lock(f"db_migrate/{run_id}/roll_back", exclusive=True, wait_seconds=lock_wait_seconds):
+        downgrade(dsn, run["from_revision"] or "base", settings=settings)
     _set_status(conn_id, run_id, "rolled_back")
     with AppDatabaseHook(conn_id).cursor() as cur:
         log_security_event(
@@ -281,3 +390,18 @@ def finish_migration(conn_id: str, run_id: str, verified: bool) -> str:
     if final != row[0]:
         _set_status(conn_id, run_id, final)
     return final
+
+
+def next_after_rehearsal(dry_run: bool, skip_approval: bool) -> str | None:
+    """The branch after the rehearsal: nothing (a dry run), `apply` (no approval, outside
+    production only), else `approve`."""
+    from execplatform.dag_defaults import non_production
+
+    if dry_run:
+        return None  # everything after is skipped: a dry run ends with the rehearsal
+    if skip_approval and not non_production():
+        _fail(
+            "skip_approval is refused: this deployment does not say it is non-production "
+            "(PLATFORM_NON_PRODUCTION); trigger again without it and approve in the UI"
+        )
+    return "apply" if skip_approval else "approve"

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -19,8 +18,6 @@ from psycopg2.extensions import parse_dsn
 
 from devstack.stack import BACKUP_BUCKET
 from tests.airflow_api import postgres_connection
-
-pytestmark = pytest.mark.stack
 
 CONN_ID = "backup_src"
 
@@ -44,6 +41,7 @@ def source(app_dsn, monkeypatch, tmp_path):
         """)
     conn.close()
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", postgres_connection(app_dsn))
+    monkeypatch.setenv("BACKUP_PREFIX", f"test/{uuid.uuid4().hex}")  # a catalog of the test's own
     return {"dsn": app_dsn, "work_dir": str(tmp_path / "work")}
 
 
@@ -53,7 +51,6 @@ def backup(source, **kwargs) -> dict:
     op = PostgresBackupOperator(
         task_id="dump",
         bucket=BACKUP_BUCKET,
-        prefix=f"test/{uuid.uuid4().hex}",
         postgres_conn_id=CONN_ID,
         work_dir=source["work_dir"],
         **kwargs,
@@ -210,79 +207,102 @@ def test_pg_dump_killed_mid_run_fails_the_backup_and_spares_the_verified_one(sou
         VerifyBackupOperator(task_id="v", backup_id=failed_id, postgres_conn_id=CONN_ID).execute({})
 
 
-def test_s3_unreachable_fails_the_backup_and_keeps_the_local_copy(source, monkeypatch):
-    from devstack.stack import free_port
+class Forwarder:
+    """A TCP forwarder to moto that can be cut, as S3 going away in the middle of a backup."""
 
+    def __init__(self, target_port: int) -> None:
+        import socket
+
+        self.target_port = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.open = threading.Event()
+        self.open.set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.open.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src, dst) -> None:
+        try:
+            while self.open.is_set() and (data := src.recv(65536)):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                sock.close()
+
+    def cut(self) -> None:
+        self.open.clear()
+
+
+def aws_through(monkeypatch, port: int) -> str:
     monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_DOWN",
+        "AIRFLOW_CONN_AWS_FLAKY",
         json.dumps(
             {
                 "conn_type": "aws",
-                "login": "k",
-                "password": "s",
+                "login": "local-access-key",
+                "password": "local-secret-key",
                 "extra": {
-                    "endpoint_url": f"http://127.0.0.1:{free_port()}",
+                    "endpoint_url": f"http://127.0.0.1:{port}",
                     "region_name": "us-east-1",
-                    "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+                    "config_kwargs": {
+                        "retries": {"max_attempts": 1},
+                        "connect_timeout": 1,
+                        "read_timeout": 5,
+                    },
                 },
             }
         ),
     )
+    return "aws_flaky"
+
+
+def test_s3_unreachable_before_the_backup_fails_it_before_anything_is_dumped(source, monkeypatch):
+    """The catalog is read from S3 first: with S3 down, no id is issued and nothing is dumped."""
+    from devstack.stack import free_port
+
     with pytest.raises(Exception, match="(?i)connect"):
-        backup(source, aws_conn_id="aws_down")
-    [(backup_id, (status, _, _))] = catalog(source).items()
-    assert status == "failed"
+        backup(source, aws_conn_id=aws_through(monkeypatch, free_port()))
+    assert catalog(source) == {}
+    assert not list(Path(source["work_dir"]).rglob("toc.dat"))
+
+
+def test_s3_gone_during_the_upload_fails_the_backup_and_keeps_the_local_copy(
+    source, local_stack, monkeypatch
+):
+    forwarder = Forwarder(local_stack.ports["moto"])
+    conn_id = aws_through(monkeypatch, forwarder.port)
+
+    def cut_once_dumping() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(Path(source["work_dir"]).rglob("toc.dat")):
+            time.sleep(0.05)
+        forwarder.cut()
+
+    cutter = threading.Thread(target=cut_once_dumping)
+    cutter.start()
+    with pytest.raises(Exception, match="(?i)connect|closed|reset|aborted"):
+        backup(source, aws_conn_id=conn_id)
+    cutter.join()
+    [(backup_id, (status, error, _))] = catalog(source).items()
+    assert status == "failed" and error
     kept = Path(source["work_dir"]) / "execplatform-backups" / f"backup-{backup_id}"
     assert (kept / "manifest.json").exists() and (kept / "toc.dat").exists()
-
-
-def test_restore_refuses_bad_requests_and_restores_into_a_new_database(source):
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from execplatform.operators.backup_operators import RestoreBackupOperator
-    from include.backup.archive import compare
-
-    done = backup(source)
-    verify(done["backup_id"])
-    live = parse_dsn(source["dsn"])["dbname"]
-
-    def restore(**kwargs):
-        op = RestoreBackupOperator(task_id="restore", postgres_conn_id=CONN_ID, **kwargs)
-        return op.execute({"ts_nodash": "20260101T000000"})
-
-    with pytest.raises(AirflowFailException, match="no backup with id 999999"):
-        restore(backup_id="999999")
-    with pytest.raises(AirflowFailException, match=f"needs confirm='{live}'.*nothing was touched"):
-        restore(backup_id="latest", target_database=live)
-    with pytest.raises(AirflowFailException, match="not a plain lower-case database name"):
-        restore(target_database="x; DROP DATABASE app")
-
-    target = f"restored_{uuid.uuid4().hex[:8]}"
-    result = restore(backup_id="latest", target_database=target)
-    assert result == {
-        "backup_id": done["backup_id"],
-        "target_database": target,
-        "restore_seconds": result["restore_seconds"],
-    }
-    from execplatform.hooks.app_db_hook import AppDatabaseHook
-    from execplatform.steps.backup_steps import fetch_backup
-    from include.backup.catalog import catalog_get
-
-    with psycopg2.connect(source["dsn"]) as conn, conn.cursor() as cur:
-        entry = catalog_get(cur, done["backup_id"])
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = fetch_backup(entry, "aws_default", Path(tmp))
-        restored_dsn = source["dsn"].replace(f"dbname={live}", f"dbname={target}")
-        assert compare(restored_dsn, folder) == []
-        # and the comparison can fail: one changed payload, one changed schema object
-        with psycopg2.connect(restored_dsn) as conn, conn.cursor() as cur:
-            cur.execute("UPDATE execution_tasks SET payload = payload || '{\"x\": 1}' WHERE id = 1")
-            cur.execute("DROP VIEW busy_moods")
-        conn.close()
-        problems = compare(restored_dsn, folder)
-        assert "schema-only dumps of the source and the restore differ" in problems
-        assert any(p.startswith("checksums of execution_tasks") for p in problems)
-    AppDatabaseHook(CONN_ID).drop_database(target)
 
 
 def test_retention_keeps_the_newest_and_each_day_and_week():
