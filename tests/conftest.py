@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import create_database, drop_database
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # An Airflow home of the test session's own, so importing Airflow never touches ~/airflow.
@@ -139,35 +141,15 @@ def pg_server(request):
     return ExternalServer(address) if address else request.getfixturevalue("local_stack")
 
 
-def _create_database(server, name: str, template: str | None = None) -> None:
-    import psycopg2
-
-    admin = psycopg2.connect(server.superuser_dsn())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}" OWNER app' + (f' TEMPLATE "{template}"' if template else ""))
-    admin.close()
-
-
-def _drop_database(server, name: str) -> None:
-    import psycopg2
-
-    admin = psycopg2.connect(server.superuser_dsn())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
-
-
 def _template(server, revision: str) -> Iterator[str]:
     from include.migrations import upgrade
 
     # unique: a shared server may keep old ones
     name = f"app_template_{revision}_{uuid.uuid4().hex[:8]}"
-    _create_database(server, name)
+    create_database(server, name)
     upgrade(server.app_dsn(name), revision)
     yield name
-    _drop_database(server, name)
+    drop_database(server, name)
 
 
 @pytest.fixture(scope="session")
@@ -186,9 +168,9 @@ def app_head_template(pg_server) -> Iterator[str]:
 
 def _fresh(server, template: str) -> Iterator[str]:
     name = f"app_{uuid.uuid4().hex[:12]}"
-    _create_database(server, name, template)
+    create_database(server, name, template)
     yield server.app_dsn(name)
-    _drop_database(server, name)
+    drop_database(server, name)
 
 
 @pytest.fixture

@@ -8,21 +8,13 @@ import os
 import threading
 import uuid
 
-import psycopg2
 import pytest
 
 from include.migrations import current, upgrade
 from tests.airflow_api import postgres_connection
 from tests.include.migrations.test_undo import UNDO, hold_lock_on_undo_probe
+from tests.pg import query
 from tests.project import DAGS_DIR
-
-
-def query(dsn: str, sql: str, params=None):
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-        rows = cur.fetchall() if cur.description else None
-    conn.close()
-    return rows
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
-import psycopg2
 import pytest
+
+from tests.pg import query
 
 DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
 VALID = {
@@ -33,14 +34,6 @@ VALID = {
         "inputs": {"idea_id": 7, "branch": "dev"},
     },
 }
-
-
-def query(dsn: str, sql: str, params=None):
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-        rows = cur.fetchall() if cur.description else None
-    conn.close()
-    return rows
 
 
 @pytest.fixture

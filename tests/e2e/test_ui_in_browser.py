@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from include.ids import DAG_IDS
 from tests.airflow_api import api, dag_runs, dag_url, rows, token_for, wait_for, wait_for_success
 from tests.browser import ARTIFACTS, chromium, ensure_chromium, shot, status_of, until
 
@@ -60,18 +61,7 @@ def test_login_in_the_browser_shows_the_project_dags(ops_stack, rest_runs, brows
     until(browser, lambda b: "/auth/login" not in b.current_url, "the login to go through")
 
     browser.get(f"{login['url']}/dags")
-    project_dags = (
-        "platform_healthcheck",
-        "db_backup",
-        "db_restore",
-        "db_migrate",
-        "task_batch",
-        "adversarial_audit",
-        "offer_model_retrain",
-        "offer_feedback",
-        "roi_sync",
-    )
-    for dag_id in project_dags:
+    for dag_id in DAG_IDS:
         until(
             browser,
             EC.presence_of_element_located((By.LINK_TEXT, dag_id)),

@@ -16,11 +16,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psycopg2
-
 from include.execution.drain import drain
 from include.execution.task_handlers import REQUIRED_INPUTS, Services
 from include.execution.task_queue import ClaimedTask, Completion, TaskQueue
+from tests.pg import query
 from tests.project import ROOT
 
 WORKER = Path(__file__).with_name("sigkill_worker.py")
@@ -34,14 +33,6 @@ BEGIN INSERT INTO completion_log VALUES (NEW.id); RETURN NEW; END $$;
 CREATE TRIGGER log_completion AFTER UPDATE ON execution_tasks
     FOR EACH ROW WHEN (NEW.status = 'succeeded') EXECUTE FUNCTION log_completion();
 """
-
-
-def query(dsn: str, sql: str, params=None):
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(sql, params)
-        result = cur.fetchall() if cur.description else None
-    conn.close()
-    return result
 
 
 def run_trial(dsn: str, trial: int, tmp: Path, rng: random.Random) -> dict[str, int]:

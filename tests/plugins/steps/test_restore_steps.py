@@ -10,23 +10,15 @@ import time
 import uuid
 
 import psutil
-import psycopg2
 import pytest
 from psycopg2.extensions import parse_dsn
 
 from devstack.stack import BACKUP_BUCKET
 from tests.airflow_api import postgres_connection
+from tests.pg import as_superuser, drop_database, query
 from tests.project import ROOT
 
 NEW_USER = "INSERT INTO users (email, segment, signup_channel, country) VALUES (%s, 'new', 'web', 'US')"
-
-
-def query(dsn: str, sql: str, args=()) -> list[tuple]:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(sql, args)
-        rows = cur.fetchall() if cur.description else []
-    conn.close()
-    return rows
 
 
 @pytest.fixture
@@ -46,15 +38,9 @@ def live(app_head_dsn, pg_server, monkeypatch, tmp_path):
     monkeypatch.setenv("BACKUP_PREFIX", f"test-restore/{uuid.uuid4().hex}")
     name = parse_dsn(app_head_dsn)["dbname"]
     yield {"dsn": app_head_dsn, "name": name, "work_dir": str(tmp_path)}
-    admin = psycopg2.connect(pg_server.superuser_dsn())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s AND datname <> %s", (f"{name}_%", name)
-        )
-        for (leftover,) in cur.fetchall():
-            cur.execute(f'DROP DATABASE "{leftover}" WITH (FORCE)')
-    admin.close()
+    leftovers = "SELECT datname FROM pg_database WHERE datname LIKE %s AND datname <> %s"
+    for (leftover,) in query(pg_server.superuser_dsn(), leftovers, (f"{name}_%", name)):
+        drop_database(pg_server, leftover)
 
 
 def backup(live) -> int:
@@ -73,20 +59,12 @@ def counts(dsn: str) -> tuple[int, int]:
     return query(dsn, "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM execution_tasks)")[0]
 
 
-def drop(pg_server, name: str) -> None:
-    admin = psycopg2.connect(pg_server.superuser_dsn())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.close()
-
-
 def test_with_the_app_database_dropped_latest_brings_it_back_from_s3_alone(live, pg_server):
     from execplatform.steps.restore_steps import finish_restore, plan_restore, restore_and_compare
 
     backup_id = backup(live)
     before = counts(live["dsn"])
-    drop(pg_server, live["name"])
+    drop_database(pg_server, live["name"])
 
     plan = plan_restore("latest", None, None, "manual__gone")
     assert (plan["backup_id"], plan["target"], plan["over_live"]) == (backup_id, live["name"], False)
@@ -154,7 +132,7 @@ def test_a_restore_killed_during_pg_restore_leaves_live_whole_and_a_retry_finish
     from include.backup.pg_programs import pg_bin
 
     backup(live)
-    query(live["dsn"], "DELETE FROM execution_tasks WHERE id %% 2 = 0")
+    query(live["dsn"], "DELETE FROM execution_tasks WHERE id % 2 = 0")
     before = counts(live["dsn"])
     plan = plan_restore("latest", live["name"], live["name"], "manual__killed")
     slow_bin = tmp_path / "bin"  # a pg_restore that waits before restoring, to be killed there
@@ -199,11 +177,7 @@ def test_a_swap_that_cannot_rename_leaves_live_as_it_was(live, pg_server):
     backup(live)
     plan = plan_restore("latest", live["name"], live["name"], "manual__blocked")
     restore_and_compare(plan, "manual__blocked")
-    admin = psycopg2.connect(pg_server.superuser_dsn())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{plan["keep_as"]}"')  # the name the old database would take
-    admin.close()
+    as_superuser(pg_server, f'CREATE DATABASE "{plan["keep_as"]}"')  # the name the old database would take
     with pytest.raises(Exception, match="already exists"):
         swap_into_place(plan, "manual__blocked", "db_restore/manual__blocked/swap", lock_wait_seconds=10)
     assert counts(live["dsn"]) == (50, 200)
