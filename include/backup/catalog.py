@@ -120,14 +120,15 @@ class BackupCatalog:
         """One backup by id, or the newest verified one; ``BackupError`` naming what is missing."""
         return pick(self.entries(), backup_id)
 
-    def find(self, backup_id: int) -> CatalogEntry | None:
-        """The backup's entry, read from its folder alone; None when the bucket has none."""
-        for key in self._keys(self.root):
-            if key.endswith(f"/{CATALOG_FILE}") and f"-{backup_id}-" in key.rsplit("/", 2)[-2]:
-                entry = CatalogEntry.from_json(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
-                if entry.id == backup_id:
-                    return entry
-        return None
+    def read(self, location: str) -> CatalogEntry | None:
+        """The entry kept in the folder at `location`; None when there is none (a backup made
+        before the catalog moved to S3)."""
+        bucket, prefix = split_location(location)
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=f"{prefix}{CATALOG_FILE}")["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        return CatalogEntry.from_json(body)
 
     def delete_files(self, entry: CatalogEntry) -> int:
         """Delete a backup's files, keeping its catalog entry (retention marks it ``deleted``, so

@@ -217,7 +217,8 @@ class VerifyBackupOperator(BaseOperator):
         with db.cursor() as cur:
             entry = catalog_get(cur, backup_id)
         catalog = backup_catalog(self.aws_conn_id, self.bucket)
-        stored = catalog.find(backup_id)  # None for a backup catalogued before S3 kept entries
+        # the entry in the backup's own folder; None for one catalogued before S3 kept entries
+        stored = catalog.read(entry.location) if entry.location else None
         if stored is not None and stored.manifest != entry.manifest:
             self._fail(
                 catalog, entry, f"backup {backup_id}: the table's manifest and S3's catalog.json differ"
@@ -257,7 +258,7 @@ class VerifyBackupOperator(BaseOperator):
 
         with app_db(self.postgres_conn_id).cursor() as cur:
             catalog_failed(cur, entry.id, message)
-        stored = catalog.find(entry.id)
+        stored = catalog.read(entry.location) if entry.location else None
         if stored is not None and stored.status in ("running", "uploaded"):
             stored.status, stored.error = "failed", message[:2000]
             catalog.put(stored)

@@ -54,8 +54,8 @@ def test_entries_round_trip_and_the_newest_verified_is_picked(catalog):
     assert [e.id for e in catalog.entries()] == [1, 2, 3]
     assert catalog.get().id == 2 and catalog.get(3).error == "pg_dump failed"
     assert catalog.get(1).manifest == {"toc.dat": "a" * 64}
-    assert catalog.find(2).verified_at == catalog.get(2).verified_at
-    assert catalog.find(9) is None
+    assert catalog.read(catalog.get(2).location).verified_at == catalog.get(2).verified_at
+    assert catalog.read(catalog.new_location(9)) is None
     with pytest.raises(BackupError, match="no backup with id 9"):
         catalog.get(9)
 
