@@ -36,8 +36,9 @@ Each gate is its own task and checks one invariant of the platform, recording it
 - `security_api_requires_login`: Airflow's REST API (`[api] base_url`) answers a request without
   a token
 - `security_worker_role_is_dml_only`: the workers' role `app_worker` holds a privilege beyond
-  its DML grants, can create or alter tables, or can read any other table (tried for real,
-  rolled back)
+  its DML grants; a session opened as the drains open theirs runs as another role or can
+  create, alter or read beyond them (tried for real, rolled back); or a drain recorded running
+  as another role (`worker_sessions`, the last `worker_session_hours`)
 - `security_no_secrets_in_task_logs`: a secret of the project's connections or Airflow's
   settings appears in a task log of the last `log_scan_hours` (the evidence names the source and
   file, never the value)
@@ -76,7 +77,6 @@ from datetime import datetime, timedelta
 from airflow.sdk import (
     AssetOrTimeSchedule,
     CronTriggerTimetable,
-    Param,
     TriggerRule,
     dag,
     task,
@@ -88,10 +88,11 @@ from execplatform.dag_defaults import (
     MIGRATION_APPLIED,
     MODEL_PROMOTED,
     default_args,
+    number_param,
     schedule_for,
 )
 from execplatform.notifiers.alert_notifier import alert_callbacks, run_metrics_callbacks
-from include.audit.gates import DEFAULT_LIMITS, GATES
+from include.audit.gates import DEFAULT_LIMITS, GATES, LIMIT_MAXIMA
 
 INDICATOR_DAYS = 7  # a day missed by a skipped run fills in on the next
 ALARM_DEADLINE_SECONDS = 120
@@ -123,7 +124,7 @@ def _audited_day():
     doc_md=__doc__,
     tags=["platform", "audit"],
     params={
-        name: Param(value, type="number", minimum=0, description=f"gate limit {name}")
+        name: number_param(value, minimum=0, maximum=LIMIT_MAXIMA[name], description=f"gate limit {name}")
         for name, value in DEFAULT_LIMITS.items()
     },
     **run_metrics_callbacks(),

@@ -15,7 +15,8 @@ reconciles the table from the bucket (so after a restore no id or folder is reus
 a run of this DAG the way to reconcile on demand. The dump takes the schema lock shared: it
 waits for a migration or a restore's swap, and runs beside drains.
 Retention keeps the newest verified backup of each of the last `keep_daily` days and
-`keep_weekly` ISO weeks, and always the newest one. Metrics: duration, size, restore time,
+`keep_weekly` ISO weeks, and always the newest one; a backup never verified (failed, or stopped
+before verification) goes once it is 72 hours old. Metrics: duration, size, restore time,
 verified (0/1).
 
 **Idempotent:** each run makes a new backup; a retried task starts its own catalog entry and
@@ -34,13 +35,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, TriggerRule, dag, task
+from airflow.sdk import TriggerRule, dag, task
 
 from execplatform.dag_defaults import (
     BACKUP_BUCKET,
     BACKUP_PREFIX,
     BACKUP_VERIFIED,
     default_args,
+    number_param,
     schedule_for,
 )
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
@@ -55,8 +57,12 @@ from execplatform.operators.backup_operators import PostgresBackupOperator, Veri
     doc_md=__doc__,
     tags=["platform", "backup"],
     params={
-        "keep_daily": Param(7, type="integer", minimum=1, description="daily verified backups to keep"),
-        "keep_weekly": Param(4, type="integer", minimum=0, description="weekly verified backups to keep"),
+        "keep_daily": number_param(
+            7, integer=True, minimum=1, maximum=366, description="daily verified backups to keep"
+        ),
+        "keep_weekly": number_param(
+            4, integer=True, minimum=0, maximum=520, description="weekly verified backups to keep"
+        ),
     },
     **run_metrics_callbacks(),
     default_args=default_args(on_failure="critical", retry_delay=timedelta(minutes=1)),

@@ -57,6 +57,7 @@ from execplatform.dag_defaults import (
     MIGRATION_APPLIED,
     REHEARSAL_DB,
     default_args,
+    number_param,
 )
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
 from execplatform.operators.approval_operator import SecondPersonApprovalOperator
@@ -96,19 +97,28 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where two branches meet
             pattern=r"^[A-Za-z0-9_.:+-]{0,250}$",
             description="the run whose failed undo an operator has put right by hand",
         ),
-        "schema_lock_wait_seconds": Param(
-            900, type="integer", minimum=1, maximum=86_400, description="wait for restores, backups, drains"
+        "schema_lock_wait_seconds": number_param(
+            900, integer=True, minimum=1, maximum=86_400, description="wait for restores, backups, drains"
         ),
-        "max_backup_age_hours": Param(
+        "max_backup_age_hours": number_param(
             24,
-            type="number",
-            exclusiveMinimum=0,
+            minimum=0,
+            exclusive_minimum=True,
+            maximum=720,
             description="a verified backup older than this is not enough",
         ),
-        "lock_timeout_ms": Param(1000, type="integer", minimum=1, maximum=10000),
-        "statement_timeout_ms": Param(300000, type="integer", minimum=1000),
-        "lock_retries": Param(3, type="integer", minimum=0, maximum=10),
-        "backfill_batch_size": Param(10000, type="integer", minimum=100),
+        "lock_timeout_ms": number_param(
+            1000, integer=True, minimum=1, maximum=10_000, description="each DDL's wait for its lock"
+        ),
+        "statement_timeout_ms": number_param(
+            300_000, integer=True, minimum=1000, maximum=86_400_000, description="each statement's limit"
+        ),
+        "lock_retries": number_param(
+            3, integer=True, minimum=0, maximum=10, description="tries after a lock timeout"
+        ),
+        "backfill_batch_size": number_param(
+            10_000, integer=True, minimum=100, maximum=100_000, description="rows per backfill transaction"
+        ),
     },
     **run_metrics_callbacks(),
     default_args=default_args(on_failure="critical"),

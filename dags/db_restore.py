@@ -33,8 +33,9 @@ every moment: it is either the old database or the restored one, complete.
 **When it fails:** the log says which: unknown backup id, unverified backup, checksum mismatch
 (file and both checksums), a restore that differs (the table and both values), an existing
 target, a missing confirmation, an approval by the run's own trigger, the schema lock held too
-long (naming the run that holds it). The live database was not touched in any of these cases;
-trigger again once the cause is fixed.
+long (naming the run that holds it), not enough disk (the restore's estimate against the free
+space `APP_DB_DISK_BYTES` or `APP_DB_DISK_FREE_PATH` lets be known, under a 15% margin). The
+live database was not touched in any of these cases; trigger again once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ from datetime import datetime
 
 from airflow.sdk import Param, TriggerRule, dag, task
 
-from execplatform.dag_defaults import APP_DB, BACKUP_BUCKET, BACKUP_PREFIX, BACKUP_VERIFIED, default_args
+from execplatform.dag_defaults import (
+    APP_DB,
+    BACKUP_BUCKET,
+    BACKUP_PREFIX,
+    BACKUP_VERIFIED,
+    default_args,
+    number_param,
+)
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
 from execplatform.operators.approval_operator import SecondPersonApprovalOperator
 from execplatform.operators.backup_operators import (
@@ -84,9 +92,9 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where the over-live branch rej
             pattern=f"^({DATABASE_NAME})?$",
             description="type the live database's name to restore over it",
         ),
-        "lock_wait_seconds": Param(
+        "lock_wait_seconds": number_param(
             900,
-            type="integer",
+            integer=True,
             minimum=1,
             maximum=86_400,
             description="how long the swap waits for a migration, backup or drain",

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 
-from execplatform.dag_defaults import OFFER_FEEDBACK, default_args, schedule_for
+from execplatform.dag_defaults import OFFER_FEEDBACK, default_args, number_param, schedule_for
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
 
 
@@ -38,18 +38,18 @@ from execplatform.notifiers.alert_notifier import run_metrics_callbacks
     doc_md=__doc__,
     tags=["offers", "ml"],
     params={
-        "min_exploration": Param(
-            0.1,
-            type="number",
-            minimum=0,
-            maximum=1,
-            description="traffic share spread evenly over every arm",
+        "min_exploration": number_param(
+            0.1, minimum=0, maximum=1, description="traffic share spread evenly over every arm"
         ),
-        "budget_per_impression_cents": Param(
-            300, type="number", minimum=0, description="expected discount per impression"
+        "budget_per_impression_cents": number_param(  # 5 times the dearest product: never binds
+            300, minimum=0, maximum=100_000, description="expected discount per impression"
         ),
-        "retrain_after_redemptions": Param(
-            500, type="integer", minimum=1, description="new redemptions that trigger a retrain"
+        "retrain_after_redemptions": number_param(
+            500,
+            integer=True,
+            minimum=1,
+            maximum=1_000_000,
+            description="new redemptions that trigger a retrain",
         ),
     },
     **run_metrics_callbacks(),

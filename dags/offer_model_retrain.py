@@ -52,6 +52,7 @@ from execplatform.dag_defaults import (
     MODEL_PROMOTION,
     OFFER_FEEDBACK,
     default_args,
+    number_param,
     schedule_for,
 )
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
@@ -74,27 +75,22 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where the train and rollback b
         "rollback": Param(
             False, type="boolean", description="roll the champion back one step instead of training"
         ),
-        "valid_days": Param(
-            21, type="number", minimum=1, description="most recent days held out for validation"
+        "valid_days": number_param(
+            21, minimum=1, maximum=365, description="most recent days held out for validation"
         ),
-        "margin_auc": Param(
+        "margin_auc": number_param(
             0.002,
-            type="number",
             minimum=-1,
             maximum=1,
             description="AUC a challenger must gain over the champion (negative: may lose)",
         ),
-        "holdout_share": Param(
-            0.1,
-            type="number",
-            minimum=0.01,
-            maximum=0.5,
-            description="share of each segment given no offer",
+        "holdout_share": number_param(
+            0.1, minimum=0.01, maximum=0.5, description="share of each segment given no offer"
         ),
-        "discount_budget_cents": Param(
+        "discount_budget_cents": number_param(
             50_000_000,
-            type="number",
             minimum=0,
+            maximum=10_000_000_000,
             description="expected discount paid over all offers",
         ),
     },

@@ -40,7 +40,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, TriggerRule, dag, task
 
-from execplatform.dag_defaults import default_args, schedule_for
+from execplatform.dag_defaults import default_args, number_param, schedule_for
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
 from execplatform.operators.drain_operator import DrainQueueOperator
 from include.ids import TASK_TYPES
@@ -63,18 +63,20 @@ from include.ids import TASK_TYPES
             items={"type": "string", "enum": list(TASK_TYPES)},
             description="task types to run; empty for all",
         ),
-        "batch_size": Param(
-            100, type="integer", minimum=1, maximum=5000, description="tasks claimed per batch"
+        "batch_size": number_param(
+            100, integer=True, minimum=1, maximum=5000, description="tasks claimed per batch"
         ),
-        "parallelism": Param(
-            4, type="integer", minimum=1, maximum=32, description="parallel drains (mapped tasks)"
+        "parallelism": number_param(
+            4, integer=True, minimum=1, maximum=32, description="parallel drains (mapped tasks)"
         ),
-        "concurrency": Param(
-            16, type="integer", minimum=1, maximum=256, description="handler threads per drain"
+        "concurrency": number_param(
+            16, integer=True, minimum=1, maximum=256, description="handler threads per drain"
         ),
-        "budget_seconds": Param(240, type="integer", minimum=1, description="time budget of each drain"),
-        "report_window_hours": Param(
-            24, type="number", exclusiveMinimum=0, description="bottleneck report window"
+        "budget_seconds": number_param(
+            240, integer=True, minimum=1, maximum=1800, description="time budget of each drain"
+        ),
+        "report_window_hours": number_param(
+            24, minimum=0, exclusive_minimum=True, maximum=720, description="bottleneck report window"
         ),
     },
     **run_metrics_callbacks(),

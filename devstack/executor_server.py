@@ -13,7 +13,8 @@ The answer depends only on the task type, the model, its version and the input, 
 
     POST /admin/faults  {"latency_ms": 50, "fail_next": [503, 400, "slow", ...],
                          "slow_ms": 5000, "model_versions": {"gpt-4.1": "2"},
-                         "models": ["gpt-5"]}   # models are added to the catalog
+                         "models": ["gpt-5"],   # models are added to the catalog
+                         "oversized_bytes": 67108864, "trickle_ms": 200}
     GET  /admin/stats   ->  {"executions", "requests", "in_flight", "pending_faults",
                              "by_digest", "models", "refused_models"}
     POST /admin/reset       (faults, versions, counts, and the catalog back to --models)
@@ -21,8 +22,16 @@ The answer depends only on the task type, the model, its version and the input, 
 A reset first waits for the executions in flight (a "slow" one a client gave up on still
 counts when it ends), so nothing started before a reset is counted after it.
 
-Each entry of ``fail_next`` answers one request: an HTTP status, or ``"slow"`` (sleeps
-``slow_ms`` before answering normally, to provoke client timeouts).
+Each entry of ``fail_next`` answers one request of /v1/execute:
+
+- an HTTP status;
+- ``{"status": 429, "retry_after": "2"}``: that status with a ``Retry-After`` header;
+- ``"slow"``: sleeps ``slow_ms`` before answering normally, to provoke client timeouts;
+- ``"trickle"``: answers normally, its body one byte every ``trickle_ms`` (each read of the
+  client's is quick; only a deadline on the whole answer ends it);
+- ``"oversized"``: a 200 whose body is ``oversized_bytes`` long, its Content-Length sent;
+- ``"oversized_unsized"``: the same without a Content-Length (the body ends when the connection
+  closes), so the client learns its size only by reading it.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import posixpath
 import threading
 import time
 from collections import Counter
@@ -52,6 +62,8 @@ class ExecutorState:
         self.lock = threading.Lock()
         self.latency_ms = latency_ms
         self.slow_ms = 5000.0
+        self.trickle_ms = 200.0
+        self.oversized_bytes = 64 * 1024 * 1024
         self.fail_next: list = []
         self.catalog = frozenset(default_models() if models is None else models)  # what a reset returns to
         self.models = set(self.catalog)
@@ -117,11 +129,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # one line per request would drown the stack's log
         pass
 
-    def _send(self, status: int, body: dict) -> None:
+    def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
@@ -129,15 +143,23 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return json.loads(self.rfile.read(length) or b"{}")
 
+    def _route(self) -> str:
+        """The request's path with its dot segments resolved, as a reverse proxy or most web
+        frameworks resolve them before routing: `/v1/models/a/../../admin/stats` is
+        `/admin/stats`. An encoded `%2F` is not a separator, so it stays inside its segment."""
+        path = urlsplit(self.path).path
+        return posixpath.normpath(path) if path.startswith("/") else path
+
     def do_GET(self) -> None:
         state = self.state
-        if self.path.startswith("/v1/models/"):
-            model = unquote(urlsplit(self.path).path.removeprefix("/v1/models/"))
+        path = self._route()
+        if path.startswith("/v1/models/"):
+            model = unquote(path.removeprefix("/v1/models/"))
             if refusal := state.unknown(model):
                 self._send(404, refusal)
                 return
             self._send(200, {"ai_model": model, "version": state.model_versions.get(model, "1")})
-        elif self.path == "/admin/stats":
+        elif path == "/admin/stats":
             with state.lock:
                 self._send(
                     200,
@@ -151,7 +173,7 @@ class Handler(BaseHTTPRequestHandler):
                         "refused_models": dict(state.refused_models),
                     },
                 )
-        elif self.path == "/health":
+        elif path == "/health":
             self._send(200, {"ok": True})
         else:
             self._send(404, {"error": f"no route {self.path}"})
@@ -163,18 +185,21 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             self._send(400, {"error": f"body is not JSON: {exc}"})
             return
-        if self.path == "/admin/faults":
+        path = self._route()
+        if path == "/admin/faults":
             with state.lock:
                 state.latency_ms = float(body.get("latency_ms", state.latency_ms))
                 state.slow_ms = float(body.get("slow_ms", state.slow_ms))
+                state.trickle_ms = float(body.get("trickle_ms", state.trickle_ms))
+                state.oversized_bytes = int(body.get("oversized_bytes", state.oversized_bytes))
                 state.fail_next = list(body.get("fail_next", state.fail_next))
                 state.model_versions.update(body.get("model_versions", {}))
                 state.models.update(body.get("models", []))
             self._send(200, {"ok": True})
-        elif self.path == "/admin/reset":
+        elif path == "/admin/reset":
             state.reset()
             self._send(200, {"ok": True})
-        elif self.path == "/v1/execute":
+        elif path == "/v1/execute":
             with state.executing():
                 self._execute(body)
         else:
@@ -186,6 +211,14 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(fault, int):
             self._send(fault, {"error": f"injected fault: HTTP {fault}"})
             return
+        if isinstance(fault, dict):
+            status = int(fault.get("status", 503))
+            headers = {"Retry-After": str(fault["retry_after"])} if "retry_after" in fault else {}
+            self._send(status, {"error": f"injected fault: HTTP {status}"}, headers)
+            return
+        if fault in ("oversized", "oversized_unsized"):
+            self._send_oversized(sized=fault == "oversized")
+            return
         time.sleep((state.slow_ms if fault == "slow" else state.latency_ms) / 1000)
         missing = [k for k in ("task_type", "ai_model", "input") if k not in body]
         if missing:
@@ -196,9 +229,47 @@ class Handler(BaseHTTPRequestHandler):
             return
         version = state.model_versions.get(body["ai_model"], "1")
         result = answer(body["task_type"], body["ai_model"], version, body["input"])
+        if fault == "trickle":
+            self._send_trickling(result)
+            return
         with state.lock:
             state.by_digest[result["output"]["digest"]] += 1
         self._send(200, result)
+
+    def _send_oversized(self, sized: bool) -> None:
+        """A 200 of `oversized_bytes` (one JSON string), written until the client hangs up."""
+        size = self.state.oversized_bytes
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if sized:
+            self.send_header("Content-Length", str(size))
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        block = b"x" * (1 << 20)
+        try:
+            self.wfile.write(b'"')
+            for start in range(1, size - 1, len(block)):
+                self.wfile.write(block[: min(len(block), size - 1 - start)])
+            self.wfile.write(b'"')
+        except OSError:  # the client refused it and hung up
+            self.close_connection = True
+
+    def _send_trickling(self, result: dict) -> None:
+        """The answer, its body one byte every `trickle_ms`, until done or the client hangs up."""
+        data = json.dumps(result).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                time.sleep(self.state.trickle_ms / 1000)
+        except OSError:
+            self.close_connection = True
 
 
 def serve(

@@ -395,6 +395,9 @@ def airflow_env(
         env.update(celery_env(ports, secret))
     for conn_id, conn in connections(ports, secret).items():
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    # the stack's PostgreSQL keeps its data in this folder, on this machine: a restore measures the
+    # free space there (include/backup/disk_space.py)
+    env["APP_DB_DISK_FREE_PATH"] = str(folder)
     return env
 
 

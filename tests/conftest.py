@@ -76,6 +76,7 @@ def local_stack(tmp_path_factory):
     running stack and production read them.
     """
     from devstack.stack import LocalStack, connections
+    from include.backup.disk_space import DISK_FREE_PATH
 
     refuse_outside_the_server_tiers("local_stack")
     stack = LocalStack(tmp_path_factory.mktemp("stack"), with_airflow=False, api_port=0)
@@ -84,11 +85,13 @@ def local_stack(tmp_path_factory):
     except BaseException:
         stack.stop()
         raise
-    saved = {k: v for k, v in os.environ.items() if k.startswith("AIRFLOW_CONN_")}
+    ours = ("AIRFLOW_CONN_", DISK_FREE_PATH)
+    saved = {k: v for k, v in os.environ.items() if k.startswith(ours)}
     for conn_id, conn in connections(stack.ports, stack.secret).items():
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    os.environ[DISK_FREE_PATH] = str(stack.folder)  # as the stack tells Airflow: its server is here
     yield stack
-    for key in [k for k in os.environ if k.startswith("AIRFLOW_CONN_")]:
+    for key in [k for k in os.environ if k.startswith(ours)]:
         del os.environ[key]
     os.environ.update(saved)
     stack.stop()

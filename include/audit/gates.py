@@ -29,6 +29,20 @@ DEFAULT_LIMITS: dict[str, float] = {
     "model_fresh_min_rows": 200,  # fewer fresh rows than this cannot vouch for the model
     "payments_reconcile_days": 30,  # the window of Stripe charges reconciled with the ledger
     "log_scan_hours": 26,  # task logs modified this recently are scanned for secrets
+    "worker_session_hours": 26,  # the roles the queue workers recorded this recently are checked
+}
+# The most each limit may be set to (its DAG param's maximum; the audit refuses a larger one).
+LIMIT_MAXIMA: dict[str, float] = {
+    "expired_lease_minutes": 7 * 24 * 60,
+    "backup_max_age_hours": 30 * 24,
+    "pending_revision_days": 365,
+    "backup_restore_max_minutes": 24 * 60,
+    "model_min_auc": 1,
+    "model_fresh_days": 365,
+    "model_fresh_min_rows": 10_000_000,
+    "payments_reconcile_days": 365,
+    "log_scan_hours": 30 * 24,
+    "worker_session_hours": 30 * 24,
 }
 
 
@@ -67,6 +81,9 @@ class Services(Protocol):
 
     def task_log_folder(self) -> Path:
         """Where Airflow writes task logs."""
+
+    def worker_dsn(self) -> str:
+        """The libpq DSN exactly as the queue workers (drains, the reaper) open their sessions."""
 
 
 def _scalar(cur, query: str, params: Mapping | tuple = ()) -> Any:
@@ -547,17 +564,14 @@ def security_api_requires_login(
     return Evidence(gate, status in (401, 403), status, "401 or 403", f"GET {url} without a token")
 
 
-def _as_worker(cur, statement) -> str:
-    """What happens when the workers' role runs `statement`: "refused" (no privilege) or what
-    else. A savepoint that is always rolled back keeps nothing of it, the role switch included."""
+def _attempt(cur, statement) -> str:
+    """What happens when the session of `cur` runs `statement`: "refused" (no privilege) or what
+    else. A savepoint that is always rolled back keeps nothing of it."""
     import psycopg2
-    from psycopg2 import errors, sql
-
-    from include.migrations.db_roles import WORKER_ROLE
+    from psycopg2 import errors
 
     cur.execute("SAVEPOINT worker_probe")
     try:
-        cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(WORKER_ROLE)))
         # a refused DDL never waits; an allowed one must not hang
         cur.execute("SET LOCAL lock_timeout = '2s'")
         try:
@@ -584,20 +598,101 @@ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
 ORDER BY 1, 2
 """
 
+WORKER_SESSIONS_QUERY = (
+    "SELECT db_role, login_role, last_owner, last_seen FROM worker_sessions "
+    "WHERE last_seen > now() - %(hours)s * interval '1 hour' ORDER BY last_seen DESC"
+)
 
-def security_worker_role_is_dml_only(
-    cur, limits: Mapping[str, float], services: Services | None = None
-) -> Evidence:
-    """The workers' role (`include.migrations.db_roles.WORKER_ROLE`) holds no privilege beyond
-    `WORKER_GRANTS` on any table or column, no CREATE on the database or schema, no powerful
-    attribute, no membership in an owner's role; and tried for real (as that role, rolled
-    back), a CREATE TABLE, an ALTER TABLE and a read of every other table are refused."""
+
+def _worker_session_attempts(dsn: str, cur) -> tuple[dict[str, Any], list[str]]:
+    """A session opened as the workers open theirs: its role, and what it may do, tried for real
+    (a CREATE TABLE, an ALTER TABLE, a read of every table the workers do not read; each rolled
+    back). (observed, problems)."""
+    import psycopg2
     from psycopg2 import sql
 
     from include.migrations.db_roles import WORKER_GRANTS, WORKER_ROLE
 
+    try:
+        conn = psycopg2.connect(dsn)
+    except psycopg2.Error as exc:
+        problem = f"a worker session could not be opened: {type(exc).__name__}: {str(exc).strip()}"
+        return {"error": problem}, [problem]
+    try:
+        with conn.cursor() as worker:
+            worker.execute("SELECT current_user, session_user")
+            role, login = worker.fetchone()
+            problems = (
+                []
+                if role == WORKER_ROLE
+                else [f"the workers' sessions run as {role!r} (login {login!r}), not {WORKER_ROLE!r}"]
+            )
+            attempts = {"CREATE TABLE": "CREATE TABLE public.audit_worker_probe (id int)"}
+            cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
+            tables = [r[0] for r in cur.fetchall()]
+            if "execution_tasks" in tables:
+                attempts["ALTER TABLE execution_tasks"] = (
+                    "ALTER TABLE public.execution_tasks ADD COLUMN audit_worker_probe int"
+                )
+            readable = {t for t, p in WORKER_GRANTS.items() if "SELECT" in p}
+            read = sql.SQL("SELECT 1 FROM {} LIMIT 0")
+            attempts.update(
+                {f"read {t}": read.format(sql.Identifier("public", t)) for t in tables if t not in readable}
+            )
+            outcomes = {what: _attempt(worker, statement) for what, statement in attempts.items()}
+        conn.rollback()
+    finally:
+        conn.close()
+    problems += [f"{what}: {outcome}" for what, outcome in outcomes.items() if outcome != "refused"]
+    observed = {
+        "role": role,
+        "login": login,
+        "attempts_refused": sum(o == "refused" for o in outcomes.values()),
+    }
+    return observed, problems
+
+
+def _recorded_worker_roles(cur, hours: float) -> tuple[Any, list[str]]:
+    """The roles the drains and the reaper recorded running as (worker_sessions, revision 0009)
+    over the last `hours`: (observed, problems)."""
+    from include.migrations import table_exists
+    from include.migrations.db_roles import WORKER_ROLE
+
+    if not table_exists(cur, "worker_sessions"):
+        return "not recorded before revision 0009", []
+    cur.execute(WORKER_SESSIONS_QUERY, {"hours": hours})
+    rows = cur.fetchall()
+    problems = [
+        f"a worker ran as {role!r} (login {login!r}, {owner}, last seen {seen:%Y-%m-%d %H:%M:%S%z})"
+        for role, login, owner, seen in rows
+        if role != WORKER_ROLE
+    ]
+    return sorted({f"{role} (login {login})" for role, login, _, _ in rows}), problems
+
+
+def security_worker_role_is_dml_only(
+    cur, limits: Mapping[str, float], services: Services | None = None
+) -> Evidence:
+    """The queue workers hold DML on their tables and nothing else, and really run as the role
+    that holds it:
+
+    - the role (`include.migrations.db_roles.WORKER_ROLE`) holds no privilege beyond
+      `WORKER_GRANTS` on any table or column, no CREATE on the database or schema, no powerful
+      attribute, no membership in an owner's role;
+    - a session opened exactly as the workers open theirs (`services.worker_dsn()`, what
+      DrainQueueOperator and the reaper call) runs as that role, and in it (rolled back) a CREATE
+      TABLE, an ALTER TABLE and a read of every other table are refused;
+    - every role the drains and the reaper recorded running as (`worker_sessions`) over the last
+      `worker_session_hours` is that role: a drain that connected as the owner fails the gate.
+    """
+    from include.migrations.db_roles import WORKER_GRANTS, WORKER_ROLE
+
     gate = "security_worker_role_is_dml_only"
-    limit = {t: list(p) for t, p in WORKER_GRANTS.items()}
+    limit = {
+        "role": WORKER_ROLE,
+        "grants": {t: list(p) for t, p in WORKER_GRANTS.items()},
+        "sessions_within_hours": limits["worker_session_hours"],
+    }
     cur.execute(
         "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles "
         "WHERE rolname = %s",
@@ -641,27 +736,23 @@ def security_worker_role_is_dml_only(
         {"role": WORKER_ROLE},
     )
     problems += [f"member of the owner role {r[0]}" for r in cur.fetchall()]
-    attempts = {"CREATE TABLE": "CREATE TABLE public.audit_worker_probe (id int)"}
-    cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
-    tables = [r[0] for r in cur.fetchall()]
-    if "execution_tasks" in tables:
-        attempts["ALTER TABLE execution_tasks"] = (
-            "ALTER TABLE public.execution_tasks ADD COLUMN audit_worker_probe int"
-        )
-    readable = {t for t, p in WORKER_GRANTS.items() if "SELECT" in p}
-    read = sql.SQL("SELECT 1 FROM {} LIMIT 0")
-    attempts.update(
-        {f"read {t}": read.format(sql.Identifier("public", t)) for t in tables if t not in readable}
-    )
-    outcomes = {what: _as_worker(cur, statement) for what, statement in attempts.items()}
-    problems += [f"{what}: {outcome}" for what, outcome in outcomes.items() if outcome != "refused"]
+    if services is None:
+        session: Any = "not checked: no way to open a worker session (no services)"
+        problems.append(session)
+    else:
+        session, found = _worker_session_attempts(services.worker_dsn(), cur)
+        problems += found
+    recorded, found = _recorded_worker_roles(cur, limits["worker_session_hours"])
+    problems += found
     observed = {
         "role": WORKER_ROLE,
         "held": sorted({f"{p} on {t}" for t, p in held}),
-        "attempts_refused": sum(o == "refused" for o in outcomes.values()),
+        "worker_session": session,
+        "recorded_sessions": recorded,
         "problems": problems,
     }
-    return Evidence(gate, not problems, observed, limit, WORKER_PRIVILEGES_QUERY.strip())
+    query = WORKER_PRIVILEGES_QUERY.strip() + ";\n" + WORKER_SESSIONS_QUERY
+    return Evidence(gate, not problems, observed, limit, query)
 
 
 # The connections (include.ids) and settings whose secrets must never reach a task log.

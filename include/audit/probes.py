@@ -16,9 +16,11 @@ entry point did with it:
 
 The groups, each a function below: `queue_probes` (TaskQueue.enqueue), `handler_probes`
 (payload validation, ai_model format), `executor_probes` (a well-formed ai_model the task
-executor does not serve), `offer_probes` (Stripe charges into the ROI ledger),
-`training_probes` (offer-model training rows) and `param_probes` (every param of every DAG
-in the dags folder, against its Param schema).
+executor does not serve), `hostile_executor_probes` (the executor client, with the configured
+executor's limits, against a hostile executor on loopback: an oversized answer, with and without
+its size announced, and one trickled a byte at a time), `offer_probes` (Stripe charges into the
+ROI ledger), `training_probes` (offer-model training rows) and `param_probes` (every param of
+every DAG in the dags folder, against its Param schema).
 
 Every value a probe sends carries the run's marker, so the audit can also search production
 for it afterwards (`marker_hits`): a probe that leaked out of the sandbox would be found.
@@ -27,6 +29,8 @@ for it afterwards (`marker_hits`): a probe that leaked out of the sandbox would 
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -47,8 +51,21 @@ INJECTIONS = (
     "'); COPY users TO PROGRAM 'id'; --",
 )
 OVERSIZED_CHARS = 5_000_000  # a 5 MB prompt: 250 times the handlers' limit
-# what every DAG param is sent: each injection, wrong JSON types, a huge negative number
-HOSTILE_PARAM_VALUES = (*INJECTIONS, [INJECTIONS[1]], {"$gt": ""}, -(10**12))
+# what every DAG param is sent: each injection, wrong JSON types, huge numbers either way, and
+# what is not a finite number (a trigger's JSON may carry NaN: Python's reader takes it)
+HOSTILE_PARAM_VALUES = (
+    *INJECTIONS,
+    [INJECTIONS[1]],
+    {"$gt": ""},
+    -(10**12),
+    10**12,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+)
+PROBE_DEADLINE_SECONDS = 5.0  # the hostile executor probes' longest deadline (the audit waits that long)
+# ai_model values that must never reach the executor's URL
+PATH_MODELS = ("a/../../admin/stats", "../admin", "gpt-4.1/../../v1/execute", "%2e%2e", ".hidden")
 
 
 @dataclass(frozen=True)
@@ -192,6 +209,11 @@ def queue_probes(dsn: str, marker: str) -> list[ProbeResult]:
             task_type="idea", payload=_payload(marker), ai_model=f"GPT 4 Turbo!! {marker}"
         ),
         "enqueue_negative_max_attempts": dict(task_type="idea", payload=_payload(marker), max_attempts=-1),
+        # the retry backoff raised 2 to the attempt: past 1024 it overflowed the batch's statement
+        "enqueue_huge_max_attempts": dict(task_type="idea", payload=_payload(marker), max_attempts=10**6),
+        "enqueue_path_in_ai_model": dict(
+            task_type="idea", payload=_payload(marker), ai_model=f"a/../../admin/stats-{marker}"
+        ),
         "enqueue_priority_out_of_range": dict(task_type="idea", payload=_payload(marker), priority=10**9),
     }
     results = []
@@ -291,7 +313,7 @@ def handler_probes(marker: str) -> list[ProbeResult]:
         )
         for probe, (task_type, payload) in cases.items()
     ]
-    for i, model in enumerate((INJECTIONS[0], "GPT 4 Turbo!!", "x" * 200)):
+    for i, model in enumerate((INJECTIONS[0], "GPT 4 Turbo!!", "x" * 200, *PATH_MODELS)):
         task = ClaimedTask(0, "idea", good, model, 1, 5, "", 0.0)
         results.append(
             _refusal(
@@ -471,6 +493,109 @@ def executor_probes(executor: ExecutorClient | None, marker: str) -> list[ProbeR
     ]
 
 
+@contextmanager
+def hostile_executor(trickle_seconds_per_byte: float, oversized_bytes: int) -> Iterator[str]:
+    """A hostile AI executor on loopback, for as long as the block runs (its URL yielded). Every
+    model exists; `POST /v1/execute` answers according to the task's input `fault`: `oversized`
+    (a 200 announcing `oversized_bytes`, then sending them), `oversized_unsized` (the same
+    without a Content-Length: the body ends when the connection does), `trickle` (a small
+    answer, one byte every `trickle_seconds_per_byte`)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Hostile(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = b'{"version": "1"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            fault = json.loads(self.rfile.read(length) or b"{}").get("input", {}).get("fault")
+            self.send_response(200)
+            if fault == "trickle":
+                body = json.dumps({"output": {"summary": "x" * 200}, "model_version": "1"}).encode()
+                self.send_header("Content-Length", str(len(body)))
+            elif fault == "oversized":
+                body = b" " * oversized_bytes
+                self.send_header("Content-Length", str(oversized_bytes))
+            else:
+                body = b" " * oversized_bytes
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            try:
+                if fault == "trickle":
+                    for i in range(len(body)):
+                        self.wfile.write(body[i : i + 1])
+                        time.sleep(trickle_seconds_per_byte)
+                else:
+                    for start in range(0, len(body), 1 << 20):
+                        self.wfile.write(body[start : start + (1 << 20)])
+            except OSError:  # the client hung up, as it should
+                self.close_connection = True
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def hostile_executor_probes(executor: ExecutorClient | None, marker: str) -> list[ProbeResult]:
+    """The executor client with the configured executor's limits (its largest answer, and its
+    deadline, at most PROBE_DEADLINE_SECONDS), against `hostile_executor`: an answer over the
+    limit must be refused without being read whole (announced or not), and one trickled a byte at
+    a time must be cut at the deadline, each within the deadline and a little. Without a
+    configured executor: UNCHECKED."""
+    from include.execution.executor_client import ExecutorClient
+    from include.execution.task_handlers import PermanentError, RetryableError
+
+    entry_point = "executor_client.ExecutorClient"
+    names = ("oversized", "oversized_unsized", "trickle")
+    if executor is None:
+        return [
+            ProbeResult(f"executor_{n}_answer", entry_point, "UNCHECKED", "no task executor is configured")
+            for n in names
+        ]
+    # the connection's deadline, at most PROBE_DEADLINE_SECONDS: the trickle probe lasts that long
+    deadline, cap = min(executor.timeout_seconds, PROBE_DEADLINE_SECONDS), executor.max_response_bytes
+    trickle = min(0.2, deadline / 20)  # 20 bytes or more before the deadline: each read is quick
+    results = []
+    with hostile_executor(trickle, cap + 1) as url:
+        client = ExecutorClient(url, timeout_seconds=deadline, retries=0, max_response_bytes=cap)
+        for name in names:
+            started = time.monotonic()
+            refused = (PermanentError,) if name.startswith("oversized") else (RetryableError,)
+            try:
+                result = _refusal(
+                    f"executor_{name}_answer",
+                    entry_point,
+                    lambda n=name: client.execute("idea", "probe", {"fault": n, "marker": marker}),
+                    refused,
+                )
+            except Exception as exc:  # read whole, then refused as something else
+                reason = f"not refused for what it is: {type(exc).__name__}: {exc}"
+                result = ProbeResult(f"executor_{name}_answer", entry_point, "ACCEPTED", reason[:300])
+            took = time.monotonic() - started
+            if result.held and took > deadline + 5:
+                result = ProbeResult(
+                    result.probe, entry_point, "ACCEPTED", f"refused only after {took:.1f} s: {result.reason}"
+                )
+            results.append(result)
+        client.close()
+    return results
+
+
 def dag_params(dags_folder: str | Path) -> tuple[dict[str, Mapping[str, Any]], dict[str, str]]:
     """Every DAG's params (airflow Param objects by name) in `dags_folder`, parsed the way the
     dag-processor parses it (DagBag), and the files that failed to import, with their error.
@@ -545,6 +670,7 @@ def run_all(sandbox_dsn: str, marker: str, executor: ExecutorClient | None) -> l
     results = queue_probes(sandbox_dsn, marker) if present["queue"] else []
     results += handler_probes(marker)
     results += executor_probes(executor, marker)
+    results += hostile_executor_probes(executor, marker)
     results += offer_probes(sandbox_dsn, marker) if present["offers"] else []
     return results + training_probes(marker)
 

@@ -397,6 +397,12 @@ def drain(
     One statement per step: the first claims, each later one settles what has finished and
     claims as many as the batch has room for, while the tasks still running go on. `queue`
     (optional) is an open TaskQueue to use (and leave open)."""
+    from include.bounds import bounded
+
+    # NaN or infinity would never run out (`elapsed >= nan` is never true): the drain would not stop
+    budget_seconds = bounded("budget_seconds", budget_seconds, low=0, low_open=True, high=86_400)
+    batch_size = bounded("batch_size", batch_size, low=1, high=100_000, integer=True)
+    concurrency = bounded("concurrency", concurrency, low=1, high=1024, integer=True)
     summary = DrainSummary()
     started = time.monotonic()
     own_queue = queue is None
@@ -404,6 +410,7 @@ def drain(
         queue = TaskQueue(
             dsn, owner=owner, lease_seconds=lease_seconds, backoff_base_seconds=backoff_base_seconds
         )
+        queue.record_session()  # the role this drain runs as, for the audit
     keeper = LeaseKeeper(dsn, queue.owner, queue.lease_seconds)
     try:
         with HandlerRunner(concurrency, handlers, services) as runner:

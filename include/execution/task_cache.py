@@ -27,6 +27,11 @@ namespace names the ai_model). Entries are hashes ``{value, created}``.
   :meth:`get_or_compute` that follows computes at once, without a lookup of its own
   (:meth:`release_reservations` frees the locks of the computations that never came). Nothing is
   kept in process memory: each answer is a read of Redis made after the caller asked.
+- Values that are not JSON: an answer holding NaN or an infinity (which `json.dumps` writes, but
+  no JSON reader or jsonb takes) is never stored, so it cannot be served for a day to every task
+  with that input; an entry that does not read back as strict JSON (written by anything else, or
+  damaged) counts as a miss, and is deleted (unless rewritten meanwhile), so one bad entry never
+  fails a batch (``discarded``).
 - Redis down: the call computes uncached, the failure is counted (``errors``) and the
   ``on_unavailable`` callback fires once; the cache object then stays uncached for its life
   (one batch), so a dead server costs one failed round trip, not one per task. The cache
@@ -135,6 +140,33 @@ end
 return out
 """
 
+# _READ_BATCH's lookups again, when its JSON answer did not parse (an entry holding what is not
+# JSON): KEYS and ARGV as for _READ_BATCH -> the version read per namespace, then per lookup
+# {raw value or false, 1 if its lock holds the token}. It slides nothing and takes no lock: the
+# _READ_BATCH call before it did both.
+_READ_BATCH_RAW = """
+local token = ARGV[3]
+local out = {}
+for g = 1, #KEYS do
+  local version = redis.call('GET', KEYS[g]) or '0'
+  out[#out + 1] = version
+  local prefix, digests = ARGV[g * 3 + 1], ARGV[g * 3 + 3]
+  for s = 1, #digests, 64 do
+    local key = prefix .. ':v' .. version .. ':' .. string.sub(digests, s, s + 63)
+    local mine = 0
+    if token ~= '' and redis.call('GET', key .. ':lock') == token then mine = 1 end
+    out[#out + 1] = {redis.call('HGET', key, 'value') or false, mine}
+  end
+end
+return out
+"""
+
+# KEYS: [entry key]; ARGV: [the value found] -> 1 if deleted (not when rewritten meanwhile)
+_DISCARD = """
+if redis.call('HGET', KEYS[1], 'value') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # KEYS: [lock key]; ARGV: [token]
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -200,6 +232,19 @@ class _Grouped:
 
 
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+_VALUE_JSON = json.JSONEncoder(allow_nan=False)  # what a stored answer is written with
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)  # NaN, Infinity: not JSON
+
+
+def _strict_loads(raw: bytes | str) -> Any:
+    """A stored value (or a batch answer) read as strict JSON; ValueError otherwise."""
+    return _STRICT_JSON.decode(raw.decode() if isinstance(raw, bytes) else raw)
 
 
 def key_digest(parts: Mapping[str, Any]) -> str:
@@ -211,6 +256,7 @@ class NamespaceStats:
     hits: int = 0
     misses: int = 0
     errors: int = 0
+    discarded: int = 0  # entries that did not read back as JSON (deleted), answers not storable
     hit_seconds: float = 0.0
     miss_seconds: float = 0.0
 
@@ -224,6 +270,7 @@ class NamespaceStats:
             "hits": self.hits,
             "misses": self.misses,
             "errors": self.errors,
+            "discarded": self.discarded,
             "hit_seconds": self.hit_seconds,
             "miss_seconds": self.miss_seconds,
             "hit_ratio": self.hit_ratio,
@@ -263,6 +310,8 @@ class TaskCache:
         self._lock = threading.Lock()
         self._read_many = redis_client.register_script(_READ_MANY)
         self._read_batch = redis_client.register_script(_READ_BATCH)
+        self._read_batch_raw = redis_client.register_script(_READ_BATCH_RAW)
+        self._discard = redis_client.register_script(_DISCARD)
         self._lookups = _Grouped(self._send_lookups, MAX_GROUPED)
         self._writes = _Grouped(self._send_writes, MAX_GROUPED)
         self._computing: dict[str, threading.Event] = {}  # entry keys computed in this process
@@ -334,15 +383,23 @@ class TaskCache:
         deadline = time.monotonic() + self.wait_seconds
         pause = 0.002
         reserved_for_us = reserved is not None
+        discarded = False
         while True:
             if reserved is not None:  # get_many found it missing and took its lock for us
                 (version, token), raw, locked, reserved = reserved, None, True, None
             else:
                 token = uuid.uuid4().hex
                 version, raw, locked = self._lookup(namespace, digest, token)
-            if raw:
-                return json.loads(raw), True
             entry_key = self._entry_key(namespace, version, digest)
+            if raw:
+                try:
+                    return _strict_loads(raw), True
+                except ValueError:  # not JSON: a miss, and gone for the next caller
+                    self._drop_bad_entry(namespace, entry_key, raw)
+                    if discarded:  # back again at once (another writer): answer without the cache
+                        return compute(), False
+                    discarded = True
+                    continue
             lock_key = self._lock_key(entry_key)
             if locked:
                 done = threading.Event()
@@ -350,14 +407,17 @@ class TaskCache:
                     self._computing[entry_key] = done
                 try:
                     value = compute()
+                    text = self._storable(namespace, value)
                 except BaseException:
                     self._release(keys=[lock_key], args=[token])
                     raise
                 else:
-                    stored = self._writes(
+                    stored = text is not None and self._writes(
                         (self._version_key(namespace), entry_key, lock_key),
-                        (version, token, json.dumps(value), self.ttl_for(namespace)),
+                        (version, token, text, self.ttl_for(namespace)),
                     )
+                    if text is None:
+                        self._release(keys=[lock_key], args=[token])
                     if stored and reserved_for_us:
                         with self._lock:
                             self._stored.add((namespace, digest))
@@ -375,6 +435,22 @@ class TaskCache:
             else:  # by another process: look again soon
                 time.sleep(pause)
                 pause = min(pause * 2, 0.02)
+
+    def _storable(self, namespace: str, value: Any) -> str | None:
+        """`value` as the JSON text stored, or None (counted as discarded) for a value that JSON
+        cannot hold: NaN, an infinity, or what is not JSON at all."""
+        try:
+            return _VALUE_JSON.encode(value)
+        except (TypeError, ValueError):
+            with self._lock:
+                self.stats[namespace].discarded += 1
+            return None
+
+    def _drop_bad_entry(self, namespace: str, entry_key: str, raw: bytes) -> None:
+        """Delete an entry that does not read back as JSON, unless it was rewritten meanwhile."""
+        self._discard(keys=[entry_key], args=[raw])
+        with self._lock:
+            self.stats[namespace].discarded += 1
 
     def _lookup(self, namespace: str, digest: str, token: str) -> tuple[str, bytes | None, bool]:
         """(version, raw value or None, lock taken): this lookup goes to Redis with whatever
@@ -437,9 +513,11 @@ class TaskCache:
                 for namespace, digests in by_namespace.items():
                     args += (f"tc:{namespace}", self.ttl_for(namespace), "".join(digests))
                 locked_until = time.monotonic() + self.lock_seconds
-                answers = json.loads(
-                    self._read_batch(keys=[self._version_key(ns) for ns in by_namespace], args=args)
-                )
+                version_keys = [self._version_key(ns) for ns in by_namespace]
+                try:
+                    answers = _strict_loads(self._read_batch(keys=version_keys, args=args))
+                except ValueError:  # an entry holds what is not JSON: read them one by one
+                    answers = self._reread_batch(version_keys, args, by_namespace)
                 versions = dict(zip(by_namespace, answers, strict=False))
                 order = [(ns, digest) for ns, digests in by_namespace.items() for digest in digests]
                 for key, answer in zip(order, answers[len(by_namespace) :], strict=True):
@@ -459,6 +537,30 @@ class TaskCache:
                 self.stats[namespace].hits += n
                 self.stats[namespace].hit_seconds += share * n
         return found
+
+    def _reread_batch(
+        self, version_keys: list[str], args: list[Any], by_namespace: dict[str, list[str]]
+    ) -> list:
+        """_READ_BATCH's answer rebuilt from each entry read apart (its JSON text did not parse):
+        entries that are not JSON are deleted and answered as misses (their lock was not taken:
+        they were found)."""
+        raw = self._read_batch_raw(keys=version_keys, args=args)
+        versions = [v.decode() if isinstance(v, bytes) else str(v) for v in raw[: len(by_namespace)]]
+        answers: list[Any] = list(versions)
+        lookups = [(ns, digest) for ns, digests in by_namespace.items() for digest in digests]
+        version_of = dict(zip(by_namespace, versions, strict=True))
+        for (namespace, digest), (value, mine) in zip(lookups, raw[len(by_namespace) :], strict=True):
+            if value is None:
+                answers.append(1 if mine else 0)
+                continue
+            try:
+                answers.append([_strict_loads(value)])
+            except ValueError:
+                self._drop_bad_entry(
+                    namespace, self._entry_key(namespace, version_of[namespace], digest), value
+                )
+                answers.append(0)
+        return answers
 
     def serve_waiters(self, namespace: str, parts: Mapping[str, Any], waiters: int) -> bool:
         """Whether the computation of `parts` that :meth:`get_many` reserved stored its answer,

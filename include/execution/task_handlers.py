@@ -28,8 +28,9 @@ if TYPE_CHECKING:
     from include.execution.executor_client import ExecutorClient
 
 DEFAULT_AI_MODEL = "default"  # rows enqueued before ai_model existed run on the executor's default
-# what the CHECK enforces (0002; 0008 rewrote it)
-AI_MODEL_FORMAT = re.compile(r"^[a-z0-9][a-z0-9._:/-]{0,63}$")
+# what the CHECK enforces (0002; 0008 rewrote it; 0009 took "/" out). The executor client puts
+# the model in a URL path: no "/", and a first character that is not "." (so no "." or "..").
+AI_MODEL_FORMAT = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,63}$")
 MAX_PROMPT_CHARS = 20_000
 
 
@@ -94,9 +95,10 @@ def validate_payload(task_type: str, payload: Any) -> dict:
     for name, kind in OPTIONAL_INPUTS.items():
         if name in inputs and not _is(kind, inputs[name]):
             raise PermanentError(f"payload.inputs.{name} must be {kind}, got {inputs[name]!r:.80}")
-    # normalised: what determines the answer, in a canonical order (the cache key hashes it)
+    # what determines the answer, in a canonical order (the cache key hashes it); the prompt as
+    # written: its whitespace is meaning (code's indentation), not noise
     return {
-        "prompt": " ".join(payload["prompt"].split()),
+        "prompt": payload["prompt"],
         "repo": payload["repo"].strip(),
         "inputs": {k: inputs[k] for k in sorted(inputs)},
     }

@@ -45,6 +45,10 @@ from typing import Any
 DEFAULT_LEASE_SECONDS = 300.0
 DEFAULT_BACKOFF_BASE_SECONDS = 5.0
 DEFAULT_BACKOFF_CAP_SECONDS = 600.0
+# The retry backoff doubles per attempt up to its cap; the exponent stops at 60 (2**1024 overflows
+# float8, and one row past attempt 1024 failed the statement that settles a whole batch).
+MAX_BACKOFF_SECONDS = 30 * 24 * 3600.0
+MAX_ATTEMPTS = 100  # per task; revision 0009's CHECK holds the table to it too
 # A claim and another worker's settle can wait on each other. SKIP LOCKED skips the rows locked
 # now, but a claim whose snapshot still sees a row as queued after another worker claimed it
 # locks the row's newest version to recheck it, and keeps that lock until its statement ends; and
@@ -128,7 +132,7 @@ WITH succeeded AS (
                          WHEN t.attempts >= t.max_attempts THEN 'dead' ELSE 'queued' END,
            available_at = CASE WHEN f.retryable AND t.attempts < t.max_attempts
                THEN now() + make_interval(secs => least(%(cap)s::float8, %(base)s::float8 * power(2,
-                   t.attempts - 1)))
+                   least(t.attempts - 1, 60))))
                ELSE t.available_at END,
            error = CASE WHEN f.retryable AND t.attempts >= t.max_attempts
                THEN format('gave up after %%s attempts: %%s', t.attempts, f.error) ELSE f.error END,
@@ -158,6 +162,14 @@ WITH succeeded AS (
 SELECT 'c', id, task_type, payload::text, ai_model, attempts, max_attempts, wait_ms FROM claimed
 UNION ALL SELECT 's', id, NULL, NULL, NULL, NULL, NULL, NULL FROM succeeded
 UNION ALL SELECT 'f', id, status, NULL, NULL, NULL, NULL, NULL FROM failed
+"""
+
+
+# What a worker session runs as (revision 0009's table, read by the audit's worker-role gate).
+RECORD_SESSION = """
+INSERT INTO worker_sessions (db_role, login_role, last_owner) VALUES (current_user, session_user, %s)
+ON CONFLICT (db_role, login_role) DO UPDATE SET last_owner = EXCLUDED.last_owner, last_seen = now()
+RETURNING db_role
 """
 
 
@@ -236,10 +248,16 @@ class TaskQueue:
     ) -> None:
         import psycopg2
 
+        from include.bounds import bounded
+
         self.owner = owner or default_owner()
-        self.lease_seconds = lease_seconds
-        self.backoff_base_seconds = backoff_base_seconds
-        self.backoff_cap_seconds = backoff_cap_seconds
+        self.lease_seconds = bounded("lease_seconds", lease_seconds, low=0, low_open=True, high=86_400)
+        self.backoff_cap_seconds = bounded(
+            "backoff_cap_seconds", backoff_cap_seconds, low=0, high=MAX_BACKOFF_SECONDS
+        )
+        self.backoff_base_seconds = bounded(
+            "backoff_base_seconds", backoff_base_seconds, low=0, high=self.backoff_cap_seconds
+        )
         self.conn = psycopg2.connect(dsn)
         self.conn.autocommit = True
         self.statements = 0  # statements sent (each one round trip; one commit outside transaction())
@@ -315,6 +333,20 @@ class TaskQueue:
                 _schema_guard(exc)
                 raise
 
+    def record_session(self) -> str | None:
+        """Record in `worker_sessions` the role this session runs as (``current_user``) and its
+        login, for the audit's worker-role gate; returns the role. None, with nothing recorded,
+        before revision 0009 made the table, or (logged) when the role may not write it."""
+        import psycopg2.errors
+
+        try:
+            return self._run(RECORD_SESSION, (self.owner[:200],))[0][0]
+        except psycopg2.errors.UndefinedTable:
+            return None
+        except psycopg2.errors.InsufficientPrivilege as exc:
+            logger.warning("this worker session could not record its role: %s", str(exc).strip())
+            return None
+
     # -- producing ---------------------------------------------------------------------------
 
     def enqueue(
@@ -346,7 +378,19 @@ class TaskQueue:
     def enqueue_many(self, tasks: Sequence[dict]) -> list[int]:
         """Ids in the order of `tasks`; a key seen before (in the table or earlier in the list)
         returns the id of the row that holds it, and nothing is inserted for it. A payload that
-        jsonb cannot hold raises ValueError naming the task's index, before anything is written."""
+        jsonb cannot hold, or a `max_attempts` outside 1 to MAX_ATTEMPTS, raises ValueError
+        naming the task's index, before anything is written."""
+        for i, t in enumerate(tasks):
+            attempts = t.get("max_attempts", 5)
+            if (
+                isinstance(attempts, bool)
+                or not isinstance(attempts, int)
+                or not 1 <= attempts <= MAX_ATTEMPTS
+            ):
+                raise ValueError(
+                    f"task {i}'s max_attempts must be an integer from 1 to {MAX_ATTEMPTS}, "
+                    f"got {attempts!r:.40}"
+                )
         rows = [
             (
                 t["task_type"],

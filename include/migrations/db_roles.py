@@ -1,25 +1,35 @@
 """The task workers' database role: DML on the queue's tables and nothing else.
 
 `app` owns the app schema (migrations run as it, so it can run any DDL). The task-batch
-workers need much less: the queue and its metrics. `app_worker` holds exactly that, so a
-worker session that switches to it (`SET ROLE app_worker`) cannot alter the schema nor read
-payments, users, backups or audits. The role is cluster-wide and created by a superuser
-(`ensure_worker_role`, run by the local stack on every start); its grants live in the app
-database and are (re)applied by its owner (`grant_worker_privileges`, same place), so tables
-that a migration adds to `WORKER_GRANTS` get theirs at the next start. Both are idempotent.
+workers need much less: the queue and its metrics. `app_worker` holds exactly that, and every
+session a worker opens runs as it (`WORKER_SESSION_OPTIONS`, libpq's `options`, applied by
+`AppDatabaseHook.worker_dsn()`): it cannot alter the schema nor read payments, users, backups or
+audits. Set at connect, the role is also what a `RESET ROLE` returns to.
 
-The adversarial audit's `security_worker_role_is_dml_only` gate checks this from the outside.
+The role is cluster-wide and created by a superuser (`ensure_worker_role`: the local stack on
+every start, `python -m include.migrations.db_roles` in docker compose and production). Its
+grants live in the app database and are applied by the tables' owner
+(`grant_worker_privileges`): after every revision, in the revision's own transaction
+(include/migrations/env.py), so a table a migration adds to `WORKER_GRANTS` has its grants the
+moment it exists; and on every start of the local stack. Both are idempotent.
+
+The adversarial audit's `security_worker_role_is_dml_only` gate checks this from the outside:
+the role's privileges, a session opened the way the workers open theirs, and the roles the
+workers recorded in `worker_sessions` (include.execution.task_queue.TaskQueue.record_session).
 """
 
 from __future__ import annotations
 
 WORKER_ROLE = "app_worker"
+# libpq `options` of every worker session: the role is switched at connect, before any statement
+WORKER_SESSION_OPTIONS = f"-c role={WORKER_ROLE}"
 
 # table -> the privileges the workers need on it (see include/execution/task_queue.py and drain.py)
 WORKER_GRANTS: dict[str, tuple[str, ...]] = {
     "execution_tasks": ("SELECT", "INSERT", "UPDATE"),
     "task_batch_metrics": ("SELECT", "INSERT", "UPDATE"),
     "task_bottleneck_reports": ("SELECT", "INSERT", "DELETE"),
+    "worker_sessions": ("SELECT", "INSERT", "UPDATE"),  # revision 0009
 }
 
 
@@ -41,21 +51,33 @@ def ensure_worker_role(superuser_cur, member: str) -> None:
 
 
 def grant_worker_privileges(owner_cur) -> list[str]:
-    """Grant the workers' privileges on the tables that exist (run as their owner); returns them."""
+    """Grant the workers' privileges on the tables that exist (run as their owner); returns those
+    tables. Only what the role lacks is granted (a GRANT locks its table, so one that changes
+    nothing is not sent); nothing at all where the role does not exist (a server without it, such
+    as a rehearsal server: the audit's gate fails where it matters)."""
     from psycopg2 import sql
 
+    owner_cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (WORKER_ROLE,))
+    if owner_cur.fetchone() is None:
+        return []
     granted = []
     for table, privileges in WORKER_GRANTS.items():
         owner_cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"public.{table}",))
         if not owner_cur.fetchone()[0]:
             continue  # a later revision creates it
         owner_cur.execute(
-            sql.SQL("GRANT {} ON TABLE {} TO {}").format(
-                sql.SQL(", ").join(sql.SQL(p) for p in privileges),
-                sql.Identifier("public", table),
-                sql.Identifier(WORKER_ROLE),
-            )
+            "SELECT p FROM unnest(%s::text[]) AS p WHERE NOT has_table_privilege(%s, %s::regclass, p)",
+            (list(privileges), WORKER_ROLE, f"public.{table}"),
         )
+        missing = [row[0] for row in owner_cur.fetchall()]
+        if missing:
+            owner_cur.execute(
+                sql.SQL("GRANT {} ON TABLE {} TO {}").format(
+                    sql.SQL(", ").join(sql.SQL(p) for p in missing),
+                    sql.Identifier("public", table),
+                    sql.Identifier(WORKER_ROLE),
+                )
+            )
         granted.append(table)
     return granted
 

@@ -541,15 +541,26 @@ def charges_since(cur) -> int:
 
 
 def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
-    """Attributed and incremental ROI per segment of one assignment, stored in `offer_roi`."""
+    """Attributed and incremental ROI per segment of one assignment, stored in `offer_roi`.
+    An assignment of a free offer (100%, before revision 0009 forbade it) is refused, naming the
+    offers: its cost cannot be derived from what was paid."""
+    from include.offers.roi import DISCOUNT_COST_SQL, FREE_OFFERS_SQL
+
+    cur.execute(FREE_OFFERS_SQL, (model_version_id,))
+    if free := cur.fetchall():
+        named = ", ".join(f"{code} ({float(pct):g}%)" for code, pct in free)
+        raise ValueError(
+            f"model version {model_version_id} assigned offers of 100% or more, whose cost ROI cannot "
+            f"derive from what was paid: {named}; retire them (revision 0009 keeps offers below 100%)"
+        )
     frame = _rows(
         cur,
-        """
+        f"""
         SELECT a.user_id, a.segment, a.holdout, a.offer_id, o.discount_pct::float8 AS discount_pct,
                coalesce(sum(p.amount_cents), 0)::float8 AS revenue,
                coalesce(sum(p.amount_cents) FILTER (WHERE p.offer_id = a.offer_id), 0)::float8
                    AS attributed,
-               coalesce(sum(p.amount_cents * o.discount_pct / (100 - o.discount_pct))
+               coalesce(sum({DISCOUNT_COST_SQL})
                         FILTER (WHERE p.offer_id = a.offer_id), 0)::float8 AS discount_cost
         FROM offer_assignments a
         LEFT JOIN offers o ON o.id = a.offer_id
@@ -557,7 +568,7 @@ def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
                             AND p.status = 'succeeded'
         WHERE a.model_version_id = %s
         GROUP BY a.user_id, a.segment, a.holdout, a.offer_id, o.discount_pct
-        """,
+        """,  # noqa: S608 (a module constant)
         (model_version_id,),
     )
     results = []

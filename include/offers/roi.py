@@ -16,6 +16,24 @@ from typing import Any
 STRIPE_STATUS = {"succeeded": "succeeded", "failed": "failed", "pending": None}
 Z_95 = 1.959963984540054
 
+# What a redeemed offer cost, from what its redeemer paid: the list price is paid / (1 - pct/100),
+# the discount the difference, paid * pct / (100 - pct). A free offer (100%) leaves nothing paid
+# to derive its price from (and divides by zero): the offers table keeps discount_pct below 100
+# (revision 0009), and `compute_roi` refuses an assignment of one before it runs (FREE_OFFERS_SQL).
+DISCOUNT_COST_SQL = "p.amount_cents * o.discount_pct / (100 - o.discount_pct)"
+FREE_OFFERS_SQL = """
+SELECT DISTINCT o.code, o.discount_pct FROM offer_assignments a JOIN offers o ON o.id = a.offer_id
+WHERE a.model_version_id = %s AND o.discount_pct >= 100 ORDER BY o.code
+"""
+
+
+def discount_cost_cents(paid_cents: float, discount_pct: float) -> float:
+    """What an offer of `discount_pct` cost when its redeemer paid `paid_cents` (as
+    DISCOUNT_COST_SQL); ValueError for a discount outside [0, 100)."""
+    if not 0 <= discount_pct < 100:
+        raise ValueError(f"a discount of {discount_pct}% has no price to derive its cost from")
+    return paid_cents * discount_pct / (100 - discount_pct)
+
 
 @dataclass(frozen=True)
 class PaymentRow:

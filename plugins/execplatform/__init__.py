@@ -46,13 +46,28 @@ def get_provider_info() -> dict:
                 "conn-fields": {
                     "timeout_seconds": {
                         "label": "Timeout (seconds)",
-                        "description": "per request; default 30",
-                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "description": "each request's deadline, the whole answer included; default 30",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 3600},
                     },
                     "retries": {
                         "label": "Retries",
                         "description": "of timeouts, 5xx and 429; default 3",
-                        "schema": {"type": ["integer", "null"], "minimum": 0},
+                        "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 10},
+                    },
+                    "max_response_bytes": {
+                        "label": "Largest answer (bytes)",
+                        "description": "a larger answer fails its task unread; default 16777216 (16 MiB)",
+                        "schema": {"type": ["integer", "null"], "minimum": 1024},
+                    },
+                    "max_retry_after_seconds": {
+                        "label": "Longest Retry-After (seconds)",
+                        "description": "a 429 asking for longer is left to the queue's retry; default 30",
+                        "schema": {"type": ["number", "null"], "minimum": 0, "maximum": 600},
+                    },
+                    "allow_insecure_http": {
+                        "label": "Allow plain http",
+                        "description": "to another machine: credentials and payloads go in clear",
+                        "schema": {"type": ["boolean", "null"]},
                     },
                 },
             },

@@ -14,7 +14,7 @@ import os
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from airflow.sdk import Asset, AssetAlias
+from airflow.sdk import Asset, AssetAlias, Param
 
 from execplatform.notifiers.alert_notifier import alert_callbacks
 from include.ids import APP_DB, AWS, REDIS, REHEARSAL_DB, SMTP, STRIPE, TASK_EXECUTOR
@@ -33,6 +33,36 @@ MODEL_PROMOTION = AssetAlias("offer_model_promotion")
 # own under BACKUP_PREFIX, with its catalog entry; recovery events under BACKUP_PREFIX/_events/
 BACKUP_BUCKET = os.environ.get("BACKUP_BUCKET", "execplatform-backups")
 BACKUP_PREFIX = os.environ.get("BACKUP_PREFIX", "backups")
+
+
+def number_param(
+    default: float,
+    *,
+    minimum: float,
+    maximum: float,
+    description: str,
+    integer: bool = False,
+    exclusive_minimum: bool = False,
+) -> Param:
+    """A number param that refuses what its DAG cannot use: below `minimum` (or at it, with
+    `exclusive_minimum`), above `maximum`, and not finite.
+
+    JSON Schema's bounds are comparisons, and NaN compares false with all of them: `minimum` and
+    `maximum` let it through, and a trigger's conf can carry it (Python's JSON reader takes
+    `NaN`). So a non-integer number also gets `not: {exclusiveMaximum: minimum}` ("not below the
+    minimum"; `not: {maximum: minimum}`, "not at or below it", when the minimum is excluded),
+    which is false for NaN; infinity is above every maximum. An integer's type refuses both.
+    Every number param of every DAG has a maximum (tests/dags/test_dag_integrity.py)."""
+    schema: dict[str, Any] = {"type": "integer" if integer else "number", "maximum": maximum}
+    if exclusive_minimum:
+        schema["exclusiveMinimum"] = minimum
+        finite = {"maximum": minimum}
+    else:
+        schema["minimum"] = minimum
+        finite = {"exclusiveMaximum": minimum}
+    if not integer:
+        schema["not"] = finite
+    return Param(default, description=description, **schema)
 
 
 def non_production() -> bool:

@@ -3,8 +3,14 @@
 Registered by plugins/ops_dashboard_plugin.py under /ops, with an entry in the UI's navigation.
 Every page is read-only; the one action (roll the offer model back) is a POST that triggers
 `offer_model_retrain` with `rollback = true` as the logged-in user, accepted only from a page of
-the same origin (the Origin, or failing that the Referer, header must name this server), so
-another site cannot make a logged-in browser send it.
+the same origin (the Origin, or failing that the Referer, header must name this server: the
+deployment's `[api] base_url`, as a browser behind a TLS-terminating proxy sees it, or the
+address the request came to), so another site cannot make a logged-in browser send it.
+
+A login is not enough: the auth manager decides. Each page needs access to the dashboard (the
+auth manager's custom view `Ops dashboard`) and read access to the runs of the DAGs whose data it
+shows (`PAGE_DAGS`); the rollback, to trigger `offer_model_retrain`. Alerts are shown only for the
+DAGs the user may read. A refusal is a 403 and a `permission_denied` security event.
 """
 
 from __future__ import annotations
@@ -19,6 +25,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from include.ids import APP_DB
 
 ROLLBACK_DAG = "offer_model_retrain"
+DASHBOARD = "Ops dashboard"  # the plugin's name: the auth manager's custom view of it
+# The DAGs whose data each page shows: a user needs read access to the runs of every one of them.
+PAGE_DAGS = {
+    "overview": ("db_backup", "db_migrate", "task_batch", "db_restore"),
+    "models": ("offer_model_retrain",),
+    "offers": ("offer_model_retrain", "roi_sync", "offer_feedback"),
+    "audits": ("adversarial_audit",),
+}
 PLOTS = ("roc", "calibration")
 PLOTTED_VERSIONS = 3  # the newest versions whose stored plots the models page shows
 
@@ -87,13 +101,50 @@ def model_extras(plotted: list[tuple[int, int]]) -> str:
     return form + (f"<h2>Plots</h2>{figures}" if figures else "<p class='note'>no stored plots yet</p>")
 
 
-def same_origin(request: Request) -> bool:
-    """Whether the request comes from a page of this server (a browser sends Origin on POST)."""
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+def same_origin(request: Request, base_url: str | None = None) -> bool:
+    """Whether the request comes from a page of this server (a browser sends Origin on POST): of
+    the deployment's base URL (`[api] base_url`, read when `base_url` is None; what a browser
+    sees behind a proxy that terminates TLS), or of the address the request came to."""
+    if base_url is None:
+        from airflow.configuration import conf
+
+        base_url = conf.get("api", "base_url", fallback="") or ""
     source = request.headers.get("origin") or request.headers.get("referer")
     if not source:
         return False
-    sent, own = urlsplit(source), urlsplit(str(request.base_url))
-    return (sent.scheme, sent.netloc) == (own.scheme, own.netloc)
+    own = {_origin(str(request.base_url))} | ({_origin(base_url)} if base_url else set())
+    return _origin(source) in own
+
+
+def denied(user, dag_ids, method: str = "GET") -> list[str]:
+    """What the auth manager refuses `user` of this dashboard and of the runs of `dag_ids`; [] when
+    nothing is."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+    from airflow.configuration import conf
+
+    manager = get_auth_manager()
+    if not manager.is_authorized_custom_view(method="GET", resource_name=DASHBOARD, user=user):
+        return [f"the {DASHBOARD}"]
+    teams = conf.getboolean("core", "multi_team", fallback=False)
+
+    def details(dag_id: str) -> DagDetails:
+        from airflow.models.dag import DagModel
+
+        return DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id) if teams else None)
+
+    return [
+        f"{method} runs of {dag_id}"
+        for dag_id in dag_ids
+        if not manager.is_authorized_dag(
+            method=method, access_entity=DagAccessEntity.RUN, details=details(dag_id), user=user
+        )
+    ]
 
 
 def _stored_plots(cur, s3, versions: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -118,24 +169,56 @@ def _plot_uri(version, plot: str) -> str:
 
 
 def create_app(conn_id: str = APP_DB) -> FastAPI:
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import (
-        get_user,
-        requires_access_dag,
-        requires_authenticated,
-    )
+    from airflow.api_fastapi.core_api.security import get_user, requires_authenticated
 
     from include.observability.dashboard_panels import PAGES
 
     app = FastAPI(title="Ops dashboard", dependencies=[Depends(requires_authenticated())])
 
-    def page(name: str, flash: str = "") -> str:
+    def refuse(request: Request, user, missing: list[str]) -> None:
+        """403, and a `permission_denied` security event (logged; stored while the database takes it)."""
+        import logging
+
+        from execplatform.hooks.app_db_hook import AppDatabaseHook
+        from include.observability.security_events import log_security_event
+
+        event = dict(path=request.url.path, method=request.method, missing=missing)
+        try:
+            with AppDatabaseHook(conn_id).cursor() as cur:
+                log_security_event(cur, "permission_denied", "warning", actor=user.get_name(), **event)
+        except Exception as exc:  # the refusal stands, and the log line says what was refused
+            log_security_event(None, "permission_denied", "warning", actor=user.get_name(), **event)
+            logging.getLogger(__name__).warning("permission_denied not stored: %s", type(exc).__name__)
+        raise HTTPException(403, f"{DASHBOARD}: not permitted: {', '.join(missing)}")
+
+    def allowed(page_name: str, method: str = "GET", dag_ids=None):
+        """A dependency: the user may see `page_name` (or `method` the runs of `dag_ids`)."""
+
+        # a default, not an annotation: this module's annotations are strings FastAPI cannot resolve
+        def check(request: Request, user=Depends(get_user)):  # noqa: B008
+            if missing := denied(user, dag_ids or PAGE_DAGS[page_name], method):
+                refuse(request, user, missing)
+            return user
+
+        return check
+
+    def readable_alerts(panel, user):
+        """The alerts of the DAGs `user` may read (an alert names its DAG and carries its text)."""
+        column = panel.columns.index("dag_id")
+        dags = {row[column] for row in panel.rows}
+        readable = {d for d in dags if d and not denied(user, [d])}
+        panel.rows = [row for row in panel.rows if row[column] in readable]
+        return panel
+
+    def page(name: str, user, flash: str = "") -> str:
         from execplatform.hooks.app_db_hook import AppDatabaseHook
         from include.observability.dashboard_panels import page_panels
 
         extra = ""
         with AppDatabaseHook(conn_id).cursor() as cur:
-            panels = page_panels(cur, name)
+            panels = [
+                readable_alerts(p, user) if p.title == "Recent alerts" else p for p in page_panels(cur, name)
+            ]
             if name == "models":
                 from execplatform.steps.offer_steps import s3_client
 
@@ -154,26 +237,27 @@ def create_app(conn_id: str = APP_DB) -> FastAPI:
         except Exception as exc:  # S3 unreachable: the rest of the page still shows
             return recovery_events([], note=f"the S3 catalog could not be read: {type(exc).__name__}")
 
+    # defaults, not annotations (see `allowed`)
     @app.get("/", response_class=HTMLResponse)
-    def overview() -> str:
-        return page("overview")
+    def overview(user=Depends(allowed("overview"))) -> str:  # noqa: B008
+        return page("overview", user)
 
     @app.get("/models", response_class=HTMLResponse)
-    def models_page(triggered: str = "") -> str:
+    def models_page(triggered: str = "", user=Depends(allowed("models"))) -> str:  # noqa: B008
         flash = (
             f'Triggered {ROLLBACK_DAG} run {triggered} with conf {{"rollback": true}}' if triggered else ""
         )
-        return page("models", flash)
+        return page("models", user, flash)
 
     @app.get("/offers", response_class=HTMLResponse)
-    def offers_page() -> str:
-        return page("offers")
+    def offers_page(user=Depends(allowed("offers"))) -> str:  # noqa: B008
+        return page("offers", user)
 
     @app.get("/audits", response_class=HTMLResponse)
-    def audits_page() -> str:
-        return page("audits")
+    def audits_page(user=Depends(allowed("audits"))) -> str:  # noqa: B008
+        return page("audits", user)
 
-    @app.get("/models/{version_id}/{plot}.png")
+    @app.get("/models/{version_id}/{plot}.png", dependencies=[Depends(allowed("models"))])
     def plot_png(version_id: int, plot: str) -> Response:
         from botocore.exceptions import ClientError
 
@@ -191,12 +275,11 @@ def create_app(conn_id: str = APP_DB) -> FastAPI:
             raise HTTPException(404, f"no stored {plot} plot for model version {version_id}") from missing
         return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
 
-    @app.post(
-        "/models/rollback",
-        dependencies=[Depends(requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id=ROLLBACK_DAG))],
-    )
-    # a default, not an annotation: this module's annotations are strings FastAPI cannot resolve here
-    def rollback(request: Request, user=Depends(get_user)) -> RedirectResponse:  # noqa: B008
+    @app.post("/models/rollback")
+    def rollback(
+        request: Request,
+        user=Depends(allowed("models", "POST", (ROLLBACK_DAG,))),  # noqa: B008
+    ) -> RedirectResponse:
         from airflow.api.common.trigger_dag import trigger_dag
         from airflow.utils.types import DagRunTriggeredByType
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,31 @@ def test_dag_files_are_thin(dag_file):
             assert _statements(node) <= MAX_STATEMENTS_PER_TASK, (
                 f"{dag_file.name}: {node.name} has {_statements(node)} statements; move its logic to a step"
             )
+
+
+def test_every_number_param_has_a_maximum_and_refuses_what_is_not_finite(dagbag):
+    """NaN compares false with every bound, so a `minimum` alone never refused it; a number
+    without a maximum took 10**12 (OverflowError in a timedelta, a SET over INT_MAX, one
+    UPDATE of a billion rows)."""
+    import math
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    def types(param) -> set[str]:
+        kind = param.schema.get("type")
+        return set(kind) if isinstance(kind, list) else {kind}
+
+    numbers = {
+        f"{dag_id}.{name}": param
+        for dag_id, dag in dagbag.dags.items()
+        for name, param in dag.params.items()
+        if {"number", "integer"} & types(param)
+    }
+    assert len(numbers) > 30  # every DAG's, the audit's gate limits included
+    unbounded = sorted(name for name, param in numbers.items() if "maximum" not in param.schema)
+    assert unbounded == []
+    for name, param in numbers.items():
+        for value in (math.nan, math.inf, -math.inf, 10**12, param.schema["maximum"] + 1):
+            with pytest.raises(ParamValidationError):
+                copy.deepcopy(param).resolve(value)
+        assert copy.deepcopy(param).resolve(param.value) == param.value, name

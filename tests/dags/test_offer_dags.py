@@ -200,7 +200,7 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
         redemptions = cur.fetchone()[0]
     assert len(arms) == 4 and all(s == pytest.approx(1.0) and low > 0 for _, s, low, _, _ in arms)
     assert sum(r for *_, r in arms) == redemptions
-    states = _run(dagbag, "offer_feedback", retrain_after_redemptions=10**9)  # nothing new: no signal
+    states = _run(dagbag, "offer_feedback", retrain_after_redemptions=10**6)  # nothing new: no signal
     assert states["signal_enough_feedback"] == "skipped"
 
     # 5. new data, a second champion (margin lowered), then the rollback param restores the first

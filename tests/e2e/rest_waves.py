@@ -21,10 +21,11 @@ REST_CONFS: dict[str, dict] = {
     },
     # only a backup id: no target, and (through the REST API) no logical date to name one from
     "db_restore": {"backup_id": "latest"},
-    # a budget that never binds: it would move shares to the cheapest arm, past the exploration floor
+    # a budget that never binds (its param's maximum, 5 times the dearest product's price): a
+    # binding one would move shares to the cheapest arm, past the exploration floor
     "offer_feedback": {
         "min_exploration": 0.6,
-        "budget_per_impression_cents": 10**9,
+        "budget_per_impression_cents": 10**5,
         "retrain_after_redemptions": 10**6,
     },
     "roi_sync": {},  # it has no params

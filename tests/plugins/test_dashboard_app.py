@@ -147,21 +147,44 @@ def test_model_offer_roi_and_indicator_panels_read_their_tables(app_head_dsn):
     ],
 )
 def test_only_a_same_origin_request_may_trigger_an_action(headers, allowed):
-    from starlette.requests import Request
-
     from execplatform.dashboard_app import same_origin
 
+    assert same_origin(_request(headers), base_url="") is allowed
+
+
+def _request(headers: dict[str, str], host: str = "localhost:8080"):
+    from starlette.requests import Request
+
+    name, _, port = host.partition(":")
     scope = {
         "type": "http",
         "method": "POST",
         "scheme": "http",
-        "server": ("localhost", 8080),
+        "server": (name, int(port)),
         "path": "/ops/models/rollback",
         "root_path": "",
         "query_string": b"",
-        "headers": [(k.encode(), v.encode()) for k, v in [("host", "localhost:8080"), *headers.items()]],
+        "headers": [(k.encode(), v.encode()) for k, v in [("host", host), *headers.items()]],
     }
-    assert same_origin(Request(scope)) is allowed
+    return Request(scope)
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        ({"origin": "https://airflow.example.com"}, True),
+        ({"referer": "https://airflow.example.com/ops/models"}, True),
+        ({"origin": "http://airflow.example.com"}, False),
+        ({"origin": "https://attacker.example"}, False),
+    ],
+)
+def test_behind_a_tls_proxy_the_configured_base_url_is_this_dashboards_origin(headers, allowed, monkeypatch):
+    """The proxy ends TLS and forwards plain http to the api-server: the browser's Origin is the
+    deployment's base URL, not the address the request arrived at; every rollback was refused."""
+    from execplatform.dashboard_app import same_origin
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com")
+    assert same_origin(_request(headers, host="10.0.0.7:8080")) is allowed
 
 
 def test_the_models_page_shows_the_plots_stored_in_s3_behind_the_login(
@@ -202,6 +225,9 @@ def test_the_models_page_shows_the_plots_stored_in_s3_behind_the_login(
         "image/png",
     )
 
+    from airflow.api_fastapi.app import create_auth_manager
+
+    create_auth_manager()  # as the api-server does: the dashboard asks it who may see what
     app = create_app(conn_id="dashboard_test")
     client = TestClient(app)
     assert client.get("/models").status_code == 401, "no login, no page"
@@ -215,3 +241,98 @@ def test_the_models_page_shows_the_plots_stored_in_s3_behind_the_login(
     assert client.get(f"/models/{unplotted}/roc.png").status_code == 404
     assert client.get(f"/models/{plotted}/model.png").status_code == 404, "only the plots are served"
     assert all(client.get(f"/{page}").status_code == 200 for page in ("", "offers", "audits"))
+
+
+@pytest.fixture
+def dashboard(local_stack, app_head_dsn, monkeypatch):
+    """The dashboard app on a database of its own, deciding through the configured auth manager
+    (the simple one: roles viewer, user, op, admin); `as_user(role)` logs a user in."""
+    from airflow.api_fastapi.app import create_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.testclient import TestClient
+    from psycopg2.extensions import parse_dsn
+
+    from execplatform.dashboard_app import create_app
+
+    create_auth_manager()
+    conn = json.loads(os.environ["AIRFLOW_CONN_APP_DB"])
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DASHBOARD_TEST",
+        json.dumps({**conn, "schema": parse_dsn(app_head_dsn)["dbname"]}),
+    )
+    app = create_app(conn_id="dashboard_test")
+
+    def as_user(role: str | None, name: str = "someone") -> TestClient:
+        app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username=name, role=role)
+        return TestClient(app)
+
+    return as_user, app_head_dsn
+
+
+PAGES = ("/", "/models", "/offers", "/audits")
+
+
+def _denials(dsn: str) -> list[tuple]:
+    from tests.pg import query
+
+    return query(
+        dsn,
+        "SELECT actor, details->>'path', details->>'method' FROM security_events "
+        "WHERE event_type = 'permission_denied' ORDER BY id",
+    )
+
+
+def test_a_logged_in_user_without_permission_sees_no_page_and_each_refusal_is_a_security_event(dashboard):
+    """Revenue, ROI, backup and migration errors and alert text are not for any logged-in user: a
+    user the auth manager grants nothing gets 403 on every page, plot and action."""
+    as_user, dsn = dashboard
+    nobody = as_user(None, "nobody")
+    for path in (*PAGES, "/models/1/roc.png"):
+        response = nobody.get(path)
+        assert response.status_code == 403, path
+        assert "not permitted: the Ops dashboard" in response.text
+    origin = {"origin": "http://testserver"}
+    assert nobody.post("/models/rollback", headers=origin).status_code == 403
+    assert _denials(dsn) == [
+        *[("nobody", path, "GET") for path in (*PAGES, "/models/1/roc.png")],
+        ("nobody", "/models/rollback", "POST"),
+    ]
+
+
+def test_a_viewer_reads_the_pages_but_may_not_trigger_the_rollback(dashboard):
+    as_user, dsn = dashboard
+    viewer = as_user("viewer", "vera")
+    assert [viewer.get(path).status_code for path in PAGES] == [200] * 4
+    refused = viewer.post("/models/rollback", headers={"origin": "http://testserver"})
+    assert refused.status_code == 403 and "POST runs of offer_model_retrain" in refused.text
+    assert _denials(dsn) == [("vera", "/models/rollback", "POST")]
+
+
+def test_alerts_show_only_for_the_dags_a_user_may_read(dashboard, monkeypatch):
+    """A user of some DAGs only (an auth manager finer than the simple one's roles): the pages of
+    the others are refused, and the overview's alerts leave theirs out."""
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+
+    from tests.pg import query
+
+    as_user, dsn = dashboard
+    query(
+        dsn,
+        "INSERT INTO alerts (level, fingerprint, dag_id, task_id, message) VALUES "
+        "('error', 'a', 'task_batch', 'drain', 'drain failed'), "
+        "('error', 'b', 'roi_sync', 'compute_roi', 'revenue 12345 cents missing')",
+    )
+    real = SimpleAuthManager.is_authorized_dag
+
+    def no_offers(self, *, method, user, access_entity=None, details=None):
+        if details is not None and details.id in ("roi_sync", "offer_model_retrain", "offer_feedback"):
+            return False
+        return real(self, method=method, user=user, access_entity=access_entity, details=details)
+
+    monkeypatch.setattr(SimpleAuthManager, "is_authorized_dag", no_offers)
+    ops = as_user("viewer", "ops")
+    page = ops.get("/")
+    assert page.status_code == 200
+    assert "drain failed" in page.text and "revenue 12345" not in page.text
+    assert ops.get("/offers").status_code == 403 and ops.get("/audits").status_code == 200

@@ -80,9 +80,10 @@ class AppDatabaseHook(PostgresHook):
         """The database the connection names (its ``schema`` field)."""
         return self.database or self.connection.schema
 
-    def dsn(self, dbname: str | None = None) -> str:
+    def dsn(self, dbname: str | None = None, *, options: str | None = None) -> str:
         """A libpq DSN for the connection, optionally to another database on its server; with
-        IAM authentication the password is a fresh token."""
+        IAM authentication the password is a fresh token. `options` (libpq's, such as ``-c
+        role=...``) go after the connection's own ``options`` extra."""
         from psycopg2.extensions import make_dsn
 
         conn = self.connection
@@ -90,6 +91,8 @@ class AppDatabaseHook(PostgresHook):
         if conn.extra_dejson.get("iam", False):
             login, password, port = self.get_iam_token(conn)
         params = {k: v for k, v in conn.extra_dejson.items() if k in LIBPQ_EXTRAS}
+        if options:
+            params["options"] = f"{params['options']} {options}" if params.get("options") else options
         return make_dsn(
             host=conn.host,
             port=port,
@@ -99,13 +102,24 @@ class AppDatabaseHook(PostgresHook):
             **params,
         )
 
+    def worker_dsn(self) -> str:
+        """The DSN of the task workers' sessions (drains, the reaper, task_batch's metrics): the
+        same connection, switched at connect to the DML-only role
+        ``include.migrations.db_roles.WORKER_ROLE``, which cannot read payments, users or
+        backups nor change the schema. The connection's login must be a member of that role
+        (``python -m include.migrations.db_roles`` makes it one)."""
+        from include.migrations.db_roles import WORKER_SESSION_OPTIONS
+
+        return self.dsn(options=WORKER_SESSION_OPTIONS)
+
     @contextmanager
-    def cursor(self) -> Iterator[Any]:
-        """A cursor on the app database, committed and closed on exit. A missing table or
-        column fails the task without retries (``failing_hard_when_schema_is_behind``)."""
+    def cursor(self, *, as_worker: bool = False) -> Iterator[Any]:
+        """A cursor on the app database, committed and closed on exit (`as_worker`: in a session
+        of the workers' role, ``worker_dsn()``). A missing table or column fails the task without
+        retries (``failing_hard_when_schema_is_behind``)."""
         import psycopg2
 
-        conn = psycopg2.connect(self.dsn())
+        conn = psycopg2.connect(self.worker_dsn() if as_worker else self.dsn())
         try:
             with failing_hard_when_schema_is_behind(), conn, conn.cursor() as cur:
                 yield cur

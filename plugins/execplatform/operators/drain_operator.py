@@ -15,6 +15,16 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+def _number(value: Any) -> Any:
+    """A rendered template's text as a number (what `int()` and `float()` took before); else as is."""
+    for kind in (int, float):
+        try:
+            return kind(value) if isinstance(value, str) else value
+        except ValueError:
+            continue
+    return value
+
+
 class DrainQueueOperator(BaseOperator):
     """
     Drain execution tasks until the queue has none ready or the time budget is spent.
@@ -74,9 +84,17 @@ class DrainQueueOperator(BaseOperator):
         )
         from execplatform.hooks.redis_cache_hook import TaskCacheHook
         from execplatform.hooks.task_executor_hook import TaskExecutorHook
+        from execplatform.steps import checked_number
         from include.execution.drain import DrainSummary, drain
         from include.execution.task_handlers import Services
         from include.migrations.schema_lock import shared_schema_lock_if_free
+
+        # templated: a rendered value that is not a usable number fails now, without retries
+        batch_size = checked_number("batch_size", _number(self.batch_size), low=1, high=100_000, integer=True)
+        concurrency = checked_number("concurrency", _number(self.concurrency), low=1, high=1024, integer=True)
+        budget_seconds = checked_number(
+            "budget_seconds", _number(self.budget_seconds), low=0, low_open=True, high=86_400
+        )
 
         cache = (
             TaskCacheHook(self.redis_conn_id).get_cache(ttl_seconds=self.cache_ttl_seconds)
@@ -113,12 +131,12 @@ class DrainQueueOperator(BaseOperator):
                     "blocked_by": [str(h) for h in in_the_way],
                 }
             summary = drain(
-                db.dsn(),
+                db.worker_dsn(),  # as the DML-only workers' role: payloads and answers are untrusted
                 services=Services(executor=executor, cache=cache),
                 task_types=self.task_types or None,
-                batch_size=int(self.batch_size),
-                concurrency=int(self.concurrency),
-                budget_seconds=float(self.budget_seconds),
+                batch_size=batch_size,
+                concurrency=concurrency,
+                budget_seconds=budget_seconds,
                 owner=owner,
                 on_batch=alert_once_if_cache_down,
             )

@@ -114,15 +114,24 @@ class AirflowServices:
 
         return Path(self.log_folder or conf.get("logging", "base_log_folder")).expanduser()
 
+    def worker_dsn(self) -> str:
+        """As DrainQueueOperator and the reaper open their sessions."""
+        return AppDatabaseHook(self.app_conn_id).worker_dsn()
+
 
 def check_gate(conn_id: str, audit_run_id: int, gate: str, limits: dict[str, Any]) -> dict[str, Any]:
     """Run one gate; its evidence is recorded whatever the verdict, and a failure is hard."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from include.audit.gates import DEFAULT_LIMITS, GATES, record
+    from include.audit.gates import DEFAULT_LIMITS, GATES, LIMIT_MAXIMA, record
+    from include.bounds import OutOfBounds, bounded
 
+    limits = {**DEFAULT_LIMITS, **{k: v for k, v in limits.items() if k in DEFAULT_LIMITS}}
+    try:
+        limits = {k: bounded(k, v, low=0, high=LIMIT_MAXIMA[k]) for k, v in limits.items()}
+    except OutOfBounds as exc:
+        raise AirflowFailException(f"gate {gate}: {exc}") from None
     with AppDatabaseHook(conn_id).cursor() as cur:
-        limits = {**DEFAULT_LIMITS, **{k: v for k, v in limits.items() if k in DEFAULT_LIMITS}}
         evidence = GATES[gate](cur, limits, AirflowServices(app_conn_id=conn_id))
         record(cur, audit_run_id, evidence)
     logger.info("%s\nquery: %s", evidence, evidence.query)

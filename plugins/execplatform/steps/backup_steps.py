@@ -82,42 +82,79 @@ def fetch_backup(entry: CatalogEntry, aws_conn_id: str, dest: Path) -> Path:
     return folder
 
 
+# A backup that is not verified this long after it started (failed, or stopped at running or
+# uploaded) will never be: its files go, its catalog entry stays, marked deleted.
+UNVERIFIED_MAX_AGE_HOURS = 72.0
+UNVERIFIED = ("failed", "running", "uploaded")
+
+
 def apply_retention(
     *,
     keep_daily: int,
     keep_weekly: int,
     protected: frozenset[int] = frozenset(),
+    unverified_max_age_hours: float = UNVERIFIED_MAX_AGE_HOURS,
     postgres_conn_id: str = APP_DB,
     aws_conn_id: str = AWS,
 ) -> list[int]:
-    """Delete the verified backups that retention does not keep: their files in S3, leaving the
-    folder's catalog entry marked ``deleted`` (so the bucket still accounts for every id), then
-    the table's row; returns their ids. A backup that a pending db_migrate run names as its
-    rollback point is always kept."""
+    """Delete the backups that retention does not keep: their files in S3, leaving the folder's
+    catalog entry marked ``deleted`` (so the bucket still accounts for every id), then the
+    table's row; returns their ids. Verified backups go by `plan_retention`; one that a pending
+    db_migrate run names as its rollback point is always kept. A backup never verified (failed,
+    or stopped before verification) goes once it is older than `unverified_max_age_hours`."""
+    from datetime import UTC, datetime, timedelta
+
+    from execplatform.steps import checked_number
     from include.backup.catalog import CatalogEntry, plan_retention
     from include.migrations import rollback_points
 
+    keep_daily = checked_number("keep_daily", keep_daily, low=1, high=10_000, integer=True)
+    keep_weekly = checked_number("keep_weekly", keep_weekly, low=0, high=10_000, integer=True)
+    unverified_max_age_hours = checked_number(
+        "unverified_max_age_hours", unverified_max_age_hours, low=1, high=87_600
+    )
     with AppDatabaseHook(postgres_conn_id).cursor() as cur:
         cur.execute("SELECT id, verified_at, location FROM backups WHERE status = 'verified'")
         rows = cur.fetchall()
+        cur.execute(
+            "SELECT id, status, location FROM backups WHERE status = ANY(%s) AND location IS NOT NULL "
+            "AND coalesce(finished_at, started_at) < now() - %s * interval '1 hour'",
+            (list(UNVERIFIED), unverified_max_age_hours),
+        )
+        stale_rows = {r[0]: CatalogEntry(r[0], r[1], r[2]) for r in cur.fetchall()}
         protected = protected | rollback_points(cur)
     verified = [(r[0], r[1]) for r in rows]
     doomed = plan_retention(verified, keep_daily=keep_daily, keep_weekly=keep_weekly, protected=protected)
     catalog = backup_catalog(aws_conn_id)
     entries = {e.id: e for e in catalog.entries()}
     locations = {r[0]: r[2] for r in rows}
-    for backup_id in doomed:
+    since = datetime.now(UTC) - timedelta(hours=unverified_max_age_hours)
+    stale = {  # the S3 catalog's word first; the table's rows for backups it does not know
+        **stale_rows,
+        **{
+            e.id: e
+            for e in entries.values()
+            if e.status in UNVERIFIED and e.location and (e.finished_at or e.started_at or since) < since
+        },
+    }
+    stale = {i: e for i, e in stale.items() if i not in protected and entries.get(i, e).status in UNVERIFIED}
+    for backup_id in [*doomed, *sorted(stale)]:
         # a backup from before the catalog moved to S3 has no entry there: its folder alone goes
-        entry = entries.get(backup_id) or CatalogEntry(backup_id, "verified", locations[backup_id])
+        entry = (
+            entries.get(backup_id)
+            or stale.get(backup_id)
+            or CatalogEntry(backup_id, "verified", locations[backup_id])
+        )
         catalog.delete_files(entry)
         if backup_id in entries:
             entry.status = "deleted"
             catalog.put(entry)
+        was = ["verified"] if backup_id in doomed else list(UNVERIFIED)
         with AppDatabaseHook(postgres_conn_id).cursor() as cur:
             cur.execute(
-                "UPDATE backups SET status = 'deleted' WHERE id = %s AND status = 'verified'", (backup_id,)
+                "UPDATE backups SET status = 'deleted' WHERE id = %s AND status = ANY(%s)", (backup_id, was)
             )
-    return doomed
+    return sorted([*doomed, *stale])
 
 
 def publish_backup_metrics(dumped: dict[str, Any] | None, verified: dict[str, Any] | None) -> int:

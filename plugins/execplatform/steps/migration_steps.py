@@ -23,14 +23,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+INT_MAX = 2**31 - 1  # PostgreSQL's lock_timeout and statement_timeout are ints of milliseconds
+
+
 def settings_from_params(params: dict[str, Any]) -> Settings:
+    """The migration session's settings; a value the session cannot take (not a whole number, a
+    timeout over INT_MAX ms, a backfill batch so large it is one UPDATE) fails the task."""
+    from execplatform.steps import checked_number
     from include.migrations import Settings
 
+    def whole(name: str, low: int, high: int) -> int:
+        return checked_number(name, params[name], low=low, high=high, integer=True)
+
     return Settings(
-        lock_timeout_ms=int(params["lock_timeout_ms"]),
-        statement_timeout_ms=int(params["statement_timeout_ms"]),
-        lock_retries=int(params["lock_retries"]),
-        backfill_batch_size=int(params["backfill_batch_size"]),
+        lock_timeout_ms=whole("lock_timeout_ms", 1, INT_MAX),
+        statement_timeout_ms=whole("statement_timeout_ms", 1, INT_MAX),
+        lock_retries=whole("lock_retries", 0, 100),
+        backfill_batch_size=whole("backfill_batch_size", 1, 1_000_000),
     )
 
 
@@ -167,6 +176,9 @@ def lint_migration(conn_id: str, target: str, settings: Settings) -> dict[str, A
 
 def fresh_backup_id(conn_id: str, max_age_hours: float) -> int | None:
     """The newest verified backup if it is younger than `max_age_hours`, else None."""
+    from execplatform.steps import checked_number
+
+    max_age_hours = checked_number("max_backup_age_hours", max_age_hours, low=0, low_open=True, high=87_600)
     with AppDatabaseHook(conn_id).cursor() as cur:
         cur.execute(
             "SELECT id FROM backups WHERE status = 'verified' AND verified_at > %s "

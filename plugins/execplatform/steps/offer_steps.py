@@ -72,8 +72,10 @@ def extract_training_data(run_id: str) -> dict[str, Any]:
 
 
 def train_challenger(snapshot_uri: str, valid_days: float) -> dict[str, Any]:
+    from execplatform.steps import checked_number
     from include.offers import jobs
 
+    valid_days = checked_number("valid_days", valid_days, low=1, high=3650)
     with AppDatabaseHook(APP_DB).cursor() as cur:
         return jobs.train(
             cur,
@@ -108,8 +110,10 @@ def evaluate_challenger(snapshot_uri: str, trained: dict[str, Any]) -> dict[str,
 
 
 def promote_or_keep(evaluation: dict[str, Any], margin_auc: float) -> dict[str, Any]:
+    from execplatform.steps import checked_number
     from include.offers import jobs, registry
 
+    margin_auc = checked_number("margin_auc", margin_auc, low=-1, high=1)
     with AppDatabaseHook(APP_DB).cursor() as cur:
         return jobs.promote_or_keep(cur, evaluation, registry.Gates(margin_auc=margin_auc))
 
@@ -118,9 +122,12 @@ def assign_offers(holdout_share: float, budget_cents: float) -> dict[str, Any]:
     """The champion's offer per segment; skipped before the first champion exists."""
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+    from execplatform.steps import checked_number
     from include.offers import jobs, registry
     from include.offers.model import MODEL_NAME
 
+    holdout_share = checked_number("holdout_share", holdout_share, low=0, high=1)
+    budget_cents = checked_number("discount_budget_cents", budget_cents, low=0, high=1e11)
     try:
         with AppDatabaseHook(APP_DB).cursor() as cur:
             return jobs.assign_offers(
@@ -162,8 +169,13 @@ def write_model_report(evaluation: dict[str, Any] | None, decision: dict[str, An
 
 
 def update_bandit(min_exploration: float, budget_per_impression_cents: float) -> dict[str, Any]:
+    from execplatform.steps import checked_number
     from include.offers import jobs
 
+    min_exploration = checked_number("min_exploration", min_exploration, low=0, high=1)
+    budget_per_impression_cents = checked_number(
+        "budget_per_impression_cents", budget_per_impression_cents, low=0, high=1e9
+    )
     with AppDatabaseHook(APP_DB).cursor() as cur:
         return jobs.update_bandit(
             cur,

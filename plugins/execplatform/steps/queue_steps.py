@@ -1,5 +1,6 @@
 """task_batch's steps around the drains: the backlog that plans them, the reaper, and the run's
-per-type metrics and bottleneck report."""
+per-type metrics and bottleneck report. Each runs as the drains do, in a session of the workers'
+DML-only role (`AppDatabaseHook.worker_dsn()`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def measure_backlog(task_types: Sequence[str] | None = None, app_conn_id: str = 
 
     with (
         failing_hard_when_schema_is_behind(),
-        TaskQueue(AppDatabaseHook(app_conn_id).dsn()) as queue,
+        TaskQueue(AppDatabaseHook(app_conn_id).worker_dsn()) as queue,
     ):
         return queue.backlog(task_types or None)
 
@@ -26,8 +27,9 @@ def reap_expired_leases(app_conn_id: str = APP_DB) -> dict[str, int]:
     """Tasks whose worker died (lease expired) go back to the queue, or `dead` past their tries."""
     from include.execution.task_queue import TaskQueue
 
-    dsn = AppDatabaseHook(app_conn_id).dsn()
+    dsn = AppDatabaseHook(app_conn_id).worker_dsn()
     with failing_hard_when_schema_is_behind(), TaskQueue(dsn, owner="task_batch-reaper") as queue:
+        queue.record_session()
         return queue.reap()
 
 
@@ -41,6 +43,7 @@ def publish_task_metrics(
     """Per-type metrics of the tasks finished since the run started, and the bottleneck report
     over the last `window_hours`: into the tables and CloudWatch. Returns both (the task output)."""
     from execplatform.hooks.cloudwatch_hook import publish_metrics
+    from execplatform.steps import checked_number
     from include.execution.bottleneck import (
         bottleneck_report,
         cache_metrics,
@@ -51,10 +54,12 @@ def publish_task_metrics(
     )
     from include.execution.drain import merge_summaries
 
+    window_hours = checked_number("report_window_hours", window_hours, low=0, low_open=True, high=87_600)
     drains = [d for d in (drains or []) if d]
     now = datetime.now(UTC)
     since = now - timedelta(hours=window_hours)
-    with AppDatabaseHook(app_conn_id).cursor() as cur:  # task_batch_metrics arrives with revision 0003
+    # task_batch_metrics arrives with revision 0003
+    with AppDatabaseHook(app_conn_id).cursor(as_worker=True) as cur:
         stats = type_stats(cur, run_started, now)
         record_type_metrics(cur, run_id, stats, merge_summaries(drains))
         report = bottleneck_report(cur, since, now)

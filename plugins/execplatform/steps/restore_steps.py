@@ -62,8 +62,10 @@ def plan_restore(backup_id: str, target: str | None, confirm: str | None, run_id
         )
     if not over_live and db.database_exists(target) and not _made_by_run(db, target, run_id):
         _fail(f"target_database {target!r} already exists; nothing was touched")
+    room = _ensure_room(db, entry)
     token = hashlib.sha256(run_id.encode()).hexdigest()[:8]
     return {
+        "room": room,
         "backup_id": entry.id,
         "live": live,
         "target": target,
@@ -72,6 +74,33 @@ def plan_restore(backup_id: str, target: str | None, confirm: str | None, run_id
         "restore_into": f"{live}_restoring_{token}" if over_live else target,
         "keep_as": f"{live}_pre_restore_{stamp}",
     }
+
+
+def _ensure_room(db: AppDatabaseHook, entry) -> dict[str, Any]:
+    """The restore's estimated size against the server's free space (include.backup.disk_space,
+    from the environment's `APP_DB_DISK_BYTES` or `APP_DB_DISK_FREE_PATH`); the task fails,
+    touching nothing, when the disk would be left under its margin or its size is not known."""
+    import os
+
+    import psycopg2
+
+    from execplatform.steps import checked_number
+    from include.backup import disk_space
+
+    margin = float(os.environ.get(disk_space.MARGIN) or disk_space.RESTORE_DISK_MARGIN)
+    margin = checked_number(disk_space.MARGIN, margin, low=0, high=0.99)
+    conn = psycopg2.connect(db.maintenance_dsn())
+    try:
+        with conn.cursor() as cur:
+            space = disk_space.measure(cur, os.environ)
+    finally:
+        conn.close()
+    estimate = disk_space.restore_estimate(
+        entry.size_bytes, entry.expected, space.empty_database_bytes if space else 0
+    )
+    if why := disk_space.refusal(estimate, space, margin):
+        _fail(f"backup {entry.id} is not restored: {why}; nothing was touched")
+    return {"estimate_bytes": estimate, "free_bytes": space.free_bytes, "disk_bytes": space.disk_bytes}
 
 
 def _made_by_run(db: AppDatabaseHook, name: str, run_id: str) -> bool:
@@ -109,6 +138,7 @@ def restore_and_compare(plan: dict[str, Any], run_id: str, jobs: int = 2) -> dic
         if not _made_by_run(db, name, run_id):
             _fail(f"{name!r} already exists and this run did not make it; nothing was touched")
         db.drop_database(name)  # a killed attempt's half restore
+    _ensure_room(db, entry)  # again: the disk may have filled since the plan
     with tempfile.TemporaryDirectory(prefix="restore-") as tmp:
         folder = fetch_backup(entry, AWS, Path(tmp))
         db.create_database(name)

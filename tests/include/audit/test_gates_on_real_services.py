@@ -397,9 +397,9 @@ def test_a_payment_missing_invented_or_altered_in_the_ledger_fails(offers_dsn, s
 
 
 @pytest.fixture
-def worker_role(app_head_dsn, pg_server) -> str:
+def worker_role(app_head_dsn, pg_server, monkeypatch) -> str:
     """The workers' role provisioned as the stack does it: by a superuser, then its grants by
-    the tables' owner."""
+    the tables' owner; `app_db` is this database (the workers' sessions open on it)."""
     from include.migrations.db_roles import ensure_worker_role, grant_worker_privileges
 
     admin = psycopg2.connect(pg_server.superuser_dsn())
@@ -412,20 +412,24 @@ def worker_role(app_head_dsn, pg_server) -> str:
             "execution_tasks",
             "task_batch_metrics",
             "task_bottleneck_reports",
+            "worker_sessions",
         ]
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_head_dsn))
     return app_head_dsn
 
 
-def test_the_worker_role_can_only_do_dml_on_its_tables(worker_role):
-    evidence = gate(worker_role, "security_worker_role_is_dml_only", None)
+def test_the_worker_role_can_only_do_dml_on_its_tables(worker_role, services):
+    evidence = gate(worker_role, "security_worker_role_is_dml_only", services)
     assert evidence.passed, evidence
     assert "SELECT on execution_tasks" in evidence.observed["held"]
-    assert evidence.observed["attempts_refused"] > 10  # the DDL attempts and every other table's read
+    session = evidence.observed["worker_session"]
+    assert (session["role"], session["login"]) == ("app_worker", "app")
+    assert session["attempts_refused"] > 10  # the DDL attempts and every other table's read
 
 
-def test_a_worker_role_that_can_read_payments_or_create_tables_fails(worker_role):
+def test_a_worker_role_that_can_read_payments_or_create_tables_fails(worker_role, services):
     execute(worker_role, "GRANT SELECT (amount_cents) ON payments TO app_worker")  # even one column
-    evidence = gate(worker_role, "security_worker_role_is_dml_only", None)
+    evidence = gate(worker_role, "security_worker_role_is_dml_only", services)
     assert not evidence.passed
     assert evidence.observed["problems"] == ["SELECT on payments", "read payments: allowed"]
 
@@ -433,14 +437,51 @@ def test_a_worker_role_that_can_read_payments_or_create_tables_fails(worker_role
         worker_role,
         "REVOKE ALL ON payments FROM app_worker; GRANT CREATE ON SCHEMA public TO app_worker",
     )
-    evidence = gate(worker_role, "security_worker_role_is_dml_only", None)
+    evidence = gate(worker_role, "security_worker_role_is_dml_only", services)
     assert evidence.observed["problems"] == ["CREATE on the schema public", "CREATE TABLE: allowed"]
     assert execute(worker_role, "SELECT to_regclass('public.audit_worker_probe')") == [(None,)]  # rolled back
+
+
+def test_the_gate_fails_when_a_drain_connects_as_the_owner(worker_role, services):
+    """The role's grants are right, yet a drain that opens its sessions as the schema's owner
+    (as every drain did before they switched to the workers' role) fails the gate, which reads
+    the roles the drains record; a drain as the workers' role, the way DrainQueueOperator runs
+    it, passes."""
+    from execplatform.hooks.app_db_hook import AppDatabaseHook
+    from include.execution.drain import drain
+    from include.execution.task_handlers import Services
+
+    drain(worker_role, services=Services(), owner="task_batch/manual__1/drain[0]")  # the owner's DSN
+    evidence = gate(worker_role, "security_worker_role_is_dml_only", services)
+    assert not evidence.passed
+    assert evidence.observed["recorded_sessions"] == ["app (login app)"]
+    [problem] = evidence.observed["problems"]
+    assert problem.startswith("a worker ran as 'app' (login 'app', task_batch/manual__1/drain[0], last seen")
+
+    execute(worker_role, "DELETE FROM worker_sessions")
+    drain(AppDatabaseHook().worker_dsn(), services=Services(), owner="task_batch/2/drain[0]")
+    evidence = gate(worker_role, "security_worker_role_is_dml_only", services)
+    assert evidence.passed, evidence
+    assert evidence.observed["recorded_sessions"] == ["app_worker (login app)"]
+
+
+def test_the_gate_opens_a_session_the_way_the_workers_do(worker_role, services, monkeypatch):
+    """Where the workers' sessions would open as the owner, the gate says so, and what such a
+    session may do; without a way to open one, it cannot vouch for them and fails."""
+    monkeypatch.setattr(type(services), "worker_dsn", lambda self: worker_role)  # the owner's DSN
+    evidence = gate(worker_role, "security_worker_role_is_dml_only", services)
+    problems = evidence.observed["problems"]
+    assert not evidence.passed
+    assert problems[0] == "the workers' sessions run as 'app' (login 'app'), not 'app_worker'"
+    assert {"CREATE TABLE: allowed", "read payments: allowed", "read users: allowed"} <= set(problems)
+    evidence = gate(worker_role, "security_worker_role_is_dml_only", None)
+    assert evidence.observed["problems"] == ["not checked: no way to open a worker session (no services)"]
 
 
 def test_the_compose_init_step_provisions_the_role_and_its_grants(
     app_head_dsn, pg_server, monkeypatch, capsys
 ):
+    from execplatform.steps.audit_steps import AirflowServices
     from include.migrations.db_roles import main
 
     superuser = pg_server.superuser_dsn(parse_dsn(app_head_dsn)["dbname"])  # compose: app is the superuser
@@ -452,7 +493,8 @@ def test_the_compose_init_step_provisions_the_role_and_its_grants(
         "SELECT has_table_privilege('app_worker', 'execution_tasks', 'UPDATE'), "
         "has_table_privilege('app_worker', 'payments', 'SELECT')",
     ) == [(True, False)]
-    assert gate(app_head_dsn, "security_worker_role_is_dml_only", None).passed
+    monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_head_dsn))
+    assert gate(app_head_dsn, "security_worker_role_is_dml_only", AirflowServices()).passed
 
 
 def _stripe_key() -> str:

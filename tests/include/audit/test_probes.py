@@ -46,7 +46,8 @@ def test_every_probe_is_refused_or_quarantined_and_production_is_unchanged(
     before = probes.production_state(offers_dsn)
     sandboxes_before = _databases(offers_dsn)
     with probes.sandbox(offers_dsn, current(offers_dsn)) as sandbox_dsn:
-        client = ExecutorClient(url, retries=0)
+        # the hostile executor's trickle is cut at this client's deadline
+        client = ExecutorClient(url, retries=0, timeout_seconds=2, max_response_bytes=4 * 1024 * 1024)
         results = probes.run_all(sandbox_dsn, marker, client) + probes.param_probes(*every_dag_params)
         client.close()
         with cursor(sandbox_dsn) as cur:  # the probes did reach the sandbox's tables
@@ -79,6 +80,19 @@ def test_every_probe_is_refused_or_quarantined_and_production_is_unchanged(
     assert by_name["charge_coupon_is_injection"].outcome == "quarantined"
     assert by_name["training_negative_amount"].reason == "negative amount"
     assert {r.outcome for r in results} == {"refused", "quarantined", "inert"}
+    # hostile values added with issue 27: each refused where it enters
+    assert "max_attempts must be an integer from 1 to 100" in by_name["enqueue_huge_max_attempts"].reason
+    assert "execution_tasks_ai_model_format" in by_name["enqueue_path_in_ai_model"].reason
+    paths = [r for r in results if r.probe.startswith("handler_unknown_ai_model_")][3:]
+    assert len(paths) == len(probes.PATH_MODELS) and all(r.outcome == "refused" for r in paths)
+    assert "over the 4194304-byte limit" in by_name["executor_oversized_answer"].reason
+    assert "over the 4194304-byte limit" in by_name["executor_oversized_unsized_answer"].reason
+    assert "no complete answer within 2 s" in by_name["executor_trickle_answer"].reason
+    hostile = {repr(v) for v in probes.HOSTILE_PARAM_VALUES}
+    assert {"nan", "inf", "-inf", repr(10**12)} <= hostile
+    for index in range(len(probes.HOSTILE_PARAM_VALUES)):  # NaN, infinities, 10**12 on every number
+        assert by_name[f"param_task_batch.report_window_hours_{index}"].outcome == "refused"
+        assert by_name[f"param_db_migrate.statement_timeout_ms_{index}"].outcome == "refused"
     assert all(r.outcome == "refused" for r in results if r.probe.startswith("param_"))
 
     assert probes.state_differences(before, probes.production_state(offers_dsn)) == []
@@ -112,7 +126,7 @@ def test_an_entry_point_that_lets_bad_input_through_is_reported_broken():
 def test_entry_points_not_migrated_in_yet_are_skipped_not_failed(app_dsn, executor):
     """At the baseline (no ai_model, no offer tables) the queue and payment probes cannot run."""
     assert probes.applicable(app_dsn) == {"queue": False, "offers": False}
-    client = ExecutorClient(executor[0], retries=0)
+    client = ExecutorClient(executor[0], retries=0, timeout_seconds=2)
     results = probes.run_all(app_dsn, "baseline", client)
     client.close()
     assert results and all(r.held for r in results)
@@ -120,8 +134,27 @@ def test_entry_points_not_migrated_in_yet_are_skipped_not_failed(app_dsn, execut
         "task_handlers.validate_payload",
         "task_handlers.resolve_ai_model",
         "task_handlers.execute_on_executor",
+        "executor_client.ExecutorClient",
         "offers.model.quarantine_reasons",
     }
+
+
+def test_the_hostile_executor_probes_fail_a_client_that_reads_everything_and_waits_forever(monkeypatch):
+    """Without its cap and its deadline, the client takes the oversized answers whole and waits
+    for the trickle to end: the probes say so."""
+    from include.execution import executor_client
+
+    monkeypatch.setattr(
+        executor_client.ExecutorClient, "_read_body", lambda self, response, *_: response.read()
+    )
+    monkeypatch.setattr(executor_client._Deadlines, "watch", lambda self, sock, deadline: 0)  # no deadline
+    monkeypatch.setattr(executor_client._Deadlines, "release", lambda self, key: False)
+    client = ExecutorClient("http://127.0.0.1:9", timeout_seconds=0.1, max_response_bytes=1024)
+    results = {r.probe: r for r in probes.hostile_executor_probes(client, "lenient")}
+    assert {r.outcome for r in results.values()} == {"ACCEPTED"}
+    assert "not JSON" in results["executor_oversized_answer"].reason
+    [missing] = {r.outcome for r in probes.hostile_executor_probes(None, "none")}
+    assert missing == "UNCHECKED"
 
 
 def test_the_unknown_model_probe_fails_when_the_executor_accepts_it_or_cannot_be_asked(executor):

@@ -334,3 +334,53 @@ def test_get_many_with_redis_unreachable_finds_nothing_and_reports_the_outage_on
     assert cache.get_many([(ns, {"i": i}) for i in range(3)]) == [(False, None)] * 3
     assert cache.get_or_compute(ns, {"i": 0}, lambda: "fresh") == ("fresh", False)
     assert len(fired) == 1 and cache.report()[ns]["errors"] == 1
+
+
+# -- values that are not JSON --------------------------------------------------------------------
+
+
+def entry(ns: str, parts) -> str:
+    return f"tc:{ns}:v0:{key_digest(parts)}"
+
+
+def test_an_answer_holding_nan_is_never_stored(client, ns):
+    """json.dumps writes NaN; served from the cache for a day it would fail every task with that
+    input. It is answered once and not kept."""
+    cache = TaskCache(client)
+    compute, calls = counting({"score": float("nan")})
+    for _ in range(2):
+        value, hit = cache.get_or_compute(ns, {"input": "a"}, compute)
+        assert value["score"] != value["score"] and hit is False
+    assert len(calls) == 2 and not client.exists(entry(ns, {"input": "a"}))
+    assert not client.exists(entry(ns, {"input": "a"}) + ":lock"), "its lock is released"
+    assert cache.report()[ns]["discarded"] == 2
+
+
+@pytest.mark.parametrize("bad", [b'{"output": ', b"NaN", b'{"x": Infinity}', b"\xff\xfe"])
+def test_an_entry_that_is_not_json_is_a_miss_and_is_deleted(client, ns, bad):
+    cache = TaskCache(client)
+    client.hset(entry(ns, {"input": "a"}), mapping={"value": bad, "created": int(time.time())})
+    compute, calls = counting({"answer": 1})
+    assert cache.get_or_compute(ns, {"input": "a"}, compute) == ({"answer": 1}, False)
+    assert client.hget(entry(ns, {"input": "a"}), "value") == b'{"answer": 1}', "replaced by the answer"
+    assert cache.get_or_compute(ns, {"input": "a"}, compute) == ({"answer": 1}, True)
+    assert len(calls) == 1 and cache.report()[ns]["discarded"] == 1
+
+
+def test_get_many_reads_around_an_entry_that_is_not_json(client, ns):
+    """One bad entry made the whole batch's answer unreadable (JSONDecodeError failed the drain):
+    the batch is read again entry by entry, the bad one deleted and counted as a miss, the good
+    ones hits, and the misses' reservations kept."""
+    cache = TaskCache(client)
+    cache.get_or_compute(ns, {"i": 0}, lambda: {"v": 0})
+    client.hset(entry(ns, {"i": 1}), mapping={"value": b'{"v": NaN}', "created": int(time.time())})
+    lookups = [(ns, {"i": i}) for i in range(3)]
+    assert cache.get_many(lookups, reserve=True) == [(True, {"v": 0}), (False, None), (False, None)]
+    assert not client.exists(entry(ns, {"i": 1}))
+    assert not client.exists(entry(ns, {"i": 1}) + ":lock") and client.exists(entry(ns, {"i": 2}) + ":lock")
+    assert set(cache._reserved) == {(ns, key_digest({"i": 2}))}
+    report = cache.report()[ns]
+    assert (report["hits"], report["discarded"]) == (1, 1)
+    assert cache.get_or_compute(ns, {"i": 1}, lambda: {"v": 1}) == ({"v": 1}, False)
+    assert cache.get_many(lookups) == [(True, {"v": 0}), (True, {"v": 1}), (False, None)]
+    cache.release_reservations()

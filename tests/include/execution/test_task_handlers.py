@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import psycopg2
 import pytest
@@ -486,3 +487,80 @@ def test_with_the_executor_unreachable_a_batch_asks_for_the_model_version_once_b
     assert len(asked) == 1 + len(tasks)  # the batch's read gave up at the first; each handler asked once
     client.close()
     r.close()
+
+
+# -- hostile executors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["oversized", "oversized_unsized"])
+def test_an_oversized_answer_fails_its_task_without_being_read_whole(executor, fault):
+    """A multi-GB answer on 16 handler threads would exhaust the worker: the client reads at most
+    its cap (refusing from the Content-Length when there is one), fails permanently, and the
+    next call gets a fresh connection."""
+    url, admin = executor
+    admin.post("/admin/faults", json={"fail_next": [fault], "oversized_bytes": 64 * 1024 * 1024})
+    client = ExecutorClient(url, retries=2, backoff_seconds=0.01, max_response_bytes=1024 * 1024)
+    started = time.monotonic()
+    with pytest.raises(PermanentError, match=r"over the 1048576-byte limit; not read"):
+        client.execute("idea", "gpt-4.1", {"x": 1})
+    assert time.monotonic() - started < 5
+    assert admin.get("/admin/stats").json()["requests"] == 1, "refused, not retried"
+    assert client.execute("idea", "gpt-4.1", {"x": 1})["model_version"] == "1"
+    client.close()
+
+
+def test_a_trickling_answer_is_cut_at_the_deadline_of_the_whole_exchange(executor):
+    """Each byte comes well within any read timeout; the exchange as a whole still ends on time,
+    and is retried as a timeout."""
+    url, admin = executor
+    admin.post("/admin/faults", json={"fail_next": ["trickle", "trickle"], "trickle_ms": 100})
+    client = ExecutorClient(url, timeout_seconds=1.0, retries=1, backoff_seconds=0.01)
+    started = time.monotonic()
+    with pytest.raises(RetryableError, match=r"timed out on POST /v1/execute: no complete answer within 1 s"):
+        client.execute("idea", "gpt-4.1", {"x": 1})
+    assert 2.0 <= time.monotonic() - started < 4.0  # two tries of one second each
+    assert client.execute("idea", "gpt-4.1", {"x": 1})["model_version"] == "1"
+    client.close()
+
+
+def test_a_429_is_retried_after_the_servers_retry_after(executor):
+    url, admin = executor
+    admin.post("/admin/faults", json={"fail_next": [{"status": 429, "retry_after": "1"}]})
+    client = ExecutorClient(url, retries=1, backoff_seconds=0.01)
+    started = time.monotonic()
+    assert client.execute("idea", "gpt-4.1", {"x": 1})["model_version"] == "1"
+    assert time.monotonic() - started >= 1.0
+    # a wait longer than the client holds a handler for is left to the queue's retry, at once
+    admin.post("/admin/faults", json={"fail_next": [{"status": 429, "retry_after": "3600"}]})
+    started = time.monotonic()
+    with pytest.raises(RetryableError, match=r"HTTP 429 .*retry after 3600 s, longer than this client waits"):
+        client.execute("idea", "gpt-4.1", {"x": 1})
+    assert time.monotonic() - started < 1.0
+    assert admin.get("/admin/stats").json()["requests"] == 3
+    client.close()
+
+
+def test_a_model_name_stays_one_path_segment_of_the_url(executor):
+    """The executor resolves dot segments before routing, as servers and proxies do: unquoted,
+    `a/../../admin/stats` would reach /admin/stats with the executor's credentials. Quoted, it
+    is a model the executor does not serve; and the handlers refuse it before any call."""
+    from include.execution.task_handlers import resolve_ai_model
+    from include.execution.task_queue import ClaimedTask
+
+    url, admin = executor
+    client = ExecutorClient(url, retries=0)
+    with pytest.raises(PermanentError, match=r"HTTP 404 .*unknown ai_model 'a/../../admin/stats'"):
+        client.model_version("a/../../admin/stats")
+    client.close()
+    assert admin.get("/admin/stats").json()["refused_models"] == {"a/../../admin/stats": 1}
+    task = ClaimedTask(1, "idea", VALID["idea"], "a/../../admin/stats", 1, 5, "", 0.0)
+    with pytest.raises(PermanentError, match="does not match"):
+        resolve_ai_model(task)
+
+
+def test_a_prompt_reaches_the_executor_as_written():
+    """Indentation is part of a prompt (code): only the cache key's canonical form of the inputs
+    changes, never the text."""
+    prompt = "Fix this:\n    def f(x):\n        return  x\n\n\tTabs too."
+    task_input = validate_payload("idea", {"prompt": prompt, "repo": " r ", "inputs": {"count": 1}})
+    assert task_input["prompt"] == prompt and task_input["repo"] == "r"

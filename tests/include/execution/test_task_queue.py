@@ -283,3 +283,51 @@ def test_a_step_is_planned_once_per_connection_and_its_plan_never_reads_the_whol
             assert cur.fetchall() == [(8, 0)]
     assert rows_read_by_seq_scan() == before
     assert all(len(t) == 1 for t in tokens) and len(set.union(*tokens)) == 8
+
+
+def test_a_task_past_attempt_1024_neither_overflows_the_backoff_nor_loses_the_batch(app_dsn):
+    """2 ** 1024 overflows float8: one such row failed the statement that settles a whole batch,
+    losing its completions, again after every reap. The exponent stops at 60 (the delay at its
+    cap long before). On a schema before revision 0009, whose CHECK now bounds max_attempts."""
+    from include.migrations import upgrade
+
+    upgrade(app_dsn, "0008")
+    rows(
+        app_dsn,
+        "INSERT INTO execution_tasks (task_type, payload, attempts, max_attempts) VALUES"
+        " ('idea', '{}', 1100, 5000), ('idea', '{}', 0, 5) RETURNING id",
+    )
+    with TaskQueue(app_dsn, backoff_base_seconds=5, backoff_cap_seconds=600) as q:
+        veteran, other = q.claim(2)
+        assert veteran.attempts == 1101
+        done, failed, _ = q.settle_and_claim(
+            [Completion(other, {"ok": True}, 1)], [Failure(veteran, "again", retryable=True)], 0
+        )
+    assert done == [other.id] and failed.requeued == [veteran.id]
+    [(delay,)] = rows(
+        app_dsn, "SELECT extract(epoch FROM available_at - now()) FROM execution_tasks WHERE attempts = 1101"
+    )
+    assert 590 < float(delay) <= 600
+
+
+@pytest.mark.parametrize("max_attempts", [0, -1, 101, 10**6, True, 2.5])
+def test_max_attempts_is_bounded_before_anything_is_written(app_head_dsn, max_attempts):
+    with TaskQueue(app_head_dsn) as q:
+        with pytest.raises(ValueError, match=r"task 1's max_attempts must be an integer from 1 to 100"):
+            q.enqueue_many(
+                [
+                    {"task_type": "idea", "payload": PAYLOAD},
+                    {"task_type": "idea", "payload": PAYLOAD, "max_attempts": max_attempts},
+                ]
+            )
+        assert q.enqueue("idea", PAYLOAD, max_attempts=100)
+    assert rows(app_head_dsn, "SELECT max_attempts FROM execution_tasks") == [(100,)]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"backoff_base_seconds": float("nan")}, {"backoff_cap_seconds": float("inf")}, {"lease_seconds": 0}],
+)
+def test_the_queue_refuses_settings_it_cannot_compute_with(app_head_dsn, settings):
+    with pytest.raises(ValueError, match="must be"):
+        TaskQueue(app_head_dsn, **settings)

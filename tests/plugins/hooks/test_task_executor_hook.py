@@ -139,3 +139,44 @@ def test_the_client_refuses_a_url_that_is_not_http_without_repeating_it():
     with pytest.raises(ValueError, match="scheme is 'ftp'") as caught:
         ExecutorClient("ftp://svc:s3cret@executor")
     assert "s3cret" not in str(caught.value)
+
+
+def _client_of(monkeypatch, host: str, **extra):
+    from execplatform.hooks.task_executor_hook import TaskExecutorHook
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_EXEC_URL",
+        json.dumps({"conn_type": "ai_executor", "host": host, "password": "tok3n-s3cret", "extra": extra}),
+    )
+    return TaskExecutorHook("exec_url").get_conn()
+
+
+def test_a_host_without_a_scheme_is_https_and_plain_http_leaves_this_machine_only_when_allowed(
+    monkeypatch,
+):
+    """The bearer token must not cross a network in clear: https unless the host is loopback or
+    the connection says plain http is meant."""
+    assert _client_of(monkeypatch, "executor.internal").base_url == "https://executor.internal"
+    for loopback in ("http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000"):
+        assert _client_of(monkeypatch, loopback).base_url == loopback
+    with pytest.raises(
+        ValueError, match="plain http to 'executor.internal', which is not this machine"
+    ) as no:
+        _client_of(monkeypatch, "http://executor.internal")
+    assert "tok3n" not in str(no.value)
+    allowed = _client_of(monkeypatch, "http://executor.internal", allow_insecure_http=True)
+    assert allowed.base_url == "http://executor.internal"
+    limits = _client_of(monkeypatch, "https://x", max_response_bytes=2048, max_retry_after_seconds=5)
+    assert (limits.max_response_bytes, limits.max_retry_after_seconds) == (2048, 5.0)
+
+
+def test_retry_after_reads_seconds_and_dates():
+    from datetime import UTC, datetime
+
+    from include.execution.executor_client import retry_after_seconds
+
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("7", now) == 7.0
+    assert retry_after_seconds("Thu, 01 Jan 2026 12:00:30 GMT", now) == 30.0
+    assert retry_after_seconds("Thu, 01 Jan 2026 11:00:00 GMT", now) == 0.0  # in the past: at once
+    assert retry_after_seconds("soon", now) is None and retry_after_seconds(None, now) is None

@@ -411,3 +411,43 @@ def test_finding_the_client_programs_warns_about_nothing():
     )
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()).is_file() and not done.stderr
+
+
+def test_retention_deletes_the_files_of_a_backup_never_verified_once_it_is_old(source):
+    """A failed or unverified backup used to keep its files in S3 forever: past the age limit
+    they go, its catalog entry stays (marked deleted, its error kept); a younger one is left."""
+    from datetime import UTC, datetime, timedelta
+
+    from execplatform.steps.backup_steps import apply_retention, backup_catalog
+    from include.backup.catalog import split_location
+
+    old, young = backup(source)["backup_id"], backup(source)["backup_id"]  # uploaded, never verified
+    s3_catalog = backup_catalog()
+    entry = s3_catalog.get(old)
+    long_ago = datetime.now(UTC) - timedelta(days=4)
+    entry.status, entry.error, entry.started_at, entry.finished_at = (
+        "failed",
+        "verify: differs",
+        long_ago,
+        long_ago,
+    )
+    s3_catalog.put(entry)
+    with psycopg2.connect(source["dsn"]) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE backups SET status = 'failed', started_at = %s, finished_at = %s WHERE id = %s",
+            (long_ago, long_ago, old),
+        )
+    conn.close()
+
+    def files(backup_id: int) -> list[str]:
+        bucket, prefix = split_location(s3_catalog.get(backup_id).location)
+        listed = s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        return sorted(o["Key"].removeprefix(prefix) for o in listed)
+
+    assert len(files(old)) > 3 and len(files(young)) > 3
+    assert apply_retention(keep_daily=7, keep_weekly=4, postgres_conn_id=CONN_ID) == [old]
+    assert files(old) == ["catalog.json"] and len(files(young)) > 3
+    kept = s3_catalog.get(old)
+    assert (kept.status, kept.error) == ("deleted", "verify: differs")
+    assert catalog(source)[old][0] == "deleted" and catalog(source)[young][0] == "uploaded"
+    assert apply_retention(keep_daily=7, keep_weekly=4, postgres_conn_id=CONN_ID) == []  # done once

@@ -198,3 +198,52 @@ def test_a_plan_without_a_target_or_logical_date_restores_into_a_new_named_datab
     from execplatform.hooks.app_db_hook import AppDatabaseHook
 
     AppDatabaseHook().drop_database(plan["target"])
+
+
+def _disk(monkeypatch, **settings) -> None:
+    """The workers' disk settings: exactly `settings` (APP_DB_DISK_BYTES, APP_DB_DISK_FREE_PATH)."""
+    for name in ("APP_DB_DISK_BYTES", "APP_DB_DISK_FREE_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in settings.items():
+        monkeypatch.setenv(name, str(value))
+
+
+def test_a_restore_that_would_leave_the_disk_under_its_margin_is_refused_touching_nothing(
+    live, pg_server, monkeypatch
+):
+    """Restores into new databases had no limit. The disk is known from the workers' settings (here
+    the stack's data folder, measured; then a declared size, against what SQL can measure), and a
+    restore that would leave less than the margin free is refused before any database is made."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from execplatform.steps.backup_steps import backup_catalog
+    from execplatform.steps.restore_steps import plan_restore, restore_and_compare
+
+    backup_id = backup(live)
+    entry = backup_catalog().get(backup_id)
+    plan = plan_restore(str(backup_id), None, None, "manual__room")  # the stack's folder: room enough
+    assert plan["room"]["estimate_bytes"] > entry.size_bytes * 10
+    assert plan["room"]["free_bytes"] > plan["room"]["estimate_bytes"]
+
+    databases = lambda: {r[0] for r in query(pg_server.superuser_dsn(), "SELECT datname FROM pg_database")}  # noqa: E731
+    before = databases()
+    used = query(live["dsn"], "SELECT sum(pg_database_size(oid)) FROM pg_database")[0][0]
+    _disk(monkeypatch, APP_DB_DISK_BYTES=int(used) + plan["room"]["estimate_bytes"] // 2)
+    with pytest.raises(
+        AirflowFailException, match=r"would leave -?\d+ of the disk's \d+ bytes free"
+    ) as refused:
+        plan_restore(str(backup_id), None, None, "manual__full")
+    assert (
+        "APP_DB_DISK_BYTES" in str(refused.value)
+        and "minus the databases'" in str(refused.value)
+        and "nothing was touched" in str(refused.value)
+    )
+    with pytest.raises(AirflowFailException, match="under the 15% margin"):
+        restore_and_compare(plan, "manual__room")  # checked again: the disk filled since the plan
+    _disk(monkeypatch)
+    with pytest.raises(AirflowFailException, match="set APP_DB_DISK_BYTES .* or APP_DB_DISK_FREE_PATH"):
+        restore_and_compare(plan, "manual__room")
+    assert databases() == before
+
+    _disk(monkeypatch, APP_DB_DISK_BYTES=int(used) + 100 * plan["room"]["estimate_bytes"])
+    assert restore_and_compare(plan, "manual__room")["database"] == plan["target"]
