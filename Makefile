@@ -71,6 +71,7 @@ test-pg15: $(VENV)/.installed
 	TEST_PG_SERVER=$(PG15_SERVER) $(VENV)/bin/pytest -p no:cacheprovider \
 	  tests/include/migrations/test_migrations.py tests/include/migrations/test_runner.py \
 	  tests/include/migrations/test_undo.py tests/include/migrations/test_schema_lock.py \
+	  tests/include/migrations/test_throttle.py \
 	  tests/include/backup/test_archive.py
 
 bench: $(VENV)/.installed

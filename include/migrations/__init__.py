@@ -72,6 +72,15 @@ class Settings:
     lock_retries: int = 3
     retry_backoff_s: float = 1.0
     backfill_batch_size: int = 10_000
+    # a backfill's throttle (include.migrations.throttle): the batch size above is the first
+    # batch's; later ones aim at this many seconds each (0: keep the size)
+    backfill_target_batch_s: float = 0.1
+    # while other sessions run statements, pause this many times each batch's duration
+    backfill_nice_ratio: float = 9.0
+    # the longest single pause (contention doubles the pause up to it)
+    backfill_max_pause_s: float = 5.0
+    # pauses add up to at most this; then the backfill finishes at full speed
+    backfill_throttle_budget_s: float = 600.0
     extra_versions: tuple[str, ...] = field(
         default_factory=lambda: tuple(
             p for p in os.environ.get(EXTRA_VERSIONS_ENV, "").split(os.pathsep) if p
@@ -106,7 +115,6 @@ def alembic_config(dsn: str, settings: Settings | None = None, output: io.String
     )
     config.attributes["dsn"] = dsn
     config.attributes["settings"] = settings
-    config.attributes["backfill_batch_size"] = settings.backfill_batch_size
     return config
 
 
