@@ -5,8 +5,9 @@
 every applied migration and every new offer-model champion (Assets `app_db_backup_verified`,
 `app_db_migration_applied`, `offer_model_promoted`).
 
-Each gate is its own task and checks one invariant of the platform, recording its evidence
-(the query, the observed value, the limit) in `audit_findings`. Each gate fails when:
+Each gate is one instance of the mapped task `check` (named by its gate in the UI) and checks one
+invariant of the platform, recording its evidence (the query, the observed value, the limit) in
+`audit_findings`. Each gate fails when:
 
 - `queue_expired_leases`: a running task's lease expired more than `expired_lease_minutes` ago
 - `queue_dead_without_error`: a dead task has no error kept
@@ -51,7 +52,8 @@ derives a run's state from its leaves.
 **Idempotent:** a re-run re-checks and replaces that run's findings.
 
 **When it fails:** the failed gate's log and `audit_findings` hold the evidence. Fix the
-invariant (or, if the limit is wrong, the limit), then clear the failed gate and `report`.
+invariant (or, if the limit is wrong, the limit), then clear the failed gate's instance of
+`check` and `report`.
 
 **After the gates** (each runs whatever the gates' outcome):
 
@@ -137,7 +139,8 @@ def adversarial_audit():
 
         return start(APP_DB, run_id)
 
-    @task(**alert_callbacks(on_failure="warning"))  # each gate is visible; `report` pages once
+    # one mapped task instance per gate, named by the gate in the UI; `report` pages once
+    @task(map_index_template="{{ task.op_kwargs['gate'] }}", **alert_callbacks(on_failure="warning"))
     def check(gate: str, audit_run_id: int, params=None) -> dict:
         from execplatform.steps.audit_steps import check_gate
 
@@ -153,7 +156,7 @@ def adversarial_audit():
         return report(APP_DB, audit_run_id, [*GATES, *STEP_GATES], unfinished)
 
     audit_run_id = start()
-    gates = [check.override(task_id=gate)(gate, audit_run_id) for gate in GATES]
+    gates = check.partial(audit_run_id=audit_run_id).expand(gate=list(GATES))
 
     # after the gates: leading indicators, probes, the alarms themselves, the digest, the verdict
     @task(trigger_rule=TriggerRule.ALL_DONE)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from devstack.smtp_sink import read_messages
+from include.audit.gates import GATES
 from tests.airflow_api import postgres_connection
 from tests.offers_fixtures import cursor
 
@@ -50,8 +51,11 @@ def test_the_steps_after_the_gates_run_record_evidence_and_mail_the_digest(
     initdb()
     monkeypatch.setenv("AUDIT_REPORT_DIR", str(tmp_path))
     run = DagBag(dag_folder=str(DAGS / "adversarial_audit.py")).get_dag("adversarial_audit").test()
-    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    tis = run.get_task_instances()
+    states = {ti.task_id: ti.state for ti in tis}
     assert {step: states[step] for step in STEPS} == dict.fromkeys(STEPS, "success"), states
+    # one mapped instance of `check` per gate, named by its gate in the UI
+    assert sorted(ti.rendered_map_index for ti in tis if ti.task_id == "check") == sorted(GATES)
     with cursor(app_db) as cur:
         cur.execute(
             "SELECT gate, passed FROM audit_findings WHERE gate IN ('adversarial_probes', 'alarm_delivery')"

@@ -81,7 +81,14 @@ def test_template_fields_name_attributes_of_their_operator(dagbag):
     for dag_id, dag in dagbag.dags.items():
         for task in dag.tasks:
             if isinstance(task, MappedOperator):  # its operator exists only when it runs
-                parameters = inspect.signature(task.operator_class.__init__).parameters
+                # the arguments of every __init__ along the class's MRO (a decorated task's
+                # passes most of them on through **kwargs)
+                parameters = {
+                    name
+                    for cls in task.operator_class.__mro__
+                    if "__init__" in vars(cls)
+                    for name in inspect.signature(cls.__init__).parameters
+                }
                 missing = [f for f in task.template_fields if f not in parameters]
             else:
                 missing = [f for f in task.template_fields if not hasattr(task, f)]
