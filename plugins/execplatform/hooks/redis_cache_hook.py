@@ -5,14 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.redis.hooks.redis import RedisHook
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from include.ids import REDIS
 
 if TYPE_CHECKING:
     from include.execution.task_cache import TaskCache
 
-# an outage must cost little per call: the tasks then run uncached
+# An outage must cost little: the tasks then run uncached. Short socket timeouts, and one quick
+# retry (a reconnect after a Redis restart) instead of redis-py's ten, up to 1 s apart, which
+# held up a drain's first cache call for seconds before it went on uncached.
 SOCKET_TIMEOUT_SECONDS = 2
+CACHE_RETRY = Retry(ExponentialBackoff(cap=0.1, base=0.05), retries=1)
 
 
 class TaskCacheHook(RedisHook):
@@ -22,7 +27,7 @@ class TaskCacheHook(RedisHook):
     Built on the provider's :class:`RedisHook`, so the connection's TLS (``ssl``,
     ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``...), ACL user (login) and ``db`` extras
     apply to the cache as they do to the healthcheck; only the socket timeouts are the cache's
-    own (short, since a Redis outage only costs the cache).
+    own (short, and a single quick retry, since a Redis outage only costs the cache).
 
     :param redis_conn_id: the connection id.
     """
@@ -39,4 +44,5 @@ class TaskCacheHook(RedisHook):
         client = self.get_conn()
         pool_kwargs = client.connection_pool.connection_kwargs
         pool_kwargs["socket_timeout"] = pool_kwargs["socket_connect_timeout"] = SOCKET_TIMEOUT_SECONDS
+        client.set_retry(CACHE_RETRY)
         return TaskCache(client, **options)

@@ -215,10 +215,18 @@ def test_a_failed_computation_releases_its_lock_for_the_next_caller(client, ns):
     assert cache.get_or_compute(ns, {"k": 1}, lambda: "ok") == ("ok", False)
 
 
-def test_with_redis_unreachable_calls_run_uncached_and_the_outage_is_reported_once(ns):
+@pytest.fixture
+def unreachable(monkeypatch):
+    """The hook's cache on a connection whose Redis does not answer (a free port)."""
+    from execplatform.hooks.redis_cache_hook import TaskCacheHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_REDIS_UNREACHABLE", f"redis://127.0.0.1:{free_port()}/0")
+    return lambda **options: TaskCacheHook("redis_unreachable").get_cache(**options)
+
+
+def test_with_redis_unreachable_calls_run_uncached_and_the_outage_is_reported_once(ns, unreachable):
     fired = []
-    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
-    cache = TaskCache(dead, on_unavailable=fired.append)
+    cache = unreachable(on_unavailable=fired.append)
     compute, calls = counting("fresh")
     assert [cache.get_or_compute(ns, {"i": i}, compute) for i in range(5)] == [("fresh", False)] * 5
     assert len(calls) == 5
@@ -327,10 +335,9 @@ def test_a_reserved_computation_invalidated_before_it_stores_serves_no_waiter(cl
     assert cache.get_many([(ns, {"i": 1})]) == [(False, None)]
 
 
-def test_get_many_with_redis_unreachable_finds_nothing_and_reports_the_outage_once(ns):
+def test_get_many_with_redis_unreachable_finds_nothing_and_reports_the_outage_once(ns, unreachable):
     fired = []
-    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
-    cache = TaskCache(dead, on_unavailable=fired.append)
+    cache = unreachable(on_unavailable=fired.append)
     assert cache.get_many([(ns, {"i": i}) for i in range(3)]) == [(False, None)] * 3
     assert cache.get_or_compute(ns, {"i": 0}, lambda: "fresh") == ("fresh", False)
     assert len(fired) == 1 and cache.report()[ns]["errors"] == 1
