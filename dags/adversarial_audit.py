@@ -150,7 +150,7 @@ def adversarial_audit():
         from execplatform.steps.audit_steps import report
 
         unfinished = [step for step in STEPS if ti.xcom_pull(task_ids=step) is None]
-        return report(APP_DB, audit_run_id, [*GATES, *STEP_GATES], unfinished)
+        return report(APP_DB, audit_run_id, [*GATES, *STEP_GATES], unfinished, steps=STEPS)
 
     audit_run_id = start()
     gates = [check.override(task_id=gate)(gate, audit_run_id) for gate in GATES]

@@ -262,6 +262,7 @@ class TaskQueue:
         self.conn.autocommit = True
         self.statements = 0  # statements sent (each one round trip; one commit outside transaction())
         self._in_transaction = False
+        self._fsar_table = True  # until a block check finds none (before revision 0010)
         try:
             self._run(PREPARE_STEP)  # against a schema without ai_model: SchemaBehindError
         except Exception:
@@ -346,6 +347,24 @@ class TaskQueue:
         except psycopg2.errors.InsufficientPrivilege as exc:
             logger.warning("this worker session could not record its role: %s", str(exc).strip())
             return None
+
+    def blocking_report(self) -> tuple | None:
+        """The open FSAR report that blocks execution, as (id, severity, task type, source, issued
+        at), or None: include.audit.fsar_store's BLOCK_QUERY, one round trip on this connection (an
+        index scan of the open blocking reports, usually none). Before revision 0010 made the table,
+        None, and no further statement is sent for it."""
+        import psycopg2.errors
+
+        from include.audit.fsar_store import BLOCK_QUERY
+
+        if not self._fsar_table:
+            return None
+        try:
+            rows = self._run(BLOCK_QUERY)
+        except psycopg2.errors.UndefinedTable:
+            self._fsar_table = False
+            return None
+        return rows[0] if rows else None
 
     # -- producing ---------------------------------------------------------------------------
 
