@@ -984,7 +984,9 @@ GATE_POLICY: dict[str, GatePolicy] = {
         35, False, "sync the charges again (`roi_sync`) and reconcile the ledger rows the evidence names"
     ),
     "security_api_requires_login": GatePolicy(
-        90, True, "turn the REST API's authentication back on (the auth manager) and restart the api-server"
+        90,
+        True,
+        "turn the REST API's authentication back on (`[core] auth_manager`) and restart the api-server",
     ),
     "security_worker_role_is_dml_only": GatePolicy(
         80,

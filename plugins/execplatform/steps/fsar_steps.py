@@ -113,7 +113,7 @@ def file_report(
                 "error",
                 actor=filed_by,
                 report=report.id,
-                severity=report.severity,
+                report_severity=report.severity,
                 source=source,
                 gates=list(gates),
             )
