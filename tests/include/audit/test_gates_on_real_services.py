@@ -413,6 +413,7 @@ def worker_role(app_head_dsn, pg_server, monkeypatch) -> str:
             "task_batch_metrics",
             "task_bottleneck_reports",
             "worker_sessions",
+            "fsar_reports",
         ]
     monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_head_dsn))
     return app_head_dsn
