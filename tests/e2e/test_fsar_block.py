@@ -89,7 +89,11 @@ def test_a_filed_blocking_report_stops_task_batch_until_a_person_resolves_it(app
         )["value"]
         assert xcom["id"] == report.id
         assert queue_rows(stack) == before  # no execution task changed state
-    assert rows(stack, "SELECT occurrences FROM alerts WHERE message LIKE %s", (f"%{report.id}%",)) == [(1,)]
+    assert rows(
+        stack,
+        "SELECT occurrences FROM alerts WHERE message LIKE %s",
+        (f"%execution is blocked by FSAR report {report.id}%",),
+    ) == [(1,)]
 
     resolving = trigger(stack, token, "fsar_intake", {"resolve_report": report.id, "read_inbox": False})
     hitl = (

@@ -229,7 +229,11 @@ def test_the_audit_passes_on_a_healthy_stack_and_names_a_broken_invariant(ops_st
     run = dags_test(ops_stack, "task_batch", {})
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     # the run was skipped naming the report, which it alerted (once)
-    assert rows(ops_stack, "SELECT count(*) FROM alerts WHERE message LIKE %s", (f"%{report}%",)) == [(1,)]
+    assert rows(
+        ops_stack,
+        "SELECT count(*) FROM alerts WHERE message LIKE %s",
+        (f"%execution is blocked by FSAR report {report}%",),
+    ) == [(1,)]
     assert rows(ops_stack, f"SELECT status, attempts FROM execution_tasks WHERE id = {waiting}") == [
         ("queued", 0)
     ]
