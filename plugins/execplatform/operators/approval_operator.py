@@ -10,6 +10,22 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+def _permission_denied(actor: str, **details: Any) -> None:
+    """A `permission_denied` security event: logged, and stored while the app database takes it
+    (a restore's approval may come while the database is being replaced)."""
+    import logging
+
+    from execplatform.hooks.app_db_hook import AppDatabaseHook
+    from include.observability.security_events import log_security_event
+
+    try:
+        with AppDatabaseHook().cursor() as cur:
+            log_security_event(cur, "permission_denied", "warning", actor=actor, **details)
+    except Exception as exc:
+        log_security_event(None, "permission_denied", "warning", actor=actor, **details)
+        logging.getLogger(__name__).warning("permission_denied not stored: %s", type(exc).__name__)
+
+
 class SecondPersonApprovalOperator(ApprovalOperator):
     """
     Airflow's :class:`ApprovalOperator` (Approve or Reject, in the UI's Required Actions), with two
@@ -49,6 +65,12 @@ class SecondPersonApprovalOperator(ApprovalOperator):
             refused_as_own_run=refused,
         )
         if refused:
+            _permission_denied(
+                approver.get("name") or approver.get("id") or "unknown",
+                action=f"approve {context['ti'].dag_id}",
+                run_id=context["ti"].run_id,
+                why="the user who triggered a run cannot also approve it in production",
+            )
             raise AirflowFailException(
                 f"{approver.get('name') or approver.get('id')} triggered this run and cannot also approve "
                 "it in production: another person must approve it (trigger the run again)"
@@ -94,7 +116,6 @@ class ReportResolutionOperator(ApprovalOperator):
         from execplatform.dag_defaults import non_production
         from execplatform.hooks.app_db_hook import AppDatabaseHook
         from include.audit.fsar_store import report_row
-        from include.observability.security_events import log_security_event
 
         if "error" in event:  # no answer in time
             return super().execute_complete(context, event)
@@ -110,18 +131,14 @@ class ReportResolutionOperator(ApprovalOperator):
                 )
             with AppDatabaseHook(self.app_conn_id).cursor() as cur:
                 row = report_row(cur, self.report_id)
-                filer = row and row["source"] == "external" and row["filed_by"] in (responder.get("id"), who)
-                if filer and not non_production():
-                    log_security_event(
-                        cur,
-                        "permission_denied",
-                        "warning",
-                        actor=who,
-                        action="resolve FSAR report",
-                        report=self.report_id,
-                        why="the user who filed an external report cannot resolve it",
-                    )
+            filer = row and row["source"] == "external" and row["filed_by"] in (responder.get("id"), who)
             if filer and not non_production():
+                _permission_denied(
+                    who,
+                    action="resolve FSAR report",
+                    report=self.report_id,
+                    why="the user who filed an external report cannot resolve it",
+                )
                 raise AirflowFailException(
                     f"{who} filed FSAR report {self.report_id} and cannot also resolve it in production: "
                     "another person must"
