@@ -13,8 +13,8 @@ default every 5 minutes), and on demand with the parameter form.
 2. **drain** (mapped K times): each claims `batch_size` tasks at a time with leases
    (`FOR UPDATE SKIP LOCKED`) and runs their handlers on `concurrency` threads against the AI
    executor (`task_executor`), through the Redis cache (`redis_default`), until the queue is
-   empty or `budget_seconds` is spent. Before each claim it checks the block again (a report
-   filed during a drain stops its next claim; `stopped_by` "blocked"). One Airflow task
+   empty or `budget_seconds` is spent. Each claim checks the block again, in its own statement
+   (a report filed during a drain stops its next claim; `stopped_by` "blocked"). One Airflow task
    instance runs many execution tasks.
 3. **publish_metrics** (runs whatever the drains did): first reaps expired leases (tasks held by
    a worker that died go back to the queue), then publishes per task type the count, failures,

@@ -8,9 +8,10 @@ audit that passed every gate its findings named (`passed_reports`), or by a pers
 
 **The block.** While an open report has `block_execution` true, execution stops: `task_batch`
 claims nothing, offers are not published to Stripe, no model is promoted. `BLOCK_QUERY` is the one
-check all of them run: an index scan of `fsar_reports_blocking_idx`, a partial index holding only
-the open blocking reports (usually none). The block lives in the database, so it holds across
-restarts and across workers. Before revision 0010 there is no table and nothing blocks.
+check all of them run (the queue's claim embeds it, `BLOCKING_REPORT`): an index scan of
+`fsar_reports_blocking_idx`, a partial index holding only the open blocking reports (usually
+none). The block lives in the database, so it holds across restarts and across workers. Before
+revision 0010 there is no table and nothing blocks.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from typing import Any
 from include.audit import fsar
 
 SOURCES = ("audit", "external")
-# the open report that blocks, the most severe first (fsar_reports_blocking_idx's order)
-BLOCK_QUERY = (
-    "SELECT id, severity, task_type, source, issued_at FROM fsar_reports "
-    "WHERE status = 'open' AND block_execution ORDER BY severity DESC, issued_at LIMIT 1"
+# the open report that blocks, the most severe first (fsar_reports_blocking_idx's order); the
+# queue's claim embeds BLOCKING_REPORT (include.execution.task_queue.unless_blocked)
+_BLOCKING = (
+    "FROM fsar_reports WHERE status = 'open' AND block_execution ORDER BY severity DESC, issued_at LIMIT 1"
 )
+BLOCKING_REPORT = f"SELECT id {_BLOCKING}"  # noqa: S608 (module constant)
+BLOCK_QUERY = f"SELECT id, severity, task_type, source, issued_at {_BLOCKING}"  # noqa: S608 (module constant)
 # gates whose failure is about the schema: a report naming one of them "names the schema"
 SCHEMA_GATES = frozenset(
     {"migrations_match_files", "migrations_not_pending_too_long", "queue_ai_model_after_migration"}

@@ -402,9 +402,10 @@ def drain(
     claims as many as the batch has room for, while the tasks still running go on. `queue`
     (optional) is an open TaskQueue to use (and leave open).
 
-    With `check_block`, before each claim the drain asks whether an open FSAR report blocks
-    execution (``TaskQueue.blocking_report``, one round trip): once one does, it claims nothing
-    more, settles what is running, and stops (`stopped_by` "blocked", `blocked_by` the report)."""
+    With `check_block` (for the queue it opens; a given `queue` has its own), each claim checks
+    in its own statement whether an open FSAR report blocks execution: once one does, the drain
+    claims nothing more, settles what is running, and stops (`stopped_by` "blocked", `blocked_by`
+    the report)."""
     from include.bounds import bounded
 
     # NaN or infinity would never run out (`elapsed >= nan` is never true): the drain would not stop
@@ -416,19 +417,23 @@ def drain(
     own_queue = queue is None
     if queue is None:
         queue = TaskQueue(
-            dsn, owner=owner, lease_seconds=lease_seconds, backoff_base_seconds=backoff_base_seconds
+            dsn,
+            owner=owner,
+            lease_seconds=lease_seconds,
+            backoff_base_seconds=backoff_base_seconds,
+            check_block=check_block,
         )
         queue.record_session()  # the role this drain runs as, for the audit
     keeper = LeaseKeeper(dsn, queue.owner, queue.lease_seconds)
 
-    def blocked() -> bool:
-        if check_block and summary.blocked_by is None and (report := queue.blocking_report()):
-            summary.blocked_by, summary.stopped_by = report[0], "blocked"
+    def blocked() -> bool:  # the last claim found an open FSAR report blocking execution
+        if queue.blocked_by is not None and summary.blocked_by is None:
+            summary.blocked_by, summary.stopped_by = queue.blocked_by, "blocked"
         return summary.blocked_by is not None
 
     try:
         with HandlerRunner(concurrency, handlers, services) as runner:
-            tasks, out_of_budget = [] if blocked() else queue.claim(batch_size, task_types), False
+            tasks, out_of_budget = queue.claim(batch_size, task_types), False
             while tasks or runner.held:
                 if tasks:
                     if on_batch is not None:
@@ -440,7 +445,7 @@ def drain(
                 out_of_budget = time.monotonic() - started >= budget_seconds
                 claim = 0 if out_of_budget or not room or blocked() else room
                 tasks = _settle(queue, outcomes, services, summary, claim, task_types)
-            if out_of_budget and not summary.blocked_by:
+            if not blocked() and out_of_budget:
                 summary.stopped_by = "budget"
     finally:
         keeper.stop()

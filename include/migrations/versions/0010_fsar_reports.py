@@ -13,8 +13,8 @@ A new table only (nothing existing is altered), so the upgrade takes no lock on 
   only rows the block check reads (usually none: an empty index, one page).
 
 The queue workers' role (app_worker) reads the table (include.migrations.db_roles.WORKER_GRANTS,
-granted after this revision by include.migrations.env): a drain checks the block before each
-claim, in its own session.
+granted after this revision by include.migrations.env): each claim of a drain checks the block,
+in the drain's own session.
 """
 
 from alembic import op

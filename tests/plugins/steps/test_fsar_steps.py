@@ -73,7 +73,8 @@ def drain_as_the_workers(dsn: str):
 
 
 def a_new_process_sees_the_block() -> str:
-    """The block as a new interpreter (another worker, or this one after a restart) sees it."""
+    """The block as a new interpreter (another worker, or this one after a restart) sees it: the
+    report its claim (of no task: a claim of 0 rows still checks the block) found blocking."""
     import subprocess
     import sys
 
@@ -82,7 +83,7 @@ def a_new_process_sees_the_block() -> str:
 
     code = (
         "import sys; from include.execution.task_queue import TaskQueue; "
-        "q = TaskQueue(sys.argv[1]); print((q.blocking_report() or ['none'])[0]); q.close()"
+        "q = TaskQueue(sys.argv[1]); q.claim(0); print(q.blocked_by or 'none'); q.close()"
     )
     worker_dsn = AppDatabaseHook("app_db").worker_dsn()
     seen = subprocess.run(
