@@ -217,7 +217,14 @@ def issue_audit_report(
             )
     report = audit_report(audit_run_id, dag_run_id, failures)
     named = [f.gate for f in failures]
-    filed = file_report(report, source="audit", filed_by=dag_run_id, audit_run_id=audit_run_id, gates=named)
+    filed = file_report(
+        report,
+        source="audit",
+        filed_by=dag_run_id,
+        audit_run_id=audit_run_id,
+        gates=named,
+        app_conn_id=app_conn_id,
+    )
     if not failures:
         close_report(
             report.id,
