@@ -4,7 +4,6 @@ its closing by a later audit, the intake's refusals, and a person's resolution."
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ import pytest
 from include.audit import fsar
 from tests.airflow_api import postgres_connection
 from tests.offers_fixtures import cursor
+from tests.pg import query
 from tests.project import FIXTURES
 
 BLOCKING = (FIXTURES / "fsar" / "external_schema_drift.md").read_text()
@@ -30,9 +30,7 @@ def app_db(app_head_dsn, local_stack, monkeypatch):
 
 
 def rows(dsn: str, sql: str, args=()) -> list[tuple]:
-    with cursor(dsn) as cur:
-        cur.execute(sql, args)
-        return cur.fetchall()
+    return query(dsn, sql, args) or []
 
 
 def events(dsn: str, kind: str) -> list[dict]:
@@ -338,7 +336,6 @@ def test_the_workers_role_reads_the_block_and_nothing_more(app_db):
                 cur.execute("UPDATE fsar_reports SET status = 'closed'")
     finally:
         conn.close()
-    assert json  # the module's imports stay used
 
 
 def test_the_dashboard_and_the_digest_list_the_reports_open_first(app_db):
