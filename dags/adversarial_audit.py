@@ -45,21 +45,30 @@ invariant of the platform, recording its evidence (the query, the observed value
   file, never the value)
 
 A failed gate does not retry (`AirflowFailException`). `report` runs last, after the steps
-below: it fails the run with a **critical** alert naming every failed gate (the probes' and the
-alarms' included) and every step that did not finish. It is the run's only leaf, since Airflow
-derives a run's state from its leaves.
+below. It issues the run's **FSAR report** (`fsar_reports`, and JSON and Markdown in S3): its
+severity is the sum of the failed gates' weights (at most 100), and it blocks execution when a
+failed gate blocks (`GATE_POLICY` in `include/audit/gates.py`: the weights, which gates block,
+and the remediation each proposes); a passing audit issues severity 0. While a report blocks,
+`task_batch` claims nothing and offers and models are not published. The report closes itself
+when a later audit passes every gate it names (this one closes those earlier reports whose gates
+all passed now), or when a person resolves it (`fsar_intake`). Then `report` fails the run with
+a **critical** alert naming every failed gate (the probes' and the alarms' included), every step
+that did not finish, and the report. It is the run's only leaf, since Airflow derives a run's
+state from its leaves.
 
 **Idempotent:** a re-run re-checks and replaces that run's findings.
 
-**When it fails:** the failed gate's log and `audit_findings` hold the evidence. Fix the
-invariant (or, if the limit is wrong, the limit), then clear the failed gate's instance of
-`check` and `report`.
+**When it fails:** the failed gate's log and `audit_findings` hold the evidence, and the FSAR
+report proposes the remediation. Fix the invariant (or, if the limit is wrong, the limit), then
+clear the failed gate's instance of `check` and `report`, or trigger the audit again: a pass
+closes the report.
 
 **After the gates** (each runs whatever the gates' outcome):
 
 - `leading_indicators`: the last complete day's indicators (and the 6 days before, to fill a
-  gap) into `indicator_values`; a warning alert for every new CUSUM trend change (kept in
-  `indicator_changes`, alerted once) and every PSI over its sample-size threshold.
+  gap) into `indicator_values`; an alert for every new CUSUM trend change (kept in
+  `indicator_changes`, alerted once) and every PSI over its sample-size threshold: error (email)
+  for trust and model-quality indicators, warning for the rest (`CHANGE_ALERT_LEVELS`).
 - `adversarial_probes`: hostile input through the real entry points in a scratch database
   (dropped after), an unknown `ai_model` to the `task_executor` connection's executor, and
   hostile values to every param of every DAG in this folder; fails if any probe is accepted or
@@ -153,7 +162,7 @@ def adversarial_audit():
         from execplatform.steps.audit_steps import report
 
         unfinished = [step for step in STEPS if ti.xcom_pull(task_ids=step) is None]
-        return report(APP_DB, audit_run_id, [*GATES, *STEP_GATES], unfinished)
+        return report(APP_DB, audit_run_id, [*GATES, *STEP_GATES], unfinished, steps=STEPS)
 
     audit_run_id = start()
     gates = check.partial(audit_run_id=audit_run_id).expand(gate=list(GATES))

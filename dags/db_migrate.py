@@ -6,7 +6,10 @@
 Brings the app database (`app_db`) to a target Alembic revision, safely:
 
 1. **plan**: the pending revisions and their exact SQL (in the task log); refuses if an
-   applied revision's file was edited since;
+   applied revision's file was edited since, or while an open FSAR report that blocks execution
+   names the schema (`fsar_reports.names_schema`), unless `remediation_report` names that report:
+   the run is its remediation (a `block_overridden` security event when it applies). `apply`
+   checks again;
 2. **lint**: squawk for the server's PostgreSQL version; a finding blocks unless the revision
    names a reviewed exception;
 3. **backup gate**: a verified backup younger than `max_backup_age_hours`, else one is taken
@@ -97,6 +100,12 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where two branches meet
             pattern=r"^[A-Za-z0-9_.:+-]{0,250}$",
             description="the run whose failed undo an operator has put right by hand",
         ),
+        "remediation_report": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^(fsar_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$",
+            description="the FSAR report this run remediates: it may apply while that report blocks",
+        ),
         "schema_lock_wait_seconds": number_param(
             900, integer=True, minimum=1, maximum=86_400, description="wait for restores, backups, drains"
         ),
@@ -129,7 +138,14 @@ def db_migrate():
         from execplatform.steps.migration_steps import plan_migration, settings_from_params
 
         settings = settings_from_params(params)
-        return plan_migration(APP_DB, run_id, params["target_revision"], settings, params["resolve_undo_of"])
+        return plan_migration(
+            APP_DB,
+            run_id,
+            params["target_revision"],
+            settings,
+            params["resolve_undo_of"],
+            params["remediation_report"],
+        )
 
     @task
     def lint(params=None) -> dict:
@@ -183,7 +199,8 @@ def db_migrate():
         from execplatform.steps.migration_steps import apply_migration, settings_from_params
 
         settings = settings_from_params(params)
-        return apply_migration(APP_DB, run_id, settings, params["schema_lock_wait_seconds"])
+        lock_wait, remediation = params["schema_lock_wait_seconds"], params["remediation_report"]
+        return apply_migration(APP_DB, run_id, settings, lock_wait, remediation)
 
     @task
     def verify(applied: dict, run_id=None) -> dict:

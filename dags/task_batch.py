@@ -4,13 +4,18 @@
 **Owner:** platform team. **Schedule:** `$TASK_BATCH_SCHEDULE` (a cron expression or preset;
 default every 5 minutes), and on demand with the parameter form.
 
-1. **measure_backlog**: ready tasks per type in `execution_tasks` (`app_db`), and the plan:
-   K = min(`parallelism`, ceil(backlog / `batch_size`)) parallel drains (XCom `backlog`; its
-   return value, the drains to map).
+1. **measure_backlog**: ready tasks per type in `execution_tasks` (`app_db`), published as
+   `QueueBacklog`, and the plan: K = min(`parallelism`, ceil(backlog / `batch_size`)) parallel
+   drains (XCom `backlog`; its return value, the drains to map). **While an open FSAR report
+   blocks execution** (`fsar_reports`, see `fsar_intake`) it ends skipped, naming the report in
+   its log and XCom `blocked_by`, and so does the whole run: nothing is claimed, reaped or
+   changed. The first run a report stops sends one *error* alert for it; later runs send none.
 2. **drain** (mapped K times): each claims `batch_size` tasks at a time with leases
    (`FOR UPDATE SKIP LOCKED`) and runs their handlers on `concurrency` threads against the AI
    executor (`task_executor`), through the Redis cache (`redis_default`), until the queue is
-   empty or `budget_seconds` is spent. One Airflow task instance runs many execution tasks.
+   empty or `budget_seconds` is spent. Each claim checks the block again, in its own statement
+   (a report filed during a drain stops its next claim; `stopped_by` "blocked"). One Airflow task
+   instance runs many execution tasks.
 3. **publish_metrics** (runs whatever the drains did): first reaps expired leases (tasks held by
    a worker that died go back to the queue), then publishes per task type the count, failures,
    p50/p95 duration and queue wait of the tasks finished in this run, into `task_batch_metrics`
@@ -27,6 +32,10 @@ overlapping drain never completes a task twice; metrics rows are upserted per ru
 **Alerts:** a retry is a *warning*, a failure an *error* (email). A Redis outage sends one
 *error* alert per drain and the tasks run uncached. Before revision 0002 is applied
 (`execution_tasks.ai_model` missing) the run fails at once, without retries, naming the column.
+
+**When it is skipped:** execution is blocked: `measure_backlog`'s log names the FSAR report.
+Remediate what it proposes, then run `adversarial_audit` (its report closes when the gates it
+names pass), or resolve the report with a reason (`fsar_intake`, `resolve_report`).
 
 **When it fails:** read the failing task's log. *Schema behind*: run `db_migrate`. Failed or
 dead execution tasks keep their error in `execution_tasks.error` (a malformed payload names its
@@ -85,12 +94,15 @@ from include.ids import TASK_TYPES
 def task_batch():
     @task
     def measure_backlog(params=None, ti=None) -> list[int]:
-        """The backlog (XCom `backlog`) and the drains to map (the return value)."""
+        """The backlog (XCom `backlog`) and the drains to map (the return value); skipped, naming
+        the report (XCom `blocked_by`), while an open FSAR report blocks execution."""
+        from execplatform.steps.fsar_steps import stop_if_blocked
         from execplatform.steps.queue_steps import measure_backlog
         from include.execution.drain import plan_batches
 
         backlog = measure_backlog(params["task_types"])
         ti.xcom_push("backlog", backlog)
+        stop_if_blocked(ti)
         ready = sum(b["ready"] for b in backlog.values())
         return list(range(plan_batches(ready, params["batch_size"], params["parallelism"])))
 
@@ -104,9 +116,12 @@ def task_batch():
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def publish_metrics(params=None, dag_run=None, ti=None) -> dict:
-        """Runs whatever happened upstream: a dead drain's leases are reaped, its tasks counted."""
+        """Runs whatever happened upstream: a dead drain's leases are reaped, its tasks counted;
+        skipped while execution is blocked (reaping changes tasks' states too)."""
+        from execplatform.steps.fsar_steps import stop_if_blocked
         from execplatform.steps.queue_steps import publish_task_metrics, reap_expired_leases
 
+        stop_if_blocked()
         reaped = reap_expired_leases()
         planned = ti.xcom_pull(task_ids="measure_backlog") or []
         drains = ti.xcom_pull(task_ids="drain", map_indexes=planned) if planned else []

@@ -27,6 +27,7 @@ DAG_IDS = (
     "offer_model_retrain",
     "offer_feedback",
     "roi_sync",
+    "fsar_intake",
 )
 
 # the execution tasks' types (execution_tasks.task_type), each with its own handler and inputs

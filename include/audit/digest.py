@@ -1,6 +1,7 @@
 """The audit's daily digest for stakeholders: gate results, indicators whose trend changed, ROI
-(attributed and incremental), backup freshness, and a PNG plot per indicator series with its
-detected change points marked.
+(attributed and incremental), backup freshness, the FSAR reports (open ones first, and whether
+one blocks execution), and a PNG plot per indicator series with its detected change points
+marked.
 
 `gather` reads everything from the app database, `plot_series` draws one series (matplotlib,
 Agg backend: no display needed), `render` makes the email's subject and HTML, and `plain_table`
@@ -29,6 +30,12 @@ class Digest:
     roi: list[tuple[str, float, float | None]] = field(default_factory=list)
     backup_age_hours: float | None = None
     values: list[tuple[str, str, float]] = field(default_factory=list)  # today's indicator values
+    # FSAR reports: open ones first (blocking first), then the newest closed (fsar_store.REPORT_COLUMNS)
+    reports: list[tuple] = field(default_factory=list)
+
+    @property
+    def blocking_reports(self) -> list[str]:
+        return [r[0] for r in self.reports if r[1] == "open" and r[3]]
 
     @property
     def failed_gates(self) -> list[str]:
@@ -50,6 +57,10 @@ def gather(cur, day: date, audit_run_id: int | None, *, change_days: int = 7) ->
     )
     age = cur.fetchone()[0]
     digest.backup_age_hours = None if age is None else round(float(age), 2)
+    if table_exists(cur, "fsar_reports"):
+        from include.audit.fsar_store import recent_reports
+
+        digest.reports = recent_reports(cur, 20)
     if table_exists(cur, "offer_roi"):
         cur.execute(
             "SELECT segment, attributed_roi_cents, incremental_roi_cents FROM offer_roi WHERE "
@@ -139,6 +150,13 @@ def render(digest: Digest, plots: list[Path] = ()) -> tuple[str, str]:
     e = html.escape
     verdict = f"{len(digest.failed_gates)} gate(s) FAILED" if digest.failed_gates else "all gates passed"
     subject = f"Platform audit {digest.day.isoformat()}: {verdict}, {len(digest.changes)} trend change(s)"
+    if digest.blocking_reports:
+        subject += f", execution BLOCKED by {len(digest.blocking_reports)} FSAR report(s)"
+    reports = "".join(
+        f"<tr><td>{e(r[0])}</td><td>{e(r[1])}</td><td>{r[2]}</td><td>{'<b>yes</b>' if r[3] else 'no'}</td>"
+        f"<td>{e(r[4])}</td><td>{e(r[7])}</td><td>{e(r[9])} {e(r[10])}</td></tr>"
+        for r in digest.reports
+    )
     gates = "".join(
         f"<tr><td>{e(g)}</td><td>{'passed' if ok else '<b>FAILED</b>'}</td><td>{e(str(obs))}</td>"
         f"<td>{e(str(lim))}</td></tr>"
@@ -167,6 +185,10 @@ def render(digest: Digest, plots: list[Path] = ()) -> tuple[str, str]:
 <table border="1"
     cellpadding="3"><tr><th>segment</th><th>attributed</th><th>incremental</th></tr>{roi}</table>
 {"" if digest.roi else "<p>no ROI computed yet</p>"}
+<h3>FSAR reports (open first)</h3>
+<table border="1" cellpadding="3"><tr><th>id</th><th>status</th><th>severity</th><th>blocks execution</th>
+    <th>source</th><th>gates</th><th>closed by</th></tr>{reports}</table>
+{"" if digest.reports else "<p>no FSAR report yet</p>"}
 <h3>Backups</h3>
 <p>{e(backup)}</p>
 <h3>Plots</h3>
@@ -188,5 +210,10 @@ def plain_table(digest: Digest) -> str:
     lines += [f"  {i}[{d}] {direction} on {day}" for i, d, day, direction, _ in digest.changes] or ["  none"]
     lines.append("roi (attributed / incremental):")
     lines += [f"  {s:<12} {_cents(a):>14} {_cents(inc):>14}" for s, a, inc in digest.roi] or ["  none"]
+    lines.append("fsar reports (id, status, severity, blocks, source, gates):")
+    lines += [
+        f"  {r[0]} {r[1]:<6} {r[2]:>3} {'BLOCKS' if r[3] else '-':<6} {r[4]:<8} {r[7]}"
+        for r in digest.reports
+    ] or ["  none"]
     lines.append(f"backup age: {digest.backup_age_hours} h")
     return "\n".join(lines)

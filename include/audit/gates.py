@@ -339,16 +339,49 @@ def model_champion_artifacts_verify(cur, limits: Mapping[str, float], services: 
     return Evidence(gate, passed, observed, limit, query)
 
 
+def _fresh_query() -> str:
+    from include.offers import model as m
+
+    return (
+        f"SELECT * FROM ({m.TRAINING_ROWS_SQL}) fresh WHERE occurred_at >= greatest(%(trained_to)s, "  # noqa: S608 (module constant)
+        "(SELECT max(occurred_at) FROM user_events WHERE event_type = 'impression' AND occurred_at <= now())"
+        " - %(days)s * interval '1 day')"
+    )
+
+
+def _fresh_rows(cur, trained_to, days: float):
+    """The impressions of the last `days` before the newest one that a model trained up to
+    `trained_to` never saw, without the rows training quarantines."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from include.offers import model as m
+
+    cur.execute(_fresh_query(), {"trained_to": trained_to, "days": days})
+    fresh = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
+    return fresh[m.quarantine_reasons(fresh, datetime.now(UTC)).isna()] if len(fresh) else fresh
+
+
+def _auc(pipeline, fresh) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    from include.offers import model as m
+
+    return float(roc_auc_score(fresh[m.LABEL].astype(int), m.predict(pipeline, fresh)))
+
+
+def _scorable(fresh, min_rows: int) -> bool:
+    from include.offers import model as m
+
+    return len(fresh) >= min_rows and fresh[m.LABEL].nunique() >= 2
+
+
 def model_auc_on_fresh_data(cur, limits: Mapping[str, float], services: Services) -> Evidence:
     """The champion's ROC AUC on fresh impressions (the last `model_fresh_days` before the
     newest one, and none it trained on) is at least `model_min_auc`. Too few fresh rows (or
     one class only) fail: the model cannot then be vouched for. Not applicable while no
     version was ever promoted."""
-    from datetime import UTC, datetime
-
-    import pandas as pd
-    from sklearn.metrics import roc_auc_score
-
     from include.offers import model as m
     from include.offers import registry
 
@@ -359,11 +392,7 @@ def model_auc_on_fresh_data(cur, limits: Mapping[str, float], services: Services
         int(limits["model_fresh_min_rows"]),
     )
     limit = f"auc >= {floor} on >= {min_rows} fresh rows"
-    query = (
-        f"SELECT * FROM ({m.TRAINING_ROWS_SQL}) fresh WHERE occurred_at >= greatest(%(trained_to)s, "  # noqa: S608 (module constant)
-        "(SELECT max(occurred_at) FROM user_events WHERE event_type = 'impression' AND occurred_at <= now())"
-        " - %(days)s * interval '1 day')"
-    )
+    query = _fresh_query()
     if _promoted_versions(cur) == 0:
         return Evidence(gate, True, NO_MODEL_YET, limit, query)
     champion = registry.champion(cur, m.MODEL_NAME)
@@ -371,15 +400,13 @@ def model_auc_on_fresh_data(cur, limits: Mapping[str, float], services: Services
         return Evidence(gate, False, f"no champion of {m.MODEL_NAME} to score", limit, query)
     cur.execute("SELECT trained_to FROM model_versions WHERE id = %s", (champion.id,))
     trained_to = cur.fetchone()[0]
-    cur.execute(query, {"trained_to": trained_to, "days": days})
-    fresh = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
-    fresh = fresh[m.quarantine_reasons(fresh, datetime.now(UTC)).isna()] if len(fresh) else fresh
+    fresh = _fresh_rows(cur, trained_to, days)
     observed: dict[str, Any] = {
         "version_id": champion.id,
         "rows": len(fresh),
         "trained_to": trained_to.isoformat() if trained_to else None,
     }
-    if len(fresh) < min_rows or fresh[m.LABEL].nunique() < 2:
+    if not _scorable(fresh, min_rows):
         observed["auc"] = None
         return Evidence(gate, False, observed, limit, query)
     try:
@@ -387,9 +414,72 @@ def model_auc_on_fresh_data(cur, limits: Mapping[str, float], services: Services
     except Exception as exc:
         observed["error"] = f"{type(exc).__name__}: {exc}"[:500]
         return Evidence(gate, False, observed, limit, query)
-    auc = float(roc_auc_score(fresh[m.LABEL].astype(int), m.predict(pipeline, fresh)))
+    auc = _auc(pipeline, fresh)
     observed["auc"] = round(auc, 4)
     return Evidence(gate, auc >= floor, observed, limit, query)
+
+
+def model_candidate_gates(
+    cur, limits: Mapping[str, float], services: Services, version_id: int, margin_auc: float = 0.0
+) -> list[Evidence]:
+    """The model gates on a candidate, before it is promoted (offer_model_retrain): its artifact
+    verifies (SHA-256, skops allowlist), its AUC on fresh data (impressions it never trained on,
+    as `model_auc_on_fresh_data` reads them) is at least `model_min_auc`, and it is not worse
+    there than the champion by more than `margin_auc` allows (the champion scored on the same
+    rows). A candidate that fails one is refused: it never becomes champion."""
+    from include.offers import model as m
+    from include.offers import registry
+
+    days, min_rows, floor = (
+        limits["model_fresh_days"],
+        int(limits["model_fresh_min_rows"]),
+        limits["model_min_auc"],
+    )
+    candidate = registry.get(cur, version_id)
+    artifact = "model_versions.artifact_sha256 and the skops type allowlist, artifact from S3"
+    try:
+        pipeline = registry.fetch_model(services.s3(), candidate)
+    except Exception as exc:  # refused (hash, format) or not downloadable
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        return [
+            Evidence(
+                "model_candidate_artifact_verifies",
+                False,
+                {"version_id": version_id, "error": error},
+                "verifies",
+                artifact,
+            )
+        ]
+    evidence = [
+        Evidence("model_candidate_artifact_verifies", True, {"version_id": version_id}, "verifies", artifact)
+    ]
+    cur.execute("SELECT trained_to FROM model_versions WHERE id = %s", (version_id,))
+    fresh = _fresh_rows(cur, cur.fetchone()[0], days)
+    observed: dict[str, Any] = {"version_id": version_id, "rows": len(fresh), "auc": None}
+    limit = f"auc >= {floor} on >= {min_rows} fresh rows"
+    if not _scorable(fresh, min_rows):
+        return [
+            *evidence,
+            Evidence("model_candidate_auc_on_fresh_data", False, observed, limit, _fresh_query()),
+        ]
+    auc = observed["auc"] = round(_auc(pipeline, fresh), 4)
+    evidence.append(
+        Evidence("model_candidate_auc_on_fresh_data", auc >= floor, observed, limit, _fresh_query())
+    )
+    champion = registry.champion(cur, m.MODEL_NAME)
+    gate, versus = (
+        "model_candidate_not_worse_than_champion",
+        f"auc >= champion's auc + {margin_auc} on the same rows",
+    )
+    if champion is None or champion.id == version_id:
+        return [*evidence, Evidence(gate, True, "no champion to compare with", versus, _fresh_query())]
+    try:
+        champion_auc = round(_auc(registry.fetch_model(services.s3(), champion), fresh), 4)
+    except Exception as exc:
+        error = f"champion {champion.id}: {type(exc).__name__}: {exc}"[:500]
+        return [*evidence, Evidence(gate, False, {"auc": auc, "error": error}, versus, _fresh_query())]
+    compared = {"auc": auc, "champion_id": champion.id, "champion_auc": champion_auc, "rows": len(fresh)}
+    return [*evidence, Evidence(gate, auc >= champion_auc + margin_auc, compared, versus, _fresh_query())]
 
 
 # --- Stripe and ROI ---------------------------------------------------------------------------
@@ -827,6 +917,98 @@ GATES: dict[str, Callable[..., Evidence]] = {
         security_no_secrets_in_task_logs,
     )
 }
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """What a failed gate means for the audit's FSAR report (include.audit.verdict)."""
+
+    weight: int  # its share of the report's severity (the sum of the failed gates' weights, at most 100)
+    blocks: bool  # its failure blocks execution until the report closes
+    remediation: str  # the concrete step that repairs it (`{previous}`: the version a rollback restores)
+
+
+ROLL_BACK = (
+    "roll back the offer model to version {previous}: trigger `offer_model_retrain` with "
+    '`{{"rollback": true}}`'
+)
+# Every gate's weight, whether it blocks, and its remediation. A gate blocks when work done on
+# top of its broken invariant would be lost, unsafe or unrecoverable; it does not when the
+# remediation is itself execution (the reaper runs in task_batch, offers are re-published by
+# offer_model_retrain), which a block would stop.
+GATE_POLICY: dict[str, GatePolicy] = {
+    "queue_expired_leases": GatePolicy(
+        20,
+        False,
+        "let `task_batch` run (its `publish_metrics` reaps expired leases) and read the dead drain's log",
+    ),
+    "queue_dead_without_error": GatePolicy(
+        40,
+        True,
+        "record why each dead task died (`SELECT id FROM execution_tasks WHERE status = 'dead' AND "
+        "coalesce(btrim(error), '') = ''`), fail or re-enqueue it, then run `adversarial_audit`",
+    ),
+    "queue_valid_status": GatePolicy(
+        50,
+        True,
+        "repair the rows with an unknown status and restore the status CHECK, then run `adversarial_audit`",
+    ),
+    "queue_ai_model_after_migration": GatePolicy(
+        50,
+        True,
+        "set `ai_model` on the tasks created without one (or fail them), then run `adversarial_audit`",
+    ),
+    "backup_fresh_and_restored": GatePolicy(40, True, "take and verify a backup: run `db_backup`"),
+    "backup_restores_now": GatePolicy(
+        60,
+        True,
+        "take and verify a new backup (`db_backup`), then find why the newest one no longer restores",
+    ),
+    "migrations_match_files": GatePolicy(
+        70,
+        True,
+        "restore the edited revision file from version control, or repair the schema with `db_migrate` "
+        "and `remediation_report` naming this report",
+    ),
+    "migrations_not_pending_too_long": GatePolicy(20, False, "apply the pending revisions: run `db_migrate`"),
+    "model_champion_artifacts_verify": GatePolicy(50, True, ROLL_BACK),
+    "model_auc_on_fresh_data": GatePolicy(
+        30, False, ROLL_BACK + ", or retrain it on fresh data: trigger `offer_model_retrain`"
+    ),
+    "stripe_offers_published_once": GatePolicy(
+        35,
+        False,
+        "re-publish the champion's offers: trigger `offer_model_retrain` (publishing is idempotent)",
+    ),
+    "stripe_payments_reconcile": GatePolicy(
+        35, False, "sync the charges again (`roi_sync`) and reconcile the ledger rows the evidence names"
+    ),
+    "security_api_requires_login": GatePolicy(
+        90,
+        True,
+        "turn the REST API's authentication back on (`[core] auth_manager`) and restart the api-server",
+    ),
+    "security_worker_role_is_dml_only": GatePolicy(
+        80,
+        True,
+        "revoke what `app_worker` holds beyond its grants and provision it again "
+        "(`python -m include.migrations.db_roles`)",
+    ),
+    "security_no_secrets_in_task_logs": GatePolicy(
+        70, True, "rotate the secret the evidence names and delete the task logs that hold it"
+    ),
+    # the audit's steps that record a gate's finding
+    "adversarial_probes": GatePolicy(
+        60,
+        True,
+        "refuse the hostile input the evidence names at its entry point, then run `adversarial_audit`",
+    ),
+    "alarm_delivery": GatePolicy(
+        50, False, "repair the alert channel the evidence names (`smtp_default`, Sentry, CloudWatch)"
+    ),
+}
+# an audit step that did not finish (no finding): it counts, but blocks nothing
+UNFINISHED_STEP = GatePolicy(10, False, "read the step's log, fix what stopped it, and clear it")
 
 
 # --- the audit record -------------------------------------------------------------------------

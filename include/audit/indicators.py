@@ -62,6 +62,33 @@ class Change:
         )
 
 
+# The alert a trend change on each indicator raises: `error` (email to the owners) for the
+# indicators of trust inflation and of the model's quality, where a change means the platform's
+# numbers or its model can no longer be taken at their word; `warning` (log, metric, table) for
+# speed and volume, which dashboards and thresholds already watch. A PSI over its threshold
+# alerts at its indicator's level too. Every indicator is listed (tests hold INDICATORS to it).
+CHANGE_ALERT_LEVELS: dict[str, str] = {
+    "task_failure_rate": "warning",
+    "task_p95_duration_ms": "warning",
+    "queue_age_p95_s": "warning",
+    "cache_hit_ratio": "warning",
+    "backup_restore_s": "warning",
+    "offer_redemption_rate": "warning",
+    "model_auc": "error",
+    "model_calibration_error": "error",
+    "feature_psi": "error",
+    "prediction_psi": "error",
+    "trust_tasks_unconfirmed": "error",
+    "trust_redemptions_unpaid": "error",
+    "trust_roi_gap_cents": "error",
+}
+
+
+def alert_level(indicator: str) -> str:
+    """The level of a trend-change alert on `indicator` (one not in the table: `warning`)."""
+    return CHANGE_ALERT_LEVELS.get(indicator, "warning")
+
+
 def _bounds(day: date) -> tuple[datetime, datetime]:
     from datetime import UTC
 

@@ -73,7 +73,9 @@ class TypeTally:
 class DrainSummary:
     batches: int = 0
     seconds: float = 0.0
-    stopped_by: str = "empty"  # empty | budget | schema_lock (a restore or migration held it)
+    # empty | budget | schema_lock (a restore or migration held it) | blocked (an FSAR report)
+    stopped_by: str = "empty"
+    blocked_by: str | None = None  # the FSAR report that blocked execution
     errors: list[str] = field(default_factory=list)  # a sample of failure messages
     by_type: dict[str, TypeTally] = field(default_factory=lambda: defaultdict(TypeTally))
 
@@ -82,6 +84,7 @@ class DrainSummary:
             "batches": self.batches,
             "seconds": round(self.seconds, 3),
             "stopped_by": self.stopped_by,
+            "blocked_by": self.blocked_by,
             "errors": self.errors[:20],
             "by_type": {t: vars(v) for t, v in sorted(self.by_type.items())},
         }
@@ -391,12 +394,18 @@ def drain(
     backoff_base_seconds: float = 5.0,
     on_batch: Callable[[list[ClaimedTask]], None] | None = None,
     queue: TaskQueue | None = None,
+    check_block: bool = True,
 ) -> DrainSummary:
     """Claim and run batches until the queue has nothing ready or `budget_seconds` is spent.
 
     One statement per step: the first claims, each later one settles what has finished and
     claims as many as the batch has room for, while the tasks still running go on. `queue`
-    (optional) is an open TaskQueue to use (and leave open)."""
+    (optional) is an open TaskQueue to use (and leave open).
+
+    With `check_block` (for the queue it opens; a given `queue` has its own), each claim checks
+    in its own statement whether an open FSAR report blocks execution: once one does, the drain
+    claims nothing more, settles what is running, and stops (`stopped_by` "blocked", `blocked_by`
+    the report)."""
     from include.bounds import bounded
 
     # NaN or infinity would never run out (`elapsed >= nan` is never true): the drain would not stop
@@ -408,10 +417,20 @@ def drain(
     own_queue = queue is None
     if queue is None:
         queue = TaskQueue(
-            dsn, owner=owner, lease_seconds=lease_seconds, backoff_base_seconds=backoff_base_seconds
+            dsn,
+            owner=owner,
+            lease_seconds=lease_seconds,
+            backoff_base_seconds=backoff_base_seconds,
+            check_block=check_block,
         )
         queue.record_session()  # the role this drain runs as, for the audit
     keeper = LeaseKeeper(dsn, queue.owner, queue.lease_seconds)
+
+    def blocked() -> bool:  # the last claim found an open FSAR report blocking execution
+        if queue.blocked_by is not None and summary.blocked_by is None:
+            summary.blocked_by, summary.stopped_by = queue.blocked_by, "blocked"
+        return summary.blocked_by is not None
+
     try:
         with HandlerRunner(concurrency, handlers, services) as runner:
             tasks, out_of_budget = queue.claim(batch_size, task_types), False
@@ -424,8 +443,9 @@ def drain(
                 keeper.hold(list(runner.held.values()))
                 outcomes, room = runner.take(batch_size, more=bool(tasks) and not out_of_budget)
                 out_of_budget = time.monotonic() - started >= budget_seconds
-                tasks = _settle(queue, outcomes, services, summary, 0 if out_of_budget else room, task_types)
-            if out_of_budget:
+                claim = 0 if out_of_budget or not room or blocked() else room
+                tasks = _settle(queue, outcomes, services, summary, claim, task_types)
+            if not blocked() and out_of_budget:
                 summary.stopped_by = "budget"
     finally:
         keeper.stop()

@@ -26,6 +26,8 @@ session of its own (direct, or a pooler in session mode), like any SQL ``PREPARE
 
 The queue reads and writes ``execution_tasks.ai_model`` (revision 0002): against an older schema,
 opening a queue (which prepares the step) raises :class:`SchemaBehindError` naming the column.
+From revision 0010 on, the step's claim also checks that no open FSAR report blocks execution
+(``unless_blocked``; ``check_block=False`` leaves it out).
 """
 
 from __future__ import annotations
@@ -193,6 +195,32 @@ PREPARE_STEP, EXECUTE_STEP = prepared("settle_and_claim", SETTLE_AND_CLAIM)
 PREPARE_STEP = "SET plan_cache_mode = force_generic_plan; " + PREPARE_STEP
 
 
+def unless_blocked(step: str) -> str:
+    """The step that claims nothing while an open FSAR report blocks execution, and says so: a
+    row ('b', NULL, report id, ...). The block check is part of the claim's own statement (a probe
+    of the partial index over the open blocking reports, usually empty), so it costs no round
+    trip and sees the claim's snapshot."""
+    from include.audit.fsar_store import BLOCKING_REPORT
+
+    blocked = f"WITH blocked AS ({BLOCKING_REPORT}), succeeded AS ("  # noqa: S608 (module constants)
+    step = step.replace("WITH succeeded AS (", blocked, 1)
+    step = step.replace(
+        "AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s::text[]))",
+        "AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s::text[]))\n"
+        "      AND NOT EXISTS (SELECT FROM blocked)",
+        1,
+    )
+    says_so = "\nUNION ALL SELECT 'b', NULL, id, NULL, NULL, NULL, NULL, NULL FROM blocked\n"
+    return step.rstrip() + says_so
+
+
+SETTLE_AND_CLAIM_UNLESS_BLOCKED = unless_blocked(SETTLE_AND_CLAIM)
+PREPARE_STEP_UNLESS_BLOCKED = (
+    "SET plan_cache_mode = force_generic_plan; "
+    + prepared("settle_and_claim", SETTLE_AND_CLAIM_UNLESS_BLOCKED)[0]
+)
+
+
 _JSONB_ENCODER = json.JSONEncoder(allow_nan=False)  # one encoder for every call: dumps() builds one each time
 
 
@@ -245,6 +273,7 @@ class TaskQueue:
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         backoff_base_seconds: float = DEFAULT_BACKOFF_BASE_SECONDS,
         backoff_cap_seconds: float = DEFAULT_BACKOFF_CAP_SECONDS,
+        check_block: bool = True,
     ) -> None:
         import psycopg2
 
@@ -262,8 +291,14 @@ class TaskQueue:
         self.conn.autocommit = True
         self.statements = 0  # statements sent (each one round trip; one commit outside transaction())
         self._in_transaction = False
+        self.blocked_by: str | None = None  # the FSAR report the last claim found blocking
         try:
-            self._run(PREPARE_STEP)  # against a schema without ai_model: SchemaBehindError
+            # with the block check where revision 0010 made its table (before it, nothing blocks)
+            self.checks_block = (
+                check_block and self._run("SELECT to_regclass('public.fsar_reports') IS NOT NULL")[0][0]
+            )
+            # against a schema without ai_model: SchemaBehindError
+            self._run(PREPARE_STEP_UNLESS_BLOCKED if self.checks_block else PREPARE_STEP)
         except Exception:
             self.close()
             raise
@@ -478,7 +513,9 @@ class TaskQueue:
         statement: (ids completed, what became of the failures, the new claims sorted by id).
 
         All parts see one snapshot: the rows settled here are still `running` to the claim, so a
-        failure requeued now is claimed by a later step (after its backoff), never by this one."""
+        failure requeued now is claimed by a later step (after its backoff), never by this one.
+        While an open FSAR report blocks execution (`checks_block`), it claims nothing and
+        `blocked_by` names the report; settling goes on."""
         results = [
             to_jsonb_text(c.result, f"task {c.task.id}'s result") if c.result_text is None else c.result_text
             for c in completions
@@ -501,6 +538,7 @@ class TaskQueue:
             "lease": self.lease_seconds,
         }
         token = params["token"] = str(uuid.uuid4())  # this claim's lease: one token for all its rows
+        self.blocked_by = None  # what this step's claim finds
         completed, outcome, claimed = [], FailOutcome(), []
         by_status = {"queued": outcome.requeued, "failed": outcome.failed, "dead": outcome.dead}
         for kind, task_id, *rest in self._run(EXECUTE_STEP, params):
@@ -521,6 +559,8 @@ class TaskQueue:
                 )
             elif kind == "s":
                 completed.append(task_id)
+            elif kind == "b":  # an open FSAR report blocks execution: nothing was claimed
+                self.blocked_by = rest[0]
             else:
                 by_status[rest[0]].append(task_id)
         failed = {*outcome.requeued, *outcome.failed, *outcome.dead}

@@ -30,6 +30,7 @@ WORKER_GRANTS: dict[str, tuple[str, ...]] = {
     "task_batch_metrics": ("SELECT", "INSERT", "UPDATE"),
     "task_bottleneck_reports": ("SELECT", "INSERT", "DELETE"),
     "worker_sessions": ("SELECT", "INSERT", "UPDATE"),  # revision 0009
+    "fsar_reports": ("SELECT",),  # revision 0010: the block check in each claim
 }
 
 

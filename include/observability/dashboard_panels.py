@@ -99,6 +99,19 @@ def audits(cur) -> Panel:
     )
 
 
+def fsar_reports(cur) -> Panel:
+    """The FSAR reports, open ones first; the note says whether one blocks execution now."""
+    from include.audit.fsar_store import blocking_report, recent_reports
+
+    if not table_exists(cur, "fsar_reports"):
+        return _pending("FSAR reports", "fsar_reports", "FSAR reports")
+    blocking = blocking_report(cur)
+    rows = recent_reports(cur, 20)
+    columns = [d[0] for d in cur.description]
+    note = str(blocking) if blocking else "execution is not blocked: no open report has block_execution"
+    return Panel("FSAR reports", columns, rows, note)
+
+
 def alerts(cur) -> Panel:
     return _panel(
         cur,
@@ -241,7 +254,7 @@ PAGES = {
     "overview": (backups, migrations, queue, alerts),
     "models": (models,),
     "offers": (offers, roi, offer_feedback),
-    "audits": (audits, indicators),
+    "audits": (fsar_reports, audits, indicators),
 }
 
 

@@ -33,6 +33,10 @@ EVENT_TYPES = frozenset(
         "approval",
         "migration_undo_failed",
         "migration_undo_resolved",
+        # FSAR reports (include.audit.fsar_store): a blocking report filed, closed, or gone around
+        "execution_blocked",
+        "execution_unblocked",
+        "block_overridden",
     }
 )
 _SENSITIVE_KEY = re.compile(r"pass|secret|token|api_?key|authorization|dsn|credential", re.IGNORECASE)

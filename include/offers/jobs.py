@@ -11,7 +11,7 @@ import gzip
 import io
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -199,7 +199,15 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in keys if k in metrics}
 
 
-def promote_or_keep(cur, evaluation: dict[str, Any], gates: registry.Gates) -> dict[str, Any]:
+def promote_or_keep(
+    cur,
+    evaluation: dict[str, Any],
+    gates: registry.Gates,
+    before_promotion: Callable[[Any, int], list[str]] | None = None,
+) -> dict[str, Any]:
+    """Promote the challenger when it beats the champion, else reject it. `before_promotion`
+    (cursor, version id) -> the gates it fails: called before a promotion, a failed gate refuses
+    the challenger there (it is rejected, never champion, so nothing needs rolling back)."""
     version_id = evaluation["version_id"]
     if evaluation.get("champion_refused"):
         promoted, reason = (
@@ -208,6 +216,8 @@ def promote_or_keep(cur, evaluation: dict[str, Any], gates: registry.Gates) -> d
         )
     else:
         promoted, reason = registry.decide(evaluation["challenger"], evaluation["champion"], gates)
+    if promoted and before_promotion is not None and (failed := before_promotion(cur, version_id)):
+        promoted, reason = False, "refused before promotion by the model gates: " + "; ".join(failed)
     if promoted:
         registry.promote(cur, m.MODEL_NAME, version_id)
     else:

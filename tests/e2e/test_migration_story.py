@@ -7,12 +7,14 @@ rehearsal; `dags test` rehearses and applies 0002; a revision that rewrites the 
 back by the DAG; then, back at the baseline, a dry run rehearses and applies nothing, and a run
 triggered through the API waits for approval, is approved, and applies head under the real
 scheduler, after which task_batch drains the queue. adversarial_audit passes on the healthy
-stack and fails, naming the gate, once an invariant is broken by hand (then repaired). Last, the
+stack and fails, naming the gate, once an invariant is broken by hand: its FSAR report blocks
+task_batch until, repaired, the next audit closes it and execution resumes. Last, the
 ops dashboard, behind the login, shows the rollback and the failed gate.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +25,7 @@ import pytest
 from devstack.smtp_sink import read_messages
 from include.migrations import current, downgrade, heads
 from tests.airflow_api import api, dags_test, exists, rows, set_paused, token_for, wait_for
+from tests.dags.test_task_batch_dag import VALID
 from tests.project import FIXTURES
 
 DAG_ID = "db_migrate"
@@ -211,8 +214,42 @@ def test_the_audit_passes_on_a_healthy_stack_and_names_a_broken_invariant(ops_st
         m for m in read_messages(ops_stack.folder / "mail") if "failed gates: queue_dead_without_error" in m
     ]
     assert mails, "no critical alert named the failed gate"
-    # repaired: the REST runs audit again
+    # its FSAR report blocks execution: a task_batch run claims nothing
+    [(report, failed_audit)] = rows(
+        ops_stack,
+        "SELECT id, audit_run_id FROM fsar_reports WHERE status = 'open' AND block_execution "
+        "AND gates = '{queue_dead_without_error}'",
+    )
+    [(waiting,)] = rows(
+        ops_stack,
+        "INSERT INTO execution_tasks (task_type, payload, ai_model) "
+        "VALUES ('idea', %s, 'gpt-4.1') RETURNING id",
+        (json.dumps(VALID["idea"]),),
+    )
+    run = dags_test(ops_stack, "task_batch", {})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    # the run was skipped naming the report, which it alerted (once)
+    assert rows(
+        ops_stack,
+        "SELECT count(*) FROM alerts WHERE message LIKE %s",
+        (f"%execution is blocked by FSAR report {report}%",),
+    ) == [(1,)]
+    assert rows(ops_stack, f"SELECT status, attempts FROM execution_tasks WHERE id = {waiting}") == [
+        ("queued", 0)
+    ]
+    # repaired, the next audit passes every gate the report named: it closes, and execution resumes
     rows(ops_stack, f"DELETE FROM execution_tasks WHERE id = {broken} RETURNING id")
+    run = dags_test(ops_stack, "adversarial_audit", {})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    [(passed_audit,)] = rows(ops_stack, "SELECT max(id) FROM audit_runs")
+    assert (
+        rows(ops_stack, f"SELECT status, closed_by_audit_run_id FROM fsar_reports WHERE id = '{report}'")
+        == [("closed", passed_audit)]
+        and passed_audit != failed_audit
+    )
+    run = dags_test(ops_stack, "task_batch", {})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert rows(ops_stack, f"SELECT status FROM execution_tasks WHERE id = {waiting}") == [("succeeded",)]
 
 
 def test_the_ops_dashboard_is_behind_the_login_and_shows_what_happened(ops_stack):

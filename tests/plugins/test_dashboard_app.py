@@ -104,15 +104,16 @@ def test_model_offer_roi_and_indicator_panels_read_their_tables(app_head_dsn):
         """)
         models = page_panels(cur, "models")[0]
         published, roi, feedback = page_panels(cur, "offers")
-        audits, indicators = page_panels(cur, "audits")
+        reports, audits, indicators = page_panels(cur, "audits")
         assert indicators.rows == []  # 0005 made the tables; no audit has filled them
+        assert reports.rows == [] and reports.note.startswith("execution is not blocked")
         cur.execute("""
             INSERT INTO indicator_values (day, indicator, dimension, value, sample_size)
                 VALUES ('2026-01-01', 'roi_gap', 'new', 1, 5), ('2026-01-02', 'roi_gap', 'new', 2.5, 5);
             INSERT INTO indicator_changes (indicator, dimension, day, direction, reference_mean, score)
                 VALUES ('roi_gap', 'new', '2026-01-02', 'up', 1, 13);
         """)
-        indicators = page_panels(cur, "audits")[1]
+        indicators = page_panels(cur, "audits")[2]
     conn.close()
     assert set(PAGES) == {"overview", "models", "offers", "audits"}
     assert models.note == "champion: offer_model v2"

@@ -268,10 +268,15 @@ def run_metrics_callbacks() -> dict[str, Any]:
 
 
 def send_alert(level: str, title: str, **kwargs: Any) -> None:
-    """Raise a non-failure alert from inside a running task."""
+    """Raise a non-failure alert from inside a running task (naming it), or from elsewhere (a
+    library call, a test) without a task to name."""
     from airflow.sdk import get_current_context
 
-    PlatformAlertNotifier(level, title, **kwargs).notify(get_current_context())
+    try:
+        context = get_current_context()
+    except RuntimeError:  # no task is running here
+        context = {}
+    PlatformAlertNotifier(level, title, **kwargs).notify(context)
 
 
 def _log_url(ti) -> str | None:

@@ -10,6 +10,22 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+def _permission_denied(actor: str, **details: Any) -> None:
+    """A `permission_denied` security event: logged, and stored while the app database takes it
+    (a restore's approval may come while the database is being replaced)."""
+    import logging
+
+    from execplatform.hooks.app_db_hook import AppDatabaseHook
+    from include.observability.security_events import log_security_event
+
+    try:
+        with AppDatabaseHook().cursor() as cur:
+            log_security_event(cur, "permission_denied", "warning", actor=actor, **details)
+    except Exception as exc:
+        log_security_event(None, "permission_denied", "warning", actor=actor, **details)
+        logging.getLogger(__name__).warning("permission_denied not stored: %s", type(exc).__name__)
+
+
 class SecondPersonApprovalOperator(ApprovalOperator):
     """
     Airflow's :class:`ApprovalOperator` (Approve or Reject, in the UI's Required Actions), with two
@@ -49,8 +65,83 @@ class SecondPersonApprovalOperator(ApprovalOperator):
             refused_as_own_run=refused,
         )
         if refused:
+            _permission_denied(
+                approver.get("name") or approver.get("id") or "unknown",
+                action=f"approve {context['ti'].dag_id}",
+                run_id=context["ti"].run_id,
+                why="the user who triggered a run cannot also approve it in production",
+            )
             raise AirflowFailException(
                 f"{approver.get('name') or approver.get('id')} triggered this run and cannot also approve "
                 "it in production: another person must approve it (trigger the run again)"
             )
         return super().execute_complete(context, event)
+
+
+class ReportResolutionOperator(ApprovalOperator):
+    """
+    A person's resolution of an FSAR report, in the UI's Required Actions: **Approve** closes the
+    report, with the **reason** the form requires; **Reject** leaves it open (the tasks after it
+    are skipped). For an external report, in production, the user who filed it cannot resolve
+    it (a `permission_denied` security event, and the task fails); a deployment that says it is
+    not production (``PLATFORM_NON_PRODUCTION=true``) lets one person do both, as
+    :class:`SecondPersonApprovalOperator` does.
+
+    Returns the answer with ``reason`` and ``resolved_by`` for the step that closes the report.
+
+    :param report_id: (templated) the report to resolve.
+    """
+
+    template_fields = (*ApprovalOperator.template_fields, "report_id")
+
+    def __init__(self, *, report_id: str, app_conn_id: str | None = None, **kwargs: Any) -> None:
+        from airflow.sdk import Param
+
+        from include.ids import APP_DB
+
+        kwargs.setdefault(
+            "params",
+            {
+                # required: Approve without one fails (a default the schema refused would stop the form)
+                "reason": Param("", type="string", maxLength=2000, description="why the report may close")
+            },
+        )
+        super().__init__(**kwargs)
+        self.report_id = report_id
+        self.app_conn_id = app_conn_id or APP_DB
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from execplatform.dag_defaults import non_production
+        from execplatform.hooks.app_db_hook import AppDatabaseHook
+        from include.audit.fsar_store import report_row
+
+        if "error" in event:  # no answer in time
+            return super().execute_complete(context, event)
+        chosen = event["chosen_options"][0]
+        responder = event.get("responded_by_user") or {}
+        who = responder.get("name") or responder.get("id") or "unknown"
+        reason = str((event.get("params_input") or {}).get("reason") or "").strip()
+        if chosen == self.APPROVE:
+            if not reason:
+                raise AirflowFailException(
+                    f"{who} approved closing FSAR report {self.report_id} without a reason: a reason is "
+                    "required (trigger the resolution again)"
+                )
+            with AppDatabaseHook(self.app_conn_id).cursor() as cur:
+                row = report_row(cur, self.report_id)
+            filer = row and row["source"] == "external" and row["filed_by"] in (responder.get("id"), who)
+            if filer and not non_production():
+                _permission_denied(
+                    who,
+                    action="resolve FSAR report",
+                    report=self.report_id,
+                    why="the user who filed an external report cannot resolve it",
+                )
+                raise AirflowFailException(
+                    f"{who} filed FSAR report {self.report_id} and cannot also resolve it in production: "
+                    "another person must"
+                )
+        answer = super().execute_complete(context, event)
+        return {**(answer or {}), "reason": reason, "resolved_by": who} if chosen == self.APPROVE else answer

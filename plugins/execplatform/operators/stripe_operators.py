@@ -19,6 +19,7 @@ class PublishOffersOperator(BaseOperator):
     Ids are deterministic (``mv<version id>-<segment>-<offer code>``) and carry the model
     version and segment as metadata; an object that exists is fetched, not re-created, and
     every create sends an idempotency key, so a retried or re-run task never duplicates one.
+    Refused (the task fails without retries) while an open FSAR report blocks execution.
 
     :param model_version_id: (templated) the model version whose ``offer_publications`` to publish.
     :param stripe_conn_id: the Stripe connection (secret key as password, API base as host).
@@ -43,9 +44,13 @@ class PublishOffersOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from execplatform.hooks.app_db_hook import AppDatabaseHook
         from execplatform.hooks.stripe_hook import StripeHook
+        from execplatform.steps.fsar_steps import refuse_while_blocked
         from include.offers import jobs
 
         version_id = int(self.model_version_id)
+        refuse_while_blocked(
+            f"publishing the offers of model version {version_id} to Stripe", self.app_conn_id
+        )
         hook = StripeHook(stripe_conn_id=self.stripe_conn_id)
         with AppDatabaseHook(self.app_conn_id).cursor() as cur:
             offers = jobs.publications(cur, version_id)

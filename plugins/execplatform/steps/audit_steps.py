@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -140,11 +140,19 @@ def check_gate(conn_id: str, audit_run_id: int, gate: str, limits: dict[str, Any
     return {"gate": gate, "observed": evidence.observed}
 
 
-def report(conn_id: str, audit_run_id: int, gates: list[str], unfinished: list[str] = ()) -> dict[str, Any]:
-    """The audit's table in the log; fails naming every failed gate and every step that did not
-    finish (critical alert)."""
+def report(
+    conn_id: str,
+    audit_run_id: int,
+    gates: list[str],
+    unfinished: Sequence[str] = (),
+    steps: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The audit's table in the log and its FSAR report (which blocks execution when a blocking
+    gate failed, and closes the earlier reports whose gates all passed now); fails naming every
+    failed gate and every step that did not finish (critical alert)."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    from execplatform.steps.fsar_steps import issue_audit_report
     from include.audit.gates import finish_audit
 
     with AppDatabaseHook(conn_id).cursor() as cur:
@@ -155,13 +163,27 @@ def report(conn_id: str, audit_run_id: int, gates: list[str], unfinished: list[s
             (audit_run_id,),
         )
         rows = cur.fetchall()
+        cur.execute("SELECT dag_run_id FROM audit_runs WHERE id = %s", (audit_run_id,))
+        dag_run_id = cur.fetchone()[0]
     table = "\n".join(
         f"{'PASS' if ok else 'FAIL'}  {gate:<36} observed={observed} limit={limit}"
         for gate, ok, observed, limit in rows
     )
     logger.info("audit %s:\n%s", audit_run_id, table)
+    issued = issue_audit_report(
+        conn_id,
+        audit_run_id,
+        dag_run_id,
+        gates,
+        steps=[s for s in steps if s not in gates],
+        unfinished=[s for s in unfinished if s not in gates],
+    )
     problems = [f"failed gates: {', '.join(failed)}"] if failed else []
     problems += [f"steps that did not finish: {', '.join(unfinished)}"] if unfinished else []
     if problems:
-        raise AirflowFailException(f"adversarial audit {audit_run_id} {'; '.join(problems)}")
-    return {"audit_run_id": audit_run_id, "gates": len(rows)}
+        blocked = "; execution is blocked until it closes" if issued["block_execution"] else ""
+        raise AirflowFailException(
+            f"adversarial audit {audit_run_id} {'; '.join(problems)} (FSAR report {issued['id']}, "
+            f"severity {issued['severity']}{blocked})"
+        )
+    return {"audit_run_id": audit_run_id, "gates": len(rows), "fsar_report": issued}

@@ -1,5 +1,5 @@
 """adversarial_audit's indicator step: compute and store the day's leading indicators, then alert
-on every new trend change and every drifted distribution."""
+on every new trend change and every drifted distribution (error or warning per indicator)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def record_indicators(
     alert: Callable[[str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Indicators of `day` and the `days - 1` before it (a gap left by a missed run fills in),
-    trend changes over every series, and a warning alert for each new change and each drift."""
+    trend changes over every series, and an alert for each new change and each drift, at its
+    indicator's level (`include.audit.indicators.CHANGE_ALERT_LEVELS`: error for trust and model
+    quality, warning for the rest)."""
     from include.audit import indicators
 
     if alert is None:
@@ -64,10 +66,10 @@ def record_indicators(
     )
     drifted = indicators.drifted(values)
     for change in changes:
-        alert("warning", change.title())
+        alert(indicators.alert_level(change.indicator), change.title())
     for value in drifted:
         alert(
-            "warning",
+            indicators.alert_level(value.indicator),
             f"drift in {value.indicator}[{value.dimension}] on {day}: PSI {value.value:.4f} "
             f"over its threshold {value.threshold:.4f} (n={value.sample_size})",
         )

@@ -85,11 +85,17 @@ def _run_row(conn_id: str, run_id: str) -> dict[str, Any]:
 
 
 def plan_migration(
-    conn_id: str, run_id: str, target: str, settings: Settings, resolve_undo_of: str | None = None
+    conn_id: str,
+    run_id: str,
+    target: str,
+    settings: Settings,
+    resolve_undo_of: str | None = None,
+    remediation_report: str | None = None,
 ) -> dict[str, Any]:
-    """Pending revisions and their SQL (logged); refuses when an applied file was edited, or while
+    """Pending revisions and their SQL (logged); refuses when an applied file was edited, while
     an earlier run's failed undo is unresolved (`resolve_undo_of` names that run, once an
-    operator has put the schema right by hand)."""
+    operator has put the schema right by hand), or while a blocking FSAR report names the schema
+    (unless `remediation_report` names it: this run is its remediation)."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from include.migrations import BOOKKEEPING_DDL, changed_revisions, current, offline_sql, pending
@@ -98,6 +104,7 @@ def plan_migration(
     with AppDatabaseHook(conn_id).cursor() as cur:
         cur.execute(BOOKKEEPING_DDL)
     _refuse_after_failed_undo(conn_id, run_id, resolve_undo_of)
+    refuse_while_the_schema_is_blocked(conn_id, run_id, remediation_report)
     if changed := changed_revisions(dsn, settings=settings):
         _fail("applied revisions differ from their files: " + "; ".join(changed))
     try:
@@ -122,6 +129,36 @@ def plan_migration(
             (run_id, start, target),
         )
     return {"from": start, "target": target, "pending": [r.revision for r in revisions]}
+
+
+def refuse_while_the_schema_is_blocked(
+    conn_id: str, run_id: str, remediation_report: str | None, *, applying: bool = False
+) -> None:
+    """Fail while an open FSAR report that blocks execution names the schema, unless this run is
+    that report's remediation (`remediation_report`). Applying as a remediation, past the block,
+    is a `block_overridden` security event."""
+    from include.audit.fsar_store import blocking_schema_reports
+    from include.observability.security_events import log_security_event
+
+    with AppDatabaseHook(conn_id).cursor() as cur:
+        reports = blocking_schema_reports(cur)
+        for report_id, severity in reports:
+            if report_id != remediation_report:
+                _fail(
+                    f"FSAR report {report_id} (severity {severity}) blocks execution and names the schema: "
+                    "db_migrate applies nothing while it is open, unless the run is its remediation "
+                    f"(trigger db_migrate with remediation_report={report_id!r}), or the report is resolved"
+                )
+            if applying:
+                log_security_event(
+                    cur,
+                    "block_overridden",
+                    "warning",
+                    actor=run_id,
+                    dag_id="db_migrate",
+                    report=report_id,
+                    why="the run is the report's remediation",
+                )
 
 
 def _refuse_after_failed_undo(conn_id: str, run_id: str, resolve_undo_of: str | None) -> None:
@@ -252,11 +289,16 @@ def rehearse_migration(
 
 
 def apply_migration(
-    conn_id: str, run_id: str, settings: Settings, lock_wait_seconds: float
+    conn_id: str,
+    run_id: str,
+    settings: Settings,
+    lock_wait_seconds: float,
+    remediation_report: str | None = None,
 ) -> dict[str, Any]:
     """Production: record what must survive, then upgrade with bounded lock waits, holding the
     schema lock (restores, backups and drains wait, or step aside). A revision whose undo failed
-    ends the run (no retry), is recorded as `undo_failed` and pages: the next run refuses."""
+    ends the run (no retry), is recorded as `undo_failed` and pages: the next run refuses. Refused
+    while a blocking FSAR report names the schema, unless the run is its remediation."""
     import psycopg2
 
     from include.migrations.runner import MigrationError, UndoFailed, apply
@@ -266,6 +308,7 @@ def apply_migration(
     run = _run_row(conn_id, run_id)
     if run["status"] == "undo_failed":
         _fail(f"run {run_id!r} left a revision half-applied; it is not applied again")
+    refuse_while_the_schema_is_blocked(conn_id, run_id, remediation_report, applying=True)
     db = AppDatabaseHook(conn_id)
     dsn = db.dsn()
     with db.schema_lock(f"db_migrate/{run_id}/apply", exclusive=True, wait_seconds=lock_wait_seconds):

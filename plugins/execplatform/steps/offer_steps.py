@@ -110,12 +110,41 @@ def evaluate_challenger(snapshot_uri: str, trained: dict[str, Any]) -> dict[str,
 
 
 def promote_or_keep(evaluation: dict[str, Any], margin_auc: float) -> dict[str, Any]:
+    """Promote the challenger or keep the champion. Refused while an open FSAR report blocks
+    execution; before a promotion, the audit's model gates run on the challenger
+    (`include.audit.gates.model_candidate_gates`), and one it fails refuses it (a `gate_failed`
+    security event each)."""
     from execplatform.steps import checked_number
+    from execplatform.steps.audit_steps import AirflowServices
+    from execplatform.steps.fsar_steps import refuse_while_blocked
+    from include.audit.gates import DEFAULT_LIMITS, model_candidate_gates
+    from include.observability.security_events import log_security_event
     from include.offers import jobs, registry
 
     margin_auc = checked_number("margin_auc", margin_auc, low=-1, high=1)
+    refuse_while_blocked(f"promoting offer model version {evaluation['version_id']}")
+    services = AirflowServices()
+
+    def candidate_gates(cur, version_id: int) -> list[str]:
+        evidence = model_candidate_gates(cur, DEFAULT_LIMITS, services, version_id, margin_auc)
+        failed = [e for e in evidence if not e.passed]
+        for e in failed:
+            log_security_event(
+                cur,
+                "gate_failed",
+                "warning",
+                actor="offer_model_retrain",
+                gate=e.gate,
+                version_id=version_id,
+                observed=e.observed,
+                limit=e.limit,
+            )
+        return [str(e) for e in failed]
+
     with AppDatabaseHook(APP_DB).cursor() as cur:
-        return jobs.promote_or_keep(cur, evaluation, registry.Gates(margin_auc=margin_auc))
+        return jobs.promote_or_keep(
+            cur, evaluation, registry.Gates(margin_auc=margin_auc), before_promotion=candidate_gates
+        )
 
 
 def assign_offers(holdout_share: float, budget_cents: float) -> dict[str, Any]:

@@ -4,6 +4,7 @@ DML-only role (`AppDatabaseHook.worker_dsn()`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,16 +12,27 @@ from typing import Any
 from execplatform.hooks.app_db_hook import AppDatabaseHook, failing_hard_when_schema_is_behind
 from include.ids import APP_DB
 
+logger = logging.getLogger(__name__)
+
 
 def measure_backlog(task_types: Sequence[str] | None = None, app_conn_id: str = APP_DB) -> dict[str, dict]:
-    """Ready tasks per type (and the oldest one's age)."""
+    """Ready tasks per type (and the oldest one's age); their total is published as
+    `QueueBacklog` (the alarm `execplatform-queue-backlog` watches it), blocked or not."""
+    from execplatform.hooks.cloudwatch_hook import publish_metrics
     from include.execution.task_queue import TaskQueue
+    from include.observability.metrics import Metric
 
     with (
         failing_hard_when_schema_is_behind(),
         TaskQueue(AppDatabaseHook(app_conn_id).worker_dsn()) as queue,
     ):
-        return queue.backlog(task_types or None)
+        backlog = queue.backlog(task_types or None)
+    ready = sum(b["ready"] for b in backlog.values())
+    try:
+        publish_metrics([Metric("QueueBacklog", float(ready), unit="Count")])
+    except Exception as exc:  # the drains go on without the metric: the alarm then sees no data
+        logger.warning("QueueBacklog (%d) not published: %s: %s", ready, type(exc).__name__, exc)
+    return backlog
 
 
 def reap_expired_leases(app_conn_id: str = APP_DB) -> dict[str, int]:

@@ -413,6 +413,7 @@ def worker_role(app_head_dsn, pg_server, monkeypatch) -> str:
             "task_batch_metrics",
             "task_bottleneck_reports",
             "worker_sessions",
+            "fsar_reports",
         ]
     monkeypatch.setenv("AIRFLOW_CONN_APP_DB", postgres_connection(app_head_dsn))
     return app_head_dsn
@@ -537,3 +538,62 @@ def test_a_secret_in_a_recent_task_log_fails_without_showing_it(app_head_dsn, se
     assert not gate(
         app_head_dsn, "security_no_secrets_in_task_logs", services
     ).passed  # no folder: cannot vouch
+
+
+def test_a_candidate_worse_than_the_champion_is_refused_before_promotion(trained_dsn, services):
+    """The model gates run on the candidate before promotion (offer_model_retrain's
+    promote_or_keep): a model trained on shuffled labels passes loosened sanity floors but not
+    the gates, so it is rejected and the champion never changes (nothing to roll back)."""
+    import gzip
+    import io
+
+    from include.audit.gates import model_candidate_gates
+
+    s3 = services.s3()
+    snapshot, shuffled = (
+        snapshot_uri(f"fresh-{uuid.uuid4().hex[:6]}"),
+        snapshot_uri(f"shuffled-{uuid.uuid4().hex[:6]}"),
+    )
+    with cursor(trained_dsn) as cur:
+        champion = registry.champion(cur, m.MODEL_NAME).id
+        jobs.extract(cur, s3, snapshot, NOW)
+    frame = jobs.read_snapshot(s3, snapshot)
+    frame["redeemed"] = frame["redeemed"].sample(frac=1.0, random_state=7).to_numpy()  # no signal left
+    buffer = io.BytesIO()
+    frame.to_csv(buffer, index=False)
+    registry.put_object(s3, shuffled, gzip.compress(buffer.getvalue()), "application/gzip")
+    with cursor(trained_dsn) as cur:
+        trained = jobs.train(cur, s3, snapshot_uri=shuffled, bucket=MODEL_BUCKET, valid_days=21)
+    with cursor(trained_dsn) as cur:
+        evaluation = jobs.evaluate(
+            cur, s3, snapshot_uri=shuffled, version_id=trained["version_id"], valid_from=trained["valid_from"]
+        )
+    loose = registry.Gates(margin_auc=-1, min_auc=0, max_log_loss=10, max_brier=1, min_prediction_std=0)
+    assert registry.decide(evaluation["challenger"], evaluation["champion"], loose)[
+        0
+    ]  # the old rule: promote
+
+    seen: list = []
+
+    def gates(cur, version_id):
+        evidence = model_candidate_gates(cur, DEFAULT_LIMITS, services, version_id, margin_auc=0.0)
+        seen.extend(evidence)
+        return [str(e) for e in evidence if not e.passed]
+
+    with cursor(trained_dsn) as cur:
+        decision = jobs.promote_or_keep(cur, evaluation, loose, before_promotion=gates)
+        status = registry.get(cur, trained["version_id"]).status
+        assert registry.champion(cur, m.MODEL_NAME).id == champion
+    by_gate = {e.gate: e for e in seen}
+    assert by_gate["model_candidate_artifact_verifies"].passed
+    worse = by_gate["model_candidate_not_worse_than_champion"]
+    assert not worse.passed and worse.observed["auc"] < worse.observed["champion_auc"], worse
+    assert not by_gate["model_candidate_auc_on_fresh_data"].passed  # a coin toss is under the floor
+    assert not decision["promoted"] and decision["champion_id"] == champion
+    assert decision["reason"].startswith("refused before promotion by the model gates")
+    assert "model_candidate_not_worse_than_champion" in decision["reason"]
+    assert status == "rejected"
+
+    # the champion itself, as a candidate, passes every gate: the gates can pass
+    with cursor(trained_dsn) as cur:
+        assert all(e.passed for e in model_candidate_gates(cur, DEFAULT_LIMITS, services, champion)), seen

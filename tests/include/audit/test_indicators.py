@@ -176,3 +176,26 @@ def test_before_revision_0005_the_indicator_step_skips_and_the_digest_still_gath
         [],
         None,
     )
+
+
+def test_every_indicator_has_its_alert_level_and_trust_and_model_ones_email():
+    """The one table of levels covers every indicator the module computes (read from its source,
+    so a new indicator without a level fails here); trust and model quality are errors (email)."""
+    import inspect
+    import re
+
+    from include.audit import indicators as module
+
+    source = inspect.getsource(module)
+    computed = set(re.findall(r'(?:Value|_ratio|_psi)\(\s*"([a-z_0-9]+)"', source))
+    assert len(computed) >= 13, computed
+    assert computed == set(module.CHANGE_ALERT_LEVELS)
+    for name, level in module.CHANGE_ALERT_LEVELS.items():
+        wanted = (
+            "error" if name.startswith(("trust_", "model_", "feature_psi", "prediction_psi")) else "warning"
+        )
+        assert level == wanted, name
+    assert (
+        module.alert_level("trust_roi_gap_cents") == "error"
+        and module.alert_level("cache_hit_ratio") == "warning"
+    )

@@ -123,7 +123,7 @@ def test_a_drain_settles_and_claims_in_one_statement_and_one_transaction_per_ste
             services=Services(),
             handlers={"idea": lambda task, s: {"n": task.payload["n"]}},
             batch_size=10,
-            queue=queue,
+            queue=queue,  # it checks the FSAR block in the claim's own statement: no extra one
         )
         statements = queue.statements - sent
     assert summary.by_type["idea"].succeeded == 25

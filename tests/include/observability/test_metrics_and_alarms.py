@@ -290,3 +290,27 @@ def test_plan_sees_actions_added_outside_code_as_drift():
 def test_plan_refuses_what_it_cannot_manage_safely(specs, prefix, message):
     with pytest.raises(ValueError, match=message):
         plan_alarms(specs, [], prefix)
+
+
+def _publishers(metric_name: str) -> list[str]:
+    """The modules of plugins/ and include/ that make a `Metric` of this name (alarms.py, which
+    only watches metrics, is not one)."""
+    import re
+
+    from tests.project import ROOT
+
+    made = re.compile(r'Metric\(\s*(?:f?"' + re.escape(metric_name) + r'")')
+    found = []
+    for path in sorted([*(ROOT / "plugins").rglob("*.py"), *(ROOT / "include").rglob("*.py")]):
+        if path.name != "alarms.py" and made.search(path.read_text()):
+            found.append(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_alarm_watches_a_metric_that_the_code_publishes():
+    """An alarm on a metric nothing publishes never fires (QueueBacklog did, until task_batch's
+    measure_backlog published it)."""
+    missing = {a.metric_name for a in ALARMS if not _publishers(a.metric_name)}
+    assert not missing, f"alarms watch metrics no code publishes: {sorted(missing)}"
+    assert _publishers("QueueBacklog") == ["plugins/execplatform/steps/queue_steps.py"]
+    assert _publishers("NoSuchMetricAnywhere") == []  # the search can come up empty

@@ -48,6 +48,14 @@ def test_in_production_the_user_who_triggered_a_run_cannot_approve_it(approve):
         approve("Approve", by="alice")
     [event] = events()
     assert event["event"] == "approval" and event["details"]["refused_as_own_run"] is True
+    from execplatform.hooks.app_db_hook import AppDatabaseHook
+
+    with AppDatabaseHook().cursor() as cur:  # the refusal is a permission_denied security event too
+        cur.execute(
+            "SELECT actor, details->>'action' FROM security_events WHERE event_type = 'permission_denied' "
+            "ORDER BY id DESC LIMIT 1"
+        )
+        assert cur.fetchone() == ("alice", "approve db_migrate")
     assert approve("Approve", by="bob")["chosen_options"] == ["Approve"]
     assert [e["actor"] for e in events()] == ["bob", "alice"]
 

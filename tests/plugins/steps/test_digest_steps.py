@@ -145,13 +145,17 @@ def test_the_verdict_names_a_failed_step_gate_and_a_step_that_did_not_finish(app
     gates = ["queue_valid_status", "adversarial_probes", "alarm_delivery"]
     with pytest.raises(AirflowFailException) as failed:
         report("app_db", audit_run_id, gates, ["leading_indicators"])
-    assert str(failed.value) == (
+    assert str(failed.value).startswith(
         f"adversarial audit {audit_run_id} failed gates: adversarial_probes; "
-        "steps that did not finish: leading_indicators"
+        "steps that did not finish: leading_indicators (FSAR report fsar_"
     )
+    assert str(failed.value).endswith("severity 70; execution is blocked until it closes)")  # 60 + 10
     with cursor(app_db) as cur:
         cur.execute("UPDATE audit_findings SET passed = true WHERE audit_run_id = %s", (audit_run_id,))
-    with pytest.raises(AirflowFailException, match="steps that did not finish: leading_indicators$"):
+    with pytest.raises(
+        AirflowFailException,
+        match=r"did not finish: leading_indicators \(FSAR report fsar_[0-9a-f-]{36}, severity 10\)$",
+    ):
         report("app_db", audit_run_id, gates, ["leading_indicators"])
     assert report("app_db", audit_run_id, gates, [])["gates"] == 3
     with cursor(app_db) as cur:
