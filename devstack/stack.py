@@ -318,6 +318,36 @@ def connections(ports: dict[str, int], secret: dict[str, str]) -> dict[str, dict
     }
 
 
+# Production keeps connections and variables in AWS Secrets Manager under these prefixes
+# (docs/production.md#secrets-backend); the stack's moto serves the same API.
+SECRETS_BACKEND = "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend"
+SECRETS_PREFIXES = {"connections_prefix": "airflow/connections", "variables_prefix": "airflow/variables"}
+
+
+def secrets_backend_env(ports: dict[str, int], secret: dict[str, str]) -> dict[str, str]:
+    """Airflow's `[secrets]` settings reading the stack's Secrets Manager (moto) with aws_default's
+    endpoint and keys; production gives only the prefixes and takes credentials from its IAM role."""
+    aws = connections(ports, secret)["aws_default"]
+    kwargs = {
+        **SECRETS_PREFIXES,
+        **aws["extra"],
+        "aws_access_key_id": aws["login"],
+        "aws_secret_access_key": aws["password"],
+    }
+    return {
+        "AIRFLOW__SECRETS__BACKEND": SECRETS_BACKEND,
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps(kwargs),
+    }
+
+
+def write_connections_file(path: Path, ports: dict[str, int], secret: dict[str, str]) -> Path:
+    """The stack's connections as a file for `airflow connections import` (mode 0600: it holds the
+    stack's generated passwords, never production's)."""
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(connections(ports, secret), indent=2))
+    return path
+
+
 def sentry_dsn(ports: dict[str, int]) -> str:
     return f"http://localkey@127.0.0.1:{ports['sentry']}/1"
 
