@@ -340,6 +340,16 @@ def secrets_backend_env(ports: dict[str, int], secret: dict[str, str]) -> dict[s
     }
 
 
+def openlineage_env(events: Path) -> dict[str, str]:
+    """OpenLineage on, its events appended to `events` (one JSON object a line); production points
+    the transport at Marquez or another backend instead (README, "Lineage")."""
+    transport = {"type": "file", "log_file_path": str(events), "append": True}
+    return {
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "execplatform-local",
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport),
+    }
+
+
 def write_connections_file(path: Path, ports: dict[str, int], secret: dict[str, str]) -> Path:
     """The stack's connections as a file for `airflow connections import` (mode 0600: it holds the
     stack's generated passwords, never production's)."""
@@ -421,6 +431,9 @@ def airflow_env(
         "AIRFLOW__SENTRY__AUTO_ENABLING_INTEGRATIONS": "False",
         "AIRFLOW__SENTRY__DEFAULT_INTEGRATIONS": "False",
     }
+    env.update(
+        openlineage_env(folder / "openlineage.jsonl")
+    )  # every run's lineage, kept in the stack's folder
     if celery_workers:
         env.update(celery_env(ports, secret))
     for conn_id, conn in connections(ports, secret).items():

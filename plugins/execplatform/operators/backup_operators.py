@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator
 from include.ids import APP_DB, AWS
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
     from execplatform.hooks.app_db_hook import AppDatabaseHook
@@ -80,6 +81,7 @@ class PostgresBackupOperator(BaseOperator):
         self.work_dir = work_dir
         self.jobs = jobs
         self.lock_wait_seconds = lock_wait_seconds
+        self.location: str | None = None  # the backup's folder, once known (for lineage)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from execplatform.steps.backup_steps import backup_catalog
@@ -92,7 +94,7 @@ class PostgresBackupOperator(BaseOperator):
                 self.log.info("catalog reconciled from S3: %s", reconcile(cur, catalog.entries()))
                 backup_id = catalog_start(cur, db.database_name)
             entry = CatalogEntry(backup_id, "running", database_name=db.database_name, started_at=_now())
-            entry.location = catalog.new_location(backup_id)
+            entry.location = self.location = catalog.new_location(backup_id)
             catalog.put(entry)
             work_dir = Path(self.work_dir or tempfile.gettempdir()) / "execplatform-backups"
             work_dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +119,26 @@ class PostgresBackupOperator(BaseOperator):
             "size_bytes": result.size_bytes,
             "dump_seconds": round(result.seconds, 3),
         }
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        """Reads the app database, writes under the catalog's root (the folder is not named yet)."""
+        from execplatform.steps.backup_steps import backup_catalog
+
+        catalog = backup_catalog(self.aws_conn_id, self.bucket, self.prefix)
+        return self._lineage(f"s3://{catalog.bucket}/{catalog.root}")
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """Reads the app database, wrote the backup's own folder."""
+        return self._lineage(self.location) if self.location else self.get_openlineage_facets_on_start()
+
+    def _lineage(self, written: str) -> OperatorLineage:
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from execplatform.lineage import app_database, s3_prefix
+
+        return OperatorLineage(
+            inputs=[app_database(app_db(self.postgres_conn_id))], outputs=[s3_prefix(written)]
+        )
 
     def _dump_and_upload(
         self, db: AppDatabaseHook, catalog: BackupCatalog, entry: CatalogEntry, folder: Path
