@@ -1,6 +1,6 @@
 """OpenLineage from real runs (dag.test() in a process of its own, the events read from the file
 transport the stack uses): db_backup's dump names the app database it read and the S3 folder it
-wrote; db_migrate's apply names the tables its revision changed."""
+wrote, its verification that folder; db_migrate's apply names the tables its revision changed."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from airflow.utils.db import initdb
 
 initdb()
 dags = DagBag(dag_folder=sys.argv[1]).dags
-backup = dags["db_backup"].test(mark_success_pattern="^(verify_backup|apply_retention|publish_metrics)$")
+backup = dags["db_backup"].test(mark_success_pattern="^(apply_retention|publish_metrics)$")
 migrate = dags["db_migrate"].test(
     run_conf={"target_revision": "0003", "skip_approval": True},
     mark_success_pattern="^(take_backup|verify_backup|rehearse)$",
@@ -62,7 +62,7 @@ def test_backup_and_migration_runs_report_what_they_read_and_wrote(app_dsn, loca
     )
     assert out.returncode == 0, out.stderr[-3000:]
     states = json.loads(out.stdout.strip().splitlines()[-1])
-    assert states["db_backup"]["dump_and_upload"] == "success", states
+    assert states["db_backup"]["dump_and_upload"] == states["db_backup"]["verify_backup"] == "success", states
     assert states["db_migrate"]["apply"] == "success", states
 
     db = parse_dsn(app_dsn)
@@ -77,6 +77,8 @@ def test_backup_and_migration_runs_report_what_they_read_and_wrote(app_dsn, loca
 
     catalog = backup_catalog(root=prefix)
     assert catalog.s3.list_objects_v2(Bucket=BACKUP_BUCKET, Prefix=f"{folder}/")["KeyCount"] > 1
+    verified = _events(events, "db_backup.verify_backup")
+    assert _datasets(verified["COMPLETE"], "inputs") == [(bucket, folder)]
 
     apply = _events(events, "db_migrate.apply")
     assert set(apply) >= {"START", "COMPLETE"}

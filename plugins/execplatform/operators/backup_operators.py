@@ -227,6 +227,7 @@ class VerifyBackupOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.bucket = bucket
         self.jobs = jobs
+        self.location: str | None = None  # the backup's folder, once read (for lineage)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from execplatform.steps.backup_steps import backup_catalog, fetch_backup
@@ -238,6 +239,7 @@ class VerifyBackupOperator(BaseOperator):
         db = app_db(self.postgres_conn_id)
         with db.cursor() as cur:
             entry = catalog_get(cur, backup_id)
+        self.location = entry.location
         catalog = backup_catalog(self.aws_conn_id, self.bucket)
         # the entry in the backup's own folder; None for one catalogued before S3 kept entries
         stored = catalog.read(entry.location) if entry.location else None
@@ -262,6 +264,14 @@ class VerifyBackupOperator(BaseOperator):
         self._mark_verified(db, catalog, stored, backup_id, seconds)
         self.log.info("backup %s verified: restored into %s in %.2f s", backup_id, scratch, seconds)
         return {"backup_id": backup_id, "restore_seconds": round(seconds, 3), "verified": 1}
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """Read the backup's S3 folder; the scratch database it restored into is gone."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from execplatform.lineage import s3_prefix
+
+        return OperatorLineage(inputs=[s3_prefix(self.location)] if self.location else [])
 
     def _mark_verified(self, db, catalog, stored, backup_id: int, seconds: float) -> None:
         from include.backup.catalog import catalog_verified
