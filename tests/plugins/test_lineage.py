@@ -66,6 +66,7 @@ def test_backup_and_migration_runs_report_what_they_read_and_wrote(app_dsn, loca
     assert states["db_migrate"]["apply"] == "success", states
 
     db = parse_dsn(app_dsn)
+    assert db["password"] and db["password"] not in events.read_text()  # names, never credentials
     app_database = (f"postgres://{db['host']}:{db['port']}", db["dbname"])
     dump = _events(events, "db_backup.dump_and_upload")
     assert _datasets(dump["START"], "inputs") == [app_database]
