@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run up down env psql metrics test test-fast test-stack test-e2e test-pg15 lint fmt bench lock clean
+.PHONY: run up down env psql metrics connections-file test test-fast test-stack test-e2e test-pg15 lint fmt bench lock clean
 
 # The venv is rebuilt only when the lock changes; a second `make` reuses it. The project's own
 # provider (plugins/execplatform) is installed editable, with the locked setuptools and nothing
@@ -35,6 +35,9 @@ psql: $(VENV)/.installed  ## psql on the running stack's app database
 
 metrics: $(VENV)/.installed  ## the metrics the running stack's CloudWatch (moto) holds
 	@$(PY) -m devstack metrics
+
+connections-file: $(VENV)/.installed  ## the running stack's connections for `airflow connections import`
+	@$(PY) -m devstack connections-file
 
 lint: $(VENV)/.installed  ## ruff's linter (with the AIR rules) and formatter, checking only
 	$(VENV)/bin/ruff check .

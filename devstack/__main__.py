@@ -1,4 +1,5 @@
-"""`python -m devstack run|up|down|env|psql|metrics`: what the Makefile's targets of the same names do."""
+"""`python -m devstack <command>`: what the Makefile's targets of the same names do (run, up, down, env,
+psql, metrics, connections-file)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-from devstack.stack import LocalStack, StackError, StackInfo, state_dir, tail
+from devstack.stack import (
+    LocalStack,
+    StackError,
+    StackInfo,
+    load_secrets,
+    state_dir,
+    tail,
+    write_connections_file,
+)
 
 
 def _api_port() -> int | None:
@@ -201,9 +210,21 @@ def metrics(folder: Path) -> int:
     return 0
 
 
+def connections_file(folder: Path) -> int:
+    """The running stack's connections as a file for `airflow connections import`."""
+    info = _running_stack(folder)
+    if info is None:
+        return 1
+    path = write_connections_file(folder / "connections.json", info.ports, load_secrets(folder))
+    print(f"{path}: import with `airflow connections import {path}`")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["run", "up", "down", "env", "psql", "metrics"])
+    parser.add_argument(
+        "command", choices=["run", "up", "down", "env", "psql", "metrics", "connections-file"]
+    )
     parser.add_argument("--no-airflow", action="store_true", help="only the servers, not Airflow")
     args, rest = parser.parse_known_args()
     folder = state_dir()
@@ -218,6 +239,8 @@ def main() -> int:
         return psql(folder, rest)
     if args.command == "metrics":
         return metrics(folder)
+    if args.command == "connections-file":
+        return connections_file(folder)
     return env(folder)
 
 

@@ -318,6 +318,58 @@ def connections(ports: dict[str, int], secret: dict[str, str]) -> dict[str, dict
     }
 
 
+# Production keeps connections and variables in AWS Secrets Manager under these prefixes
+# (docs/production.md#secrets-backend); the stack's moto serves the same API.
+SECRETS_BACKEND = "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend"
+SECRETS_PREFIXES = {"connections_prefix": "airflow/connections", "variables_prefix": "airflow/variables"}
+
+
+def secrets_backend_env(ports: dict[str, int], secret: dict[str, str]) -> dict[str, str]:
+    """Airflow's `[secrets]` settings reading the stack's Secrets Manager (moto) with aws_default's
+    endpoint and keys; production gives only the prefixes and takes credentials from its IAM role."""
+    aws = connections(ports, secret)["aws_default"]
+    kwargs = {
+        **SECRETS_PREFIXES,
+        **aws["extra"],
+        "aws_access_key_id": aws["login"],
+        "aws_secret_access_key": aws["password"],
+    }
+    return {
+        "AIRFLOW__SECRETS__BACKEND": SECRETS_BACKEND,
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps(kwargs),
+    }
+
+
+def openlineage_env(events: Path) -> dict[str, str]:
+    """OpenLineage on, its events appended to `events` (one JSON object a line); production points
+    the transport at Marquez or another backend instead (README, "Lineage")."""
+    transport = {"type": "file", "log_file_path": str(events), "append": True}
+    return {
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "execplatform-local",
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(transport),
+    }
+
+
+def otel_metrics_env(port: int) -> dict[str, str]:
+    """Airflow's own metrics (scheduler, executor, pools, task instances, DAG processing) over
+    OpenTelemetry (OTLP/HTTP) to the stack's receiver, every 5 s instead of the default 60 s."""
+    return {
+        "AIRFLOW__METRICS__OTEL_ON": "True",
+        # the standard variables: Airflow 3.3 deprecates [metrics] otel_host, otel_port, ...
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": f"http://127.0.0.1:{port}/v1/metrics",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf",
+        "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+    }
+
+
+def write_connections_file(path: Path, ports: dict[str, int], secret: dict[str, str]) -> Path:
+    """The stack's connections as a file for `airflow connections import` (mode 0600: it holds the
+    stack's generated passwords, never production's)."""
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(connections(ports, secret), indent=2))
+    return path
+
+
 def sentry_dsn(ports: dict[str, int]) -> str:
     return f"http://localkey@127.0.0.1:{ports['sentry']}/1"
 
@@ -391,6 +443,10 @@ def airflow_env(
         "AIRFLOW__SENTRY__AUTO_ENABLING_INTEGRATIONS": "False",
         "AIRFLOW__SENTRY__DEFAULT_INTEGRATIONS": "False",
     }
+    # every run's lineage, and Airflow's own metrics, kept in the stack's folder
+    env.update(openlineage_env(folder / "openlineage.jsonl"))
+    if "otlp" in ports:  # a stack started before the receiver existed has none
+        env.update(otel_metrics_env(ports["otlp"]))
     if celery_workers:
         env.update(celery_env(ports, secret))
     for conn_id, conn in connections(ports, secret).items():
@@ -503,6 +559,7 @@ class LocalStack:
             )
         }
         self.ports["api"] = free_port(wanted_api or None)
+        self.ports["otlp"] = free_port()  # Airflow's own metrics (devstack/otlp_sink.py)
         self.dags_folder = dags_folder
         if celery_workers is None:
             celery_workers = int(os.environ.get("STACK_CELERY_WORKERS", "0"))
@@ -778,6 +835,22 @@ class LocalStack:
                     str(self.folder / "sentry"),
                 ],
                 http_answers(f"http://127.0.0.1:{p['sentry']}/"),
+                env=self.env,
+            )
+        )
+        self.supervisor.start(
+            Service(
+                "otlp",
+                [
+                    py,
+                    "-m",
+                    "devstack.otlp_sink",
+                    "--port",
+                    str(p["otlp"]),
+                    "--folder",
+                    str(self.folder / "otlp"),
+                ],
+                http_answers(f"http://127.0.0.1:{p['otlp']}/"),
                 env=self.env,
             )
         )

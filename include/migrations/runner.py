@@ -13,6 +13,7 @@ revision that ``alembic_version`` does not name, and only a person can decide wh
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -96,32 +97,46 @@ def blockers(dsn: str, older_than_s: float = 0.0) -> list[Blocker]:
 def schema_signature(dsn: str) -> str:
     """A cheap fingerprint of the public schema's catalog (columns, constraints, indexes),
     leaving out the runner's own bookkeeping tables, which every run may touch."""
+    tables = table_signatures(dsn)
+    return hashlib.md5("\n".join(f"{t} {sig}" for t, sig in sorted(tables.items())).encode()).hexdigest()
+
+
+def table_signatures(dsn: str) -> dict[str, str]:
+    """Each public table's (or view's) catalog fingerprint: its columns, constraints and indexes.
+    Two of them name the tables a revision changed (db_migrate reports them as lineage)."""
     import psycopg2
 
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(
             """
-            SELECT md5(coalesce(string_agg(item, E'\n' ORDER BY item), '')) FROM (
-                SELECT format('col %%s.%%s %%s %%s', c.relname, a.attname,
+            SELECT tbl, md5(string_agg(item, E'\n' ORDER BY item)) FROM (
+                SELECT c.relname AS tbl, format('col %%s %%s %%s', a.attname,
                               format_type(a.atttypid, a.atttypmod), a.attnotnull) AS item
                   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-                 WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
-                   AND c.relname <> ALL (%(own)s)
+                 WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
+                   AND a.attnum > 0 AND NOT a.attisdropped
                 UNION ALL
-                SELECT format('con %%s %%s %%s', conname, convalidated, pg_get_constraintdef(oid))
-                  FROM pg_constraint WHERE connamespace = 'public'::regnamespace
-                   AND conrelid::regclass::text <> ALL (%(own)s)
+                SELECT conrelid::regclass::text, format('con %%s %%s %%s', conname, convalidated,
+                                                        pg_get_constraintdef(oid))
+                  FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND conrelid <> 0
                 UNION ALL
-                SELECT format('idx %%s', pg_get_indexdef(indexrelid))
+                SELECT indrelid::regclass::text, format('idx %%s', pg_get_indexdef(indexrelid))
                   FROM pg_index JOIN pg_class c ON c.oid = indexrelid
-                 WHERE c.relnamespace = 'public'::regnamespace AND indrelid::regclass::text <> ALL (%(own)s)
+                 WHERE c.relnamespace = 'public'::regnamespace
             ) catalog
+            WHERE tbl <> ALL (%(own)s)
+            GROUP BY tbl
             """,
             {"own": list(BOOKKEEPING_TABLES)},
         )
-        signature = cur.fetchone()[0]
+        signatures = dict(cur.fetchall())
     conn.close()
-    return signature
+    return signatures
+
+
+def changed_tables(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """The tables added, dropped or altered between two `table_signatures`."""
+    return sorted(t for t in before.keys() | after.keys() if before.get(t) != after.get(t))
 
 
 def apply(

@@ -1,8 +1,9 @@
 """The stack that the operations suites share, started once per session, and what they need of it.
 
-test_migration_story.py, test_dags_over_rest.py and test_ui_in_browser.py run on one stack with
-Airflow (`ops_stack`): each asks the fixtures here for the state it starts from, so any one of
-them runs alone, and in one session they run in the order of the demo story (below).
+test_airflow_metrics.py, test_migration_story.py, test_dags_over_rest.py and test_ui_in_browser.py
+run on one stack with Airflow (`ops_stack`): each asks the fixtures here for the state it starts
+from, so any one of them runs alone, and in one session they run in the order of the demo story
+(below).
 
 The other suites start a stack of their own, because their stories need a different one:
 - test_local_stack.py starts and stops the stack as a user does, with `make up`, `make down` and

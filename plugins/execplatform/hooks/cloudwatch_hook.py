@@ -131,6 +131,15 @@ class CloudWatchMetricsHook(AwsBaseHook):
         )
         return diff
 
+    def put_dashboard(self, name: str, body: dict[str, Any]) -> None:
+        """Create or replace the dashboard `name` (CloudWatch checks the body and refuses a bad one)."""
+        import json
+
+        answer = self.get_conn().put_dashboard(DashboardName=name, DashboardBody=json.dumps(body))
+        if answer.get("DashboardValidationMessages"):
+            raise ValueError(f"dashboard {name!r}: {answer['DashboardValidationMessages']}")
+        self.log.info("dashboard %r: %d widgets", name, len(body["widgets"]))
+
 
 def publish_metrics(
     metrics: Iterable[Metric],

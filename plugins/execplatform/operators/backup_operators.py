@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator
 from include.ids import APP_DB, AWS
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
     from execplatform.hooks.app_db_hook import AppDatabaseHook
@@ -80,6 +81,7 @@ class PostgresBackupOperator(BaseOperator):
         self.work_dir = work_dir
         self.jobs = jobs
         self.lock_wait_seconds = lock_wait_seconds
+        self.location: str | None = None  # the backup's folder, once known (for lineage)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from execplatform.steps.backup_steps import backup_catalog
@@ -92,7 +94,7 @@ class PostgresBackupOperator(BaseOperator):
                 self.log.info("catalog reconciled from S3: %s", reconcile(cur, catalog.entries()))
                 backup_id = catalog_start(cur, db.database_name)
             entry = CatalogEntry(backup_id, "running", database_name=db.database_name, started_at=_now())
-            entry.location = catalog.new_location(backup_id)
+            entry.location = self.location = catalog.new_location(backup_id)
             catalog.put(entry)
             work_dir = Path(self.work_dir or tempfile.gettempdir()) / "execplatform-backups"
             work_dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +119,26 @@ class PostgresBackupOperator(BaseOperator):
             "size_bytes": result.size_bytes,
             "dump_seconds": round(result.seconds, 3),
         }
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        """Reads the app database, writes under the catalog's root (the folder is not named yet)."""
+        from execplatform.steps.backup_steps import backup_catalog
+
+        catalog = backup_catalog(self.aws_conn_id, self.bucket, self.prefix)
+        return self._lineage(f"s3://{catalog.bucket}/{catalog.root}")
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """Reads the app database, wrote the backup's own folder."""
+        return self._lineage(self.location) if self.location else self.get_openlineage_facets_on_start()
+
+    def _lineage(self, written: str) -> OperatorLineage:
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from execplatform.lineage import app_database, s3_prefix
+
+        return OperatorLineage(
+            inputs=[app_database(app_db(self.postgres_conn_id))], outputs=[s3_prefix(written)]
+        )
 
     def _dump_and_upload(
         self, db: AppDatabaseHook, catalog: BackupCatalog, entry: CatalogEntry, folder: Path
@@ -205,6 +227,7 @@ class VerifyBackupOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.bucket = bucket
         self.jobs = jobs
+        self.location: str | None = None  # the backup's folder, once read (for lineage)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from execplatform.steps.backup_steps import backup_catalog, fetch_backup
@@ -216,6 +239,7 @@ class VerifyBackupOperator(BaseOperator):
         db = app_db(self.postgres_conn_id)
         with db.cursor() as cur:
             entry = catalog_get(cur, backup_id)
+        self.location = entry.location
         catalog = backup_catalog(self.aws_conn_id, self.bucket)
         # the entry in the backup's own folder; None for one catalogued before S3 kept entries
         stored = catalog.read(entry.location) if entry.location else None
@@ -240,6 +264,14 @@ class VerifyBackupOperator(BaseOperator):
         self._mark_verified(db, catalog, stored, backup_id, seconds)
         self.log.info("backup %s verified: restored into %s in %.2f s", backup_id, scratch, seconds)
         return {"backup_id": backup_id, "restore_seconds": round(seconds, 3), "verified": 1}
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """Read the backup's S3 folder; the scratch database it restored into is gone."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from execplatform.lineage import s3_prefix
+
+        return OperatorLineage(inputs=[s3_prefix(self.location)] if self.location else [])
 
     def _mark_verified(self, db, catalog, stored, backup_id: int, seconds: float) -> None:
         from include.backup.catalog import catalog_verified

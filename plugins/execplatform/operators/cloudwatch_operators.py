@@ -107,7 +107,8 @@ class PublishMetricsOperator(BaseOperator):
 
 class ApplyAlarmsOperator(BaseOperator):
     """
-    Make the CloudWatch alarms under `prefix` equal to ``include.observability.alarms.ALARMS``.
+    Make the CloudWatch alarms under `prefix` equal to ``include.observability.alarms.ALARMS``, and
+    the dashboard equal to ``include.observability.dashboard`` (its graphs show those thresholds).
 
     Idempotent: alarms already as in code are left untouched, so a re-run reports no change.
     Returns (and logs) the names created, updated, deleted and unchanged.
@@ -127,8 +128,10 @@ class ApplyAlarmsOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, list[str]]:
         from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
         from include.observability.alarms import ALARMS
+        from include.observability.dashboard import DASHBOARD_NAME, build_dashboard
 
-        diff = CloudWatchMetricsHook(aws_conn_id=self.aws_conn_id).apply_alarms(ALARMS, self.prefix)
-        result = diff.to_dict()
+        hook = CloudWatchMetricsHook(aws_conn_id=self.aws_conn_id)
+        result = hook.apply_alarms(ALARMS, self.prefix).to_dict()
         self.log.info("alarms applied under %r: %s", self.prefix, result)
+        hook.put_dashboard(DASHBOARD_NAME, build_dashboard(hook.get_conn().meta.region_name))
         return result

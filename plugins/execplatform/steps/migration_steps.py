@@ -301,7 +301,8 @@ def apply_migration(
     while a blocking FSAR report names the schema, unless the run is its remediation."""
     import psycopg2
 
-    from include.migrations.runner import MigrationError, UndoFailed, apply
+    from execplatform.lineage import report_changed_tables
+    from include.migrations.runner import MigrationError, UndoFailed, apply, changed_tables, table_signatures
     from include.migrations.smoke import fingerprint, table_filenode
     from include.observability.security_events import log_security_event
 
@@ -315,6 +316,7 @@ def apply_migration(
         with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
             before, filenode = fingerprint(cur), table_filenode(cur)
         conn.close()
+        tables_before = table_signatures(dsn)
         _set_status(conn_id, run_id, "applying")
 
         def on_retry(revision: str, attempt: int, exc: Exception) -> None:
@@ -328,6 +330,8 @@ def apply_migration(
             _set_status(conn_id, run_id, "failed", error=str(exc))
             _fail(str(exc))
     _set_status(conn_id, run_id, "applied")
+    changed = changed_tables(tables_before, table_signatures(dsn))
+    report_changed_tables(db, changed)
     with AppDatabaseHook(conn_id).cursor() as cur:
         log_security_event(
             cur,
@@ -337,7 +341,7 @@ def apply_migration(
             revisions=applied,
             from_revision=run["from_revision"],
         )
-    return {"applied": applied, "filenode": filenode, "before": before.to_dict()}
+    return {"applied": applied, "tables_changed": changed, "filenode": filenode, "before": before.to_dict()}
 
 
 def _undo_failed(conn_id: str, run_id: str, error: Exception) -> None:

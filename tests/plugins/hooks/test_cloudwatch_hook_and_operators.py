@@ -266,3 +266,17 @@ def test_apply_alarms_operator_makes_aws_equal_code_and_is_idempotent(hook):
     assert sorted(again["unchanged"]) == sorted(a.name for a in ALARMS)
     in_aws = [a["AlarmName"] for a in hook.describe_metric_alarms(ALARM_PREFIX)]
     assert sorted(in_aws) == sorted(a.name for a in ALARMS)
+
+
+def test_apply_alarms_operator_puts_the_dashboard_as_code(hook):
+    """The dashboard in (moto's) CloudWatch is the one in code, and CloudWatch accepted it."""
+    import json
+
+    from execplatform.operators.cloudwatch_operators import ApplyAlarmsOperator
+    from include.observability.dashboard import DASHBOARD_NAME, GRAPHS, build_dashboard
+
+    ApplyAlarmsOperator(task_id="apply_alarms").execute(_context("platform_alarms", "apply_alarms"))
+    stored = hook.get_conn().get_dashboard(DashboardName=DASHBOARD_NAME)
+    body = json.loads(stored["DashboardBody"])
+    assert body == build_dashboard(hook.get_conn().meta.region_name)
+    assert [w["properties"]["title"] for w in body["widgets"]] == [g[0] for g in GRAPHS]
