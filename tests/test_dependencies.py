@@ -105,8 +105,9 @@ def owners() -> Owners:
 
 
 def first_party(root: Path) -> set[str]:
-    """The project's own top-level names: its folders and files, plugins/' packages, conftest."""
-    bases = [base for base in (root, root / "plugins") if base.is_dir()]
+    """The project's own top-level names: its folders and files, plugins/' packages, the benchmarks
+    (one may run another's code), conftest."""
+    bases = [base for base in (root, root / "plugins", root / "bench") if base.is_dir()]
     return {p.stem for base in bases for p in base.iterdir()} | {"conftest"}
 
 

@@ -24,6 +24,7 @@ GRAPHS: tuple[tuple[str, str, tuple[str, ...], str, int], ...] = (
     ("Healthcheck probes failed", HEALTHCHECK_NAMESPACE, ("ProbeFailed",), "Sum", 300),
     ("Backup verified (1 = yes)", NAMESPACE, ("BackupVerified",), "Minimum", 86400),
     ("Backup dump, restore (s)", NAMESPACE, ("BackupDumpSeconds", "BackupRestoreSeconds"), "Maximum", 86400),
+    ("Queue backlog (ready tasks)", NAMESPACE, ("QueueBacklog",), "Maximum", 300),
     ("Queue wait p95 (ms)", NAMESPACE, ("QueueWaitP95",), "Maximum", 300),
     ("Execution tasks and failures", NAMESPACE, ("ExecutionTasks", "ExecutionTaskFailures"), "Sum", 300),
     ("Cache hit ratio (%)", NAMESPACE, ("CacheHitRatio",), "Average", 300),

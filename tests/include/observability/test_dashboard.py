@@ -35,6 +35,7 @@ def test_each_alarmed_metric_graph_shows_its_threshold():
     assert lines["Alerts raised and undelivered"] == {1.0}
     assert lines["Failed tasks by DAG"] == {1.0}
     assert lines["Backup verified (1 = yes)"] == {1.0}
+    assert lines["Queue backlog (ready tasks)"] == {5000.0}
     alarmed = {a.metric_name for a in ALARMS}
     assert all(lines[title] for title, _, metrics, _, _ in GRAPHS if alarmed & set(metrics))
     assert all(w["x"] + w["width"] <= 24 for w in body["widgets"])  # the grid is 24 units wide
