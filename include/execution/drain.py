@@ -74,6 +74,7 @@ class DrainSummary:
     batches: int = 0
     seconds: float = 0.0
     stopped_by: str = "empty"  # empty | budget | schema_lock (a restore or migration held it)
+    woken: int = 0  # times an idle drain (idle_seconds) found new work after the queue had emptied
     errors: list[str] = field(default_factory=list)  # a sample of failure messages
     by_type: dict[str, TypeTally] = field(default_factory=lambda: defaultdict(TypeTally))
 
@@ -82,6 +83,7 @@ class DrainSummary:
             "batches": self.batches,
             "seconds": round(self.seconds, 3),
             "stopped_by": self.stopped_by,
+            "woken": self.woken,
             "errors": self.errors[:20],
             "by_type": {t: vars(v) for t, v in sorted(self.by_type.items())},
         }
@@ -391,18 +393,26 @@ def drain(
     backoff_base_seconds: float = 5.0,
     on_batch: Callable[[list[ClaimedTask]], None] | None = None,
     queue: TaskQueue | None = None,
+    idle_seconds: float = 0.0,
 ) -> DrainSummary:
     """Claim and run batches until the queue has nothing ready or `budget_seconds` is spent.
 
     One statement per step: the first claims, each later one settles what has finished and
     claims as many as the batch has room for, while the tasks still running go on. `queue`
-    (optional) is an open TaskQueue to use (and leave open)."""
+    (optional) is an open TaskQueue to use (and leave open).
+
+    With `idle_seconds` the drain is hot: once the queue is empty it waits on the queue's
+    notifications (``TaskQueue.listen``, ``wait``), and for the next queued task to fall due,
+    and claims again at once; it ends when nothing came for `idle_seconds`, or at the budget.
+    Work that arrives in a busy period is then claimed within milliseconds, by the drains that
+    run already."""
     from include.bounds import bounded
 
     # NaN or infinity would never run out (`elapsed >= nan` is never true): the drain would not stop
     budget_seconds = bounded("budget_seconds", budget_seconds, low=0, low_open=True, high=86_400)
     batch_size = bounded("batch_size", batch_size, low=1, high=100_000, integer=True)
     concurrency = bounded("concurrency", concurrency, low=1, high=1024, integer=True)
+    idle_seconds = bounded("idle_seconds", idle_seconds, low=0, high=86_400)
     summary = DrainSummary()
     started = time.monotonic()
     own_queue = queue is None
@@ -413,9 +423,20 @@ def drain(
         queue.record_session()  # the role this drain runs as, for the audit
     keeper = LeaseKeeper(dsn, queue.owner, queue.lease_seconds)
     try:
+        if idle_seconds:
+            queue.listen()  # before the first claim: nothing enqueued after it goes unnoticed
         with HandlerRunner(concurrency, handlers, services) as runner:
             tasks, out_of_budget = queue.claim(batch_size, task_types), False
-            while tasks or runner.held:
+            while True:
+                if not tasks and not runner.held:  # the queue is empty
+                    if not idle_seconds or out_of_budget:
+                        break
+                    until = min(time.monotonic() + idle_seconds, started + budget_seconds)
+                    tasks = _wait_for_work(queue, batch_size, task_types, until)
+                    if not tasks:
+                        out_of_budget = time.monotonic() - started >= budget_seconds
+                        break
+                    summary.woken += 1
                 if tasks:
                     if on_batch is not None:
                         on_batch(tasks)
@@ -433,6 +454,26 @@ def drain(
             queue.close()
         summary.seconds = time.monotonic() - started
     return summary
+
+
+WAIT_FOR_CLAIMED_SECONDS = 0.05  # ready rows that another drain is claiming: wait this long, not spin
+
+
+def _wait_for_work(
+    queue: TaskQueue, batch_size: int, task_types: Sequence[str] | None, until: float
+) -> list[ClaimedTask]:
+    """An idle drain's wait (the queue listens): the next batch, claimed as soon as a
+    notification comes or a queued task falls due; empty once `until` (monotonic) has passed."""
+    while (left := until - time.monotonic()) > 0:
+        due = queue.seconds_until_due(task_types)
+        if due is None or due > 0:
+            queue.wait(left if due is None else min(left, due), task_types)
+        tasks = queue.claim(batch_size, task_types)
+        if tasks:
+            return tasks
+        if due == 0:
+            queue.wait(min(left, WAIT_FOR_CLAIMED_SECONDS), task_types)
+    return []
 
 
 def _settle(
