@@ -186,7 +186,7 @@ WITH inserted AS (
     SELECT count(pg_notify('execution_tasks_queued', task_type))  -- NOTIFY_CHANNEL
       FROM (SELECT DISTINCT task_type FROM inserted) t
 )
-SELECT id, idempotency_key FROM inserted, notified
+SELECT id, idempotency_key FROM inserted, notified ORDER BY id  -- the order of the rows given
 """
 
 # Per task type, the queued tasks ready now and the seconds until the next one not yet ready
