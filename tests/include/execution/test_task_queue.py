@@ -16,6 +16,7 @@ from include.execution.task_queue import (
     SchemaBehindError,
     TaskQueue,
 )
+from tests.pg import notified
 
 PAYLOAD = {"prompt": "p", "repo": "r", "inputs": {"count": 3}}
 
@@ -333,17 +334,6 @@ def test_the_queue_refuses_settings_it_cannot_compute_with(app_head_dsn, setting
         TaskQueue(app_head_dsn, **settings)
 
 
-def _notified(listening, settle: float = 0.3) -> list[str]:
-    import select
-
-    payloads = []
-    while select.select([listening], [], [], settle)[0]:
-        listening.poll()
-        payloads += [n.payload for n in listening.notifies]
-        listening.notifies.clear()
-    return payloads
-
-
 @pytest.mark.parametrize("at", ["before", "with"], ids=["before-0011", "with-0011"])
 def test_enqueueing_wakes_listeners_once_per_task_type(app_dsn, at):
     """The library notifies itself (before revision 0011 too); with the revision's trigger, its
@@ -359,11 +349,11 @@ def test_enqueueing_wakes_listeners_once_per_task_type(app_dsn, at):
         q.enqueue_many(
             [{"task_type": t, "payload": PAYLOAD} for t in ("idea", "idea", "implementation", "idea")]
         )
-        assert sorted(_notified(listening)) == ["idea", "implementation"]
+        assert sorted(notified(listening)) == ["idea", "implementation"]
         q.enqueue("idea", PAYLOAD, idempotency_key="once")
-        assert _notified(listening) == ["idea"]
+        assert notified(listening) == ["idea"]
         q.enqueue("idea", PAYLOAD, idempotency_key="once")  # nothing inserted: nothing to announce
-        assert _notified(listening) == []
+        assert notified(listening) == []
     listening.close()
 
 

@@ -3,7 +3,6 @@ one notification per transaction and task type, whatever writes the rows, and a 
 
 from __future__ import annotations
 
-import select
 import time
 
 import psycopg2
@@ -11,7 +10,7 @@ import pytest
 
 from include.execution.task_queue import NOTIFY_CHANNEL
 from include.migrations import downgrade, revision_info, upgrade
-from tests.pg import query
+from tests.pg import notified, query
 
 REVISION = "0011"
 
@@ -22,21 +21,15 @@ def parent() -> str:
 
 
 class Listener:
-    """A session listening on NOTIFY_CHANNEL: the payloads delivered, in order."""
+    """A session listening on NOTIFY_CHANNEL."""
 
     def __init__(self, dsn: str) -> None:
         self.conn = psycopg2.connect(dsn)
         self.conn.autocommit = True
         self.conn.cursor().execute(f"LISTEN {NOTIFY_CHANNEL}")
 
-    def received(self, settle: float = 0.3) -> list[str]:
-        """What arrived until nothing more came for `settle` seconds."""
-        payloads = []
-        while select.select([self.conn], [], [], settle)[0]:
-            self.conn.poll()
-            payloads += [n.payload for n in self.conn.notifies]
-            self.conn.notifies.clear()
-        return payloads
+    def received(self) -> list[str]:
+        return notified(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -58,15 +51,22 @@ def insert(dsn: str, *statements: str) -> None:
     conn.close()
 
 
-def test_the_revision_s_channel_is_the_library_s():
-    module = revision_info(REVISION).path
+def revision_module():
     from importlib.util import module_from_spec, spec_from_file_location
 
-    spec = spec_from_file_location("revision_0011", module)
+    spec = spec_from_file_location("revision_0011", revision_info(REVISION).path)
     loaded = module_from_spec(spec)
     spec.loader.exec_module(loaded)
-    assert loaded.CHANNEL == NOTIFY_CHANNEL
-    assert f"pg_notify('{NOTIFY_CHANNEL}'" in loaded.UPGRADE
+    return loaded
+
+
+def test_the_revision_s_channel_is_the_library_s():
+    from include.execution.task_queue import ENQUEUE
+
+    revision = revision_module()
+    assert revision.CHANNEL == NOTIFY_CHANNEL
+    assert f"pg_notify('{NOTIFY_CHANNEL}'" in revision.UPGRADE
+    assert f"pg_notify('{NOTIFY_CHANNEL}'" in ENQUEUE
 
 
 def test_any_writer_wakes_listeners_once_per_transaction_and_task_type(app_dsn, listener):
@@ -135,13 +135,7 @@ def test_the_upgrade_resumes_over_a_run_that_stopped_halfway(app_dsn):
     """Every step is idempotent: run again over its own result (as a resumed run would), it
     converges to one trigger."""
     upgrade(app_dsn, REVISION)
-    mod = revision_info(REVISION)
-    from importlib.util import module_from_spec, spec_from_file_location
-
-    spec = spec_from_file_location("revision_0011_again", mod.path)
-    loaded = module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    query(app_dsn, loaded.UPGRADE)
+    query(app_dsn, revision_module().UPGRADE)
     assert (
         query(
             app_dsn,
