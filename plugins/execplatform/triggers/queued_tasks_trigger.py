@@ -86,20 +86,21 @@ class QueuedTasksTrigger(BaseEventTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         delay = RECONNECT_FIRST_SECONDS
         while True:
+            began = time.monotonic()
             try:
-                conn = await self._connect()
-            except Exception as exc:  # unreachable, restarting, or the connection is not defined yet
-                self.log.warning("app database not reachable (%s); retrying in %.1fs", _brief(exc), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.reconnect_max_seconds)
-                continue
-            delay = RECONNECT_FIRST_SECONDS
-            try:
-                async with conn:
+                async with await self._connect() as conn:
                     async for event in self._listen(conn):
                         yield event
-            except Exception as exc:  # the server restarted or the network failed: connect again
-                self.log.warning("lost the app database (%s); reconnecting", _brief(exc))
+            except Exception as exc:  # unreachable, restarting, lost, or the connection not defined yet
+                self.log.warning(
+                    "app database unreachable or lost (%s); reconnecting in %.1fs", _brief(exc), delay
+                )
+            # a connection that had lasted starts the backoff afresh; one that fails at once (a
+            # server that takes connections but not this session's queries) does not hammer it
+            if time.monotonic() - began > self.reconnect_max_seconds:
+                delay = RECONNECT_FIRST_SECONDS
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max_seconds)
 
     async def _connect(self):
         # in a thread: the first call imports psycopg, and the hook reads the connection through

@@ -59,8 +59,9 @@ class Running:
             return None
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.task.cancel)
-        self.thread.join(10)
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.task.cancel)
+            self.thread.join(10)
 
 
 @pytest.fixture
@@ -247,3 +248,19 @@ def test_it_survives_a_restart_of_the_server(db, start, local_stack):
         "by_type": {"implementation": 1},
     }
     assert listener_pid(db) == new_pid
+
+
+def test_a_session_that_fails_at_once_is_retried_with_a_growing_delay(db, start):
+    """The server takes the connection but refuses the count (here: the workers' role lost its
+    grant): the trigger backs off (0.5, 1, 2 s...) instead of reconnecting in a tight loop."""
+    sessions = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+    query(db, "REVOKE SELECT ON execution_tasks FROM app_worker")
+    before = query(db, sessions)[0][0]
+    running = start(reconnect_max_seconds=30)
+    time.sleep(3.2)
+    running.stop()
+    assert running.next_event(0) is None
+    # its sessions within 3.2 s: at 0, 0.5, 1.5 and 3.5 s with the backoff (and the two queries
+    # here); reconnecting at once, it opened one every few milliseconds
+    opened = query(db, sessions)[0][0] - before - 1
+    assert 2 <= opened <= 4, opened
