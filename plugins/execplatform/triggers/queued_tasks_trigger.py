@@ -37,7 +37,7 @@ class QueuedTasksTrigger(BaseEventTrigger):
     - **Restarts lose nothing.** On every (re)connection it counts the ready tasks before
       waiting, so tasks enqueued while it was away (a database restart, the triggerer down) are
       seen at once. A lost connection is retried with a doubling delay from 0.5 s up to
-      ``reconnect_max_seconds``.
+      ``reconnect_max_seconds``: a server back after a restart is found within that long.
     - **Notifications are not the only source.** It counts again when the next queued task falls
       due (a retry after its backoff, a task enqueued for later), and every ``poll_seconds``,
       when it fires only if the ready count grew (tasks requeued, which sends no notification, or
@@ -61,7 +61,7 @@ class QueuedTasksTrigger(BaseEventTrigger):
         coalesce_seconds: float = 1.0,
         min_interval_seconds: float = 5.0,
         poll_seconds: float = 60.0,
-        reconnect_max_seconds: float = 30.0,
+        reconnect_max_seconds: float = 5.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
