@@ -1,8 +1,10 @@
 """
 ### Task batch: drain the execution-task queue in parallel
 
-**Owner:** platform team. **Schedule:** `$TASK_BATCH_SCHEDULE` (a cron expression or preset;
-default every 5 minutes), and on demand with the parameter form.
+**Owner:** platform team. **Schedule:** when execution tasks are queued (the
+`execution_tasks_ready` Asset, whose watcher in the triggerer listens to the app database's
+notifications: a run starts within seconds), or `$TASK_BATCH_SCHEDULE` (a cron expression or
+preset; default every 5 minutes), whichever comes first; and on demand with the parameter form.
 
 1. **measure_backlog**: ready tasks per type in `execution_tasks` (`app_db`), published as
    `QueueBacklog`, and the plan: K = min(`parallelism`, ceil(backlog / `batch_size`)) parallel
@@ -15,7 +17,9 @@ default every 5 minutes), and on demand with the parameter form.
    executor (`task_executor`), through the Redis cache (`redis_default`), until the queue is
    empty or `budget_seconds` is spent. Each claim checks the block again, in its own statement
    (a report filed during a drain stops its next claim; `stopped_by` "blocked"). One Airflow task
-   instance runs many execution tasks.
+   instance runs many execution tasks. A drain that empties the queue stays **hot**: it waits on
+   the queue's notifications and claims new tasks within milliseconds, and ends once none came
+   for `idle_seconds` (`$TASK_BATCH_IDLE_SECONDS`, default 60; 0 ends at once).
 3. **publish_metrics** (runs whatever the drains did): first reaps expired leases (tasks held by
    a worker that died go back to the queue), then publishes per task type the count, failures,
    p50/p95 duration and queue wait of the tasks finished in this run, into `task_batch_metrics`
@@ -28,6 +32,12 @@ and after the drains is one task each (the Airflow-overhead benchmark counts the
 
 **Idempotent:** yes. A task completes only with its current lease token, so a retried or
 overlapping drain never completes a task twice; metrics rows are upserted per run and type.
+
+**Event-driven start:** while this DAG is unpaused, the triggerer holds one connection to the
+app database (`application_name` `task_batch_trigger`) and starts a run when tasks are ready,
+at most one event per few seconds; a run already going (`max_active_runs=1`) makes the next one
+wait. With the triggerer down, the time schedule still drains the queue; restarted, the trigger
+counts what is ready and starts a run at once. Pausing the DAG removes the trigger.
 
 **Alerts:** a retry is a *warning*, a failure an *error* (email). A Redis outage sends one
 *error* alert per drain and the tasks run uncached. Before revision 0002 is applied
@@ -47,9 +57,9 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, TriggerRule, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
 
-from execplatform.dag_defaults import default_args, number_param, schedule_for
+from execplatform.dag_defaults import TASK_QUEUE, default_args, number_param, schedule_for
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
 from execplatform.operators.drain_operator import DrainQueueOperator
 from include.ids import TASK_TYPES
@@ -57,7 +67,12 @@ from include.ids import TASK_TYPES
 
 @dag(
     # from the environment, not a Variable: parsing must not query the metadata database
-    schedule=schedule_for("task_batch", os.environ.get("TASK_BATCH_SCHEDULE", "*/5 * * * *")),
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(
+            schedule_for("task_batch", os.environ.get("TASK_BATCH_SCHEDULE", "*/5 * * * *")), timezone="UTC"
+        ),
+        assets=TASK_QUEUE,
+    ),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -83,6 +98,13 @@ from include.ids import TASK_TYPES
         ),
         "budget_seconds": number_param(
             240, integer=True, minimum=1, maximum=1800, description="time budget of each drain"
+        ),
+        "idle_seconds": number_param(
+            int(os.environ.get("TASK_BATCH_IDLE_SECONDS", "60")),
+            integer=True,
+            minimum=0,
+            maximum=1800,
+            description="once the queue is empty, how long a drain waits for new tasks before ending",
         ),
         "report_window_hours": number_param(
             24, minimum=0, exclusive_minimum=True, maximum=720, description="bottleneck report window"
@@ -112,6 +134,7 @@ def task_batch():
         batch_size="{{ params.batch_size }}",
         concurrency="{{ params.concurrency }}",
         budget_seconds="{{ params.budget_seconds }}",
+        idle_seconds="{{ params.idle_seconds }}",
     ).expand(drain_index=measure_backlog())
 
     @task(trigger_rule=TriggerRule.ALL_DONE)

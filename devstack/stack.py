@@ -9,6 +9,7 @@ signals each child if the supervisor itself is killed, so nothing outlives it.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import os
 import secrets
@@ -190,6 +191,15 @@ class Supervisor:
                     f"last lines of {log_path}:\n{tail(log_path)}"
                 )
             time.sleep(0.3)
+
+    def stop(self, name: str, sig: int | None = None, grace: float = 30.0) -> Service:
+        """Stop the newest service called `name` (with `sig`, by default its stop signal; SIGKILL
+        after `grace`) and forget it; returns a copy to `start` again (tests restart servers)."""
+        service = next(s for s in reversed(self.services) if s.name == name)
+        signal_group(service.proc, service.stop_signal if sig is None else sig)
+        kill_group_after(service.proc, grace)
+        self.services.remove(service)
+        return dataclasses.replace(service, proc=None)
 
     def first_exited(self) -> Service | None:
         return next((s for s in self.services if s.proc and s.proc.poll() is not None), None)
@@ -414,7 +424,7 @@ def airflow_env(
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{ports['api']}/execution/",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
             f"postgresql+psycopg2://airflow:{secret['airflow_db_password']}"
-            f"@127.0.0.1:{ports['postgres']}/airflow"
+            f"@127.0.0.1:{ports['metadata_postgres']}/airflow"
         ),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(ports["api"]),
@@ -467,7 +477,8 @@ def celery_env(ports: dict[str, int], secret: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{ports['redis']}/{CELERY_BROKER_DB}",
         "AIRFLOW__CELERY__RESULT_BACKEND": (
-            f"db+postgresql://airflow:{secret['airflow_db_password']}@127.0.0.1:{ports['postgres']}/airflow"
+            f"db+postgresql://airflow:{secret['airflow_db_password']}"
+            f"@127.0.0.1:{ports['metadata_postgres']}/airflow"
         ),
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(CELERY_WORKER_CONCURRENCY),
         # several workers share this machine: each task instance records its worker's own name
@@ -548,6 +559,7 @@ class LocalStack:
             for name in (
                 "postgres",
                 "rehearsal_postgres",
+                "metadata_postgres",
                 "redis",
                 "moto",
                 "stripe",
@@ -586,7 +598,7 @@ class LocalStack:
         return env
 
     def superuser_dsn(self, dbname: str = "postgres", server: str = "postgres") -> str:
-        """As the superuser, on the stack's PostgreSQL (or its `rehearsal_postgres`)."""
+        """As the superuser, on the app's PostgreSQL (or `rehearsal_postgres`, `metadata_postgres`)."""
         return (
             f"host=127.0.0.1 port={self.ports[server]} dbname={dbname} "
             f"user=postgres password={self.secret['postgres_password']}"
@@ -596,6 +608,8 @@ class LocalStack:
         self.info.write()
         self._start_postgres("postgres", "pgdata", max_connections=200)
         self._start_postgres("rehearsal_postgres", "pgdata-rehearsal", max_connections=50)
+        if self.with_airflow:  # Airflow's metadata on a server of its own, as in production
+            self._start_postgres("metadata_postgres", "pgdata-metadata", max_connections=150)
         self._prepare_databases()
         # Airflow's metadata schema needs only PostgreSQL: it is made while the other servers start
         migrating = self._begin_airflow_db_migrate() if self.with_airflow else None
@@ -697,32 +711,23 @@ class LocalStack:
             pwfile.unlink()
 
     def _prepare_databases(self) -> None:
-        """Roles and databases for Airflow and the app; the app schema at the demo's baseline."""
+        """Roles and databases for the app (and Airflow, on its metadata server); the app schema
+        at the demo's baseline."""
         import psycopg2
-        from psycopg2 import sql
 
-        conn = psycopg2.connect(self.superuser_dsn())
-        conn.autocommit = True  # CREATE DATABASE refuses to run inside a transaction
-        with conn.cursor() as cur:
-            for role, key in (("airflow", "airflow_db_password"), ("app", "app_db_password")):
-                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
-                verb = "ALTER" if cur.fetchone() else "CREATE"
-                # CREATEDB: backup verification restores into scratch databases of its own
-                cur.execute(
-                    sql.SQL(verb + " ROLE {} LOGIN CREATEDB PASSWORD %s").format(sql.Identifier(role)),
-                    (self.secret[key],),
-                )
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (role,))
-                if not cur.fetchone():
-                    cur.execute(
-                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                            sql.Identifier(role), sql.Identifier(role)
-                        )
-                    )
-            from include.migrations.db_roles import ensure_worker_role
+        from include.migrations.db_roles import ensure_worker_role
 
-            ensure_worker_role(cur, member="app")
-        conn.close()
+        servers = [("postgres", "app", "app_db_password")]
+        if self.with_airflow:
+            servers.append(("metadata_postgres", "airflow", "airflow_db_password"))
+        for server, role, key in servers:
+            conn = psycopg2.connect(self.superuser_dsn(server=server))
+            conn.autocommit = True  # CREATE DATABASE refuses to run inside a transaction
+            with conn.cursor() as cur:
+                self._ensure_role_and_database(cur, role, self.secret[key])
+                if role == "app":
+                    ensure_worker_role(cur, member="app")
+            conn.close()
         # the rehearsal server: the app's role, able to make the scratch databases it rehearses in
         conn = psycopg2.connect(self.superuser_dsn(server="rehearsal_postgres"))
         conn.autocommit = True
@@ -738,6 +743,23 @@ class LocalStack:
         ensure_baseline(self.app_dsn())
         seed_if_empty(self.app_dsn())
         self._grant_worker_privileges()
+
+    @staticmethod
+    def _ensure_role_and_database(cur, role: str, password: str) -> None:
+        """A login role with CREATEDB (backup verification restores into scratch databases of its
+        own) and a database of the same name that it owns."""
+        from psycopg2 import sql
+
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+        verb = "ALTER" if cur.fetchone() else "CREATE"
+        cur.execute(
+            sql.SQL(verb + " ROLE {} LOGIN CREATEDB PASSWORD %s").format(sql.Identifier(role)), (password,)
+        )
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (role,))
+        if not cur.fetchone():
+            cur.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(role), sql.Identifier(role))
+            )
 
     def _grant_worker_privileges(self) -> None:
         """On every start, so tables a migration added since get the workers' grants too."""

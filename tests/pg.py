@@ -31,3 +31,16 @@ def create_database(server, name: str, template: str | None = None) -> None:
 
 def drop_database(server, name: str) -> None:
     as_superuser(server, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def notified(conn, settle: float = 0.3) -> list[str]:
+    """The payloads of the notifications a LISTENing psycopg2 connection receives until nothing
+    more comes for `settle` seconds."""
+    import select
+
+    payloads = []
+    while select.select([conn], [], [], settle)[0]:
+        conn.poll()
+        payloads += [n.payload for n in conn.notifies]
+        conn.notifies.clear()
+    return payloads

@@ -1,6 +1,11 @@
 """Measuring the queue: per-type figures of the tasks a run finished, and the bottleneck report
-(where each task type's time goes: queued, executing, answered from the cache), for the tables
-and CloudWatch."""
+(where each task type's time goes: queued, executing; how many answers came from the cache; how
+long a task waits to be picked up), for the tables and CloudWatch.
+
+Pickup latency is the time from a task's enqueueing (or the moment it was due, for a task
+enqueued for later) to its first claim: what event-driven starts and hot drains shorten. It is
+read from tasks claimed once (`attempts = 1`): a claim overwrites `started_at`, so a retried
+task's first pickup is gone (its wait after the backoff is in the queue wait)."""
 
 from __future__ import annotations
 
@@ -17,9 +22,14 @@ SELECT task_type,
        coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY wait_ms), 0) AS queue_wait_p50_ms,
        coalesce(percentile_cont(0.95) WITHIN GROUP (ORDER BY wait_ms), 0) AS queue_wait_p95_ms,
        coalesce(sum(wait_ms), 0) AS queue_wait_ms_sum,
-       coalesce(sum(duration_ms), 0) AS exec_ms_sum
+       coalesce(sum(duration_ms), 0) AS exec_ms_sum,
+       coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY pickup_ms), 0) AS pickup_p50_ms,
+       coalesce(percentile_cont(0.95) WITHIN GROUP (ORDER BY pickup_ms), 0) AS pickup_p95_ms
 FROM (SELECT task_type, status, duration_ms,
-             greatest(extract(epoch FROM started_at - available_at) * 1000, 0) AS wait_ms
+             greatest(extract(epoch FROM started_at - available_at) * 1000, 0) AS wait_ms,
+             CASE WHEN attempts = 1 THEN greatest(
+                 extract(epoch FROM started_at - greatest(created_at, available_at)) * 1000, 0)
+             END AS pickup_ms
       FROM execution_tasks
       WHERE status IN ('succeeded', 'failed', 'dead') AND finished_at >= %(since)s
         AND finished_at <= %(until)s) finished
@@ -36,12 +46,14 @@ TYPE_STAT_COLUMNS = (
     "queue_wait_p95_ms",
     "queue_wait_ms_sum",
     "exec_ms_sum",
+    "pickup_p50_ms",
+    "pickup_p95_ms",
 )
 
 
 def type_stats(cursor, since, until) -> dict[str, dict[str, float]]:
-    """Per task type, over the tasks finished in [since, until]: count, failures, duration and
-    queue-wait percentiles (milliseconds)."""
+    """Per task type, over the tasks finished in [since, until]: count, failures, duration,
+    queue-wait and pickup-latency percentiles (milliseconds)."""
     cursor.execute(TYPE_STATS_SQL, {"since": since, "until": until})
     return {
         row[0]: {c: float(v) for c, v in zip(TYPE_STAT_COLUMNS, row[1:], strict=True)}
@@ -94,19 +106,20 @@ def record_type_metrics(
 
 
 def bottleneck_report(cursor, since, until) -> list[dict[str, Any]]:
-    """Per task type over the window, slowest average first: avg/p50/p95 duration and the share
-    of its time spent waiting in queue, executing, and (within executing) answered by cache hits."""
+    """Per task type over the window, slowest average first: avg/p50/p95 duration, the share of
+    its time spent waiting in queue and executing, the share of its tasks answered from the cache
+    (each one an executor call saved), and the p50/p95 pickup latency."""
     stats = type_stats(cursor, since, until)
     cursor.execute(
         "SELECT task_type, sum(cache_hit_ms_sum), sum(cache_hits) FROM task_batch_metrics"
         " WHERE measured_at >= %s AND measured_at <= %s GROUP BY task_type",
         (since, until),
     )
-    cached = {t: (float(ms or 0), int(n or 0)) for t, ms, n in cursor.fetchall()}
+    cached = {t: int(n or 0) for t, _, n in cursor.fetchall()}
     report = []
     for task_type, s in stats.items():
         wait, execute = s["queue_wait_ms_sum"], s["exec_ms_sum"]
-        hit_ms, hits = cached.get(task_type, (0.0, 0))
+        hits, tasks = cached.get(task_type, 0), int(s["tasks"])
         total = wait + execute
         report.append(
             {
@@ -118,37 +131,54 @@ def bottleneck_report(cursor, since, until) -> list[dict[str, Any]]:
                 "p95_ms": round(s["p95_ms"], 1),
                 "queued_share": round(wait / total, 4) if total else 0.0,
                 "executing_share": round(execute / total, 4) if total else 0.0,
-                "cache_hit_share": round(min(hit_ms, execute) / total, 4) if total else 0.0,
+                "cache_hit_share": round(min(hits, tasks) / tasks, 4) if tasks else 0.0,
                 "cache_hits": hits,
+                "pickup_p50_ms": round(s["pickup_p50_ms"], 1),
+                "pickup_p95_ms": round(s["pickup_p95_ms"], 1),
             }
         )
     return sorted(report, key=lambda r: r["avg_ms"], reverse=True)
 
 
+REPORT_COLUMNS = (
+    "task_type",
+    "tasks",
+    "failures",
+    "avg_ms",
+    "p50_ms",
+    "p95_ms",
+    "queued_share",
+    "executing_share",
+    "cache_hit_share",
+)
+INSERT_REPORT = """
+INSERT INTO task_bottleneck_reports (run_id, window_start, window_end, task_type, tasks, failures, avg_ms,
+    p50_ms, p95_ms, queued_share, executing_share, cache_hit_share)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+# with revision 0011's columns
+INSERT_REPORT_WITH_PICKUP = """
+INSERT INTO task_bottleneck_reports (run_id, window_start, window_end, task_type, tasks, failures, avg_ms,
+    p50_ms, p95_ms, queued_share, executing_share, cache_hit_share, pickup_p50_ms, pickup_p95_ms)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+
 def record_bottleneck_report(cursor, run_id: str, since, until, report: Sequence[Mapping[str, Any]]) -> None:
+    """Replace the run's rows; with the pickup latency once revision 0011 has made its columns
+    (the code runs before its revision is applied, too)."""
+    cursor.execute(
+        "SELECT count(*) = 2 FROM information_schema.columns WHERE table_schema = 'public' "
+        "AND table_name = 'task_bottleneck_reports' AND column_name IN ('pickup_p50_ms', 'pickup_p95_ms')"
+    )
+    with_pickup = cursor.fetchone()[0]
     cursor.execute("DELETE FROM task_bottleneck_reports WHERE run_id = %s", (run_id,))
     for r in report:
-        cursor.execute(
-            """
-            INSERT INTO task_bottleneck_reports (run_id, window_start, window_end, task_type, tasks, failures,
-                avg_ms, p50_ms, p95_ms, queued_share, executing_share, cache_hit_share)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            """,
-            (
-                run_id,
-                since,
-                until,
-                r["task_type"],
-                r["tasks"],
-                r["failures"],
-                r["avg_ms"],
-                r["p50_ms"],
-                r["p95_ms"],
-                r["queued_share"],
-                r["executing_share"],
-                r["cache_hit_share"],
-            ),
-        )
+        values = (run_id, since, until, *(r[c] for c in REPORT_COLUMNS))
+        if with_pickup:
+            cursor.execute(INSERT_REPORT_WITH_PICKUP, (*values, r["pickup_p50_ms"], r["pickup_p95_ms"]))
+        else:
+            cursor.execute(INSERT_REPORT, values)
 
 
 def type_metrics(
@@ -169,6 +199,8 @@ def type_metrics(
             Metric("ExecutionDurationP95", s["p95_ms"], unit="Milliseconds", dimensions=dims),
             Metric("QueueWaitP50", s["queue_wait_p50_ms"], unit="Milliseconds", dimensions=dims),
             Metric("QueueWaitP95", s["queue_wait_p95_ms"], unit="Milliseconds", dimensions=dims),
+            Metric("PickupLatencyP50", s["pickup_p50_ms"], unit="Milliseconds", dimensions=dims),
+            Metric("PickupLatencyP95", s["pickup_p95_ms"], unit="Milliseconds", dimensions=dims),
         ]
     for r in report:
         dims = standard_dimensions(dag_id=dag_id, task_type=r["task_type"])

@@ -76,6 +76,7 @@ class DrainSummary:
     # empty | budget | schema_lock (a restore or migration held it) | blocked (an FSAR report)
     stopped_by: str = "empty"
     blocked_by: str | None = None  # the FSAR report that blocked execution
+    woken: int = 0  # times an idle drain (idle_seconds) found new work after the queue had emptied
     errors: list[str] = field(default_factory=list)  # a sample of failure messages
     by_type: dict[str, TypeTally] = field(default_factory=lambda: defaultdict(TypeTally))
 
@@ -85,6 +86,7 @@ class DrainSummary:
             "seconds": round(self.seconds, 3),
             "stopped_by": self.stopped_by,
             "blocked_by": self.blocked_by,
+            "woken": self.woken,
             "errors": self.errors[:20],
             "by_type": {t: vars(v) for t, v in sorted(self.by_type.items())},
         }
@@ -395,6 +397,7 @@ def drain(
     on_batch: Callable[[list[ClaimedTask]], None] | None = None,
     queue: TaskQueue | None = None,
     check_block: bool = True,
+    idle_seconds: float = 0.0,
 ) -> DrainSummary:
     """Claim and run batches until the queue has nothing ready or `budget_seconds` is spent.
 
@@ -405,13 +408,20 @@ def drain(
     With `check_block` (for the queue it opens; a given `queue` has its own), each claim checks
     in its own statement whether an open FSAR report blocks execution: once one does, the drain
     claims nothing more, settles what is running, and stops (`stopped_by` "blocked", `blocked_by`
-    the report)."""
+    the report).
+
+    With `idle_seconds` the drain is hot: once the queue is empty it waits on the queue's
+    notifications (``TaskQueue.listen``, ``wait``), and for the next queued task to fall due,
+    and claims again at once; it ends when nothing came for `idle_seconds`, or at the budget.
+    Work that arrives in a busy period is then claimed within milliseconds, by the drains that
+    run already."""
     from include.bounds import bounded
 
     # NaN or infinity would never run out (`elapsed >= nan` is never true): the drain would not stop
     budget_seconds = bounded("budget_seconds", budget_seconds, low=0, low_open=True, high=86_400)
     batch_size = bounded("batch_size", batch_size, low=1, high=100_000, integer=True)
     concurrency = bounded("concurrency", concurrency, low=1, high=1024, integer=True)
+    idle_seconds = bounded("idle_seconds", idle_seconds, low=0, high=86_400)
     summary = DrainSummary()
     started = time.monotonic()
     own_queue = queue is None
@@ -432,9 +442,20 @@ def drain(
         return summary.blocked_by is not None
 
     try:
+        if idle_seconds:
+            queue.listen()  # before the first claim: nothing enqueued after it goes unnoticed
         with HandlerRunner(concurrency, handlers, services) as runner:
             tasks, out_of_budget = queue.claim(batch_size, task_types), False
-            while tasks or runner.held:
+            while True:
+                if not tasks and not runner.held:  # the queue is empty, or execution is blocked
+                    if not idle_seconds or out_of_budget or blocked():
+                        break
+                    until = min(time.monotonic() + idle_seconds, started + budget_seconds)
+                    tasks = _wait_for_work(queue, batch_size, task_types, until)
+                    if not tasks:
+                        out_of_budget = time.monotonic() - started >= budget_seconds
+                        break
+                    summary.woken += 1
                 if tasks:
                     if on_batch is not None:
                         on_batch(tasks)
@@ -453,6 +474,26 @@ def drain(
             queue.close()
         summary.seconds = time.monotonic() - started
     return summary
+
+
+WAIT_FOR_CLAIMED_SECONDS = 0.05  # ready rows that another drain is claiming: wait this long, not spin
+
+
+def _wait_for_work(
+    queue: TaskQueue, batch_size: int, task_types: Sequence[str] | None, until: float
+) -> list[ClaimedTask]:
+    """An idle drain's wait (the queue listens): the next batch, claimed as soon as a
+    notification comes or a queued task falls due; empty once `until` (monotonic) has passed."""
+    while (left := until - time.monotonic()) > 0:
+        due = queue.seconds_until_due(task_types)
+        if due is None or due > 0:
+            queue.wait(left if due is None else min(left, due), task_types)
+        tasks = queue.claim(batch_size, task_types)
+        if tasks or queue.blocked_by is not None:  # an FSAR report blocks execution: stop waiting
+            return tasks
+        if due == 0:
+            queue.wait(min(left, WAIT_FOR_CLAIMED_SECONDS), task_types)
+    return []
 
 
 def _settle(

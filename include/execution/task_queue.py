@@ -51,6 +51,9 @@ DEFAULT_BACKOFF_CAP_SECONDS = 600.0
 # float8, and one row past attempt 1024 failed the statement that settles a whole batch).
 MAX_BACKOFF_SECONDS = 30 * 24 * 3600.0
 MAX_ATTEMPTS = 100  # per task; revision 0009's CHECK holds the table to it too
+# The channel on which enqueueing announces new queued tasks, the payload being the task type
+# (the library's enqueue, and revision 0011's trigger for every other writer).
+NOTIFY_CHANNEL = "execution_tasks_queued"
 # A claim and another worker's settle can wait on each other. SKIP LOCKED skips the rows locked
 # now, but a claim whose snapshot still sees a row as queued after another worker claimed it
 # locks the row's newest version to recheck it, and keeps that lock until its statement ends; and
@@ -164,6 +167,38 @@ WITH succeeded AS (
 SELECT 'c', id, task_type, payload::text, ai_model, attempts, max_attempts, wait_ms FROM claimed
 UNION ALL SELECT 's', id, NULL, NULL, NULL, NULL, NULL, NULL FROM succeeded
 UNION ALL SELECT 'f', id, status, NULL, NULL, NULL, NULL, NULL FROM failed
+"""
+
+
+# Enqueueing, with its notification (NOTIFY_CHANNEL) in the same statement: one per task type,
+# sent at commit. Revision 0011's trigger on the table sends the same ones for every writer;
+# PostgreSQL delivers identical notifications of one transaction once, so listeners are woken
+# once either way, and before that revision by this statement alone.
+ENQUEUE = """
+WITH inserted AS (
+    INSERT INTO execution_tasks
+        (task_type, payload, ai_model, priority, max_attempts, idempotency_key, available_at)
+    SELECT v.task_type, v.payload::jsonb, v.ai_model, v.priority::smallint, v.max_attempts::int,
+           v.idempotency_key, coalesce(v.available_at::timestamptz, now())
+    FROM (VALUES %s) AS v(task_type, payload, ai_model, priority, max_attempts, idempotency_key,
+                          available_at)
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, idempotency_key, task_type
+), notified AS (
+    SELECT count(pg_notify('execution_tasks_queued', task_type))  -- NOTIFY_CHANNEL
+      FROM (SELECT DISTINCT task_type FROM inserted) t
+)
+SELECT id, idempotency_key FROM inserted, notified ORDER BY id  -- the order of the rows given
+"""
+
+# Per task type, the queued tasks ready now and the seconds until the next one not yet ready
+# is due (NULL: none): what the event trigger and an idle drain wait for.
+QUEUED_BY_TYPE = """
+SELECT task_type, count(*) FILTER (WHERE available_at <= now()),
+       extract(epoch FROM min(available_at) FILTER (WHERE available_at > now()) - now())::float8
+FROM execution_tasks
+WHERE status = 'queued' AND (%(types)s::text[] IS NULL OR task_type = ANY(%(types)s::text[]))
+GROUP BY task_type ORDER BY task_type
 """
 
 
@@ -440,19 +475,7 @@ class TaskQueue:
         ]
         if not rows:
             return []
-        inserted = self._run(
-            """
-            INSERT INTO execution_tasks
-                (task_type, payload, ai_model, priority, max_attempts, idempotency_key, available_at)
-            SELECT v.task_type, v.payload::jsonb, v.ai_model, v.priority::smallint, v.max_attempts::int,
-                   v.idempotency_key, coalesce(v.available_at::timestamptz, now())
-            FROM (VALUES %s) AS v(task_type, payload, ai_model, priority, max_attempts, idempotency_key,
-                                  available_at)
-            ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING id, idempotency_key
-            """,
-            many=rows,
-        )
+        inserted = self._run(ENQUEUE, many=rows)
         ids_by_key = {key: i for i, key in inserted if key is not None}
         missing = [
             t.get("idempotency_key")
@@ -569,6 +592,41 @@ class TaskQueue:
             ids.sort()
         claimed.sort(key=lambda t: t.id)
         return completed, outcome, claimed
+
+    # -- waiting for work --------------------------------------------------------------------
+
+    def listen(self) -> None:
+        """Receive the notifications of NOTIFY_CHANNEL on this session, for :meth:`wait`. Sent
+        before the claim that may find the queue empty, so nothing enqueued after it is missed."""
+        self._run(f"LISTEN {NOTIFY_CHANNEL}")
+
+    def wait(self, timeout: float, task_types: Sequence[str] | None = None) -> bool:
+        """After :meth:`listen`: True as soon as a notification for one of `task_types` (any
+        type: None) arrives, or has arrived since the last call (psycopg2 collects them during
+        every statement); False after `timeout` seconds without one."""
+        import select
+        import time
+
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            self.conn.poll()
+            types = {n.payload for n in self.conn.notifies}
+            self.conn.notifies.clear()
+            if types and (not task_types or types & set(task_types)):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            select.select([self.conn], [], [], remaining)
+
+    def seconds_until_due(self, task_types: Sequence[str] | None = None) -> float | None:
+        """0 when a queued task is ready now; else the seconds until the next queued one is due
+        (a retry's backoff, a task enqueued for later); None when nothing is queued."""
+        rows = self._run(QUEUED_BY_TYPE, {"types": list(task_types) if task_types else None})
+        if any(ready for _, ready, _ in rows):
+            return 0.0
+        due = [seconds for _, _, seconds in rows if seconds is not None]
+        return max(min(due), 0.0) if due else None
 
     # -- housekeeping ------------------------------------------------------------------------
 

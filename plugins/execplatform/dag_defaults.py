@@ -14,9 +14,10 @@ import os
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from airflow.sdk import Asset, AssetAlias, Param
+from airflow.sdk import Asset, AssetAlias, AssetWatcher, Param
 
 from execplatform.notifiers.alert_notifier import alert_callbacks
+from execplatform.triggers.queued_tasks_trigger import QueuedTasksTrigger
 from include.ids import APP_DB, AWS, REDIS, REHEARSAL_DB, SMTP, STRIPE, TASK_EXECUTOR
 
 __all__ = ["APP_DB", "AWS", "REDIS", "REHEARSAL_DB", "SMTP", "STRIPE", "TASK_EXECUTOR"]
@@ -28,6 +29,13 @@ OFFER_FEEDBACK = Asset("offer_feedback_enough")  # offer_feedback -> offer_model
 MODEL_PROMOTED = Asset("offer_model_promoted")  # offer_model_retrain -> adversarial_audit
 # through an alias, so that a retrain run that keeps the champion emits nothing
 MODEL_PROMOTION = AssetAlias("offer_model_promotion")
+# execution tasks are ready to run: an event of the triggerer (QueuedTasksTrigger listens to the
+# app database's notifications), on which task_batch starts within seconds. The trigger runs
+# only while a DAG scheduled on this Asset is unpaused.
+TASK_QUEUE = Asset(
+    "execution_tasks_ready",
+    watchers=[AssetWatcher(name="execution_tasks_notify", trigger=QueuedTasksTrigger())],
+)
 
 # where backups go (the bucket must exist; the local stack creates it): each in a folder of its
 # own under BACKUP_PREFIX, with its catalog entry; recovery events under BACKUP_PREFIX/_events/

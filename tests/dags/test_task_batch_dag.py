@@ -94,7 +94,9 @@ def test_task_batch_drains_a_seeded_queue_and_reports_per_type(
     environment = f"test-{os.getpid()}-{time.monotonic_ns()}"  # this run's own metric series
     monkeypatch.setenv("PLATFORM_ENVIRONMENT", environment)
     enqueue(app_db, 400, bad_every=50)
-    run = task_batch_dag.test(run_conf={"batch_size": 40, "parallelism": 3, "concurrency": 8})
+    run = task_batch_dag.test(
+        run_conf={"batch_size": 40, "parallelism": 3, "concurrency": 8, "idle_seconds": 0}
+    )
     assert run.state == "success"
     statuses = dict(query(app_db, "SELECT status, count(*) FROM execution_tasks GROUP BY status"))
     assert statuses == {"succeeded": 392, "failed": 8}
@@ -209,7 +211,9 @@ def test_redis_stopped_mid_run_the_batch_completes_uncached_and_one_alert_fires(
 
         killer = threading.Thread(target=stop_redis_after_some_tasks, daemon=True)
         killer.start()
-        run = task_batch_dag.test(run_conf={"batch_size": 20, "parallelism": 1, "concurrency": 4})
+        run = task_batch_dag.test(
+            run_conf={"batch_size": 20, "parallelism": 1, "concurrency": 4, "idle_seconds": 0}
+        )
         killer.join(5)
     finally:
         server.kill()
@@ -226,3 +230,24 @@ def test_redis_stopped_mid_run_the_batch_completes_uncached_and_one_alert_fires(
     assert len(alerts) == 1 and alerts[0][:2] == ("error", 1)
     [drain] = [ti for ti in run.get_task_instances() if ti.task_id == "drain"]
     assert drain.xcom_pull(task_ids="drain", map_indexes=0)["cache_available"] is False
+
+
+def test_task_batch_starts_on_queued_tasks_or_its_time_schedule_whichever_comes_first(monkeypatch):
+    """The Asset whose watcher listens to the app database, or the cron of $TASK_BATCH_SCHEDULE;
+    the drains' idle limit defaults to $TASK_BATCH_IDLE_SECONDS."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import AssetOrTimeSchedule
+
+    from execplatform.dag_defaults import TASK_QUEUE
+    from execplatform.triggers.queued_tasks_trigger import QueuedTasksTrigger
+
+    monkeypatch.setenv("TASK_BATCH_SCHEDULE", "*/7 * * * *")
+    monkeypatch.setenv("TASK_BATCH_IDLE_SECONDS", "12")
+    dag = DagBag(dag_folder=str(DAGS_DIR / "task_batch.py")).dags["task_batch"]
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.asset_condition == TASK_QUEUE
+    assert "expression='*/7 * * * *'" in repr(dag.timetable.timetable)
+    [watcher] = TASK_QUEUE.watchers
+    assert isinstance(watcher.trigger, QueuedTasksTrigger) and watcher.trigger.conn_id == "app_db"
+    assert dag.params["idle_seconds"] == 12
+    assert dag.max_active_runs == 1  # events while a run drains queue one run after it, not one each

@@ -9,13 +9,16 @@ runs (`[core] hostname_callable`). Every DAG starts paused with a one-minute sch
    worker's drains complete execution tasks, and no task is claimed or completed twice.
 2. Every scheduled DAG, unpaused, gets a run from the scheduler (run type `scheduled`, on the
    short interval) that succeeds; `adversarial_audit` is unpaused once `db_backup` succeeded,
-   since its backup gate fails hard without a fresh verified backup.
+   since its backup gate fails hard without a fresh verified backup. The triggerer is killed
+   first: task_batch's event-driven start is gone, and its time schedule alone drains the tasks
+   enqueued meanwhile.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 import urllib.request
 import uuid
@@ -60,6 +63,8 @@ def stack(tmp_path_factory):
             # nothing runs before a test unpauses it
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             OVERRIDES_VAR: json.dumps(dict.fromkeys(SCHEDULED_DAGS, EVERY_MINUTE)),
+            # a drain that emptied the queue waits this long for more, not the default minute
+            "TASK_BATCH_IDLE_SECONDS": "5",
         },
     )
     stack.started_at = datetime.now(UTC)
@@ -172,9 +177,39 @@ def scheduled_runs(stack, token: str, dag_id: str) -> list[dict]:
     return api(f"{dag_url(stack, dag_id)}/dagRuns?run_type=scheduled&order_by=run_after", token)["dag_runs"]
 
 
+def enqueue_while_the_triggerer_is_down(stack, token: str) -> list[int]:
+    """Kill the triggerer, wait until no asset event is queued for task_batch and no
+    asset-triggered run is in flight (so that only its time schedule can start a run for what
+    follows), then enqueue tasks."""
+    from include.execution.task_queue import TaskQueue
+
+    stack.triggerer = stack.supervisor.stop("triggerer", sig=signal.SIGKILL, grace=10)
+    base = dag_url(stack, "task_batch")
+
+    def only_the_schedule_left() -> bool:
+        queued = api(f"{base}/assets/queuedEvents", token)["total_entries"]
+        runs = api(f"{base}/dagRuns?state=running&state=queued&run_type=asset_triggered", token)
+        return queued == 0 and runs["total_entries"] == 0
+
+    wait_for(only_the_schedule_left, 600, "task_batch's asset-triggered runs to end")
+    with TaskQueue(stack.app_dsn()) as queue:
+        return queue.enqueue_many(
+            [
+                {
+                    "task_type": "idea",
+                    "ai_model": "gpt-4.1",
+                    "payload": VALID["idea"],
+                    "idempotency_key": f"no-trig-{i}",
+                }
+                for i in range(20)
+            ]
+        )
+
+
 def test_every_scheduled_dag_runs_by_its_schedule(stack, token):
     outcome: dict[str, dict] = {}
     unpaused: set[str] = set()
+    without_triggerer = enqueue_while_the_triggerer_is_down(stack, token)
 
     def all_finished() -> bool:
         for dag_id in SCHEDULED_DAGS:
@@ -186,6 +221,8 @@ def test_every_scheduled_dag_runs_by_its_schedule(stack, token):
                 outcome.setdefault(dag_id, {"state": f"not run: {after} failed", "dag_run_id": None})
             if dag_id in unpaused and dag_id not in outcome:
                 runs = scheduled_runs(stack, token, dag_id)
+                if dag_id == "task_batch":  # the run that claimed the tasks enqueued without a triggerer
+                    runs = [r for r in runs if claimed_within(stack, without_triggerer, r)]
                 done = next((r for r in runs if r["state"] == "success"), None) or next(
                     (r for r in runs if r["state"] == "failed"), None
                 )
@@ -199,6 +236,7 @@ def test_every_scheduled_dag_runs_by_its_schedule(stack, token):
         # offer_model_retrain's training is the long pole: 3 to 11 minutes on a loaded 2-core machine
         wait_for(all_finished, 1800, "a finished scheduled run of every scheduled DAG")
     finally:
+        stack.supervisor.start(stack.triggerer)
         log.warning(
             "scheduled runs after %.0fs: %s",
             time.monotonic() - started,
@@ -213,3 +251,24 @@ def test_every_scheduled_dag_runs_by_its_schedule(stack, token):
             dag_id,
             run,
         )
+
+    # with the triggerer down, a scheduled run of task_batch claimed the tasks enqueued meanwhile,
+    # each once
+    assert rows(
+        stack,
+        "SELECT status, attempts, count(*) FROM execution_tasks WHERE id = ANY(%s) GROUP BY 1, 2",
+        (without_triggerer,),
+    ) == [("succeeded", 1, len(without_triggerer))]
+
+
+def claimed_within(stack, ids: list[int], run: dict) -> bool:
+    """Whether the finished `run` claimed every task of `ids`."""
+    if not run.get("end_date"):
+        return False
+    start, end = (datetime.fromisoformat(run[k]) for k in ("start_date", "end_date"))
+    [(inside,)] = rows(
+        stack,
+        "SELECT count(*) FROM execution_tasks WHERE id = ANY(%s) AND started_at BETWEEN %s AND %s",
+        (ids, start, end),
+    )
+    return inside == len(ids)

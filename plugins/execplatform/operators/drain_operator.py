@@ -39,6 +39,8 @@ class DrainQueueOperator(BaseOperator):
     :param batch_size: (templated) tasks claimed per batch.
     :param concurrency: (templated) handler threads.
     :param budget_seconds: (templated) stop claiming after this long.
+    :param idle_seconds: (templated) once the queue is empty, wait this long for new work (the
+        queue's notifications) before ending; 0 ends at once.
     :param cache_ttl_seconds: (templated) TTL per cache namespace (``executor`` covers all models).
     """
 
@@ -47,6 +49,7 @@ class DrainQueueOperator(BaseOperator):
         "batch_size",
         "concurrency",
         "budget_seconds",
+        "idle_seconds",
         "cache_ttl_seconds",
     )
 
@@ -58,6 +61,7 @@ class DrainQueueOperator(BaseOperator):
         batch_size: int = 100,
         concurrency: int = 16,
         budget_seconds: float = 240.0,
+        idle_seconds: float = 0.0,
         cache_ttl_seconds: dict[str, int] | None = None,
         use_cache: bool = True,
         app_conn_id: str = APP_DB,
@@ -71,6 +75,7 @@ class DrainQueueOperator(BaseOperator):
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.budget_seconds = budget_seconds
+        self.idle_seconds = idle_seconds
         self.cache_ttl_seconds = cache_ttl_seconds
         self.use_cache = use_cache
         self.app_conn_id = app_conn_id
@@ -95,6 +100,7 @@ class DrainQueueOperator(BaseOperator):
         budget_seconds = checked_number(
             "budget_seconds", _number(self.budget_seconds), low=0, low_open=True, high=86_400
         )
+        idle_seconds = checked_number("idle_seconds", _number(self.idle_seconds), low=0, high=86_400)
 
         cache = (
             TaskCacheHook(self.redis_conn_id).get_cache(ttl_seconds=self.cache_ttl_seconds)
@@ -137,6 +143,7 @@ class DrainQueueOperator(BaseOperator):
                 batch_size=batch_size,
                 concurrency=concurrency,
                 budget_seconds=budget_seconds,
+                idle_seconds=idle_seconds,
                 owner=owner,
                 on_batch=alert_once_if_cache_down,
             )

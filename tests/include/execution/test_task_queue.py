@@ -16,6 +16,7 @@ from include.execution.task_queue import (
     SchemaBehindError,
     TaskQueue,
 )
+from tests.pg import notified
 
 PAYLOAD = {"prompt": "p", "repo": "r", "inputs": {"count": 3}}
 
@@ -331,3 +332,50 @@ def test_max_attempts_is_bounded_before_anything_is_written(app_head_dsn, max_at
 def test_the_queue_refuses_settings_it_cannot_compute_with(app_head_dsn, settings):
     with pytest.raises(ValueError, match="must be"):
         TaskQueue(app_head_dsn, **settings)
+
+
+@pytest.mark.parametrize("at", ["before", "with"], ids=["before-0011", "with-0011"])
+def test_enqueueing_wakes_listeners_once_per_task_type(app_dsn, at):
+    """The library notifies itself (before revision 0011 too); with the revision's trigger, its
+    identical notifications of the same transaction are delivered once."""
+    from include.execution.task_queue import NOTIFY_CHANNEL
+    from include.migrations import revision_info, upgrade
+
+    upgrade(app_dsn, revision_info("0011").down_revision if at == "before" else "0011")
+    listening = psycopg2.connect(app_dsn)
+    listening.autocommit = True
+    listening.cursor().execute(f"LISTEN {NOTIFY_CHANNEL}")
+    with TaskQueue(app_dsn) as q:
+        q.enqueue_many(
+            [{"task_type": t, "payload": PAYLOAD} for t in ("idea", "idea", "implementation", "idea")]
+        )
+        assert sorted(notified(listening)) == ["idea", "implementation"]
+        q.enqueue("idea", PAYLOAD, idempotency_key="once")
+        assert notified(listening) == ["idea"]
+        q.enqueue("idea", PAYLOAD, idempotency_key="once")  # nothing inserted: nothing to announce
+        assert notified(listening) == []
+    listening.close()
+
+
+def test_a_listening_queue_waits_for_its_types_and_knows_when_the_next_task_falls_due(app_head_dsn):
+    from datetime import UTC, datetime, timedelta
+
+    with TaskQueue(app_head_dsn) as waiting, TaskQueue(app_head_dsn) as producer:
+        assert waiting.seconds_until_due() is None
+        waiting.listen()
+        started = time.monotonic()
+        assert not waiting.wait(0.3)
+        assert 0.3 <= time.monotonic() - started < 1.0
+
+        producer.enqueue("implementation", PAYLOAD)
+        assert not waiting.wait(0.5, task_types=["idea"])  # another type's news does not wake it
+        producer.enqueue("idea", PAYLOAD)
+        started = time.monotonic()
+        assert waiting.wait(5.0, task_types=["idea"])
+        assert time.monotonic() - started < 0.5
+        assert waiting.seconds_until_due(["idea"]) == 0.0
+
+        waiting.claim(10)
+        producer.enqueue("idea", PAYLOAD, available_at=datetime.now(UTC) + timedelta(seconds=30))
+        assert 25 < waiting.seconds_until_due() <= 30
+        assert waiting.seconds_until_due(["implementation"]) is None

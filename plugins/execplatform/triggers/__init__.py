@@ -1,0 +1,1 @@
+"""Event triggers that turn changes in the platform's services into asset events (Asset watchers)."""
