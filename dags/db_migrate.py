@@ -65,6 +65,7 @@ from execplatform.dag_defaults import (
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
 from execplatform.operators.approval_operator import SecondPersonApprovalOperator
 from execplatform.operators.backup_operators import PostgresBackupOperator, VerifyBackupOperator
+from include.ids import FSAR_REPORT_ID
 
 JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where two branches meet
 
@@ -103,7 +104,7 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where two branches meet
         "remediation_report": Param(
             None,
             type=["null", "string"],
-            pattern=r"^(fsar_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$",
+            pattern=rf"^({FSAR_REPORT_ID})?$",
             description="the FSAR report this run remediates: it may apply while that report blocks",
         ),
         "schema_lock_wait_seconds": number_param(

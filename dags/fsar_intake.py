@@ -47,8 +47,7 @@ from airflow.sdk import Param, dag, task
 from execplatform.dag_defaults import default_args
 from execplatform.notifiers.alert_notifier import run_metrics_callbacks
 from execplatform.operators.approval_operator import ReportResolutionOperator
-
-REPORT_ID = r"fsar_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+from include.ids import FSAR_REPORT_ID
 
 
 @dag(
@@ -72,7 +71,7 @@ REPORT_ID = r"fsar_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
         "resolve_report": Param(
             "",
             type="string",
-            pattern=rf"^({REPORT_ID})?$",
+            pattern=rf"^({FSAR_REPORT_ID})?$",
             description="the id of an open report to resolve (a person approves it with a reason)",
         ),
     },

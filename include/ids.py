@@ -32,3 +32,7 @@ DAG_IDS = (
 
 # the execution tasks' types (execution_tasks.task_type), each with its own handler and inputs
 TASK_TYPES = ("implementation", "self_improvement", "idea", "idea_implementation")
+
+# an FSAR report's id (include.audit.fsar), for the params that name one; the table's CHECK
+# (revision 0010) spells the same
+FSAR_REPORT_ID = r"fsar_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"

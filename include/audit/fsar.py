@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from include.ids import TASK_TYPES
+from include.ids import FSAR_REPORT_ID, TASK_TYPES
 
 TITLE = "# FSAR Proposal Report"
 HEADER_FIELDS = ("id", "timestamp", "severity", "block_execution", "proposal")
 RISKS, MITIGATIONS = "## Risks", "## Mitigations"
 
-ID_FORMAT = re.compile(r"^fsar_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+ID_FORMAT = re.compile(rf"^{FSAR_REPORT_ID}$")
 TIMESTAMP_FORMAT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 _HEADER_LINE = re.compile(r"^-\s+([A-Za-z_]+)\s*:\s*(.*)$")
 _RISK_LINE = re.compile(r"^[-*]\s+([A-Za-z][A-Za-z0-9 _/-]{0,63}?)\s*:\s+(\S.*)$")
