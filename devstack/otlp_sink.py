@@ -2,19 +2,20 @@
 can read it: each POST to /v1/metrics becomes one JSON line in `<folder>/metrics.jsonl`, with the
 exporting service and every metric's name and data points (value and attributes).
 
-Airflow's `[metrics] otel_on` points at it (`otel_host`, `otel_port`); production points the same
-settings at an OpenTelemetry Collector (README, "Airflow's metrics").
+Airflow's `[metrics] otel_on` with the standard `OTEL_EXPORTER_OTLP_METRICS_*` variables points
+at it (devstack.stack.otel_metrics_env); production points them at an OpenTelemetry Collector
+(README, "Airflow's metrics").
 """
 
 from __future__ import annotations
 
-import argparse
-import gzip
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from devstack.http_sink import SinkHandler, serve
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -67,11 +68,11 @@ def make_handler(folder: Path) -> type[BaseHTTPRequestHandler]:
     folder.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
 
-    class MetricsHandler(BaseHTTPRequestHandler):
+    class MetricsHandler(SinkHandler):
+        sink_name = "otlp sink"
+
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if self.headers.get("Content-Encoding", "") == "gzip":
-                body = gzip.decompress(body)
+            body = self.read_body()
             if self.path != "/v1/metrics":
                 self.send_error(404, f"only /v1/metrics is received here, not {self.path}")
                 return
@@ -85,24 +86,11 @@ def make_handler(folder: Path) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(answer)
 
-        def do_GET(self) -> None:  # noqa: N802
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"otlp sink\n")
-
-        def log_message(self, format, *args) -> None:  # keep the stack's log quiet
-            pass
-
     return MetricsHandler
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--folder", type=Path, required=True)
-    args = parser.parse_args()
-    ThreadingHTTPServer((args.host, args.port), make_handler(args.folder)).serve_forever()
+    serve(make_handler, __doc__)
 
 
 if __name__ == "__main__":
