@@ -5,10 +5,10 @@ reason; the next task_batch drains.
 
 The audit's side (an invariant broken by hand: its report blocks; repaired, the next audit closes
 it and execution resumes) is played by test_migration_story.py, which breaks and repairs that
-invariant already. That the block holds across processes and restarts is shown here across the
-scheduler's worker processes (each task_batch run's tasks are new processes) and, at the stack
-tier, by a new interpreter (tests/plugins/steps/test_fsar_steps.py); the shared stack is not
-restarted (moto's S3 would lose the backups the later suites use).
+invariant already. The block lives in the app database, not in a process: here the app's
+PostgreSQL server, the scheduler and the triggerer are restarted while it is open, and the next
+task_batch is still blocked (with no second alert). Moto, the api-server and the metadata
+server keep running: moto's S3 holds the backups the later suites use.
 """
 
 from __future__ import annotations
@@ -45,6 +45,28 @@ def queue_rows(stack) -> list[tuple]:
     )
 
 
+def restart_app_server_scheduler_and_triggerer(stack) -> None:
+    """Stop the Airflow components that read the app database, then its server; start them all
+    again in the opposite order, as an operator restarting the stack's hosts would."""
+    stopped = [stack.supervisor.stop(name) for name in ("scheduler", "triggerer", "postgres")]
+    for service in reversed(stopped):
+        stack.supervisor.start(service)
+
+
+def blocked_run(stack, token: str, report_id: str) -> None:
+    """A task_batch run that ends at once, visibly blocked by `report_id`, claiming nothing."""
+    run_id = trigger(stack, token, "task_batch", {"task_types": ["idea"]})
+    assert finished(stack, token, "task_batch", run_id)["state"] == "success"
+    states = task_states(stack, token, "task_batch", run_id)
+    assert states["measure_backlog"] == "skipped" and states["publish_metrics"] == "skipped", states
+    xcom = api(
+        f"{dag_url(stack, 'task_batch')}/dagRuns/{run_id}/taskInstances/measure_backlog/xcomEntries/"
+        "blocked_by?deserialize=true",
+        token,
+    )["value"]
+    assert xcom["id"] == report_id
+
+
 def test_a_filed_blocking_report_stops_task_batch_until_a_person_resolves_it(app_db_at_head):
     from include.execution.task_queue import TaskQueue
     from tests.dags.test_task_batch_dag import VALID
@@ -78,17 +100,12 @@ def test_a_filed_blocking_report_stops_task_batch_until_a_person_resolves_it(app
 
     set_paused(stack, "task_batch", False, token)
     for _ in range(2):  # two blocked runs, one alert
-        blocked = trigger(stack, token, "task_batch", {"task_types": ["idea"]})
-        assert finished(stack, token, "task_batch", blocked)["state"] == "success"
-        states = task_states(stack, token, "task_batch", blocked)
-        assert states["measure_backlog"] == "skipped" and states["publish_metrics"] == "skipped", states
-        xcom = api(
-            f"{dag_url(stack, 'task_batch')}/dagRuns/{blocked}/taskInstances/measure_backlog/xcomEntries/"
-            "blocked_by?deserialize=true",
-            token,
-        )["value"]
-        assert xcom["id"] == report.id
+        blocked_run(stack, token, report.id)
         assert queue_rows(stack) == before  # no execution task changed state
+
+    restart_app_server_scheduler_and_triggerer(stack)
+    blocked_run(stack, token, report.id)  # the block outlives every process that read it
+    assert queue_rows(stack) == before
     assert rows(
         stack,
         "SELECT occurrences FROM alerts WHERE message LIKE %s",
