@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from airflow.sdk import Asset, AssetAlias, AssetWatcher, Param
 
 from execplatform.notifiers.alert_notifier import alert_callbacks
-from execplatform.triggers.queued_tasks_trigger import QueuedTasksTrigger
 from include.ids import APP_DB, AWS, REDIS, REHEARSAL_DB, SMTP, STRIPE, TASK_EXECUTOR
 
 __all__ = ["APP_DB", "AWS", "REDIS", "REHEARSAL_DB", "SMTP", "STRIPE", "TASK_EXECUTOR"]
@@ -29,13 +28,25 @@ OFFER_FEEDBACK = Asset("offer_feedback_enough")  # offer_feedback -> offer_model
 MODEL_PROMOTED = Asset("offer_model_promoted")  # offer_model_retrain -> adversarial_audit
 # through an alias, so that a retrain run that keeps the champion emits nothing
 MODEL_PROMOTION = AssetAlias("offer_model_promotion")
-# execution tasks are ready to run: an event of the triggerer (QueuedTasksTrigger listens to the
-# app database's notifications), on which task_batch starts within seconds. The trigger runs
-# only while a DAG scheduled on this Asset is unpaused.
-TASK_QUEUE = Asset(
-    "execution_tasks_ready",
-    watchers=[AssetWatcher(name="execution_tasks_notify", trigger=QueuedTasksTrigger())],
-)
+
+
+def __getattr__(name: str) -> Asset:
+    """``TASK_QUEUE``: execution tasks are ready to run, an event of the triggerer
+    (``QueuedTasksTrigger`` listens to the app database's notifications), on which task_batch
+    starts within seconds; the trigger runs only while a DAG scheduled on it is unpaused. Made on
+    first use: only task_batch needs the trigger's module, and the other DAG files parse faster
+    without it (bench/bench_dag_parse.py)."""
+    if name != "TASK_QUEUE":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from execplatform.triggers.queued_tasks_trigger import QueuedTasksTrigger
+
+    global TASK_QUEUE
+    TASK_QUEUE = Asset(
+        "execution_tasks_ready",
+        watchers=[AssetWatcher(name="execution_tasks_notify", trigger=QueuedTasksTrigger())],
+    )
+    return TASK_QUEUE
+
 
 # where backups go (the bucket must exist; the local stack creates it): each in a folder of its
 # own under BACKUP_PREFIX, with its catalog entry; recovery events under BACKUP_PREFIX/_events/

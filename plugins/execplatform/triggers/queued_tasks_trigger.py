@@ -10,7 +10,6 @@ from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from include.execution.task_queue import NOTIFY_CHANNEL, QUEUED_BY_TYPE
 from include.ids import APP_DB
 
 # how its session shows in pg_stat_activity (the tests find the listener by it)
@@ -124,6 +123,8 @@ class QueuedTasksTrigger(BaseEventTrigger):
         """Events for as long as the connection lasts; the first count is made at once."""
         from psycopg import sql
 
+        from include.execution.task_queue import NOTIFY_CHANNEL  # in the triggerer, not at parse time
+
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
         self.log.info("listening on %s for queued execution tasks", NOTIFY_CHANNEL)
         reason, last_event, last_ready = "connected", -float("inf"), 0
@@ -156,6 +157,8 @@ async def _notifications(conn, seconds: float, stop_after: int | None = None) ->
 
 async def _count(conn) -> tuple[dict[str, int], float | None]:
     """({task type: ready tasks} for the types with some, seconds until the next one is due)."""
+    from include.execution.task_queue import QUEUED_BY_TYPE
+
     cur = await conn.execute(QUEUED_BY_TYPE, {"types": None})
     rows = await cur.fetchall()
     due = [seconds for _, _, seconds in rows if seconds is not None]
