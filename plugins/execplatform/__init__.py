@@ -73,4 +73,12 @@ def get_provider_info() -> dict:
             },
         ],
         "notifications": ["execplatform.notifiers.alert_notifier.PlatformAlertNotifier"],
+        # Stripe objects as assets, so that the hook lineage collector reports them to OpenLineage
+        "asset-uris": [
+            {
+                "schemes": ["stripe"],
+                "handler": "execplatform.lineage.sanitize_stripe_uri",
+                "to_openlineage_converter": "execplatform.lineage.stripe_to_openlineage",
+            }
+        ],
     }

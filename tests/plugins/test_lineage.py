@@ -12,8 +12,11 @@ import uuid
 
 from devstack.stack import BACKUP_BUCKET, openlineage_env
 from include.migrations import upgrade
+from tests import offers_fixtures
 from tests.airflow_api import postgres_connection
 from tests.project import DAGS_DIR, ROOT
+
+offers_dsn, s3 = offers_fixtures.offers_dsn, offers_fixtures.s3  # the shared fixtures
 
 RUNS = """
 import json, sys
@@ -87,3 +90,82 @@ def test_backup_and_migration_runs_report_what_they_read_and_wrote(app_dsn, loca
         (app_database[0], f"{db['dbname']}.public.{table}")
         for table in ("task_batch_metrics", "task_bottleneck_reports")
     ]
+
+
+OFFER_AND_QUEUE_RUNS = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+from airflow.utils.db import initdb
+
+initdb()
+dags = DagBag(dag_folder=sys.argv[1]).dags
+runs = [
+    dags["offer_model_retrain"].test(),
+    dags["roi_sync"].test(),
+    dags["task_batch"].test(run_conf={"parallelism": 1, "idle_seconds": 0, "budget_seconds": 120}),
+]
+print(json.dumps({run.dag_id: run.state for run in runs}))
+"""
+
+
+def test_offer_and_queue_runs_report_s3_objects_stripe_and_the_executor(offers_dsn, s3, tmp_path):
+    """The offer retrain names the S3 objects it wrote and read and the Stripe objects it
+    published; roi_sync the Stripe charges it read; a drain the queue table it read and settled
+    and the executor it sent the tasks to.
+
+    `dag.test()` runs every task in one process, where Airflow's hook lineage collector keeps what
+    earlier tasks reported (a worker runs each task in a process of its own): so each dataset is
+    checked at the first task that reports it."""
+    from psycopg2.extensions import parse_dsn
+
+    from devstack.stack import MODEL_BUCKET
+    from execplatform.lineage import stripe_uri
+
+    events = tmp_path / "openlineage.jsonl"
+    env = {
+        **os.environ,
+        **openlineage_env(events),
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "PLATFORM_NON_PRODUCTION": "true",
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", OFFER_AND_QUEUE_RUNS, str(DAGS_DIR)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "offer_model_retrain": "success",
+        "roi_sync": "success",
+        "task_batch": "success",
+    }
+
+    models = f"s3://{MODEL_BUCKET}"
+    extract = _events(events, "offer_model_retrain.extract")["COMPLETE"]
+    [(bucket, snapshot)] = [d for d in _datasets(extract, "outputs") if d[0] == models]
+    assert bucket == models and s3.head_object(Bucket=MODEL_BUCKET, Key=snapshot)["ContentLength"] > 0
+    train = _events(events, "offer_model_retrain.train")["COMPLETE"]
+    assert (models, snapshot) in _datasets(train, "inputs")  # the model is fitted on that snapshot
+    assert any(b == models and name != snapshot for b, name in _datasets(train, "outputs"))
+
+    stripe = json.loads(os.environ["AIRFLOW_CONN_STRIPE_DEFAULT"])["host"]
+    published = _datasets(_events(events, "offer_model_retrain.publish_offers")["COMPLETE"], "outputs")
+    namespace = stripe_uri(stripe, "x").rsplit("/", 1)[0]
+    assert {(namespace, "coupons"), (namespace, "products")} <= set(published)
+    synced = _events(events, "roi_sync.sync_payments")["COMPLETE"]
+    assert (namespace, "charges") in _datasets(synced, "inputs")
+
+    db = parse_dsn(offers_dsn)
+    queue = (f"postgres://{db['host']}:{db['port']}", f"{db['dbname']}.public.execution_tasks")
+    executor = json.loads(os.environ["AIRFLOW_CONN_TASK_EXECUTOR"])["host"].rstrip("/")
+    drains = [
+        e for e in map(json.loads, events.read_text().splitlines()) if e["job"]["name"] == "task_batch.drain"
+    ]
+    completed = [e for e in drains if e["eventType"] == "COMPLETE"]
+    assert completed, [e["eventType"] for e in drains]
+    for event in completed:
+        assert _datasets(event, "inputs") == [queue]
+        assert _datasets(event, "outputs") == [queue, (executor, "tasks")]

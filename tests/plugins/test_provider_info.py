@@ -50,3 +50,18 @@ def test_every_class_the_provider_names_imports():
     for dotted in names:
         module, _, name = dotted.rpartition(".")
         assert hasattr(importlib.import_module(module), name), dotted
+
+
+def test_stripe_objects_are_assets_that_openlineage_names():
+    """`stripe://host/kind` is this provider's asset scheme: Airflow normalizes it with the
+    provider's handler (a malformed one is refused, naming the URI) and OpenLineage names it."""
+    from airflow.sdk import Asset
+
+    from execplatform.lineage import stripe_to_openlineage, stripe_uri
+
+    asset = Asset(uri=stripe_uri("http://127.0.0.1:8420", "coupons"))
+    assert asset.uri == "stripe://127.0.0.1:8420/coupons"
+    dataset = stripe_to_openlineage(asset, None)
+    assert (dataset.namespace, dataset.name) == ("stripe://127.0.0.1:8420", "coupons")
+    with pytest.raises(ValueError, match="stripe://api.stripe.com/v1/coupons"):
+        Asset(uri="stripe://api.stripe.com/v1/coupons")

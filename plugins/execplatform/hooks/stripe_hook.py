@@ -43,6 +43,7 @@ class StripeHook(BaseHook):
     def __init__(self, stripe_conn_id: str = default_conn_name) -> None:
         super().__init__()
         self.stripe_conn_id = stripe_conn_id
+        self.api_base = "https://api.stripe.com"  # the connection's, once get_conn has read it
 
     def get_conn(self) -> stripe.StripeClient:
         import stripe
@@ -51,11 +52,10 @@ class StripeHook(BaseHook):
         if not conn.password:
             raise ValueError(f"connection {self.stripe_conn_id!r} has no secret key in its password")
         base = conn.host or "https://api.stripe.com"
-        if conn.port:
-            base = f"{base}:{conn.port}"
+        self.api_base = f"{base}:{conn.port}" if conn.port else base
         return stripe.StripeClient(
             api_key=conn.password,
-            base_addresses={"api": base},
+            base_addresses={"api": self.api_base},
             max_network_retries=self.max_network_retries,
             http_client=stripe.RequestsClient(timeout=self.timeout_seconds),
         )
@@ -88,6 +88,7 @@ class StripeHook(BaseHook):
 
         service = getattr(self.get_conn().v1, kind)
         options = {"idempotency_key": f"{kind}-{object_id}", "max_network_retries": 0}
+        self._report(kind, wrote=True)
 
         def fetch() -> Any | None:
             try:
@@ -133,6 +134,7 @@ class StripeHook(BaseHook):
         """Every Stripe object of `kind` ("charges", "coupons", "products") matching `params`,
         page by page."""
         service = getattr(self.get_conn().v1, kind)
+        self._report(kind, wrote=False)
         starting_after = None
         while True:
             query: dict[str, Any] = {**(params or {}), "limit": page_size}
@@ -144,3 +146,9 @@ class StripeHook(BaseHook):
             if not page.has_more or not page.data:
                 return
             starting_after = page.data[-1].id
+
+    def _report(self, kind: str, *, wrote: bool) -> None:
+        """Lineage: the running task reads (or writes) Stripe's `kind` objects."""
+        from execplatform.lineage import report_stripe
+
+        report_stripe(self, self.api_base, kind, wrote=wrote)

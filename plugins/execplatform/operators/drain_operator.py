@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator
 from include.ids import APP_DB, REDIS, TASK_EXECUTOR
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 
@@ -81,6 +82,7 @@ class DrainQueueOperator(BaseOperator):
         self.app_conn_id = app_conn_id
         self.task_executor_conn_id = task_executor_conn_id
         self.redis_conn_id = redis_conn_id
+        self.executor_url: str | None = None  # once the drain has begun (for lineage)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from execplatform.hooks.app_db_hook import (
@@ -136,6 +138,7 @@ class DrainQueueOperator(BaseOperator):
                     "cache_available": True,
                     "blocked_by": [str(h) for h in in_the_way],
                 }
+            self.executor_url = executor.base_url
             summary = drain(
                 db.worker_dsn(),  # as the DML-only workers' role: payloads and answers are untrusted
                 services=Services(executor=executor, cache=cache),
@@ -161,6 +164,19 @@ class DrainQueueOperator(BaseOperator):
             result["by_type"],
         )
         return result
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """Read and settled the app database's execution tasks and sent them to the executor;
+        nothing when the drain stepped aside for a restore or a migration."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from execplatform.hooks.app_db_hook import AppDatabaseHook
+        from execplatform.lineage import app_table, executor_tasks
+
+        if self.executor_url is None:
+            return OperatorLineage()
+        queue = app_table(AppDatabaseHook(self.app_conn_id), "execution_tasks")
+        return OperatorLineage(inputs=[queue], outputs=[queue, executor_tasks(self.executor_url)])
 
     def _alert_cache_down(self, error: Exception) -> None:
         from execplatform.notifiers.alert_notifier import send_alert

@@ -16,9 +16,14 @@ def model_bucket() -> str:
 
 
 def s3_client(aws_conn_id: str = AWS):
+    """boto3's S3 client of the connection; every object it reads or writes is reported as
+    lineage of the running task."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    return S3Hook(aws_conn_id=aws_conn_id).get_conn()
+    from execplatform.lineage import report_s3_objects
+
+    hook = S3Hook(aws_conn_id=aws_conn_id)
+    return report_s3_objects(hook.get_conn(), context=hook)
 
 
 def report_refused_artifact(version_id: int, reason: str) -> None:
