@@ -244,21 +244,18 @@ def thompson_shares(
     budget_per_impression_cents: float | None,
     draws: int = 4000,
     seed: int = 0,
-    wins: np.ndarray | None = None,
 ) -> pd.Series:
     """Allocation shares per arm of one segment from its Beta posteriors.
 
     `arms` has alpha, beta, value_cents (worth of a redemption) and cost_cents (discount paid on
     one). Each draw samples every arm's redemption rate and picks the arm of highest sampled
-    value; an arm's share is how often it wins (`win_shares`, or `wins` when given). Guardrails,
-    in order: every arm keeps at least `min_exploration / len(arms)`; then, when the expected
-    discount per impression exceeds the budget, allocation moves to the cheapest arm just
-    enough to meet it.
+    value; an arm's share is how often it wins (`win_shares`). Guardrails, in order: every arm
+    keeps at least `min_exploration / len(arms)`; an `undecided` arm keeps `min_exploration`;
+    then, when the expected discount per impression exceeds the budget, allocation moves to the
+    cheapest arm just enough to meet it.
     """
     k = len(arms)
-    if wins is None:
-        wins = win_shares(arms, draws=draws, seed=seed)
-    shares = (1 - min_exploration) * wins + min_exploration / k
+    shares = (1 - min_exploration) * win_shares(arms, draws=draws, seed=seed) + min_exploration / k
     shares = _keep_undecided_exploring(shares, undecided(arms), min_exploration)
     if budget_per_impression_cents is not None:
         rate = (arms["alpha"] / (arms["alpha"] + arms["beta"])).to_numpy()
