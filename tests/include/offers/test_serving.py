@@ -169,3 +169,15 @@ def test_an_offer_that_loses_for_the_documented_days_is_retired_and_its_coupon_d
         assert cur.fetchall() == [(loser,)]
     # a re-run of the publication re-creates nothing retired
     assert PublishOffersOperator(task_id="publish", model_version_id=version).execute({})["offers"] == 1
+
+
+def test_before_the_first_champion_feedback_folds_nothing_and_nothing_is_served(app_head_dsn):
+    with cursor(app_head_dsn) as cur:
+        cur.execute(
+            "INSERT INTO users (email, segment, signup_channel, country)"
+            " VALUES ('a@x.invalid', 'vip', 'web', 'US')"
+        )
+        update = jobs.update_bandit(cur, min_exploration=FLOOR, budget_per_impression_cents=300)
+        assert (update["policy_version"], update["top_offer_share"], update["retired"]) == (None, {}, [])
+        with pytest.raises(LookupError, match="no offer policy yet"):
+            serving.decide(cur, [1])
