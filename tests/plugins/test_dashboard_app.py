@@ -358,5 +358,7 @@ def test_offer_decisions_are_served_behind_the_login_and_recorded_once(dashboard
     assert query(dsn, "SELECT count(*) FROM user_events WHERE event_type = 'impression'") == [(1,)]
     missing = viewer.get("/offers/decision/999")
     assert missing.status_code == 404 and "unknown user id" in missing.text
+    page = viewer.get("/offers").text  # the arms with their model prior and share, live first
+    assert "model_prior_mean" in page and "<td>ONE</td>" in page and "<td>TWO</td>" in page
     assert as_user(None, "nobody").get("/offers/decision/2").status_code == 403
     assert query(dsn, "SELECT count(*) FROM offer_decisions") == [(1,)]
