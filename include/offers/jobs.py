@@ -33,6 +33,7 @@ from include.offers.policy import (
     win_shares,
 )
 from include.offers.roi import SegmentRoi, payment_row, segment_roi
+from include.offers.serving import latest_policy
 
 FEEDBACK_CURSOR = "offer_feedback_event_id"
 FEEDBACK_MARK = "offer_feedback_redemptions_at_retrain"
@@ -359,10 +360,9 @@ def reset_arms(cur, model_version_id: int, arms: pd.DataFrame) -> int:
     restart: the new model was trained on the feedback so far. Arms not in `arms` are retired
     (not served). Done once per model version: a re-run keeps the feedback gathered since.
     Returns the current policy version."""
-    cur.execute("SELECT id, model_version_id FROM offer_policy_versions ORDER BY id DESC LIMIT 1")
-    latest = cur.fetchone()
-    if latest is not None and latest[1] == model_version_id:
-        return latest[0]
+    latest = latest_policy(cur)
+    if latest is not None and latest.model_version_id == model_version_id:
+        return latest.version
     cur.execute(
         "UPDATE offer_bandit_arms SET retired_at = now(), losing_since = NULL, share = 0"
         " WHERE retired_at IS NULL AND (segment, offer_id) NOT IN"
@@ -545,9 +545,8 @@ def update_bandit(
     set_cursor(cur, FEEDBACK_CURSOR, end)
     policy = None
     if allocation["changed"]:
-        cur.execute("SELECT model_version_id FROM offer_policy_versions ORDER BY id DESC LIMIT 1")
-        latest = cur.fetchone()
-        policy = publish_policy(cur, latest[0] if latest else None, end, "offer_feedback")
+        latest = latest_policy(cur)
+        policy = publish_policy(cur, latest.model_version_id if latest else None, end, "offer_feedback")
     cur.execute("SELECT coalesce(sum(redemptions), 0) FROM offer_bandit_arms")
     total = int(cur.fetchone()[0])
     return {

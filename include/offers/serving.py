@@ -48,13 +48,19 @@ class Policy:
     created_at: datetime
 
 
-def current_policy(cur) -> Policy:
-    """The newest published shares; LookupError before the first (no champion has priors yet)."""
+def latest_policy(cur) -> Policy | None:
+    """The newest published shares' policy, or None before the first."""
     cur.execute("SELECT id, model_version_id, created_at FROM offer_policy_versions ORDER BY id DESC LIMIT 1")
     row = cur.fetchone()
-    if row is None:
+    return Policy(*row) if row else None
+
+
+def current_policy(cur) -> Policy:
+    """The newest published shares; LookupError before the first (no champion has priors yet)."""
+    policy = latest_policy(cur)
+    if policy is None:
         raise LookupError("no offer policy yet: offer_model_retrain publishes the first with its offers")
-    return Policy(*row)
+    return policy
 
 
 def current_shares(cur) -> dict:
