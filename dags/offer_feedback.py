@@ -1,14 +1,20 @@
 """
 ### Offer feedback (Thompson-sampling bandit)
 
-**Owner:** growth data team. **Schedule:** hourly.
+**Owner:** growth data team. **Schedule:** hourly; trigger it for a refresh on demand.
 
 Folds new offer impressions and redemptions (from `user_events`, after a cursor on the event
-id) into Beta posteriors per segment x offer (`offer_bandit_arms`), then re-allocates each
-segment's traffic by Thompson sampling, so allocation shifts between retrains. Guardrails:
-every arm keeps at least `min_exploration / arms` of its segment, and when the expected
-discount per impression exceeds `budget_per_impression_cents`, traffic moves to the cheapest
-arm until it fits (the budget wins over exploration). Future-dated events are quarantined.
+id) into the Beta posteriors of the live arms (`offer_bandit_arms`: the champion's published
+offers per segment), then re-allocates each segment's traffic by Thompson sampling and
+publishes the shares as a new policy version, which serving (`include.offers.serving`, the
+ops dashboard's `/ops/offers/decision/<user id>`) draws from at once. Guardrails: every arm
+keeps at least `min_exploration / arms` of its segment, and when the expected discount per
+impression exceeds `budget_per_impression_cents`, traffic moves to the cheapest arm until it
+fits (the budget wins over exploration). Future-dated events are quarantined.
+
+**unpublish_retired_offers:** an arm whose chance of being best stays under 1% for
+`retire_after_days` is retired (no longer served); this task deletes its Stripe coupon, so it
+can no longer be redeemed. A coupon already gone counts as deleted.
 
 When `retrain_after_redemptions` new redemptions have arrived since the last retrain, the
 Asset `offer_feedback_enough` is updated, which triggers `offer_model_retrain`.
@@ -44,6 +50,9 @@ from execplatform.notifiers.alert_notifier import run_metrics_callbacks
         "budget_per_impression_cents": number_param(  # 5 times the dearest product: never binds
             300, minimum=0, maximum=100_000, description="expected discount per impression"
         ),
+        "retire_after_days": number_param(
+            3, minimum=0, maximum=365, description="days an offer may lose before it is retired"
+        ),
         "retrain_after_redemptions": number_param(
             500,
             integer=True,
@@ -60,7 +69,15 @@ def offer_feedback():
     def update_bandit(params=None) -> dict:
         from execplatform.steps import offer_steps
 
-        return offer_steps.update_bandit(params["min_exploration"], params["budget_per_impression_cents"])
+        return offer_steps.update_bandit(
+            params["min_exploration"], params["budget_per_impression_cents"], params["retire_after_days"]
+        )
+
+    @task
+    def unpublish_retired_offers(update: dict) -> dict:
+        from execplatform.steps import offer_steps
+
+        return offer_steps.unpublish_retired_offers()
 
     @task(outlets=[OFFER_FEEDBACK])
     def signal_enough_feedback(update: dict, params=None) -> int:
@@ -71,7 +88,9 @@ def offer_feedback():
             raise AirflowSkipException(f"{new} redemptions since the last retrain; waiting for more")
         return new
 
-    signal_enough_feedback(update_bandit())
+    update = update_bandit()
+    unpublish_retired_offers(update)
+    signal_enough_feedback(update)
 
 
 offer_feedback()

@@ -9,8 +9,10 @@ The customers follow the demo generator's known response model (`devstack.demo_d
 - Every user of the live assignment visits once during `SIMULATED_DAYS` after the assignment.
 - A user would buy at full price anyway ("organic") with the probability the seed's visit and
   purchase rates give over those days, a product drawn by the segment's taste, as in the seed.
-- A treated user is shown the segment's offer at that visit and redeems it with
-  `RESPONSE_MODEL`'s probability for the user's features at assignment time. A redeemer buys once,
+- A treated user is shown the offer the platform serves at that visit
+  (`include.offers.serving.decide`: drawn from the bandit's current shares over the segment's
+  published offers, and recorded as an impression), and redeems it with `RESPONSE_MODEL`'s
+  probability for the user's features at assignment time. A redeemer buys once,
   with the coupon: one who would have bought anyway now pays less (what makes revenue attributed
   to offers overstate their incremental effect).
 - A holdout user is shown nothing and buys only organically: the control group.
@@ -48,9 +50,16 @@ def marker(model_version_id: int) -> str:
     return f"customers_simulated_mv{model_version_id}"
 
 
+def visit_times(n: int, *, seed: int, model_version_id: int, start: datetime, days: float) -> pd.Series:
+    """When each of `n` users (in user order) visits: the plan's own draws, so the same seed
+    gives the same times."""
+    draws = np.random.default_rng([seed, model_version_id]).random((n, 5))
+    return pd.Timestamp(start) + pd.to_timedelta(draws[:, 3] * days, unit="D").round("us")
+
+
 def plan(
     users: pd.DataFrame,
-    offers: dict[str, dict[str, Any]],
+    offers: pd.DataFrame,
     *,
     seed: int,
     model_version_id: int,
@@ -60,9 +69,9 @@ def plan(
     """What each user does; a pure function of its arguments.
 
     `users`: user_id, segment, holdout, channel, recency_days, frequency_30d, spend_cents (the
-    features at assignment time). `offers`: per segment, offer_id, product, discount_pct, coupon.
-    Returns one row per user: shown (offer_id or NA), redeemed, product, amount_cents (0: no
-    purchase), coupon, visit_at and paid_at.
+    features at assignment time). `offers`: per user shown an offer (indexed by user_id), its
+    offer_id, product, discount_pct and coupon. Returns one row per user: shown (offer_id or
+    NA), redeemed, product, amount_cents (0: no purchase), coupon, visit_at and paid_at.
     """
     users = users.sort_values("user_id").reset_index(drop=True)
     n = len(users)
@@ -77,11 +86,11 @@ def plan(
         np.minimum((draws[:, [1]] > taste_cdf).sum(axis=1), len(products) - 1)
     ]
 
-    offer = pd.DataFrame.from_dict(offers, orient="index")
-    treated = ~users["holdout"].to_numpy(dtype=bool) & np.isin(segment, list(offers))
-    shown = users["segment"].map(offer["offer_id"]).where(treated).astype("Int64")
-    offer_product = users["segment"].map(offer["product"]).fillna("pro_monthly").to_numpy(dtype=str)
-    discount = users["segment"].map(offer["discount_pct"]).fillna(0).to_numpy(dtype=float)
+    offer = offers.reindex(users["user_id"])
+    treated = ~users["holdout"].to_numpy(dtype=bool) & offer["offer_id"].notna().to_numpy()
+    shown = pd.Series(offer["offer_id"].to_numpy(), dtype="Int64").where(treated)
+    offer_product = offer["product"].fillna("pro_monthly").to_numpy(dtype=str)
+    discount = offer["discount_pct"].fillna(0).to_numpy(dtype=float)
     p_redeem = RESPONSE_MODEL.probability(
         recency_days=users["recency_days"],
         frequency_30d=users["frequency_30d"],
@@ -97,7 +106,7 @@ def plan(
     paid_offer = np.round(price * (100 - discount) / 100).astype(np.int64)
     organic_price = pd.Series(organic_product).map(PRODUCT_PRICES_CENTS).to_numpy(dtype=np.int64)
     amount = np.where(redeemed, paid_offer, np.where(organic, organic_price, 0))
-    visit_at = pd.Timestamp(start) + pd.to_timedelta(draws[:, 3] * days, unit="D").round("us")
+    visit_at = visit_times(n, seed=seed, model_version_id=model_version_id, start=start, days=days)
     # the purchase follows its visit by 1 to 30 minutes (a redemption: after the click)
     paid_at = visit_at + pd.to_timedelta(60 + draws[:, 4] * 1_740, unit="s").round("us")
     return pd.DataFrame(
@@ -110,7 +119,7 @@ def plan(
             "redeemed": redeemed,
             "product": np.where(redeemed, offer_product, np.where(organic, organic_product, None)),
             "amount_cents": amount,
-            "coupon": users["segment"].map(offer["coupon"]).where(redeemed, None),
+            "coupon": pd.Series(offer["coupon"].to_numpy()).where(redeemed, None),
             "visit_at": visit_at,
             "paid_at": paid_at,
         }
@@ -122,29 +131,42 @@ def _listed(service) -> list[dict[str, Any]]:
     return [o.to_dict() for o in service.list({"limit": 100}).auto_paging_iter()]
 
 
-def _live_offers(cur, client, model_version_id: int) -> dict[str, dict[str, Any]] | None:
-    """The version's offers as Stripe has them (coupon percent and metadata), or None while any
-    of its publications is not in Stripe yet."""
+def _live_coupons(cur, client, model_version_id: int) -> dict[str, float] | None:
+    """The version's coupons as Stripe has them (id -> percent off), or None while any of its
+    publications is not in Stripe yet."""
     cur.execute(
-        "SELECT p.stripe_coupon_id, o.product, p.published_at IS NOT NULL FROM offer_publications p"
-        " JOIN offers o ON o.id = p.offer_id WHERE p.model_version_id = %s",
+        "SELECT stripe_coupon_id, published_at IS NOT NULL FROM offer_publications"
+        " WHERE model_version_id = %s AND retired_at IS NULL",
         (model_version_id,),
     )
     rows = cur.fetchall()
-    if not rows or not all(published for *_, published in rows):
+    if not rows or not all(published for _, published in rows):
         return None
-    product_of = {coupon: product for coupon, product, _ in rows}
-    offers = {}
-    for coupon in _listed(client.v1.coupons):
-        meta = coupon.get("metadata") or {}
-        if coupon["id"] in product_of and meta.get("model_version_id") == str(model_version_id):
-            offers[meta["segment"]] = {
-                "offer_id": int(meta["offer_id"]),
-                "product": product_of[coupon["id"]],
-                "discount_pct": float(coupon["percent_off"]),
-                "coupon": coupon["id"],
-            }
-    return offers if len(offers) == len(rows) else None
+    wanted = {coupon for coupon, _ in rows}
+    coupons = {
+        c["id"]: float(c["percent_off"])
+        for c in _listed(client.v1.coupons)
+        if c["id"] in wanted and (c.get("metadata") or {}).get("model_version_id") == str(model_version_id)
+    }
+    return coupons if len(coupons) == len(wanted) else None
+
+
+def _served_offers(cur, users: pd.DataFrame, visits: pd.Series, coupons: dict[str, float]) -> pd.DataFrame:
+    """Each treated user's offer as the platform serves it (`include.offers.serving.decide`,
+    recorded as an impression at the user's visit), with Stripe's percent off."""
+    from include.offers.serving import decide
+
+    rows = []
+    for user_id, visit_at in zip(users["user_id"], visits, strict=True):
+        [decision] = decide(cur, [int(user_id)], at=visit_at.to_pydatetime())
+        if decision.offer_id is not None:
+            rows.append((decision.user_id, decision.offer_id, decision.stripe_coupon_id))
+    served = pd.DataFrame(rows, columns=["user_id", "offer_id", "coupon"])
+    cur.execute("SELECT id, product FROM offers WHERE id = ANY(%s)", (served["offer_id"].unique().tolist(),))
+    product_of = dict(cur.fetchall())
+    served["product"] = served["offer_id"].map(product_of)
+    served["discount_pct"] = served["coupon"].map(coupons)
+    return served.set_index("user_id")
 
 
 def _assigned_users(cur, model_version_id: int) -> tuple[pd.DataFrame, datetime]:
@@ -226,8 +248,7 @@ def _events(plan_: pd.DataFrame) -> list[tuple]:
         if shown is None and not p.amount_cents:
             continue  # neither shown an offer nor bought: nothing the product would record
         rows.append((p.user_id, None, "visit", p.channel, None, p.visit_at))
-        if shown is not None:
-            rows.append((p.user_id, shown, "impression", p.channel, None, p.visit_at))
+        # the impression itself was recorded by the decision that served the offer
         if p.redeemed:
             rows.append((p.user_id, shown, "click", p.channel, None, p.visit_at + timedelta(seconds=30)))
             rows.append((p.user_id, shown, "redemption", p.channel, int(p.amount_cents), p.paid_at))
@@ -252,13 +273,17 @@ def simulate(cur, client, *, seed: int, model_version_id: int | None = None) -> 
     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (marker(version),))
     if get_cursor(cur, marker(version), -1) >= 0:
         return {"status": "done", "model_version_id": version}
-    offers = _live_offers(cur, client, version)
-    if offers is None:
+    coupons = _live_coupons(cur, client, version)
+    if coupons is None:
         return {
             "status": "waiting",
             "reason": f"offers of model version {version} not all in Stripe yet",
         }
     users, as_of = _assigned_users(cur, version)
+    users = users.sort_values("user_id").reset_index(drop=True)
+    visits = visit_times(len(users), seed=seed, model_version_id=version, start=as_of, days=SIMULATED_DAYS)
+    treated = ~users["holdout"].to_numpy(dtype=bool)
+    offers = _served_offers(cur, users[treated], visits[treated], coupons)
     customers = plan(users, offers, seed=seed, model_version_id=version, start=as_of)
     purchases = customers[customers["amount_cents"] > 0]
     counts = pay(client, purchases, _namespace(cur, version))

@@ -52,3 +52,41 @@ def cursor(dsn: str):
 
 def snapshot_uri(name: str) -> str:
     return f"s3://{MODEL_BUCKET}/tests/{name}/training.csv.gz"
+
+
+def synthetic_arms(dsn: str, codes: list[str], *, users: int, segment: str = "vip") -> dict[str, int]:
+    """A population of `users` users of one segment and one published offer per code (each
+    pro_monthly at 20%, so arms differ only in how often they are redeemed), made the live
+    arms of a model version with a neutral prior; returns {code: offer id}."""
+    import pandas as pd
+
+    from include.offers import jobs
+
+    with cursor(dsn) as cur:
+        cur.execute(
+            "INSERT INTO users (email, segment, signup_channel, country)"
+            " SELECT 'u' || g || '@synthetic.invalid', %s, 'web', 'US' FROM generate_series(1, %s) g",
+            (segment, users),
+        )
+        cur.execute(
+            "INSERT INTO model_versions (model_name, version, status)"
+            " VALUES ('offer_redemption', 1, 'champion') RETURNING id"
+        )
+        version = cur.fetchone()[0]
+        ids = {}
+        for code in codes:
+            cur.execute(
+                "INSERT INTO offers (code, product, discount_pct, segment, status)"
+                " VALUES (%s, 'pro_monthly', 20, %s, 'active') RETURNING id",
+                (code, segment),
+            )
+            ids[code] = cur.fetchone()[0]
+            coupon = jobs.coupon_id(version, segment, code)
+            cur.execute(
+                "INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id,"
+                " stripe_coupon_id, published_at) VALUES (%s, %s, %s, %s, %s, now())",
+                (version, segment, ids[code], f"prod_{coupon}", coupon),
+            )
+        arms = pd.DataFrame({"segment": segment, "offer_id": list(ids.values()), "rate": 0.1})
+        jobs.reset_arms(cur, version, arms)
+    return ids

@@ -489,14 +489,15 @@ def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Ser
     """Every published offer (an `offer_publications` row marked published, and every offer
     carrying a `stripe_coupon_id`) is in Stripe exactly once: its product and coupon exist under
     their deterministic ids with the offer's metadata and discount, and no other object
-    carries the same (model version, segment)."""
+    carries the same (model version, segment, offer). A publication retired for losing (its
+    coupon deleted) is left out."""
     from collections import defaultdict
 
     gate = "stripe_offers_published_once"
     query = (
         "SELECT p.model_version_id, p.segment, p.stripe_product_id, p.stripe_coupon_id, o.id, o.code, "
         "o.discount_pct FROM offer_publications p JOIN offers o ON o.id = p.offer_id "
-        "WHERE p.published_at IS NOT NULL ORDER BY 1, 2"
+        "WHERE p.published_at IS NOT NULL AND p.retired_at IS NULL ORDER BY 1, 2, 6"
     )
     cur.execute(query)
     published = cur.fetchall()
@@ -514,7 +515,8 @@ def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Ser
             metadata = obj.get("metadata") or {}
             ids[obj["id"]].append(obj)
             if metadata.get("model_version_id") in versions:
-                per_offer[(metadata["model_version_id"], metadata.get("segment"))].append(obj["id"])
+                key = (metadata["model_version_id"], metadata.get("segment"), metadata.get("offer_code"))
+                per_offer[key].append(obj["id"])
         for object_id in sorted(wanted):
             if len(ids[object_id]) != 1:
                 problems.append(f"{kind} {object_id}: {len(ids[object_id])} in Stripe, expected 1")
@@ -527,9 +529,10 @@ def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Ser
                 row[6],
             )
             object_id = row[id_column]
-            if others := sorted(set(per_offer[(str(version_id), segment)]) - {object_id}):
+            if others := sorted(set(per_offer[(str(version_id), segment, code)]) - {object_id}):
                 problems.append(
-                    f"{kind} of model version {version_id} segment {segment} also in Stripe as {others}"
+                    f"{kind} of model version {version_id} segment {segment} offer {code} also in "
+                    f"Stripe as {others}"
                 )
             if len(ids[object_id]) != 1:
                 continue

@@ -183,17 +183,19 @@ def models(cur) -> Panel:
 def offers(cur) -> Panel:
     if not table_exists(cur, "offer_publications"):
         return _pending("Published offers", "offer_publications", "published offers")
+    # revision 0012 retires offers (their coupons deleted); before it, none is
+    retired = "p.retired_at" if table_exists(cur, "offer_policy_versions") else "NULL::timestamptz"
     return _panel(
         cur,
         "Published offers",
-        """
+        f"""
         SELECT p.model_version_id, p.segment, o.code, o.product, o.discount_pct, p.stripe_coupon_id,
-            p.published_at,
+            p.published_at, {retired} AS retired_at,
                (SELECT count(*) FROM offer_assignments a
                  WHERE a.model_version_id = p.model_version_id AND a.offer_id = p.offer_id
                    AND a.segment = p.segment) AS assigned_users
           FROM offer_publications p JOIN offers o ON o.id = p.offer_id
-         ORDER BY p.model_version_id DESC, p.segment LIMIT 30""",
+         ORDER BY p.model_version_id DESC, p.segment LIMIT 30""",  # noqa: S608 (constants)
     )
 
 
@@ -220,15 +222,27 @@ def roi(cur) -> Panel:
 def offer_feedback(cur) -> Panel:
     if not table_exists(cur, "offer_bandit_arms"):
         return _pending("Offer feedback", "offer_bandit_arms", "feedback")
+    if not table_exists(cur, "offer_policy_versions"):  # before revision 0012: no priors, no retirement
+        return _panel(
+            cur,
+            "Offer feedback",
+            """
+            SELECT a.segment, o.code, a.impressions, a.redemptions,
+                   round((a.alpha / (a.alpha + a.beta))::numeric, 4) AS posterior_mean,
+                   round(a.share::numeric, 3) AS share, a.updated_at
+              FROM offer_bandit_arms a JOIN offers o ON o.id = a.offer_id ORDER BY a.segment, o.code""",
+        )
     return _panel(
         cur,
         "Offer feedback",
         """
         SELECT a.segment, o.code, a.impressions, a.redemptions,
-               round((a.alpha / (a.alpha + a.beta))::numeric, 4) AS posterior_mean, round(a.share::numeric,
-                   3) AS share,
-               a.updated_at
-          FROM offer_bandit_arms a JOIN offers o ON o.id = a.offer_id ORDER BY a.segment, o.code""",
+               round((a.prior_alpha / (a.prior_alpha + a.prior_beta))::numeric, 4) AS model_prior_mean,
+               round((a.alpha / (a.alpha + a.beta))::numeric, 4) AS posterior_mean,
+               round(a.share::numeric, 3) AS share, a.losing_since, a.retired_at, a.updated_at
+          FROM offer_bandit_arms a JOIN offers o ON o.id = a.offer_id
+         ORDER BY a.retired_at IS NOT NULL, a.segment, o.code""",
+        "the live arms first; shares are what serving draws from (policy: /ops/offers/shares)",
     )
 
 

@@ -21,14 +21,19 @@ from include.offers import model as m
 from include.offers import registry
 from include.offers.plots import line_plot_png, report_markdown
 from include.offers.policy import (
+    LOSING_WIN_SHARE,
     USER_FEATURES_SQL,
-    choose_within_budget,
     discount_cost_cents,
     in_holdout,
+    model_prior,
+    offer_grid,
+    propose_offers,
     score_offers,
     thompson_shares,
+    win_shares,
 )
 from include.offers.roi import SegmentRoi, payment_row, segment_roi
+from include.offers.serving import latest_policy
 
 FEEDBACK_CURSOR = "offer_feedback_event_id"
 FEEDBACK_MARK = "offer_feedback_redemptions_at_retrain"
@@ -37,6 +42,10 @@ CHARGES_CURSOR = "stripe_charges_created"
 # resolution, so a charge made in the cursor's own second could otherwise be missed. Upserts
 # make the overlap harmless.
 CHARGES_OVERLAP_SECONDS = 60
+# offer_feedback's defaults (its params), also used when a new champion's priors are allocated
+DEFAULT_MIN_EXPLORATION = 0.1
+DEFAULT_BUDGET_PER_IMPRESSION_CENTS = 300.0
+RETIRE_AFTER_DAYS = 3.0
 
 
 def _rows(cur, sql: str, params: Any = None) -> pd.DataFrame:
@@ -71,20 +80,13 @@ def set_cursor(cur, name: str, position: int) -> None:
     )
 
 
-def candidate_offers(cur) -> pd.DataFrame:
-    """Active offers with a discount (a 0% coupon is no offer)."""
+def all_offers(cur) -> pd.DataFrame:
+    """Every catalog offer, which the seeded impressions drew from (uniformly): what policy
+    evaluation weighs by. Generated offers (with a segment) are served by the bandit instead."""
     return _rows(
         cur,
         "SELECT id, code, product, discount_pct::float8 AS discount_pct FROM offers"
-        " WHERE status = 'active' AND discount_pct > 0 ORDER BY id",
-    )
-
-
-def all_offers(cur) -> pd.DataFrame:
-    """Every offer the impressions drew from (uniformly): what policy evaluation weighs by."""
-    return _rows(
-        cur,
-        "SELECT id, code, product, discount_pct::float8 AS discount_pct FROM offers ORDER BY id",
+        " WHERE segment IS NULL ORDER BY id",
     )
 
 
@@ -243,11 +245,21 @@ def user_features(cur, as_of: datetime | None = None) -> tuple[pd.DataFrame, dat
 
 
 def assign_offers(cur, s3, *, holdout_share: float, budget_cents: float) -> dict[str, Any]:
-    """The champion's offer per segment within the budget, a holdout per segment, recorded.
+    """The champion's offers per segment within the budget, a holdout per segment, recorded.
+
+    A version's first assignment generates its offers (`policy.propose_offers`: products and
+    discounts per segment from the model's predicted response, within the budget and the
+    catalog's prices), stores them as `offers` rows (`GEN_<segment>_<product>_<pct>`) and as
+    publications (one per segment and offer, each a bandit arm); each user of a segment is
+    assigned the segment's budgeted pick. A re-run, or the version's return after a rollback,
+    reuses its publications. When the policy was not drawn from this version yet, the arms'
+    priors are reset from its predictions (`reset_arms`).
 
     Rows are keyed by (model version, user) and the holdout is a hash salted with the version,
     so a re-run writes nothing new.
     """
+    from psycopg2.extras import execute_values
+
     current = registry.champion(cur, m.MODEL_NAME)
     if current is None:
         raise LookupError(f"{m.MODEL_NAME!r} has no champion: train and promote one first")
@@ -255,22 +267,19 @@ def assign_offers(cur, s3, *, holdout_share: float, budget_cents: float) -> dict
     users, as_of = user_features(cur)
     holdout = in_holdout(users["user_id"], holdout_share, salt=f"mv{current.id}")
     treated = users[~holdout]
-    scores = score_offers(lambda u, o: m.predict_each_offer(pipeline, u, o), treated, candidate_offers(cur))
-    choices = choose_within_budget(scores, budget_cents)
-    offer_of = {c.segment: c.offer_id for c in choices}
+    arms = _version_arms(
+        cur, lambda u, o: m.predict_each_offer(pipeline, u, o), treated, current.id, budget_cents
+    )
+    picks = arms[arms["pick"]].set_index("segment")
     treated_per_segment = treated["segment"].value_counts()
-    roi_per_user = {c.segment: c.expected_roi_cents / treated_per_segment[c.segment] for c in choices}
-    codes = dict(_rows(cur, "SELECT id, code FROM offers").itertuples(index=False))
-    from psycopg2.extras import execute_values
-
     rows = [
         (
             current.id,
             int(user_id),
             segment,
-            None if held else offer_of[segment],
+            None if held else int(picks.at[segment, "offer_id"]),
             bool(held),
-            None if held else float(roi_per_user[segment]),
+            None if held else float(picks.at[segment, "roi"] / treated_per_segment[segment]),
             as_of,
         )
         for user_id, segment, held in zip(users["user_id"], users["segment"], holdout, strict=True)
@@ -284,24 +293,115 @@ def assign_offers(cur, s3, *, holdout_share: float, budget_cents: float) -> dict
         page_size=5000,
         fetch=True,
     )
-    inserted = len(inserted)
-    for c in choices:
-        coupon = coupon_id(current.id, c.segment, codes[c.offer_id])
-        cur.execute(
-            "INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id,"
-            " stripe_coupon_id) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (model_version_id, segment) DO "
-            "NOTHING",
-            (current.id, c.segment, c.offer_id, f"prod_{coupon}", coupon),
-        )
+    policy = reset_arms(cur, current.id, arms)
     return {
         "model_version_id": current.id,
         "as_of": as_of.isoformat(),
         "users": len(users),
         "holdout_users": int(holdout.sum()),
-        "assignments_inserted": inserted,
-        "offers": {c.segment: codes[c.offer_id] for c in choices},
-        "expected_discount_cents": float(sum(c.expected_discount_cents for c in choices)),
+        "assignments_inserted": len(inserted),
+        "offers": dict(zip(picks.index, picks["code"], strict=True)),
+        "arms": {s: part["code"].tolist() for s, part in arms.groupby("segment")},
+        "expected_discount_cents": float(picks["cost"].sum()),
+        "policy_version": policy,
     }
+
+
+def _version_arms(cur, predict, treated: pd.DataFrame, version_id: int, budget_cents: float) -> pd.DataFrame:
+    """The version's offers per segment (segment, offer_id, code, rate, roi, cost, pick): its
+    publications when it has them, else generated and published now."""
+    published = _rows(
+        cur,
+        "SELECT p.segment, o.id, o.code, o.product, o.discount_pct::float8 AS discount_pct"
+        " FROM offer_publications p JOIN offers o ON o.id = p.offer_id WHERE p.model_version_id = %s",
+        (version_id,),
+    )
+    if len(published):
+        offers = published.drop_duplicates("id")
+        scores = score_offers(predict, treated, offers)
+        arms = published.rename(columns={"id": "offer_id"}).merge(scores, on=["segment", "offer_id"])
+        cur.execute(
+            "SELECT DISTINCT segment, offer_id FROM offer_assignments WHERE model_version_id = %s"
+            " AND offer_id IS NOT NULL",
+            (version_id,),
+        )
+        assigned = set(cur.fetchall())
+        arms["pick"] = [(s, o) in assigned for s, o in zip(arms["segment"], arms["offer_id"], strict=True)]
+        return arms
+    grid = offer_grid()
+    proposed = propose_offers(score_offers(predict, treated, grid), grid, budget_cents)
+    for o in proposed:
+        cur.execute(
+            "INSERT INTO offers (code, product, discount_pct, segment, status, model_version_id, valid_from)"
+            " VALUES (%s, %s, %s, %s, 'active', %s, now()) ON CONFLICT (code) DO NOTHING",
+            (o.code, o.product, o.discount_pct, o.segment, version_id),
+        )
+    cur.execute("SELECT code, id FROM offers WHERE code = ANY(%s)", ([o.code for o in proposed],))
+    ids = dict(cur.fetchall())
+    for o in proposed:
+        coupon = coupon_id(version_id, o.segment, o.code)
+        cur.execute(
+            "INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id,"
+            " stripe_coupon_id) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (version_id, o.segment, ids[o.code], f"prod_{coupon}", coupon),
+        )
+    return pd.DataFrame(
+        [
+            (o.segment, ids[o.code], o.code, o.rate, o.expected_roi_cents, o.expected_discount_cents, o.pick)
+            for o in proposed
+        ],
+        columns=["segment", "offer_id", "code", "rate", "roi", "cost", "pick"],
+    )
+
+
+def reset_arms(cur, model_version_id: int, arms: pd.DataFrame) -> int:
+    """Make `arms` the live bandit arms, with priors from the model's predicted rates (worth
+    PRIOR_IMPRESSIONS impressions), and publish their shares as a new policy version. Counts
+    restart: the new model was trained on the feedback so far. Arms not in `arms` are retired
+    (not served). Done once per model version: a re-run keeps the feedback gathered since.
+    Returns the current policy version."""
+    latest = latest_policy(cur)
+    if latest is not None and latest.model_version_id == model_version_id:
+        return latest.version
+    cur.execute(
+        "UPDATE offer_bandit_arms SET retired_at = now(), losing_since = NULL, share = 0"
+        " WHERE retired_at IS NULL AND (segment, offer_id) NOT IN"
+        " (SELECT * FROM unnest(%s::text[], %s::bigint[]))",
+        (arms["segment"].tolist(), arms["offer_id"].astype(int).tolist()),
+    )
+    for arm in arms.itertuples(index=False):
+        alpha, beta = model_prior(arm.rate)
+        cur.execute(
+            """
+            INSERT INTO offer_bandit_arms (segment, offer_id, alpha, beta, prior_alpha, prior_beta)
+            VALUES (%(s)s, %(o)s, %(a)s, %(b)s, %(a)s, %(b)s)
+            ON CONFLICT (segment, offer_id) DO UPDATE SET
+                alpha = EXCLUDED.alpha, beta = EXCLUDED.beta, prior_alpha = EXCLUDED.prior_alpha,
+                prior_beta = EXCLUDED.prior_beta, impressions = 0, redemptions = 0,
+                losing_since = NULL, retired_at = NULL, updated_at = now()
+            """,
+            {"s": arm.segment, "o": int(arm.offer_id), "a": alpha, "b": beta},
+        )
+    cur.execute("SELECT coalesce(sum(redemptions), 0) FROM offer_bandit_arms")
+    set_cursor(cur, FEEDBACK_MARK, int(cur.fetchone()[0]))  # the feedback so far is in this model
+    cursor = get_cursor(cur, FEEDBACK_CURSOR)
+    allocate(
+        cur,
+        min_exploration=DEFAULT_MIN_EXPLORATION,
+        budget_per_impression_cents=DEFAULT_BUDGET_PER_IMPRESSION_CENTS,
+        seed=cursor,
+    )
+    return publish_policy(cur, model_version_id, cursor, f"priors of model version {model_version_id}")
+
+
+def publish_policy(cur, model_version_id: int | None, cursor: int, reason: str) -> int:
+    """A new policy version: what decisions drawn from the current shares will name."""
+    cur.execute(
+        "INSERT INTO offer_policy_versions (model_version_id, feedback_cursor, reason) VALUES (%s, %s, %s)"
+        " RETURNING id",
+        (model_version_id, cursor, reason),
+    )
+    return cur.fetchone()[0]
 
 
 def coupon_id(model_version_id: int, segment: str, offer_code: str) -> str:
@@ -316,18 +416,18 @@ def publications(cur, model_version_id: int) -> list[dict[str, Any]]:
         SELECT p.segment, p.stripe_product_id, p.stripe_coupon_id, o.id AS offer_id, o.code,
                o.product, o.discount_pct::float8 AS discount_pct
         FROM offer_publications p JOIN offers o ON o.id = p.offer_id
-        WHERE p.model_version_id = %s ORDER BY p.segment
+        WHERE p.model_version_id = %s AND p.retired_at IS NULL ORDER BY p.segment, o.code
         """,
         (model_version_id,),
     )
     return frame.to_dict("records")
 
 
-def mark_published(cur, model_version_id: int, segment: str) -> None:
+def mark_published(cur, model_version_id: int, segment: str, offer_id: int) -> None:
     cur.execute(
         "UPDATE offer_publications SET published_at = coalesce(published_at, now())"
-        " WHERE model_version_id = %s AND segment = %s",
-        (model_version_id, segment),
+        " WHERE model_version_id = %s AND segment = %s AND offer_id = %s",
+        (model_version_id, segment, offer_id),
     )
 
 
@@ -379,12 +479,16 @@ def update_bandit(
     *,
     min_exploration: float,
     budget_per_impression_cents: float | None,
+    retire_after_days: float = RETIRE_AFTER_DAYS,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Fold new impressions and redemptions into the Beta posteriors, then re-allocate.
+    """Fold new impressions and redemptions into the live arms' Beta posteriors, re-allocate,
+    retire the arms that have lost for `retire_after_days`, and publish the shares as a new
+    policy version when they changed.
 
     Reads user_events after the cursor (by id), quarantines future-dated ones, and moves the
-    cursor in the same transaction, so a re-run adds nothing twice.
+    cursor in the same transaction, so a re-run adds nothing twice. Events of offers that are
+    no live arm of their segment (the seeded catalog's, a retired arm's) are counted, not folded.
     """
     now = now or datetime.now(UTC)
     start = get_cursor(cur, FEEDBACK_CURSOR)
@@ -405,9 +509,6 @@ def update_bandit(
         ((str(r.id), "future timestamp", r._asdict()) for r in future.itertuples(index=False)),
     )
     events = events.drop(future.index)
-    offers = candidate_offers(cur)
-    cur.execute("SELECT DISTINCT segment FROM users ORDER BY segment")
-    segments = [r[0] for r in cur.fetchall()]
     counts = (
         events.assign(imp=events["event_type"] == "impression", red=events["event_type"] == "redemption")
         .groupby(["segment", "offer_id"])[["imp", "red"]]
@@ -415,78 +516,141 @@ def update_bandit(
         if len(events)
         else pd.DataFrame(columns=["imp", "red"])
     )
-    for segment in segments:
-        for offer_id in offers["id"]:
-            imp, red = counts.loc[(segment, offer_id)] if (segment, offer_id) in counts.index else (0, 0)
-            cur.execute(
-                """
-                INSERT INTO offer_bandit_arms (segment, offer_id, alpha, beta, impressions, redemptions)
-                VALUES (%(s)s, %(o)s, 1 + %(r)s, 1 + greatest(%(i)s - %(r)s, 0), %(i)s, %(r)s)
-                ON CONFLICT (segment, offer_id) DO UPDATE SET
-                    impressions = offer_bandit_arms.impressions + %(i)s,
-                    redemptions = offer_bandit_arms.redemptions + %(r)s,
-                    alpha = 1 + offer_bandit_arms.redemptions + %(r)s,
-                    beta = 1 + greatest(offer_bandit_arms.impressions + %(i)s
-                                        - offer_bandit_arms.redemptions - %(r)s, 0),
-                    updated_at = now()
-                """,
-                {"s": segment, "o": int(offer_id), "i": int(imp), "r": int(red)},
-            )
+    folded = Counter()
+    for (segment, offer_id), (imp, red) in counts.iterrows():
+        cur.execute(
+            """
+            UPDATE offer_bandit_arms SET
+                impressions = impressions + %(i)s, redemptions = redemptions + %(r)s,
+                alpha = prior_alpha + redemptions + %(r)s,
+                beta = prior_beta + greatest(impressions + %(i)s - redemptions - %(r)s, 0),
+                updated_at = now()
+            WHERE segment = %(s)s AND offer_id = %(o)s AND retired_at IS NULL
+            """,
+            {"s": segment, "o": int(offer_id), "i": int(imp), "r": int(red)},
+        )
+        if cur.rowcount:
+            folded.update(impressions=int(imp), redemptions=int(red))
     end = int(events["id"].max()) if len(events) else start
     if len(future):
         end = max(end, int(future["id"].max()))
-    shares = allocate(
+    allocation = allocate(
         cur,
-        offers,
         min_exploration=min_exploration,
         budget_per_impression_cents=budget_per_impression_cents,
         seed=end,
+        retire_after_days=retire_after_days,
+        now=now,
     )
     set_cursor(cur, FEEDBACK_CURSOR, end)
+    policy = None
+    if allocation["changed"]:
+        latest = latest_policy(cur)
+        policy = publish_policy(cur, latest.model_version_id if latest else None, end, "offer_feedback")
     cur.execute("SELECT coalesce(sum(redemptions), 0) FROM offer_bandit_arms")
     total = int(cur.fetchone()[0])
     return {
         "events": len(events),
-        "impressions": int(counts["imp"].sum()) if len(counts) else 0,
-        "redemptions": int(counts["red"].sum()) if len(counts) else 0,
+        "impressions": folded["impressions"],
+        "redemptions": folded["redemptions"],
+        "not_live_arm_events": int(counts.to_numpy().sum()) - sum(folded.values()) if len(counts) else 0,
         "quarantined": quarantined,
         "cursor": end,
         "redemptions_since_retrain": total - get_cursor(cur, FEEDBACK_MARK),
-        "top_offer_share": shares,
+        "top_offer_share": allocation["top"],
+        "retired": allocation["retired"],
+        "policy_version": policy,
     }
 
 
 def allocate(
     cur,
-    offers: pd.DataFrame,
     *,
     min_exploration: float,
     budget_per_impression_cents: float | None,
     seed: int,
-) -> dict[str, float]:
-    """Thompson-sampling shares per segment, stored on the arms; returns each segment's top share."""
+    retire_after_days: float | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Thompson-sampling shares of each segment's live arms, stored on the arms.
+
+    An arm whose win probability is below LOSING_WIN_SHARE is losing (`losing_since` set);
+    with `retire_after_days`, one that has lost that long is retired (never the segment's last
+    live arm) and the shares are drawn over the rest. Returns each segment's top share, the
+    retired arms and whether any share changed.
+    """
+    now = now or datetime.now(UTC)
     arms = _rows(
         cur,
-        "SELECT segment, offer_id, alpha, beta FROM offer_bandit_arms ORDER BY segment, offer_id",
+        "SELECT a.segment, a.offer_id, a.alpha, a.beta, a.share, a.losing_since, o.code, o.product,"
+        " o.discount_pct::float8 AS discount_pct FROM offer_bandit_arms a JOIN offers o ON o.id = a.offer_id"
+        " WHERE a.retired_at IS NULL ORDER BY a.segment, a.offer_id",
     )
-    arms = arms.merge(offers.rename(columns={"id": "offer_id"}), on="offer_id")
     arms["value_cents"] = m.offer_value_cents(arms["product"], arms["discount_pct"])
     arms["cost_cents"] = discount_cost_cents(arms["product"], arms["discount_pct"])
-    top = {}
+    top, retired, changed = {}, [], False
     for i, (segment, part) in enumerate(arms.groupby("segment")):
+        losing = (win_shares(part, seed=seed + i) < LOSING_WIN_SHARE).tolist()
+        since = [
+            (s if pd.notna(s) else now) if lose else None
+            for s, lose in zip(part["losing_since"], losing, strict=True)
+        ]
+        old = [
+            bool(
+                lose
+                and retire_after_days is not None
+                and (now - s).total_seconds() >= retire_after_days * 86400
+            )
+            for s, lose in zip(since, losing, strict=True)
+        ]
+        if all(old):  # the segment keeps at least one arm: its leader
+            old[int(part["alpha"].div(part["alpha"] + part["beta"]).mul(part["value_cents"]).argmax())] = (
+                False
+            )
+        live = part[[not o for o in old]]
         shares = thompson_shares(
-            part,
+            live,
             min_exploration=min_exploration,
             budget_per_impression_cents=budget_per_impression_cents,
             seed=seed + i,
         )
-        for offer_id, share in zip(part["offer_id"], shares, strict=True):
+        share_of = dict(zip(live["offer_id"], shares, strict=True))
+        for offer_id, code, previous, losing_from, retire in zip(
+            part["offer_id"], part["code"], part["share"], since, old, strict=True
+        ):
+            share = float(share_of.get(offer_id, 0.0))
+            changed |= retire or abs(share - previous) > 1e-12
             cur.execute(
-                "UPDATE offer_bandit_arms SET share = %s WHERE segment = %s AND offer_id = %s",
-                (float(share), segment, int(offer_id)),
+                "UPDATE offer_bandit_arms SET share = %s, losing_since = %s,"
+                " retired_at = CASE WHEN %s THEN now() END WHERE segment = %s AND offer_id = %s",
+                (share, losing_from, retire, segment, int(offer_id)),
             )
+            if retire:
+                retired.append({"segment": segment, "offer_id": int(offer_id), "code": code})
         top[segment] = float(shares.max())
-    return top
+    return {"top": top, "retired": retired, "changed": changed}
+
+
+def retired_publications(cur) -> list[dict[str, Any]]:
+    """Published offers whose arm was retired for losing, and whose Stripe coupon is still live."""
+    return _rows(
+        cur,
+        """
+        SELECT p.model_version_id, p.segment, p.offer_id, p.stripe_coupon_id
+        FROM offer_publications p
+        JOIN offer_bandit_arms a ON a.segment = p.segment AND a.offer_id = p.offer_id
+        WHERE a.retired_at IS NOT NULL AND a.losing_since IS NOT NULL
+          AND p.published_at IS NOT NULL AND p.retired_at IS NULL
+        ORDER BY p.stripe_coupon_id
+        """,
+    ).to_dict("records")
+
+
+def mark_unpublished(cur, stripe_coupon_id: str) -> None:
+    cur.execute(
+        "UPDATE offer_publications SET retired_at = coalesce(retired_at, now()) WHERE stripe_coupon_id = %s",
+        (stripe_coupon_id,),
+    )
 
 
 # --- roi_sync ---------------------------------------------------------------------------------------
@@ -566,18 +730,21 @@ def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
     frame = _rows(
         cur,
         f"""
-        SELECT a.user_id, a.segment, a.holdout, a.offer_id, o.discount_pct::float8 AS discount_pct,
+        SELECT a.user_id, a.segment, a.holdout,
                coalesce(sum(p.amount_cents), 0)::float8 AS revenue,
-               coalesce(sum(p.amount_cents) FILTER (WHERE p.offer_id = a.offer_id), 0)::float8
-                   AS attributed,
-               coalesce(sum({DISCOUNT_COST_SQL})
-                        FILTER (WHERE p.offer_id = a.offer_id), 0)::float8 AS discount_cost
+               coalesce(sum(p.amount_cents) FILTER (WHERE o.id IS NOT NULL), 0)::float8 AS attributed,
+               coalesce(sum({DISCOUNT_COST_SQL}) FILTER (WHERE o.id IS NOT NULL), 0)::float8
+                   AS discount_cost
         FROM offer_assignments a
-        LEFT JOIN offers o ON o.id = a.offer_id
         LEFT JOIN payments p ON p.user_id = a.user_id AND p.created_at > a.assigned_at
                             AND p.status = 'succeeded'
+        -- the offer redeemed: any of the version's published offers of the user's segment (the
+        -- bandit serves them all), not only the assignment's pick
+        LEFT JOIN offer_publications pub ON pub.model_version_id = a.model_version_id
+                                        AND pub.segment = a.segment AND pub.offer_id = p.offer_id
+        LEFT JOIN offers o ON o.id = pub.offer_id
         WHERE a.model_version_id = %s
-        GROUP BY a.user_id, a.segment, a.holdout, a.offer_id, o.discount_pct
+        GROUP BY a.user_id, a.segment, a.holdout
         """,  # noqa: S608 (a module constant)
         (model_version_id,),
     )

@@ -1,5 +1,6 @@
-"""Which offer each segment gets: expected ROI within a discount budget, a holdout, and a
-Thompson-sampling bandit that shifts allocation between retrains."""
+"""Which offers each segment gets: offers generated from the model's predicted response within a
+discount budget, a holdout, and a Thompson-sampling bandit that shifts allocation between
+retrains (its shares, its model priors, and when an arm has lost long enough to retire)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ class SegmentChoice:
 
 
 def score_offers(predict, users: pd.DataFrame, offers: pd.DataFrame) -> pd.DataFrame:
-    """Expected ROI and discount cost per (segment, offer), summed over the segment's users.
+    """Expected ROI and discount cost per (segment, offer), summed over the segment's users, and
+    the mean predicted redemption rate (`rate`).
 
     `predict(users, offers)` gives P(redeem) of every user (rows) for every offer (columns).
     """
@@ -66,10 +68,10 @@ def score_offers(predict, users: pd.DataFrame, offers: pd.DataFrame) -> pd.DataF
     for segment, index in users.groupby("segment").indices.items():
         expected = p[index].sum(axis=0)
         rows += [
-            (segment, int(o), r, c)
-            for o, r, c in zip(offers["id"], expected * value, expected * cost, strict=True)
+            (segment, int(o), r, c, e / len(index))
+            for o, r, c, e in zip(offers["id"], expected * value, expected * cost, expected, strict=True)
         ]
-    return pd.DataFrame(rows, columns=["segment", "offer_id", "roi", "cost"])
+    return pd.DataFrame(rows, columns=["segment", "offer_id", "roi", "cost", "rate"])
 
 
 def choose_within_budget(scores: pd.DataFrame, budget_cents: float) -> list[SegmentChoice]:
@@ -97,7 +99,142 @@ def choose_within_budget(scores: pd.DataFrame, budget_cents: float) -> list[Segm
     return [SegmentChoice(s, o, roi, cost) for s, (o, roi, cost) in sorted(chosen.items())]
 
 
+# --- generated offers -----------------------------------------------------------------------------
+
+# The discount levels a retrain may propose for any catalog product (the seed's offers have 0-30%).
+GENERATED_DISCOUNTS = (5, 10, 15, 20, 25, 30, 35, 40)
+ARMS_PER_SEGMENT = 4  # offers published per segment, each a bandit arm
+# How many impressions the model's prediction is worth as a prior: enough to start from what the
+# model believes, little enough that a few hundred impressions of feedback outweigh it.
+PRIOR_IMPRESSIONS = 50.0
+
+
+def generated_code(segment: str, product: str, discount_pct: float) -> str:
+    """The deterministic code (and so offer row and Stripe ids) of a generated offer."""
+    return f"GEN_{segment}_{product}_{int(discount_pct):02d}".upper()
+
+
+def offer_grid() -> pd.DataFrame:
+    """Every (catalog product, generated discount) pair, with a provisional id per row."""
+    rows = [(p, float(d)) for p in PRODUCT_PRICES_CENTS for d in GENERATED_DISCOUNTS]
+    grid = pd.DataFrame(rows, columns=["product", "discount_pct"])
+    return grid.assign(id=range(len(grid)))
+
+
+@dataclass(frozen=True)
+class ProposedOffer:
+    segment: str
+    product: str
+    discount_pct: float
+    rate: float  # the model's mean predicted redemption rate over the segment's treated users
+    expected_roi_cents: float
+    expected_discount_cents: float
+    pick: bool  # the segment's budgeted choice (its assignment); the others are further arms
+
+    @property
+    def code(self) -> str:
+        return generated_code(self.segment, self.product, self.discount_pct)
+
+
+def propose_offers(
+    scores: pd.DataFrame, grid: pd.DataFrame, budget_cents: float, per_segment: int = ARMS_PER_SEGMENT
+) -> list[ProposedOffer]:
+    """New offers per segment from the model's predicted response, within the budget.
+
+    `scores` is `score_offers` over `grid` (`offer_grid()`). Per segment and product, the
+    discount of highest expected ROI; over those, `choose_within_budget` picks each segment's
+    offer so the whole set fits `budget_cents`. The segment's other arms are its next best
+    (product, discount) pairs of positive expected ROI whose expected discount is at most its
+    pick's: whatever share the bandit gives them, the expected discount stays within budget.
+    """
+    scored = scores.merge(grid[["id", "product"]].rename(columns={"id": "offer_id"}), on="offer_id")
+    best = scored.loc[scored.groupby(["segment", "product"])["roi"].idxmax()]
+    picks = {c.segment: c.offer_id for c in choose_within_budget(best, budget_cents)}
+    proposed = []
+    for segment, part in best.groupby("segment"):
+        pick = part[part["offer_id"] == picks[segment]].iloc[0]
+        others = part[(part["offer_id"] != pick.offer_id) & (part["cost"] <= pick.cost) & (part["roi"] > 0)]
+        for row in [pick, *others.nlargest(per_segment - 1, "roi").itertuples(index=False)]:
+            offer = grid.iloc[int(row.offer_id)]
+            proposed.append(
+                ProposedOffer(
+                    segment,
+                    offer["product"],
+                    float(offer["discount_pct"]),
+                    float(row.rate),
+                    float(row.roi),
+                    float(row.cost),
+                    int(row.offer_id) == picks[segment],
+                )
+            )
+    return proposed
+
+
+def model_prior(rate: float, strength: float = PRIOR_IMPRESSIONS) -> tuple[float, float]:
+    """A Beta prior (alpha, beta) whose mean is the model's predicted rate, worth `strength`
+    impressions."""
+    rate = min(max(float(rate), 1e-3), 1 - 1e-3)
+    return rate * strength, (1 - rate) * strength
+
+
 # --- the feedback bandit ----------------------------------------------------------------------------
+
+# Values within this fraction of the best sampled value count as a tie in a Thompson draw: arms
+# the data cannot tell apart share traffic instead of one of them being starved by noise.
+TIE_TOLERANCE = 0.05
+# An arm whose win probability (its share before the exploration floor) stays below this is
+# losing; one that has lost for `retire_after_days` is retired.
+LOSING_WIN_SHARE = 0.01
+# An arm whose chance of being within TIE_TOLERANCE of the leader is at least this is undecided:
+# it keeps `min_exploration` of the traffic (not only its floor) until the data decide.
+UNDECIDED_CHANCE = 0.01
+
+
+def win_shares(
+    arms: pd.DataFrame, *, draws: int = 4000, seed: int = 0, tie_tolerance: float = TIE_TOLERANCE
+) -> np.ndarray:
+    """How often each arm has the highest sampled value (ties within `tie_tolerance` split)."""
+    rng = np.random.default_rng(seed)
+    k = len(arms)
+    sampled = rng.beta(arms["alpha"].to_numpy(), arms["beta"].to_numpy(), size=(draws, k))
+    values = sampled * arms["value_cents"].to_numpy()
+    best = values.max(axis=1, keepdims=True)
+    winners = values >= best - tie_tolerance * np.abs(best)
+    return (winners / winners.sum(axis=1, keepdims=True)).mean(axis=0)
+
+
+def undecided(arms: pd.DataFrame, tie_tolerance: float = TIE_TOLERANCE) -> np.ndarray:
+    """Arms that may still be as good as the leader: the chance that an arm's value is within
+    `tie_tolerance` of the leader's expected value is at least UNDECIDED_CHANCE. The leader (the
+    arm of highest expected value) is not counted."""
+    from scipy.stats import beta as beta_distribution
+
+    mean = arms["alpha"] / (arms["alpha"] + arms["beta"])
+    value = arms["value_cents"].to_numpy()
+    expected = mean.to_numpy() * value
+    leader = int(expected.argmax())
+    # P(rate * value >= (1 - tol) * leader's expected value), from each arm's Beta posterior
+    threshold = np.divide(
+        (1 - tie_tolerance) * expected[leader], value, where=value > 0, out=np.ones_like(value)
+    )
+    chance = beta_distribution.sf(np.clip(threshold, 0, 1), arms["alpha"], arms["beta"])
+    result = (chance >= UNDECIDED_CHANCE) & (value > 0)
+    result[leader] = False
+    return result
+
+
+def _keep_undecided_exploring(shares: np.ndarray, undecided_arms: np.ndarray, share: float) -> np.ndarray:
+    """Raise every undecided arm to at least `share`, taking it from the arms above `share` in
+    proportion to their excess. Without it, an arm that is as good as the leader but drew badly
+    early keeps only the floor and takes many rounds to recover (Thompson sampling exploits
+    its early luck); with it, it gathers evidence until the data tell the two apart."""
+    shares = np.asarray(shares, dtype=float).copy()
+    raise_to = np.where(undecided_arms, np.maximum(shares, share), shares)
+    deficit = float((raise_to - shares).sum())
+    excess = np.where(~undecided_arms, np.maximum(shares - share, 0), 0)
+    if deficit <= 0 or excess.sum() < deficit:
+        return shares
+    return raise_to - excess * deficit / excess.sum()
 
 
 def thompson_shares(
@@ -112,15 +249,14 @@ def thompson_shares(
 
     `arms` has alpha, beta, value_cents (worth of a redemption) and cost_cents (discount paid on
     one). Each draw samples every arm's redemption rate and picks the arm of highest sampled
-    value; an arm's share is how often it wins. Guardrails, in order: every arm keeps at least
-    `min_exploration / len(arms)`; then, when the expected discount per impression exceeds
-    the budget, allocation moves to the cheapest arm just enough to meet it.
+    value; an arm's share is how often it wins (`win_shares`). Guardrails, in order: every arm
+    keeps at least `min_exploration / len(arms)`; an `undecided` arm keeps `min_exploration`;
+    then, when the expected discount per impression exceeds the budget, allocation moves to the
+    cheapest arm just enough to meet it.
     """
-    rng = np.random.default_rng(seed)
     k = len(arms)
-    sampled = rng.beta(arms["alpha"].to_numpy(), arms["beta"].to_numpy(), size=(draws, k))
-    wins = np.bincount((sampled * arms["value_cents"].to_numpy()).argmax(axis=1), minlength=k)
-    shares = (1 - min_exploration) * wins / draws + min_exploration / k
+    shares = (1 - min_exploration) * win_shares(arms, draws=draws, seed=seed) + min_exploration / k
+    shares = _keep_undecided_exploring(shares, undecided(arms), min_exploration)
     if budget_per_impression_cents is not None:
         rate = (arms["alpha"] / (arms["alpha"] + arms["beta"])).to_numpy()
         cost = rate * arms["cost_cents"].to_numpy()

@@ -1,11 +1,13 @@
 """The ops dashboard: a FastAPI app served by Airflow's api-server behind its login.
 
 Registered by plugins/ops_dashboard_plugin.py under /ops, with an entry in the UI's navigation.
-Every page is read-only; the one action (roll the offer model back) is a POST that triggers
-`offer_model_retrain` with `rollback = true` as the logged-in user, accepted only from a page of
-the same origin (the Origin, or failing that the Referer, header must name this server: the
-deployment's `[api] base_url`, as a browser behind a TLS-terminating proxy sees it, or the
-address the request came to), so another site cannot make a logged-in browser send it.
+Every page is read-only, and so are the offer-serving endpoints (`/offers/shares`, and
+`/offers/decision/<user id>`, which records only the decision it serves, as an impression). The
+one action (roll the offer model back) is a POST that triggers `offer_model_retrain` with
+`rollback = true` as the logged-in user, accepted only from a page of the same origin (the
+Origin, or failing that the Referer, header must name this server: the deployment's
+`[api] base_url`, as a browser behind a TLS-terminating proxy sees it, or the address the
+request came to), so another site cannot make a logged-in browser send it.
 
 A login is not enough: the auth manager decides. Each page needs access to the dashboard (the
 auth manager's custom view `Ops dashboard`) and read access to the runs of the DAGs whose data it
@@ -256,6 +258,35 @@ def create_app(conn_id: str = APP_DB) -> FastAPI:
     @app.get("/audits", response_class=HTMLResponse)
     def audits_page(user=Depends(allowed("audits"))) -> str:  # noqa: B008
         return page("audits", user)
+
+    @app.get("/offers/shares", dependencies=[Depends(allowed("offers"))])
+    def offer_shares() -> dict[str, Any]:
+        """The bandit's current shares per segment and the policy version they belong to."""
+        from execplatform.hooks.app_db_hook import AppDatabaseHook
+        from include.offers.serving import current_shares
+
+        try:
+            with AppDatabaseHook(conn_id).cursor() as cur:
+                return current_shares(cur)
+        except LookupError as missing:
+            raise HTTPException(404, str(missing)) from None
+
+    @app.get("/offers/decision/{user_id}", dependencies=[Depends(allowed("offers"))])
+    def offer_decision(user_id: int) -> dict[str, Any]:
+        """The offer to show user `user_id` now, drawn from the current shares. It changes no
+        share or offer: it only records the decision (the impression the bandit learns from),
+        once per user and policy version, so asking again returns the same decision."""
+        from dataclasses import asdict
+
+        from execplatform.hooks.app_db_hook import AppDatabaseHook
+        from include.offers.serving import decide
+
+        try:
+            with AppDatabaseHook(conn_id).cursor() as cur:
+                [decision] = decide(cur, [user_id])
+        except LookupError as missing:
+            raise HTTPException(404, str(missing)) from None
+        return asdict(decision)
 
     @app.get("/models/{version_id}/{plot}.png", dependencies=[Depends(allowed("models"))])
     def plot_png(version_id: int, plot: str) -> Response:

@@ -96,10 +96,9 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
         )
         holdout, total = cur.fetchone()
         cur.execute(
-            "SELECT p.segment, p.stripe_coupon_id, o.discount_pct::float8, o.product FROM offer_publications "
-            "p"
-            " JOIN offers o ON o.id = p.offer_id WHERE p.model_version_id = %s AND p.published_at IS NOT "
-            "NULL",
+            "SELECT p.segment, p.stripe_coupon_id, o.discount_pct::float8, o.id FROM offer_publications p"
+            " JOIN offers o ON o.id = p.offer_id WHERE p.model_version_id = %s AND p.published_at IS NOT NULL"
+            " ORDER BY p.segment, o.code",
             (first.id,),
         )
         published = {r[0]: r[1:] for r in cur.fetchall()}
@@ -119,7 +118,8 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
     png = registry.get_object(s3, f"s3://{MODEL_BUCKET}/{MODEL_NAME}/v0001/roc.png")
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
 
-    # 2. customers pay: two treated users of each segment redeem; two holdout users buy anyway
+    # 2. customers pay: two treated users of each segment redeem (the product records it in
+    #    user_events); two holdout users buy anyway
     with cursor(offers_dsn) as cur:
         cur.execute(
             """
@@ -135,9 +135,15 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
         if held:
             paid.append(_pay(client, user_id, 1_000))
         else:
-            coupon, discount, _ = published[segment]
+            coupon, discount, offer_id = published[segment]
             paid.append(_pay(client, user_id, 2_000, coupon))
             attributed[segment] += 2_000
+            with cursor(offers_dsn) as cur:
+                cur.execute(
+                    "INSERT INTO user_events (user_id, offer_id, event_type, channel, amount_cents,"
+                    " occurred_at) VALUES (%s, %s, 'redemption', 'web', 2000, now() - interval '1 minute')",
+                    (user_id, offer_id),
+                )
     bad = [_pay(client, 99_999_999, 500), _pay(client, buyers[0][1], 500, "no-such-coupon")]
 
     # 3. roi_sync: payments in, the two impossible ones quarantined, ROI per segment stored
@@ -194,12 +200,13 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
         )
         arms = cur.fetchall()
         cur.execute(
-            "SELECT count(*) FROM user_events WHERE event_type = 'redemption' AND offer_id IN"
-            " (SELECT id FROM offers WHERE discount_pct > 0)"
+            "SELECT count(*) FROM user_events e JOIN users u ON u.id = e.user_id"
+            " JOIN offer_bandit_arms a ON a.segment = u.segment AND a.offer_id = e.offer_id"
+            " WHERE e.event_type = 'redemption'"
         )
-        redemptions = cur.fetchone()[0]
+        redemptions = cur.fetchone()[0]  # the seeded catalog's offers are no arms: not folded
     assert len(arms) == 4 and all(s == pytest.approx(1.0) and low > 0 for _, s, low, _, _ in arms)
-    assert sum(r for *_, r in arms) == redemptions
+    assert sum(r for *_, r in arms) == redemptions == len([b for b in buyers if not b[2]])
     states = _run(dagbag, "offer_feedback", retrain_after_redemptions=10**6)  # nothing new: no signal
     assert states["signal_enough_feedback"] == "skipped"
 
@@ -330,6 +337,7 @@ def test_the_offer_story_with_simulated_customers(dagbag, offers_dsn, own_stripe
     with cursor(offers_dsn) as cur:
         assert simulator.simulate(cur, client, seed=7)["status"] == "done"
         cur.execute("DELETE FROM sync_cursors WHERE name = %s", (simulator.marker(version),))
+        cur.execute("DELETE FROM offer_decisions WHERE impression_event_id > %s", (events_from,))
         cur.execute("DELETE FROM user_events WHERE id > %s", (events_from,))
     with cursor(offers_dsn) as cur:
         again = simulator.simulate(cur, client, seed=7)

@@ -337,3 +337,28 @@ def test_alerts_show_only_for_the_dags_a_user_may_read(dashboard, monkeypatch):
     assert page.status_code == 200
     assert "drain failed" in page.text and "revenue 12345" not in page.text
     assert ops.get("/offers").status_code == 403 and ops.get("/audits").status_code == 200
+
+
+def test_offer_decisions_are_served_behind_the_login_and_recorded_once(dashboard):
+    from tests.offers_fixtures import synthetic_arms
+    from tests.pg import query
+
+    as_user, dsn = dashboard
+    ids = synthetic_arms(dsn, ["ONE", "TWO"], users=2)
+    viewer = as_user("viewer", "vera")
+    shares = viewer.get("/offers/shares").json()
+    assert set(shares["shares"]["vip"]) == {"ONE", "TWO"}
+    assert sum(shares["shares"]["vip"].values()) == pytest.approx(1.0)
+    first, again = viewer.get("/offers/decision/1"), viewer.get("/offers/decision/1")
+    decision = first.json()
+    assert first.status_code == 200 and decision == again.json()
+    assert decision["offer_id"] in ids.values() and decision["policy_version"] == shares["policy_version"]
+    assert decision["share"] == pytest.approx(shares["shares"]["vip"][decision["offer_code"]])
+    assert query(dsn, "SELECT count(*) FROM offer_decisions") == [(1,)]  # asked twice, recorded once
+    assert query(dsn, "SELECT count(*) FROM user_events WHERE event_type = 'impression'") == [(1,)]
+    missing = viewer.get("/offers/decision/999")
+    assert missing.status_code == 404 and "unknown user id" in missing.text
+    page = viewer.get("/offers").text  # the arms with their model prior and share, live first
+    assert "model_prior_mean" in page and "<td>ONE</td>" in page and "<td>TWO</td>" in page
+    assert as_user(None, "nobody").get("/offers/decision/2").status_code == 403
+    assert query(dsn, "SELECT count(*) FROM offer_decisions") == [(1,)]

@@ -124,6 +124,24 @@ class StripeHook(BaseHook):
             f"Stripe {kind} {object_id!r}: not created after {self.rate_limit_retries + 1} attempts"
         )
 
+    def delete_coupon(self, coupon_id: str) -> bool:
+        """Delete a coupon, so it can no longer be redeemed (charges made with it stay). Returns
+        True when it was deleted now, False when Stripe has no such coupon (already deleted)."""
+        import stripe
+
+        service = self.get_conn().v1.coupons
+
+        def delete() -> bool:
+            try:
+                service.delete(coupon_id)
+            except stripe.InvalidRequestError as error:
+                if error.http_status == 404:
+                    return False
+                raise
+            return True
+
+        return self._with_retries(delete)
+
     def iter_charges(self, created_after: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
         """Every charge created after `created_after` (unix seconds), page by page."""
         return self.iter_objects("charges", {"created": {"gt": created_after}}, page_size)

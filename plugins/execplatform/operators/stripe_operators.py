@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 class PublishOffersOperator(BaseOperator):
     """
-    Publish a model version's offers to Stripe: a Product and a Coupon per (segment, offer).
+    Publish a model version's offers to Stripe: a Product and a Coupon per (segment, offer),
+    but for offers already retired (their coupon deleted, see ``offer_feedback``).
 
     Ids are deterministic (``mv<version id>-<segment>-<offer code>``) and carry the model
     version and segment as metadata; an object that exists is fetched, not re-created, and
@@ -75,7 +76,7 @@ class PublishOffersOperator(BaseOperator):
             created += made_product + made_coupon
             existing += (not made_product) + (not made_coupon)
             with AppDatabaseHook(self.app_conn_id).cursor() as cur:
-                jobs.mark_published(cur, version_id, offer["segment"])
+                jobs.mark_published(cur, version_id, offer["segment"], offer["offer_id"])
         self.log.info(
             "offers of model version %d: %d Stripe objects created, %d existed",
             version_id,

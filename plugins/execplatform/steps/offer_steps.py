@@ -202,7 +202,9 @@ def write_model_report(evaluation: dict[str, Any] | None, decision: dict[str, An
 # --- offer_feedback ---------------------------------------------------------------------------
 
 
-def update_bandit(min_exploration: float, budget_per_impression_cents: float) -> dict[str, Any]:
+def update_bandit(
+    min_exploration: float, budget_per_impression_cents: float, retire_after_days: float
+) -> dict[str, Any]:
     from execplatform.steps import checked_number
     from include.offers import jobs
 
@@ -210,12 +212,31 @@ def update_bandit(min_exploration: float, budget_per_impression_cents: float) ->
     budget_per_impression_cents = checked_number(
         "budget_per_impression_cents", budget_per_impression_cents, low=0, high=1e9
     )
+    retire_after_days = checked_number("retire_after_days", retire_after_days, low=0, high=3650)
     with AppDatabaseHook(APP_DB).cursor() as cur:
         return jobs.update_bandit(
             cur,
             min_exploration=min_exploration,
             budget_per_impression_cents=budget_per_impression_cents,
+            retire_after_days=retire_after_days,
         )
+
+
+def unpublish_retired_offers() -> dict[str, int]:
+    """Delete the Stripe coupons of offers retired for losing, so they can no longer be redeemed;
+    each is marked in the same step (a coupon already gone counts as deleted)."""
+    from execplatform.hooks.stripe_hook import StripeHook
+    from include.offers import jobs
+
+    hook = StripeHook()
+    with AppDatabaseHook(APP_DB).cursor() as cur:
+        retired = jobs.retired_publications(cur)
+    deleted = 0
+    for publication in retired:
+        deleted += hook.delete_coupon(publication["stripe_coupon_id"])
+        with AppDatabaseHook(APP_DB).cursor() as cur:
+            jobs.mark_unpublished(cur, publication["stripe_coupon_id"])
+    return {"retired_coupons": len(retired), "deleted_now": deleted}
 
 
 # --- roi_sync ---------------------------------------------------------------------------------

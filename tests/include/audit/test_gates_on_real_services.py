@@ -315,12 +315,13 @@ def test_a_missing_duplicated_or_different_offer_in_stripe_fails(offers_dsn, ser
             "id": f"dup-{vip_coupon}",
             "percent_off": 10,
             "duration": "once",
-            "metadata": {"model_version_id": str(version_id), "segment": "vip"},
+            "metadata": {"model_version_id": str(version_id), "segment": "vip", "offer_code": vip_code},
         }
     )
     evidence = gate(offers_dsn, "stripe_offers_published_once", services)
     assert not evidence.passed and evidence.observed["problems"] == [
-        f"coupons of model version {version_id} segment vip also in Stripe as ['dup-{vip_coupon}']"
+        f"coupons of model version {version_id} segment vip offer {vip_code} also in Stripe as "
+        f"['dup-{vip_coupon}']"
     ]
     client.v1.coupons.delete(f"dup-{vip_coupon}")
     assert gate(offers_dsn, "stripe_offers_published_once", services).passed

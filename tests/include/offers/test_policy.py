@@ -10,7 +10,17 @@ import pytest
 
 from devstack.stack import MODEL_BUCKET
 from include.offers import jobs, registry
-from include.offers.policy import choose_within_budget, in_holdout, thompson_shares
+from include.offers.policy import (
+    ARMS_PER_SEGMENT,
+    GENERATED_DISCOUNTS,
+    PRIOR_IMPRESSIONS,
+    choose_within_budget,
+    generated_code,
+    in_holdout,
+    propose_offers,
+    thompson_shares,
+)
+from include.offers.products import PRODUCT_PRICES_CENTS
 from include.offers.roi import payment_row, segment_roi
 from tests import offers_fixtures
 from tests.offers_fixtures import cursor, snapshot_uri
@@ -36,6 +46,28 @@ def test_budget_moves_the_costliest_segment_to_a_cheaper_offer():
     assert [c.offer_id for c in choose_within_budget(scores, 50)] == [2, 3]
     with pytest.raises(ValueError, match="no offer set fits"):
         choose_within_budget(scores, 1)
+
+
+def test_generated_offers_fit_the_budget_and_no_arm_costs_more_than_its_pick():
+    grid = pd.DataFrame(
+        {"id": [0, 1, 2, 3], "product": ["pro_monthly", "pro_monthly", "api_addon", "credits_1k"]}
+    )
+    scores = pd.DataFrame(
+        [
+            ("vip", 0, 100.0, 40.0, 0.2),
+            ("vip", 1, 120.0, 90.0, 0.3),  # same product, better ROI, dearer discount
+            ("vip", 2, 80.0, 30.0, 0.1),
+            ("vip", 3, -5.0, 1.0, 0.1),  # loses money: never an arm
+        ],
+        columns=["segment", "offer_id", "roi", "cost", "rate"],
+    )
+    roomy = propose_offers(scores, grid.assign(discount_pct=[10.0, 30.0, 5.0, 5.0]), 1_000)
+    assert [(o.product, o.discount_pct, o.pick) for o in roomy] == [
+        ("pro_monthly", 30.0, True),
+        ("api_addon", 5.0, False),
+    ]
+    tight = propose_offers(scores, grid.assign(discount_pct=[10.0, 30.0, 5.0, 5.0]), 35)
+    assert [(o.product, o.pick) for o in tight] == [("api_addon", True)]  # nothing cheaper with ROI > 0
 
 
 def test_thompson_shares_favour_the_better_arm_and_keep_exploring_within_budget():
@@ -119,12 +151,35 @@ def test_assignments_follow_the_champion_keep_a_holdout_and_are_idempotent(offer
             " FROM offer_assignments GROUP BY segment"
         )
         per_segment = cur.fetchall()
+        cur.execute(
+            "SELECT p.segment, o.code, o.product, o.discount_pct::float8, o.segment, a.prior_alpha,"
+            " a.prior_beta, a.alpha, a.share FROM offer_publications p JOIN offers o ON o.id = p.offer_id"
+            " JOIN offer_bandit_arms a ON a.segment = p.segment AND a.offer_id = p.offer_id"
+            " WHERE a.retired_at IS NULL ORDER BY 1, 2"
+        )
+        arms = cur.fetchall()
+        cur.execute("SELECT count(*) FROM offer_policy_versions")
+        policies = cur.fetchone()[0]
     assert result["assignments_inserted"] == result["users"] and again["assignments_inserted"] == 0
     assert set(result["offers"]) == {"new", "casual", "regular", "vip"}
     for _segment, held, total, offers in per_segment:
         assert 0.1 * total < held < 0.3 * total and offers == 1
+    # generated offers: per segment up to ARMS_PER_SEGMENT catalog products at generated
+    # discounts, each a live arm whose prior is the model's predicted rate, shares summing to 1
+    assert again["arms"] == result["arms"] and policies == 1 == again["policy_version"]
+    for segment, codes in result["arms"].items():
+        assert result["offers"][segment] in codes and 1 <= len(codes) <= ARMS_PER_SEGMENT
+    assert len(arms) == sum(len(c) for c in result["arms"].values())
+    for segment, code, product, pct, offer_segment, prior_alpha, prior_beta, alpha, _share in arms:
+        assert code == generated_code(segment, product, pct) and offer_segment == segment
+        assert product in PRODUCT_PRICES_CENTS and pct in GENERATED_DISCOUNTS
+        assert prior_alpha + prior_beta == pytest.approx(PRIOR_IMPRESSIONS) and alpha == prior_alpha
+    for segment in result["arms"]:
+        assert sum(a[-1] for a in arms if a[0] == segment) == pytest.approx(1.0)
     # a tight budget picks offers whose expected discount fits it
     with cursor(offers_dsn) as cur:
+        cur.execute("DELETE FROM offer_decisions")
+        cur.execute("DELETE FROM offer_policy_versions")
         cur.execute("DELETE FROM offer_publications")
         cur.execute("DELETE FROM offer_assignments")
         tight = jobs.assign_offers(

@@ -223,3 +223,36 @@ def test_payment_sync_pages_through_stripe_and_a_rerun_changes_nothing(offers_ds
         assert cur.fetchone()[0] == 7
         cur.execute("SELECT position FROM sync_cursors WHERE name = 'stripe_charges_created'")
         assert cur.fetchone()[0] >= 1_500_000_001
+
+
+def test_retired_coupons_are_deleted_through_500s_and_429s(local_stack, monkeypatch):
+    """A deletion whose answer is lost (500 after the write) is retried, finds the coupon gone
+    (404) and counts it as deleted: every coupon ends deleted, no call fails."""
+    import uuid
+
+    import pytest
+    import stripe
+
+    from execplatform.hooks.stripe_hook import StripeHook
+
+    stripe_conn = json.loads(os.environ["AIRFLOW_CONN_STRIPE_DEFAULT"])
+    client = StripeHook().get_conn()
+    ids = [f"retire-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for coupon in ids:
+        client.v1.coupons.create({"id": coupon, "percent_off": 10, "duration": "once"})
+    proxy = FaultyProxy(stripe_conn["host"], ["500", "ok", "429", "ok"], stall_seconds=0)
+    monkeypatch.setenv("AIRFLOW_CONN_STRIPE_FAULTY", json.dumps({**stripe_conn, "host": proxy.url}))
+    monkeypatch.setattr(StripeHook, "rate_limit_backoff_seconds", 0.05)
+    monkeypatch.setattr(StripeHook, "max_network_retries", 0)  # the hook's own retries, quickly
+    try:
+        hook = StripeHook("stripe_faulty")
+        results = [hook.delete_coupon(coupon) for coupon in ids]
+        again = [hook.delete_coupon(coupon) for coupon in ids]
+    finally:
+        proxy.close()
+    assert proxy.faults["500"] >= 1 and proxy.faults["429"] >= 1, proxy.faults
+    assert all(isinstance(r, bool) for r in results) and again == [False] * 2
+    for coupon in ids:
+        with pytest.raises(stripe.InvalidRequestError) as gone:
+            client.v1.coupons.retrieve(coupon)
+        assert gone.value.http_status == 404

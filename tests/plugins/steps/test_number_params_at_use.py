@@ -40,8 +40,9 @@ def _steps():
         "valid_days": lambda v: offer_steps.train_challenger("s3://nowhere", v),
         "holdout_share": lambda v: offer_steps.assign_offers(v, 1000),
         "discount_budget_cents": lambda v: offer_steps.assign_offers(0.1, v),
-        "min_exploration": lambda v: offer_steps.update_bandit(v, 300),
-        "budget_per_impression_cents": lambda v: offer_steps.update_bandit(0.1, v),
+        "min_exploration": lambda v: offer_steps.update_bandit(v, 300, 3),
+        "budget_per_impression_cents": lambda v: offer_steps.update_bandit(0.1, v, 3),
+        "retire_after_days": lambda v: offer_steps.update_bandit(0.1, 300, v),
         "margin_auc": lambda v: offer_steps.promote_or_keep({}, v),
         "backup_max_age_hours": lambda v: audit_steps.check_gate(
             "nowhere", 1, "backup_fresh_and_restored", {"backup_max_age_hours": v}
