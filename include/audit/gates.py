@@ -489,24 +489,27 @@ def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Ser
     """Every published offer (an `offer_publications` row marked published, and every offer
     carrying a `stripe_coupon_id`) is in Stripe exactly once: its product and coupon exist under
     their deterministic ids with the offer's metadata and discount, and no other object
-    carries the same (model version, segment)."""
+    carries the same (model version, segment). A retired publication's coupon (its version
+    rolled back) is gone from Stripe."""
     from collections import defaultdict
 
     gate = "stripe_offers_published_once"
     query = (
         "SELECT p.model_version_id, p.segment, p.stripe_product_id, p.stripe_coupon_id, o.id, o.code, "
         "o.discount_pct FROM offer_publications p JOIN offers o ON o.id = p.offer_id "
-        "WHERE p.published_at IS NOT NULL ORDER BY 1, 2"
+        "WHERE p.published_at IS NOT NULL AND p.retired_at IS NULL ORDER BY 1, 2"
     )
     cur.execute(query)
     published = cur.fetchall()
+    cur.execute("SELECT stripe_coupon_id FROM offer_publications WHERE retired_at IS NOT NULL")
+    retired = {r[0] for r in cur.fetchall()}
     cur.execute("SELECT stripe_coupon_id FROM offers WHERE stripe_coupon_id IS NOT NULL")
     offer_coupons = [r[0] for r in cur.fetchall()]
     versions = {str(r[0]) for r in published}
     problems: list[str] = []
     for kind, id_column in (("products", 2), ("coupons", 3)):
         wanted = {r[id_column] for r in published} | (set(offer_coupons) if kind == "coupons" else set())
-        if not wanted:
+        if not wanted and not (kind == "coupons" and retired):
             continue
         ids: dict[str, list[dict]] = defaultdict(list)
         per_offer: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -518,6 +521,8 @@ def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Ser
         for object_id in sorted(wanted):
             if len(ids[object_id]) != 1:
                 problems.append(f"{kind} {object_id}: {len(ids[object_id])} in Stripe, expected 1")
+        if kind == "coupons":
+            problems.extend(f"coupons {c}: retired, still in Stripe" for c in sorted(retired) if ids[c])
         for row in published:
             version_id, segment, offer_id, code, discount_pct = (
                 row[0],
@@ -550,6 +555,7 @@ def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Ser
                 )
     observed = {
         "published": len(published),
+        "retired": len(retired),
         "offer_coupons": len(offer_coupons),
         "problems": problems,
     }
@@ -563,7 +569,7 @@ SEEDED_PAYMENT_PATTERN = r"^pi_seed_[0-9]{6,}$"
 def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Services) -> Evidence:
     """The payments ledger and Stripe agree over the last `payments_reconcile_days` before the
     sync cursor: every charge the sync has passed is in `payments` (as `roi.payment_row` maps
-    it: amount, status, user, offer) or quarantined with a reason, and every ledger row (but
+    it: amount, refunded amount, status, user, offer) or quarantined with a reason, and every ledger row (but
     the seeded demo history) is a charge Stripe has. Counts and amounts are in the evidence."""
     from datetime import UTC, datetime
 
@@ -577,13 +583,14 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
     end = cursor or int(now.timestamp())
     start = max(int(end - days * 86400), 1_500_000_001)  # localstripe refuses earlier bounds
     query = (
-        "SELECT stripe_payment_id, user_id, offer_id, amount_cents, status, extract(epoch FROM created_at) "
+        "SELECT stripe_payment_id, user_id, offer_id, amount_cents, refunded_cents, status,"
+        " extract(epoch FROM created_at) "
         "FROM payments WHERE created_at > to_timestamp(%(start)s) AND stripe_payment_id !~ %(seeded)s"
     )
     cur.execute(query, {"start": start, "seeded": SEEDED_PAYMENT_PATTERN})
     rows = cur.fetchall()
-    ledger = {r[0]: r[1:5] for r in rows}
-    passed_by_sync = [r[3] for r in rows if r[5] < end]  # the same window as the charges counted below
+    ledger = {r[0]: r[1:6] for r in rows}
+    passed_by_sync = [r[3:5] for r in rows if r[6] < end]  # the same window as the charges counted below
     cur.execute("SELECT source_key FROM offer_quarantine WHERE source = 'stripe_charges'")
     quarantined = {r[0] for r in cur.fetchall()}
     cur.execute("SELECT id FROM users")
@@ -592,7 +599,7 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
     coupon_offers = dict(cur.fetchall())
     charges = {c["id"]: c for c in services.stripe_objects("charges", {"created": {"gt": start}})}
     missing, mismatched = [], []
-    stripe_count = stripe_cents = 0
+    stripe_count = stripe_cents = stripe_refunded = 0
     for charge_id, charge in charges.items():
         if not cursor or int(charge["created"]) >= cursor or charge_id in quarantined:
             # not passed by the sync yet (same-second charges come with the next one), or refused
@@ -603,9 +610,16 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
             continue
         stripe_count += 1
         stripe_cents += row.amount_cents
+        stripe_refunded += row.refunded_cents
         if charge_id not in ledger:
             missing.append(charge_id)
-        elif ledger[charge_id] != (row.user_id, row.offer_id, row.amount_cents, row.status):
+        elif ledger[charge_id] != (
+            row.user_id,
+            row.offer_id,
+            row.amount_cents,
+            row.refunded_cents,
+            row.status,
+        ):
             mismatched.append(charge_id)
     not_in_stripe = sorted(set(ledger) - set(charges))
     observed = {
@@ -616,9 +630,14 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
         "stripe": {
             "charges": stripe_count,
             "amount_cents": stripe_cents,
+            "refunded_cents": stripe_refunded,
             "quarantined": len(quarantined & set(charges)),
         },
-        "ledger": {"payments": len(passed_by_sync), "amount_cents": sum(passed_by_sync)},
+        "ledger": {
+            "payments": len(passed_by_sync),
+            "amount_cents": sum(r[0] for r in passed_by_sync),
+            "refunded_cents": sum(r[1] for r in passed_by_sync),
+        },
         "missing_in_ledger": missing[:20],
         "not_in_stripe": not_in_stripe[:20],
         "mismatched": mismatched[:20],
