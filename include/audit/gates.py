@@ -570,10 +570,12 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
     """The payments ledger and Stripe agree over the last `payments_reconcile_days` before the
     sync cursor: every charge the sync has passed is in `payments` (as `roi.payment_row` maps
     it: amount, refunded amount, status, user, offer) or quarantined with a reason, and every ledger row (but
-    the seeded demo history) is a charge Stripe has. Counts and amounts are in the evidence."""
+    the seeded demo history) is a charge Stripe has. A charge refunded since the sync last read
+    the refunds is left for the next sync, like one made since its cursor. Counts and amounts are
+    in the evidence."""
     from datetime import UTC, datetime
 
-    from include.offers.jobs import CHARGES_CURSOR, get_cursor
+    from include.offers.jobs import CHARGES_CURSOR, REFUNDS_CURSOR, get_cursor
     from include.offers.roi import payment_row
 
     gate = "stripe_payments_reconcile"
@@ -590,7 +592,6 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
     cur.execute(query, {"start": start, "seeded": SEEDED_PAYMENT_PATTERN})
     rows = cur.fetchall()
     ledger = {r[0]: r[1:6] for r in rows}
-    passed_by_sync = [r[3:5] for r in rows if r[6] < end]  # the same window as the charges counted below
     cur.execute("SELECT source_key FROM offer_quarantine WHERE source = 'stripe_charges'")
     quarantined = {r[0] for r in cur.fetchall()}
     cur.execute("SELECT id FROM users")
@@ -598,11 +599,24 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
     cur.execute("SELECT stripe_coupon_id, offer_id FROM offer_publications")
     coupon_offers = dict(cur.fetchall())
     charges = {c["id"]: c for c in services.stripe_objects("charges", {"created": {"gt": start}})}
+    refunds_read = get_cursor(cur, REFUNDS_CURSOR, default=0)
+    # the cursor's own second too: a refund made in it after the sync read the list comes next time
+    refunded_since = {
+        r["charge"] for r in services.stripe_objects("refunds") if int(r["created"]) >= refunds_read
+    }
+    # the same charges as those counted below
+    passed_by_sync = [r[3:5] for r in rows if r[6] < end and r[0] not in refunded_since]
     missing, mismatched = [], []
     stripe_count = stripe_cents = stripe_refunded = 0
     for charge_id, charge in charges.items():
-        if not cursor or int(charge["created"]) >= cursor or charge_id in quarantined:
-            # not passed by the sync yet (same-second charges come with the next one), or refused
+        if (
+            not cursor
+            or int(charge["created"]) >= cursor
+            or charge_id in quarantined
+            or charge_id in refunded_since
+        ):
+            # not passed by the sync yet (same-second charges come with the next one), refunded
+            # since it read the refunds, or refused
             continue
         row, _ = payment_row(charge, known_users=known_users, coupon_offers=coupon_offers, now=now)
         if row is None:
@@ -632,6 +646,7 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
             "amount_cents": stripe_cents,
             "refunded_cents": stripe_refunded,
             "quarantined": len(quarantined & set(charges)),
+            "refunded_since_sync": len(refunded_since & set(charges)),
         },
         "ledger": {
             "payments": len(passed_by_sync),

@@ -37,7 +37,7 @@ REFUNDS_CURSOR = "stripe_refunds_created"
 # Charges and refunds are listed from a little before their cursor: Stripe's `created` has
 # one-second resolution, so one made in the cursor's own second could otherwise be missed.
 # Upserts make the overlap harmless.
-CHARGES_OVERLAP_SECONDS = 60
+STRIPE_OVERLAP_SECONDS = 60
 
 
 def _rows(cur, sql: str, params: Any = None) -> pd.DataFrame:
@@ -580,7 +580,7 @@ def refunds_since(cur) -> int:
 
 def _listing_start(cur, name: str) -> int:
     # localstripe (and sane data) has nothing before 2017; its list refuses earlier bounds
-    return max(get_cursor(cur, name) - CHARGES_OVERLAP_SECONDS, 1_500_000_001)
+    return max(get_cursor(cur, name) - STRIPE_OVERLAP_SECONDS, 1_500_000_001)
 
 
 def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
@@ -661,6 +661,11 @@ def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
 
 
 def latest_assignment(cur) -> int | None:
-    """The model version whose offers are live: the newest one with assignments."""
-    cur.execute("SELECT max(model_version_id) FROM offer_assignments")
+    """The model version whose offers are live: the champion when it has assignments (after a
+    rollback, a newer version's assignments are no longer live), else the newest one with some."""
+    cur.execute(
+        "SELECT coalesce((SELECT v.id FROM model_versions v WHERE v.status = 'champion' AND EXISTS"
+        " (SELECT 1 FROM offer_assignments a WHERE a.model_version_id = v.id) ORDER BY v.id DESC LIMIT 1),"
+        " (SELECT max(model_version_id) FROM offer_assignments))"
+    )
     return cur.fetchone()[0]

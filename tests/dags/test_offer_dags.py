@@ -14,7 +14,7 @@ import pytest
 
 from devstack.stack import MODEL_BUCKET
 from include.observability.metrics import NAMESPACE
-from include.offers import registry
+from include.offers import jobs, registry
 from include.offers.model import MODEL_NAME
 from tests import offers_fixtures
 from tests.airflow_api import postgres_connection
@@ -241,6 +241,8 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
     # restored version's are live (localstripe never applies a coupon to a charge, so a coupon
     # that cannot be retrieved is one that cannot be redeemed)
     assert {v for v, _, _ in coupons} == {first.id, second.id}
+    with cursor(offers_dsn) as cur:  # ROI and the customers follow the restored champion's offers
+        assert jobs.latest_assignment(cur) == first.id
     for version_id, coupon, retired in coupons:
         assert retired is (version_id == second.id)
         if version_id == second.id:
@@ -329,7 +331,6 @@ def test_the_offer_story_with_simulated_customers(dagbag, offers_dsn, own_stripe
     reconciles with Stripe and stores attributed and incremental ROI → offer_feedback learns
     from the customers' redemptions. The local stack's `customers` service runs the same code."""
     from devstack import customer_simulator as simulator
-    from include.offers import jobs
 
     client = own_stripe
     _run(dagbag, "offer_model_retrain")
