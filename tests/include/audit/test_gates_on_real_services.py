@@ -292,6 +292,44 @@ def test_every_published_offer_is_in_stripe_exactly_once(offers_dsn, services):
     assert evidence.observed["published"] == 4
 
 
+def test_a_retired_offer_is_gone_from_stripe_and_publishing_it_again_restores_it(offers_dsn, services):
+    """A rolled-back version's offers: their coupons deleted (nobody can redeem them), which the
+    gate checks; a re-run deletes nothing more; publishing the version again (it is rolled back
+    to) makes them anew."""
+    from execplatform.operators.stripe_operators import PublishOffersOperator
+    from execplatform.steps.offer_steps import retire_offers
+
+    version_id = _published_offers(offers_dsn)
+    retire = "UPDATE offer_publications SET retired_at = now() WHERE model_version_id = %s"
+    execute(offers_dsn, retire, (version_id,))  # marked retired, coupons left live: the gate sees it
+    problems = gate(offers_dsn, "stripe_offers_published_once", services).observed["problems"]
+    assert len(problems) == 4 and all(p.endswith(": retired, still in Stripe") for p in problems), problems
+    execute(
+        offers_dsn,
+        "UPDATE offer_publications SET retired_at = NULL WHERE model_version_id = %s",
+        (version_id,),
+    )
+
+    assert retire_offers(version_id) == {"model_version_id": version_id, "retired": 4, "deleted": 4}
+    evidence = gate(offers_dsn, "stripe_offers_published_once", services)
+    assert evidence.passed and (evidence.observed["published"], evidence.observed["retired"]) == (0, 4), (
+        evidence
+    )
+    assert retire_offers(version_id)["retired"] == 0  # a re-run: nothing left to retire
+    execute(
+        offers_dsn,
+        "UPDATE offer_publications SET retired_at = NULL WHERE model_version_id = %s",
+        (version_id,),
+    )
+    assert retire_offers(version_id)["deleted"] == 0, "a coupon already gone counts as deleted (404)"
+
+    PublishOffersOperator(task_id="publish", model_version_id=version_id).execute({})
+    evidence = gate(offers_dsn, "stripe_offers_published_once", services)
+    assert evidence.passed and (evidence.observed["published"], evidence.observed["retired"]) == (4, 0), (
+        evidence
+    )
+
+
 def test_a_missing_duplicated_or_different_offer_in_stripe_fails(offers_dsn, services):
     from execplatform.hooks.stripe_hook import StripeHook
 
