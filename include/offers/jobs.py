@@ -661,11 +661,8 @@ def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
 
 
 def latest_assignment(cur) -> int | None:
-    """The model version whose offers are live: the champion when it has assignments (after a
-    rollback, a newer version's assignments are no longer live), else the newest one with some."""
-    cur.execute(
-        "SELECT coalesce((SELECT v.id FROM model_versions v WHERE v.status = 'champion' AND EXISTS"
-        " (SELECT 1 FROM offer_assignments a WHERE a.model_version_id = v.id) ORDER BY v.id DESC LIMIT 1),"
-        " (SELECT max(model_version_id) FROM offer_assignments))"
-    )
+    """The model version whose offers are live (`roi.LIVE_ASSIGNMENT_SQL`)."""
+    from include.offers.roi import LIVE_ASSIGNMENT_SQL
+
+    cur.execute(f"SELECT {LIVE_ASSIGNMENT_SQL}")  # noqa: S608 (a module constant)
     return cur.fetchone()[0]

@@ -20,6 +20,13 @@ Z_95 = 1.959963984540054
 # the discount the difference, paid * pct / (100 - pct). A free offer (100%) leaves nothing paid
 # to derive its price from (and divides by zero): the offers table keeps discount_pct below 100
 # (revision 0009), and `compute_roi` refuses an assignment of one before it runs (FREE_OFFERS_SQL).
+# The model version whose offers are live: the champion when it has assignments (after a rollback
+# a newer version's assignments are no longer live), else the newest version with some.
+LIVE_ASSIGNMENT_SQL = """(SELECT coalesce(
+    (SELECT v.id FROM model_versions v WHERE v.status = 'champion'
+        AND EXISTS (SELECT 1 FROM offer_assignments a WHERE a.model_version_id = v.id)
+        ORDER BY v.id DESC LIMIT 1),
+    (SELECT max(model_version_id) FROM offer_assignments)))"""
 # Revenue is net: what was paid minus what was refunded (a refunded sale also cost no discount).
 NET_CENTS_SQL = "(p.amount_cents - p.refunded_cents)"
 DISCOUNT_COST_SQL = f"{NET_CENTS_SQL} * o.discount_pct / (100 - o.discount_pct)"
