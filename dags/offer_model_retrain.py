@@ -13,19 +13,25 @@ extract → train → evaluate → promote or keep → assign offers → publish
 - **train**: a calibrated gradient-boosting `Pipeline` on the past, validated on the most recent
   `valid_days`; the skops artifact goes to S3 and `model_versions` records its SHA-256, training
   window, data fingerprint and code version.
-- **evaluate**: challenger and champion on the same holdout (AUC, log loss, Brier, calibration,
-  the policy's expected ROI). Artifacts load only when their SHA-256 matches: a tampered one is
-  refused, alerts (critical), and the champion stays.
+- **evaluate**: challenger and champion on the same holdout (AUC, log loss, Brier, calibration
+  error and curve, the policy's expected ROI); the challenger's evaluation and its ROC and
+  calibration plots are recorded (database), which promotion requires. Artifacts load only
+  when their SHA-256 matches: a tampered one is refused, alerts (critical), and the champion
+  stays.
 - **promote or keep**: promoted only when it beats the champion's AUC by `margin_auc` and passes
   the sanity floors; otherwise `rejected`.
 - **assign / publish**: the champion picks one offer per segment maximising expected ROI within
   `discount_budget_cents`; `holdout_share` of each segment gets none (the control group ROI is
   measured against). Products and coupons go to Stripe with deterministic ids.
-- **report**: ROC and calibration PNGs and a metrics table, stored next to the version in S3.
+- **report**: the ROC and calibration PNGs and a metrics table, copied next to the version in S3.
 
-**Rollback:** trigger with `rollback = true`: the champion is rejected, the previous champion
-returns (its artifact unchanged, so its predictions are the old ones), and its offers are
-re-published (idempotent).
+**Rollback:** trigger with `rollback = true` and `champion_id` (the champion you are rolling
+back; the dashboard's button sends the one its page showed): the champion is rejected, the
+previous champion returns (its artifact unchanged, so its predictions are the old ones), the
+rejected version's coupons are deleted from Stripe (nobody can redeem them), and the previous
+version's offers are published again (its coupons made anew if they were deleted). Refused
+(the run fails, no retry) when another version is champion; a second request for the same
+rollback (a double click) changes nothing, so the champion moves back once.
 
 **Idempotent:** the same data and code give the same version; assignments, publications and
 Stripe objects are keyed by version, user or deterministic id.
@@ -75,6 +81,14 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where the train and rollback b
         "rollback": Param(
             False, type="boolean", description="roll the champion back one step instead of training"
         ),
+        "champion_id": number_param(
+            0,
+            minimum=0,
+            maximum=2**31 - 1,
+            integer=True,
+            description="the champion (model_versions.id) a rollback rolls back; refused when another"
+            " is champion (0: whichever is)",
+        ),
         "valid_days": number_param(
             21, minimum=1, maximum=365, description="most recent days held out for validation"
         ),
@@ -103,10 +117,16 @@ def offer_model_retrain():
         return "rollback_champion" if params["rollback"] else "extract"
 
     @task(outlets=[MODEL_PROMOTED])
-    def rollback_champion() -> dict:
+    def rollback_champion(params=None) -> dict:
         from execplatform.steps.offer_steps import roll_back_champion
 
-        return roll_back_champion()
+        return roll_back_champion(params["champion_id"])
+
+    @task
+    def retire_rolled_back_offers(rolled_back: dict) -> dict:
+        from execplatform.steps.offer_steps import retire_offers
+
+        return retire_offers(rolled_back["retired"])
 
     @task
     def extract(run_id=None) -> dict:
@@ -158,8 +178,9 @@ def offer_model_retrain():
     decided = promote_or_keep(evaluated)
     assigned = assign_offers()
     rolled_back = rollback_champion()
+    retired = retire_rolled_back_offers(rolled_back)
     choose_mode() >> [extracted, rolled_back]
-    [decided, rolled_back] >> assigned >> publish
+    [decided, retired] >> assigned >> publish
     [decided, publish] >> report()
 
 

@@ -3,18 +3,22 @@
 
 **Owner:** growth data team. **Schedule:** hourly.
 
-1. **sync_payments**: Stripe charges created after the cursor (minus a one-minute overlap),
-   page by page, upserted into `payments` (a re-run changes nothing); charges with impossible
-   values (negative amount, future timestamp, unknown user or offer coupon) are quarantined
-   with a reason. Counts are reconciled: listed = inserted + updated + unchanged + quarantined,
-   or the task fails.
-2. **compute_roi**: for the live offer set, per segment: attributed ROI (revenue of redeemed
-   offers − discount cost) and incremental ROI (revenue per treated user − per holdout user,
-   times treated users, − discount cost, with a 95% interval), into `offer_roi`.
+1. **sync_payments**: Stripe charges created after the charge cursor (minus a one-minute
+   overlap), and the charges of the refunds made after the refund cursor, upserted into
+   `payments` with what was refunded of each (a re-run changes nothing). A charge that is not
+   final (pending, or authorised and not captured) is not stored and holds the charge cursor
+   before it, so the next run reads it again. Charges with impossible values (negative amount,
+   future timestamp, unknown user or offer coupon) are quarantined with a reason. Counts are
+   reconciled: listed = inserted + updated + unchanged + quarantined + pending, or the task
+   fails.
+2. **compute_roi**: for the live offer set, per segment, on net revenue (paid − refunded):
+   attributed ROI (revenue of redeemed offers − discount cost) and incremental ROI (revenue
+   per treated user − per holdout user, times treated users, − discount cost, with a 95%
+   interval), into `offer_roi`.
 3. **publish_metrics**: both ROI figures and their gap (how much attribution overstates the
    effect: a trust-inflation indicator) to CloudWatch, with the sync counts.
 
-**Idempotent:** upserts keyed by Stripe id and (model version, segment); the cursor moves in
+**Idempotent:** upserts keyed by Stripe id and (model version, segment); both cursors move in
 the same transaction as the rows.
 
 **When it fails:** a reconciliation failure names the counts; quarantined rows are in

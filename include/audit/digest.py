@@ -62,9 +62,13 @@ def gather(cur, day: date, audit_run_id: int | None, *, change_days: int = 7) ->
 
         digest.reports = recent_reports(cur, 20)
     if table_exists(cur, "offer_roi"):
+        from include.offers.roi import LIVE_ASSIGNMENT_SQL
+
         cur.execute(
-            "SELECT segment, attributed_roi_cents, incremental_roi_cents FROM offer_roi WHERE "
-            "model_version_id = (SELECT max(model_version_id) FROM offer_assignments) ORDER BY segment"
+            f"""
+            SELECT segment, attributed_roi_cents, incremental_roi_cents FROM offer_roi
+            WHERE model_version_id = {LIVE_ASSIGNMENT_SQL} ORDER BY segment
+            """  # noqa: S608 (a module constant)
         )
         digest.roi = cur.fetchall()
     if not table_exists(cur, "indicator_values"):

@@ -489,8 +489,8 @@ def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Ser
     """Every published offer (an `offer_publications` row marked published, and every offer
     carrying a `stripe_coupon_id`) is in Stripe exactly once: its product and coupon exist under
     their deterministic ids with the offer's metadata and discount, and no other object
-    carries the same (model version, segment, offer). A publication retired for losing (its
-    coupon deleted) is left out."""
+    carries the same (model version, segment, offer). A retired publication (its offer lost,
+    or its version was rolled back) is left out, and its coupon must be gone from Stripe."""
     from collections import defaultdict
 
     gate = "stripe_offers_published_once"
@@ -501,13 +501,15 @@ def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Ser
     )
     cur.execute(query)
     published = cur.fetchall()
+    cur.execute("SELECT stripe_coupon_id FROM offer_publications WHERE retired_at IS NOT NULL")
+    retired = {r[0] for r in cur.fetchall()}
     cur.execute("SELECT stripe_coupon_id FROM offers WHERE stripe_coupon_id IS NOT NULL")
     offer_coupons = [r[0] for r in cur.fetchall()]
     versions = {str(r[0]) for r in published}
     problems: list[str] = []
     for kind, id_column in (("products", 2), ("coupons", 3)):
         wanted = {r[id_column] for r in published} | (set(offer_coupons) if kind == "coupons" else set())
-        if not wanted:
+        if not wanted and not (kind == "coupons" and retired):
             continue
         ids: dict[str, list[dict]] = defaultdict(list)
         per_offer: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -520,6 +522,8 @@ def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Ser
         for object_id in sorted(wanted):
             if len(ids[object_id]) != 1:
                 problems.append(f"{kind} {object_id}: {len(ids[object_id])} in Stripe, expected 1")
+        if kind == "coupons":
+            problems.extend(f"coupons {c}: retired, still in Stripe" for c in sorted(retired) if ids[c])
         for row in published:
             version_id, segment, offer_id, code, discount_pct = (
                 row[0],
@@ -553,6 +557,7 @@ def stripe_offers_published_once(cur, limits: Mapping[str, float], services: Ser
                 )
     observed = {
         "published": len(published),
+        "retired": len(retired),
         "offer_coupons": len(offer_coupons),
         "problems": problems,
     }
@@ -566,11 +571,13 @@ SEEDED_PAYMENT_PATTERN = r"^pi_seed_[0-9]{6,}$"
 def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Services) -> Evidence:
     """The payments ledger and Stripe agree over the last `payments_reconcile_days` before the
     sync cursor: every charge the sync has passed is in `payments` (as `roi.payment_row` maps
-    it: amount, status, user, offer) or quarantined with a reason, and every ledger row (but
-    the seeded demo history) is a charge Stripe has. Counts and amounts are in the evidence."""
+    it: amount, refunded amount, status, user, offer) or quarantined with a reason, and every ledger row (but
+    the seeded demo history) is a charge Stripe has. A charge refunded since the sync last read
+    the refunds is left for the next sync, like one made since its cursor. Counts and amounts are
+    in the evidence."""
     from datetime import UTC, datetime
 
-    from include.offers.jobs import CHARGES_CURSOR, get_cursor
+    from include.offers.jobs import CHARGES_CURSOR, REFUNDS_CURSOR, get_cursor
     from include.offers.roi import payment_row
 
     gate = "stripe_payments_reconcile"
@@ -580,13 +587,13 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
     end = cursor or int(now.timestamp())
     start = max(int(end - days * 86400), 1_500_000_001)  # localstripe refuses earlier bounds
     query = (
-        "SELECT stripe_payment_id, user_id, offer_id, amount_cents, status, extract(epoch FROM created_at) "
+        "SELECT stripe_payment_id, user_id, offer_id, amount_cents, refunded_cents, status,"
+        " extract(epoch FROM created_at) "
         "FROM payments WHERE created_at > to_timestamp(%(start)s) AND stripe_payment_id !~ %(seeded)s"
     )
     cur.execute(query, {"start": start, "seeded": SEEDED_PAYMENT_PATTERN})
     rows = cur.fetchall()
-    ledger = {r[0]: r[1:5] for r in rows}
-    passed_by_sync = [r[3] for r in rows if r[5] < end]  # the same window as the charges counted below
+    ledger = {r[0]: r[1:6] for r in rows}
     cur.execute("SELECT source_key FROM offer_quarantine WHERE source = 'stripe_charges'")
     quarantined = {r[0] for r in cur.fetchall()}
     cur.execute("SELECT id FROM users")
@@ -594,11 +601,24 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
     cur.execute("SELECT stripe_coupon_id, offer_id FROM offer_publications")
     coupon_offers = dict(cur.fetchall())
     charges = {c["id"]: c for c in services.stripe_objects("charges", {"created": {"gt": start}})}
+    refunds_read = get_cursor(cur, REFUNDS_CURSOR, default=0)
+    # the cursor's own second too: a refund made in it after the sync read the list comes next time
+    refunded_since = {
+        r["charge"] for r in services.stripe_objects("refunds") if int(r["created"]) >= refunds_read
+    }
+    # the same charges as those counted below
+    passed_by_sync = [r[3:5] for r in rows if r[6] < end and r[0] not in refunded_since]
     missing, mismatched = [], []
-    stripe_count = stripe_cents = 0
+    stripe_count = stripe_cents = stripe_refunded = 0
     for charge_id, charge in charges.items():
-        if not cursor or int(charge["created"]) >= cursor or charge_id in quarantined:
-            # not passed by the sync yet (same-second charges come with the next one), or refused
+        if (
+            not cursor
+            or int(charge["created"]) >= cursor
+            or charge_id in quarantined
+            or charge_id in refunded_since
+        ):
+            # not passed by the sync yet (same-second charges come with the next one), refunded
+            # since it read the refunds, or refused
             continue
         row, _ = payment_row(charge, known_users=known_users, coupon_offers=coupon_offers, now=now)
         if row is None:
@@ -606,9 +626,16 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
             continue
         stripe_count += 1
         stripe_cents += row.amount_cents
+        stripe_refunded += row.refunded_cents
         if charge_id not in ledger:
             missing.append(charge_id)
-        elif ledger[charge_id] != (row.user_id, row.offer_id, row.amount_cents, row.status):
+        elif ledger[charge_id] != (
+            row.user_id,
+            row.offer_id,
+            row.amount_cents,
+            row.refunded_cents,
+            row.status,
+        ):
             mismatched.append(charge_id)
     not_in_stripe = sorted(set(ledger) - set(charges))
     observed = {
@@ -619,9 +646,15 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
         "stripe": {
             "charges": stripe_count,
             "amount_cents": stripe_cents,
+            "refunded_cents": stripe_refunded,
             "quarantined": len(quarantined & set(charges)),
+            "refunded_since_sync": len(refunded_since & set(charges)),
         },
-        "ledger": {"payments": len(passed_by_sync), "amount_cents": sum(passed_by_sync)},
+        "ledger": {
+            "payments": len(passed_by_sync),
+            "amount_cents": sum(r[0] for r in passed_by_sync),
+            "refunded_cents": sum(r[1] for r in passed_by_sync),
+        },
         "missing_in_ledger": missing[:20],
         "not_in_stripe": not_in_stripe[:20],
         "mismatched": mismatched[:20],

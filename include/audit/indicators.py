@@ -219,13 +219,15 @@ def trust_roi_gap(cur, day: date) -> list[Value]:
     leaves that day's stored value as it was)."""
     if not table_exists(cur, "offer_roi"):
         return []
+    from include.offers.roi import LIVE_ASSIGNMENT_SQL
+
     cur.execute(
-        """
+        f"""
         SELECT segment, roi_gap_cents, treated_users FROM offer_roi
-        WHERE model_version_id = (SELECT max(model_version_id) FROM offer_assignments)
+        WHERE model_version_id = {LIVE_ASSIGNMENT_SQL}
           AND roi_gap_cents IS NOT NULL AND computed_at < %s
         ORDER BY segment
-        """,
+        """,  # noqa: S608 (a module constant)
         (_bounds(day)[1],),
     )
     return [Value("trust_roi_gap_cents", float(gap), segment, n) for segment, gap, n in cur.fetchall()]

@@ -7,6 +7,8 @@ entry point did with it:
 
 - `refused`: the entry point raised, naming what was wrong (nothing stored);
 - `quarantined`: the row was kept aside with its reason (`offer_quarantine`);
+- `held`: a Stripe charge that is not final yet was neither stored nor quarantined, and the
+  sync's cursor stays before it, so a later run takes it once it is final;
 - `inert`: free text that is legitimate data (a prompt may quote SQL) was stored verbatim and
   changed nothing else: the probe checks the stored value and that every table still exists;
 - `ACCEPTED`: none of the above; the probe fails;
@@ -77,7 +79,7 @@ class ProbeResult:
 
     @property
     def held(self) -> bool:
-        return self.outcome in ("refused", "quarantined", "inert")
+        return self.outcome in ("refused", "quarantined", "held", "inert")
 
     def __str__(self) -> str:
         return (
@@ -328,10 +330,11 @@ def handler_probes(marker: str) -> list[ProbeResult]:
 
 def offer_probes(dsn: str, marker: str) -> list[ProbeResult]:
     """include.offers.jobs.sync_payments (the ROI input): impossible Stripe charges go to
-    offer_quarantine with their reason; the same charge twice is one row."""
+    offer_quarantine with their reason; a charge that is not final is held (neither stored nor
+    quarantined, the cursor before it); the same charge twice is one row."""
     import psycopg2
 
-    from include.offers.jobs import sync_payments
+    from include.offers.jobs import CHARGES_CURSOR, sync_payments
 
     now = datetime.now(UTC)
     created = int((now - timedelta(hours=1)).timestamp())
@@ -362,7 +365,7 @@ def offer_probes(dsn: str, marker: str) -> list[ProbeResult]:
                 "coupon", metadata={"user_id": user, "coupon": INJECTIONS[0]}
             ),
             "charge_future_timestamp": charge("future", created=int((now + timedelta(days=2)).timestamp())),
-            "charge_status_not_final": charge("pending", status="pending"),
+            "charge_refund_over_amount": charge("refund", amount_refunded=1500),
         }
         results = []
         for probe, bad in cases.items():
@@ -383,6 +386,26 @@ def offer_probes(dsn: str, marker: str) -> list[ProbeResult]:
                     f"{reason} (quarantine rows {kept}, payments rows {paid})",
                 )
             )
+
+        pending = charge("pending", status="pending")
+        counts = sync_payments(cur, [pending, pending], now=now)
+        cur.execute(
+            "SELECT (SELECT count(*) FROM offer_quarantine WHERE source_key = %(id)s),"
+            " (SELECT count(*) FROM payments WHERE stripe_payment_id = %(id)s),"
+            " (SELECT position FROM sync_cursors WHERE name = %(cursor)s)",
+            {"id": pending["id"], "cursor": CHARGES_CURSOR},
+        )
+        kept, paid, position = cur.fetchone()
+        held = (kept, paid, counts["pending"]) == (0, 0, 2) and position < created
+        results.append(
+            ProbeResult(
+                "charge_status_not_final",
+                "offers.jobs.sync_payments",
+                "held" if held else "ACCEPTED",
+                f"pending {counts['pending']}, quarantine rows {kept}, payments rows {paid}, cursor"
+                f" {position} ({'before' if position < created else 'not before'} the charge)",
+            )
+        )
 
         good = charge("duplicate")
         sync_payments(cur, [good, good], now=now)

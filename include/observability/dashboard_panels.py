@@ -162,7 +162,8 @@ def indicators(cur) -> Panel:
 
 
 def models(cur) -> Panel:
-    """Model versions with their holdout metrics; the champion is the one in production."""
+    """Model versions with their evaluation on held-out data (AUC, log loss, Brier, calibration
+    error, the policy's expected value per impression); the champion is the one in production."""
     cur.execute(
         "SELECT model_name, version FROM model_versions WHERE status = 'champion' ORDER BY model_name"
     )
@@ -173,7 +174,8 @@ def models(cur) -> Panel:
         """
         SELECT id, model_name, version, status, round((metrics->>'auc')::numeric, 4) AS auc,
                round((metrics->>'log_loss')::numeric, 4) AS log_loss, round((metrics->>'brier')::numeric, 4)
-                   AS brier,
+                   AS brier, round((metrics->>'calibration_error')::numeric, 4) AS calibration_error,
+               round((metrics->>'policy_roi_cents_per_impression')::numeric, 2) AS policy_value_cents,
                trained_to, promoted_at, left(coalesce(metrics->>'decision', ''), 120) AS decision
           FROM model_versions ORDER BY id DESC LIMIT 10""",
         f"champion: {champions}",

@@ -19,7 +19,7 @@ import pandas as pd
 
 from include.offers import model as m
 from include.offers import registry
-from include.offers.plots import line_plot_png, report_markdown
+from include.offers.plots import evaluation_plots, report_markdown
 from include.offers.policy import (
     LOSING_WIN_SHARE,
     USER_FEATURES_SQL,
@@ -32,16 +32,17 @@ from include.offers.policy import (
     thompson_shares,
     win_shares,
 )
-from include.offers.roi import SegmentRoi, payment_row, segment_roi
+from include.offers.roi import SegmentRoi, is_final, payment_row, segment_roi
 from include.offers.serving import latest_policy
 
 FEEDBACK_CURSOR = "offer_feedback_event_id"
 FEEDBACK_MARK = "offer_feedback_redemptions_at_retrain"
 CHARGES_CURSOR = "stripe_charges_created"
-# Charges are listed from a little before the cursor: Stripe's `created` has one-second
-# resolution, so a charge made in the cursor's own second could otherwise be missed. Upserts
-# make the overlap harmless.
-CHARGES_OVERLAP_SECONDS = 60
+REFUNDS_CURSOR = "stripe_refunds_created"
+# Charges and refunds are listed from a little before their cursor: Stripe's `created` has
+# one-second resolution, so one made in the cursor's own second could otherwise be missed.
+# Upserts make the overlap harmless.
+STRIPE_OVERLAP_SECONDS = 60
 # offer_feedback's defaults (its params), also used when a new champion's priors are allocated
 DEFAULT_MIN_EXPLORATION = 0.1
 DEFAULT_BUDGET_PER_IMPRESSION_CENTS = 300.0
@@ -166,7 +167,9 @@ def train(cur, s3, *, snapshot_uri: str, bucket: str, valid_days: float) -> dict
 
 
 def evaluate(cur, s3, *, snapshot_uri: str, version_id: int, valid_from: str) -> dict[str, Any]:
-    """Challenger and champion scored on the same holdout (the snapshot's recent window).
+    """Challenger and champion scored on the same holdout (the snapshot's recent window). The
+    challenger's evaluation (`registry.EVALUATION`) and its ROC and calibration plots are
+    recorded with it: what `registry.promote` requires.
 
     A challenger whose artifact does not verify raises ArtifactRefused. A champion whose
     artifact does not verify is reported in `champion_refused`: it stays champion (only a
@@ -181,6 +184,7 @@ def evaluate(cur, s3, *, snapshot_uri: str, version_id: int, valid_from: str) ->
         "UPDATE model_versions SET metrics = metrics || %s::jsonb WHERE id = %s",
         (json.dumps(metrics), version_id),
     )
+    registry.store_plots(cur, version_id, evaluation_plots(challenger.version, metrics))
     result: dict[str, Any] = {
         "version_id": version_id,
         "challenger": _summary(metrics),
@@ -197,7 +201,7 @@ def evaluate(cur, s3, *, snapshot_uri: str, version_id: int, valid_from: str) ->
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("auc", "log_loss", "brier", "prediction_std", "rows", "policy_roi_cents_per_impression")
+    keys = (*registry.EVALUATION, "prediction_std", "rows")
     return {k: metrics[k] for k in keys if k in metrics}
 
 
@@ -424,45 +428,43 @@ def publications(cur, model_version_id: int) -> list[dict[str, Any]]:
 
 
 def mark_published(cur, model_version_id: int, segment: str, offer_id: int) -> None:
+    """Published (again: a version rolled back to has its retired coupons made anew)."""
     cur.execute(
-        "UPDATE offer_publications SET published_at = coalesce(published_at, now())"
+        "UPDATE offer_publications SET published_at = coalesce(published_at, now()), retired_at = NULL"
         " WHERE model_version_id = %s AND segment = %s AND offer_id = %s",
         (model_version_id, segment, offer_id),
     )
 
 
+def live_coupons(cur, model_version_id: int) -> list[str]:
+    """The Stripe coupons of a version's publications that are not retired."""
+    cur.execute(
+        "SELECT stripe_coupon_id FROM offer_publications WHERE model_version_id = %s"
+        " AND retired_at IS NULL ORDER BY segment",
+        (model_version_id,),
+    )
+    return [r[0] for r in cur.fetchall()]
+
+
+def mark_retired(cur, model_version_id: int, coupon: str) -> None:
+    cur.execute(
+        "UPDATE offer_publications SET retired_at = coalesce(retired_at, now())"
+        " WHERE model_version_id = %s AND stripe_coupon_id = %s",
+        (model_version_id, coupon),
+    )
+
+
 def write_report(cur, s3, *, version_id: int) -> dict[str, str]:
-    """ROC and calibration PNGs and a metrics table, stored next to the version's artifact."""
+    """The version's stored ROC and calibration PNGs and a metrics table, next to its artifact."""
     version = registry.get(cur, version_id)
-    metrics = version.metrics
     prefix = version.artifact_uri.rsplit("/", 1)[0] + "/"
-    calibration = metrics["calibration"]
     files = {
-        "roc.png": (
-            line_plot_png(
-                metrics["roc"]["x"],
-                metrics["roc"]["y"],
-                title=f"ROC v{version.version} (AUC {metrics['auc']:.3f})",
-                xlabel="False positive rate",
-                ylabel="True positive rate",
-            ),
-            "image/png",
-        ),
-        "calibration.png": (
-            line_plot_png(
-                calibration["predicted"],
-                calibration["observed"],
-                title=f"Calibration v{version.version}",
-                xlabel="Predicted probability",
-                ylabel="Observed redemption rate",
-            ),
-            "image/png",
-        ),
-        "report.md": (
-            report_markdown(version.version, metrics, metrics.get("decision", "")).encode(),
-            "text/markdown",
-        ),
+        f"{name}.png": (png, "image/png") for name, png in registry.stored_plots(cur, version_id).items()
     }
+    files["report.md"] = (
+        report_markdown(version.version, version.metrics, version.metrics.get("decision", "")).encode(),
+        "text/markdown",
+    )
     for name, (data, content_type) in files.items():
         registry.put_object(s3, prefix + name, data, content_type)
     # the feedback that triggered this retrain is now used: count afresh from here
@@ -656,22 +658,40 @@ def mark_unpublished(cur, stripe_coupon_id: str) -> None:
 # --- roi_sync ---------------------------------------------------------------------------------------
 
 
-def sync_payments(cur, charges: Iterable[dict[str, Any]], *, now: datetime | None = None) -> dict[str, int]:
-    """Upsert listed Stripe charges into `payments`; quarantine the impossible ones.
+def sync_payments(
+    cur,
+    charges: Iterable[dict[str, Any]],
+    *,
+    refunds: Iterable[dict[str, Any]] = (),
+    now: datetime | None = None,
+) -> dict[str, int]:
+    """Upsert Stripe charges into `payments` (with what was refunded of each); quarantine the
+    impossible ones; hold the ones that are not final.
 
-    Returns reconciliation counts: listed = inserted + updated + unchanged + quarantined.
-    The caller lists from `charges_since(cur)` and the cursor moves to the newest charge seen.
+    `charges` are those listed after `charges_since(cur)` and those of the `refunds` listed after
+    `refunds_since(cur)` (a refund's charge may be older than any listing window). Returns
+    reconciliation counts: listed = inserted + updated + unchanged + quarantined + pending. The
+    charge cursor moves to the newest charge seen but never past one that is not final (pending,
+    or authorised and not captured yet): it stops a second before the oldest, which the next run
+    lists again. The refund cursor moves to the newest refund seen. Both move in this
+    transaction, with the rows.
     """
     now = now or datetime.now(UTC)
     cur.execute("SELECT id FROM users")
     known_users = {r[0] for r in cur.fetchall()}
     cur.execute("SELECT stripe_coupon_id, offer_id FROM offer_publications")
     coupon_offers = dict(cur.fetchall())
-    counts = Counter(listed=0, inserted=0, updated=0, unchanged=0, quarantined=0)
+    counts = Counter(listed=0, inserted=0, updated=0, unchanged=0, quarantined=0, pending=0)
     newest = get_cursor(cur, CHARGES_CURSOR)
+    oldest_pending = None
     for charge in charges:
         counts["listed"] += 1
-        newest = max(newest, int(charge["created"]))
+        created = int(charge["created"])
+        if not is_final(charge):
+            counts["pending"] += 1
+            oldest_pending = created if oldest_pending is None else min(oldest_pending, created)
+            continue
+        newest = max(newest, created)
         row, reason = payment_row(charge, known_users=known_users, coupon_offers=coupon_offers, now=now)
         if row is None:
             quarantine(cur, "stripe_charges", [(charge["id"], reason, charge)])
@@ -679,17 +699,17 @@ def sync_payments(cur, charges: Iterable[dict[str, Any]], *, now: datetime | Non
             continue
         cur.execute(
             """
-            INSERT INTO payments (stripe_payment_id, user_id, offer_id, amount_cents, currency, status,
-                created_at)
-            VALUES (%s, %s, %s, %s, %s, %s, %s)
+            INSERT INTO payments (stripe_payment_id, user_id, offer_id, amount_cents, refunded_cents,
+                currency, status, created_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (stripe_payment_id) DO UPDATE SET
                 user_id = EXCLUDED.user_id, offer_id = EXCLUDED.offer_id,
-                amount_cents = EXCLUDED.amount_cents, currency = EXCLUDED.currency,
-                status = EXCLUDED.status, created_at = EXCLUDED.created_at
-            WHERE (payments.user_id, payments.offer_id, payments.amount_cents, payments.currency,
-                   payments.status, payments.created_at)
+                amount_cents = EXCLUDED.amount_cents, refunded_cents = EXCLUDED.refunded_cents,
+                currency = EXCLUDED.currency, status = EXCLUDED.status, created_at = EXCLUDED.created_at
+            WHERE (payments.user_id, payments.offer_id, payments.amount_cents, payments.refunded_cents,
+                   payments.currency, payments.status, payments.created_at)
                   IS DISTINCT FROM (EXCLUDED.user_id, EXCLUDED.offer_id, EXCLUDED.amount_cents,
-                   EXCLUDED.currency, EXCLUDED.status, EXCLUDED.created_at)
+                   EXCLUDED.refunded_cents, EXCLUDED.currency, EXCLUDED.status, EXCLUDED.created_at)
             RETURNING (xmax = 0)
             """,
             (
@@ -697,6 +717,7 @@ def sync_payments(cur, charges: Iterable[dict[str, Any]], *, now: datetime | Non
                 row.user_id,
                 row.offer_id,
                 row.amount_cents,
+                row.refunded_cents,
                 row.currency,
                 row.status,
                 row.created_at,
@@ -704,21 +725,34 @@ def sync_payments(cur, charges: Iterable[dict[str, Any]], *, now: datetime | Non
         )
         result = cur.fetchone()
         counts["unchanged" if result is None else "inserted" if result[0] else "updated"] += 1
-    set_cursor(cur, CHARGES_CURSOR, newest)
+    set_cursor(cur, CHARGES_CURSOR, newest if oldest_pending is None else min(newest, oldest_pending - 1))
+    refund_times = [int(r["created"]) for r in refunds]
+    if refund_times:
+        set_cursor(cur, REFUNDS_CURSOR, max(get_cursor(cur, REFUNDS_CURSOR), *refund_times))
     return dict(counts)
 
 
 def charges_since(cur) -> int:
-    """Where the next Stripe listing starts (unix seconds, exclusive)."""
+    """Where the next Stripe charge listing starts (unix seconds, exclusive)."""
+    return _listing_start(cur, CHARGES_CURSOR)
+
+
+def refunds_since(cur) -> int:
+    """Where the next Stripe refund listing stops (unix seconds, exclusive)."""
+    return _listing_start(cur, REFUNDS_CURSOR)
+
+
+def _listing_start(cur, name: str) -> int:
     # localstripe (and sane data) has nothing before 2017; its list refuses earlier bounds
-    return max(get_cursor(cur, CHARGES_CURSOR) - CHARGES_OVERLAP_SECONDS, 1_500_000_001)
+    return max(get_cursor(cur, name) - STRIPE_OVERLAP_SECONDS, 1_500_000_001)
 
 
 def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
-    """Attributed and incremental ROI per segment of one assignment, stored in `offer_roi`.
-    An assignment of a free offer (100%, before revision 0009 forbade it) is refused, naming the
-    offers: its cost cannot be derived from what was paid."""
-    from include.offers.roi import DISCOUNT_COST_SQL, FREE_OFFERS_SQL
+    """Attributed and incremental ROI per segment of one assignment, stored in `offer_roi`, on
+    net revenue (what was paid minus what was refunded, integer cents). An assignment of a free
+    offer (100%, before revision 0009 forbade it) is refused, naming the offers: its cost cannot
+    be derived from what was paid."""
+    from include.offers.roi import DISCOUNT_COST_SQL, FREE_OFFERS_SQL, NET_CENTS_SQL
 
     cur.execute(FREE_OFFERS_SQL, (model_version_id,))
     if free := cur.fetchall():
@@ -731,13 +765,13 @@ def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
         cur,
         f"""
         SELECT a.user_id, a.segment, a.holdout,
-               coalesce(sum(p.amount_cents), 0)::float8 AS revenue,
-               coalesce(sum(p.amount_cents) FILTER (WHERE o.id IS NOT NULL), 0)::float8 AS attributed,
+               coalesce(sum({NET_CENTS_SQL}), 0)::bigint AS revenue,
+               coalesce(sum({NET_CENTS_SQL}) FILTER (WHERE o.id IS NOT NULL), 0)::bigint AS attributed,
                coalesce(sum({DISCOUNT_COST_SQL}) FILTER (WHERE o.id IS NOT NULL), 0)::float8
                    AS discount_cost
         FROM offer_assignments a
         LEFT JOIN payments p ON p.user_id = a.user_id AND p.created_at > a.assigned_at
-                            AND p.status = 'succeeded'
+                            AND p.status <> 'failed'
         -- the offer redeemed: any of the version's published offers of the user's segment (the
         -- bandit serves them all), not only the assignment's pick
         LEFT JOIN offer_publications pub ON pub.model_version_id = a.model_version_id
@@ -755,7 +789,7 @@ def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
             segment,
             treated["revenue"].tolist(),
             held["revenue"].tolist(),
-            int(round(treated["attributed"].sum())),
+            int(treated["attributed"].sum()),
             int(round(treated["discount_cost"].sum())),
         )
         results.append(roi)
@@ -794,6 +828,8 @@ def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
 
 
 def latest_assignment(cur) -> int | None:
-    """The model version whose offers are live: the newest one with assignments."""
-    cur.execute("SELECT max(model_version_id) FROM offer_assignments")
+    """The model version whose offers are live (`roi.LIVE_ASSIGNMENT_SQL`)."""
+    from include.offers.roi import LIVE_ASSIGNMENT_SQL
+
+    cur.execute(f"SELECT {LIVE_ASSIGNMENT_SQL}")  # noqa: S608 (a module constant)
     return cur.fetchone()[0]

@@ -172,8 +172,16 @@ def policy_value(pipeline, valid: pd.DataFrame, offers: pd.DataFrame) -> float:
     return float(np.mean(np.where(match, realised * len(offers), 0.0)))
 
 
+def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: over `bins` equal-count bins of the predictions, the mean of
+    |observed rate − mean prediction|, weighted by each bin's rows."""
+    chunks = np.array_split(np.argsort(p, kind="stable"), min(bins, len(p)))
+    return float(sum(len(c) * abs(y[c].mean() - p[c].mean()) for c in chunks) / len(p))
+
+
 def evaluate(pipeline, valid: pd.DataFrame, offers: pd.DataFrame | None = None) -> dict[str, Any]:
-    """ROC AUC, log loss, Brier score, calibration curve, spread and policy ROI on `valid`."""
+    """ROC AUC, log loss, Brier score, calibration curve and error, spread and policy ROI (the
+    policy's expected value per impression) on `valid`."""
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score, roc_curve
 
@@ -185,6 +193,7 @@ def evaluate(pipeline, valid: pd.DataFrame, offers: pd.DataFrame | None = None) 
         "auc": float(roc_auc_score(y, p)),
         "log_loss": float(log_loss(y, p, labels=[0, 1])),
         "brier": float(brier_score_loss(y, p)),
+        "calibration_error": calibration_error(y, p),
         "prediction_std": float(np.std(p)),
         "rows": len(valid),
         "positive_rate": float(y.mean()),

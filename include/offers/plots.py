@@ -30,12 +30,34 @@ def line_plot_png(x, y, *, title: str, xlabel: str, ylabel: str) -> bytes:
     return out.getvalue()
 
 
+def evaluation_plots(version: int, metrics: dict) -> dict[str, bytes]:
+    """A version's ROC and calibration plots (PNG) from its evaluation metrics."""
+    calibration = metrics["calibration"]
+    return {
+        "roc": line_plot_png(
+            metrics["roc"]["x"],
+            metrics["roc"]["y"],
+            title=f"ROC v{version} (AUC {metrics['auc']:.3f})",
+            xlabel="False positive rate",
+            ylabel="True positive rate",
+        ),
+        "calibration": line_plot_png(
+            calibration["predicted"],
+            calibration["observed"],
+            title=f"Calibration v{version} (error {metrics['calibration_error']:.3f})",
+            xlabel="Predicted probability",
+            ylabel="Observed redemption rate",
+        ),
+    }
+
+
 def report_markdown(version: int, metrics: dict, decision: str) -> str:
     """The metrics table stored next to the plots."""
     rows = [
         ("ROC AUC", metrics["auc"]),
         ("log loss", metrics["log_loss"]),
         ("Brier score", metrics["brier"]),
+        ("calibration error", metrics.get("calibration_error")),
         ("prediction std", metrics["prediction_std"]),
         ("validation rows", metrics["rows"]),
         ("positive rate", metrics["positive_rate"]),

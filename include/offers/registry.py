@@ -29,6 +29,21 @@ class ArtifactRefused(Exception):
     """A model artifact failed its integrity or safety check and was not loaded."""
 
 
+# What a version's evaluation on held-out data records before it may be promoted (its ROC and
+# calibration plots are stored with it, in `model_version_plots`).
+EVALUATION = ("auc", "log_loss", "brier", "calibration_error", "policy_roi_cents_per_impression")
+PLOTS = ("roc", "calibration")
+
+
+class NotEvaluated(Exception):
+    """A version was to be promoted without a recorded evaluation."""
+
+
+class ChampionChanged(Exception):
+    """A rollback named a champion that is no longer the champion (and was not rolled back to
+    the current one)."""
+
+
 @dataclass(frozen=True)
 class Gates:
     """What a challenger must show to replace the champion."""
@@ -224,8 +239,32 @@ def decide(challenger: dict[str, Any], champion: dict[str, Any] | None, gates: G
     )
 
 
+def store_plots(cur, version_id: int, plots: dict[str, bytes]) -> None:
+    """A version's evaluation plots (PNG), kept in the database: they outlive the object store."""
+    for name, png in plots.items():
+        cur.execute(
+            "INSERT INTO model_version_plots (model_version_id, name, png) VALUES (%s, %s, %s)"
+            " ON CONFLICT (model_version_id, name) DO UPDATE SET png = EXCLUDED.png, created_at = now()",
+            (version_id, name, png),
+        )
+
+
+def stored_plots(cur, version_id: int) -> dict[str, bytes]:
+    cur.execute("SELECT name, png FROM model_version_plots WHERE model_version_id = %s", (version_id,))
+    return {name: bytes(png) for name, png in cur.fetchall()}
+
+
 def promote(cur, model_name: str, version_id: int) -> None:
-    """Make `version_id` the champion; the old champion becomes `retired` (still loadable)."""
+    """Make `version_id` the champion; the old champion becomes `retired` (still loadable).
+    NotEvaluated when the version has no recorded evaluation (EVALUATION and its PLOTS)."""
+    version = get(cur, version_id)
+    missing = [k for k in EVALUATION if version.metrics.get(k) is None]
+    missing += [f"{p} plot" for p in PLOTS if p not in stored_plots(cur, version_id)]
+    if missing:
+        raise NotEvaluated(
+            f"model version id {version_id} has no recorded evaluation ({', '.join(missing)}):"
+            " evaluate it on held-out data before promoting it"
+        )
     cur.execute(
         "UPDATE model_versions SET status = 'retired' WHERE model_name = %s AND status = 'champion'"
         " AND id <> %s",
@@ -247,13 +286,30 @@ def reject(cur, version_id: int) -> None:
     )
 
 
-def rollback(cur, model_name: str) -> tuple[Version, Version]:
-    """One step back: the champion is retired and the previously promoted version returns.
+def rollback(cur, model_name: str, champion_id: int | None = None) -> tuple[Version, Version]:
+    """One step back: the champion is rejected and the previously promoted version returns.
 
-    Returns (retired, restored). The previous champion is the most recently promoted version
+    Returns (rolled back, restored). The previous champion is the most recently promoted version
     that is not the current one; its artifact is untouched, so it loads as before.
+
+    `champion_id` names the champion to roll back (what the person asking saw). When another is
+    champion, the rollback is refused (ChampionChanged), unless that one was rolled back to the
+    current champion already: a double-submitted or retried rollback then returns what the first
+    did and changes nothing, so the champion moves back once.
     """
     current = champion(cur, model_name)
+    if champion_id is not None and (current is None or current.id != champion_id):
+        try:
+            named = get(cur, champion_id)
+        except LookupError as missing:
+            raise ChampionChanged(f"rollback of {model_name!r} names {missing}") from None
+        if current is not None and named.metrics.get("rolled_back_to") == current.id:
+            return named, current
+        raise ChampionChanged(
+            f"rollback of {model_name!r} names champion v{named.version} (id {named.id}), but the "
+            + (f"champion is v{current.version} (id {current.id})" if current else "model has no champion")
+            + ": refused; reload the page and ask again"
+        )
     if current is None:
         raise LookupError(f"{model_name!r} has no champion to roll back from")
     cur.execute(
@@ -269,9 +325,13 @@ def rollback(cur, model_name: str) -> tuple[Version, Version]:
         raise LookupError(f"{model_name!r} has no earlier champion to roll back to")
     previous = _version(row)
     # the rolled-back version is rejected, so a second rollback goes further back, not forth
-    cur.execute("UPDATE model_versions SET status = 'rejected' WHERE id = %s", (current.id,))
+    cur.execute(
+        "UPDATE model_versions SET status = 'rejected', metrics = metrics || jsonb_build_object("
+        "'rolled_back_to', %s::bigint) WHERE id = %s",
+        (previous.id, current.id),
+    )
     cur.execute(
         "UPDATE model_versions SET status = 'champion', promoted_at = now() WHERE id = %s",
         (previous.id,),
     )
-    return current, get(cur, previous.id)
+    return get(cur, current.id), get(cur, previous.id)

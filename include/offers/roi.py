@@ -20,7 +20,16 @@ Z_95 = 1.959963984540054
 # the discount the difference, paid * pct / (100 - pct). A free offer (100%) leaves nothing paid
 # to derive its price from (and divides by zero): the offers table keeps discount_pct below 100
 # (revision 0009), and `compute_roi` refuses an assignment of one before it runs (FREE_OFFERS_SQL).
-DISCOUNT_COST_SQL = "p.amount_cents * o.discount_pct / (100 - o.discount_pct)"
+# The model version whose offers are live: the champion when it has assignments (after a rollback
+# a newer version's assignments are no longer live), else the newest version with some.
+LIVE_ASSIGNMENT_SQL = """(SELECT coalesce(
+    (SELECT v.id FROM model_versions v WHERE v.status = 'champion'
+        AND EXISTS (SELECT 1 FROM offer_assignments a WHERE a.model_version_id = v.id)
+        ORDER BY v.id DESC LIMIT 1),
+    (SELECT max(model_version_id) FROM offer_assignments)))"""
+# Revenue is net: what was paid minus what was refunded (a refunded sale also cost no discount).
+NET_CENTS_SQL = "(p.amount_cents - p.refunded_cents)"
+DISCOUNT_COST_SQL = f"{NET_CENTS_SQL} * o.discount_pct / (100 - o.discount_pct)"
 FREE_OFFERS_SQL = """
 SELECT DISTINCT o.code, o.discount_pct FROM offer_assignments a JOIN offers o ON o.id = a.offer_id
 WHERE a.model_version_id = %s AND o.discount_pct >= 100 ORDER BY o.code
@@ -44,6 +53,21 @@ class PaymentRow:
     currency: str
     status: str
     created_at: datetime
+    refunded_cents: int = 0
+
+
+def is_final(charge: dict[str, Any]) -> bool:
+    """Whether a charge's money can no longer change but by a refund: failed, or succeeded and
+    captured (an authorised charge not captured yet may still be captured, in part, or released)
+    or released in full. A charge that is not final holds the sync's cursor."""
+    status = charge.get("status")
+    if status == "failed":
+        return True
+    if status != "succeeded":
+        return False
+    amount, refunded = charge.get("amount"), charge.get("amount_refunded") or 0
+    released = isinstance(amount, int) and isinstance(refunded, int) and refunded >= amount
+    return charge.get("captured") is not False or released
 
 
 def payment_row(
@@ -52,7 +76,8 @@ def payment_row(
     """A Stripe charge as a `payments` row, or the reason it is quarantined.
 
     Charges carry `metadata.user_id` (the app user) and, when an offer was redeemed,
-    `metadata.coupon` (the Stripe coupon id of the offer).
+    `metadata.coupon` (the Stripe coupon id of the offer). `refunded_cents` is what Stripe has
+    refunded of it (`amount_refunded`); a charge refunded in full is `refunded`.
     """
     metadata = charge.get("metadata") or {}
     amount = charge.get("amount")
@@ -60,6 +85,8 @@ def payment_row(
     amount_refunded = charge.get("amount_refunded") or 0
     if not isinstance(amount, int) or amount < 0:
         return None, f"negative or missing amount {amount!r}"
+    if not isinstance(amount_refunded, int) or not 0 <= amount_refunded <= amount:
+        return None, f"amount_refunded {amount_refunded!r} outside 0-{amount}"
     if created > now:
         return None, f"future timestamp {created.isoformat()}"
     try:
@@ -79,8 +106,8 @@ def payment_row(
         if amount_refunded and amount_refunded >= amount
         else STRIPE_STATUS.get(charge.get("status"))
     )
-    if status is None:
-        return None, f"status {charge.get('status')!r} is not final"
+    if status is None or not is_final(charge):
+        return None, f"status {charge.get('status')!r} (captured {charge.get('captured')!r}) is not final"
     return (
         PaymentRow(
             charge["id"],
@@ -90,6 +117,7 @@ def payment_row(
             (charge.get("currency") or "usd")[:3],
             status,
             created,
+            amount_refunded,
         ),
         None,
     )

@@ -4,10 +4,12 @@ Registered by plugins/ops_dashboard_plugin.py under /ops, with an entry in the U
 Every page is read-only, and so are the offer-serving endpoints (`/offers/shares`, and
 `/offers/decision/<user id>`, which records only the decision it serves, as an impression). The
 one action (roll the offer model back) is a POST that triggers `offer_model_retrain` with
-`rollback = true` as the logged-in user, accepted only from a page of the same origin (the
-Origin, or failing that the Referer, header must name this server: the deployment's
-`[api] base_url`, as a browser behind a TLS-terminating proxy sees it, or the address the
-request came to), so another site cannot make a logged-in browser send it.
+`rollback = true` as the logged-in user. It names the champion the page showed (`champion_id`)
+and is refused (409) when another is champion by then; the DAG checks the name again when it
+runs, so a double-submitted rollback moves the champion back once. It is accepted only from a
+page of the same origin (the Origin, or failing that the Referer, header must name this server:
+the deployment's `[api] base_url`, as a browser behind a TLS-terminating proxy sees it, or the
+address the request came to), so another site cannot make a logged-in browser send it.
 
 A login is not enough: the auth manager decides. Each page needs access to the dashboard (the
 auth manager's custom view `Ops dashboard`) and read access to the runs of the DAGs whose data it
@@ -21,10 +23,11 @@ import html
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from include.ids import APP_DB
+from include.offers.registry import PLOTS
 
 ROLLBACK_DAG = "offer_model_retrain"
 DASHBOARD = "Ops dashboard"  # the plugin's name: the auth manager's custom view of it
@@ -35,7 +38,6 @@ PAGE_DAGS = {
     "offers": ("offer_model_retrain", "roi_sync", "offer_feedback"),
     "audits": ("adversarial_audit",),
 }
-PLOTS = ("roc", "calibration")
 PLOTTED_VERSIONS = 3  # the newest versions whose stored plots the models page shows
 
 STYLE = """
@@ -88,11 +90,16 @@ def render(panels, *, page: str = "overview", pages=("overview",), extra: str = 
     return "".join(parts)
 
 
-def model_extras(plotted: list[tuple[int, int]]) -> str:
-    """The rollback form and the stored plots of (version id, version number) pairs."""
+def model_extras(plotted: list[tuple[int, int]], champion: tuple[int, int] | None) -> str:
+    """The rollback form, naming the (version id, version number) of the champion it rolls back,
+    and the stored plots of (version id, version number) pairs."""
     form = (
-        f"<form method='post' action='models/rollback'><button type='submit' id='rollback'>"
-        f"Roll back the champion (trigger {ROLLBACK_DAG} with rollback = true)</button></form>"
+        "<p class='note'>no champion to roll back</p>"
+        if champion is None
+        else "<form method='post' action='models/rollback'>"
+        f"<input type='hidden' name='champion_id' value='{champion[0]}'>"
+        f"<button type='submit' id='rollback'>Roll back the champion v{champion[1]} (trigger "
+        f"{ROLLBACK_DAG} with rollback = true)</button></form>"
     )
     figures = "".join(
         f"<figure><img src='models/{vid}/{plot}.png' alt='{plot} v{version}' data-plot='{plot}'>"
@@ -149,25 +156,22 @@ def denied(user, dag_ids, method: str = "GET") -> list[str]:
     ]
 
 
-def _stored_plots(cur, s3, versions: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The versions whose report (roc.png) is in S3 next to their artifact."""
-    from botocore.exceptions import ClientError
+def _plotted(cur, versions: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The versions whose evaluation plots are stored (in the database, `model_version_plots`)."""
+    cur.execute(
+        "SELECT DISTINCT model_version_id FROM model_version_plots WHERE model_version_id = ANY(%s)",
+        ([vid for vid, _ in versions],),
+    )
+    stored = {r[0] for r in cur.fetchall()}
+    return [(vid, version) for vid, version in versions if vid in stored]
 
+
+def _offer_champion(cur):
+    """The offer model's champion (the registry's Version), or None."""
     from include.offers import registry
+    from include.offers.model import MODEL_NAME
 
-    found = []
-    for version_id, version in versions:
-        bucket, key = registry.s3_location(_plot_uri(registry.get(cur, version_id), "roc"))
-        try:
-            s3.head_object(Bucket=bucket, Key=key)
-        except ClientError:
-            continue
-        found.append((version_id, version))
-    return found
-
-
-def _plot_uri(version, plot: str) -> str:
-    return version.artifact_uri.rsplit("/", 1)[0] + f"/{plot}.png"
+    return registry.champion(cur, MODEL_NAME)
 
 
 def create_app(conn_id: str = APP_DB) -> FastAPI:
@@ -222,10 +226,9 @@ def create_app(conn_id: str = APP_DB) -> FastAPI:
                 readable_alerts(p, user) if p.title == "Recent alerts" else p for p in page_panels(cur, name)
             ]
             if name == "models":
-                from execplatform.steps.offer_steps import s3_client
-
                 newest = [(row[0], row[2]) for row in panels[0].rows[:PLOTTED_VERSIONS]]
-                extra = model_extras(_stored_plots(cur, s3_client(), newest))
+                current = _offer_champion(cur)
+                extra = model_extras(_plotted(cur, newest), current and (current.id, current.version))
         if name == "overview":
             panels.append(_recovery_events())
         return render(panels, page=name, pages=tuple(PAGES), extra=extra, flash=flash)
@@ -290,38 +293,49 @@ def create_app(conn_id: str = APP_DB) -> FastAPI:
 
     @app.get("/models/{version_id}/{plot}.png", dependencies=[Depends(allowed("models"))])
     def plot_png(version_id: int, plot: str) -> Response:
-        from botocore.exceptions import ClientError
-
         from execplatform.hooks.app_db_hook import AppDatabaseHook
-        from execplatform.steps.offer_steps import s3_client
         from include.offers import registry
 
         if plot not in PLOTS:
             raise HTTPException(404, f"no plot {plot!r}; plots are {', '.join(PLOTS)}")
-        try:
-            with AppDatabaseHook(conn_id).cursor() as cur:
-                uri = _plot_uri(registry.get(cur, version_id), plot)
-            data = registry.get_object(s3_client(), uri)
-        except (LookupError, ClientError) as missing:
-            raise HTTPException(404, f"no stored {plot} plot for model version {version_id}") from missing
+        with AppDatabaseHook(conn_id).cursor() as cur:
+            data = registry.stored_plots(cur, version_id).get(plot)
+        if data is None:
+            raise HTTPException(404, f"no stored {plot} plot for model version {version_id}")
         return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @app.post("/models/rollback")
     def rollback(
         request: Request,
+        champion_id: int = Form(0),  # noqa: B008
         user=Depends(allowed("models", "POST", (ROLLBACK_DAG,))),  # noqa: B008
     ) -> RedirectResponse:
         from airflow.api.common.trigger_dag import trigger_dag
         from airflow.utils.types import DagRunTriggeredByType
 
+        from execplatform.hooks.app_db_hook import AppDatabaseHook
+
         if not same_origin(request):
             raise HTTPException(
                 403, "rollback refused: the request did not come from this dashboard's origin"
             )
+        if champion_id <= 0:
+            raise HTTPException(
+                400, "rollback refused: it must name the champion it rolls back (champion_id)"
+            )
+        with AppDatabaseHook(conn_id).cursor() as cur:
+            current = _offer_champion(cur)
+        if current is None or current.id != champion_id:
+            now = f"v{current.version} (id {current.id})" if current else "none"
+            raise HTTPException(
+                409,
+                f"rollback refused: the page showed champion id {champion_id}, the champion is now "
+                f"{now}; reload the page",
+            )
         run = trigger_dag(
             ROLLBACK_DAG,
             triggered_by=DagRunTriggeredByType.UI,
-            conf={"rollback": True},
+            conf={"rollback": True, "champion_id": champion_id},
             triggering_user_name=user.get_name(),
         )
         models_url = request.scope.get("root_path", "") + "/models"

@@ -14,7 +14,7 @@ import pytest
 
 from devstack.stack import MODEL_BUCKET
 from include.observability.metrics import NAMESPACE
-from include.offers import registry
+from include.offers import jobs, registry
 from include.offers.model import MODEL_NAME
 from tests import offers_fixtures
 from tests.airflow_api import postgres_connection
@@ -219,12 +219,54 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
     with cursor(offers_dsn) as cur:
         second = registry.champion(cur, MODEL_NAME)
     assert second.id != first.id
-    states = _run(dagbag, "offer_model_retrain", rollback=True)
-    assert states["extract"] == "skipped" and states["report"] == "skipped"
+    # the rollback names the champion it rolls back; submitted twice (a double click), it moves
+    # the champion back once: the second run finds it done and changes nothing
+    for _ in range(2):
+        states = _run(dagbag, "offer_model_retrain", rollback=True, champion_id=second.id)
+        assert states["extract"] == "skipped" and states["report"] == "skipped"
+        assert states["retire_rolled_back_offers"] == states["publish_offers"] == "success"
+        with cursor(offers_dsn) as cur:
+            assert registry.champion(cur, MODEL_NAME).id == first.id
+            cur.execute("SELECT status FROM model_versions WHERE id = %s", (second.id,))
+            assert cur.fetchone()[0] == "rejected"
+    with cursor(offers_dsn) as cur:
+        cur.execute(
+            "SELECT model_version_id, stripe_coupon_id, retired_at IS NOT NULL FROM offer_publications"
+            " WHERE model_version_id IN (%s, %s)",
+            (first.id, second.id),
+        )
+        coupons = cur.fetchall()
+        cur.execute(
+            "SELECT count(*) FROM security_events WHERE event_type = 'rollback'"
+            " AND (details->>'retired')::bigint = %s",
+            (second.id,),
+        )
+        assert cur.fetchone()[0] == 1
+    import stripe
+
+    # the rolled-back version's coupons are gone from localstripe: nobody can redeem them; the
+    # restored version's are live (localstripe never applies a coupon to a charge, so a coupon
+    # that cannot be retrieved is one that cannot be redeemed)
+    assert {v for v, _, _ in coupons} == {first.id, second.id}
+    with cursor(offers_dsn) as cur:  # ROI and the customers follow the restored champion's offers
+        assert jobs.latest_assignment(cur) == first.id
+    for version_id, coupon, retired in coupons:
+        assert retired is (version_id == second.id)
+        if version_id == second.id:
+            with pytest.raises(stripe.InvalidRequestError) as gone:
+                client.v1.coupons.retrieve(coupon)
+            assert gone.value.http_status == 404
+        else:
+            assert client.v1.coupons.retrieve(coupon).metadata["model_version_id"] == str(first.id)
+    # a rollback naming a version that is not champion (and was not rolled back to this one) is refused
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from execplatform.steps.offer_steps import roll_back_champion
+
+    with pytest.raises(AirflowFailException, match=f"model version id {second.id + 10**6} does not exist"):
+        roll_back_champion(second.id + 10**6)
     with cursor(offers_dsn) as cur:
         assert registry.champion(cur, MODEL_NAME).id == first.id
-        cur.execute("SELECT status FROM model_versions WHERE id = %s", (second.id,))
-        assert cur.fetchone()[0] == "rejected"
 
 
 def test_a_tampered_champion_is_refused_alerted_and_stays(dagbag, offers_dsn, s3):
@@ -296,7 +338,6 @@ def test_the_offer_story_with_simulated_customers(dagbag, offers_dsn, own_stripe
     reconciles with Stripe and stores attributed and incremental ROI → offer_feedback learns
     from the customers' redemptions. The local stack's `customers` service runs the same code."""
     from devstack import customer_simulator as simulator
-    from include.offers import jobs
 
     client = own_stripe
     _run(dagbag, "offer_model_retrain")

@@ -164,7 +164,7 @@ def test_each_dashboard_page_in_the_browser_renders_its_panels_with_data(
             images = browser.find_elements(By.CSS_SELECTOR, "img[data-plot]")
             assert {i.get_attribute("data-plot") for i in images} == {"roc", "calibration"}
             assert all(browser.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images), (
-                "every stored plot loads from S3"
+                "every stored plot loads (from the database)"
             )
         if name == "audits":
             assert "Leading indicators" in panels
@@ -182,7 +182,10 @@ def test_the_rollback_button_triggers_offer_model_retrain_with_rollback(ops_stac
     ]
     shot(browser, shots, "dashboard-models-rollback-triggered")
     new = [r for r in dag_runs(ops_stack, "offer_model_retrain") if r["dag_run_id"] not in before]
-    assert len(new) == 1 and new[0]["conf"] == {"rollback": True}, new
+    assert len(new) == 1 and set(new[0]["conf"]) == {"rollback", "champion_id"}, new
+    assert new[0]["conf"]["rollback"] is True and new[0]["conf"]["champion_id"] > 0, (
+        "names the champion shown"
+    )
     assert new[0]["dag_run_id"] in flash.text
     assert new[0]["triggering_user_name"] == login["username"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from datetime import date
 from decimal import Decimal
 
@@ -188,17 +187,17 @@ def test_behind_a_tls_proxy_the_configured_base_url_is_this_dashboards_origin(he
     assert same_origin(_request(headers, host="10.0.0.7:8080")) is allowed
 
 
-def test_the_models_page_shows_the_plots_stored_in_s3_behind_the_login(
+def test_the_models_page_shows_the_evaluation_and_the_plots_stored_in_the_database_behind_the_login(
     local_stack, app_head_dsn, monkeypatch
 ):
+    """The plots are read from the database (`model_version_plots`), which outlives the object
+    store: the local stack's moto forgets S3 on a restart."""
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from airflow.api_fastapi.core_api.security import get_user
     from fastapi.testclient import TestClient
     from psycopg2.extensions import parse_dsn
 
-    from devstack.stack import MODEL_BUCKET
     from execplatform.dashboard_app import create_app
-    from execplatform.steps.offer_steps import s3_client
     from include.offers import registry
     from include.offers.plots import line_plot_png
 
@@ -207,24 +206,20 @@ def test_the_models_page_shows_the_plots_stored_in_s3_behind_the_login(
         "AIRFLOW_CONN_DASHBOARD_TEST",
         json.dumps({**conn, "schema": parse_dsn(app_head_dsn)["dbname"]}),
     )
-    prefix = f"s3://{MODEL_BUCKET}/offer_model_{uuid.uuid4().hex[:6]}"
+    metrics = {"auc": 0.71, "log_loss": 0.3, "brier": 0.08, "calibration_error": 0.0123}
+    roc = line_plot_png([0, 0.2, 1], [0, 0.7, 1], title="ROC", xlabel="FPR", ylabel="TPR")
+    calibration = line_plot_png([0, 1], [0, 1], title="Calibration", xlabel="predicted", ylabel="observed")
     with psycopg2.connect(app_head_dsn) as db, db.cursor() as cur:
         cur.execute(
             """
-            INSERT INTO model_versions (model_name, version, status, artifact_uri)
-                VALUES ('offer_model', 1, 'champion', %s), ('offer_model', 2, 'rejected', %s) RETURNING id""",
-            (f"{prefix}/v0001/model.skops", f"{prefix}/v0002/model.skops"),
+            INSERT INTO model_versions (model_name, version, status, metrics)
+                VALUES ('offer_redemption', 1, 'champion', %s), ('offer_redemption', 2, 'rejected', '{}')
+                RETURNING id""",
+            (json.dumps({**metrics, "policy_roi_cents_per_impression": 41.5}),),
         )
         plotted, unplotted = (row[0] for row in cur.fetchall())
+        registry.store_plots(cur, plotted, {"roc": roc, "calibration": calibration})
     db.close()
-    roc = line_plot_png([0, 0.2, 1], [0, 0.7, 1], title="ROC", xlabel="FPR", ylabel="TPR")
-    registry.put_object(s3_client(), f"{prefix}/v0001/roc.png", roc, "image/png")
-    registry.put_object(
-        s3_client(),
-        f"{prefix}/v0001/calibration.png",
-        line_plot_png([0, 1], [0, 1], title="Calibration", xlabel="predicted", ylabel="observed"),
-        "image/png",
-    )
 
     from airflow.api_fastapi.app import create_auth_manager
 
@@ -235,10 +230,17 @@ def test_the_models_page_shows_the_plots_stored_in_s3_behind_the_login(
     app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="ops", role="viewer")
     page = client.get("/models").text
     assert f"src='models/{plotted}/roc.png'" in page and f"src='models/{plotted}/calibration.png'" in page
-    assert f"models/{unplotted}/" not in page, "a version without a stored report shows no broken image"
-    assert "champion: offer_model v1" in page and "id='rollback'" in page and "method='post'" in page
+    assert f"models/{unplotted}/" not in page, "a version without stored plots shows no broken image"
+    assert "champion: offer_redemption v1" in page and "id='rollback'" in page and "method='post'" in page
+    for column, value in (
+        ("calibration_error", "0.0123"),
+        ("policy_value_cents", "41.50"),
+        ("auc", "0.7100"),
+    ):
+        assert f"<th>{column}</th>" in page and f"<td>{value}</td>" in page
     png = client.get(f"/models/{plotted}/roc.png")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content == roc
+    assert client.get(f"/models/{plotted}/calibration.png").content == calibration
     assert client.get(f"/models/{unplotted}/roc.png").status_code == 404
     assert client.get(f"/models/{plotted}/model.png").status_code == 404, "only the plots are served"
     assert all(client.get(f"/{page}").status_code == 200 for page in ("", "offers", "audits"))
@@ -308,6 +310,33 @@ def test_a_viewer_reads_the_pages_but_may_not_trigger_the_rollback(dashboard):
     refused = viewer.post("/models/rollback", headers={"origin": "http://testserver"})
     assert refused.status_code == 403 and "POST runs of offer_model_retrain" in refused.text
     assert _denials(dsn) == [("vera", "/models/rollback", "POST")]
+
+
+def test_a_rollback_must_name_the_champion_the_page_showed(dashboard):
+    """The form carries the champion it rolls back; a request without one, or naming another than
+    the champion now (the page was drawn before a promotion or another rollback), is refused
+    before any run is triggered."""
+    from tests.pg import query
+
+    as_user, dsn = dashboard
+    (champion,) = query(
+        dsn,
+        "INSERT INTO model_versions (model_name, version, status) VALUES ('offer_redemption', 3, 'champion')"
+        " RETURNING id",
+    )[0]
+    op = as_user("admin", "olga")
+    assert f"name='champion_id' value='{champion}'" in op.get("/models").text
+    assert "Roll back the champion v3" in op.get("/models").text
+    origin = {"origin": "http://testserver"}
+    unnamed = op.post("/models/rollback", headers=origin)
+    assert unnamed.status_code == 400 and "must name the champion" in unnamed.text
+    stale = op.post("/models/rollback", headers=origin, data={"champion_id": str(champion + 1)})
+    assert stale.status_code == 409
+    assert f"the page showed champion id {champion + 1}, the champion is now v3 (id {champion})" in stale.text
+    query(dsn, "UPDATE model_versions SET status = 'retired' WHERE id = %s", (champion,))
+    gone = op.post("/models/rollback", headers=origin, data={"champion_id": str(champion)})
+    assert gone.status_code == 409 and "the champion is now none" in gone.text
+    assert "no champion to roll back" in op.get("/models").text
 
 
 def test_alerts_show_only_for_the_dags_a_user_may_read(dashboard, monkeypatch):

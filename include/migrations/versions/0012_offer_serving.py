@@ -13,7 +13,7 @@ Revises: 0011
   the arm started losing) and `retired_at` (no longer served).
 - offer_publications: a model version publishes several offers per segment (each an arm), so
   its key becomes (model version, segment, offer); `retired_at` says when its Stripe coupon was
-  deleted.
+  deleted (the offer lost, or its version was rolled back), so nobody can redeem it any more.
 
 Zero-downtime: new tables; added columns are nullable or have constant defaults (no rewrite);
 the primary key of offer_publications (a table of a few rows per model version) is swapped in

@@ -130,6 +130,7 @@ class StripeHook(BaseHook):
         import stripe
 
         service = self.get_conn().v1.coupons
+        self._report("coupons", wrote=True)
 
         def delete() -> bool:
             try:
@@ -145,6 +146,20 @@ class StripeHook(BaseHook):
     def iter_charges(self, created_after: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
         """Every charge created after `created_after` (unix seconds), page by page."""
         return self.iter_objects("charges", {"created": {"gt": created_after}}, page_size)
+
+    def iter_refunds(self, created_after: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every refund created after `created_after` (unix seconds). Stripe lists refunds newest
+        first, so the listing stops at the first older one (localstripe takes no `created` filter
+        on refunds; the stop works the same on both)."""
+        for refund in self.iter_objects("refunds", None, page_size):
+            if int(refund["created"]) <= created_after:
+                return
+            yield refund
+
+    def retrieve(self, kind: str, object_id: str) -> dict[str, Any]:
+        """The Stripe object `kind` ("charges", "coupons"...) with id `object_id`."""
+        service = getattr(self.get_conn().v1, kind)
+        return self._with_retries(lambda: service.retrieve(object_id)).to_dict()
 
     def iter_objects(
         self, kind: str, params: dict[str, Any] | None = None, page_size: int = 100

@@ -88,9 +88,11 @@ class PublishOffersOperator(BaseOperator):
 
 class SyncStripePaymentsOperator(BaseOperator):
     """
-    Incremental sync of Stripe charges into ``payments``: listed page by page from a cursor on
-    creation time (with an overlap), upserted, impossible ones quarantined; returns the
-    reconciliation counts (listed = inserted + updated + unchanged + quarantined).
+    Incremental sync of Stripe charges into ``payments``: charges listed page by page from a
+    cursor on creation time (with an overlap) that never passes a charge that is not final, and
+    the charges of the refunds made since the refund cursor, fetched again; upserted with what
+    was refunded, impossible ones quarantined; returns the reconciliation counts (listed =
+    inserted + updated + unchanged + quarantined + pending).
 
     :param stripe_conn_id: the Stripe connection.
     :param app_conn_id: the app database.
@@ -119,10 +121,16 @@ class SyncStripePaymentsOperator(BaseOperator):
 
         hook = StripeHook(stripe_conn_id=self.stripe_conn_id)
         with AppDatabaseHook(self.app_conn_id).cursor() as cur:
-            start = jobs.charges_since(cur)
-            counts = jobs.sync_payments(cur, hook.iter_charges(start, page_size=self.page_size))
-        accounted = counts["inserted"] + counts["updated"] + counts["unchanged"] + counts["quarantined"]
+            start, refunds_start = jobs.charges_since(cur), jobs.refunds_since(cur)
+            refunds = list(hook.iter_refunds(refunds_start, page_size=self.page_size))
+            charges = {c["id"]: c for c in hook.iter_charges(start, page_size=self.page_size)}
+            # a refund's charge may be older than the listing: fetched by id (once each)
+            for charge_id in dict.fromkeys(r["charge"] for r in refunds if r.get("charge")):
+                if charge_id not in charges:
+                    charges[charge_id] = hook.retrieve("charges", charge_id)
+            counts = jobs.sync_payments(cur, charges.values(), refunds=refunds)
+        accounted = sum(counts[k] for k in ("inserted", "updated", "unchanged", "quarantined", "pending"))
         if accounted != counts["listed"]:
             raise AirflowFailException(f"payments sync does not reconcile: {counts}")
-        self.log.info("Stripe charges after %d: %s", start, counts)
+        self.log.info("Stripe charges after %d, refunds after %d: %s", start, refunds_start, counts)
         return counts

@@ -46,23 +46,53 @@ def report_refused_artifact(version_id: int, reason: str) -> None:
 # --- offer_model_retrain ----------------------------------------------------------------------
 
 
-def roll_back_champion() -> dict[str, int]:
-    """The champion is retired and the previous one returns (a security event says so)."""
+def roll_back_champion(champion_id: int = 0) -> dict[str, int]:
+    """The champion is rejected and the previous one returns (a security event says so).
+
+    `champion_id` (0: whichever is champion) names the champion to roll back: when another is
+    champion the run fails without retries, naming both; when it was rolled back already (a
+    double-submitted request), nothing changes and the run goes on idempotently."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from execplatform.steps import checked_number
     from include.observability.security_events import log_security_event
     from include.offers import registry
     from include.offers.model import MODEL_NAME
 
+    champion_id = int(checked_number("champion_id", champion_id, low=0, high=2**31 - 1))
     with AppDatabaseHook(APP_DB).cursor() as cur:
-        retired, restored = registry.rollback(cur, MODEL_NAME)
-        log_security_event(
-            cur,
-            "rollback",
-            "warning",
-            object="model_version",
-            retired=retired.id,
-            restored=restored.id,
-        )
-    return {"retired": retired.id, "restored": restored.id}
+        current = registry.champion(cur, MODEL_NAME)
+        try:
+            retired, restored = registry.rollback(cur, MODEL_NAME, champion_id or None)
+        except registry.ChampionChanged as changed:
+            raise AirflowFailException(str(changed)) from None
+        if current is not None and current.id == retired.id:
+            log_security_event(
+                cur,
+                "rollback",
+                "warning",
+                object="model_version",
+                retired=retired.id,
+                restored=restored.id,
+            )
+    return {"retired": retired.id, "restored": restored.id, "already": current.id != retired.id}
+
+
+def retire_offers(version_id: int) -> dict[str, int]:
+    """Delete the Stripe coupons of a version's publications, so nobody can redeem them any
+    more, and mark them retired; a coupon already gone counts as deleted (a re-run is a no-op)."""
+    from execplatform.hooks.stripe_hook import StripeHook
+    from include.offers import jobs
+
+    hook = StripeHook()
+    with AppDatabaseHook(APP_DB).cursor() as cur:
+        live = jobs.live_coupons(cur, version_id)
+    deleted = 0
+    for coupon in live:
+        deleted += hook.delete_coupon(coupon)
+        with AppDatabaseHook(APP_DB).cursor() as cur:
+            jobs.mark_retired(cur, version_id, coupon)
+    return {"model_version_id": version_id, "retired": len(live), "deleted": deleted}
 
 
 def extract_training_data(run_id: str) -> dict[str, Any]:

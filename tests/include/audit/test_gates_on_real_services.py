@@ -194,6 +194,7 @@ def _promote_a_copy(dsn: str, s3) -> int:
             data_fingerprint="copy",
             code_version="copy",
         )
+        registry.store_plots(cur, new.id, registry.stored_plots(cur, old.id))
         registry.promote(cur, m.MODEL_NAME, new.id)
     return new.id
 
@@ -289,6 +290,44 @@ def test_every_published_offer_is_in_stripe_exactly_once(offers_dsn, services):
     evidence = gate(offers_dsn, "stripe_offers_published_once", services)
     assert evidence.passed, evidence
     assert evidence.observed["published"] == 4
+
+
+def test_a_retired_offer_is_gone_from_stripe_and_publishing_it_again_restores_it(offers_dsn, services):
+    """A rolled-back version's offers: their coupons deleted (nobody can redeem them), which the
+    gate checks; a re-run deletes nothing more; publishing the version again (it is rolled back
+    to) makes them anew."""
+    from execplatform.operators.stripe_operators import PublishOffersOperator
+    from execplatform.steps.offer_steps import retire_offers
+
+    version_id = _published_offers(offers_dsn)
+    retire = "UPDATE offer_publications SET retired_at = now() WHERE model_version_id = %s"
+    execute(offers_dsn, retire, (version_id,))  # marked retired, coupons left live: the gate sees it
+    problems = gate(offers_dsn, "stripe_offers_published_once", services).observed["problems"]
+    assert len(problems) == 4 and all(p.endswith(": retired, still in Stripe") for p in problems), problems
+    execute(
+        offers_dsn,
+        "UPDATE offer_publications SET retired_at = NULL WHERE model_version_id = %s",
+        (version_id,),
+    )
+
+    assert retire_offers(version_id) == {"model_version_id": version_id, "retired": 4, "deleted": 4}
+    evidence = gate(offers_dsn, "stripe_offers_published_once", services)
+    assert evidence.passed and (evidence.observed["published"], evidence.observed["retired"]) == (0, 4), (
+        evidence
+    )
+    assert retire_offers(version_id)["retired"] == 0  # a re-run: nothing left to retire
+    execute(
+        offers_dsn,
+        "UPDATE offer_publications SET retired_at = NULL WHERE model_version_id = %s",
+        (version_id,),
+    )
+    assert retire_offers(version_id)["deleted"] == 0, "a coupon already gone counts as deleted (404)"
+
+    PublishOffersOperator(task_id="publish", model_version_id=version_id).execute({})
+    evidence = gate(offers_dsn, "stripe_offers_published_once", services)
+    assert evidence.passed and (evidence.observed["published"], evidence.observed["retired"]) == (4, 0), (
+        evidence
+    )
 
 
 def test_a_missing_duplicated_or_different_offer_in_stripe_fails(offers_dsn, services):
@@ -392,6 +431,130 @@ def test_a_payment_missing_invented_or_altered_in_the_ledger_fails(offers_dsn, s
         evidence.observed["mismatched"],
         evidence.observed["not_in_stripe"],
     ) == ([lost], [altered], ["ch_invented"])
+
+
+def _sync_twice_and_compare(offers_dsn) -> dict:
+    """roi_sync's operator run twice; the second run must change nothing."""
+    from execplatform.operators.stripe_operators import SyncStripePaymentsOperator
+
+    operator = SyncStripePaymentsOperator(task_id="sync")
+    first = operator.execute({})
+    ledger = execute(offers_dsn, "SELECT * FROM payments ORDER BY id")
+    second = operator.execute({})
+    assert second["inserted"] == second["updated"] == 0, second
+    assert execute(offers_dsn, "SELECT * FROM payments ORDER BY id") == ledger  # nothing doubles
+    return first
+
+
+def test_refunds_and_late_succeeding_or_failing_charges_reconcile(offers_dsn, services):
+    """A charge refunded in part after it was synced, an authorised charge captured later (the
+    closest localstripe has to a pending card charge that succeeds: an uncaptured charge is not
+    final), and a SEPA debit that is pending and then fails (localstripe's async path, 0.5 s):
+    after the sync, `payments` and ROI match Stripe to the cent and the gate passes."""
+    from execplatform.hooks.stripe_hook import StripeHook
+
+    client = StripeHook().get_conn()
+    segment, *users = execute(
+        offers_dsn,
+        "SELECT segment, (array_agg(id ORDER BY id))[1:3] FROM users GROUP BY segment"
+        " ORDER BY segment LIMIT 1",
+    )[0]
+    users = users[0]
+    offer_id, code, pct = execute(
+        offers_dsn, "SELECT id, code, discount_pct FROM offers WHERE discount_pct > 0 ORDER BY id LIMIT 1"
+    )[0]
+    version_id = random.randint(10**6, 10**9)
+    coupon = jobs.coupon_id(version_id, segment, code)
+    with cursor(offers_dsn) as cur:
+        cur.execute(
+            "INSERT INTO model_versions (id, model_name, version, status) OVERRIDING SYSTEM VALUE"
+            " VALUES (%s, 'refund_test', 1, 'champion')",
+            (version_id,),
+        )
+        cur.execute(
+            "INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id,"
+            " stripe_coupon_id) VALUES (%s, %s, %s, %s, %s)",
+            (version_id, segment, offer_id, f"prod_{coupon}", coupon),
+        )
+        for user_id in users:
+            cur.execute(
+                "INSERT INTO offer_assignments (model_version_id, user_id, segment, offer_id, holdout,"
+                " assigned_at) VALUES (%s, %s, %s, %s, false, now() - interval '1 hour')",
+                (version_id, user_id, segment, offer_id),
+            )
+
+    def charge(user_id: int, amount: int, method: dict, **extra) -> dict:
+        source = client.v1.payment_methods.create(method).id
+        metadata = {"user_id": str(user_id), "coupon": coupon}
+        params = {"amount": amount, "currency": "usd", "source": source, "metadata": metadata}
+        return client.v1.charges.create({**params, **extra}).to_dict()
+
+    card = {
+        "type": "card",
+        "card": {"number": "4242424242424242", "exp_month": 1, "exp_year": 2031, "cvc": "321"},
+    }
+    declined_debit = {"type": "sepa_debit", "sepa_debit": {"iban": "DE62370400440532013001"}}
+    refunded = charge(users[0], 5000, card)
+    authorised = charge(users[1], 3000, card, capture=False)
+    debit = charge(users[2], 2000, declined_debit)
+    assert (authorised["status"], authorised["captured"], debit["status"]) == ("succeeded", False, "pending")
+
+    first = _sync_twice_and_compare(offers_dsn)
+    assert first["pending"] >= 1  # the authorised charge, and the debit if it had not failed yet
+    (position,) = execute(
+        offers_dsn, "SELECT position FROM sync_cursors WHERE name = %s", (jobs.CHARGES_CURSOR,)
+    )[0]
+    assert position < authorised["created"]  # held before the charge that is not final
+    ids = [refunded["id"], authorised["id"], debit["id"]]
+    ledger = (
+        "SELECT stripe_payment_id, amount_cents, refunded_cents, status FROM payments"
+        " WHERE stripe_payment_id = ANY(%s) ORDER BY amount_cents DESC"
+    )
+    assert execute(offers_dsn, ledger, (ids,))[0] == (refunded["id"], 5000, 0, "succeeded")
+
+    time.sleep(1.1)  # the refund and capture come later; one more charge moves the cursor past all three
+    client.v1.refunds.create({"charge": refunded["id"], "amount": 1500})
+    client.v1.charges.capture(authorised["id"])
+    charge(users[0], 700, card)
+    _sync_twice_and_compare(offers_dsn)
+
+    stripe = {c: client.v1.charges.retrieve(c) for c in ids}
+    assert [(stripe[c].status, stripe[c].amount_refunded) for c in ids] == [
+        ("succeeded", 1500),
+        ("succeeded", 0),
+        ("failed", 0),
+    ]
+    assert execute(offers_dsn, ledger, (ids,)) == [
+        (refunded["id"], 5000, 1500, "succeeded"),
+        (authorised["id"], 3000, 0, "succeeded"),
+        (debit["id"], 2000, 0, "failed"),
+    ]
+    evidence = gate(offers_dsn, "stripe_payments_reconcile", services)
+    assert evidence.passed, evidence
+    # the newest refund's charge waits for a later refund, as the newest charge for a later charge
+    assert evidence.observed["stripe"]["refunded_since_sync"] == 1
+
+    with cursor(offers_dsn) as cur:
+        (roi,) = jobs.compute_roi(cur, version_id)
+    net = 5000 - 1500 + 3000 + 700  # the failed debit brings nothing, the refund is taken off
+    assert roi.attributed_revenue_cents == net
+    assert roi.discount_cost_cents == round(net * float(pct) / (100 - float(pct)))
+
+    # refunded in full after the sync: the gate leaves it to the next sync (with the charge of the
+    # newest refund that sync read, as above), which takes it
+    time.sleep(1.1)  # in a later second than the refund before
+    client.v1.refunds.create({"charge": authorised["id"]})
+    evidence = gate(offers_dsn, "stripe_payments_reconcile", services)
+    assert evidence.passed and evidence.observed["stripe"]["refunded_since_sync"] == 2, evidence
+    _sync_twice_and_compare(offers_dsn)
+    assert execute(offers_dsn, ledger, (ids,))[1] == (authorised["id"], 3000, 3000, "refunded")
+    evidence = gate(offers_dsn, "stripe_payments_reconcile", services)
+    assert evidence.passed, evidence
+    stripe_refunded, ledger_refunded = (evidence.observed[k]["refunded_cents"] for k in ("stripe", "ledger"))
+    assert stripe_refunded == ledger_refunded == 1500  # the partial refund; the full one waits
+    with cursor(offers_dsn) as cur:
+        (roi,) = jobs.compute_roi(cur, version_id)
+    assert roi.attributed_revenue_cents == net - 3000
 
 
 # --- security ---------------------------------------------------------------------------------

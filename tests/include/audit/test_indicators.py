@@ -138,6 +138,9 @@ def test_the_champion_is_scored_on_the_days_impressions_and_each_feature_gets_a_
     with cursor(offers_dsn) as cur:
         trained = jobs.train(cur, s3, snapshot_uri=uri, bucket=MODEL_BUCKET, valid_days=21)
     with cursor(offers_dsn) as cur:
+        jobs.evaluate(
+            cur, s3, snapshot_uri=uri, version_id=trained["version_id"], valid_from=trained["valid_from"]
+        )
         registry.promote(cur, "offer_redemption", trained["version_id"])
         cur.execute(
             "SELECT occurred_at::date FROM user_events WHERE event_type = 'impression' "

@@ -79,7 +79,9 @@ def test_every_probe_is_refused_or_quarantined_and_production_is_unchanged(
     assert by_name["charge_negative_amount"].reason.startswith("negative or missing amount -500")
     assert by_name["charge_coupon_is_injection"].outcome == "quarantined"
     assert by_name["training_negative_amount"].reason == "negative amount"
-    assert {r.outcome for r in results} == {"refused", "quarantined", "inert"}
+    assert by_name["charge_status_not_final"].outcome == "held"
+    assert by_name["charge_refund_over_amount"].reason.startswith("amount_refunded 1500 outside 0-1000")
+    assert {r.outcome for r in results} == {"refused", "quarantined", "held", "inert"}
     # hostile values added with issue 27: each refused where it enters
     assert "max_attempts must be an integer from 1 to 100" in by_name["enqueue_huge_max_attempts"].reason
     assert "execution_tasks_ai_model_format" in by_name["enqueue_path_in_ai_model"].reason

@@ -108,6 +108,12 @@ def test_first_model_is_registered_verified_and_promoted_and_retraining_is_idemp
         )
         status, sha, fingerprint, code, ordered, calibrated = cur.fetchone()
     assert (status, ordered, calibrated) == ("champion", True, True)
+    with cursor(offers_dsn) as cur:  # the first champion, too, carries its evaluation and plots
+        champion = registry.get(cur, version_id)
+        plots = registry.stored_plots(cur, version_id)
+    assert all(isinstance(champion.metrics[k], float) for k in registry.EVALUATION)
+    assert 0 <= champion.metrics["calibration_error"] < 0.1
+    assert set(plots) == set(registry.PLOTS) and all(p.startswith(b"\x89PNG") for p in plots.values())
     assert fingerprint == result["extracted"]["data_fingerprint"] and code == m.code_version()
     data = registry.get_object(s3, f"s3://{MODEL_BUCKET}/{m.MODEL_NAME}/v0001/model.skops")
     assert registry.sha256_bytes(data) == sha
@@ -234,3 +240,26 @@ def test_sanity_gates_refuse_collapsed_or_poor_models():
     assert not registry.decide({**good, "auc": 0.55}, None, gates)[0]
     assert not registry.decide(good, {**good, "auc": 0.799}, gates)[0]  # within the margin
     assert registry.decide(good, {**good, "auc": 0.79}, gates)[0]
+
+
+def test_a_version_without_a_recorded_evaluation_is_never_promoted(offers_dsn, s3):
+    uri = snapshot_uri("unevaluated")
+    with cursor(offers_dsn) as cur:
+        jobs.extract(cur, s3, uri, NOW)
+    with cursor(offers_dsn) as cur:
+        trained = jobs.train(cur, s3, snapshot_uri=uri, bucket=MODEL_BUCKET, valid_days=21)
+    with cursor(offers_dsn) as cur, pytest.raises(registry.NotEvaluated) as refused:
+        registry.promote(cur, m.MODEL_NAME, trained["version_id"])
+    assert "calibration_error, policy_roi_cents_per_impression, roc plot, calibration plot" in str(
+        refused.value
+    )
+    with cursor(offers_dsn) as cur:
+        assert registry.champion(cur, m.MODEL_NAME) is None
+
+
+def test_calibration_error_is_the_weighted_gap_between_predicted_and_observed():
+    y = np.array([0, 0, 0, 1] * 25)
+    assert m.calibration_error(y, np.full(100, 0.25), bins=1) == pytest.approx(0.0)
+    assert m.calibration_error(y, np.full(100, 0.65)) == pytest.approx(0.4)
+    p = np.linspace(0, 1, 100)
+    assert m.calibration_error((p > 0.5).astype(int), p, bins=2) == pytest.approx(0.25, abs=0.01)

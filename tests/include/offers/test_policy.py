@@ -21,7 +21,7 @@ from include.offers.policy import (
     thompson_shares,
 )
 from include.offers.products import PRODUCT_PRICES_CENTS
-from include.offers.roi import payment_row, segment_roi
+from include.offers.roi import is_final, payment_row, segment_roi
 from tests import offers_fixtures
 from tests.offers_fixtures import cursor, snapshot_uri
 
@@ -110,6 +110,34 @@ def test_payment_rows_quarantine_impossible_charges():
     for expected, charge in cases.items():
         row, reason = payment_row(charge, known_users=users, coupon_offers=coupons, now=NOW)
         assert row is None and reason.startswith(expected), (expected, reason)
+
+
+def test_a_charge_is_final_once_failed_captured_or_released_and_carries_its_refunds():
+    users, coupons = {7}, {}
+    base = {
+        "id": "ch_2",
+        "amount": 1000,
+        "created": 1_780_000_000,
+        "status": "succeeded",
+        "captured": True,
+        "amount_refunded": 0,
+        "metadata": {"user_id": "7"},
+    }
+    not_final = [{**base, "status": "pending"}, {**base, "captured": False}]
+    final = [
+        base,
+        {**base, "status": "failed", "captured": False},
+        {**base, "captured": False, "amount_refunded": 1000},
+    ]
+    assert [is_final(c) for c in not_final + final] == [False, False, True, True, True]
+    for charge in not_final:
+        row, reason = payment_row(charge, known_users=users, coupon_offers=coupons, now=NOW)
+        assert row is None and "is not final" in reason
+    partly, fully, too_much = ({**base, "amount_refunded": n} for n in (250, 1000, 1001))
+    rows = [payment_row(c, known_users=users, coupon_offers=coupons, now=NOW)[0] for c in (partly, fully)]
+    assert [(r.status, r.refunded_cents) for r in rows] == [("succeeded", 250), ("refunded", 1000)]
+    row, reason = payment_row(too_much, known_users=users, coupon_offers=coupons, now=NOW)
+    assert row is None and reason == "amount_refunded 1001 outside 0-1000"
 
 
 def test_incremental_roi_is_the_lift_over_the_holdout_with_an_interval():
