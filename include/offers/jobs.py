@@ -413,15 +413,25 @@ def coupon_id(model_version_id: int, segment: str, offer_code: str) -> str:
     return f"mv{model_version_id}-{segment}-{offer_code}".lower()
 
 
+# an arm the bandit retired for losing (as opposed to one a new champion or a rollback set aside)
+RETIRED_FOR_LOSING = "a.retired_at IS NOT NULL AND a.losing_since IS NOT NULL"
+
+
 def publications(cur, model_version_id: int) -> list[dict[str, Any]]:
+    """A version's offers to publish: all but those whose arm was retired for losing. A
+    publication retired with its version (a rollback away from it) is published again when the
+    version is rolled back to."""
     frame = _rows(
         cur,
-        """
+        f"""
         SELECT p.segment, p.stripe_product_id, p.stripe_coupon_id, o.id AS offer_id, o.code,
                o.product, o.discount_pct::float8 AS discount_pct
         FROM offer_publications p JOIN offers o ON o.id = p.offer_id
-        WHERE p.model_version_id = %s AND p.retired_at IS NULL ORDER BY p.segment, o.code
-        """,
+        WHERE p.model_version_id = %s AND NOT EXISTS (
+            SELECT 1 FROM offer_bandit_arms a
+            WHERE a.segment = p.segment AND a.offer_id = p.offer_id AND {RETIRED_FOR_LOSING})
+        ORDER BY p.segment, o.code
+        """,  # noqa: S608 (a module constant)
         (model_version_id,),
     )
     return frame.to_dict("records")
@@ -637,14 +647,13 @@ def retired_publications(cur) -> list[dict[str, Any]]:
     """Published offers whose arm was retired for losing, and whose Stripe coupon is still live."""
     return _rows(
         cur,
-        """
+        f"""
         SELECT p.model_version_id, p.segment, p.offer_id, p.stripe_coupon_id
         FROM offer_publications p
         JOIN offer_bandit_arms a ON a.segment = p.segment AND a.offer_id = p.offer_id
-        WHERE a.retired_at IS NOT NULL AND a.losing_since IS NOT NULL
-          AND p.published_at IS NOT NULL AND p.retired_at IS NULL
+        WHERE {RETIRED_FOR_LOSING} AND p.published_at IS NOT NULL AND p.retired_at IS NULL
         ORDER BY p.stripe_coupon_id
-        """,
+        """,  # noqa: S608 (a module constant)
     ).to_dict("records")
 
 
