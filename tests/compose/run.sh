@@ -82,5 +82,5 @@ phase "images built"
 "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
 "${COMPOSE[@]}" up -d --no-build --scale airflow-worker=2
 phase "stack up"
-.venv/bin/pytest -p no:cacheprovider --basetemp="$STATE/pytest" "$HERE" "$@"
+.venv/bin/pytest -p no:cacheprovider --basetemp="$STATE/pytest" -o log_cli=true --log-cli-level=WARNING "$HERE" "$@"
 phase "suite passed"
