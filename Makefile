@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.8
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run up down env psql metrics connections-file test test-fast test-stack test-e2e test-pg15 lint fmt bench lock clean
+.PHONY: run up down env psql metrics connections-file test test-fast test-stack test-e2e test-pg15 test-compose lint fmt bench lock clean
 
 # The venv is rebuilt only when the lock changes; a second `make` reuses it. The project's own
 # provider (plugins/execplatform) is installed editable, with the locked setuptools and nothing
@@ -50,7 +50,7 @@ fmt: $(VENV)/.installed  ## format the code and apply ruff's safe fixes
 # The test tiers. tests/conftest.py marks every test that needs a server (`stack`: it uses the
 # local stack's fixtures) and every suite under tests/e2e (`airflow_stack`), so the fast tier is
 # what is left; pytest fails (exit 5) when a tier selects nothing.
-FAST_TIER := not stack and not airflow_stack
+FAST_TIER := not stack and not airflow_stack and not compose_stack
 
 test: lint  ## lint, then every tier in turn: fast, server-backed, end-to-end
 	$(VENV)/bin/pytest -m "$(FAST_TIER)"
@@ -76,6 +76,12 @@ test-pg15: $(VENV)/.installed
 	  tests/include/migrations/test_undo.py tests/include/migrations/test_schema_lock.py \
 	  tests/include/migrations/test_throttle.py \
 	  tests/include/backup/test_archive.py
+
+# docker-compose.yaml run for real (tests/compose/run.sh): installs Docker when missing (root),
+# starts dockerd when none runs, builds the images from a Debian base, `up` with two Celery
+# workers, the suite in tests/compose over the REST API, then `down -v`. Prints its wall time.
+test-compose: $(VENV)/.installed
+	tests/compose/run.sh
 
 bench: $(VENV)/.installed
 	@set -e; for f in bench/bench_*.py; do $(PY) $$f; done

@@ -38,12 +38,15 @@ SERVER_FIXTURES = frozenset(
     }
 )
 E2E = ROOT / "tests" / "e2e"
+COMPOSE_SUITE = ROOT / "tests" / "compose"  # runs against `docker-compose up` (make test-compose)
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if E2E in item.path.parents:
             item.add_marker(pytest.mark.airflow_stack)
+        elif COMPOSE_SUITE in item.path.parents:
+            item.add_marker(pytest.mark.compose_stack)
         elif SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.stack)
 

@@ -1,10 +1,11 @@
-"""Static checks of the multi-host setup: docker-compose.yaml and the Airflow Dockerfile.
+"""Static checks of the compose setup: docker-compose.yaml and the Airflow Dockerfile.
 
 The compose file is loaded as Docker Compose loads it: YAML (anchors and ``<<`` merges
-resolved), then ``${VAR:-default}`` interpolation with an empty environment (so the dev
-defaults are what gets checked), then validation against the Compose specification by the
-``compose-spec`` package, whose Rust parser rejects unknown keys and wrongly typed values.
-No Docker daemon is needed.
+resolved), then interpolation with make test-compose's env file (tests/compose/test.env) as the
+environment: the dev defaults (``${VAR:-default}``) are what gets checked, and the secrets,
+which have none (``${VAR:?message}``), take the test's values; then validation against the
+Compose specification by the ``compose-spec`` package, whose Rust parser rejects unknown keys
+and wrongly typed values. No Docker daemon is needed (`make test-compose` runs the file).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from packaging.specifiers import SpecifierSet
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
+TEST_ENV = ROOT / "tests" / "compose" / "test.env"
 REQUIREMENTS = ROOT / "requirements.txt"
 
 AIRFLOW_SERVICES = {
@@ -56,20 +58,27 @@ PROJECT_MOUNTS = {
     "./dags": "/opt/airflow/dags",
     "./plugins": "/opt/airflow/plugins",
     "./include": "/opt/airflow/include",
-    "./config": "/opt/airflow/config",
 }
 
-# Compose interpolation: $$ (literal $), ${VAR}, ${VAR:-default}, ${VAR-default}, $VAR.
+# Compose interpolation: $$ (literal $), ${VAR}, ${VAR:-default}, ${VAR-default},
+# ${VAR:?message}, $VAR.
 _VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_]\w*))")
-_BRACED = re.compile(r"(?P<name>[A-Za-z_]\w*)(?::?-(?P<default>.*))?", re.DOTALL)
+_BRACED = re.compile(r"(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?-|:\?)(?P<word>.*))?", re.DOTALL)
 
 
-def _interpolate(value: Any, missing: set[str]) -> Any:
-    """Substitute variables as Compose does with nothing set; record those lacking a default."""
+def test_env() -> dict[str, str]:
+    """make test-compose's env file: the values its stack runs with."""
+    lines = TEST_ENV.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _interpolate(value: Any, env: dict[str, str], found: dict[str, set[str]]) -> Any:
+    """Substitute variables as Compose does with `env` set; record each variable's kind in
+    `found`: "default" (has one), "required" (``:?``, no default) or "bare" (neither)."""
     if isinstance(value, dict):
-        return {key: _interpolate(item, missing) for key, item in value.items()}
+        return {key: _interpolate(item, env, found) for key, item in value.items()}
     if isinstance(value, list):
-        return [_interpolate(item, missing) for item in value]
+        return [_interpolate(item, env, found) for item in value]
     if not isinstance(value, str):
         return value
 
@@ -77,23 +86,34 @@ def _interpolate(value: Any, missing: set[str]) -> Any:
         if match["escaped"]:
             return "$"
         if match["named"]:
-            missing.add(match["named"])
-            return ""
+            found["bare"].add(match["named"])
+            return env.get(match["named"], "")
         braced = _BRACED.fullmatch(match["braced"])
         if braced is None:
             raise ValueError(f"unsupported interpolation ${{{match['braced']}}} in {value!r}")
-        if braced["default"] is None:
-            missing.add(braced["name"])
-            return ""
-        return braced["default"]
+        name, op, word = braced["name"], braced["op"], braced["word"]
+        if op is None:
+            found["bare"].add(name)
+            return env.get(name, "")
+        if op == ":?":
+            found["required"].add(name)
+            if not env.get(name):
+                raise ValueError(f"{name} is required ({word}) and not set")
+            return env[name]
+        found["default"].add(name)
+        if op == ":-":
+            return env.get(name) or word
+        return env.get(name, word)
 
     return _VARIABLE.sub(substitute, value)
 
 
-def _load_compose() -> tuple[dict[str, Any], set[str]]:
-    missing: set[str] = set()
-    document = _interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), missing)
-    return document, missing
+def _load_compose(env: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, set[str]]]:
+    found: dict[str, set[str]] = defaultdict(set)
+    document = _interpolate(
+        yaml.safe_load(COMPOSE_FILE.read_text()), test_env() if env is None else env, found
+    )
+    return document, found
 
 
 def _validate(document: dict[str, Any]) -> PyCompose:
@@ -159,9 +179,31 @@ def test_compose_spec_validation_rejects_a_broken_file(
         _validate(broken)
 
 
-def test_every_variable_has_a_dev_default() -> None:
-    _, missing = _load_compose()
-    assert not missing, f"variables without a ${{VAR:-default}} dev default: {sorted(missing)}"
+SECRETS = {
+    "AIRFLOW_ADMIN_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "APP_DB_PASSWORD",
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_API_SECRET_KEY",
+    "AIRFLOW_FERNET_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "STRIPE_API_KEY",
+}
+
+
+def test_secrets_have_no_default_and_every_other_variable_has_one() -> None:
+    _, found = _load_compose()
+    assert found["required"] == SECRETS
+    assert not found["bare"], f"variables with neither a default nor :? {sorted(found['bare'])}"
+    assert not (found["default"] & SECRETS), sorted(found["default"] & SECRETS)
+
+
+@pytest.mark.parametrize("secret", sorted(SECRETS))
+def test_compose_refuses_to_start_without_a_secret(secret: str) -> None:
+    env = {k: v for k, v in test_env().items() if k != secret}
+    with pytest.raises(ValueError, match=f"{secret} is required"):
+        _load_compose(env)
 
 
 def test_references_point_at_defined_services_and_volumes(compose: dict[str, Any]) -> None:
@@ -267,18 +309,47 @@ def test_connections_point_at_the_compose_services(common_env: dict[str, str]) -
     smtp = conn("SMTP_DEFAULT")
     assert (smtp["host"], smtp["port"]) == ("smtp-sink", 1025)
     redis = conn("REDIS_DEFAULT")
-    assert (redis["host"], redis["port"], redis["extra"]["db"]) == ("redis", 6379, 1)
-    # db 0 is the Celery broker; the cache must not share it.
-    assert common_env["AIRFLOW__CELERY__BROKER_URL"].endswith("/0")
+    # as on the local stack: the cache in db 0, the Celery broker in db 1
+    assert (redis["host"], redis["port"], redis["extra"]["db"]) == ("redis", 6379, 0)
+    assert common_env["REDIS_URL"] == "redis://redis:6379/0"
+    assert common_env["AIRFLOW__CELERY__BROKER_URL"].endswith("/1")
 
 
 def test_secrets_come_from_variables() -> None:
     raw = yaml.safe_load(COMPOSE_FILE.read_text())
     env = raw["x-airflow-common"]["environment"]
-    assert "${APP_DB_PASSWORD:-" in env["AIRFLOW_CONN_APP_DB"]
-    assert "${STRIPE_API_KEY:-" in env["AIRFLOW_CONN_STRIPE_DEFAULT"]
-    assert "${AIRFLOW_DB_PASSWORD:-" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    assert "${APP_DB_PASSWORD:-" in raw["services"]["app-db"]["environment"]["POSTGRES_PASSWORD"]
+    assert "${APP_DB_PASSWORD:?" in env["AIRFLOW_CONN_APP_DB"]
+    assert "${STRIPE_API_KEY:?" in env["AIRFLOW_CONN_STRIPE_DEFAULT"]
+    assert "${AIRFLOW_DB_PASSWORD:?" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert "${APP_DB_PASSWORD:?" in raw["services"]["app-db"]["environment"]["POSTGRES_PASSWORD"]
+
+
+def test_the_ui_is_published_on_loopback_unless_told_otherwise() -> None:
+    document, _ = _load_compose({**test_env(), "AIRFLOW_UI_PORT": "8080"})
+    assert document["services"]["airflow-apiserver"]["ports"] == ["127.0.0.1:8080:8080"]
+    for name, service in document["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_redis_is_configured_as_the_cache_expects(services: dict[str, dict[str, Any]]) -> None:
+    """A memory cap with LFU eviction, as on the local stack (devstack/stack.py)."""
+    command = services["redis"]["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--maxmemory-policy") + 1] == "allkeys-lfu"
+    assert command[command.index("--maxmemory") + 1] == "256mb"
+
+
+def test_postgres_is_the_major_that_make_test_pg15_covers(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("postgres", "app-db", "rehearsal-db"):
+        assert services[name]["image"] == "postgres:15", name
+    assert re.search(r"^ENV PG_BIN=/usr/lib/postgresql/15/bin$", DOCKERFILE.read_text(), re.M)
+
+
+def test_every_image_is_pinned(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        image = service.get("image", "")
+        assert not image.endswith(":latest") and ":" in image, f"{name} uses an unpinned image {image!r}"
 
 
 # (e) import path and mounts
@@ -287,7 +358,7 @@ def test_secrets_come_from_variables() -> None:
 def test_include_is_importable_in_every_airflow_container(
     services: dict[str, dict[str, Any]], common_env: dict[str, str]
 ) -> None:
-    assert common_env["PYTHONPATH"] == "/opt/airflow"
+    assert common_env["PYTHONPATH"] == "/opt/airflow:/opt/airflow/plugins"
     for name in AIRFLOW_SERVICES:
         mounts = _short_mounts(services[name])
         for source, target in PROJECT_MOUNTS.items():
@@ -305,12 +376,17 @@ def _pinned_airflow_version() -> str:
 
 
 def _dockerfile_base() -> re.Match[str]:
+    """The default of the base image's build argument, and that the FROM line uses it."""
+    text = DOCKERFILE.read_text()
     match = re.search(
-        r"^FROM\s+apache/airflow:(?P<airflow>[\d.]+)-python(?P<python>[\d.]+)\s*$",
-        DOCKERFILE.read_text(),
+        r"^ARG\s+AIRFLOW_BASE_IMAGE=apache/airflow:(?P<airflow>[\d.]+)-python(?P<python>[\d.]+)\s*$",
+        text,
         re.MULTILINE,
     )
-    assert match, "Dockerfile does not start FROM apache/airflow:<version>-python<version>"
+    assert match, (
+        "Dockerfile's AIRFLOW_BASE_IMAGE does not default to apache/airflow:<version>-python<version>"
+    )
+    assert re.search(r"^FROM\s+\$\{AIRFLOW_BASE_IMAGE\}\s*$", text, re.MULTILINE)
     return match
 
 

@@ -4,7 +4,9 @@ channel of its level must show it within a time limit.
 The failure carries a token of letters only (the alert fingerprint blanks digits and ids, so a
 token of letters keeps each audit's alert its own group: never folded into an earlier one).
 `wait_for_delivery` polls one reader per channel until each has seen the token or the time is
-up; a channel that could not be read at all counts as not delivered, with the reason.
+up; a channel that could not be read counts as not delivered, with the reason. A channel that
+this deployment gives no way to read back (no test mailbox, no Sentry read-back configured) is
+`NotApplicable`: reported with its reason, neither passed nor failed.
 """
 
 from __future__ import annotations
@@ -24,26 +26,44 @@ def synthetic_token(length: int = 16) -> str:
 
 
 @dataclass(frozen=True)
+class NotApplicable:
+    """A channel's reader where the deployment configures no read-back for it: why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Delivery:
     channel: str
-    seconds: float | None  # None: not seen within the limit
+    seconds: float | None  # None: not seen within the limit (or not applicable)
     problem: str = ""
+    not_applicable: str = ""  # the reason, when the channel cannot be checked here
+
+    @property
+    def missing(self) -> bool:
+        return self.seconds is None and not self.not_applicable
 
     def __str__(self) -> str:
+        if self.not_applicable:
+            return f"{self.channel:<7} not applicable: {self.not_applicable}"
         if self.seconds is not None:
             return f"{self.channel:<7} delivered after {self.seconds:.1f} s"
         return f"{self.channel:<7} NOT delivered{': ' + self.problem if self.problem else ''}"
 
 
 def wait_for_delivery(
-    readers: dict[str, Callable[[], bool] | str], deadline_seconds: float, poll_seconds: float = 0.5
+    readers: dict[str, Callable[[], bool] | str | NotApplicable],
+    deadline_seconds: float,
+    poll_seconds: float = 0.5,
 ) -> list[Delivery]:
-    """Poll each reader (a callable that says whether the token arrived, or a string saying why the
-    channel cannot be read) until all have seen it or `deadline_seconds` have passed."""
+    """Poll each reader (a callable that says whether the token arrived, a string saying why the
+    channel cannot be read, or `NotApplicable`) until all have seen it or `deadline_seconds` have
+    passed."""
     start = time.monotonic()
     seen: dict[str, float] = {}
+    skipped = {c: r.reason for c, r in readers.items() if isinstance(r, NotApplicable)}
     problems = {c: r for c, r in readers.items() if isinstance(r, str)}
-    pending = {c: r for c, r in readers.items() if not isinstance(r, str)}
+    pending = {c: r for c, r in readers.items() if callable(r)}
     while pending:
         for channel, read in list(pending.items()):
             try:
@@ -58,7 +78,9 @@ def wait_for_delivery(
             break
         time.sleep(poll_seconds)
     return [
-        Delivery(
+        Delivery(c, None, not_applicable=skipped[c])
+        if c in skipped
+        else Delivery(
             c,
             seen.get(c),
             problems.get(c, "" if c in seen else f"not seen within {deadline_seconds} s"),

@@ -670,15 +670,27 @@ def security_api_requires_login(
     cur, limits: Mapping[str, float], services: Services | None = None
 ) -> Evidence:
     """The Airflow REST API (and the UI behind the same login) refuses a request without a
-    token. The address is Airflow's own `[api] base_url`."""
+    token. The address comes from the deployment's own settings: `[api] base_url`, else the
+    api-server that the workers reach (`[core] execution_api_server_url`, less its path)."""
     import os
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     gate = "security_api_requires_login"
     base = os.environ.get("AIRFLOW__API__BASE_URL", "").rstrip("/")
+    if not base and (execution := os.environ.get("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "")):
+        parts = urllib.parse.urlsplit(execution)
+        base = f"{parts.scheme}://{parts.netloc}"
     if not base:
-        return Evidence(gate, False, "AIRFLOW__API__BASE_URL is not set: cannot reach the API", "401", "")
+        return Evidence(
+            gate,
+            False,
+            "neither AIRFLOW__API__BASE_URL nor AIRFLOW__CORE__EXECUTION_API_SERVER_URL is set: "
+            "cannot reach the API",
+            "401",
+            "",
+        )
     url = f"{base}/api/v2/dags"
     try:
         with urllib.request.urlopen(url, timeout=10) as response:

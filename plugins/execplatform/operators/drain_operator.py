@@ -43,6 +43,9 @@ class DrainQueueOperator(BaseOperator):
     :param idle_seconds: (templated) once the queue is empty, wait this long for new work (the
         queue's notifications) before ending; 0 ends at once.
     :param cache_ttl_seconds: (templated) TTL per cache namespace (``executor`` covers all models).
+
+    A claim holds its tasks for ``$TASK_LEASE_SECONDS`` (default 300), renewed while the drain
+    lives: how long the tasks of a worker that died wait before the reaper requeues them.
     """
 
     template_fields = (
@@ -148,6 +151,7 @@ class DrainQueueOperator(BaseOperator):
                 budget_seconds=budget_seconds,
                 idle_seconds=idle_seconds,
                 owner=owner,
+                lease_seconds=float(os.environ.get("TASK_LEASE_SECONDS", "300")),
                 on_batch=alert_once_if_cache_down,
             )
         alert_once_if_cache_down()

@@ -1,5 +1,11 @@
 """adversarial_audit's alarm audit: inject a synthetic critical failure through PlatformAlertNotifier
-and check that the alerts table, CloudWatch, email and Sentry each received it in time."""
+and check that the alerts table, CloudWatch, email and Sentry each received it in time.
+
+The synthetic alert says so in its title and goes by email to `$ALARM_AUDIT_EMAIL_TO` (a test
+mailbox), never to the on-call's `$ALERT_EMAIL_TO`. A channel is read back only where the
+deployment says how: email from `$SMTP_SINK_DIR` (a folder of the test mailbox's messages),
+Sentry from `$SENTRY_SINK_DIR` (the envelopes its DSN's endpoint received). Without one, the
+channel is *not applicable*, with the reason, rather than failed every day."""
 
 from __future__ import annotations
 
@@ -19,10 +25,10 @@ DAG_ID = "adversarial_audit"
 
 
 def _readers(token: str, task_id: str, started: datetime, conn_id: str, aws_conn_id: str) -> dict[str, Any]:
-    """One reader per channel. Email and Sentry are read where the stack's sinks store them
-    ($SMTP_SINK_DIR, $SENTRY_SINK_DIR); without a sink the channel cannot be verified."""
+    """One reader per channel. Email and Sentry are read back where the deployment configures
+    it ($SMTP_SINK_DIR, $SENTRY_SINK_DIR); elsewhere they are not applicable."""
     from execplatform.hooks.cloudwatch_hook import CloudWatchMetricsHook
-    from include.audit.alarm_check import read_envelopes, read_messages
+    from include.audit.alarm_check import NotApplicable, read_envelopes, read_messages
     from include.observability.metrics import NAMESPACE, standard_dimensions
 
     def table() -> bool:
@@ -47,7 +53,7 @@ def _readers(token: str, task_id: str, started: datetime, conn_id: str, aws_conn
     def sink(variable: str, read_all) -> Any:
         folder = os.environ.get(variable)
         if not folder:
-            return f"${variable} is not set: no sink to read this channel back from"
+            return NotApplicable(f"${variable} is not set: no read-back of this channel is configured")
         return lambda: any(token in text for text in read_all(Path(folder)))
 
     return {
@@ -74,17 +80,23 @@ def audit_alarms(
 
     token = synthetic_token()
     task_id = f"alarm_probe_{token}"
+    test_recipient = os.environ.get("ALARM_AUDIT_EMAIL_TO", "alarm-audit@localhost")
     started = datetime.now(UTC)
     ti = SimpleNamespace(
         dag_id=DAG_ID, task_id=task_id, run_id=f"alarm_audit_{token}", try_number=1, log_url=None
     )
     error = RuntimeError(f"synthetic failure injected by the alarm audit ({token}); no action needed")
     PlatformAlertNotifier(
-        "critical", app_conn_id=conn_id, aws_conn_id=aws_conn_id, smtp_conn_id=smtp_conn_id
+        "critical",
+        f"SYNTHETIC alarm audit probe {token}: no action needed",
+        to=[a.strip() for a in test_recipient.split(",")],
+        app_conn_id=conn_id,
+        aws_conn_id=aws_conn_id,
+        smtp_conn_id=smtp_conn_id,
     ).notify({"ti": ti, "exception": error})
     deliveries = wait_for_delivery(_readers(token, task_id, started, conn_id, aws_conn_id), deadline_seconds)
     logger.info("alarm audit %s:\n%s", token, "\n".join(map(str, deliveries)))
-    missing = [d for d in deliveries if d.seconds is None]
+    missing = [d for d in deliveries if d.missing]
     if audit_run_id is not None:
         from include.audit.gates import Evidence, record
 
@@ -95,7 +107,12 @@ def audit_alarms(
                 Evidence(
                     "alarm_delivery",
                     not missing,
-                    {d.channel: d.seconds for d in deliveries},
+                    {
+                        d.channel: d.seconds
+                        if not d.not_applicable
+                        else f"not applicable: {d.not_applicable}"
+                        for d in deliveries
+                    },
                     f"every channel within {deadline_seconds} s",
                     f"synthetic critical failure {token}",
                 ),
@@ -106,4 +123,8 @@ def audit_alarms(
             f"synthetic "
             f"failure within {deadline_seconds} s ({'; '.join(f'{d.channel}: {d.problem}' for d in missing)})"
         )
-    return {"token": token, "seconds": {d.channel: round(d.seconds, 2) for d in deliveries}}
+    return {
+        "token": token,
+        "seconds": {d.channel: round(d.seconds, 2) for d in deliveries if d.seconds is not None},
+        "not_applicable": {d.channel: d.not_applicable for d in deliveries if d.not_applicable},
+    }

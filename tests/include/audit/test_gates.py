@@ -148,3 +148,33 @@ def test_the_api_refuses_requests_without_a_login(app_head_dsn, monkeypatch, ans
     assert (evidence.passed, evidence.observed) == (passed, answer)
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://127.0.0.1:9/")  # nothing listens on the discard port
     assert not gate(app_head_dsn, "security_api_requires_login").passed
+
+
+def test_without_a_base_url_the_login_gate_asks_the_api_server_the_workers_reach(app_head_dsn, monkeypatch):
+    """Compose sets no `[api] base_url` (the browser's address); the api-server's address for the
+    workers, `[core] execution_api_server_url` less its path, is the deployment's own setting."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Api(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(401 if self.path == "/api/v2/dags" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.delenv("AIRFLOW__API__BASE_URL", raising=False)
+    execution = f"http://127.0.0.1:{server.server_address[1]}/execution/"
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", execution)
+    try:
+        evidence = gate(app_head_dsn, "security_api_requires_login")
+    finally:
+        server.shutdown()
+    assert (evidence.passed, evidence.observed) == (True, 401)
+    assert evidence.query == f"GET http://127.0.0.1:{server.server_address[1]}/api/v2/dags without a token"
+    monkeypatch.delenv("AIRFLOW__CORE__EXECUTION_API_SERVER_URL")
+    evidence = gate(app_head_dsn, "security_api_requires_login")
+    assert not evidence.passed and "cannot reach the API" in evidence.observed
