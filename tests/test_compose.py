@@ -66,7 +66,7 @@ _VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A
 _BRACED = re.compile(r"(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?-|:\?)(?P<word>.*))?", re.DOTALL)
 
 
-def test_env() -> dict[str, str]:
+def harness_env() -> dict[str, str]:
     """make test-compose's env file: the values its stack runs with."""
     lines = TEST_ENV.read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
@@ -111,7 +111,7 @@ def _interpolate(value: Any, env: dict[str, str], found: dict[str, set[str]]) ->
 def _load_compose(env: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, set[str]]]:
     found: dict[str, set[str]] = defaultdict(set)
     document = _interpolate(
-        yaml.safe_load(COMPOSE_FILE.read_text()), test_env() if env is None else env, found
+        yaml.safe_load(COMPOSE_FILE.read_text()), harness_env() if env is None else env, found
     )
     return document, found
 
@@ -201,7 +201,7 @@ def test_secrets_have_no_default_and_every_other_variable_has_one() -> None:
 
 @pytest.mark.parametrize("secret", sorted(SECRETS))
 def test_compose_refuses_to_start_without_a_secret(secret: str) -> None:
-    env = {k: v for k, v in test_env().items() if k != secret}
+    env = {k: v for k, v in harness_env().items() if k != secret}
     with pytest.raises(ValueError, match=f"{secret} is required"):
         _load_compose(env)
 
@@ -325,7 +325,7 @@ def test_secrets_come_from_variables() -> None:
 
 
 def test_the_ui_is_published_on_loopback_unless_told_otherwise() -> None:
-    document, _ = _load_compose({**test_env(), "AIRFLOW_UI_PORT": "8080"})
+    document, _ = _load_compose({**harness_env(), "AIRFLOW_UI_PORT": "8080"})
     assert document["services"]["airflow-apiserver"]["ports"] == ["127.0.0.1:8080:8080"]
     for name, service in document["services"].items():
         for port in service.get("ports", []):
