@@ -34,26 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_task_batch_overhead import api, log, token_and_dags  # noqa: E402
 
+from tests.offers_fixtures import cursor  # noqa: E402  (one committed transaction)
+
 ROUNDS = int(os.environ.get("BENCH_LATENCY_ROUNDS", "5"))
 ARMS = int(os.environ.get("BENCH_LATENCY_ARMS", "3"))
 HOURLY_WAIT_SECONDS = 1800.0  # the mean wait for the next run of an hourly schedule
-
-
-def cursor(dsn: str):
-    import contextlib
-
-    import psycopg2
-
-    @contextlib.contextmanager
-    def committed():
-        conn = psycopg2.connect(dsn)
-        try:
-            with conn, conn.cursor() as cur:
-                yield cur
-        finally:
-            conn.close()
-
-    return committed()
 
 
 def set_up_offers(dsn: str, segment: str) -> list[tuple[int, str]]:

@@ -16,6 +16,7 @@ from devstack.stack import (
     LocalStack,
     StackError,
     StackInfo,
+    aws_client,
     load_secrets,
     state_dir,
     tail,
@@ -180,19 +181,10 @@ def metrics(folder: Path) -> int:
     import json
     from datetime import UTC, datetime, timedelta
 
-    import boto3
-
     info = _running_stack(folder)
     if info is None:
         return 1
-    aws = json.loads(info.env()["AIRFLOW_CONN_AWS_DEFAULT"])
-    cloudwatch = boto3.client(
-        "cloudwatch",
-        endpoint_url=aws["extra"]["endpoint_url"],
-        region_name="us-east-1",
-        aws_access_key_id=aws["login"],
-        aws_secret_access_key=aws["password"],
-    )
+    cloudwatch = aws_client("cloudwatch", json.loads(info.env()["AIRFLOW_CONN_AWS_DEFAULT"]))
     now = datetime.now(UTC)
     for metric in cloudwatch.list_metrics()["Metrics"]:
         stats = cloudwatch.get_metric_statistics(

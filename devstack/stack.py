@@ -274,6 +274,20 @@ def load_secrets(folder: Path) -> dict[str, str]:
     return values
 
 
+def aws_client(service: str, aws: dict):
+    """boto3's client of `service` for the `aws_default` connection `aws` (a dict as
+    :func:`connections` gives it, or as `AIRFLOW_CONN_AWS_DEFAULT` holds it): moto locally."""
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=aws["extra"]["endpoint_url"],
+        region_name=aws["extra"]["region_name"],
+        aws_access_key_id=aws["login"],
+        aws_secret_access_key=aws["password"],
+    )
+
+
 def connections(ports: dict[str, int], secret: dict[str, str]) -> dict[str, dict]:
     """The project's Airflow connections for the local stack, keyed by conn_id."""
     return {
@@ -844,38 +858,23 @@ class LocalStack:
                 env=self.env,
             )
         )
-        self.supervisor.start(
-            Service(
-                "sentry",
-                [
-                    py,
-                    "-m",
-                    "devstack.sentry_sink",
-                    "--port",
-                    str(p["sentry"]),
-                    "--folder",
-                    str(self.folder / "sentry"),
-                ],
-                http_answers(f"http://127.0.0.1:{p['sentry']}/"),
-                env=self.env,
+        for sink in ("sentry", "otlp"):  # the two HTTP sinks (devstack/http_sink.py)
+            self.supervisor.start(
+                Service(
+                    sink,
+                    [
+                        py,
+                        "-m",
+                        f"devstack.{sink}_sink",
+                        "--port",
+                        str(p[sink]),
+                        "--folder",
+                        str(self.folder / sink),
+                    ],
+                    http_answers(f"http://127.0.0.1:{p[sink]}/"),
+                    env=self.env,
+                )
             )
-        )
-        self.supervisor.start(
-            Service(
-                "otlp",
-                [
-                    py,
-                    "-m",
-                    "devstack.otlp_sink",
-                    "--port",
-                    str(p["otlp"]),
-                    "--folder",
-                    str(self.folder / "otlp"),
-                ],
-                http_answers(f"http://127.0.0.1:{p['otlp']}/"),
-                env=self.env,
-            )
-        )
         self.supervisor.start(
             Service(
                 "executor",
@@ -895,16 +894,7 @@ class LocalStack:
 
     def _provision_aws(self) -> None:
         """What production provisions outside Airflow: the backups and model buckets."""
-        import boto3
-
-        aws = connections(self.ports, self.secret)["aws_default"]
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=aws["extra"]["endpoint_url"],
-            region_name=aws["extra"]["region_name"],
-            aws_access_key_id=aws["login"],
-            aws_secret_access_key=aws["password"],
-        )
+        s3 = aws_client("s3", connections(self.ports, self.secret)["aws_default"])
         s3.create_bucket(Bucket=BACKUP_BUCKET)
         s3.create_bucket(Bucket=MODEL_BUCKET)  # offer model artifacts and their reports
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import psycopg2
 import pytest
 
-from devstack.stack import MODEL_BUCKET
+from devstack.stack import MODEL_BUCKET, aws_client
 from tests.airflow_api import postgres_connection
 
 SEED_SCALE = 0.05  # ~5k impressions: enough for a model that beats chance by a clear margin
@@ -27,16 +27,7 @@ def offers_dsn(app_head_dsn, monkeypatch):
 
 @pytest.fixture
 def s3(local_stack):
-    import boto3
-
-    aws = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
-    return boto3.client(
-        "s3",
-        endpoint_url=aws["extra"]["endpoint_url"],
-        region_name=aws["extra"]["region_name"],
-        aws_access_key_id=aws["login"],
-        aws_secret_access_key=aws["password"],
-    )
+    return aws_client("s3", json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"]))
 
 
 @contextmanager

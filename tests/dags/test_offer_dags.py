@@ -55,16 +55,9 @@ def _cloudwatch():
     import json
     import os
 
-    import boto3
+    from devstack.stack import aws_client
 
-    aws = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
-    return boto3.client(
-        "cloudwatch",
-        endpoint_url=aws["extra"]["endpoint_url"],
-        region_name=aws["extra"]["region_name"],
-        aws_access_key_id=aws["login"],
-        aws_secret_access_key=aws["password"],
-    )
+    return aws_client("cloudwatch", json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"]))
 
 
 def _pay(client, user_id: int, amount: int, coupon: str | None = None) -> str:

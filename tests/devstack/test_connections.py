@@ -9,7 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from devstack.stack import SECRETS_PREFIXES, connections, secrets_backend_env, write_connections_file
+from devstack.stack import (
+    SECRETS_PREFIXES,
+    aws_client,
+    connections,
+    secrets_backend_env,
+    write_connections_file,
+)
 from tests.project import DAGS_DIR, ROOT
 
 SERVERS = ("postgres", "rehearsal_postgres", "moto", "stripe", "smtp", "redis", "executor")
@@ -60,17 +66,9 @@ def test_a_healthcheck_run_uses_a_connection_kept_only_in_secrets_manager(local_
     """app_db exists only in moto's Secrets Manager (no AIRFLOW_CONN_APP_DB, a fresh metadata
     database): the run's probe of it succeeds and writes its row through it. Then the stack's
     connections file goes into that metadata database through the real `airflow connections import`."""
-    import boto3
-
-    aws = connections(local_stack.ports, local_stack.secret)["aws_default"]
-    app_db = connections(local_stack.ports, local_stack.secret)["app_db"]
-    secrets = boto3.client(
-        "secretsmanager",
-        endpoint_url=aws["extra"]["endpoint_url"],
-        region_name=aws["extra"]["region_name"],
-        aws_access_key_id=aws["login"],
-        aws_secret_access_key=aws["password"],
-    )
+    stack_connections = connections(local_stack.ports, local_stack.secret)
+    app_db = stack_connections["app_db"]
+    secrets = aws_client("secretsmanager", stack_connections["aws_default"])
     secrets.create_secret(
         Name=f"{SECRETS_PREFIXES['connections_prefix']}/app_db", SecretString=json.dumps(app_db)
     )

@@ -15,7 +15,7 @@ import pytest
 
 from devstack.sentry_sink import read_envelopes
 from devstack.smtp_sink import read_messages
-from devstack.stack import LocalStack
+from devstack.stack import LocalStack, aws_client
 from tests.airflow_api import api, exists, running, token_for, wait_for
 from tests.project import FIXTURES
 
@@ -101,15 +101,7 @@ def test_two_failures_alert_once_on_every_channel_and_leak_no_secret(fault_stack
     assert len(logs) == 2 and all("connecting with password ***" in log for log in logs)
 
     # the same lines reached CloudWatch Logs, masked too
-    import boto3
-
-    cloudwatch_logs = boto3.client(
-        "logs",
-        endpoint_url=aws["extra"]["endpoint_url"],
-        region_name="us-east-1",
-        aws_access_key_id=aws["login"],
-        aws_secret_access_key=aws["password"],
-    )
+    cloudwatch_logs = aws_client("logs", aws)
     remote = "\n".join(
         e["message"] for e in cloudwatch_logs.filter_log_events(logGroupName=LOG_GROUP)["events"]
     )

@@ -10,7 +10,7 @@ import psycopg2
 import pytest
 
 from devstack.smtp_sink import read_messages
-from devstack.stack import BACKUP_BUCKET, connections
+from devstack.stack import BACKUP_BUCKET, aws_client, connections
 from include.migrations import heads
 from tests.airflow_api import api, dag_url, rows, token_for, xcom
 from tests.e2e.rest_waves import REST_CONFS, REST_TASKS
@@ -39,19 +39,10 @@ def healthcheck_effect(stack, token: str, run: dict) -> None:
 
 
 def backup_effect(stack, token: str, run: dict) -> None:
-    import boto3
-
     backup_id = xcom(stack, token, run, "dump_and_upload")["backup_id"]
     [(status, location)] = rows(stack, f"SELECT status, location FROM backups WHERE id = {int(backup_id)}")
     assert status == "verified"
-    aws = connections(stack.ports, stack.secret)["aws_default"]
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=aws["extra"]["endpoint_url"],
-        region_name=aws["extra"]["region_name"],
-        aws_access_key_id=aws["login"],
-        aws_secret_access_key=aws["password"],
-    )
+    s3 = aws_client("s3", connections(stack.ports, stack.secret)["aws_default"])
     bucket, _, prefix = location.removeprefix("s3://").partition("/")
     assert bucket == BACKUP_BUCKET and s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["KeyCount"] > 0
     # the catalog entry beside the files says the same as the table
