@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 import time
+import urllib.error
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -131,10 +132,24 @@ def run_to_end(stack, token: str, dag_id: str, conf: dict | None = None) -> dict
     run_id = start(stack, token, dag_id, conf or {})
     run = wait_for(lambda: finished(stack, token, dag_id, run_id), RUN_TIMEOUT, f"{dag_id} run {run_id}")
     if run["state"] != "success":
-        tis = api(f"{dag_url(stack, dag_id)}/dagRuns/{run_id}/taskInstances", token)["task_instances"]
-        failed = [(t["task_id"], t["map_index"], t["state"]) for t in tis if t["state"] != "success"]
-        raise AssertionError(f"{dag_id} run {run_id} ended {run['state']}; task instances: {failed}")
+        base = f"{dag_url(stack, dag_id)}/dagRuns/{run_id}/taskInstances"
+        tis = [t for t in api(base, token)["task_instances"] if t["state"] != "success"]
+        failed = [(t["task_id"], t["map_index"], t["state"]) for t in tis]
+        logs = "\n".join(log_tail(base, token, t) for t in tis if t["state"] == "failed")
+        raise AssertionError(f"{dag_id} run {run_id} ended {run['state']}; task instances: {failed}\n{logs}")
     return run
+
+
+def log_tail(base: str, token: str, ti: dict, lines: int = 15) -> str:
+    """The last `lines` events of a task instance's last try, as the UI's log view shows them (a
+    failure in CI is read from this; the stack is gone after the run)."""
+    url = f"{base}/{ti['task_id']}/logs/{ti['try_number']}?map_index={ti['map_index']}"
+    try:
+        content = api(url, token).get("content") or []
+    except (urllib.error.URLError, TimeoutError) as exc:
+        return f"-- {ti['task_id']}[{ti['map_index']}]: log not readable ({exc})"
+    events = [e.get("event", "") if isinstance(e, dict) else str(e) for e in content][-lines:]
+    return "\n".join([f"-- {ti['task_id']}[{ti['map_index']}] try {ti['try_number']}:", *events])
 
 
 def worker_hostnames() -> set[str]:
@@ -237,7 +252,12 @@ def test_roi_sync(stack, token):
 
 
 def test_adversarial_audit_passes(stack, token):
-    run_to_end(stack, token, "adversarial_audit")
+    failed_gates = """SELECT gate, observed, threshold FROM audit_findings
+        WHERE NOT passed AND audit_run_id = (SELECT max(id) FROM audit_runs)"""
+    try:
+        run_to_end(stack, token, "adversarial_audit")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; failed gates' evidence: {rows(stack, failed_gates)}") from None
     assert rows(stack, "SELECT status FROM audit_runs ORDER BY id DESC LIMIT 1") == [("passed",)]
 
 
