@@ -34,7 +34,9 @@ version's offers are published again (its coupons made anew if they were deleted
 rollback (a double click) changes nothing, so the champion moves back once.
 
 **Idempotent:** the same data and code give the same version; assignments, publications and
-Stripe objects are keyed by version, user or deterministic id.
+Stripe objects are keyed by version, user or deterministic id. A run on data and code a decided
+version was trained on (the champion, or a version rolled back) changes nothing: the version,
+its artifact and its status stay, and nothing is promoted again.
 
 **When it fails:** read the failed task's log: a refused artifact names both hashes; a Stripe
 error names the object id. Fix the cause and clear the failed task; re-runs change nothing done.

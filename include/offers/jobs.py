@@ -131,19 +131,25 @@ def read_snapshot(s3, snapshot_uri: str) -> pd.DataFrame:
 def train(cur, s3, *, snapshot_uri: str, bucket: str, valid_days: float) -> dict[str, Any]:
     """Fit the pipeline on the past of the snapshot; upload it; register it as a candidate.
 
-    Same data and same code give the same version number (a retry updates its own row).
+    Same data and same code give the same version number: a retry updates its own candidate
+    row. A version already decided (champion, retired, rejected: rolled back, say) is left as
+    it is, artifact and row, and returned as `unchanged` (its status): refitting it would
+    overwrite the artifact the champion serves from, and deciding it again could promote a
+    version a person rolled back.
     """
     frame = read_snapshot(s3, snapshot_uri)
-    split = m.time_split(frame, valid_days)
-    pipeline = m.fit(m.build_pipeline(), split.train)
     fingerprint, code = m.data_fingerprint(frame), m.code_version()
     cur.execute(
-        "SELECT version FROM model_versions WHERE model_name = %s AND data_fingerprint = %s"
-        " AND code_version = %s ORDER BY version DESC LIMIT 1",
+        "SELECT id, version, status, metrics->>'valid_from' FROM model_versions WHERE model_name = %s"
+        " AND data_fingerprint = %s AND code_version = %s ORDER BY version DESC LIMIT 1",
         (m.MODEL_NAME, fingerprint, code),
     )
     row = cur.fetchone()
-    version = row[0] if row else registry.next_version(cur, m.MODEL_NAME)
+    if row and row[2] != "candidate":
+        return {"version_id": row[0], "version": row[1], "valid_from": row[3], "unchanged": row[2]}
+    split = m.time_split(frame, valid_days)
+    pipeline = m.fit(m.build_pipeline(), split.train)
+    version = row[1] if row else registry.next_version(cur, m.MODEL_NAME)
     data = registry.dump_model(pipeline)
     uri = registry.version_prefix(bucket, m.MODEL_NAME, version) + "model.skops"
     registry.put_object(s3, uri, data)
@@ -174,11 +180,20 @@ def evaluate(cur, s3, *, snapshot_uri: str, version_id: int, valid_from: str) ->
     A challenger whose artifact does not verify raises ArtifactRefused. A champion whose
     artifact does not verify is reported in `champion_refused`: it stays champion (only a
     person should replace it), and no challenger is promoted over a model we cannot read.
+    A version already decided (`train`'s `unchanged`) is not scored again: its recorded
+    evaluation is returned, `unchanged`, and `promote_or_keep` leaves it as it is.
     """
+    challenger = registry.get(cur, version_id)
+    if challenger.status != "candidate":  # trained on the same data and code before: decided
+        return {
+            "version_id": version_id,
+            "challenger": _summary(challenger.metrics),
+            "champion": None,
+            "unchanged": challenger.status,
+        }
     frame = read_snapshot(s3, snapshot_uri)
     valid = frame[frame["occurred_at"] >= pd.Timestamp(valid_from)]
     offers = all_offers(cur)
-    challenger = registry.get(cur, version_id)
     metrics = m.evaluate(registry.fetch_model(s3, challenger), valid, offers)
     cur.execute(
         "UPDATE model_versions SET metrics = metrics || %s::jsonb WHERE id = %s",
@@ -215,6 +230,13 @@ def promote_or_keep(
     (cursor, version id) -> the gates it fails: called before a promotion, a failed gate refuses
     the challenger there (it is rejected, never champion, so nothing needs rolling back)."""
     version_id = evaluation["version_id"]
+    if status := evaluation.get("unchanged"):
+        champion = registry.champion(cur, m.MODEL_NAME)
+        return {
+            "promoted": False,
+            "reason": f"version id {version_id} was trained on the same data and code and is {status}",
+            "champion_id": champion.id if champion else None,
+        }
     if evaluation.get("champion_refused"):
         promoted, reason = (
             False,

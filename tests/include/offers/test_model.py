@@ -117,11 +117,46 @@ def test_first_model_is_registered_verified_and_promoted_and_retraining_is_idemp
     assert fingerprint == result["extracted"]["data_fingerprint"] and code == m.code_version()
     data = registry.get_object(s3, f"s3://{MODEL_BUCKET}/{m.MODEL_NAME}/v0001/model.skops")
     assert registry.sha256_bytes(data) == sha
-    # same data, same code: a retried train updates its own version, not a new one
+    # same data, same code, the version decided: a retrain leaves the champion's artifact and row
+    # alone (refitting would overwrite the object it serves from) and promotes nothing again
+    row = "SELECT status, promoted_at, metrics, artifact_sha256 FROM model_versions WHERE id = %s"
     with cursor(offers_dsn) as cur:
-        again = jobs.train(cur, s3, snapshot_uri=snapshot_uri("first"), bucket=MODEL_BUCKET, valid_days=21)
+        cur.execute(row, (version_id,))
+        before = cur.fetchone()
+    artifact = s3.head_object(Bucket=MODEL_BUCKET, Key=f"{m.MODEL_NAME}/v0001/model.skops")
+    again = _train(offers_dsn, s3, "first")
+    assert (again["trained"]["version_id"], again["trained"]["unchanged"]) == (version_id, "champion")
+    assert again["evaluation"]["challenger"]["auc"] == champion.metrics["auc"]
+    with cursor(offers_dsn) as cur:
+        decision = jobs.promote_or_keep(cur, again["evaluation"], registry.Gates())
+        assert (decision["promoted"], decision["champion_id"]) == (False, version_id)
+        assert "same data and code" in decision["reason"]
+        cur.execute(row, (version_id,))
+        assert cur.fetchone() == before
         cur.execute("SELECT count(*) FROM model_versions")
-        assert (again["version_id"], cur.fetchone()[0]) == (version_id, 1)
+        assert cur.fetchone()[0] == 1
+    kept = s3.head_object(Bucket=MODEL_BUCKET, Key=f"{m.MODEL_NAME}/v0001/model.skops")
+    assert (kept["ETag"], kept["LastModified"]) == (artifact["ETag"], artifact["LastModified"])
+    # a version a person rolled back (rejected) is not promoted again by a retrain on its data
+    with cursor(offers_dsn) as cur:
+        cur.execute("UPDATE model_versions SET status = 'rejected' WHERE id = %s", (version_id,))
+    again = _train(offers_dsn, s3, "first")
+    with cursor(offers_dsn) as cur:
+        decision = jobs.promote_or_keep(cur, again["evaluation"], registry.Gates())
+        assert (decision["promoted"], decision["champion_id"]) == (False, None)
+        assert registry.get(cur, version_id).status == "rejected"
+
+
+def test_a_retried_train_updates_its_own_candidate(offers_dsn, s3):
+    first = _train(offers_dsn, s3, "retry")["trained"]
+    with cursor(offers_dsn) as cur:
+        again = jobs.train(cur, s3, snapshot_uri=snapshot_uri("retry"), bucket=MODEL_BUCKET, valid_days=21)
+        cur.execute("SELECT count(*), min(status) FROM model_versions")
+        assert (again["version_id"], "unchanged" in again, cur.fetchone()) == (
+            first["version_id"],
+            False,
+            (1, "candidate"),
+        )
 
 
 def test_an_altered_artifact_is_refused_and_the_champion_stays(offers_dsn, s3):
