@@ -294,7 +294,8 @@ def publish_roi_metrics(counts: dict[str, int] | None, rois: list[dict[str, Any]
     from include.observability.metrics import Metric
 
     metrics = [
-        Metric(f"StripePayments{k.title()}", float(v), unit="Count") for k, v in (counts or {}).items()
+        Metric(f"StripePayments{k.title().replace('_', '')}", float(v), unit="Count")
+        for k, v in (counts or {}).items()
     ]
     for roi in rois:
         segment = {"Segment": roi["segment"]}
