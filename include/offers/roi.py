@@ -166,7 +166,7 @@ def dispute_row(
     amount, status, charge = dispute.get("amount"), dispute.get("status"), dispute.get("charge")
     created = datetime.fromtimestamp(int(dispute["created"]), UTC)
     if not isinstance(amount, int) or amount <= 0:
-        return None, f"negative or missing amount {amount!r}"
+        return None, f"amount {amount!r} is not a positive integer"
     if status not in DISPUTE_STATUSES:
         return None, f"unknown status {status!r}"
     if created > now:
@@ -183,7 +183,9 @@ def dispute_row(
         dispute.get("reason") or "general",
         created,
     )
-    if amount > paid or row.withheld_cents > paid - refunded - other:
+    if amount > paid:
+        return None, f"amount {amount} above charge {charge}'s {paid}"
+    if row.withheld_cents > paid - refunded - other:
         return None, (
             f"amount {amount} above the {paid - refunded - other} left of charge {charge}"
             f" ({paid} paid, {refunded} refunded, {other} withheld by other disputes)"

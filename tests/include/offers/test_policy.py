@@ -171,8 +171,8 @@ def test_a_dispute_withholds_what_is_left_of_its_charge_at_most_or_is_quarantine
         "warning_closed": 0,
     }
     cases = {
-        "negative or missing amount -5": ({**base, "amount": -5}, payment),
-        "negative or missing amount '3000'": ({**base, "amount": "3000"}, payment),
+        "amount -5 is not a positive integer": ({**base, "amount": -5}, payment),
+        "amount '3000' is not a positive integer": ({**base, "amount": "3000"}, payment),
         "unknown status 'charge_refunded'": ({**base, "status": "charge_refunded"}, payment),
         "future timestamp": ({**base, "created": 1_790_000_000}, payment),
         "charge 'ch_1' is not in payments": (base, None),
@@ -180,7 +180,7 @@ def test_a_dispute_withholds_what_is_left_of_its_charge_at_most_or_is_quarantine
             {**base, "amount": 3001},
             payment,
         ),
-        "amount 5001 above": ({**base, "amount": 5001, "status": "won"}, payment),  # never above the charge
+        "amount 5001 above charge ch_1's 5000": ({**base, "amount": 5001, "status": "won"}, payment),
     }
     for expected, (dispute, paid) in cases.items():
         row, reason = dispute_row(dispute, payment=paid, now=NOW)
