@@ -29,9 +29,11 @@ extract → train → evaluate → promote or keep → assign offers → publish
 back; the dashboard's button sends the one its page showed): the champion is rejected, the
 previous champion returns (its artifact unchanged, so its predictions are the old ones), the
 rejected version's coupons are deleted from Stripe (nobody can redeem them), and the previous
-version's offers are published again (its coupons made anew if they were deleted). Refused
-(the run fails, no retry) when another version is champion; a second request for the same
-rollback (a double click) changes nothing, so the champion moves back once.
+version's offers are published again (its coupons made anew if they were deleted). Without
+`champion_id`, the rollback rolls back the champion of the time the run was requested (its
+`run_after`). Refused (the run fails, no retry) when another version is champion; a second
+request for the same rollback (a double click, with or without `champion_id`) changes nothing,
+so the champion moves back once.
 
 **Idempotent:** the same data and code give the same version; assignments, publications and
 Stripe objects are keyed by version, user or deterministic id. A run on data and code a decided
@@ -89,7 +91,7 @@ JOIN = TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS  # where the train and rollback b
             maximum=2**31 - 1,
             integer=True,
             description="the champion (model_versions.id) a rollback rolls back; refused when another"
-            " is champion (0: whichever is)",
+            " is champion (0: whichever was when the run was requested)",
         ),
         "valid_days": number_param(
             21, minimum=1, maximum=365, description="most recent days held out for validation"
@@ -119,10 +121,10 @@ def offer_model_retrain():
         return "rollback_champion" if params["rollback"] else "extract"
 
     @task(outlets=[MODEL_PROMOTED])
-    def rollback_champion(params=None) -> dict:
+    def rollback_champion(params=None, dag_run=None) -> dict:
         from execplatform.steps.offer_steps import roll_back_champion
 
-        return roll_back_champion(params["champion_id"])
+        return roll_back_champion(params["champion_id"], dag_run.run_after)
 
     @task
     def retire_rolled_back_offers(rolled_back: dict) -> dict:

@@ -8,17 +8,23 @@
    `payments` with what was refunded of each (a re-run changes nothing). A charge that is not
    final (pending, or authorised and not captured) is not stored and holds the charge cursor
    before it, so the next run reads it again. Charges with impossible values (negative amount,
-   future timestamp, unknown user or offer coupon) are quarantined with a reason. Counts are
-   reconciled: listed = inserted + updated + unchanged + quarantined + pending, or the task
-   fails.
-2. **compute_roi**: for the live offer set, per segment, on net revenue (paid − refunded):
+   future timestamp, unknown user or offer coupon) are quarantined with a reason. Disputes:
+   those made after the dispute cursor (minus the overlap), their charges fetched by id, and
+   every synced dispute not final yet (won, lost, warning_closed) read again by id, into
+   `payment_disputes`; `payments.disputed_cents` is what a charge's disputes withhold (open or
+   lost; won or an inquiry: nothing). A dispute above what is left of its charge, or of an
+   unknown charge, is quarantined. Counts are reconciled, for charges (listed = inserted +
+   updated + unchanged + quarantined + pending) and for disputes (the same without pending),
+   or the task fails.
+2. **compute_roi**: for the live offer set, per segment, on net revenue (paid − refunded −
+   withheld by disputes):
    attributed ROI (revenue of redeemed offers − discount cost) and incremental ROI (revenue
    per treated user − per holdout user, times treated users, − discount cost, with a 95%
    interval), into `offer_roi`.
 3. **publish_metrics**: both ROI figures and their gap (how much attribution overstates the
    effect: a trust-inflation indicator) to CloudWatch, with the sync counts.
 
-**Idempotent:** upserts keyed by Stripe id and (model version, segment); both cursors move in
+**Idempotent:** upserts keyed by Stripe id and (model version, segment); the cursors move in
 the same transaction as the rows.
 
 **When it fails:** a reconciliation failure names the counts; quarantined rows are in

@@ -81,3 +81,10 @@ def synthetic_arms(dsn: str, codes: list[str], *, users: int, segment: str = "vi
         arms = pd.DataFrame({"segment": segment, "offer_id": list(ids.values()), "rate": 0.1})
         jobs.reset_arms(cur, version, arms)
     return ids
+
+
+def stripe_test_helper(client, path: str, **params) -> dict:
+    """POST to one of devstack/stripe_server.py's test helpers (not Stripe's API: there a bank
+    opens a dispute) through the Stripe client: the object it answers (an error raises as the
+    client's other calls do)."""
+    return json.loads(client.raw_request("post", f"/v1/test_helpers/{path}", **params).body)

@@ -11,6 +11,7 @@ Limits are configurable per run (`DEFAULT_LIMITS`, overridden by the DAG's param
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -573,8 +574,8 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
     sync cursor: every charge the sync has passed is in `payments` (as `roi.payment_row` maps
     it: amount, refunded amount, status, user, offer) or quarantined with a reason, and every ledger row (but
     the seeded demo history) is a charge Stripe has. A charge refunded since the sync last read
-    the refunds is left for the next sync, like one made since its cursor. Counts and amounts are
-    in the evidence."""
+    the refunds is left for the next sync, like one made since its cursor. The disputes too
+    (`_disputes_reconcile`). Counts and amounts are in the evidence."""
     from datetime import UTC, datetime
 
     from include.offers.jobs import CHARGES_CURSOR, REFUNDS_CURSOR, get_cursor
@@ -658,9 +659,81 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
         "missing_in_ledger": missing[:20],
         "not_in_stripe": not_in_stripe[:20],
         "mismatched": mismatched[:20],
+        "disputes": _disputes_reconcile(cur, services, start),
     }
-    passed = not (missing or not_in_stripe or mismatched)
-    return Evidence(gate, passed, observed, "no charge missing, unknown or different", query)
+    disputes = observed["disputes"]
+    passed = not (
+        missing
+        or not_in_stripe
+        or mismatched
+        or disputes["missing_in_ledger"]
+        or disputes["not_in_stripe"]
+        or disputes["mismatched"]
+    )
+    return Evidence(gate, passed, observed, "no charge or dispute missing, unknown or different", query)
+
+
+def _disputes_reconcile(cur, services: Services, start: int) -> dict[str, Any]:
+    """Stripe's disputes made after `start` against `payment_disputes` and `payments.disputed_cents`.
+
+    Every dispute the sync has passed (made before its cursor) is synced with Stripe's status
+    and amount, or quarantined; every synced one is a dispute Stripe has; and each charge's
+    `disputed_cents` is what Stripe's disputes of it withhold. A synced dispute that was open
+    and has changed since is left for the next sync, which reads every open one again (counted
+    in `changed_since_sync`), and so is its charge's `disputed_cents`.
+    """
+    from include.offers.jobs import DISPUTES_CURSOR, get_cursor
+    from include.offers.roi import DISPUTE_FINAL, DISPUTE_WITHHELD
+
+    cursor = get_cursor(cur, DISPUTES_CURSOR, default=0)
+    stripe = {d["id"]: d for d in services.stripe_objects("disputes", {"created": {"gt": start}})}
+    cur.execute(
+        "SELECT stripe_dispute_id, stripe_charge_id, amount_cents, status FROM payment_disputes"
+        " WHERE created_at > to_timestamp(%s)",
+        (start,),
+    )
+    ledger = {r[0]: r[1:] for r in cur.fetchall()}
+    cur.execute("SELECT source_key FROM offer_quarantine WHERE source = 'stripe_disputes'")
+    quarantined = {r[0] for r in cur.fetchall()} & set(stripe)
+    missing, mismatched, changed, waiting = [], [], [], set()
+    for dispute_id, dispute in stripe.items():
+        if dispute_id in quarantined:
+            continue
+        if dispute_id not in ledger:
+            if int(dispute["created"]) >= cursor:  # not passed by the sync yet
+                waiting.add(dispute["charge"])
+            else:
+                missing.append(dispute_id)
+            continue
+        _, amount, status = ledger[dispute_id]
+        if amount == dispute["amount"] and status == dispute["status"]:
+            continue
+        if amount == dispute["amount"] and status not in DISPUTE_FINAL:
+            changed.append(dispute_id)
+            waiting.add(dispute["charge"])
+        else:
+            mismatched.append(dispute_id)
+    withheld = Counter()
+    for dispute in stripe.values():
+        if dispute["id"] not in quarantined and dispute["status"] in DISPUTE_WITHHELD:
+            withheld[dispute["charge"]] += dispute["amount"]
+    charges = sorted({d["charge"] for d in stripe.values() if d["id"] not in quarantined} - waiting)
+    cur.execute(
+        "SELECT stripe_payment_id, disputed_cents FROM payments WHERE stripe_payment_id = ANY(%s)",
+        (charges,),
+    )
+    disputed = dict(cur.fetchall())
+    wrong_charges = [c for c in charges if disputed.get(c, 0) != withheld[c]]
+    return {
+        "stripe": len(stripe),
+        "ledger": len(ledger),
+        "quarantined": len(quarantined),
+        "changed_since_sync": len(changed),
+        "withheld_cents": sum(disputed.get(c, 0) for c in charges),
+        "missing_in_ledger": missing[:20],
+        "not_in_stripe": sorted(set(ledger) - set(stripe))[:20],
+        "mismatched": (mismatched + [f"{c}: disputed_cents" for c in wrong_charges])[:20],
+    }
 
 
 # --- security ---------------------------------------------------------------------------------

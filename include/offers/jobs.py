@@ -32,15 +32,24 @@ from include.offers.policy import (
     thompson_shares,
     win_shares,
 )
-from include.offers.roi import SegmentRoi, is_final, payment_row, segment_roi
+from include.offers.roi import (
+    DISPUTE_FINAL,
+    DISPUTE_WITHHELD,
+    SegmentRoi,
+    dispute_row,
+    is_final,
+    payment_row,
+    segment_roi,
+)
 from include.offers.serving import latest_policy
 
 FEEDBACK_CURSOR = "offer_feedback_event_id"
 FEEDBACK_MARK = "offer_feedback_redemptions_at_retrain"
 CHARGES_CURSOR = "stripe_charges_created"
 REFUNDS_CURSOR = "stripe_refunds_created"
-# Charges and refunds are listed from a little before their cursor: Stripe's `created` has
-# one-second resolution, so one made in the cursor's own second could otherwise be missed.
+DISPUTES_CURSOR = "stripe_disputes_created"
+# Charges, refunds and disputes are listed from a little before their cursor: Stripe's `created`
+# has one-second resolution, so one made in the cursor's own second could otherwise be missed.
 # Upserts make the overlap harmless.
 STRIPE_OVERLAP_SECONDS = 60
 # offer_feedback's defaults (its params), also used when a new champion's priors are allocated
@@ -694,18 +703,25 @@ def sync_payments(
     charges: Iterable[dict[str, Any]],
     *,
     refunds: Iterable[dict[str, Any]] = (),
+    disputes: Iterable[dict[str, Any]] = (),
     now: datetime | None = None,
 ) -> dict[str, int]:
-    """Upsert Stripe charges into `payments` (with what was refunded of each); quarantine the
-    impossible ones; hold the ones that are not final.
+    """Upsert Stripe charges into `payments` (with what was refunded of each) and their disputes
+    into `payment_disputes` (with what they withhold in `payments.disputed_cents`); quarantine the
+    impossible ones; hold the charges that are not final.
 
     `charges` are those listed after `charges_since(cur)` and those of the `refunds` listed after
-    `refunds_since(cur)` (a refund's charge may be older than any listing window). Returns
-    reconciliation counts: listed = inserted + updated + unchanged + quarantined + pending. The
-    charge cursor moves to the newest charge seen but never past one that is not final (pending,
-    or authorised and not captured yet): it stops a second before the oldest, which the next run
-    lists again. The refund cursor moves to the newest refund seen. Both move in this
-    transaction, with the rows.
+    `refunds_since(cur)` and of the new `disputes` (a refund's or a dispute's charge may be older
+    than any listing window). `disputes` are those listed after `disputes_since(cur)` and every
+    one of `open_disputes(cur)`, read again by id: a dispute's status changes long after it was
+    made, so until it is final it is re-read on every run, whatever the cursor.
+
+    Returns reconciliation counts: listed = inserted + updated + unchanged + quarantined + pending
+    for charges, disputes_listed = disputes_inserted + disputes_updated + disputes_unchanged +
+    disputes_quarantined for disputes. The charge cursor moves to the newest charge seen but never
+    past one that is not final (pending, or authorised and not captured yet): it stops a second
+    before the oldest, which the next run lists again. The refund and dispute cursors move to the
+    newest refund and dispute seen. All move in this transaction, with the rows.
     """
     now = now or datetime.now(UTC)
     cur.execute("SELECT id FROM users")
@@ -760,7 +776,82 @@ def sync_payments(
     refund_times = [int(r["created"]) for r in refunds]
     if refund_times:
         set_cursor(cur, REFUNDS_CURSOR, max(get_cursor(cur, REFUNDS_CURSOR), *refund_times))
+    counts.update(_sync_disputes(cur, list(disputes), now))
     return dict(counts)
+
+
+def _sync_disputes(cur, disputes: list[dict[str, Any]], now: datetime) -> Counter:
+    """`payment_disputes` upserted (after the charges, so a dispute's new charge is there) and
+    the `disputed_cents` of their charges recomputed; see `sync_payments`."""
+    counts = Counter(
+        disputes_listed=0,
+        disputes_inserted=0,
+        disputes_updated=0,
+        disputes_unchanged=0,
+        disputes_quarantined=0,
+    )
+    withheld = list(DISPUTE_WITHHELD)
+    for dispute in disputes:
+        counts["disputes_listed"] += 1
+        cur.execute(
+            "SELECT p.amount_cents, p.refunded_cents, (SELECT coalesce(sum(d.amount_cents), 0)"
+            " FROM payment_disputes d WHERE d.stripe_charge_id = p.stripe_payment_id"
+            " AND d.stripe_dispute_id <> %s AND d.status = ANY(%s))::bigint"
+            " FROM payments p WHERE p.stripe_payment_id = %s",
+            (dispute["id"], withheld, dispute.get("charge")),
+        )
+        row, reason = dispute_row(dispute, payment=cur.fetchone(), now=now)
+        if row is None:
+            quarantine(cur, "stripe_disputes", [(dispute["id"], reason, dispute)])
+            counts["disputes_quarantined"] += 1
+            continue
+        cur.execute(
+            """
+            INSERT INTO payment_disputes (stripe_dispute_id, stripe_charge_id, amount_cents, currency,
+                status, reason, created_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (stripe_dispute_id) DO UPDATE SET
+                stripe_charge_id = EXCLUDED.stripe_charge_id, amount_cents = EXCLUDED.amount_cents,
+                currency = EXCLUDED.currency, status = EXCLUDED.status, reason = EXCLUDED.reason,
+                created_at = EXCLUDED.created_at, updated_at = now()
+            WHERE (payment_disputes.stripe_charge_id, payment_disputes.amount_cents,
+                   payment_disputes.currency, payment_disputes.status, payment_disputes.reason,
+                   payment_disputes.created_at)
+                  IS DISTINCT FROM (EXCLUDED.stripe_charge_id, EXCLUDED.amount_cents, EXCLUDED.currency,
+                   EXCLUDED.status, EXCLUDED.reason, EXCLUDED.created_at)
+            RETURNING (xmax = 0)
+            """,
+            (
+                row.stripe_dispute_id,
+                row.stripe_charge_id,
+                row.amount_cents,
+                row.currency,
+                row.status,
+                row.reason,
+                row.created_at,
+            ),
+        )
+        result = cur.fetchone()
+        counts["disputes_" + ("unchanged" if result is None else "inserted" if result[0] else "updated")] += 1
+        cur.execute(
+            "UPDATE payments p SET disputed_cents = w.cents FROM (SELECT coalesce(sum(amount_cents), 0)"
+            " AS cents FROM payment_disputes WHERE stripe_charge_id = %s AND status = ANY(%s)) w"
+            " WHERE p.stripe_payment_id = %s AND p.disputed_cents <> w.cents",
+            (row.stripe_charge_id, withheld, row.stripe_charge_id),
+        )
+    if disputes:
+        newest = max(int(d["created"]) for d in disputes)
+        set_cursor(cur, DISPUTES_CURSOR, max(get_cursor(cur, DISPUTES_CURSOR), newest))
+    return counts
+
+
+def open_disputes(cur) -> list[str]:
+    """The synced disputes that are not final yet: each sync reads them again by id."""
+    cur.execute(
+        "SELECT stripe_dispute_id FROM payment_disputes WHERE status <> ALL(%s) ORDER BY created_at",
+        (list(DISPUTE_FINAL),),
+    )
+    return [r[0] for r in cur.fetchall()]
 
 
 def charges_since(cur) -> int:
@@ -773,6 +864,11 @@ def refunds_since(cur) -> int:
     return _listing_start(cur, REFUNDS_CURSOR)
 
 
+def disputes_since(cur) -> int:
+    """Where the next Stripe dispute listing starts (unix seconds, exclusive)."""
+    return _listing_start(cur, DISPUTES_CURSOR)
+
+
 def _listing_start(cur, name: str) -> int:
     # localstripe (and sane data) has nothing before 2017; its list refuses earlier bounds
     return max(get_cursor(cur, name) - STRIPE_OVERLAP_SECONDS, 1_500_000_001)
@@ -780,9 +876,9 @@ def _listing_start(cur, name: str) -> int:
 
 def compute_roi(cur, model_version_id: int) -> list[SegmentRoi]:
     """Attributed and incremental ROI per segment of one assignment, stored in `offer_roi`, on
-    net revenue (what was paid minus what was refunded, integer cents). An assignment of a free
-    offer (100%, before revision 0009 forbade it) is refused, naming the offers: its cost cannot
-    be derived from what was paid."""
+    net revenue (what was paid minus what was refunded and what disputes withhold, integer
+    cents). An assignment of a free offer (100%, before revision 0009 forbade it) is refused,
+    naming the offers: its cost cannot be derived from what was paid."""
     from include.offers.roi import DISCOUNT_COST_SQL, FREE_OFFERS_SQL, NET_CENTS_SQL
 
     cur.execute(FREE_OFFERS_SQL, (model_version_id,))

@@ -10,6 +10,7 @@ import hashlib
 import json
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 # What an offer model artifact may contain beyond the types skops trusts by default: exactly
@@ -199,6 +200,20 @@ def champion(cur, model_name: str) -> Version | None:
     cur.execute(
         f"SELECT {_COLUMNS} FROM model_versions WHERE model_name = %s AND status = 'champion'",  # noqa: S608
         (model_name,),
+    )
+    row = cur.fetchone()
+    return _version(row) if row else None
+
+
+def champion_at(cur, model_name: str, at: datetime) -> Version | None:
+    """The champion at time `at`: the version made champion last at or before it (promotions and
+    rollbacks both set `promoted_at`). A version that was champion before and is again since
+    keeps only its newest `promoted_at`, so for a time before that return it answers an older
+    version (or None): a rollback resolved from it is refused, never applied twice."""
+    cur.execute(
+        f"SELECT {_COLUMNS} FROM model_versions WHERE model_name = %s AND promoted_at <= %s"  # noqa: S608
+        " ORDER BY promoted_at DESC, id DESC LIMIT 1",
+        (model_name, at),
     )
     row = cur.fetchone()
     return _version(row) if row else None

@@ -27,8 +27,9 @@ LIVE_ASSIGNMENT_SQL = """(SELECT coalesce(
         AND EXISTS (SELECT 1 FROM offer_assignments a WHERE a.model_version_id = v.id)
         ORDER BY v.id DESC LIMIT 1),
     (SELECT max(model_version_id) FROM offer_assignments)))"""
-# Revenue is net: what was paid minus what was refunded (a refunded sale also cost no discount).
-NET_CENTS_SQL = "(p.amount_cents - p.refunded_cents)"
+# Revenue is net: what was paid minus what was refunded and what disputes withhold (a refunded or
+# disputed sale also cost no discount).
+NET_CENTS_SQL = "(p.amount_cents - p.refunded_cents - p.disputed_cents)"
 DISCOUNT_COST_SQL = f"{NET_CENTS_SQL} * o.discount_pct / (100 - o.discount_pct)"
 FREE_OFFERS_SQL = """
 SELECT DISTINCT o.code, o.discount_pct FROM offer_assignments a JOIN offers o ON o.id = a.offer_id
@@ -121,6 +122,75 @@ def payment_row(
         ),
         None,
     )
+
+
+# A dispute's statuses: an inquiry (warning_*) withholds nothing; a dispute withholds its amount
+# while open and when lost, and gives it back when won. A final status no longer changes.
+DISPUTE_WITHHELD = ("needs_response", "under_review", "lost")
+DISPUTE_FINAL = ("won", "lost", "warning_closed")
+DISPUTE_STATUSES = (
+    "warning_needs_response",
+    "warning_under_review",
+    "warning_closed",
+    "needs_response",
+    "under_review",
+    "won",
+    "lost",
+)
+
+
+@dataclass(frozen=True)
+class DisputeRow:
+    stripe_dispute_id: str
+    stripe_charge_id: str
+    amount_cents: int
+    currency: str
+    status: str
+    reason: str
+    created_at: datetime
+
+    @property
+    def withheld_cents(self) -> int:
+        return self.amount_cents if self.status in DISPUTE_WITHHELD else 0
+
+
+def dispute_row(
+    dispute: dict[str, Any], *, payment: tuple[int, int, int] | None, now: datetime
+) -> tuple[DisputeRow | None, str | None]:
+    """A Stripe dispute as a `payment_disputes` row, or the reason it is quarantined.
+
+    `payment` is its charge's (amount, refunded, withheld by the charge's other disputes) in
+    `payments`, None when the charge is not there. A dispute that withholds money may withhold
+    at most what is left of the charge, so net revenue never goes below zero.
+    """
+    amount, status, charge = dispute.get("amount"), dispute.get("status"), dispute.get("charge")
+    created = datetime.fromtimestamp(int(dispute["created"]), UTC)
+    if not isinstance(amount, int) or amount <= 0:
+        return None, f"amount {amount!r} is not a positive integer"
+    if status not in DISPUTE_STATUSES:
+        return None, f"unknown status {status!r}"
+    if created > now:
+        return None, f"future timestamp {created.isoformat()}"
+    if payment is None:
+        return None, f"charge {charge!r} is not in payments"
+    paid, refunded, other = payment
+    row = DisputeRow(
+        dispute["id"],
+        charge,
+        amount,
+        (dispute.get("currency") or "usd")[:3],
+        status,
+        dispute.get("reason") or "general",
+        created,
+    )
+    if amount > paid:
+        return None, f"amount {amount} above charge {charge}'s {paid}"
+    if row.withheld_cents > paid - refunded - other:
+        return None, (
+            f"amount {amount} above the {paid - refunded - other} left of charge {charge}"
+            f" ({paid} paid, {refunded} refunded, {other} withheld by other disputes)"
+        )
+    return row, None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Asset) → a second model promoted → rollback through the DAG param.
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -40,12 +41,13 @@ def dagbag(airflow_db):
     return DagBag(dag_folder=str(DAGS))
 
 
-def _run(dagbag, dag_id: str, **conf) -> dict[str, str]:
-    """Run a DAG in-process; returns each task's final state."""
+def _run(dagbag, dag_id: str, run_after=None, **conf) -> dict[str, str]:
+    """Run a DAG in-process (requested at `run_after`, by default now); returns each task's
+    final state."""
     from airflow.models.serialized_dag import SerializedDagModel  # noqa: F401 (registers models)
 
     dag = dagbag.get_dag(dag_id)
-    run = dag.test(run_conf=conf or None)
+    run = dag.test(run_after=run_after, run_conf=conf or None)
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "success", states
     return states
@@ -213,9 +215,11 @@ def test_offer_dags_end_to_end_with_rollback(dagbag, offers_dsn, s3):
         second = registry.champion(cur, MODEL_NAME)
     assert second.id != first.id
     # the rollback names the champion it rolls back; submitted twice (a double click), it moves
-    # the champion back once: the second run finds it done and changes nothing
-    for _ in range(2):
-        states = _run(dagbag, "offer_model_retrain", rollback=True, champion_id=second.id)
+    # the champion back once: the second run finds it done and changes nothing. A third, without
+    # champion_id, requested before the first ran, names the champion of then: done, too.
+    requested = datetime.now(UTC)
+    for conf in ({"champion_id": second.id},) * 2 + ({"champion_id": 0, "run_after": requested},):
+        states = _run(dagbag, "offer_model_retrain", rollback=True, **conf)
         assert states["extract"] == "skipped" and states["report"] == "skipped"
         assert states["retire_rolled_back_offers"] == states["publish_offers"] == "success"
         with cursor(offers_dsn) as cur:

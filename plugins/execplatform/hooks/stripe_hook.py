@@ -156,6 +156,10 @@ class StripeHook(BaseHook):
                 return
             yield refund
 
+    def iter_disputes(self, created_after: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every dispute created after `created_after` (unix seconds), page by page."""
+        return self.iter_objects("disputes", {"created": {"gt": created_after}}, page_size)
+
     def retrieve(self, kind: str, object_id: str) -> dict[str, Any]:
         """The Stripe object `kind` ("charges", "coupons"...) with id `object_id`."""
         service = getattr(self.get_conn().v1, kind)

@@ -88,11 +88,14 @@ class PublishOffersOperator(BaseOperator):
 
 class SyncStripePaymentsOperator(BaseOperator):
     """
-    Incremental sync of Stripe charges into ``payments``: charges listed page by page from a
-    cursor on creation time (with an overlap) that never passes a charge that is not final, and
-    the charges of the refunds made since the refund cursor, fetched again; upserted with what
-    was refunded, impossible ones quarantined; returns the reconciliation counts (listed =
-    inserted + updated + unchanged + quarantined + pending).
+    Incremental sync of Stripe charges into ``payments`` and of their disputes into
+    ``payment_disputes``: charges listed page by page from a cursor on creation time (with an
+    overlap) that never passes a charge that is not final, and the charges of the refunds and
+    disputes made since their cursors, fetched again; disputes listed from their cursor, and
+    every synced dispute that is not final yet read again by id; upserted with what was refunded
+    and what disputes withhold, impossible ones quarantined; returns the reconciliation counts
+    (listed = inserted + updated + unchanged + quarantined + pending, and the same for
+    ``disputes_*`` without pending).
 
     :param stripe_conn_id: the Stripe connection.
     :param app_conn_id: the app database.
@@ -122,15 +125,31 @@ class SyncStripePaymentsOperator(BaseOperator):
         hook = StripeHook(stripe_conn_id=self.stripe_conn_id)
         with AppDatabaseHook(self.app_conn_id).cursor() as cur:
             start, refunds_start = jobs.charges_since(cur), jobs.refunds_since(cur)
+            disputes_start = jobs.disputes_since(cur)
             refunds = list(hook.iter_refunds(refunds_start, page_size=self.page_size))
+            new_disputes = list(hook.iter_disputes(disputes_start, page_size=self.page_size))
             charges = {c["id"]: c for c in hook.iter_charges(start, page_size=self.page_size)}
-            # a refund's charge may be older than the listing: fetched by id (once each)
-            for charge_id in dict.fromkeys(r["charge"] for r in refunds if r.get("charge")):
+            # a refund's or a new dispute's charge may be older than the listing: fetched by id
+            # (once each)
+            for charge_id in dict.fromkeys(o["charge"] for o in refunds + new_disputes if o.get("charge")):
                 if charge_id not in charges:
                     charges[charge_id] = hook.retrieve("charges", charge_id)
-            counts = jobs.sync_payments(cur, charges.values(), refunds=refunds)
-        accounted = sum(counts[k] for k in ("inserted", "updated", "unchanged", "quarantined", "pending"))
-        if accounted != counts["listed"]:
-            raise AirflowFailException(f"payments sync does not reconcile: {counts}")
-        self.log.info("Stripe charges after %d, refunds after %d: %s", start, refunds_start, counts)
+            disputes = {d["id"]: d for d in new_disputes}
+            for dispute_id in jobs.open_disputes(cur):  # until final, whatever the cursor
+                if dispute_id not in disputes:
+                    disputes[dispute_id] = hook.retrieve("disputes", dispute_id)
+            counts = jobs.sync_payments(cur, charges.values(), refunds=refunds, disputes=disputes.values())
+        for prefix, outcomes in (
+            ("", ("inserted", "updated", "unchanged", "quarantined", "pending")),
+            ("disputes_", ("inserted", "updated", "unchanged", "quarantined")),
+        ):
+            if sum(counts[prefix + k] for k in outcomes) != counts[prefix + "listed"]:
+                raise AirflowFailException(f"payments sync does not reconcile: {counts}")
+        self.log.info(
+            "Stripe charges after %d, refunds after %d, disputes after %d: %s",
+            start,
+            refunds_start,
+            disputes_start,
+            counts,
+        )
         return counts

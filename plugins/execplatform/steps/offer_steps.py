@@ -46,12 +46,14 @@ def report_refused_artifact(version_id: int, reason: str) -> None:
 # --- offer_model_retrain ----------------------------------------------------------------------
 
 
-def roll_back_champion(champion_id: int = 0) -> dict[str, int]:
+def roll_back_champion(champion_id: int = 0, requested_at: datetime | None = None) -> dict[str, int]:
     """The champion is rejected and the previous one returns (a security event says so).
 
-    `champion_id` (0: whichever is champion) names the champion to roll back: when another is
-    champion the run fails without retries, naming both; when it was rolled back already (a
-    double-submitted request), nothing changes and the run goes on idempotently."""
+    `champion_id` names the champion to roll back; 0 means the one that was champion when the
+    rollback was requested (`requested_at`, the run's `run_after`; now when not given). When
+    another is champion the run fails without retries, naming both; when it was rolled back
+    already (a double-submitted request, with or without `champion_id`), nothing changes and
+    the run goes on idempotently."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from execplatform.steps import checked_number
@@ -62,6 +64,14 @@ def roll_back_champion(champion_id: int = 0) -> dict[str, int]:
     champion_id = int(checked_number("champion_id", champion_id, low=0, high=2**31 - 1))
     with AppDatabaseHook(APP_DB).cursor() as cur:
         current = registry.champion(cur, MODEL_NAME)
+        if not champion_id and requested_at is not None:
+            then = registry.champion_at(cur, MODEL_NAME, requested_at)
+            if then is None:
+                raise AirflowFailException(
+                    f"{MODEL_NAME!r} had no champion when the rollback was requested"
+                    f" ({requested_at.isoformat()}): refused"
+                )
+            champion_id = then.id
         try:
             retired, restored = registry.rollback(cur, MODEL_NAME, champion_id or None)
         except registry.ChampionChanged as changed:
@@ -294,7 +304,8 @@ def publish_roi_metrics(counts: dict[str, int] | None, rois: list[dict[str, Any]
     from include.observability.metrics import Metric
 
     metrics = [
-        Metric(f"StripePayments{k.title()}", float(v), unit="Count") for k, v in (counts or {}).items()
+        Metric(f"StripePayments{k.title().replace('_', '')}", float(v), unit="Count")
+        for k, v in (counts or {}).items()
     ]
     for roi in rois:
         segment = {"Segment": roi["segment"]}

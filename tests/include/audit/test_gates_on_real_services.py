@@ -21,7 +21,7 @@ from include.offers import jobs, registry
 from include.offers import model as m
 from tests import offers_fixtures
 from tests.airflow_api import postgres_connection
-from tests.offers_fixtures import cursor, snapshot_uri
+from tests.offers_fixtures import cursor, snapshot_uri, stripe_test_helper
 
 offers_dsn = offers_fixtures.offers_dsn  # the shared fixture
 
@@ -372,21 +372,20 @@ def test_a_missing_duplicated_or_different_offer_in_stripe_fails(offers_dsn, ser
     assert any(p.startswith(f"coupons {vip_coupon}: percent_off") for p in problems)
 
 
-def _charge(client, user_id: int, amount: int) -> str:
-    method = client.v1.payment_methods.create(
-        {
-            "type": "card",
-            "card": {"number": "4242424242424242", "exp_month": 1, "exp_year": 2031, "cvc": "321"},
-        }
-    )
-    return client.v1.charges.create(
-        {
-            "amount": amount,
-            "currency": "usd",
-            "source": method.id,
-            "metadata": {"user_id": str(user_id)},
-        }
-    ).id
+CARD = {
+    "type": "card",
+    "card": {"number": "4242424242424242", "exp_month": 1, "exp_year": 2031, "cvc": "321"},
+}
+
+
+def _charge(
+    client, user_id: int, amount: int, coupon: str | None = None, method: dict = CARD, **extra
+) -> dict:
+    """A Stripe charge of app user `user_id`, who redeemed `coupon` when one is given."""
+    source = client.v1.payment_methods.create(method).id
+    metadata = {"user_id": str(user_id), **({"coupon": coupon} if coupon else {})}
+    params = {"amount": amount, "currency": "usd", "source": source, "metadata": metadata}
+    return client.v1.charges.create({**params, **extra}).to_dict()
 
 
 @pytest.fixture
@@ -397,7 +396,7 @@ def synced_payments(offers_dsn) -> list[str]:
     from execplatform.operators.stripe_operators import SyncStripePaymentsOperator
 
     client = StripeHook().get_conn()
-    made = [_charge(client, user_id, 1000 + user_id) for user_id in range(1, 6)]
+    made = [_charge(client, user_id, 1000 + user_id)["id"] for user_id in range(1, 6)]
     time.sleep(1.1)  # Stripe's clock has one-second resolution: the next charge is in a later second
     _charge(client, 6, 999)
     SyncStripePaymentsOperator(task_id="sync").execute({})
@@ -438,12 +437,54 @@ def _sync_twice_and_compare(offers_dsn) -> dict:
     from execplatform.operators.stripe_operators import SyncStripePaymentsOperator
 
     operator = SyncStripePaymentsOperator(task_id="sync")
+    tables = ("SELECT * FROM payments ORDER BY id", "SELECT * FROM payment_disputes ORDER BY 1")
     first = operator.execute({})
-    ledger = execute(offers_dsn, "SELECT * FROM payments ORDER BY id")
+    synced = [execute(offers_dsn, query) for query in tables]
     second = operator.execute({})
     assert second["inserted"] == second["updated"] == 0, second
-    assert execute(offers_dsn, "SELECT * FROM payments ORDER BY id") == ledger  # nothing doubles
+    assert second["disputes_inserted"] == second["disputes_updated"] == 0, second
+    assert [execute(offers_dsn, query) for query in tables] == synced  # nothing doubles
     return first
+
+
+def _live_offer(offers_dsn, users: int):
+    """A champion whose published offer (with a discount) is assigned to `users` users of one
+    segment an hour ago. Returns (version id, its Stripe coupon, the users, the discount %)."""
+    segment, ids = execute(
+        offers_dsn,
+        "SELECT segment, (array_agg(id ORDER BY id))[1:%s] FROM users GROUP BY segment"
+        " ORDER BY segment LIMIT 1",
+        (users,),
+    )[0]
+    offer_id, code, pct = execute(
+        offers_dsn, "SELECT id, code, discount_pct FROM offers WHERE discount_pct > 0 ORDER BY id LIMIT 1"
+    )[0]
+    version_id = random.randint(10**6, 10**9)
+    coupon = jobs.coupon_id(version_id, segment, code)
+    with cursor(offers_dsn) as cur:
+        cur.execute(
+            "INSERT INTO model_versions (id, model_name, version, status) OVERRIDING SYSTEM VALUE"
+            " VALUES (%s, 'money_test', 1, 'champion')",
+            (version_id,),
+        )
+        cur.execute(
+            "INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id,"
+            " stripe_coupon_id) VALUES (%s, %s, %s, %s, %s)",
+            (version_id, segment, offer_id, f"prod_{coupon}", coupon),
+        )
+        for user_id in ids:
+            cur.execute(
+                "INSERT INTO offer_assignments (model_version_id, user_id, segment, offer_id, holdout,"
+                " assigned_at) VALUES (%s, %s, %s, %s, false, now() - interval '1 hour')",
+                (version_id, user_id, segment, offer_id),
+            )
+    return version_id, coupon, ids, float(pct)
+
+
+def _attributed_revenue(offers_dsn, version_id: int) -> int:
+    with cursor(offers_dsn) as cur:
+        (roi,) = jobs.compute_roi(cur, version_id)
+    return roi.attributed_revenue_cents
 
 
 def test_refunds_and_late_succeeding_or_failing_charges_reconcile(offers_dsn, services):
@@ -454,48 +495,14 @@ def test_refunds_and_late_succeeding_or_failing_charges_reconcile(offers_dsn, se
     from execplatform.hooks.stripe_hook import StripeHook
 
     client = StripeHook().get_conn()
-    segment, *users = execute(
-        offers_dsn,
-        "SELECT segment, (array_agg(id ORDER BY id))[1:3] FROM users GROUP BY segment"
-        " ORDER BY segment LIMIT 1",
-    )[0]
-    users = users[0]
-    offer_id, code, pct = execute(
-        offers_dsn, "SELECT id, code, discount_pct FROM offers WHERE discount_pct > 0 ORDER BY id LIMIT 1"
-    )[0]
-    version_id = random.randint(10**6, 10**9)
-    coupon = jobs.coupon_id(version_id, segment, code)
-    with cursor(offers_dsn) as cur:
-        cur.execute(
-            "INSERT INTO model_versions (id, model_name, version, status) OVERRIDING SYSTEM VALUE"
-            " VALUES (%s, 'refund_test', 1, 'champion')",
-            (version_id,),
-        )
-        cur.execute(
-            "INSERT INTO offer_publications (model_version_id, segment, offer_id, stripe_product_id,"
-            " stripe_coupon_id) VALUES (%s, %s, %s, %s, %s)",
-            (version_id, segment, offer_id, f"prod_{coupon}", coupon),
-        )
-        for user_id in users:
-            cur.execute(
-                "INSERT INTO offer_assignments (model_version_id, user_id, segment, offer_id, holdout,"
-                " assigned_at) VALUES (%s, %s, %s, %s, false, now() - interval '1 hour')",
-                (version_id, user_id, segment, offer_id),
-            )
+    version_id, coupon, users, pct = _live_offer(offers_dsn, 3)
 
-    def charge(user_id: int, amount: int, method: dict, **extra) -> dict:
-        source = client.v1.payment_methods.create(method).id
-        metadata = {"user_id": str(user_id), "coupon": coupon}
-        params = {"amount": amount, "currency": "usd", "source": source, "metadata": metadata}
-        return client.v1.charges.create({**params, **extra}).to_dict()
+    def charge(user_id: int, amount: int, method: dict = CARD, **extra) -> dict:
+        return _charge(client, user_id, amount, coupon, method, **extra)
 
-    card = {
-        "type": "card",
-        "card": {"number": "4242424242424242", "exp_month": 1, "exp_year": 2031, "cvc": "321"},
-    }
     declined_debit = {"type": "sepa_debit", "sepa_debit": {"iban": "DE62370400440532013001"}}
-    refunded = charge(users[0], 5000, card)
-    authorised = charge(users[1], 3000, card, capture=False)
+    refunded = charge(users[0], 5000)
+    authorised = charge(users[1], 3000, capture=False)
     debit = charge(users[2], 2000, declined_debit)
     assert (authorised["status"], authorised["captured"], debit["status"]) == ("succeeded", False, "pending")
 
@@ -515,7 +522,7 @@ def test_refunds_and_late_succeeding_or_failing_charges_reconcile(offers_dsn, se
     time.sleep(1.1)  # the refund and capture come later; one more charge moves the cursor past all three
     client.v1.refunds.create({"charge": refunded["id"], "amount": 1500})
     client.v1.charges.capture(authorised["id"])
-    charge(users[0], 700, card)
+    charge(users[0], 700)
     _sync_twice_and_compare(offers_dsn)
 
     stripe = {c: client.v1.charges.retrieve(c) for c in ids}
@@ -538,7 +545,7 @@ def test_refunds_and_late_succeeding_or_failing_charges_reconcile(offers_dsn, se
         (roi,) = jobs.compute_roi(cur, version_id)
     net = 5000 - 1500 + 3000 + 700  # the failed debit brings nothing, the refund is taken off
     assert roi.attributed_revenue_cents == net
-    assert roi.discount_cost_cents == round(net * float(pct) / (100 - float(pct)))
+    assert roi.discount_cost_cents == round(net * pct / (100 - pct))
 
     # refunded in full after the sync: the gate leaves it to the next sync (with the charge of the
     # newest refund that sync read, as above), which takes it
@@ -552,9 +559,93 @@ def test_refunds_and_late_succeeding_or_failing_charges_reconcile(offers_dsn, se
     assert evidence.passed, evidence
     stripe_refunded, ledger_refunded = (evidence.observed[k]["refunded_cents"] for k in ("stripe", "ledger"))
     assert stripe_refunded == ledger_refunded == 1500  # the partial refund; the full one waits
-    with cursor(offers_dsn) as cur:
-        (roi,) = jobs.compute_roi(cur, version_id)
-    assert roi.attributed_revenue_cents == net - 3000
+    assert _attributed_revenue(offers_dsn, version_id) == net - 3000
+
+
+def test_disputes_withhold_until_won_and_reconcile(offers_dsn, services):
+    """Charges disputed after they were synced: an open dispute withholds its amount (ROI's net
+    revenue drops by exactly it), a won one gives it back, a lost one keeps it; a partial refund
+    then a dispute of the rest; a hostile dispute (above what the refunds left) is quarantined
+    and the rest synced. Twice synced, nothing doubles; the gate passes, and fails when a
+    synced dispute or a charge's withheld amount differs from Stripe's."""
+    from execplatform.hooks.stripe_hook import StripeHook
+
+    client = StripeHook().get_conn()
+    version_id, coupon, users, _ = _live_offer(offers_dsn, 3)
+    won, lost, rest, hostile = (
+        _charge(client, user_id, amount, coupon)["id"]
+        for user_id, amount in zip(users + users[:1], (5000, 3000, 4000, 2000), strict=True)
+    )
+    client.v1.refunds.create({"charge": rest, "amount": 1000})
+    client.v1.refunds.create({"charge": hostile, "amount": 1500})
+    _sync_twice_and_compare(offers_dsn)
+    net = 5000 + 3000 + (4000 - 1000) + (2000 - 1500)
+    assert _attributed_revenue(offers_dsn, version_id) == net
+
+    disputes = {
+        charge: stripe_test_helper(client, "disputes", charge=charge, **amount)["id"]
+        for charge, amount in ((won, {}), (lost, {}), (rest, {}), (hostile, {"amount": 2000}))
+    }
+    first = _sync_twice_and_compare(offers_dsn)
+    # the hostile one is quarantined (with the session's other tests' disputes, of charges unknown here)
+    assert first["disputes_inserted"] == 3 and first["disputes_quarantined"] >= 1, first
+    (reason,) = execute(
+        offers_dsn,
+        "SELECT reason FROM offer_quarantine WHERE source = 'stripe_disputes' AND source_key = %s",
+        (disputes[hostile],),
+    )[0]
+    assert reason == (
+        f"amount 2000 above the 500 left of charge {hostile} (2000 paid, 1500 refunded, 0 withheld by"
+        " other disputes)"
+    )
+    ledger = (
+        "SELECT p.stripe_payment_id, p.disputed_cents, d.status FROM payments p"
+        " LEFT JOIN payment_disputes d ON d.stripe_charge_id = p.stripe_payment_id"
+        " WHERE p.stripe_payment_id = ANY(%s) ORDER BY p.amount_cents"
+    )
+    ids = [hostile, lost, rest, won]  # by amount
+    assert execute(offers_dsn, ledger, (ids,)) == [
+        (hostile, 0, None),
+        (lost, 3000, "needs_response"),
+        (rest, 3000, "needs_response"),  # the 3000 its refund left
+        (won, 5000, "needs_response"),
+    ]
+    assert _attributed_revenue(offers_dsn, version_id) == net - 11000  # exactly what is withheld
+    evidence = gate(offers_dsn, "stripe_payments_reconcile", services)
+    assert evidence.passed, evidence
+    assert evidence.observed["disputes"]["withheld_cents"] == 11000
+    assert evidence.observed["disputes"]["quarantined"] >= 1
+
+    # settled after the sync: the gate leaves the changed open disputes to the next sync, which
+    # reads every open one again by id, whatever its cursor
+    stripe_test_helper(client, f"disputes/{disputes[won]}/settle", outcome="won")
+    client.v1.disputes.close(disputes[lost])  # accepted: lost
+    client.v1.disputes.update(disputes[rest], {"submit": True})  # evidence: under review
+    evidence = gate(offers_dsn, "stripe_payments_reconcile", services)
+    assert evidence.passed and evidence.observed["disputes"]["changed_since_sync"] == 3, evidence
+    first = _sync_twice_and_compare(offers_dsn)
+    assert first["disputes_updated"] == 3, first
+    assert execute(offers_dsn, ledger, (ids,)) == [
+        (hostile, 0, None),
+        (lost, 3000, "lost"),
+        (rest, 3000, "under_review"),
+        (won, 0, "won"),  # the money is back
+    ]
+    assert _attributed_revenue(offers_dsn, version_id) == net - 6000
+    evidence = gate(offers_dsn, "stripe_payments_reconcile", services)
+    assert evidence.passed and evidence.observed["disputes"]["changed_since_sync"] == 0, evidence
+    assert evidence.observed["disputes"]["withheld_cents"] == 6000
+
+    # a final dispute that differs from Stripe's, and a charge withholding what Stripe does not
+    execute(
+        offers_dsn,
+        "UPDATE payment_disputes SET status = 'won' WHERE stripe_dispute_id = %s",
+        (disputes[lost],),
+    )
+    execute(offers_dsn, "UPDATE payments SET disputed_cents = 100 WHERE stripe_payment_id = %s", (won,))
+    evidence = gate(offers_dsn, "stripe_payments_reconcile", services)
+    assert not evidence.passed
+    assert evidence.observed["disputes"]["mismatched"] == [disputes[lost], f"{won}: disputed_cents"]
 
 
 # --- security ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from include.offers.policy import (
     thompson_shares,
 )
 from include.offers.products import PRODUCT_PRICES_CENTS
-from include.offers.roi import is_final, payment_row, segment_roi
+from include.offers.roi import dispute_row, is_final, payment_row, segment_roi
 from tests import offers_fixtures
 from tests.offers_fixtures import cursor, snapshot_uri
 
@@ -138,6 +138,56 @@ def test_a_charge_is_final_once_failed_captured_or_released_and_carries_its_refu
     assert [(r.status, r.refunded_cents) for r in rows] == [("succeeded", 250), ("refunded", 1000)]
     row, reason = payment_row(too_much, known_users=users, coupon_offers=coupons, now=NOW)
     assert row is None and reason == "amount_refunded 1001 outside 0-1000"
+
+
+def test_a_dispute_withholds_what_is_left_of_its_charge_at_most_or_is_quarantined():
+    base = {
+        "id": "dp_1",
+        "charge": "ch_1",
+        "amount": 3000,
+        "currency": "usd",
+        "status": "needs_response",
+        "reason": "fraudulent",
+        "created": 1_780_000_000,
+    }
+    payment = (5000, 1000, 1000)  # paid, refunded, withheld by the charge's other disputes: 3000 left
+    withheld = {
+        status: dispute_row({**base, "status": status}, payment=payment, now=NOW)[0].withheld_cents
+        for status in (
+            "warning_needs_response",
+            "needs_response",
+            "under_review",
+            "won",
+            "lost",
+            "warning_closed",
+        )
+    }
+    assert withheld == {
+        "warning_needs_response": 0,  # an inquiry withholds nothing
+        "needs_response": 3000,
+        "under_review": 3000,
+        "won": 0,  # the money is back
+        "lost": 3000,
+        "warning_closed": 0,
+    }
+    cases = {
+        "amount -5 is not a positive integer": ({**base, "amount": -5}, payment),
+        "amount '3000' is not a positive integer": ({**base, "amount": "3000"}, payment),
+        "unknown status 'charge_refunded'": ({**base, "status": "charge_refunded"}, payment),
+        "future timestamp": ({**base, "created": 1_790_000_000}, payment),
+        "charge 'ch_1' is not in payments": (base, None),
+        "amount 3001 above the 3000 left of charge ch_1 (5000 paid, 1000 refunded, 1000 withheld": (
+            {**base, "amount": 3001},
+            payment,
+        ),
+        "amount 5001 above charge ch_1's 5000": ({**base, "amount": 5001, "status": "won"}, payment),
+    }
+    for expected, (dispute, paid) in cases.items():
+        row, reason = dispute_row(dispute, payment=paid, now=NOW)
+        assert row is None and reason.startswith(expected), (expected, reason)
+    # a won dispute withholds nothing, so what refunds and other disputes took does not limit it
+    row, _ = dispute_row({**base, "amount": 5000, "status": "won"}, payment=payment, now=NOW)
+    assert (row.amount_cents, row.withheld_cents) == (5000, 0)
 
 
 def test_incremental_roi_is_the_lift_over_the_holdout_with_an_interval():
