@@ -340,6 +340,18 @@ def test_redis_is_configured_as_the_cache_expects(services: dict[str, dict[str, 
     assert command[command.index("--maxmemory") + 1] == "256mb"
 
 
+def test_localstripe_runs_the_launcher_with_the_disputes_resource(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """roi_sync lists disputes, which localstripe lacks: the service runs the project's launcher
+    (devstack/stripe_server.py, mounted from the checkout), as the local stack does."""
+    service = services["localstripe"]
+    mounts = _short_mounts(service)
+    target = mounts["./devstack/stripe_server.py"]
+    assert (ROOT / "devstack/stripe_server.py").is_file()
+    assert service["command"][:2] == ["python", target]
+
+
 def test_postgres_is_the_major_that_make_test_pg15_covers(services: dict[str, dict[str, Any]]) -> None:
     for name in ("postgres", "app-db", "rehearsal-db"):
         assert services[name]["image"] == "postgres:15", name

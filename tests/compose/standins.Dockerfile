@@ -11,8 +11,8 @@ RUN python3.11 -m venv /opt/venv \
     && /opt/venv/bin/pip install --quiet --disable-pip-version-check uv==0.13.8 \
     && /opt/venv/bin/uv pip install --quiet --python /opt/venv/bin/python \
          'moto[server]' localstripe aiosmtpd -c /tmp/req/requirements.lock
-# the SMTP sink and the localstripe launcher are the local stack's own
-COPY devstack/__init__.py devstack/smtp_sink.py devstack/stripe_server.py /opt/standins/devstack/
+# the SMTP sink is the local stack's own (localstripe's launcher is mounted by docker-compose.yaml)
+COPY devstack/__init__.py devstack/smtp_sink.py /opt/standins/devstack/
 COPY include/__init__.py /opt/standins/include/
 COPY include/audit/__init__.py include/audit/alarm_check.py /opt/standins/include/audit/
 COPY tests/compose/postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint
