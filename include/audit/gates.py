@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -603,9 +604,11 @@ def stripe_payments_reconcile(cur, limits: Mapping[str, float], services: Servic
     coupon_offers = dict(cur.fetchall())
     charges = {c["id"]: c for c in services.stripe_objects("charges", {"created": {"gt": start}})}
     refunds_read = get_cursor(cur, REFUNDS_CURSOR, default=0)
-    # the cursor's own second too: a refund made in it after the sync read the list comes next time
+    # the cursor's own second too: a refund made in it after the sync read the list comes next
+    # time. Stripe lists refunds newest first: the listing stops at the first older one.
     refunded_since = {
-        r["charge"] for r in services.stripe_objects("refunds") if int(r["created"]) >= refunds_read
+        r["charge"]
+        for r in takewhile(lambda r: int(r["created"]) >= refunds_read, services.stripe_objects("refunds"))
     }
     # the same charges as those counted below
     passed_by_sync = [r[3:5] for r in rows if r[6] < end and r[0] not in refunded_since]

@@ -12,6 +12,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -487,14 +488,6 @@ def live_coupons(cur, model_version_id: int) -> list[str]:
     return [r[0] for r in cur.fetchall()]
 
 
-def mark_retired(cur, model_version_id: int, coupon: str) -> None:
-    cur.execute(
-        "UPDATE offer_publications SET retired_at = coalesce(retired_at, now())"
-        " WHERE model_version_id = %s AND stripe_coupon_id = %s",
-        (model_version_id, coupon),
-    )
-
-
 def write_report(cur, s3, *, version_id: int) -> dict[str, str]:
     """The version's stored ROC and calibration PNGs and a metrics table, next to its artifact."""
     version = registry.get(cur, version_id)
@@ -689,6 +682,7 @@ def retired_publications(cur) -> list[dict[str, Any]]:
 
 
 def mark_unpublished(cur, stripe_coupon_id: str) -> None:
+    """The publication whose Stripe coupon was deleted is retired."""
     cur.execute(
         "UPDATE offer_publications SET retired_at = coalesce(retired_at, now()) WHERE stripe_coupon_id = %s",
         (stripe_coupon_id,),
@@ -744,40 +738,30 @@ def sync_payments(
             quarantine(cur, "stripe_charges", [(charge["id"], reason, charge)])
             counts["quarantined"] += 1
             continue
-        cur.execute(
-            """
-            INSERT INTO payments (stripe_payment_id, user_id, offer_id, amount_cents, refunded_cents,
-                currency, status, created_at)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (stripe_payment_id) DO UPDATE SET
-                user_id = EXCLUDED.user_id, offer_id = EXCLUDED.offer_id,
-                amount_cents = EXCLUDED.amount_cents, refunded_cents = EXCLUDED.refunded_cents,
-                currency = EXCLUDED.currency, status = EXCLUDED.status, created_at = EXCLUDED.created_at
-            WHERE (payments.user_id, payments.offer_id, payments.amount_cents, payments.refunded_cents,
-                   payments.currency, payments.status, payments.created_at)
-                  IS DISTINCT FROM (EXCLUDED.user_id, EXCLUDED.offer_id, EXCLUDED.amount_cents,
-                   EXCLUDED.refunded_cents, EXCLUDED.currency, EXCLUDED.status, EXCLUDED.created_at)
-            RETURNING (xmax = 0)
-            """,
-            (
-                row.stripe_payment_id,
-                row.user_id,
-                row.offer_id,
-                row.amount_cents,
-                row.refunded_cents,
-                row.currency,
-                row.status,
-                row.created_at,
-            ),
-        )
-        result = cur.fetchone()
-        counts["unchanged" if result is None else "inserted" if result[0] else "updated"] += 1
+        counts[_upsert(cur, "payments", row)] += 1
     set_cursor(cur, CHARGES_CURSOR, newest if oldest_pending is None else min(newest, oldest_pending - 1))
     refund_times = [int(r["created"]) for r in refunds]
     if refund_times:
         set_cursor(cur, REFUNDS_CURSOR, max(get_cursor(cur, REFUNDS_CURSOR), *refund_times))
     counts.update(_sync_disputes(cur, list(disputes), now))
     return dict(counts)
+
+
+def _upsert(cur, table: str, row: Any, *, touch: str | None = None) -> str:
+    """`row` (a dataclass whose fields are `table`'s columns, its key first) inserted, or its row
+    updated where a column differs (`touch`, a timestamp column, set to now then); returns
+    "inserted", "updated" or "unchanged"."""
+    values = asdict(row)
+    key, *columns = values
+    updates = [f"{c} = EXCLUDED.{c}" for c in columns] + ([f"{touch} = now()"] if touch else [])
+    stored, excluded = (", ".join(f"{prefix}{c}" for c in columns) for prefix in (f"{table}.", "EXCLUDED."))
+    # the names are the row's dataclass fields, never input
+    sql = f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join(['%s'] * len(values))})"  # noqa: S608
+    sql += f" ON CONFLICT ({key}) DO UPDATE SET {', '.join(updates)}"
+    sql += f" WHERE ({stored}) IS DISTINCT FROM ({excluded}) RETURNING (xmax = 0)"
+    cur.execute(sql, list(values.values()))
+    result = cur.fetchone()
+    return "unchanged" if result is None else "inserted" if result[0] else "updated"
 
 
 def _sync_disputes(cur, disputes: list[dict[str, Any]], now: datetime) -> Counter:
@@ -805,34 +789,7 @@ def _sync_disputes(cur, disputes: list[dict[str, Any]], now: datetime) -> Counte
             quarantine(cur, "stripe_disputes", [(dispute["id"], reason, dispute)])
             counts["disputes_quarantined"] += 1
             continue
-        cur.execute(
-            """
-            INSERT INTO payment_disputes (stripe_dispute_id, stripe_charge_id, amount_cents, currency,
-                status, reason, created_at)
-            VALUES (%s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (stripe_dispute_id) DO UPDATE SET
-                stripe_charge_id = EXCLUDED.stripe_charge_id, amount_cents = EXCLUDED.amount_cents,
-                currency = EXCLUDED.currency, status = EXCLUDED.status, reason = EXCLUDED.reason,
-                created_at = EXCLUDED.created_at, updated_at = now()
-            WHERE (payment_disputes.stripe_charge_id, payment_disputes.amount_cents,
-                   payment_disputes.currency, payment_disputes.status, payment_disputes.reason,
-                   payment_disputes.created_at)
-                  IS DISTINCT FROM (EXCLUDED.stripe_charge_id, EXCLUDED.amount_cents, EXCLUDED.currency,
-                   EXCLUDED.status, EXCLUDED.reason, EXCLUDED.created_at)
-            RETURNING (xmax = 0)
-            """,
-            (
-                row.stripe_dispute_id,
-                row.stripe_charge_id,
-                row.amount_cents,
-                row.currency,
-                row.status,
-                row.reason,
-                row.created_at,
-            ),
-        )
-        result = cur.fetchone()
-        counts["disputes_" + ("unchanged" if result is None else "inserted" if result[0] else "updated")] += 1
+        counts["disputes_" + _upsert(cur, "payment_disputes", row, touch="updated_at")] += 1
         cur.execute(
             "UPDATE payments p SET disputed_cents = w.cents FROM (SELECT coalesce(sum(amount_cents), 0)"
             " AS cents FROM payment_disputes WHERE stripe_charge_id = %s AND status = ANY(%s)) w"
@@ -860,7 +817,7 @@ def charges_since(cur) -> int:
 
 
 def refunds_since(cur) -> int:
-    """Where the next Stripe refund listing stops (unix seconds, exclusive)."""
+    """Where the next Stripe refund listing starts (unix seconds, exclusive)."""
     return _listing_start(cur, REFUNDS_CURSOR)
 
 

@@ -274,7 +274,9 @@ def promote(cur, model_name: str, version_id: int) -> None:
     NotEvaluated when the version has no recorded evaluation (EVALUATION and its PLOTS)."""
     version = get(cur, version_id)
     missing = [k for k in EVALUATION if version.metrics.get(k) is None]
-    missing += [f"{p} plot" for p in PLOTS if p not in stored_plots(cur, version_id)]
+    cur.execute("SELECT name FROM model_version_plots WHERE model_version_id = %s", (version_id,))
+    stored = {r[0] for r in cur.fetchall()}
+    missing += [f"{p} plot" for p in PLOTS if p not in stored]
     if missing:
         raise NotEvaluated(
             f"model version id {version_id} has no recorded evaluation ({', '.join(missing)}):"

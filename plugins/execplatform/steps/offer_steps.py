@@ -91,18 +91,27 @@ def roll_back_champion(champion_id: int = 0, requested_at: datetime | None = Non
 def retire_offers(version_id: int) -> dict[str, int]:
     """Delete the Stripe coupons of a version's publications, so nobody can redeem them any
     more, and mark them retired; a coupon already gone counts as deleted (a re-run is a no-op)."""
+    from include.offers import jobs
+
+    with AppDatabaseHook(APP_DB).cursor() as cur:
+        live = jobs.live_coupons(cur, version_id)
+    return {"model_version_id": version_id, "retired": len(live), "deleted": _delete_coupons(live)}
+
+
+def _delete_coupons(coupons: list[str]) -> int:
+    """Delete each Stripe coupon, marking its publication retired as soon as it is gone (its own
+    transaction, so a failure later leaves the database as Stripe is); returns how many were
+    deleted now (one already gone is not)."""
     from execplatform.hooks.stripe_hook import StripeHook
     from include.offers import jobs
 
     hook = StripeHook()
-    with AppDatabaseHook(APP_DB).cursor() as cur:
-        live = jobs.live_coupons(cur, version_id)
     deleted = 0
-    for coupon in live:
+    for coupon in coupons:
         deleted += hook.delete_coupon(coupon)
         with AppDatabaseHook(APP_DB).cursor() as cur:
-            jobs.mark_retired(cur, version_id, coupon)
-    return {"model_version_id": version_id, "retired": len(live), "deleted": deleted}
+            jobs.mark_unpublished(cur, coupon)
+    return deleted
 
 
 def extract_training_data(run_id: str) -> dict[str, Any]:
@@ -265,18 +274,11 @@ def update_bandit(
 def unpublish_retired_offers() -> dict[str, int]:
     """Delete the Stripe coupons of offers retired for losing, so they can no longer be redeemed;
     each is marked in the same step (a coupon already gone counts as deleted)."""
-    from execplatform.hooks.stripe_hook import StripeHook
     from include.offers import jobs
 
-    hook = StripeHook()
     with AppDatabaseHook(APP_DB).cursor() as cur:
-        retired = jobs.retired_publications(cur)
-    deleted = 0
-    for publication in retired:
-        deleted += hook.delete_coupon(publication["stripe_coupon_id"])
-        with AppDatabaseHook(APP_DB).cursor() as cur:
-            jobs.mark_unpublished(cur, publication["stripe_coupon_id"])
-    return {"retired_coupons": len(retired), "deleted_now": deleted}
+        retired = [p["stripe_coupon_id"] for p in jobs.retired_publications(cur)]
+    return {"retired_coupons": len(retired), "deleted_now": _delete_coupons(retired)}
 
 
 # --- roi_sync ---------------------------------------------------------------------------------
