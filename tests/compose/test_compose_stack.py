@@ -49,6 +49,7 @@ COMPOSE = [
 WORKERS = 2
 DRAINS = {"batch_size": 10, "parallelism": 4, "concurrency": 4}
 RUN_TIMEOUT = 600
+ENDED = ("success", "failed", "skipped", "upstream_failed")
 
 
 def compose(*args: str, check: bool = True) -> str:
@@ -277,6 +278,18 @@ def set_executor_latency(stack, latency_ms: int) -> None:
     api(url, body={"latency_ms": latency_ms})
 
 
+def paused_and_idle(stack, token: str, dag_id: str) -> bool:
+    """Pause `dag_id`; True once no run of it is running. The scheduler starts no run of a paused
+    DAG, but neither does it go on with one already running (a max_active_runs=1 DAG would never
+    start the next): if one runs, the DAG is unpaused again to let it end, and False."""
+    set_paused(stack, dag_id, True, token)
+    time.sleep(5)  # a run the scheduler started as the pause arrived shows up by now
+    if api(f"{dag_url(stack, dag_id)}/dagRuns?state=running", token)["total_entries"]:
+        set_paused(stack, dag_id, False, token)
+        return False
+    return True
+
+
 def container_of(hostname: str) -> str:
     for container in compose("ps", "-q", "airflow-worker").split():
         inspect = ["docker", "inspect", "--format", "{{.Config.Hostname}}", container]
@@ -292,6 +305,10 @@ def test_a_worker_killed_during_a_drain_loses_nothing_and_repeats_nothing(stack,
     tasks = 240
     executor = f"http://127.0.0.1:{stack.executor_port}/admin"
     api(f"{executor}/reset", body={})  # counts from here on are the fault test's
+    # task_batch is unpaused since the drain test: a run its queue watcher or its 5-minute
+    # schedule starts now would take these tasks with the defaults (16 threads a drain, done in
+    # seconds) before this test's slow run. Paused and idle, it starts only this test's run.
+    wait_for(lambda: paused_and_idle(stack, token, "task_batch"), RUN_TIMEOUT, "task_batch paused and idle")
     enqueue(stack, "fault", tasks)
     set_executor_latency(stack, 1000)  # slow answers: the drains are still busy when one is killed
     try:
@@ -302,7 +319,12 @@ def test_a_worker_killed_during_a_drain_loses_nothing_and_repeats_nothing(stack,
             drains = api(f"{base}/taskInstances/drain/listMapped", token)["task_instances"]
             busy = {d["hostname"] for d in drains if d["state"] == "running" and d["hostname"]}
             done = outcome(stack, "fault")
-            return busy if len(busy) == WORKERS and any(s == "succeeded" for s, _, _ in done) else None
+            if len(busy) == WORKERS and any(s == "succeeded" for s, _, _ in done):
+                return busy
+            if drains and all(d["state"] in ENDED for d in drains):  # fail now, not after RUN_TIMEOUT
+                seen = [(d["map_index"], d["hostname"], d["state"]) for d in drains]
+                raise AssertionError(f"{run_id}'s drains ended before both workers ran one: {seen} {done}")
+            return None
 
         victim = sorted(wait_for(drains_busy_on_both, RUN_TIMEOUT, "drains busy on both workers"))[0]
         container = container_of(victim)
