@@ -45,17 +45,26 @@ def run_trial(dsn: str, trial: int, tmp: Path, rng: random.Random) -> dict[str, 
         )
     claims = tmp / f"claims-{trial}.txt"
     claims.touch()
+    name = f"sigkill_trial_{trial}"  # the worker's sessions, by their application_name
     worker = subprocess.Popen(
-        [sys.executable, str(WORKER), dsn, str(claims)], env={**os.environ, "PYTHONPATH": str(ROOT)}
+        [sys.executable, str(WORKER), f"{dsn} application_name={name}", str(claims)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     deadline = time.monotonic() + 30
     while len(claims.read_text().splitlines()) < 20 * rng.randint(1, 4):  # after 1-4 batches began
         assert worker.poll() is None, "the worker exited before it was killed"
         assert time.monotonic() < deadline, "the worker claimed nothing"
         time.sleep(0.002)
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+    assert query(dsn, sessions, (name,)) != [(0,)], "the worker's sessions are not found by name"
     time.sleep(rng.uniform(0, 0.03))  # somewhere inside the batch
     worker.send_signal(signal.SIGKILL)
     worker.wait()
+    # a statement the worker sent just before it died still runs, and commits, on the server (a
+    # claim of more tasks, say): the counts below are read once its sessions have ended
+    while query(dsn, sessions, (name,)) != [(0,)]:
+        assert time.monotonic() < deadline + 30, "the killed worker's sessions did not end"
+        time.sleep(0.01)
 
     def states() -> Counter:
         return Counter(
