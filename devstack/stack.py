@@ -153,6 +153,9 @@ class Service:
     user: str | None = None
     stop_signal: int = signal.SIGTERM
     start_timeout: float = 90.0
+    # a sink the others report to on their way out (their last metrics and errors): stopped
+    # once they have exited, or a metrics exporter retries into a closed port until it is killed
+    stop_last: bool = False
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
 
@@ -207,13 +210,15 @@ class Supervisor:
     def stop_all(self, grace: float = 30.0) -> None:
         """Signal every service's process group at once (newest first), then give them one
         shared grace before SIGKILL: stopping them one after another let each Airflow component
-        spend its own grace waiting for tasks in flight, minutes in all."""
+        spend its own grace waiting for tasks in flight, minutes in all. The `stop_last` sinks
+        follow, the same way, once the others have exited."""
         services = list(reversed(self.services))
-        for service in services:
-            signal_group(service.proc, service.stop_signal)
-        deadline = time.monotonic() + grace
-        for service in services:
-            kill_group_after(service.proc, max(0.0, deadline - time.monotonic()))
+        for wave in ([s for s in services if not s.stop_last], [s for s in services if s.stop_last]):
+            for service in wave:
+                signal_group(service.proc, service.stop_signal)
+            deadline = time.monotonic() + grace
+            for service in wave:
+                kill_group_after(service.proc, max(0.0, deadline - time.monotonic()))
         self.services.clear()
 
 
@@ -873,6 +878,7 @@ class LocalStack:
                     ],
                     http_answers(f"http://127.0.0.1:{p[sink]}/"),
                     env=self.env,
+                    stop_last=True,
                 )
             )
         self.supervisor.start(
