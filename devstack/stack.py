@@ -144,6 +144,15 @@ def _die_with_parent(sig: int) -> Callable[[], None]:
     return set_pdeathsig
 
 
+# Services stop in layers (Supervisor.stop_all), each while what it uses still answers: first
+# what does the work (Airflow's scheduler, dag-processor and workers, the demo customers); then
+# Airflow's own servers (the api-server, where a stopping task records its end, and the
+# triggerer); last the servers (databases, Redis, AWS, Stripe, the executor and the sinks). A
+# client whose server has gone retries until it is killed: seen, the scheduler's OTLP exporter
+# and a task's supervisor calling the api-server, each for the whole 30 s grace.
+WORKLOAD, AIRFLOW_SERVERS, SERVERS = 0, 1, 2
+
+
 @dataclass
 class Service:
     name: str
@@ -153,9 +162,7 @@ class Service:
     user: str | None = None
     stop_signal: int = signal.SIGTERM
     start_timeout: float = 90.0
-    # a sink the others report to on their way out (their last metrics and errors): stopped
-    # once they have exited, or a metrics exporter retries into a closed port until it is killed
-    stop_last: bool = False
+    stop_layer: int = SERVERS  # or WORKLOAD or AIRFLOW_SERVERS
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
 
@@ -210,14 +217,15 @@ class Supervisor:
     def stop_all(self, grace: float = 30.0) -> None:
         """Signal every service's process group at once (newest first), then give them one
         shared grace before SIGKILL: stopping them one after another let each Airflow component
-        spend its own grace waiting for tasks in flight, minutes in all. The `stop_last` sinks
-        follow, the same way, once the others have exited."""
+        spend its own grace waiting for tasks in flight, minutes in all. That, layer by layer
+        (`stop_layer`): a layer is signalled once the one before has exited."""
         services = list(reversed(self.services))
-        for wave in ([s for s in services if not s.stop_last], [s for s in services if s.stop_last]):
-            for service in wave:
+        for layer in sorted({s.stop_layer for s in services}):
+            stopping = [s for s in services if s.stop_layer == layer]
+            for service in stopping:
                 signal_group(service.proc, service.stop_signal)
             deadline = time.monotonic() + grace
-            for service in wave:
+            for service in stopping:
                 kill_group_after(service.proc, max(0.0, deadline - time.monotonic()))
         self.services.clear()
 
@@ -878,7 +886,6 @@ class LocalStack:
                     ],
                     http_answers(f"http://127.0.0.1:{p[sink]}/"),
                     env=self.env,
-                    stop_last=True,
                 )
             )
         self.supervisor.start(
@@ -912,6 +919,7 @@ class LocalStack:
                 [sys.executable, "-m", "devstack.customers", "--seed", "7"],
                 always_ready,
                 env=self.env,
+                stop_layer=WORKLOAD,
             )
         )
 
@@ -940,7 +948,9 @@ class LocalStack:
         env = self.env
         airflow = str(VENV_BIN / "airflow")
         for component in ("api-server", "scheduler", "dag-processor", "triggerer"):
-            self.supervisor.start(Service(component, [airflow, component], always_ready, env))
+            layer = AIRFLOW_SERVERS if component in ("api-server", "triggerer") else WORKLOAD
+            service = Service(component, [airflow, component], always_ready, env, stop_layer=layer)
+            self.supervisor.start(service)
         for n in range(1, self.celery_workers + 1):
             self._start_celery_worker(n, env)
         wait_until_healthy(f"http://127.0.0.1:{self.ports['api']}", self.supervisor, timeout=210.0)
@@ -968,6 +978,7 @@ class LocalStack:
                 ],
                 log_says(self.supervisor.logs / f"{name}.log", " ready."),
                 worker_env,
+                stop_layer=WORKLOAD,
             )
         )
 

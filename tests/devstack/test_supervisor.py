@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from devstack.stack import Service, Supervisor, free_port, http_answers
+from devstack.stack import WORKLOAD, Service, Supervisor, free_port, http_answers
 
 # A service that, once asked to stop, reports to the sink one last time (as an Airflow component
 # flushes its metrics to the OTLP receiver) and writes down whether the sink answered.
@@ -27,13 +27,13 @@ time.sleep(60)
 """
 
 
-def test_the_sinks_stop_after_the_services_that_report_to_them(tmp_path):
+def test_a_server_stops_after_the_services_that_report_to_it(tmp_path):
     port, report, ready = free_port(), tmp_path / "last-report.txt", tmp_path / "ready"
     supervisor = Supervisor(tmp_path / "logs")
     sink = [sys.executable, "-m", "devstack.otlp_sink", "--port", str(port), "--folder", str(tmp_path)]
-    supervisor.start(Service("otlp", sink, http_answers(f"http://127.0.0.1:{port}/"), stop_last=True))
+    supervisor.start(Service("otlp", sink, http_answers(f"http://127.0.0.1:{port}/")))
     client = [sys.executable, "-c", LAST_REPORT, str(port), str(report), str(ready)]
-    supervisor.start(Service("client", client, ready.exists))
+    supervisor.start(Service("client", client, ready.exists, stop_layer=WORKLOAD))
     sink_proc, client_proc = (s.proc for s in supervisor.services)
 
     supervisor.stop_all(grace=10)
