@@ -215,10 +215,10 @@ class Supervisor:
         return next((s for s in self.services if s.proc and s.proc.poll() is not None), None)
 
     def stop_all(self, grace: float = 30.0) -> None:
-        """Signal every service's process group at once (newest first), then give them one
-        shared grace before SIGKILL: stopping them one after another let each Airflow component
-        spend its own grace waiting for tasks in flight, minutes in all. That, layer by layer
-        (`stop_layer`): a layer is signalled once the one before has exited."""
+        """Stop the services layer by layer (`stop_layer`), each layer once the one before has
+        exited: its process groups are signalled at once (newest first) and share one grace
+        before SIGKILL (stopping them one after another let each Airflow component spend its own
+        grace waiting for tasks in flight, minutes in all)."""
         services = list(reversed(self.services))
         for layer in sorted({s.stop_layer for s in services}):
             stopping = [s for s in services if s.stop_layer == layer]
