@@ -6,34 +6,8 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from enum import IntEnum
 
-
-class Level(IntEnum):
-    INFO = 10
-    WARNING = 20
-    ERROR = 30
-    CRITICAL = 40
-
-    @classmethod
-    def parse(cls, value: str | Level) -> Level:
-        if isinstance(value, Level):
-            return value
-        try:
-            return cls[value.upper()]
-        except KeyError:
-            raise ValueError(
-                f"alert level {value!r} is not one of {[lv.name.lower() for lv in cls]}"
-            ) from None
-
-
-# Each level adds channels to the one below it.
-CHANNELS: dict[Level, tuple[str, ...]] = {
-    Level.INFO: ("log",),
-    Level.WARNING: ("log", "metric", "table"),
-    Level.ERROR: ("log", "metric", "table", "email"),
-    Level.CRITICAL: ("log", "metric", "table", "email", "sentry"),
-}
+from include.observability.alert_levels import Level
 
 DEFAULT_GROUP_WINDOW = timedelta(minutes=30)
 

@@ -12,17 +12,19 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseNotifier
 
 from include.ids import APP_DB, AWS, SMTP
-from include.observability.alerting import CHANNELS, DEFAULT_GROUP_WINDOW, Alert, Grouping, Level
+from include.observability.alert_levels import CHANNELS, Level
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from airflow.sdk import Context
 
+    from include.observability.alerting import Alert, Grouping
+
 
 class PlatformAlertNotifier(BaseNotifier):
     """
-    Send an alert through the channels of its level (see ``include.observability.alerting.CHANNELS``).
+    Send an alert through the channels of its level (see ``include.observability.alert_levels.CHANNELS``).
 
     info: a structured log line; warning: + a CloudWatch datapoint and an ``alerts`` row;
     error: + an email to the owners; critical: + a Sentry event. Repeats of the same DAG, task
@@ -65,6 +67,8 @@ class PlatformAlertNotifier(BaseNotifier):
 
     def alert_from(self, context: Context) -> Alert:
         from airflow.sdk._shared.secrets_masker import redact
+
+        from include.observability.alerting import Alert
 
         ti = context.get("ti")
         exception = context.get("exception")
@@ -113,7 +117,7 @@ class PlatformAlertNotifier(BaseNotifier):
 
     def _record(self, alert: Alert) -> Grouping:
         from execplatform.hooks.app_db_hook import AppDatabaseHook
-        from include.observability.alerting import record
+        from include.observability.alerting import DEFAULT_GROUP_WINDOW, record
 
         window = self.group_window or _window_from_env() or DEFAULT_GROUP_WINDOW
         with AppDatabaseHook(self.app_conn_id).cursor() as cur:

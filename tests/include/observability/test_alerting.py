@@ -9,7 +9,8 @@ from datetime import timedelta
 import psycopg2
 import pytest
 
-from include.observability.alerting import CHANNELS, Alert, Level, count_channel_failure, record
+from include.observability.alert_levels import CHANNELS, Level
+from include.observability.alerting import Alert, count_channel_failure, record
 from include.observability.security_events import log_security_event
 
 

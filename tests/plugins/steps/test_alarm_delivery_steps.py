@@ -8,7 +8,7 @@ import json
 import psycopg2
 import pytest
 
-from include.observability.alerting import CHANNELS, Level
+from include.observability.alert_levels import CHANNELS, Level
 
 
 @pytest.fixture
