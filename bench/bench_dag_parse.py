@@ -143,18 +143,16 @@ def twin_source(shape: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_script(script: str, path: Path, env: dict[str, str]) -> str:
+    """The last line `script` prints about `path`, in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
 def parse_seconds(path: Path, env: dict[str, str]) -> float:
-    runs = []
-    for _ in range(REPEATS):
-        out = subprocess.run(
-            [sys.executable, "-c", TIMER, str(path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        runs.append(float(out.stdout.strip().splitlines()[-1]))
-    return statistics.median(runs)
+    return statistics.median(float(run_script(TIMER, path, env)) for _ in range(REPEATS))
 
 
 def main() -> None:
@@ -168,15 +166,8 @@ def main() -> None:
         peer = Path(home) / "trivial_dag.py"
         peer.write_text(PEER_DAG)
         for dag_file in sorted((ROOT / "dags").glob("*.py")):
-            shape = subprocess.run(
-                [sys.executable, "-c", SHAPE, str(dag_file)],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
             twin = Path(home) / f"twin_{dag_file.name}"
-            twin.write_text(twin_source(json.loads(shape.stdout.strip().splitlines()[-1])))
+            twin.write_text(twin_source(json.loads(run_script(SHAPE, dag_file, env))))
             # interleaved, so drift in machine load hits every side of a ratio alike
             ours, theirs, plain = (
                 parse_seconds(dag_file, env),
