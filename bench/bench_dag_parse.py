@@ -64,7 +64,7 @@ PROJECT_PACKAGES = ("execplatform", "include", "dag_under_test")
 
 def dag_shape(path: str | Path) -> dict:
     """What the twin of the DAG file at `path` needs: its schedule kind, params and tasks (each
-    task's kind and upstream task ids). Loads the file as Airflow's DAG processor does."""
+    task's kind and upstream task ids), from the DAG the file registers when it is loaded."""
     from airflow.sdk.definitions._internal.contextmanager import DagContext
 
     DagContext.autoregistered_dags.clear()

@@ -1,4 +1,5 @@
-"""Alerts: the level decides the channels; repeats within a window are grouped, not re-sent."""
+"""Alerts: their records and grouping (repeats within a window are grouped, not re-sent); the level
+and the channels it reaches are in `alert_levels`."""
 
 from __future__ import annotations
 
