@@ -99,13 +99,19 @@ from bench_dag_parse import dag_shape
 print(json.dumps(dag_shape(sys.argv[1])))
 """
 
+# a twin's task of each kind, and the import a kind needs
+NOOP = "@{decorator}(task_id={{id!r}})\ndef t{{n}}({arg}):\n    pass\ntasks[{{id!r}}] = t{{n}}{call}"
 TWIN_TASK = {
-    "task": "@task(task_id={id!r})\ndef t{n}():\n    pass\ntasks[{id!r}] = t{n}()",
-    "branch": "@task.branch(task_id={id!r})\ndef t{n}():\n    pass\ntasks[{id!r}] = t{n}()",
-    "short_circuit": "@task.short_circuit(task_id={id!r})\ndef t{n}():\n    pass\ntasks[{id!r}] = t{n}()",
-    "mapped": "@task(task_id={id!r})\ndef t{n}(x):\n    pass\ntasks[{id!r}] = t{n}.expand(x=[1, 2])",
+    "task": NOOP.format(decorator="task", arg="", call="()"),
+    "branch": NOOP.format(decorator="task.branch", arg="", call="()"),
+    "short_circuit": NOOP.format(decorator="task.short_circuit", arg="", call="()"),
+    "mapped": NOOP.format(decorator="task", arg="x", call=".expand(x=[1, 2])"),
     "approval": "tasks[{id!r}] = ApprovalOperator(task_id={id!r}, subject='approve?')",
     "empty": "tasks[{id!r}] = EmptyOperator(task_id={id!r})",
+}
+TWIN_IMPORT = {
+    "approval": "from airflow.providers.standard.operators.hitl import ApprovalOperator",
+    "empty": "from airflow.providers.standard.operators.empty import EmptyOperator",
 }
 
 
@@ -116,16 +122,7 @@ def twin_source(shape: dict) -> str:
     lines = [
         "from datetime import datetime",
         "from airflow.sdk import DAG, Param, task",
-        *(
-            ["from airflow.providers.standard.operators.hitl import ApprovalOperator"]
-            if "approval" in kinds
-            else []
-        ),
-        *(
-            ["from airflow.providers.standard.operators.empty import EmptyOperator"]
-            if "empty" in kinds
-            else []
-        ),
+        *(TWIN_IMPORT[kind] for kind in sorted(kinds & TWIN_IMPORT.keys())),
         "params = {",
         *(
             f"    {name!r}: Param({p['value']!r}, description={p['description']!r}, **{p['schema']!r}),"
